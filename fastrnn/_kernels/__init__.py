@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (built from ``src_pyx/``): one extension module per cell."""

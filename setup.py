@@ -1,0 +1,99 @@
+"""Build the Cython kernels.
+
+``setup.py`` is the single source of truth for how the extensions are compiled:
+
+* ``FASTRNN_NATIVE=1`` adds ``-march=native`` (off by default so wheels run on any x86-64).
+* ``FASTRNN_DEBUG_CYTHON=1`` turns on bounds and wraparound checks (and drops ``-O3``).
+* ``FASTRNN_NO_OPENMP=1`` builds without OpenMP; so does a compiler that fails the probe.
+"""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import warnings
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTRNN_DEBUG_CYTHON", "0") == "1"
+NATIVE = os.environ.get("FASTRNN_NATIVE", "0") == "1"
+
+_OMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d\\n", n);
+        return n > 0 ? 0 : 1;
+    }
+    """
+)
+
+
+def _openmp_flags():
+    """Return (compile, link) flags for OpenMP after compiling and running a probe."""
+    if os.environ.get("FASTRNN_NO_OPENMP", "0") == "1":
+        return [], []
+    if sys.platform == "win32":
+        return ["/openmp"], []
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    flags = ["-fopenmp"]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        exe = os.path.join(tmp, "probe")
+        with open(src, "w") as f:
+            f.write(_OMP_PROBE)
+        try:
+            subprocess.run(cc.split() + flags + [src, "-o", exe], check=True, capture_output=True)
+            subprocess.run([exe], check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            warnings.warn(
+                "fastrnn: the compiler failed the OpenMP probe; building without OpenMP "
+                "(the elementwise gate passes will run on one thread).",
+                stacklevel=1,
+            )
+            return [], []
+    return flags, flags
+
+
+omp_compile, omp_link = _openmp_flags()
+compile_args = (["-O0", "-g"] if DEBUG else ["-O3"]) + omp_compile
+if NATIVE:
+    compile_args.append("-march=native")
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "nonecheck": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+modules = ["rnn", "lstm", "gru", "_blas_check"]
+extensions = [
+    Extension(
+        f"fastrnn._kernels.{name}",
+        [f"src_pyx/{name}.pyx"],
+        extra_compile_args=compile_args,
+        extra_link_args=omp_link,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    for name in modules
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        include_path=["src_pyx"],
+        build_dir="build/cython",
+        compiler_directives=directives,
+    ),
+)
