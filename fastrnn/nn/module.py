@@ -16,7 +16,8 @@ class Parameter:
     Parameters
     ----------
     data : ndarray
-        The value. Stored as a C-contiguous float32 or float64 array, updated in place by optimizers.
+        The value, stored as a C-contiguous float32 or float64 array; optimizers update it
+        in place.
 
     Attributes
     ----------

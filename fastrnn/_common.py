@@ -1,0 +1,269 @@
+"""Validation, caches and gradient containers shared by the Cython and NumPy paths.
+
+Both :mod:`fastrnn.functional` and :mod:`fastrnn.reference` call :func:`prepare` so that they accept
+and refuse exactly the same inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "CELLS",
+    "Cache",
+    "GRUGrads",
+    "LSTMGrads",
+    "Prepared",
+    "RNNGrads",
+    "as_grad",
+    "check_cache",
+    "prepare",
+]
+
+#: Number of gate blocks G for each cell (weights are (G*H, I) and (G*H, H)).
+CELLS = {"rnn": 1, "lstm": 4, "gru": 3}
+_FORWARD_NAME = {"rnn": "rnn_forward", "lstm": "lstm_forward", "gru": "gru_forward"}
+
+
+class RNNGrads(NamedTuple):
+    """Gradients returned by ``rnn_backward`` (and ``gru_backward``, as :class:`GRUGrads`)."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+
+
+class GRUGrads(NamedTuple):
+    """Gradients returned by ``gru_backward``."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+
+
+class LSTMGrads(NamedTuple):
+    """Gradients returned by ``lstm_backward``."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+
+
+class Cache:
+    """What a training forward keeps for its backward.
+
+    Opaque to users: pass it to the matching ``*_backward`` of the same module. ``cell`` and
+    ``backend`` let the backward refuse a cache that another cell or backend produced, and
+    ``nbytes`` reports the memory it holds.
+    """
+
+    __slots__ = ("backend", "cell", "data", "dtype", "shape")
+
+    def __init__(
+        self,
+        backend: str,
+        cell: str,
+        dtype: np.dtype,
+        shape: tuple[int, int, int, int],
+        data: dict[str, Any],
+    ) -> None:
+        self.backend = backend
+        self.cell = cell
+        self.dtype = dtype
+        self.shape = shape  # (T, B, I, H)
+        self.data = data
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays of this cache (weights and inputs included)."""
+        return sum(v.nbytes for v in self.data.values() if isinstance(v, np.ndarray))
+
+    def __repr__(self) -> str:
+        T, B, I, H = self.shape
+        return (
+            f"Cache(cell={self.cell!r}, backend={self.backend!r}, T={T}, B={B}, I={I}, H={H}, "
+            f"dtype={np.dtype(self.dtype).name}, nbytes={self.nbytes})"
+        )
+
+
+def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
+    """The float dtype an argument asks for (None for integers), refusing unsupported kinds."""
+    dt = np.asarray(a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
+    if dt.kind == "f":
+        if dt.itemsize > 8:
+            raise TypeError(
+                f"{name} has dtype {dt}, which cannot be converted to float64 without "
+                "losing precision; pass float32 or float64"
+            )
+        return np.dtype(np.float64) if dt.itemsize == 8 else np.dtype(np.float32)
+    if dt.kind in "iu":
+        return None
+    raise TypeError(
+        f"{name} must be a real floating-point array (float32 or float64; float16 and "
+        f"integers are converted), got dtype {dt}"
+    )
+
+
+def _to_array(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+class Prepared(NamedTuple):
+    """Validated, C-contiguous operands of one forward call."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    c0: np.ndarray | None
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray | None
+    b_hh: np.ndarray | None
+    lengths: np.ndarray | None  # int64 (B,), or None when every sequence has length T
+    dtype: np.dtype
+    T: int
+    B: int
+    I: int
+    H: int
+
+
+def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
+    if a is None:
+        raise TypeError(f"{name} is required, got None")
+    shape = np.shape(a)
+    if len(shape) != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array of shape {what}, got shape {shape}")
+    return shape
+
+
+def check_lengths(lengths: Any, T: int, B: int) -> np.ndarray | None:
+    """Validate ``lengths``: integers (B,) in [1, T]. Returns None when all equal T."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and arr.size and np.all(arr == np.round(arr)):
+            raise TypeError(
+                f"lengths must be an integer array, got dtype {arr.dtype} "
+                "(convert with lengths.astype(int))"
+            )
+        raise TypeError(f"lengths must be an integer array of shape ({B},), got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(
+            f"lengths must have shape ({B},) (one length per batch entry), got shape {arr.shape}"
+        )
+    if B and (arr.min() < 1 or arr.max() > T):
+        raise ValueError(f"lengths must lie in [1, T={T}], got min {arr.min()} and max {arr.max()}")
+    arr = arr.astype(np.int64)
+    if B and arr.min() == T:
+        return None
+    return arr
+
+
+def prepare(
+    cell: str,
+    x: Any,
+    h0: Any,
+    c0: Any,
+    w_ih: Any,
+    w_hh: Any,
+    b_ih: Any,
+    b_hh: Any,
+    lengths: Any = None,
+) -> Prepared:
+    """Validate the operands of a ``<cell>_forward`` call and make them C-contiguous.
+
+    The computation runs in float64 when any floating-point operand (input, state, weight or bias)
+    is float64, otherwise in float32. Integer and float16 arrays are converted; complex, boolean,
+    object and extended-precision arrays are refused with ``TypeError``.
+    """
+    G = CELLS[cell]
+    T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
+    GH, I_w = _shape_of("w_ih", w_ih, 2, f"({G} * hidden_size, input_size)")
+    GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
+    if H < 1:
+        raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
+    if GH2 != G * H:
+        raise ValueError(
+            f"w_hh must have shape ({G} * hidden_size, hidden_size) = ({G * H}, {H}) "
+            f"for {cell.upper()}, got {(GH2, H)}"
+        )
+    if GH != G * H:
+        raise ValueError(
+            f"w_ih must have {G * H} rows ({G} * hidden_size, hidden_size={H} taken "
+            f"from w_hh), got shape {(GH, I_w)}"
+        )
+    if I_w != I:
+        raise ValueError(
+            f"w_ih has {I_w} columns but x has input_size {I} (x.shape[2]); they must match"
+        )
+    if I < 1:
+        raise ValueError(f"x must have input_size >= 1, got shape {(T, B, I)}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError("pass both b_ih and b_hh, or neither (bias-free cell)")
+
+    operands = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "c0": c0, "b_ih": b_ih, "b_hh": b_hh}
+    dtype = np.dtype(np.float32)
+    for name, a in operands.items():
+        if a is not None and _float_dtype_of(name, a) == np.float64:
+            dtype = np.dtype(np.float64)
+
+    xa = np.ascontiguousarray(np.asarray(x), dtype=dtype)
+    w_ih_a = np.ascontiguousarray(np.asarray(w_ih), dtype=dtype)
+    w_hh_a = np.ascontiguousarray(np.asarray(w_hh), dtype=dtype)
+    h0a = np.zeros((B, H), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, H))
+    c0a = None
+    if cell == "lstm":
+        c0a = np.zeros((B, H), dtype) if c0 is None else _to_array("c0", c0, dtype, (B, H))
+    b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
+    b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
+    lens = check_lengths(lengths, T, B)
+    return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H)
+
+
+def check_cache(cache: Any, backend: str, cell: str) -> Cache:
+    """Refuse a missing cache, or one produced by another cell or backend."""
+    fn = f"{cell}_backward"
+    if cache is None:
+        raise TypeError(
+            f"{fn} needs the cache of a training forward; got None (was the forward "
+            "called with training=False?)"
+        )
+    if not isinstance(cache, Cache):
+        raise TypeError(
+            f"{fn}: cache must be the Cache returned by {_FORWARD_NAME[cell]}, got "
+            f"{type(cache).__name__}"
+        )
+    if cache.cell != cell:
+        raise ValueError(
+            f"{fn}: cache comes from {_FORWARD_NAME[cache.cell]}, not {_FORWARD_NAME[cell]}"
+        )
+    if cache.backend != backend:
+        raise ValueError(
+            f"{fn}: cache comes from the {cache.backend!r} backend; pass it to "
+            f"fastrnn.{'reference' if cache.backend == 'numpy' else 'functional'}."
+            f"{fn} instead"
+        )
+    return cache
+
+
+def as_grad(name: str, g: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:
+    """Validate an upstream gradient (None means zeros) and make it C-contiguous."""
+    if g is None:
+        return None
+    _float_dtype_of(name, g)
+    return _to_array(name, g, dtype, shape)

@@ -1,0 +1,513 @@
+"""The stable kernel-level API: one forward/backward pair per cell, on the Cython kernels.
+
+Every function here has the same name, signature and results as its twin in
+:mod:`fastrnn.reference` (the NumPy oracle). One layer, one direction, time-major.
+
+Shapes (PyTorch's): ``x`` is ``(T, B, I)``; ``h0``/``c0``/``h_n``/``c_n`` are ``(B, H)``;
+``w_ih`` is ``(G*H, I)``, ``w_hh`` is ``(G*H, H)``, biases are ``(G*H,)`` with G = 1 (RNN),
+4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n). Outputs ``y`` are ``(T, B, H)``.
+
+Guarantees:
+
+* Inputs may have any memory layout (non-contiguous, Fortran-ordered, negative strides,
+  read-only); they are never modified.
+* The computation runs in float64 if any floating-point operand is float64, else in float32.
+  Integer and float16 operands are converted; complex, boolean and object arrays are refused.
+* ``training=False`` returns ``cache=None`` and keeps nothing; a training forward's cache holds what
+  BPTT needs (``cache.nbytes`` tells how much).
+* ``lengths`` (int array of shape (B,), values in [1, T], any order) gives PyTorch's
+  packed-sequence semantics: outputs past a sequence's end are zero and the final state is the
+  state at each sequence's own last step. Short sequences cost no recurrent work past their end.
+* The returned ``y`` is also what the backward reads: do not modify it in place before calling
+  the backward.
+* ``T == 0`` or ``B == 0`` return empty outputs and the initial state (zeros when omitted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastrnn._common import (
+    Cache,
+    GRUGrads,
+    LSTMGrads,
+    Prepared,
+    RNNGrads,
+    as_grad,
+    check_cache,
+    prepare,
+)
+from fastrnn._kernels import gru as _gru
+from fastrnn._kernels import lstm as _lstm
+from fastrnn._kernels import rnn as _rnn
+from fastrnn._threads import get_num_threads
+
+__all__ = [
+    "gru_backward",
+    "gru_forward",
+    "lstm_backward",
+    "lstm_forward",
+    "rnn_backward",
+    "rnn_forward",
+]
+
+BACKEND = "cython"
+
+
+class _Schedule:
+    """Rows sorted by decreasing length, and how many are active at each step."""
+
+    __slots__ = ("batch_sizes", "order", "inverse")
+
+    def __init__(self, lengths: np.ndarray | None, T: int, B: int) -> None:
+        if lengths is None:
+            self.order = self.inverse = None
+            self.batch_sizes = np.full(T, B, dtype=np.intc)
+            return
+        order = np.argsort(-lengths, kind="stable")
+        sorted_lengths = lengths[order]
+        # batch_sizes[t] = #{b : lengths[b] > t}
+        self.batch_sizes = (
+            B - np.searchsorted(sorted_lengths[::-1], np.arange(T), side="right")
+        ).astype(np.intc)
+        if np.array_equal(order, np.arange(B)):
+            self.order = self.inverse = None
+        else:
+            self.order = order
+            self.inverse = np.argsort(order)
+
+    def rows(self, a: np.ndarray | None, axis: int) -> np.ndarray | None:
+        """Batch rows of ``a`` in kernel (sorted) order."""
+        if a is None or self.order is None:
+            return a
+        return np.ascontiguousarray(np.take(a, self.order, axis=axis))
+
+    def unrows(self, a: np.ndarray, axis: int) -> np.ndarray:
+        """Batch rows of ``a`` back in the caller's order."""
+        if self.order is None:
+            return a
+        return np.ascontiguousarray(np.take(a, self.inverse, axis=axis))
+
+
+def _empty_forward(p: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """T == 0 or B == 0: nothing to compute."""
+    y = np.zeros((p.T, p.B, p.H), p.dtype)
+    return y, p.h0.copy(), None if p.c0 is None else p.c0.copy()
+
+
+def _empty_grads(p: Prepared) -> dict[str, Any]:
+    db = None if p.b_ih is None else np.zeros(p.w_hh.shape[0], p.dtype)
+    return {
+        "dx": np.zeros_like(p.x),
+        "dw_ih": np.zeros_like(p.w_ih),
+        "dw_hh": np.zeros_like(p.w_hh),
+        "db_ih": db,
+        "db_hh": None if db is None else db.copy(),
+    }
+
+
+def _bias_sum(p: Prepared) -> np.ndarray:
+    if p.b_ih is None:
+        return np.zeros(p.w_hh.shape[0], p.dtype)
+    return p.b_ih + p.b_hh
+
+
+def _upstream(p: Prepared, s: _Schedule, dy: Any, states: dict[str, Any]):
+    """Validated upstream gradients in kernel row order (zeros where None)."""
+    dy_a = as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
+    dy_a = np.zeros((p.T, p.B, p.H), p.dtype) if dy_a is None else s.rows(dy_a, 1)
+    out = []
+    for name, g in states.items():
+        g_a = as_grad(name, g, (p.B, p.H), p.dtype)
+        out.append(np.zeros((p.B, p.H), p.dtype) if g_a is None else s.rows(g_a, 0).copy())
+    return dy_a, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Elman RNN
+# ---------------------------------------------------------------------------------------------
+def rnn_forward(
+    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", training=True, lengths=None
+):
+    """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
+
+    Parameters
+    ----------
+    x : array_like of shape (T, B, I)
+        Input sequence, time-major.
+    h0 : array_like of shape (B, H) or None
+        Initial hidden state; None for zeros.
+    w_ih : array_like of shape (H, I)
+    w_hh : array_like of shape (H, H)
+    b_ih, b_hh : array_like of shape (H,) or None
+        Biases; pass both or neither.
+    nonlinearity : {"tanh", "relu"}, default="tanh"
+    training : bool, default=True
+        Keep what :func:`rnn_backward` needs; with False the returned cache is None.
+    lengths : array_like of int, shape (B,), optional
+        Length of each sequence in a padded batch (values in [1, T], any order).
+
+    Returns
+    -------
+    y : ndarray of shape (T, B, H)
+        Hidden state at every step (zero past a sequence's length).
+    h_n : ndarray of shape (B, H)
+        Hidden state at each sequence's last step.
+    cache : Cache or None
+        Pass to :func:`rnn_backward`.
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    relu = nonlinearity == "relu"
+    if p.T == 0 or p.B == 0:
+        y, h_n, _ = _empty_forward(p)
+        cache = Cache(BACKEND, "rnn", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        return y, h_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B)
+    xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    y = np.empty((p.T, p.B, p.H), p.dtype)
+    h_n = np.empty((p.B, p.H), p.dtype)
+    _rnn.forward(
+        xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, get_num_threads()
+    )
+    cache = None
+    if training:
+        cache = Cache(
+            BACKEND,
+            "rnn",
+            p.dtype,
+            (p.T, p.B, p.I, p.H),
+            {"p": p, "s": s, "x": xk, "h0": h0k, "y": y, "relu": relu},
+        )
+    return s.unrows(y, 1), s.unrows(h_n, 0), cache
+
+
+def rnn_backward(cache, dy, dh_n=None):
+    """Backpropagation through time for :func:`rnn_forward`.
+
+    Parameters
+    ----------
+    cache : Cache
+        From a training :func:`rnn_forward`.
+    dy : array_like of shape (T, B, H) or None
+        Gradient of the loss with respect to ``y``; None for zeros.
+    dh_n : array_like of shape (B, H) or None
+        Gradient with respect to ``h_n``; None for zeros.
+
+    Returns
+    -------
+    RNNGrads
+        ``dx`` (T, B, I), ``dh0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh`` (None for a
+        bias-free forward), summed over every step.
+    """
+    c = check_cache(cache, BACKEND, "rnn")
+    d = c.data
+    p = d["p"]
+    if "s" not in d:
+        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
+        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
+        g = _empty_grads(p)
+        return RNNGrads(
+            g["dx"],
+            np.zeros((p.B, p.H), p.dtype) if dh is None else dh,
+            g["dw_ih"],
+            g["dw_hh"],
+            g["db_ih"],
+            g["db_hh"],
+        )
+    s = d["s"]
+    dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
+    G = p.w_hh.shape[0]
+    dgates = np.empty((p.T, p.B, G), p.dtype)
+    dx = np.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db = np.empty(G, p.dtype)
+    _rnn.backward(
+        d["x"],
+        d["h0"],
+        p.w_ih,
+        p.w_hh,
+        s.batch_sizes,
+        d["y"],
+        dyk,
+        dh,
+        dgates,
+        dx,
+        dw_ih,
+        dw_hh,
+        db,
+        d["relu"],
+        get_num_threads(),
+    )
+    db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
+    return RNNGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM
+# ---------------------------------------------------------------------------------------------
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+    """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
+
+    ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)`` with
+    ``[i, f, g, o] = [sig, sig, tanh, sig](W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
+
+    Parameters
+    ----------
+    x : array_like of shape (T, B, I)
+    h0, c0 : array_like of shape (B, H) or None
+        Initial hidden and cell states; None for zeros.
+    w_ih : array_like of shape (4H, I)
+    w_hh : array_like of shape (4H, H)
+    b_ih, b_hh : array_like of shape (4H,) or None
+    training : bool, default=True
+    lengths : array_like of int, shape (B,), optional
+
+    Returns
+    -------
+    y : ndarray of shape (T, B, H)
+    h_n, c_n : ndarray of shape (B, H)
+    cache : Cache or None
+        Pass to :func:`lstm_backward`.
+    """
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    if p.T == 0 or p.B == 0:
+        y, h_n, c_n = _empty_forward(p)
+        cache = Cache(BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        return y, h_n, c_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B)
+    xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
+    G = p.w_hh.shape[0]
+    gates = np.empty((p.T, p.B, G), p.dtype)
+    y = np.empty((p.T, p.B, p.H), p.dtype)
+    cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
+    h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
+    _lstm.forward(
+        xk,
+        h0k,
+        c0k,
+        p.w_ih,
+        p.w_hh,
+        _bias_sum(p),
+        s.batch_sizes,
+        gates,
+        y,
+        cs,
+        h_n,
+        c_n,
+        training,
+        get_num_threads(),
+    )
+    cache = None
+    if training:
+        cache = Cache(
+            BACKEND,
+            "lstm",
+            p.dtype,
+            (p.T, p.B, p.I, p.H),
+            {"p": p, "s": s, "x": xk, "h0": h0k, "c0": c0k, "gates": gates, "y": y, "cs": cs},
+        )
+    return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
+
+
+def lstm_backward(cache, dy, dh_n=None, dc_n=None):
+    """Backpropagation through time for :func:`lstm_forward`.
+
+    Parameters
+    ----------
+    cache : Cache
+        From a training :func:`lstm_forward`.
+    dy : array_like of shape (T, B, H) or None
+    dh_n, dc_n : array_like of shape (B, H) or None
+
+    Returns
+    -------
+    LSTMGrads
+        ``dx`` (T, B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``.
+    """
+    c = check_cache(cache, BACKEND, "lstm")
+    d = c.data
+    p = d["p"]
+    if "s" not in d:
+        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
+        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
+        dc = as_grad("dc_n", dc_n, (p.B, p.H), p.dtype)
+        g = _empty_grads(p)
+        zero = np.zeros((p.B, p.H), p.dtype)
+        return LSTMGrads(
+            g["dx"],
+            zero if dh is None else dh,
+            zero.copy() if dc is None else dc,
+            g["dw_ih"],
+            g["dw_hh"],
+            g["db_ih"],
+            g["db_hh"],
+        )
+    s = d["s"]
+    dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
+    G = p.w_hh.shape[0]
+    dgates = np.empty((p.T, p.B, G), p.dtype)
+    dx = np.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db = np.empty(G, p.dtype)
+    _lstm.backward(
+        d["x"],
+        d["h0"],
+        d["c0"],
+        p.w_ih,
+        p.w_hh,
+        s.batch_sizes,
+        d["gates"],
+        d["y"],
+        d["cs"],
+        dyk,
+        dh,
+        dc,
+        dgates,
+        dx,
+        dw_ih,
+        dw_hh,
+        db,
+        get_num_threads(),
+    )
+    db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
+    return LSTMGrads(s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU
+# ---------------------------------------------------------------------------------------------
+def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+    """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
+
+    ``r = sig(W_ir x + b_ir + W_hr h + b_hr)``, ``z = sig(W_iz x + b_iz + W_hz h + b_hz)``,
+    ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h_t = (1 - z) * n + z * h_{t-1}``.
+
+    Parameters
+    ----------
+    x : array_like of shape (T, B, I)
+    h0 : array_like of shape (B, H) or None
+    w_ih : array_like of shape (3H, I)
+    w_hh : array_like of shape (3H, H)
+    b_ih, b_hh : array_like of shape (3H,) or None
+    training : bool, default=True
+    lengths : array_like of int, shape (B,), optional
+
+    Returns
+    -------
+    y : ndarray of shape (T, B, H)
+    h_n : ndarray of shape (B, H)
+    cache : Cache or None
+        Pass to :func:`gru_backward`.
+    """
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    if p.T == 0 or p.B == 0:
+        y, h_n, _ = _empty_forward(p)
+        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        return y, h_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B)
+    xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    H, G = p.H, p.w_hh.shape[0]
+    bias_i = np.zeros(G, p.dtype)
+    b_hn = np.zeros(H, p.dtype)
+    if p.b_ih is not None:
+        bias_i += p.b_ih
+        bias_i[: 2 * H] += p.b_hh[: 2 * H]
+        b_hn[:] = p.b_hh[2 * H :]
+    gates = np.empty((p.T, p.B, G), p.dtype)
+    hns = np.empty((p.T if training else 1, p.B, H), p.dtype)
+    hw = np.empty((p.B, G), p.dtype)
+    y = np.empty((p.T, p.B, H), p.dtype)
+    h_n = np.empty((p.B, H), p.dtype)
+    _gru.forward(
+        xk,
+        h0k,
+        p.w_ih,
+        p.w_hh,
+        bias_i,
+        b_hn,
+        s.batch_sizes,
+        gates,
+        hns,
+        hw,
+        y,
+        h_n,
+        training,
+        get_num_threads(),
+    )
+    cache = None
+    if training:
+        cache = Cache(
+            BACKEND,
+            "gru",
+            p.dtype,
+            (p.T, p.B, p.I, H),
+            {"p": p, "s": s, "x": xk, "h0": h0k, "gates": gates, "hns": hns, "y": y},
+        )
+    return s.unrows(y, 1), s.unrows(h_n, 0), cache
+
+
+def gru_backward(cache, dy, dh_n=None):
+    """Backpropagation through time for :func:`gru_forward`.
+
+    Parameters
+    ----------
+    cache : Cache
+        From a training :func:`gru_forward`.
+    dy : array_like of shape (T, B, H) or None
+    dh_n : array_like of shape (B, H) or None
+
+    Returns
+    -------
+    GRUGrads
+        ``dx`` (T, B, I), ``dh0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``.
+    """
+    c = check_cache(cache, BACKEND, "gru")
+    d = c.data
+    p = d["p"]
+    if "s" not in d:
+        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
+        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
+        g = _empty_grads(p)
+        return GRUGrads(
+            g["dx"],
+            np.zeros((p.B, p.H), p.dtype) if dh is None else dh,
+            g["dw_ih"],
+            g["dw_hh"],
+            g["db_ih"],
+            g["db_hh"],
+        )
+    s = d["s"]
+    dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
+    G = p.w_hh.shape[0]
+    dgi = np.empty((p.T, p.B, G), p.dtype)
+    dgh = np.empty((p.T, p.B, G), p.dtype)
+    dx = np.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
+    _gru.backward(
+        d["x"],
+        d["h0"],
+        p.w_ih,
+        p.w_hh,
+        s.batch_sizes,
+        d["gates"],
+        d["hns"],
+        d["y"],
+        dyk,
+        dh,
+        dgi,
+        dgh,
+        dx,
+        dw_ih,
+        dw_hh,
+        db_ih,
+        db_hh,
+        get_num_threads(),
+    )
+    if p.b_ih is None:
+        db_ih = db_hh = None
+    return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)

@@ -1,0 +1,246 @@
+"""The pure-NumPy reference: same functions, signatures and results as :mod:`fastrnn.functional`.
+
+Written to be read: one loop over time per direction, one line per equation, no fusion. It is the
+oracle of the test suite and the baseline of the benchmarks. Shapes: ``x`` is ``(T, B, I)``,
+states are ``(B, H)``, weights are PyTorch's (``w_ih`` is ``(G*H, I)``, ``w_hh`` is ``(G*H, H)``).
+
+Variable lengths use masks: at step ``t`` a sequence ``b`` with ``lengths[b] <= t`` keeps its state
+and outputs zeros, which is what PyTorch's packed sequences compute.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastrnn._common import (
+    Cache,
+    GRUGrads,
+    LSTMGrads,
+    RNNGrads,
+    as_grad,
+    check_cache,
+    prepare,
+)
+
+__all__ = [
+    "gru_backward",
+    "gru_forward",
+    "lstm_backward",
+    "lstm_forward",
+    "rnn_backward",
+    "rnn_forward",
+]
+
+BACKEND = "numpy"
+
+
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _masks(lengths, T, B, dtype):
+    """(T, B, 1) array: 1 where step t is inside sequence b, else 0."""
+    if lengths is None:
+        return np.ones((T, B, 1), dtype)
+    return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
+
+
+def _biases(p):
+    zero = np.zeros(p.w_hh.shape[0], p.dtype)
+    return (zero, zero) if p.b_ih is None else (p.b_ih, p.b_hh)
+
+
+def _weight_grads(p, dgi, dgh, hprev):
+    """dW_ih, dW_hh, db_ih, db_hh summed over every step."""
+    dw_ih = sum(dgi[t].T @ p.x[t] for t in range(p.T))
+    dw_hh = sum(dgh[t].T @ hprev[t] for t in range(p.T))
+    if p.b_ih is None:
+        return dw_ih, dw_hh, None, None
+    return dw_ih, dw_hh, dgi.sum(axis=(0, 1)), dgh.sum(axis=(0, 1))
+
+
+def _empty_weight_grads(p):
+    GH = p.w_hh.shape[0]
+    db = None if p.b_ih is None else np.zeros(GH, p.dtype)
+    return np.zeros_like(p.w_ih), np.zeros_like(p.w_hh), db, None if db is None else db.copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+# ---------------------------------------------------------------------------------------------
+def rnn_forward(
+    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", training=True, lengths=None
+):
+    """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    b_i, b_h = _biases(p)
+    m = _masks(p.lengths, p.T, p.B, p.dtype)
+    act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
+    h = p.h0.copy()
+    y = np.zeros((p.T, p.B, p.H), p.dtype)
+    hprev = np.zeros((p.T, p.B, p.H), p.dtype)
+    for t in range(p.T):
+        hprev[t] = h
+        h_new = act(p.x[t] @ p.w_ih.T + b_i + h @ p.w_hh.T + b_h)
+        h = m[t] * h_new + (1 - m[t]) * h
+        y[t] = m[t] * h_new
+    cache = None
+    if training:
+        cache = Cache(
+            BACKEND,
+            "rnn",
+            p.dtype,
+            (p.T, p.B, p.I, p.H),
+            {"p": p, "y": y, "hprev": hprev, "m": m, "relu": nonlinearity == "relu"},
+        )
+    return y, h, cache
+
+
+def rnn_backward(cache, dy, dh_n=None):
+    """BPTT for :func:`rnn_forward`; see :func:`fastrnn.functional.rnn_backward`."""
+    c = check_cache(cache, BACKEND, "rnn")
+    p, y, hprev, m = c.data["p"], c.data["y"], c.data["hprev"], c.data["m"]
+    dy = as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
+    dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
+    dh = np.zeros((p.B, p.H), p.dtype) if dh is None else dh.copy()
+    dg = np.zeros((p.T, p.B, p.H), p.dtype)
+    dx = np.zeros_like(p.x)
+    for t in reversed(range(p.T)):
+        dht = m[t] * (dh + (0 if dy is None else dy[t]))  # gradient reaching h_t's new value
+        if c.data["relu"]:
+            dg[t] = dht * (y[t] > 0)
+        else:
+            dg[t] = dht * (1 - y[t] ** 2)
+        dx[t] = dg[t] @ p.w_ih
+        dh = dg[t] @ p.w_hh + (1 - m[t]) * dh
+    if p.T == 0:
+        return RNNGrads(dx, dh, *_empty_weight_grads(p))
+    return RNNGrads(dx, dh, *_weight_grads(p, dg, dg, hprev))
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM, gates i, f, g, o:  c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)
+# ---------------------------------------------------------------------------------------------
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+    """LSTM over a whole sequence; see :func:`fastrnn.functional.lstm_forward`."""
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    b_i, b_h = _biases(p)
+    H = p.H
+    m = _masks(p.lengths, p.T, p.B, p.dtype)
+    h, c = p.h0.copy(), p.c0.copy()
+    y = np.zeros((p.T, p.B, H), p.dtype)
+    saved = []
+    for t in range(p.T):
+        a = p.x[t] @ p.w_ih.T + b_i + h @ p.w_hh.T + b_h
+        i = _sigmoid(a[:, :H])
+        f = _sigmoid(a[:, H : 2 * H])
+        g = np.tanh(a[:, 2 * H : 3 * H])
+        o = _sigmoid(a[:, 3 * H :])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        saved.append((h, c, i, f, g, o, c_new))
+        h = m[t] * h_new + (1 - m[t]) * h
+        c = m[t] * c_new + (1 - m[t]) * c
+        y[t] = m[t] * h_new
+    cache = None
+    if training:
+        cache = Cache(
+            BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, H), {"p": p, "saved": saved, "m": m}
+        )
+    return y, h, c, cache
+
+
+def lstm_backward(cache, dy, dh_n=None, dc_n=None):
+    """BPTT for :func:`lstm_forward`; see :func:`fastrnn.functional.lstm_backward`."""
+    cc = check_cache(cache, BACKEND, "lstm")
+    p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
+    H = p.H
+    dy = as_grad("dy", dy, (p.T, p.B, H), p.dtype)
+    dh = as_grad("dh_n", dh_n, (p.B, H), p.dtype)
+    dc = as_grad("dc_n", dc_n, (p.B, H), p.dtype)
+    dh = np.zeros((p.B, H), p.dtype) if dh is None else dh.copy()
+    dc = np.zeros((p.B, H), p.dtype) if dc is None else dc.copy()
+    dg = np.zeros((p.T, p.B, 4 * H), p.dtype)
+    hprev = np.zeros((p.T, p.B, H), p.dtype)
+    dx = np.zeros_like(p.x)
+    for t in reversed(range(p.T)):
+        h, c, i, f, g, o, c_new = saved[t]
+        hprev[t] = h
+        dht = m[t] * (dh + (0 if dy is None else dy[t]))
+        dct = m[t] * dc
+        tc = np.tanh(c_new)
+        do = dht * tc
+        dct = dct + dht * o * (1 - tc**2)
+        di, df, dgg = dct * g, dct * c, dct * i
+        dg[t] = np.concatenate(
+            [di * i * (1 - i), df * f * (1 - f), dgg * (1 - g**2), do * o * (1 - o)], axis=1
+        )
+        dx[t] = dg[t] @ p.w_ih
+        dh = dg[t] @ p.w_hh + (1 - m[t]) * dh
+        dc = dct * f + (1 - m[t]) * dc
+    if p.T == 0:
+        return LSTMGrads(dx, dh, dc, *_empty_weight_grads(p))
+    return LSTMGrads(dx, dh, dc, *_weight_grads(p, dg, dg, hprev))
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU, gates r, z, n (PyTorch's: the reset gate multiplies W_hn h + b_hn):
+#   r = sig(W_ir x + b_ir + W_hr h + b_hr),  z = sig(W_iz x + b_iz + W_hz h + b_hz)
+#   n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}
+# ---------------------------------------------------------------------------------------------
+def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+    """GRU over a whole sequence; see :func:`fastrnn.functional.gru_forward`."""
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    b_i, b_h = _biases(p)
+    H = p.H
+    m = _masks(p.lengths, p.T, p.B, p.dtype)
+    h = p.h0.copy()
+    y = np.zeros((p.T, p.B, H), p.dtype)
+    saved = []
+    for t in range(p.T):
+        gi = p.x[t] @ p.w_ih.T + b_i
+        gh = h @ p.w_hh.T + b_h
+        r = _sigmoid(gi[:, :H] + gh[:, :H])
+        z = _sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+        hn = gh[:, 2 * H :]
+        n = np.tanh(gi[:, 2 * H :] + r * hn)
+        h_new = (1 - z) * n + z * h
+        saved.append((h, r, z, n, hn))
+        h = m[t] * h_new + (1 - m[t]) * h
+        y[t] = m[t] * h_new
+    cache = None
+    if training:
+        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, H), {"p": p, "saved": saved, "m": m})
+    return y, h, cache
+
+
+def gru_backward(cache, dy, dh_n=None):
+    """BPTT for :func:`gru_forward`; see :func:`fastrnn.functional.gru_backward`."""
+    cc = check_cache(cache, BACKEND, "gru")
+    p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
+    H = p.H
+    dy = as_grad("dy", dy, (p.T, p.B, H), p.dtype)
+    dh = as_grad("dh_n", dh_n, (p.B, H), p.dtype)
+    dh = np.zeros((p.B, H), p.dtype) if dh is None else dh.copy()
+    dgi = np.zeros((p.T, p.B, 3 * H), p.dtype)
+    dgh = np.zeros((p.T, p.B, 3 * H), p.dtype)
+    hprev = np.zeros((p.T, p.B, H), p.dtype)
+    dx = np.zeros_like(p.x)
+    for t in reversed(range(p.T)):
+        h, r, z, n, hn = saved[t]
+        hprev[t] = h
+        dht = m[t] * (dh + (0 if dy is None else dy[t]))
+        dn = dht * (1 - z)
+        dz = dht * (h - n)
+        dn_pre = dn * (1 - n**2)
+        dr_pre = dn_pre * hn * r * (1 - r)
+        dz_pre = dz * z * (1 - z)
+        dgi[t] = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+        dgh[t] = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+        dx[t] = dgi[t] @ p.w_ih
+        dh = dgh[t] @ p.w_hh + dht * z + (1 - m[t]) * dh
+    if p.T == 0:
+        return GRUGrads(dx, dh, *_empty_weight_grads(p))
+    return GRUGrads(dx, dh, *_weight_grads(p, dgi, dgh, hprev))

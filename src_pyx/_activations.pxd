@@ -1,0 +1,47 @@
+# Activations and their derivatives, header-only. Derivatives are written in terms of the
+# activation's *output* y, which is what the forward pass stores.
+
+from cython cimport floating
+from libc.math cimport exp, tanh
+
+
+cdef extern from "_fastmath.h" nogil:
+    # Vectorizable float32 versions (see _fastmath.h for their accuracy).
+    float fr_sigmoidf(float a)
+    float fr_tanhf(float a)
+
+
+cdef inline floating sigmoid(floating a) noexcept nogil:
+    """1 / (1 + exp(-a))"""
+    if floating is float:
+        return fr_sigmoidf(a)
+    else:
+        return 1.0 / (1.0 + exp(-a))
+
+
+cdef inline floating tanh_(floating a) noexcept nogil:
+    """tanh(a) in the precision of a"""
+    if floating is float:
+        return fr_tanhf(a)
+    else:
+        return tanh(a)
+
+
+cdef inline floating relu(floating a) noexcept nogil:
+    """max(a, 0)"""
+    return a if a > 0 else 0
+
+
+cdef inline floating dsigmoid(floating y) noexcept nogil:
+    """sigmoid'(a) = y (1 - y)"""
+    return y * (1 - y)
+
+
+cdef inline floating dtanh(floating y) noexcept nogil:
+    """tanh'(a) = 1 - y^2"""
+    return 1 - y * y
+
+
+cdef inline floating drelu(floating y) noexcept nogil:
+    """relu'(a) = 1 if y > 0 else 0"""
+    return 1 if y > 0 else 0

@@ -1,0 +1,214 @@
+"""GRU forward and BPTT over a whole sequence.
+
+Legend: T steps, B batch rows, I input size, H hidden size, G = 3H gate width.
+Gates are PyTorch's r, z, n, with the reset gate applied after the hidden matmul:
+    gi = W_ih x_t + b_ih,  gh = W_hh h_{t-1} + b_hh                     (B, G)
+    r = sigmoid(gi_r + gh_r),  z = sigmoid(gi_z + gh_z)
+    n = tanh(gi_n + r * gh_n),  h_t = (1 - z) * n + z * h_{t-1}
+
+The kernel receives bias_i = b_ih + [b_hr, b_hz, 0] (folded into the input GEMM) and b_hn apart,
+since b_hn sits inside r * (...). Rows are sorted by decreasing length; ``batch_sizes[t]`` rows
+are active at step t, and inactive rows keep their state and output zeros.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
+from _blas cimport gemm
+from _util cimport col_sum, last_step, zero_rows
+
+cdef Py_ssize_t PAR_MIN = 8192
+
+
+# --- tier 1: one batch row ------------------------------------------------------------------------
+cdef inline void _row_forward(floating* a, const floating* hw, const floating* b_hn,
+                              const floating* h_prev, floating* hn, floating* h,
+                              Py_ssize_t H) noexcept nogil:
+    """a := [r, z, n] from a = gi and hw = W_hh h_prev; hn = hw_n + b_hn; h = (1-z) n + z h_prev."""
+    cdef Py_ssize_t j
+    cdef floating r, z, n, ghn
+    for j in range(H):
+        r = sigmoid(a[j] + hw[j])
+        z = sigmoid(a[H + j] + hw[H + j])
+        ghn = hw[2 * H + j] + b_hn[j]
+        n = tanh_(a[2 * H + j] + r * ghn)
+        a[j] = r
+        a[H + j] = z
+        a[2 * H + j] = n
+        hn[j] = ghn
+        h[j] = (1 - z) * n + z * h_prev[j]
+
+
+cdef inline void _row_backward(const floating* a, const floating* hn, const floating* h_prev,
+                               const floating* dy, floating* dh, floating* dgi, floating* dgh,
+                               Py_ssize_t H) noexcept nogil:
+    """Gate grads from dh_t (+ dy_t); dh becomes the direct part z * dh_t of dh_{t-1}.
+
+    dn_pre = dh (1-z) (1-n^2);  dr_pre = dn_pre hn r(1-r);  dz_pre = dh (h_prev - n) z(1-z)
+    dgi = [dr_pre, dz_pre, dn_pre];  dgh = [dr_pre, dz_pre, dn_pre r]
+    """
+    cdef Py_ssize_t j
+    cdef floating r, z, n, dhj, dn_pre, dr_pre, dz_pre
+    for j in range(H):
+        r = a[j]
+        z = a[H + j]
+        n = a[2 * H + j]
+        dhj = dh[j] + dy[j]
+        dn_pre = dhj * (1 - z) * dtanh(n)
+        dr_pre = dn_pre * hn[j] * dsigmoid(r)
+        dz_pre = dhj * (h_prev[j] - n) * dsigmoid(z)
+        dgi[j] = dr_pre
+        dgi[H + j] = dz_pre
+        dgi[2 * H + j] = dn_pre
+        dgh[j] = dr_pre
+        dgh[H + j] = dz_pre
+        dgh[2 * H + j] = dn_pre * r
+        dh[j] = dhj * z
+
+
+# --- tier 2: the time loops -------------------------------------------------------------------
+cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                   const floating* x, const floating* h0, const floating* w_ih,
+                   const floating* w_hh, const floating* bias_i, const floating* b_hn,
+                   const int* batch_sizes, floating* gates, floating* hns, floating* hw,
+                   floating* y, floating* h_n, bint training, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t t, b, n, r
+    cdef const floating* h_prev
+    cdef floating* a_t
+    cdef floating* hn_t
+
+    # gates[t, b] = W_ih x[t, b] + bias_i for all steps in one GEMM
+    for r in range(T * B):
+        memcpy(gates + r * G, bias_i, G * sizeof(floating))
+    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+
+    for t in range(T):
+        n = batch_sizes[t]
+        a_t = gates + t * B * G
+        hn_t = hns + t * B * H if training else hns
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        # hw[:n] = h_{t-1} W_hh^T
+        gemm(False, True, n, G, H, <floating> 1, h_prev, H, w_hh, H, <floating> 0, hw, G)
+        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_forward(a_t + b * G, hw + b * G, b_hn, h_prev + b * H, hn_t + b * H,
+                             y + (t * B + b) * H, H)
+        else:
+            for b in range(n):
+                _row_forward(a_t + b * G, hw + b * G, b_hn, h_prev + b * H, hn_t + b * H,
+                             y + (t * B + b) * H, H)
+        zero_rows(y + t * B * H, n, B, H)
+
+    for b in range(B):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+
+
+cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* w_ih,
+                    const floating* w_hh, const int* batch_sizes, const floating* gates,
+                    const floating* hns, const floating* y, const floating* dy, floating* dh,
+                    floating* dgi, floating* dgh, floating* dx, floating* dw_ih,
+                    floating* dw_hh, floating* db_ih, floating* db_hh,
+                    int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t t, b, n, o
+    cdef const floating* h_prev
+
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                o = t * B + b
+                _row_backward(gates + o * G, hns + o * H, h_prev + b * H, dy + o * H,
+                              dh + b * H, dgi + o * G, dgh + o * G, H)
+        else:
+            for b in range(n):
+                o = t * B + b
+                _row_backward(gates + o * G, hns + o * H, h_prev + b * H, dy + o * H,
+                              dh + b * H, dgi + o * G, dgh + o * G, H)
+        zero_rows(dgi + t * B * G, n, B, G)
+        zero_rows(dgh + t * B * G, n, B, G)
+        # dh_{t-1}[:n] = z * dh_t + dgh_t[:n] W_hh   (inactive rows keep the dh they carry)
+        gemm(False, False, n, H, G, <floating> 1, dgh + t * B * G, G, w_hh, H,
+             <floating> 1, dh, H)
+
+    gemm(False, False, T * B, I, G, <floating> 1, dgi, G, w_ih, I, <floating> 0, dx, I)
+    gemm(True, False, G, I, T * B, <floating> 1, dgi, G, x, I, <floating> 0, dw_ih, I)
+    gemm(True, False, G, H, B, <floating> 1, dgh, G, h0, H, <floating> 0, dw_hh, H)
+    gemm(True, False, G, H, (T - 1) * B, <floating> 1, dgh + B * G, G, y, H,
+         <floating> 1, dw_hh, H)
+    col_sum(dgi, T * B, G, db_ih)
+    col_sum(dgh, T * B, G, db_hh)
+
+
+# --- tier 3: the Python entry points -------------------------------------------------------------
+def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
+            const floating[:, ::1] h0,         # IN    (B, H)
+            const floating[:, ::1] w_ih,       # IN    (G, I)
+            const floating[:, ::1] w_hh,       # IN    (G, H)
+            const floating[::1] bias_i,        # IN    (G,) b_ih + [b_hr, b_hz, 0]
+            const floating[::1] b_hn,          # IN    (H,)
+            const int[::1] batch_sizes,        # IN    (T,) non-increasing, batch_sizes[0] == B
+            floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates r, z, n
+            floating[:, :, ::1] hns,           # OUT   (T, B, H) W_hn h + b_hn ((1, B, H) if eval)
+            floating[:, ::1] hw,               # OUT   (B, G) workspace
+            floating[:, :, ::1] y,             # OUT   (T, B, H)
+            floating[:, ::1] h_n,              # OUT   (B, H)
+            bint training,
+            int n_threads):
+    """GRU forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (3H, I)
+    w_hh : ndarray of shape (3H, H)
+    bias_i : ndarray of shape (3H,)
+    b_hn : ndarray of shape (H,)
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 3H), written
+    hns : ndarray of shape (T, B, H) when training else (1, B, H), written
+    hw : ndarray of shape (B, 3H), workspace
+    y : ndarray of shape (T, B, H), written
+    h_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias_i[0],
+                 &b_hn[0], &batch_sizes[0], &gates[0, 0, 0], &hns[0, 0, 0], &hw[0, 0],
+                 &y[0, 0, 0], &h_n[0, 0], training, n_threads)
+
+
+def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
+             const floating[:, ::1] h0,        # IN    (B, H)
+             const floating[:, ::1] w_ih,      # IN    (G, I)
+             const floating[:, ::1] w_hh,      # IN    (G, H)
+             const int[::1] batch_sizes,       # IN    (T,)
+             const floating[:, :, ::1] gates,  # IN    (T, B, G) from a training forward
+             const floating[:, :, ::1] hns,    # IN    (T, B, H)
+             const floating[:, :, ::1] y,      # IN    (T, B, H)
+             const floating[:, :, ::1] dy,     # IN    (T, B, H)
+             floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+             floating[:, :, ::1] dgi,          # OUT   (T, B, G) workspace
+             floating[:, :, ::1] dgh,          # OUT   (T, B, G) workspace
+             floating[:, :, ::1] dx,           # OUT   (T, B, I)
+             floating[:, ::1] dw_ih,           # OUT   (G, I)
+             floating[:, ::1] dw_hh,           # OUT   (G, H)
+             floating[::1] db_ih,              # OUT   (G,)
+             floating[::1] db_hh,              # OUT   (G,)
+             int n_threads):
+    """GRU BPTT over all T steps (T, B >= 1); see forward for the shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                  &batch_sizes[0], &gates[0, 0, 0], &hns[0, 0, 0], &y[0, 0, 0], &dy[0, 0, 0],
+                  &dh[0, 0], &dgi[0, 0, 0], &dgh[0, 0, 0], &dx[0, 0, 0], &dw_ih[0, 0],
+                  &dw_hh[0, 0], &db_ih[0], &db_hh[0], n_threads)

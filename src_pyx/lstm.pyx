@@ -1,0 +1,222 @@
+"""LSTM forward and BPTT over a whole sequence.
+
+Legend: T steps, B batch rows, I input size, H hidden size, G = 4H gate width.
+Gates are PyTorch's i, f, g, o:
+    a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh           (B, G)
+    i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g)
+    c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+
+Rows are sorted by decreasing sequence length; ``batch_sizes[t]`` rows are active at step t. An
+inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semantics).
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
+from _blas cimport gemm
+from _util cimport col_sum, last_step, zero_rows
+
+# Below this many elements per step the elementwise pass runs on one thread: an OpenMP fork
+# costs more than it saves.
+cdef Py_ssize_t PAR_MIN = 8192
+
+
+# --- tier 1: one batch row of the gate math ------------------------------------------------------
+cdef inline void _row_forward(floating* a, const floating* c_prev, floating* c, floating* h,
+                              Py_ssize_t H) noexcept nogil:
+    """Activate a = [a_i, a_f, a_g, a_o] in place; c = f c_prev + i g; h = o tanh(c)."""
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o
+    for j in range(H):
+        i = sigmoid(a[j])
+        f = sigmoid(a[H + j])
+        g = tanh_(a[2 * H + j])
+        o = sigmoid(a[3 * H + j])
+        a[j] = i
+        a[H + j] = f
+        a[2 * H + j] = g
+        a[3 * H + j] = o
+        c[j] = f * c_prev[j] + i * g
+        h[j] = o * tanh_(c[j])
+
+
+cdef inline void _row_backward(const floating* a, const floating* c_prev, const floating* c,
+                               const floating* dy, floating* dh, floating* dc,
+                               floating* da, Py_ssize_t H) noexcept nogil:
+    """Gate pre-activation grads da from dh_t (+ dy_t) and dc_t; dc becomes dc_{t-1}.
+
+    dh  = dh_t + dy_t;  tc = tanh(c_t)
+    dc  = dc_t + dh o (1 - tc^2)
+    da  = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g^2), dh tc o(1-o)];  dc_{t-1} = dc f
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tc, dhj, dcj
+    for j in range(H):
+        i = a[j]
+        f = a[H + j]
+        g = a[2 * H + j]
+        o = a[3 * H + j]
+        tc = tanh_(c[j])
+        dhj = dh[j] + dy[j]
+        dcj = dc[j] + dhj * o * dtanh(tc)
+        da[j] = dcj * g * dsigmoid(i)
+        da[H + j] = dcj * c_prev[j] * dsigmoid(f)
+        da[2 * H + j] = dcj * i * dtanh(g)
+        da[3 * H + j] = dhj * tc * dsigmoid(o)
+        dc[j] = dcj * f
+
+
+# --- tier 2: the time loops ---------------------------------------------------------------------
+cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                   const floating* x, const floating* h0, const floating* c0,
+                   const floating* w_ih, const floating* w_hh, const floating* bias,
+                   const int* batch_sizes, floating* gates, floating* y, floating* cs,
+                   bint training, floating* h_n, floating* c_n, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n, r
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef floating* c_cur
+    cdef floating* a_t
+
+    # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps in one GEMM
+    for r in range(T * B):
+        memcpy(gates + r * G, bias, G * sizeof(floating))
+    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+    if not training:  # one cell-state buffer, updated in place
+        memcpy(cs, c0, B * H * sizeof(floating))
+
+    for t in range(T):
+        n = batch_sizes[t]
+        a_t = gates + t * B * G
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        if training:
+            c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+            c_cur = cs + t * B * H
+        else:
+            c_prev = cs
+            c_cur = cs
+        # a_t[:n] += h_{t-1} W_hh^T
+        gemm(False, True, n, G, H, <floating> 1, h_prev, H, w_hh, H, <floating> 1, a_t, G)
+        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H,
+                             y + (t * B + b) * H, H)
+        else:
+            for b in range(n):
+                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H,
+                             y + (t * B + b) * H, H)
+        zero_rows(y + t * B * H, n, B, H)
+
+    for b in range(B):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+        if training:
+            memcpy(c_n + b * H, cs + (t * B + b) * H, H * sizeof(floating))
+        else:
+            memcpy(c_n + b * H, cs + b * H, H * sizeof(floating))
+
+
+cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* c0,
+                    const floating* w_ih, const floating* w_hh, const int* batch_sizes,
+                    const floating* gates, const floating* y, const floating* cs,
+                    const floating* dy, floating* dh, floating* dc, floating* dgates,
+                    floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
+                    int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n
+    cdef const floating* c_prev
+    cdef floating* da_t
+
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        da_t = dgates + t * B * G
+        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_backward(gates + (t * B + b) * G, c_prev + b * H, cs + (t * B + b) * H,
+                              dy + (t * B + b) * H, dh + b * H, dc + b * H, da_t + b * G, H)
+        else:
+            for b in range(n):
+                _row_backward(gates + (t * B + b) * G, c_prev + b * H, cs + (t * B + b) * H,
+                              dy + (t * B + b) * H, dh + b * H, dc + b * H, da_t + b * G, H)
+        zero_rows(da_t, n, B, G)
+        # dh_{t-1}[:n] = da_t[:n] W_hh   (inactive rows keep the dh they carry)
+        gemm(False, False, n, H, G, <floating> 1, da_t, G, w_hh, H, <floating> 0, dh, H)
+
+    # The weight and input gradients, as three large GEMMs over all T*B rows.
+    gemm(False, False, T * B, I, G, <floating> 1, dgates, G, w_ih, I, <floating> 0, dx, I)
+    gemm(True, False, G, I, T * B, <floating> 1, dgates, G, x, I, <floating> 0, dw_ih, I)
+    gemm(True, False, G, H, B, <floating> 1, dgates, G, h0, H, <floating> 0, dw_hh, H)
+    gemm(True, False, G, H, (T - 1) * B, <floating> 1, dgates + B * G, G, y, H,
+         <floating> 1, dw_hh, H)
+    col_sum(dgates, T * B, G, db)
+
+
+# --- tier 3: the Python entry points -------------------------------------------------------------
+def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
+            const floating[:, ::1] h0,         # IN    (B, H)
+            const floating[:, ::1] c0,         # IN    (B, H)
+            const floating[:, ::1] w_ih,       # IN    (G, I)
+            const floating[:, ::1] w_hh,       # IN    (G, H)
+            const floating[::1] bias,          # IN    (G,) b_ih + b_hh (zeros without bias)
+            const int[::1] batch_sizes,        # IN    (T,) non-increasing, batch_sizes[0] == B
+            floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates i, f, g, o
+            floating[:, :, ::1] y,             # OUT   (T, B, H)
+            floating[:, :, ::1] cs,            # OUT   (T, B, H) if training else (1, B, H)
+            floating[:, ::1] h_n,              # OUT   (B, H)
+            floating[:, ::1] c_n,              # OUT   (B, H)
+            bint training,
+            int n_threads):
+    """LSTM forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0, c0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (4H, I)
+    w_hh : ndarray of shape (4H, H)
+    bias : ndarray of shape (4H,)
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 4H), written
+    y : ndarray of shape (T, B, H), written
+    cs : ndarray of shape (T, B, H) when training else (1, B, H), written
+    h_n, c_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                 &bias[0], &batch_sizes[0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0],
+                 training, &h_n[0, 0], &c_n[0, 0], n_threads)
+
+
+def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
+             const floating[:, ::1] h0,        # IN    (B, H)
+             const floating[:, ::1] c0,        # IN    (B, H)
+             const floating[:, ::1] w_ih,      # IN    (G, I)
+             const floating[:, ::1] w_hh,      # IN    (G, H)
+             const int[::1] batch_sizes,       # IN    (T,)
+             const floating[:, :, ::1] gates,  # IN    (T, B, G) from a training forward
+             const floating[:, :, ::1] y,      # IN    (T, B, H)
+             const floating[:, :, ::1] cs,     # IN    (T, B, H)
+             const floating[:, :, ::1] dy,     # IN    (T, B, H)
+             floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+             floating[:, ::1] dc,              # INOUT (B, H) dc_n in, dc0 out
+             floating[:, :, ::1] dgates,       # OUT   (T, B, G) workspace
+             floating[:, :, ::1] dx,           # OUT   (T, B, I)
+             floating[:, ::1] dw_ih,           # OUT   (G, I)
+             floating[:, ::1] dw_hh,           # OUT   (G, H)
+             floating[::1] db,                 # OUT   (G,) gradient of b_ih (and of b_hh)
+             int n_threads):
+    """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                  &batch_sizes[0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0], &dy[0, 0, 0],
+                  &dh[0, 0], &dc[0, 0], &dgates[0, 0, 0], &dx[0, 0, 0], &dw_ih[0, 0],
+                  &dw_hh[0, 0], &db[0], n_threads)

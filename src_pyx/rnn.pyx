@@ -1,0 +1,161 @@
+"""Elman RNN forward and BPTT over a whole sequence.
+
+Legend: T steps, B batch rows, I input size, H hidden size (G = H: one gate block).
+    h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),  act = tanh or relu
+
+The outputs y double as the pre-activation workspace: y[t] holds W_ih x_t + b until step t adds
+the recurrent term and applies act in place. Rows are sorted by decreasing length;
+``batch_sizes[t]`` rows are active at step t, and inactive rows output zeros.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from _activations cimport drelu, dtanh, relu, tanh_
+from _blas cimport gemm
+from _util cimport col_sum, last_step, zero_rows
+
+cdef Py_ssize_t PAR_MIN = 8192
+
+
+# --- tier 1: one batch row ------------------------------------------------------------------------
+cdef inline void _row_forward(floating* a, Py_ssize_t H, bint use_relu) noexcept nogil:
+    """a := act(a) in place."""
+    cdef Py_ssize_t j
+    if use_relu:
+        for j in range(H):
+            a[j] = relu(a[j])
+    else:
+        for j in range(H):
+            a[j] = tanh_(a[j])
+
+
+cdef inline void _row_backward(const floating* h, const floating* dy, const floating* dh,
+                               floating* da, Py_ssize_t H, bint use_relu) noexcept nogil:
+    """da = (dh_t + dy_t) * act'(h_t), act' written in terms of the output h_t."""
+    cdef Py_ssize_t j
+    if use_relu:
+        for j in range(H):
+            da[j] = (dh[j] + dy[j]) * drelu(h[j])
+    else:
+        for j in range(H):
+            da[j] = (dh[j] + dy[j]) * dtanh(h[j])
+
+
+# --- tier 2: the time loops -------------------------------------------------------------------
+cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                   const floating* x, const floating* h0, const floating* w_ih,
+                   const floating* w_hh, const floating* bias, const int* batch_sizes,
+                   floating* y, floating* h_n, bint use_relu, int n_threads) noexcept nogil:
+    cdef Py_ssize_t t, b, n, r
+    cdef const floating* h_prev
+    cdef floating* y_t
+
+    # y[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps in one GEMM
+    for r in range(T * B):
+        memcpy(y + r * H, bias, H * sizeof(floating))
+    gemm(False, True, T * B, H, I, <floating> 1, x, I, w_ih, I, <floating> 1, y, H)
+
+    for t in range(T):
+        n = batch_sizes[t]
+        y_t = y + t * B * H
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        # y_t[:n] += h_{t-1} W_hh^T, then the activation
+        gemm(False, True, n, H, H, <floating> 1, h_prev, H, w_hh, H, <floating> 1, y_t, H)
+        if n_threads > 1 and n > 1 and n * H >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_forward(y_t + b * H, H, use_relu)
+        else:
+            _row_forward(y_t, n * H, use_relu)
+        zero_rows(y_t, n, B, H)
+
+    for b in range(B):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+
+
+cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* w_ih,
+                    const floating* w_hh, const int* batch_sizes, const floating* y,
+                    const floating* dy, floating* dh, floating* dgates, floating* dx,
+                    floating* dw_ih, floating* dw_hh, floating* db, bint use_relu,
+                    int n_threads) noexcept nogil:
+    cdef Py_ssize_t t, b, n
+    cdef floating* da_t
+
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        da_t = dgates + t * B * H
+        if n_threads > 1 and n > 1 and n * H >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_backward(y + (t * B + b) * H, dy + (t * B + b) * H, dh + b * H,
+                              da_t + b * H, H, use_relu)
+        else:
+            _row_backward(y + t * B * H, dy + t * B * H, dh, da_t, n * H, use_relu)
+        zero_rows(da_t, n, B, H)
+        # dh_{t-1}[:n] = da_t[:n] W_hh   (inactive rows keep the dh they carry)
+        gemm(False, False, n, H, H, <floating> 1, da_t, H, w_hh, H, <floating> 0, dh, H)
+
+    gemm(False, False, T * B, I, H, <floating> 1, dgates, H, w_ih, I, <floating> 0, dx, I)
+    gemm(True, False, H, I, T * B, <floating> 1, dgates, H, x, I, <floating> 0, dw_ih, I)
+    gemm(True, False, H, H, B, <floating> 1, dgates, H, h0, H, <floating> 0, dw_hh, H)
+    gemm(True, False, H, H, (T - 1) * B, <floating> 1, dgates + B * H, H, y, H,
+         <floating> 1, dw_hh, H)
+    col_sum(dgates, T * B, H, db)
+
+
+# --- tier 3: the Python entry points -------------------------------------------------------------
+def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
+            const floating[:, ::1] h0,         # IN    (B, H)
+            const floating[:, ::1] w_ih,       # IN    (H, I)
+            const floating[:, ::1] w_hh,       # IN    (H, H)
+            const floating[::1] bias,          # IN    (H,) b_ih + b_hh (zeros without bias)
+            const int[::1] batch_sizes,        # IN    (T,) non-increasing, batch_sizes[0] == B
+            floating[:, :, ::1] y,             # OUT   (T, B, H)
+            floating[:, ::1] h_n,              # OUT   (B, H)
+            bint use_relu,
+            int n_threads):
+    """Elman RNN forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (H, I)
+    w_hh : ndarray of shape (H, H)
+    bias : ndarray of shape (H,)
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    y : ndarray of shape (T, B, H), written (also what BPTT needs)
+    h_n : ndarray of shape (B, H), written
+    use_relu : bool
+        relu instead of tanh.
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias[0],
+                 &batch_sizes[0], &y[0, 0, 0], &h_n[0, 0], use_relu, n_threads)
+
+
+def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
+             const floating[:, ::1] h0,        # IN    (B, H)
+             const floating[:, ::1] w_ih,      # IN    (H, I)
+             const floating[:, ::1] w_hh,      # IN    (H, H)
+             const int[::1] batch_sizes,       # IN    (T,)
+             const floating[:, :, ::1] y,      # IN    (T, B, H) from the forward
+             const floating[:, :, ::1] dy,     # IN    (T, B, H)
+             floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+             floating[:, :, ::1] dgates,       # OUT   (T, B, H) workspace
+             floating[:, :, ::1] dx,           # OUT   (T, B, I)
+             floating[:, ::1] dw_ih,           # OUT   (H, I)
+             floating[:, ::1] dw_hh,           # OUT   (H, H)
+             floating[::1] db,                 # OUT   (H,) gradient of b_ih (and of b_hh)
+             bint use_relu,
+             int n_threads):
+    """Elman RNN BPTT over all T steps (T, B >= 1); see forward for the shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                  &batch_sizes[0], &y[0, 0, 0], &dy[0, 0, 0], &dh[0, 0], &dgates[0, 0, 0],
+                  &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], use_relu, n_threads)

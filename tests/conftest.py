@@ -1,0 +1,334 @@
+"""Shared helpers for the functional-API tests.
+
+One table, ``SPECS``, describes every cell variant (RNN tanh, RNN relu, LSTM, GRU) in a uniform
+way, so that each property (finite differences, Cython vs reference, strides, step-by-step, lengths,
+PyTorch parity, validation) is written once and parametrized over cells and backends.
+
+Backends are named as the layers name them (DESIGN.md): ``"cython"`` is ``fastrnn.functional``
+and ``"numpy"`` is ``fastrnn.reference``. The modules are imported lazily so that collection does
+not fail before the kernels are built; a missing module fails the tests that need it, not the
+whole session.
+
+Sizes follow the kernels' legend T, B, H, G, except that the input size is called ``D`` in code
+(ruff's E741 rejects the name ``I``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+BACKENDS = ("cython", "numpy")
+_BACKEND_MODULES = {"cython": "fastrnn.functional", "numpy": "fastrnn.reference"}
+DTYPES = (np.float32, np.float64)
+
+# Tolerances for comparing two implementations computing in the same dtype (Cython vs reference,
+# fastrnn vs PyTorch). float64: both paths are exact up to summation order, so only a few ulps per
+# operation, amplified by at most T steps on the tiny shapes used here. float32: unit roundoff
+# 6e-8; values and gradients are O(1)..O(10) and accumulate over at most ~7 steps, which stays well
+# under 1e-5.
+TOL = {
+    np.float32: {"rtol": 1e-5, "atol": 1e-5},
+    np.float64: {"rtol": 1e-10, "atol": 1e-12},
+}
+
+# Tolerance for central differences in float64 (eps=1e-6): truncation error ~eps**2 ~ 1e-12 and
+# roundoff ~1e-16 * |loss| / eps ~ 1e-9, so 1e-7 absolute is a comfortable but still strict bound.
+FD_EPS = 1e-6
+FD_TOL = {"rtol": 1e-6, "atol": 1e-7}
+
+
+def backend_module(backend: str):
+    """Return ``fastrnn.functional`` for ``"cython"`` and ``fastrnn.reference`` for ``"numpy"``."""
+    return importlib.import_module(_BACKEND_MODULES[backend])
+
+
+class Forward(NamedTuple):
+    """Uniform forward result: ``c_n`` is None for the cells without a cell state."""
+
+    y: np.ndarray
+    h_n: np.ndarray
+    c_n: np.ndarray | None
+    cache: Any
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell variant of the functional API.
+
+    Attributes
+    ----------
+    name : str
+        Test id (``rnn_tanh``, ``rnn_relu``, ``lstm``, ``gru``).
+    cell : str
+        Function-name prefix in the functional modules (``rnn``, ``lstm``, ``gru``).
+    G : int
+        Number of gates: the weights have ``G * H`` rows.
+    has_c : bool
+        Whether the cell carries a cell state (LSTM): ``c0`` / ``c_n`` / ``dc_n`` / ``dc0``.
+    kwargs : dict
+        Extra keyword arguments of the forward call (``nonlinearity`` for the Elman RNN).
+    """
+
+    name: str
+    cell: str
+    G: int
+    has_c: bool = False
+    kwargs: dict = field(default_factory=dict)
+
+    # -- raw functions -------------------------------------------------------------------------
+    def forward_fn(self, backend: str):
+        return getattr(backend_module(backend), f"{self.cell}_forward")
+
+    def backward_fn(self, backend: str):
+        return getattr(backend_module(backend), f"{self.cell}_backward")
+
+    # -- uniform calls -------------------------------------------------------------------------
+    def forward(self, backend, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, **kw) -> Forward:
+        """Call ``<cell>_forward`` with the cell's own signature; return a ``Forward``."""
+        fn = self.forward_fn(backend)
+        kw = {**self.kwargs, **kw}
+        if self.has_c:
+            y, h_n, c_n, cache = fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh, **kw)
+        else:
+            y, h_n, cache = fn(x, h0, w_ih, w_hh, b_ih, b_hh, **kw)
+            c_n = None
+        return Forward(y, h_n, c_n, cache)
+
+    def backward(self, backend, cache, dy, dh_n=None, dc_n=None):
+        fn = self.backward_fn(backend)
+        if self.has_c:
+            return fn(cache, dy, dh_n, dc_n)
+        return fn(cache, dy, dh_n)
+
+    def forward_case(self, backend: str, case: Case, **kw) -> Forward:
+        return self.forward(
+            backend,
+            case.x,
+            case.h0,
+            case.c0,
+            case.w_ih,
+            case.w_hh,
+            case.b_ih,
+            case.b_hh,
+            lengths=case.lengths,
+            **kw,
+        )
+
+    def backward_case(self, backend: str, cache, case: Case):
+        return self.backward(backend, cache, case.dy, case.dh_n, case.dc_n)
+
+    # -- names ---------------------------------------------------------------------------------
+    def input_names(self, bias: bool = True) -> tuple[str, ...]:
+        """Differentiable inputs, in the order of the grads' fields."""
+        names = ["x", "h0"] + (["c0"] if self.has_c else []) + ["w_ih", "w_hh"]
+        if bias:
+            names += ["b_ih", "b_hh"]
+        return tuple(names)
+
+    def grad_names(self) -> tuple[str, ...]:
+        """Every field of the backward result (bias grads are None for a bias-free call)."""
+        return tuple("d" + n for n in self.input_names(bias=True))
+
+    def output_names(self) -> tuple[str, ...]:
+        return ("y", "h_n", "c_n") if self.has_c else ("y", "h_n")
+
+    def upstream_names(self) -> tuple[str, ...]:
+        return ("dy", "dh_n", "dc_n") if self.has_c else ("dy", "dh_n")
+
+    def torch_module(self, torch, D, H, bias, dtype):
+        """The 1-layer ``torch.nn`` module of this cell."""
+        tdtype = torch.float64 if dtype == np.float64 else torch.float32
+        if self.cell == "rnn":
+            return torch.nn.RNN(D, H, num_layers=1, bias=bias, dtype=tdtype, **self.kwargs)
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[self.cell]
+        return cls(D, H, num_layers=1, bias=bias, dtype=tdtype)
+
+
+SPECS = (
+    CellSpec("rnn_tanh", "rnn", 1, kwargs={"nonlinearity": "tanh"}),
+    CellSpec("rnn_relu", "rnn", 1, kwargs={"nonlinearity": "relu"}),
+    CellSpec("lstm", "lstm", 4, has_c=True),
+    CellSpec("gru", "gru", 3),
+)
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+# One spec per cell kind (the cache of rnn_tanh and rnn_relu belong to the same cell).
+CELL_SPECS = (SPEC_BY_NAME["rnn_tanh"], SPEC_BY_NAME["lstm"], SPEC_BY_NAME["gru"])
+
+
+@dataclass
+class Case:
+    """Every array of one forward + backward call: inputs, weights and upstream gradients."""
+
+    x: np.ndarray
+    h0: np.ndarray | None
+    c0: np.ndarray | None
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray | None
+    b_hh: np.ndarray | None
+    lengths: np.ndarray | None
+    dy: np.ndarray | None
+    dh_n: np.ndarray | None
+    dc_n: np.ndarray | None
+
+    def replace(self, **kw) -> Case:
+        return replace(self, **kw)
+
+    def astype(self, dtype) -> Case:
+        """A copy with every float array converted (``lengths`` kept)."""
+        kw = {}
+        for name in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "dy", "dh_n", "dc_n"):
+            a = getattr(self, name)
+            kw[name] = None if a is None else a.astype(dtype)
+        return self.replace(**kw)
+
+    def map_arrays(self, fn, names=None) -> Case:
+        """Apply ``fn`` to each non-None array among ``names`` (default: all, lengths included)."""
+        names = names or (
+            "x",
+            "h0",
+            "c0",
+            "w_ih",
+            "w_hh",
+            "b_ih",
+            "b_hh",
+            "lengths",
+            "dy",
+            "dh_n",
+            "dc_n",
+        )
+        return self.replace(
+            **{n: None if getattr(self, n) is None else fn(getattr(self, n)) for n in names}
+        )
+
+
+def make_weights(rng, G, D, H, dtype=np.float64, bias=True):
+    """PyTorch's default init: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
+    k = 1.0 / np.sqrt(H)
+
+    def u(*shape):
+        return rng.uniform(-k, k, size=shape).astype(dtype)
+
+    w_ih, w_hh = u(G * H, D), u(G * H, H)
+    b_ih, b_hh = (u(G * H), u(G * H)) if bias else (None, None)
+    return w_ih, w_hh, b_ih, b_hh
+
+
+def make_lengths(rng, T, B, *, full=True):
+    """Random lengths in [1, T], in no particular order; with ``full`` one of them equals T."""
+    lengths = rng.integers(1, T + 1, size=B)
+    if full and B > 0:
+        lengths[rng.integers(B)] = T
+    return lengths.astype(np.int64)
+
+
+def make_case(
+    spec: CellSpec,
+    rng,
+    T,
+    B,
+    D,
+    H,
+    dtype=np.float64,
+    *,
+    bias=True,
+    lengths=None,
+    states=True,
+    upstream=True,
+) -> Case:
+    """Random inputs for ``spec``. ``lengths``: None, an array, or ``"random"``."""
+    w_ih, w_hh, b_ih, b_hh = make_weights(rng, spec.G, D, H, dtype, bias)
+
+    def n(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(dtype)
+
+    if isinstance(lengths, str):
+        lengths = make_lengths(rng, T, B)
+    return Case(
+        x=n(T, B, D),
+        h0=n(B, H, scale=0.5) if states else None,
+        c0=n(B, H) if (states and spec.has_c) else None,
+        w_ih=w_ih,
+        w_hh=w_hh,
+        b_ih=b_ih,
+        b_hh=b_hh,
+        lengths=lengths,
+        dy=n(T, B, H) if upstream else None,
+        dh_n=n(B, H) if upstream else None,
+        dc_n=n(B, H) if (upstream and spec.has_c) else None,
+    )
+
+
+def weighted_loss(fwd: Forward, case: Case) -> float:
+    """``sum(y*dy) + sum(h_n*dh_n) (+ sum(c_n*dc_n))``: its gradient is backward(dy, dh_n, dc_n)."""
+    loss = np.sum(fwd.y * case.dy) + np.sum(fwd.h_n * case.dh_n)
+    if fwd.c_n is not None:
+        loss += np.sum(fwd.c_n * case.dc_n)
+    return float(loss)
+
+
+def numerical_grads(spec: CellSpec, backend: str, case: Case, eps=FD_EPS) -> dict:
+    """Central differences of ``weighted_loss`` w.r.t. every differentiable input of ``case``."""
+    grads = {}
+    for name in spec.input_names(bias=case.b_ih is not None):
+        base = getattr(case, name)
+        g = np.zeros_like(base, dtype=np.float64)
+        for idx in np.ndindex(base.shape):
+            vals = []
+            for sign in (1.0, -1.0):
+                a = base.copy()
+                a[idx] += sign * eps
+                fwd = spec.forward_case(backend, case.replace(**{name: a}), training=False)
+                vals.append(weighted_loss(fwd, case))
+            g[idx] = (vals[0] - vals[1]) / (2 * eps)
+        grads["d" + name] = g
+    return grads
+
+
+def assert_close(actual, desired, name, **tol):
+    """``assert_allclose`` that also checks shape and tolerates matching Nones."""
+    if desired is None:
+        assert actual is None, f"{name}: expected None, got {type(actual).__name__}"
+        return
+    assert actual is not None, f"{name}: got None"
+    actual = np.asarray(actual)
+    assert actual.shape == np.shape(desired), f"{name}: shape {actual.shape} != {np.shape(desired)}"
+    np.testing.assert_allclose(actual, desired, err_msg=name, **tol)
+
+
+def assert_forward_close(spec: CellSpec, a: Forward, b: Forward, **tol):
+    for name in spec.output_names():
+        assert_close(getattr(a, name), getattr(b, name), name, **tol)
+
+
+def assert_grads_close(spec: CellSpec, a, b, **tol):
+    """Compare two backward results field by field (``b`` may be a NamedTuple or a dict)."""
+    for name in spec.grad_names():
+        desired = b[name] if isinstance(b, dict) else getattr(b, name)
+        assert_close(getattr(a, name), desired, name, **tol)
+
+
+# -- fixtures (session-scoped so that hypothesis tests can use them) -------------------------------
+@pytest.fixture(params=SPECS, ids=[s.name for s in SPECS], scope="session")
+def spec(request) -> CellSpec:
+    return request.param
+
+
+@pytest.fixture(params=BACKENDS, scope="session")
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=["float32", "float64"], scope="session")
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
