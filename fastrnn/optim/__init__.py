@@ -1,0 +1,16 @@
+"""Optimizers, learning-rate schedulers and gradient clipping (PyTorch's rules and names)."""
+
+from fastrnn.optim.adagrad import Adagrad
+from fastrnn.optim.adam import Adam, AdamW
+from fastrnn.optim.optimizer import Optimizer
+from fastrnn.optim.rmsprop import RMSprop
+from fastrnn.optim.sgd import SGD
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "RMSprop",
+]
