@@ -1,5 +1,6 @@
 """Optimizers, learning-rate schedulers and gradient clipping (PyTorch's rules and names)."""
 
+from fastrnn.optim import lr_scheduler
 from fastrnn.optim.adagrad import Adagrad
 from fastrnn.optim.adam import Adam, AdamW
 from fastrnn.optim.optimizer import Optimizer
@@ -13,4 +14,5 @@ __all__ = [
     "AdamW",
     "Optimizer",
     "RMSprop",
+    "lr_scheduler",
 ]
