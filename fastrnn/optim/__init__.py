@@ -3,6 +3,7 @@
 from fastrnn.optim import lr_scheduler
 from fastrnn.optim.adagrad import Adagrad
 from fastrnn.optim.adam import Adam, AdamW
+from fastrnn.optim.clip import clip_grad_norm_, clip_grad_value_
 from fastrnn.optim.optimizer import Optimizer
 from fastrnn.optim.rmsprop import RMSprop
 from fastrnn.optim.sgd import SGD
@@ -14,5 +15,7 @@ __all__ = [
     "AdamW",
     "Optimizer",
     "RMSprop",
+    "clip_grad_norm_",
+    "clip_grad_value_",
     "lr_scheduler",
 ]
