@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastrnn.nn import CrossEntropyLoss, MSELoss, cross_entropy, mse_loss
 
@@ -75,6 +77,26 @@ def test_cross_entropy_module_finite_differences(reduction):
     assert not grad[1, 1].any()  # ignored position
     with pytest.raises(RuntimeError, match="without a training-mode forward"):
         crit.backward()
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    c=st.integers(1, 8),
+    shift=st.floats(-1e3, 1e3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cross_entropy_properties(n, c, shift, seed):
+    """Invariant to a per-row shift of the logits; gradient rows sum to zero; loss >= 0."""
+    rng = np.random.default_rng(seed)
+    logits = 5 * rng.standard_normal((n, c))
+    target = rng.integers(0, c, n)
+    loss, grad = cross_entropy(logits, target, reduction="none")
+    loss2, grad2 = cross_entropy(logits + shift, target, reduction="none")
+    np.testing.assert_allclose(loss2, loss, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(grad2, grad, atol=1e-9)
+    np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-12)
+    assert (loss >= 0).all()
 
 
 def test_cross_entropy_is_numerically_stable():

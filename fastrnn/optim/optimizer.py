@@ -85,11 +85,12 @@ class Optimizer:
     #: Number of parameter-sized scratch arrays ``_update`` needs.
     _n_work: ClassVar[int] = 0
     #: Hyper-parameter names and PyTorch's defaults; each value's type (bool, float, tuple of
-    #: floats) is the type every group's value is given.
+    #: floats) is the type every group's value is given. A name missing here takes the type of
+    #: the value passed in ``defaults``.
     _hyper: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        self.defaults = {k: _coerce(k, v, self._hyper[k]) for k, v in defaults.items()}
+        self.defaults = {k: _coerce(k, v, self._hyper.get(k, v)) for k, v in defaults.items()}
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[Parameter, dict[str, Any]] = {}
         self._work: dict[np.dtype, np.ndarray] = {}
@@ -185,8 +186,8 @@ class Optimizer:
         self.param_groups.append(group)
 
     def _check_group(self, group: dict[str, Any]) -> None:
-        for k in self.defaults:
-            group[k] = _coerce(k, group[k], self._hyper[k])
+        for k, v in self.defaults.items():
+            group[k] = _coerce(k, group[k], self._hyper.get(k, v))
         self._validate(group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
