@@ -1,0 +1,305 @@
+"""Checkpoints: a model's parameters, an optimizer's state and extra values in one ``.npz`` file.
+
+Layout of the archive (readable with ``np.load(path, allow_pickle=False)``):
+
+* ``__fastrnn_checkpoint__``: a JSON string with the format marker and version, the parameter
+  names, the optimizer's class and the structure of its state and of the extra values (numbers,
+  strings, lists, dicts; arrays appear as references to entries of the archive);
+* ``model/<name>``: one array per parameter;
+* ``optimizer/...`` and ``extra/...``: the arrays of the optimizer state and of the extras.
+
+Files are written atomically: to a temporary file in the same directory, flushed and fsync-ed,
+then renamed over the target with :func:`os.replace`, so a crash leaves either the old file or
+the new one. Loading never unpickles and checks everything before changing the model or the
+optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fastrnn.nn.module import Module
+from fastrnn.optim.optimizer import Optimizer
+
+__all__ = ["load_checkpoint", "save_checkpoint"]
+
+FORMAT = "fastrnn-checkpoint"
+VERSION = 1
+_META_KEY = "__fastrnn_checkpoint__"
+
+PathLike = str | os.PathLike
+
+
+# -- encoding of nested values ------------------------------------------------------------------
+def _store(arr: np.ndarray, key: str, arrays: dict[str, np.ndarray]) -> str:
+    if arr.dtype.kind not in "biufcSU":
+        raise TypeError(f"{key}: an array of dtype {arr.dtype} cannot be stored without pickle")
+    name, n = key, 1
+    while name in arrays:
+        name, n = f"{key}~{n}", n + 1
+    arrays[name] = arr
+    return name
+
+
+def _encode(obj: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
+    """A JSON-able description of ``obj``, its arrays moved into ``arrays``."""
+    if isinstance(obj, np.ndarray):
+        return {"__array__": _store(obj, key, arrays)}
+    if isinstance(obj, np.generic):  # NumPy scalar: keep its dtype
+        return {"__array__": _store(np.asarray(obj), key, arrays), "scalar": True}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{key}/{i}", arrays) for i, v in enumerate(obj)]
+    if isinstance(obj, Mapping):
+        items = []
+        for k, v in obj.items():
+            if isinstance(k, bool) or not isinstance(k, (str, int)):
+                raise TypeError(f"{key}: dict keys must be str or int, got {k!r}")
+            items.append([k, _encode(v, f"{key}/{k}", arrays)])
+        return {"__dict__": items}
+    raise TypeError(
+        f"{key}: cannot store a {type(obj).__name__} in a checkpoint (only arrays, numbers, "
+        "strings, None, and lists, tuples and dicts of them)"
+    )
+
+
+def _decode(obj: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, arrays) for v in obj]
+    if isinstance(obj, dict):
+        if "__array__" in obj:
+            arr = arrays[obj["__array__"]]
+            return arr[()] if obj.get("scalar") else arr
+        if "__tuple__" in obj:
+            return tuple(_decode(v, arrays) for v in obj["__tuple__"])
+        if "__dict__" in obj:
+            return {k: _decode(v, arrays) for k, v in obj["__dict__"]}
+        raise ValueError(f"unknown entry {sorted(obj)}")
+    return obj
+
+
+# -- writing ------------------------------------------------------------------------------------
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    )
+    # O_EXCL: never follow or reuse an existing name; mode 0o666 lets the umask apply as usual.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def save_checkpoint(
+    path: PathLike, model: Module, optimizer: Optimizer | None = None, **extra: Any
+) -> None:
+    """Save ``model``'s parameters, ``optimizer``'s state and ``extra`` values to one file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Target file, written as given (no ``.npz`` suffix is added). An existing file is
+        replaced atomically: a crash mid-write leaves it intact.
+    model : Module
+        Its :meth:`~fastrnn.nn.Module.named_parameters` are saved.
+    optimizer : Optimizer, optional
+        Its :meth:`~fastrnn.optim.Optimizer.state_dict` is saved, so that training resumes
+        bit-identically.
+    **extra
+        Values returned by :func:`load_checkpoint`: arrays, NumPy scalars, Python numbers,
+        strings, None, and lists, tuples and dicts (str or int keys) of these; for example
+        ``epoch=3``, ``scheduler=scheduler.state_dict()`` or
+        ``rng=dropout.generator.bit_generator.state``. Types round-trip exactly.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` or ``optimizer`` has the wrong type, or an extra value cannot be stored
+        without pickle (nothing is written then).
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a fastrnn Module, got {type(model).__name__}")
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(f"optimizer must be a fastrnn Optimizer, got {type(optimizer).__name__}")
+    path = os.fspath(path)
+    arrays: dict[str, np.ndarray] = {}
+    names = []
+    for name, p in model.named_parameters():
+        arrays[f"model/{name}"] = p.data
+        names.append(name)
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": {"class": type(model).__name__, "parameters": names},
+        "optimizer": None,
+        "extra": _encode(extra, "extra", arrays),
+    }
+    if optimizer is not None:
+        meta["optimizer"] = {
+            "class": type(optimizer).__name__,
+            "state": _encode(optimizer.state_dict(), "optimizer", arrays),
+        }
+    arrays[_META_KEY] = np.array(json.dumps(meta))
+    _atomic_savez(path, arrays)
+
+
+# -- reading ------------------------------------------------------------------------------------
+def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The metadata and arrays of a checkpoint; ValueError for anything else."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:  # zipfile, npy-header and EOF errors of a damaged or foreign file
+        raise ValueError(
+            f"{path}: not a fastrnn checkpoint: cannot be read as an .npz archive "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: not a fastrnn checkpoint: it holds a single .npy array")
+    with npz:
+        if _META_KEY not in npz.files:
+            shown = ", ".join(npz.files[:5]) + (", ..." if len(npz.files) > 5 else "")
+            raise ValueError(
+                f"{path}: not a fastrnn checkpoint: no '{_META_KEY}' entry (entries: {shown})"
+            )
+        arrays = {}
+        for key in npz.files:
+            try:
+                arrays[key] = npz[key]
+            except Exception as exc:
+                raise ValueError(
+                    f"{path}: corrupt checkpoint: entry '{key}' cannot be read "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+    raw = arrays.pop(_META_KEY)
+    try:
+        if raw.dtype.kind != "U" or raw.ndim != 0:
+            raise ValueError(f"'{_META_KEY}' is not a string")
+        meta = json.loads(str(raw[()]))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"the marker does not name the format '{FORMAT}'")
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a fastrnn checkpoint: {exc}") from exc
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{path}: corrupt checkpoint: bad format version {version!r}")
+    if version > VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {version} is newer than this fastrnn reads "
+            f"(version {VERSION}); upgrade fastrnn"
+        )
+    return meta, arrays
+
+
+def _check_model(path: str, model: Module, saved: dict[str, np.ndarray]) -> None:
+    params = dict(model.named_parameters())
+    problems = []
+    missing = [k for k in params if k not in saved]
+    unexpected = [k for k in saved if k not in params]
+    if missing:
+        problems.append(f"parameters missing from the file: {missing}")
+    if unexpected:
+        problems.append(f"parameters the model does not have: {unexpected}")
+    for k in params.keys() & saved.keys():
+        arr = saved[k]
+        if arr.shape != params[k].data.shape:
+            problems.append(
+                f"{k}: shape {arr.shape} in the file, {params[k].data.shape} in the model"
+            )
+        elif arr.dtype.kind not in "fiu":
+            problems.append(f"{k}: dtype {arr.dtype} in the file is not a real number type")
+    if problems:
+        raise ValueError(
+            f"{path}: checkpoint does not match {type(model).__name__}: " + "; ".join(problems)
+        )
+
+
+def load_checkpoint(
+    path: PathLike, model: Module, optimizer: Optimizer | None = None
+) -> dict[str, Any]:
+    """Load a file written by :func:`save_checkpoint` into ``model`` (and ``optimizer``).
+
+    Everything is checked before anything is loaded: on error, ``model`` and ``optimizer`` are
+    unchanged.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    model : Module
+        Must have the saved parameter names and shapes (values are cast to its dtypes).
+    optimizer : Optimizer, optional
+        Must be of the saved class, over the same parameter groups; its state and
+        hyper-parameters (learning rates included) are restored.
+
+    Returns
+    -------
+    dict
+        The ``extra`` values given to :func:`save_checkpoint`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        Naming the file and the problem, if it is truncated, corrupt, not a fastrnn checkpoint,
+        of a newer format version, or does not match ``model`` or ``optimizer``.
+    """
+    path = os.fspath(path)
+    meta, arrays = _read(path)
+    try:
+        names = list(meta["model"]["parameters"])
+        saved = {name: arrays[f"model/{name}"] for name in names}
+        extra = _decode(meta["extra"], arrays)
+        opt_meta = meta["optimizer"]
+        opt_state = None if opt_meta is None else _decode(opt_meta["state"], arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt checkpoint: malformed metadata ({exc!r})") from exc
+    _check_model(path, model, saved)
+    if optimizer is not None:
+        if opt_meta is None:
+            raise ValueError(f"{path}: the checkpoint holds no optimizer state")
+        if opt_meta.get("class") != type(optimizer).__name__:
+            raise ValueError(
+                f"{path}: the checkpoint holds {opt_meta.get('class')} state, not "
+                f"{type(optimizer).__name__}"
+            )
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: optimizer state does not match: {exc}") from exc
+    model.load_state_dict(saved)
+    return extra

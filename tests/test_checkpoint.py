@@ -1,0 +1,233 @@
+"""Checkpoints: round trip, bit-identical resume, atomic writes, damaged and foreign files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import fastrnn.checkpoint as ckpt
+from fastrnn.checkpoint import load_checkpoint, save_checkpoint
+from fastrnn.nn import CrossEntropyLoss, Dropout, Embedding, Linear, Sequential
+from fastrnn.optim import SGD, Adam, clip_grad_norm_
+from fastrnn.optim.lr_scheduler import StepLR
+
+V, D, C = 12, 6, 5
+
+
+def _model(seed):
+    return Sequential(
+        Embedding(V, D, padding_idx=0, seed=seed),
+        Dropout(0.3, seed=seed),
+        Linear(D, C, seed=seed + 1),
+    )
+
+
+def _batches(n):
+    rng = np.random.default_rng(42)
+    return [(rng.integers(0, V, (4, 3)), rng.integers(0, C, (4, 3))) for _ in range(n)]
+
+
+def _train(model, opt, sched, batches):
+    loss_fn = CrossEntropyLoss()
+    for x, y in batches:
+        opt.zero_grad()
+        loss_fn(model(x), y)
+        model.backward(loss_fn.backward())
+        clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+
+
+def _setup(seed):
+    model = _model(seed)
+    opt = Adam(model.parameters(), lr=0.05, amsgrad=True)
+    return model, opt, StepLR(opt, step_size=3, gamma=0.5)
+
+
+def test_resume_from_checkpoint_is_bit_identical(tmp_path):
+    batches = _batches(10)
+    model_ref, opt_ref, sched_ref = _setup(0)
+    _train(model_ref, opt_ref, sched_ref, batches)  # the uninterrupted run
+
+    model, opt, sched = _setup(0)
+    _train(model, opt, sched, batches[:4])
+    path = tmp_path / "run.ckpt"
+    save_checkpoint(
+        path,
+        model,
+        opt,
+        step=4,
+        scheduler=sched.state_dict(),
+        rng=model[1].generator.bit_generator.state,
+    )
+    _train(model, opt, sched, batches[4:5])  # later steps must not leak into the file
+
+    model2, opt2, sched2 = _setup(123)  # different initial weights and rng
+    extra = load_checkpoint(path, model2, opt2)
+    assert extra["step"] == 4
+    sched2.load_state_dict(extra["scheduler"])
+    model2[1].generator.bit_generator.state = extra["rng"]
+    _train(model2, opt2, sched2, batches[4:])
+
+    for (n, p), (_, q) in zip(model_ref.named_parameters(), model2.named_parameters(), strict=True):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=n)
+    assert opt2.param_groups[0]["lr"] == opt_ref.param_groups[0]["lr"]
+
+
+def test_round_trip_of_values_and_types(tmp_path):
+    model = Linear(3, 2, dtype=np.float64, seed=0)
+    extra = {
+        "epoch": 7,
+        "loss": 0.125,
+        "best": float("inf"),
+        "name": "run-1",
+        "flag": True,
+        "nothing": None,
+        "pair": (1, 2.5),
+        "history": [0.5, 0.25],
+        "by_int": {1: "a", 2: [np.arange(3)]},
+        "scalar": np.float32(1.5),
+        "big": 2**100,
+        "table": np.arange(6, dtype=np.int16).reshape(2, 3),
+    }
+    path = tmp_path / "a.npz"
+    save_checkpoint(path, model, **extra)
+    other = Linear(3, 2, dtype=np.float64, seed=1)
+    got = load_checkpoint(path, other)
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(dict(other.named_parameters())[name].data, p.data)
+    assert got.keys() == extra.keys()
+    for k in ("epoch", "loss", "best", "name", "flag", "nothing", "pair", "history", "big"):
+        assert got[k] == extra[k] and type(got[k]) is type(extra[k])
+    assert list(got["by_int"]) == [1, 2]
+    np.testing.assert_array_equal(got["by_int"][2][0], np.arange(3))
+    assert got["scalar"].dtype == np.float32 and got["scalar"] == 1.5
+    assert got["table"].dtype == np.int16
+    # a plain np.load sees the parameters by name
+    with np.load(path, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["model/weight"], model.weight.data)
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    model = Linear(3, 2, seed=0)
+    path = tmp_path / "model.ckpt"
+    save_checkpoint(path, model, epoch=1)
+    old_bytes = path.read_bytes()
+
+    def crash_midway(f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial archive")
+        raise OSError("No space left on device")
+
+    model.weight.data += 1
+    monkeypatch.setattr(np, "savez", crash_midway)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, model, epoch=2)
+    monkeypatch.undo()
+
+    def fail_fsync(fd):
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(os, "fsync", fail_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        save_checkpoint(path, model, epoch=3)
+    monkeypatch.undo()
+
+    assert path.read_bytes() == old_bytes
+    assert os.listdir(tmp_path) == ["model.ckpt"]  # no temporary files left behind
+    assert load_checkpoint(path, Linear(3, 2))["epoch"] == 1
+    save_checkpoint(path, model, epoch=4)  # and a good write replaces it
+    assert load_checkpoint(path, Linear(3, 2))["epoch"] == 4
+
+
+def test_unstorable_extra_writes_nothing(tmp_path):
+    path = tmp_path / "x.ckpt"
+    with pytest.raises(TypeError, match="extra/callback: cannot store a function"):
+        save_checkpoint(path, Linear(2, 2), callback=lambda: None)
+    with pytest.raises(TypeError, match="cannot be stored without pickle"):
+        save_checkpoint(path, Linear(2, 2), objs=np.array([object()]))
+    assert not path.exists() and os.listdir(tmp_path) == []
+    with pytest.raises(TypeError, match="model must be a fastrnn Module"):
+        save_checkpoint(path, {"w": np.ones(2)})
+
+
+@pytest.mark.parametrize("keep", [0, 10, 0.5, -30])
+def test_truncated_file(tmp_path, keep):
+    model, opt, _ = _setup(0)
+    path = tmp_path / "t.ckpt"
+    save_checkpoint(path, model, opt)
+    data = path.read_bytes()
+    n = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    path.write_bytes(data[:n])
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=rf"{path.name}: not a fastrnn checkpoint"):
+        load_checkpoint(path, model, opt)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_corrupt_bytes_are_detected(tmp_path):
+    model = Linear(20, 20, seed=0)
+    path = tmp_path / "c.ckpt"
+    save_checkpoint(path, model)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside the weight's data; the zip CRC catches it
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"c\.ckpt: (corrupt checkpoint|not a fastrnn)"):
+        load_checkpoint(path, model)
+
+
+def test_foreign_and_non_npz_files(tmp_path):
+    model = Linear(3, 2)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weight=np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"foreign\.npz: not a fastrnn checkpoint: no '__fastrnn"):
+        load_checkpoint(foreign, model)
+    npy = tmp_path / "single.npy"
+    np.save(npy, np.ones(3))
+    with pytest.raises(ValueError, match="single .npy array"):
+        load_checkpoint(npy, model)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.txt: not a fastrnn checkpoint"):
+        load_checkpoint(text, model)
+    marker = tmp_path / "marker.npz"
+    np.savez(marker, __fastrnn_checkpoint__=np.array(json.dumps({"format": "other"})))
+    with pytest.raises(ValueError, match="does not name the format"):
+        load_checkpoint(marker, model)
+    newer = tmp_path / "newer.npz"
+    meta = {"format": ckpt.FORMAT, "version": ckpt.VERSION + 1}
+    np.savez(newer, __fastrnn_checkpoint__=np.array(json.dumps(meta)))
+    with pytest.raises(ValueError, match="newer than this fastrnn reads"):
+        load_checkpoint(newer, model)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.ckpt", model)
+
+
+def test_mismatched_model_or_optimizer(tmp_path):
+    model, opt, _ = _setup(0)
+    path = tmp_path / "m.ckpt"
+    save_checkpoint(path, model, opt)
+
+    wider = Sequential(Embedding(V, D + 1), Dropout(0.3), Linear(D + 1, C))
+    with pytest.raises(ValueError, match=r"0\.weight: shape \(12, 6\) in the file, \(12, 7\)"):
+        load_checkpoint(path, wider)
+    shorter = Sequential(Embedding(V, D), Dropout(0.3))
+    with pytest.raises(ValueError, match=r"parameters the model does not have: \['2\.weight'"):
+        load_checkpoint(path, shorter)
+
+    fresh = _model(5)
+    before = fresh.state_dict()
+    sgd = SGD(fresh.parameters(), momentum=0.9)
+    with pytest.raises(ValueError, match="holds Adam state, not SGD"):
+        load_checkpoint(path, fresh, sgd)
+    adam_one_group = Adam([p for p in fresh.parameters()][:1])
+    with pytest.raises(ValueError, match="optimizer state does not match"):
+        load_checkpoint(path, fresh, adam_one_group)
+    for k, v in fresh.state_dict().items():  # nothing was loaded
+        np.testing.assert_array_equal(v, before[k])
+
+    no_opt = tmp_path / "no_opt.ckpt"
+    save_checkpoint(no_opt, model)
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        load_checkpoint(no_opt, _model(0), Adam(_model(0).parameters()))

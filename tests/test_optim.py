@@ -1,0 +1,321 @@
+"""Optimizers against torch.optim, state dicts, validation and in-place behaviour."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastrnn.optim as optim
+from fastrnn.nn import Parameter
+
+SHAPES = [(5, 3), (4,), (2, 2, 2)]
+
+CONFIGS = [
+    ("SGD", {"lr": 0.1}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.5}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    ("SGD", {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("SGD", {"lr": 0.1, "weight_decay": 0.1, "maximize": True}),
+    ("SGD", {"lr": 0.1, "maximize": True}),
+    ("SGD", {"momentum": 0.5, "dampening": 0.2, "weight_decay": 0.05, "maximize": True}),
+    ("Adam", {}),
+    ("Adam", {"lr": 0.01, "weight_decay": 0.1}),
+    ("Adam", {"lr": 0.01, "amsgrad": True}),
+    ("Adam", {"lr": 0.01, "amsgrad": True, "weight_decay": 0.1, "maximize": True}),
+    ("Adam", {"lr": 0.02, "betas": (0.8, 0.9), "eps": 1e-6}),
+    ("Adam", {"lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("AdamW", {"lr": 0.01}),
+    ("AdamW", {"lr": 0.01, "weight_decay": 0.5, "amsgrad": True}),
+    ("AdamW", {"lr": 0.01, "weight_decay": 0.0, "maximize": True}),
+    ("RMSprop", {}),
+    ("RMSprop", {"alpha": 0.9, "eps": 1e-6}),
+    ("RMSprop", {"centered": True}),
+    ("RMSprop", {"momentum": 0.9}),
+    ("RMSprop", {"momentum": 0.5, "centered": True, "weight_decay": 0.1}),
+    ("RMSprop", {"maximize": True, "weight_decay": 0.1}),
+    ("Adagrad", {}),
+    ("Adagrad", {"lr": 0.1, "lr_decay": 0.01}),
+    ("Adagrad", {"weight_decay": 0.1, "initial_accumulator_value": 0.1}),
+    ("Adagrad", {"eps": 1e-5, "maximize": True}),
+]
+
+
+def _ids(config):
+    name, kw = config
+    return name + "-" + ",".join(f"{k}={v}" for k, v in kw.items())
+
+
+def _run(name, kwargs, steps, rng, dtype=np.float64, groups=None):
+    """Step ours and torch's optimizer on the same gradients; return both parameter lists."""
+    torch = pytest.importorskip("torch")
+    init = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    ours = [Parameter(a.copy()) for a in init]
+    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in init]
+    if groups is None:
+        opt = getattr(optim, name)(ours, **kwargs)
+        topt = getattr(torch.optim, name)(theirs, foreach=False, **kwargs)
+    else:  # groups: list of (indices, overrides)
+        opt = getattr(optim, name)(
+            [{"params": [ours[i] for i in idx], **over} for idx, over in groups], **kwargs
+        )
+        topt = getattr(torch.optim, name)(
+            [{"params": [theirs[i] for i in idx], **over} for idx, over in groups],
+            foreach=False,
+            **kwargs,
+        )
+    for step in range(steps):
+        for i, (p, t) in enumerate(zip(ours, theirs, strict=True)):
+            if i == 1 and step % 3 == 0:  # a parameter that sometimes has no gradient
+                p.grad, t.grad = None, None
+                continue
+            g = rng.standard_normal(p.shape).astype(dtype)
+            p.grad, t.grad = g, torch.tensor(g)
+        grads = [None if p.grad is None else p.grad.copy() for p in ours]
+        opt.step()
+        topt.step()
+        for p, g in zip(ours, grads, strict=True):  # the update never writes into grad
+            if g is not None:
+                np.testing.assert_array_equal(p.grad, g)
+    return ours, theirs, opt
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=_ids)
+def test_matches_torch_float64(config):
+    name, kwargs = config
+    ours, theirs, _ = _run(name, kwargs, 100, np.random.default_rng(0))
+    for p, t in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-6, atol=1e-12)
+        assert p.data.dtype == np.float64
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_matches_torch_float32(name):
+    kwargs = {"lr": 0.01, "momentum": 0.9} if name in ("SGD", "RMSprop") else {"lr": 0.01}
+    ours, theirs, opt = _run(name, kwargs, 30, np.random.default_rng(1), dtype=np.float32)
+    for p, t in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert p.data.dtype == np.float32
+    assert all(
+        v.dtype == np.float32 for s in opt.state.values() for v in s.values() if hasattr(v, "dtype")
+    )
+
+
+def test_param_groups_match_torch():
+    groups = [([0, 2], {"lr": 0.01, "momentum": 0.5}), ([1], {"weight_decay": 0.1})]
+    ours, theirs, opt = _run("SGD", {"lr": 0.1}, 50, np.random.default_rng(2), groups=groups)
+    for p, t in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-6, atol=1e-12)
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[1]["lr"] == 0.1
+    assert opt.param_groups[1]["momentum"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [c for c in CONFIGS if c[0] != "SGD" or "momentum" in c[1]],
+    ids=_ids,
+)
+def test_state_dict_resume_is_bit_identical(config):
+    name, kwargs = config
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(s) for s in SHAPES]
+    grads = [[rng.standard_normal(s) for s in SHAPES] for _ in range(20)]
+
+    def steps(params, opt, gs):
+        for g_step in gs:
+            for p, g in zip(params, g_step, strict=True):
+                p.grad = g
+            opt.step()
+
+    a = [Parameter(x.copy()) for x in init]
+    opt_a = getattr(optim, name)(a, **kwargs)
+    steps(a, opt_a, grads)
+
+    b = [Parameter(x.copy()) for x in init]
+    opt_b = getattr(optim, name)(b, **kwargs)
+    steps(b, opt_b, grads[:10])
+    saved = opt_b.state_dict()
+    c = [Parameter(p.data.copy()) for p in b]
+    steps(b, opt_b, grads[10:11])  # the saved copy must not follow later steps
+    opt_c = getattr(optim, name)(c, **kwargs)
+    opt_c.load_state_dict(saved)
+    steps(c, opt_c, grads[10:])
+    for pa, pc in zip(a, c, strict=True):
+        np.testing.assert_array_equal(pa.data, pc.data)
+
+
+def test_state_dict_layout():
+    p, q = Parameter(np.zeros((2, 3))), Parameter(np.zeros(4))
+    opt = optim.Adam([{"params": [p]}, {"params": [q], "lr": 0.1}], amsgrad=True)
+    p.grad = np.ones((2, 3))
+    opt.step()
+    sd = opt.state_dict()
+    assert list(sd["state"]) == [0]  # q has no state yet
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert sd["state"][0]["step"] == 1 and sd["state"][0]["exp_avg"].shape == (2, 3)
+    assert sd["param_groups"][0]["params"] == [0] and sd["param_groups"][1]["params"] == [1]
+    assert sd["param_groups"][1]["lr"] == 0.1 and sd["param_groups"][0]["betas"] == (0.9, 0.999)
+
+
+def test_load_state_dict_refuses_mismatches_and_changes_nothing():
+    p = Parameter(np.zeros(3))
+    adam = optim.Adam([p], lr=0.5)
+    p.grad = np.ones(3)
+    adam.step()
+    sgd = optim.SGD([Parameter(np.zeros(3))], momentum=0.9)
+    with pytest.raises(ValueError, match="another optimizer than SGD"):
+        sgd.load_state_dict(adam.state_dict())
+    before = adam.state_dict()
+    bad = adam.state_dict()
+    bad["state"][0]["exp_avg"] = np.zeros(4)
+    bad["param_groups"][0]["lr"] = 0.01
+    with pytest.raises(ValueError, match=r"'exp_avg' of parameter 0 has shape \(4,\)"):
+        adam.load_state_dict(bad)
+    assert adam.param_groups[0]["lr"] == 0.5  # untouched
+    np.testing.assert_array_equal(adam.state[p]["exp_avg"], before["state"][0]["exp_avg"])
+    two = optim.Adam([{"params": [p]}, {"params": [Parameter(np.zeros(1))]}])
+    with pytest.raises(ValueError, match="state_dict has 1 parameter groups, the optimizer has 2"):
+        two.load_state_dict(adam.state_dict())
+    amsgrad = adam.state_dict()
+    amsgrad["param_groups"][0]["amsgrad"] = True
+    with pytest.raises(ValueError, match="expects"):
+        adam.load_state_dict(amsgrad)
+    negative = adam.state_dict()
+    negative["param_groups"][0]["lr"] = -1.0
+    with pytest.raises(ValueError, match="parameter group 0 of state_dict: lr must be"):
+        adam.load_state_dict(negative)
+    with pytest.raises(ValueError, match="'state' and 'param_groups'"):
+        adam.load_state_dict({"state": {}})
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (optim.SGD, {"lr": -0.1}, "lr must be in"),
+        (optim.SGD, {"lr": float("nan")}, "lr must be in"),
+        (optim.SGD, {"momentum": -0.9}, "momentum must be in"),
+        (optim.SGD, {"weight_decay": -1}, "weight_decay must be in"),
+        (optim.SGD, {"dampening": 1.5}, "dampening must be in"),
+        (optim.SGD, {"nesterov": True}, "nesterov=True requires momentum > 0"),
+        (optim.SGD, {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "dampening = 0"),
+        (optim.Adam, {"betas": (1.0, 0.999)}, r"betas\[0\] must be in \[0.0, 1.0\)"),
+        (optim.Adam, {"betas": (0.9, -0.1)}, r"betas\[1\] must be in"),
+        (optim.Adam, {"eps": -1e-8}, "eps must be in"),
+        (optim.AdamW, {"weight_decay": -0.01}, "weight_decay must be in"),
+        (optim.RMSprop, {"alpha": 1.5}, r"alpha must be in \[0.0, 1.0\]"),
+        (optim.RMSprop, {"momentum": -1}, "momentum must be in"),
+        (optim.Adagrad, {"lr_decay": -1}, "lr_decay must be in"),
+        (optim.Adagrad, {"initial_accumulator_value": -1}, "initial_accumulator_value must be"),
+    ],
+)
+def test_hyperparameter_validation(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls([Parameter(np.zeros(2))], **kwargs)
+    with pytest.raises(ValueError, match=match):  # group overrides are checked too
+        cls([{"params": [Parameter(np.zeros(2))], **kwargs}])
+
+
+def test_params_argument_errors():
+    p = Parameter(np.zeros(2))
+    with pytest.raises(TypeError, match="iterable of Parameters"):
+        optim.SGD(p)
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.SGD([])
+    with pytest.raises(TypeError, match=r"params\[1\] must be a Parameter"):
+        optim.SGD([p, np.zeros(2)])
+    with pytest.raises(ValueError, match="appears more than once"):
+        optim.SGD([p, p])
+    with pytest.raises(ValueError, match="appears more than once"):
+        optim.SGD([{"params": [p]}, {"params": [p]}])
+    with pytest.raises(TypeError, match="betas must be a tuple of 2 floats"):
+        optim.Adam([p], betas=0.9)
+    with pytest.raises(TypeError, match="amsgrad must be a bool"):
+        optim.Adam([p], amsgrad="yes")
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        optim.Adam([p], lr="0.1")
+    opt = optim.SGD([p], lr=0.1)
+    p.grad = np.zeros(3)
+    with pytest.raises(ValueError, match=r"gradient of shape \(3,\)"):
+        opt.step()
+
+
+def test_skips_missing_grads_zero_grad_and_closure():
+    p, q = Parameter(np.ones(3)), Parameter(np.ones(2))
+    opt = optim.Adam([p, q], lr=0.1)
+    p.grad = np.ones(3)
+    assert opt.step(lambda: 1.5) == 1.5
+    assert q not in opt.state and np.all(q.data == 1) and np.all(p.data < 1)
+    opt.zero_grad(set_to_none=False)
+    assert np.all(p.grad == 0) and q.grad is None
+    opt.zero_grad()
+    assert p.grad is None
+    assert "Parameter Group 0" in repr(opt)
+
+
+def test_odd_gradients_take_the_fallback_path():
+    """A non-contiguous or other-dtype gradient gives the same update as a plain one."""
+    rng = np.random.default_rng(4)
+    g = rng.standard_normal((3, 4))
+    results = []
+    for grad in (g, np.asfortranarray(g), g.astype(np.float32).astype(np.float64)):
+        p = Parameter(np.zeros((3, 4)))
+        opt = optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.1, maximize=True)
+        for _ in range(3):
+            p.grad = grad
+            opt.step()
+        results.append(p.data.copy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-15)
+    np.testing.assert_allclose(results[2], results[0], rtol=1e-6)
+
+
+def test_options_switched_on_mid_run():
+    p = Parameter(np.zeros(4))
+    opt = optim.RMSprop([p])
+    p.grad = np.ones(4)
+    opt.step()
+    opt.param_groups[0].update(momentum=0.9, centered=True)
+    opt.step()
+    assert {"momentum_buffer", "grad_avg"} <= set(opt.state[p])
+    assert np.isfinite(p.data).all()
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "RMSprop", "Adagrad"])
+def test_step_allocates_no_parameter_sized_temporaries(name):
+    n = 250_000  # 2 MB of float64
+    p = Parameter(np.zeros(n))
+    p.grad = np.random.default_rng(5).standard_normal(n)
+    kwargs = {
+        "SGD": {"momentum": 0.9, "weight_decay": 0.1, "maximize": True},
+        "Adam": {"weight_decay": 0.1, "amsgrad": True},
+        "RMSprop": {"momentum": 0.9, "weight_decay": 0.1, "centered": True},
+        "Adagrad": {"weight_decay": 0.1, "lr_decay": 0.1},
+    }[name]
+    opt = getattr(optim, name)([p], **kwargs)
+    opt.step()  # first step allocates state and the workspace
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            opt.step()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        _ = p.data * 2.0  # the probe sees NumPy's allocations
+        _, probe = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert probe >= p.data.nbytes
+    assert peak < p.data.nbytes // 8, f"{name}.step allocated {peak} bytes"
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_names_and_defaults_match_torch(name):
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    ours = getattr(optim, name)([Parameter(np.zeros(1))]).defaults
+    sig = inspect.signature(getattr(torch.optim, name).__init__).parameters
+    for k, v in ours.items():
+        if k == "decoupled_weight_decay" and name == "AdamW":
+            assert v is True
+            continue
+        assert k in sig, k
+        assert v == sig[k].default, (k, v, sig[k].default)
