@@ -16,8 +16,8 @@ class Parameter:
     Parameters
     ----------
     data : ndarray
-        The value, stored as a C-contiguous float32 or float64 array; optimizers update it
-        in place.
+        The value. Stored as a C-contiguous float32 or float64 array, updated in place by
+        optimizers.
 
     Attributes
     ----------
@@ -100,12 +100,28 @@ class Module:
     def children(self) -> Iterator[Module]:
         yield from self._modules.values()
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """Yield ``(name, parameter)`` pairs, PyTorch-style dotted names for sub-modules."""
+    def named_parameters(
+        self, prefix: str = "", remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, Parameter]]:
+        """Yield ``(name, parameter)`` pairs, PyTorch-style dotted names for sub-modules.
+
+        A parameter shared by several modules (tied weights) is yielded once, under its first
+        name, unless ``remove_duplicate=False``; optimizers would otherwise update it twice.
+        """
+        memo: set[int] | None = set() if remove_duplicate else None
+        yield from self._named_parameters(prefix, memo)
+
+    def _named_parameters(
+        self, prefix: str, memo: set[int] | None
+    ) -> Iterator[tuple[str, Parameter]]:
         for name, p in self._parameters.items():
+            if memo is not None:
+                if id(p) in memo:
+                    continue
+                memo.add(id(p))
             yield (f"{prefix}.{name}" if prefix else name), p
         for name, mod in self._modules.items():
-            yield from mod.named_parameters(f"{prefix}.{name}" if prefix else name)
+            yield from mod._named_parameters(f"{prefix}.{name}" if prefix else name, memo)
 
     def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
