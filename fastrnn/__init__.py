@@ -4,6 +4,8 @@ Public entry points:
 
 * :mod:`fastrnn.functional` -- the stable kernel-level API (one forward/backward pair per cell);
 * :mod:`fastrnn.reference` -- the same API in plain NumPy (the oracle and the baseline);
+* :mod:`fastrnn.nn`, :mod:`fastrnn.optim`, :mod:`fastrnn.checkpoint` -- modules, losses,
+  optimizers, clipping and checkpoints for training;
 * :func:`set_num_threads` / :func:`get_num_threads` -- threads used by the kernels.
 """
 
@@ -15,8 +17,52 @@ import os
 # load libgomp, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from fastrnn import nn, optim  # noqa: E402
 from fastrnn._threads import get_num_threads, set_num_threads  # noqa: E402
+from fastrnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from fastrnn.nn import (  # noqa: E402
+    CrossEntropyLoss,
+    Dropout,
+    Embedding,
+    Linear,
+    Module,
+    MSELoss,
+    Parameter,
+    Sequential,
+)
+from fastrnn.optim import (  # noqa: E402
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    RMSprop,
+    clip_grad_norm_,
+    clip_grad_value_,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "get_num_threads", "set_num_threads"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "CrossEntropyLoss",
+    "Dropout",
+    "Embedding",
+    "Linear",
+    "MSELoss",
+    "Module",
+    "Parameter",
+    "RMSprop",
+    "Sequential",
+    "__version__",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "get_num_threads",
+    "load_checkpoint",
+    "nn",
+    "optim",
+    "save_checkpoint",
+    "set_num_threads",
+]
