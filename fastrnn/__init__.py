@@ -6,6 +6,7 @@ Public entry points:
 * :mod:`fastrnn.reference` -- the same API in plain NumPy (the oracle and the baseline);
 * :mod:`fastrnn.nn`, :mod:`fastrnn.optim`, :mod:`fastrnn.checkpoint` -- modules, losses,
   optimizers, clipping and checkpoints for training;
+* :mod:`fastrnn.utils` -- truncated BPTT over long sequences (``batchify``, ``tbptt_chunks``);
 * :func:`set_num_threads` / :func:`get_num_threads` -- threads used by the kernels.
 """
 
@@ -17,7 +18,7 @@ import os
 # load libgomp, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fastrnn import nn, optim  # noqa: E402
+from fastrnn import nn, optim, utils  # noqa: E402
 from fastrnn._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastrnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fastrnn.nn import (  # noqa: E402
@@ -65,4 +66,5 @@ __all__ = [
     "optim",
     "save_checkpoint",
     "set_num_threads",
+    "utils",
 ]
