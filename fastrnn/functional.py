@@ -98,7 +98,8 @@ class _Schedule:
             return np.ascontiguousarray(a[::-1])
         if a is not None and self.steps is not None and a.ndim == 3:
             cols = np.arange(a.shape[1]) if self.order is None else self.order
-            return a[self.steps[:, cols], cols[None, :]]
+            # ascontiguousarray: with a trailing axis of size 1, NumPy's gather is not C-ordered
+            return np.ascontiguousarray(a[self.steps[:, cols], cols[None, :]])
         if a is None or self.order is None:
             return a
         return np.ascontiguousarray(np.take(a, self.order, axis=axis))
@@ -109,7 +110,7 @@ class _Schedule:
             return np.ascontiguousarray(a[::-1])
         if self.steps is not None and a.ndim == 3:
             cols = np.arange(a.shape[1]) if self.inverse is None else self.inverse
-            return a[self.steps, cols[None, :]]
+            return np.ascontiguousarray(a[self.steps, cols[None, :]])
         if self.order is None:
             return a
         return np.ascontiguousarray(np.take(a, self.inverse, axis=axis))

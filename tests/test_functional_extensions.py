@@ -53,7 +53,7 @@ def test_variant_gradients_match_finite_differences(variant, backend, bias, with
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
-@pytest.mark.parametrize("T,B,D,H", [(1, 1, 1, 1), (4, 5, 3, 4), (7, 3, 2, 9)])
+@pytest.mark.parametrize("T,B,D,H", [(1, 1, 1, 1), (4, 5, 3, 4), (7, 3, 2, 9), (5, 4, 1, 1)])
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 def test_variant_cython_matches_reference(variant, dtype, T, B, D, H, with_lengths):
     rng = np.random.default_rng([T, B, D, H])
@@ -168,7 +168,9 @@ def test_projection_gradients_match_finite_differences(backend, bias, with_lengt
 
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("T,B,D,H,P", [(1, 1, 1, 2, 1), (6, 5, 3, 7, 4), (4, 9, 5, 16, 3)])
+@pytest.mark.parametrize(
+    "T,B,D,H,P", [(1, 1, 1, 2, 1), (6, 5, 3, 7, 4), (4, 9, 5, 16, 3), (5, 4, 1, 2, 1)]
+)
 def test_projection_cython_matches_reference(dtype, with_lengths, reverse, T, B, D, H, P):
     rng = np.random.default_rng([T, B, D, H, P])
     a = _proj_case(rng, T, B, D, H, P, dtype)
