@@ -426,8 +426,24 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
     return StackGrads(dout, np.stack(dh0), dc0_a, ordered)
 
 
-def default_init(config: StackConfig, dtype: Any, rng: np.random.Generator) -> dict[str, Any]:
-    """PyTorch's default init: every weight and bias ~ U(-1/sqrt(hidden_size), +...), in order."""
+def default_init(
+    config: StackConfig, dtype: Any, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """PyTorch's default init of every weight of a stack.
+
+    Parameters
+    ----------
+    config : StackConfig
+    dtype : {np.float32, np.float64}
+    rng : numpy.random.Generator
+        Draws the weights one after the other, in :meth:`StackConfig.weight_names` order.
+
+    Returns
+    -------
+    dict of str to ndarray
+        Name to array of the shape given by :meth:`StackConfig.weight_shapes` and of ``dtype``,
+        drawn from U(-k, k) with k = 1 / sqrt(hidden_size) (weights and biases alike).
+    """
     k = 1.0 / math.sqrt(config.hidden_size)
     return {
         name: rng.uniform(-k, k, shape).astype(dtype)

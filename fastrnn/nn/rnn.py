@@ -24,6 +24,8 @@ from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forwa
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
+#: What forward returns as the final state (and backward as the initial-state gradient):
+#: one array, or a tuple (h, c) for LSTM.
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
@@ -136,7 +138,7 @@ class RNNBase(Module):
             what = (
                 "unbatched input: (num_layers * num_directions, size)"
                 if batch is None
-                else ("(num_layers * num_directions, batch, size)")
+                else "(num_layers * num_directions, batch, size)"
             )
             raise ValueError(f"{name} must have shape {what} = {expected}, got {arr.shape}")
         return arr[:, None, :] if batch is None else arr
@@ -153,7 +155,7 @@ class RNNBase(Module):
             raise TypeError(f"LSTM takes {name} as a tuple (h, c) of two arrays (or None)")
         return state[0], state[1]
 
-    def forward(self, x: Any, hx: Any = None, *, lengths: Any = None) -> tuple[np.ndarray, Any]:
+    def forward(self, x: Any, hx: Any = None, *, lengths: Any = None) -> tuple[np.ndarray, State]:
         """Run every layer over a batch of sequences.
 
         Shapes use L = num_layers, D = 2 if bidirectional else 1, H = hidden_size,
@@ -228,7 +230,7 @@ class RNNBase(Module):
             y = np.ascontiguousarray(y.transpose(1, 0, 2))
         return y, h_n if c_n is None else (h_n, c_n)
 
-    def backward(self, dout: Any, dstate: Any = None) -> tuple[np.ndarray, Any]:
+    def backward(self, dout: Any, dstate: Any = None) -> tuple[np.ndarray, State]:
         """Backpropagate through the last training-mode forward.
 
         Accumulates the gradient of every parameter into its ``.grad`` and returns the gradients
