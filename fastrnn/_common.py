@@ -15,6 +15,7 @@ __all__ = [
     "Cache",
     "GRUGrads",
     "LSTMGrads",
+    "LSTMProjGrads",
     "Prepared",
     "RNNGrads",
     "as_grad",
@@ -59,6 +60,22 @@ class LSTMGrads(NamedTuple):
     dw_hh: np.ndarray
     db_ih: np.ndarray | None
     db_hh: np.ndarray | None
+
+
+class LSTMProjGrads(NamedTuple):
+    """Gradients returned by ``lstm_backward`` for a forward with a projection (``w_hr``).
+
+    The fields of :class:`LSTMGrads`, in the same order, then ``dw_hr``.
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray
 
 
 class Cache:
@@ -139,6 +156,9 @@ class Prepared(NamedTuple):
     B: int
     I: int
     H: int
+    # LSTM projection (P, H), or None. With it h0/y/h_n have P = w_hr.shape[0] columns and
+    # w_hh is (4H, P); H stays the cell size.
+    w_hr: np.ndarray | None = None
 
 
 def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
@@ -184,24 +204,44 @@ def prepare(
     b_ih: Any,
     b_hh: Any,
     lengths: Any = None,
+    w_hr: Any = None,
 ) -> Prepared:
     """Validate the operands of a ``<cell>_forward`` call and make them C-contiguous.
 
     The computation runs in float64 when any floating-point operand (input, state, weight or bias)
     is float64, otherwise in float32. Integer and float16 arrays are converted; complex, boolean,
     object and extended-precision arrays are refused with ``TypeError``.
+
+    ``w_hr`` (LSTM only) is a projection of shape (P, H): then ``w_hh`` is (4H, P) and ``h0`` is
+    (B, P), while ``c0`` stays (B, H).
     """
     G = CELLS[cell]
     T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
     GH, I_w = _shape_of("w_ih", w_ih, 2, f"({G} * hidden_size, input_size)")
-    GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
-    if H < 1:
-        raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
-    if GH2 != G * H:
-        raise ValueError(
-            f"w_hh must have shape ({G} * hidden_size, hidden_size) = ({G * H}, {H}) "
-            f"for {cell.upper()}, got {(GH2, H)}"
-        )
+    if w_hr is None:
+        GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
+        if H < 1:
+            raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
+        if GH2 != G * H:
+            raise ValueError(
+                f"w_hh must have shape ({G} * hidden_size, hidden_size) = ({G * H}, {H}) "
+                f"for {cell.upper()}, got {(GH2, H)}"
+            )
+        R = H  # width of the recurrent state h
+    else:
+        if cell != "lstm":
+            raise ValueError(f"w_hr (a projection) is only supported for LSTM, not {cell.upper()}")
+        R, H = _shape_of("w_hr", w_hr, 2, "(proj_size, hidden_size)")
+        if R < 1 or H < 1:
+            raise ValueError(
+                f"w_hr must have shape (proj_size >= 1, hidden_size >= 1), got {(R, H)}"
+            )
+        w_hh_shape = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, proj_size)")
+        if w_hh_shape != (G * H, R):
+            raise ValueError(
+                f"w_hh must have shape ({G} * hidden_size, proj_size) = ({G * H}, {R}) with a "
+                f"projection (hidden_size={H}, proj_size={R} taken from w_hr), got {w_hh_shape}"
+            )
     if GH != G * H:
         raise ValueError(
             f"w_ih must have {G * H} rows ({G} * hidden_size, hidden_size={H} taken "
@@ -216,7 +256,16 @@ def prepare(
     if (b_ih is None) != (b_hh is None):
         raise ValueError("pass both b_ih and b_hh, or neither (bias-free cell)")
 
-    operands = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "c0": c0, "b_ih": b_ih, "b_hh": b_hh}
+    operands = {
+        "x": x,
+        "w_ih": w_ih,
+        "w_hh": w_hh,
+        "h0": h0,
+        "c0": c0,
+        "b_ih": b_ih,
+        "b_hh": b_hh,
+        "w_hr": w_hr,
+    }
     dtype = np.dtype(np.float32)
     for name, a in operands.items():
         if a is not None and _float_dtype_of(name, a) == np.float64:
@@ -225,14 +274,15 @@ def prepare(
     xa = np.ascontiguousarray(np.asarray(x), dtype=dtype)
     w_ih_a = np.ascontiguousarray(np.asarray(w_ih), dtype=dtype)
     w_hh_a = np.ascontiguousarray(np.asarray(w_hh), dtype=dtype)
-    h0a = np.zeros((B, H), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, H))
+    h0a = np.zeros((B, R), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, R))
     c0a = None
     if cell == "lstm":
         c0a = np.zeros((B, H), dtype) if c0 is None else _to_array("c0", c0, dtype, (B, H))
     b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
+    w_hr_a = None if w_hr is None else np.ascontiguousarray(np.asarray(w_hr), dtype=dtype)
     lens = check_lengths(lengths, T, B)
-    return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H)
+    return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H, w_hr_a)
 
 
 def check_cache(cache: Any, backend: str, cell: str) -> Cache:
