@@ -173,3 +173,73 @@ def test_last_chunk_gradients_are_full_gradients_truncated_at_the_boundary(spec,
     np.testing.assert_allclose(dropped.dh0, full.dh0, **tol)
     if spec.has_c:
         np.testing.assert_allclose(dropped.dc0, full.dc0, **tol)
+
+
+# -- truncated BPTT with the layers --------------------------------------------------------------
+LAYER_CELLS = {"RNN": "rnn", "LSTM": "lstm", "GRU": "gru"}
+
+
+def _split(state, lstm):
+    return state if lstm else (state, None)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("name", sorted(LAYER_CELLS))
+def test_layer_tbptt_loop(name, num_layers, batch_first):
+    """The documented loop: chunks in order, each forward given the previous final state.
+
+    Forward: exactly the full-sequence outputs and final states. Backward of the last chunk with
+    no state gradient: the parameter gradients of that chunk alone, started from the carried
+    state (checked against the NumPy reference, layer by layer).
+    """
+    import fastrnn
+    from fastrnn import reference
+
+    cell, lstm = LAYER_CELLS[name], name == "LSTM"
+    layer = getattr(fastrnn, name)(
+        D, H, num_layers=num_layers, batch_first=batch_first, dtype=np.float64, seed=0
+    )
+    rng = np.random.default_rng(2)
+    x_tm = rng.standard_normal((T, B, D))  # time-major copy, for the reference
+    x = np.ascontiguousarray(x_tm.transpose(1, 0, 2)) if batch_first else x_tm
+    time_axis = 1 if batch_first else 0
+
+    layer.eval()
+    out_full, state_full = layer(x)
+    layer.train()
+    outs, state, boundary = [], None, None
+    for xc in tbptt_chunks(x, CHUNK, batch_first=batch_first):
+        boundary = state  # the state the last chunk starts from
+        out, state = layer(xc, state)
+        outs.append(out)
+    np.testing.assert_array_equal(np.concatenate(outs, axis=time_axis), out_full)
+    for got, want in zip(_split(state, lstm), _split(state_full, lstm), strict=True):
+        if want is not None:
+            np.testing.assert_array_equal(got, want)
+
+    # Backward of the last chunk only: what a TBPTT training step does.
+    dout = rng.standard_normal(out.shape)
+    layer.zero_grad()
+    dx, _ = layer.backward(dout)
+
+    # Reference: each layer over the last chunk from its carried state, then BPTT down the stack.
+    t0 = (T - 1) // CHUNK * CHUNK
+    h_b, c_b = _split(boundary, lstm)
+    params = dict(layer.named_parameters())
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    inp, caches = x_tm[t0:], []
+    for k in range(num_layers):
+        w = [params[f"{n}_l{k}"].data for n in names]
+        if lstm:
+            inp, _, _, cache = reference.lstm_forward(inp, h_b[k], c_b[k], *w)
+        else:
+            inp, _, cache = getattr(reference, f"{cell}_forward")(inp, h_b[k], *w)
+        caches.append(cache)
+    dy = np.swapaxes(dout, 0, 1) if batch_first else dout
+    for k in reversed(range(num_layers)):
+        g = getattr(reference, f"{cell}_backward")(caches[k], dy)
+        for n, want in zip(names, g[-4:], strict=True):
+            np.testing.assert_allclose(params[f"{n}_l{k}"].grad, want, **TOL[np.float64])
+        dy = g.dx
+    np.testing.assert_allclose(np.swapaxes(dx, 0, 1) if batch_first else dx, dy, **TOL[np.float64])
