@@ -1,0 +1,63 @@
+"""Smoke tests of the scripts in examples/: each main() runs end to end with tiny sizes.
+
+They check that the examples still run against the library and return and print a sensible
+summary; the full-size results (accuracy, validation loss) are what the examples themselves
+report. All of them together take a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture
+def example(monkeypatch):
+    """Import an example as the script would see it (examples/ first on sys.path)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+
+    def load(name: str):
+        return importlib.import_module(name)
+
+    return load
+
+
+def test_progress_bar_writes_lines_when_not_a_terminal(example):
+    bar_mod = example("_progress")
+    out = io.StringIO()
+    bar = bar_mod.ProgressBar(20, desc="demo", unit=" steps", stream=out)
+    for _ in range(20):
+        bar.update(loss=0.5, phase="x")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert 2 <= len(lines) <= 12  # about one line per tenth, not one per update
+    assert lines[-1].startswith("demo [" + "#" * 30 + "] 100%  20/20 steps")
+    assert "loss=0.5" in lines[-1] and "phase=x" in lines[-1]
+
+
+def test_forecast(example, capsys):
+    forecast = example("forecast")
+    summary = forecast.main(["--quick", "--epochs", "2"])
+    names = list(summary["results"])
+    assert names[0].startswith("naive") and names[1] == "linear regression"
+    assert names[2].startswith("GRU")
+    for r in summary["results"].values():
+        assert np.isfinite([r["price_rmse"], r["return_mse"], r["r2"]]).all()
+    assert "price RMSE" in capsys.readouterr().out
+    # Seeded: a second run gives the same numbers.
+    assert forecast.main(["--quick", "--epochs", "2"])["results"] == summary["results"]
+
+
+def test_forecast_data_follow_the_documented_model(example):
+    rng = np.random.default_rng(0)
+    m = example("forecast").make_market(3000, rng)
+    assert (m["news"] >= 0).all() and (m["price"] > 0).all() and (m["index"] > 0).all()
+    # The price's own lag enters with -0.15: the lag-1 autocorrelation of returns is negative.
+    r = m["r"][1:]
+    assert np.corrcoef(r[1:], r[:-1])[0, 1] < 0
