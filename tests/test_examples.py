@@ -61,3 +61,11 @@ def test_forecast_data_follow_the_documented_model(example):
     # The price's own lag enters with -0.15: the lag-1 autocorrelation of returns is negative.
     r = m["r"][1:]
     assert np.corrcoef(r[1:], r[:-1])[0, 1] < 0
+
+
+def test_digits(example, capsys):
+    pytest.importorskip("sklearn")
+    summary = example("digits").main(["--quick", "--epochs", "1"])
+    assert summary["n_train"] + summary["n_test"] == 300
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert "test" in capsys.readouterr().out
