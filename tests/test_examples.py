@@ -69,3 +69,23 @@ def test_digits(example, capsys):
     assert summary["n_train"] + summary["n_test"] == 300
     assert 0.0 <= summary["test_accuracy"] <= 1.0
     assert "test" in capsys.readouterr().out
+
+
+def test_seed_claims(example, tmp_path, capsys):
+    summary = example("seed_claims").main(
+        ["--quick", "--steps", "3", "--plot", str(tmp_path / "claims.png")]
+    )
+    assert set(summary["a"]["final"]) == {"RNN", "LSTM", "GRU"}
+    assert set(summary["b"]) == {"no clip", "clip"}
+    # (d): the gradient at t = T is the unit vector itself.
+    for norms in summary["d"]["norms"].values():
+        assert norms[-1] == pytest.approx(1.0, rel=1e-5)
+    out = capsys.readouterr().out
+    for part in ("(a)", "(b)", "(c)", "(d)"):
+        assert part in out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert summary["plot"] is None
+    else:
+        assert Path(summary["plot"]).stat().st_size > 0
