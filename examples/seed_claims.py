@@ -148,7 +148,7 @@ def print_a(res: dict, args) -> None:
         print("    " + f"{s:>6}" + "".join(f"{res['curves'][c][i][1]:>10.4f}" for c in CELLS))
     verdict = ", ".join(
         f"{c} {'learned' if res['final'][c] < 0.1 * TRIVIAL_MSE else 'did not learn'}"
-        f" ({res['final'][c] / TRIVIAL_MSE:.0%} of baseline)"
+        f" ({res['final'][c] / TRIVIAL_MSE:.1%} of baseline)"
         for c in CELLS
     )
     print(f"    => {verdict}")
@@ -424,7 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--T", type=int, default=100, help="sequence length of (a) and (d)")
     ap.add_argument("--hidden", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps-a", type=int, default=2500, help="training steps per cell in (a)")
+    ap.add_argument("--steps-a", type=int, default=2000, help="training steps per cell in (a)")
     ap.add_argument("--lr-a", type=float, default=1e-2, help="Adam's learning rate in (a)")
     ap.add_argument("--eval-every", type=int, default=100, help="steps between tests in (a)")
     ap.add_argument("--T-b", type=int, default=50, help="sequence length of (b)")
