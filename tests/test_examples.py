@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,23 @@ def test_progress_bar_writes_lines_when_not_a_terminal(example):
     assert 2 <= len(lines) <= 12  # about one line per tenth, not one per update
     assert lines[-1].startswith("demo [" + "#" * 30 + "] 100%  20/20 steps")
     assert "loss=0.5" in lines[-1] and "phase=x" in lines[-1]
+
+
+def test_char_lm(example, capsys):
+    summary = example("char_lm").main(["--quick", "--steps", "3", "--sample-len", "20"])
+    assert summary["steps"] == 3
+    # Three Adam steps from a uniform-ish start: still near log(vocab size), but finite.
+    assert 0 < summary["val_loss"] < 2 * math.log(100)
+    assert summary["sample"].startswith("ROMEO:\n") and len(summary["sample"]) == 7 + 20
+    out = capsys.readouterr()
+    assert "val loss" in out.out and "nats/char" in out.out
+    assert "char_lm [" in out.err  # the progress bar
+
+
+def test_char_lm_stops_at_its_time_budget(example):
+    summary = example("char_lm").main(["--quick", "--max-seconds", "0.5", "--sample-len", "5"])
+    assert summary["steps"] >= 1
+    assert summary["seconds"] < 5
 
 
 def test_forecast(example, capsys):
