@@ -12,7 +12,7 @@ first step. The pattern is therefore::
     data = batchify(stream, batch_size)          # (N, B): B contiguous pieces of the stream
     inputs, targets = data[:-1], data[1:]        # next-token prediction
     state = None                                 # zeros for the first chunk
-    for x, y in zip(tbptt_chunks(inputs, 64), tbptt_chunks(targets, 64)):
+    for x, y in zip(tbptt_chunks(inputs, 64), tbptt_chunks(targets, 64), strict=True):
         out, state = lstm(embed(x), state)       # starts where the previous chunk ended
         loss = criterion(head(out), y)
         dout = head.backward(criterion.backward())
