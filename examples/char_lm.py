@@ -39,6 +39,7 @@ except ImportError:  # imported as examples.char_lm
     from examples._progress import ProgressBar
 
 DATA = Path(__file__).resolve().parent / "data" / "tinyshakespeare.txt"
+EVAL_BATCH, EVAL_CHUNK = 128, 64  # the held-out text is read as 128 streams
 
 
 class CharLM(Module):
@@ -121,6 +122,25 @@ def sample(
     return prime + "".join(out)
 
 
+def final_seconds(
+    model: CharLM, val_ids: np.ndarray, chars: list[str], args: argparse.Namespace
+) -> tuple[float, float]:
+    """Estimate how long the final evaluation and the sample take, from small probes.
+
+    Both are timed on a few time steps and scaled by the number of steps they need, so that the
+    time budget covers the whole run even on a machine slower than expected.
+    """
+    n_steps = max((len(val_ids) - 1) // EVAL_BATCH, 1)  # time steps of the full evaluation
+    probe = min(16, n_steps)
+    t0 = time.perf_counter()
+    evaluate(model, val_ids[: EVAL_BATCH * (probe + 1) + 1], EVAL_BATCH, EVAL_CHUNK)
+    t_eval = (time.perf_counter() - t0) * n_steps / probe
+    t0 = time.perf_counter()
+    sample(model, chars, args.prime, 10, args.temperature, np.random.default_rng(0))
+    per_char = (time.perf_counter() - t0) / (10 + len(args.prime))
+    return t_eval, per_char * (args.sample_len + len(args.prime))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -179,11 +199,14 @@ def main(argv: list[str] | None = None) -> dict:
     opt = Adam(params, lr=args.lr)
     criterion = CrossEntropyLoss()
 
+    # Seconds kept for the final evaluation and the sample, with a margin; the evaluation's
+    # share is re-measured at each validation.
+    t_eval, t_sample = final_seconds(model, val_ids, chars, args)
+    reserve = 1.5 * (t_eval + t_sample) + 0.5
     deadline = t_start + args.max_seconds
     budget = args.max_seconds - (time.perf_counter() - t_start)
-    total = args.steps if args.steps is not None else budget
+    total = args.steps if args.steps is not None else budget - reserve
     bar = ProgressBar(total, desc="char_lm", unit="" if args.steps is not None else "s")
-    reserve = 2.0  # seconds kept for the final evaluation and sampling; re-measured below
     step, chars_seen, epoch = 0, 0, 0
     recent: list[float] = []
     curve: list[tuple[int, float, float]] = []
@@ -230,9 +253,10 @@ def main(argv: list[str] | None = None) -> dict:
             recent = (recent + [float(loss)])[-50:]
             if step % args.eval_every == 0:
                 t0 = time.perf_counter()
-                val = evaluate(model, val_ids, 64, 256)
+                val = evaluate(model, val_ids, EVAL_BATCH, EVAL_CHUNK)
                 curve.append((step, time.perf_counter() - t_start, val))
-                reserve = 1.5 * (time.perf_counter() - t0) + 1.0
+                t_eval = time.perf_counter() - t0
+                reserve = 1.5 * (t_eval + t_sample) + 0.5
             bar.update(
                 value=step if args.steps is not None else time.perf_counter() - t_train,
                 loss=float(loss),
@@ -247,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_seconds = time.perf_counter() - t_train
     bar.close()
 
-    val_loss = evaluate(model, val_ids, 64, 256)
+    val_loss = evaluate(model, val_ids, EVAL_BATCH, EVAL_CHUNK)
     if not curve or curve[-1][0] != step:
         curve.append((step, time.perf_counter() - t_start, val_loss))
     text_sample = sample(model, chars, args.prime, args.sample_len, args.temperature, rng)

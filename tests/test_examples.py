@@ -56,7 +56,7 @@ def test_char_lm(example, capsys):
 def test_char_lm_stops_at_its_time_budget(example):
     summary = example("char_lm").main(["--quick", "--max-seconds", "0.5", "--sample-len", "5"])
     assert summary["steps"] >= 1
-    assert summary["seconds"] < 5
+    assert summary["seconds"] < 10  # the budget plus one step and a small evaluation
 
 
 def test_forecast(example, capsys):
