@@ -45,6 +45,15 @@ def _masks(lengths, T, B, dtype):
     return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
 
 
+def _keep(m, active, inactive):
+    """``active`` where the step is inside the sequence (m = 1), else ``inactive``.
+
+    A select, not ``m * active + (1 - m) * inactive``: 0 * inf would turn an infinite state
+    into NaN, and the padding's values (finite or not) must not reach the outputs.
+    """
+    return np.where(m > 0, active, inactive)
+
+
 def _biases(p):
     zero = np.zeros(p.w_hh.shape[0], p.dtype)
     return (zero, zero) if p.b_ih is None else (p.b_ih, p.b_hh)
@@ -84,8 +93,8 @@ def rnn_forward(
     for t in range(p.T):
         hprev[t] = h
         h_new = act(p.x[t] @ p.w_ih.T + b_i + h @ p.w_hh.T + b_h)
-        h = m[t] * h_new + (1 - m[t]) * h
-        y[t] = m[t] * h_new
+        h = _keep(m[t], h_new, h)
+        y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
         cache = Cache(
@@ -108,13 +117,13 @@ def rnn_backward(cache, dy, dh_n=None):
     dg = np.zeros((p.T, p.B, p.H), p.dtype)
     dx = np.zeros_like(p.x)
     for t in reversed(range(p.T)):
-        dht = m[t] * (dh + (0 if dy is None else dy[t]))  # gradient reaching h_t's new value
+        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)  # reaching h_t's new value
         if c.data["relu"]:
             dg[t] = dht * (y[t] > 0)
         else:
             dg[t] = dht * (1 - y[t] ** 2)
         dx[t] = dg[t] @ p.w_ih
-        dh = dg[t] @ p.w_hh + (1 - m[t]) * dh
+        dh = _keep(m[t], dg[t] @ p.w_hh, dh)
     if p.T == 0:
         return RNNGrads(dx, dh, *_empty_weight_grads(p))
     return RNNGrads(dx, dh, *_weight_grads(p, dg, dg, hprev))
@@ -141,9 +150,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, 
         c_new = f * c + i * g
         h_new = o * np.tanh(c_new)
         saved.append((h, c, i, f, g, o, c_new))
-        h = m[t] * h_new + (1 - m[t]) * h
-        c = m[t] * c_new + (1 - m[t]) * c
-        y[t] = m[t] * h_new
+        h = _keep(m[t], h_new, h)
+        c = _keep(m[t], c_new, c)
+        y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
         cache = Cache(
@@ -168,18 +177,22 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     for t in reversed(range(p.T)):
         h, c, i, f, g, o, c_new = saved[t]
         hprev[t] = h
-        dht = m[t] * (dh + (0 if dy is None else dy[t]))
-        dct = m[t] * dc
+        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)
+        dct = _keep(m[t], dc, 0)
         tc = np.tanh(c_new)
         do = dht * tc
         dct = dct + dht * o * (1 - tc**2)
         di, df, dgg = dct * g, dct * c, dct * i
-        dg[t] = np.concatenate(
-            [di * i * (1 - i), df * f * (1 - f), dgg * (1 - g**2), do * o * (1 - o)], axis=1
+        dg[t] = _keep(
+            m[t],
+            np.concatenate(
+                [di * i * (1 - i), df * f * (1 - f), dgg * (1 - g**2), do * o * (1 - o)], axis=1
+            ),
+            0,
         )
         dx[t] = dg[t] @ p.w_ih
-        dh = dg[t] @ p.w_hh + (1 - m[t]) * dh
-        dc = dct * f + (1 - m[t]) * dc
+        dh = _keep(m[t], dg[t] @ p.w_hh, dh)
+        dc = _keep(m[t], dct * f, dc)
     if p.T == 0:
         return LSTMGrads(dx, dh, dc, *_empty_weight_grads(p))
     return LSTMGrads(dx, dh, dc, *_weight_grads(p, dg, dg, hprev))
@@ -208,8 +221,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengt
         n = np.tanh(gi[:, 2 * H :] + r * hn)
         h_new = (1 - z) * n + z * h
         saved.append((h, r, z, n, hn))
-        h = m[t] * h_new + (1 - m[t]) * h
-        y[t] = m[t] * h_new
+        h = _keep(m[t], h_new, h)
+        y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
         cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, H), {"p": p, "saved": saved, "m": m})
@@ -231,16 +244,16 @@ def gru_backward(cache, dy, dh_n=None):
     for t in reversed(range(p.T)):
         h, r, z, n, hn = saved[t]
         hprev[t] = h
-        dht = m[t] * (dh + (0 if dy is None else dy[t]))
+        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)
         dn = dht * (1 - z)
         dz = dht * (h - n)
         dn_pre = dn * (1 - n**2)
         dr_pre = dn_pre * hn * r * (1 - r)
         dz_pre = dz * z * (1 - z)
-        dgi[t] = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
-        dgh[t] = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+        dgi[t] = _keep(m[t], np.concatenate([dr_pre, dz_pre, dn_pre], axis=1), 0)
+        dgh[t] = _keep(m[t], np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1), 0)
         dx[t] = dgi[t] @ p.w_ih
-        dh = dgh[t] @ p.w_hh + dht * z + (1 - m[t]) * dh
+        dh = _keep(m[t], dgh[t] @ p.w_hh + dht * z, dh)
     if p.T == 0:
         return GRUGrads(dx, dh, *_empty_weight_grads(p))
     return GRUGrads(dx, dh, *_weight_grads(p, dgi, dgh, hprev))

@@ -28,8 +28,8 @@ cdef inline floating tanh_(floating a) noexcept nogil:
 
 
 cdef inline floating relu(floating a) noexcept nogil:
-    """max(a, 0)"""
-    return a if a > 0 else 0
+    """max(a, 0), NaN kept (as numpy.maximum and torch.relu): a NaN must never become 0"""
+    return 0 if a <= 0 else a
 
 
 cdef inline floating dsigmoid(floating y) noexcept nogil:
