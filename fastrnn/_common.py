@@ -98,9 +98,19 @@ class Cache:
         )
 
 
+def _asarray(name: str, a: Any) -> np.ndarray:
+    """``np.asarray(a)``, with a message naming the argument for ragged nested sequences."""
+    try:
+        return np.asarray(a)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name} must be an array or a nested sequence of one shape: {exc}"
+        ) from exc
+
+
 def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     """The float dtype an argument asks for (None for integers), refusing unsupported kinds."""
-    dt = np.asarray(a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
+    dt = _asarray(name, a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
     if dt.kind == "f":
         if dt.itemsize > 8:
             raise TypeError(
@@ -116,11 +126,64 @@ def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     )
 
 
+#: Largest integer magnitude below which every integer is exact in each computation dtype.
+_EXACT_INT = {np.dtype(np.float32): 2**24, np.dtype(np.float64): 2**53}
+
+
+def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` as a C-contiguous array of ``dtype``; integers only when the conversion is exact."""
+    if arr.dtype.kind in "iu" and arr.size:
+        lo, hi, limit = int(arr.min()), int(arr.max()), _EXACT_INT[dtype]
+        if lo < -limit or hi > limit:
+            raise ValueError(
+                f"{name} holds integers up to {max(-lo, hi)} in magnitude, which {dtype} cannot "
+                f"represent exactly (integers are converted only when |value| <= 2**"
+                f"{limit.bit_length() - 1}); convert it yourself if rounding is acceptable"
+            )
+    try:
+        return np.ascontiguousarray(arr, dtype=dtype)
+    except MemoryError as exc:
+        raise MemoryError(
+            f"{name}: cannot allocate a C-contiguous {dtype} copy of shape {arr.shape} ({exc})"
+        ) from exc
+
+
 def _to_array(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.asarray(a)
+    arr = _asarray(name, a)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return _convert(name, arr, dtype)
+
+
+def _check_finite(name: str, arr: np.ndarray | None) -> None:
+    """ValueError naming ``arr`` if it holds a NaN or an infinity (two passes, no temporary)."""
+    if arr is None or arr.size == 0:
+        return
+    if not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise ValueError(
+            f"{name} must be finite (check_finite=True), but {name}[{', '.join(map(str, where))}]"
+            f" = {arr[where]}"
+        )
+
+
+# BLAS (scipy.linalg.cython_blas) takes 32-bit ints for every GEMM dimension and leading
+# dimension; the kernels pass T*B, G*H, I and H. Larger values must be refused here, not
+# truncated there.
+BLAS_INT_MAX = 2**31 - 1
+
+
+def _check_blas_limits(T: int, B: int, I: int, H: int, G: int) -> None:
+    for value, what in (
+        (T * B, f"x has T * B = {T} * {B} = {T * B} rows (the input GEMM's row count)"),
+        (G * H, f"w_hh has {G} * hidden_size = {G * H} rows"),
+        (I, f"x has input_size {I}"),
+    ):
+        if value > BLAS_INT_MAX:
+            raise ValueError(
+                f"{what}, more than the 32-bit BLAS limit {BLAS_INT_MAX}; split the batch or "
+                "the sequence into smaller calls"
+            )
 
 
 class Prepared(NamedTuple):
@@ -144,7 +207,10 @@ class Prepared(NamedTuple):
 def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
     if a is None:
         raise TypeError(f"{name} is required, got None")
-    shape = np.shape(a)
+    try:
+        shape = np.shape(a)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a {ndim}-D array of shape {what}: {exc}") from exc
     if len(shape) != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array of shape {what}, got shape {shape}")
     return shape
@@ -154,7 +220,7 @@ def check_lengths(lengths: Any, T: int, B: int) -> np.ndarray | None:
     """Validate ``lengths``: integers (B,) in [1, T]. Returns None when all equal T."""
     if lengths is None:
         return None
-    arr = np.asarray(lengths)
+    arr = _asarray("lengths", lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(arr == np.round(arr)):
             raise TypeError(
@@ -184,12 +250,16 @@ def prepare(
     b_ih: Any,
     b_hh: Any,
     lengths: Any = None,
+    check_finite: bool = False,
 ) -> Prepared:
     """Validate the operands of a ``<cell>_forward`` call and make them C-contiguous.
 
     The computation runs in float64 when any floating-point operand (input, state, weight or bias)
-    is float64, otherwise in float32. Integer and float16 arrays are converted; complex, boolean,
-    object and extended-precision arrays are refused with ``TypeError``.
+    is float64, otherwise in float32. float16 arrays are converted; integer arrays are converted
+    when every value is exact in the computation dtype (else ``ValueError``); complex, boolean,
+    object, string and extended-precision arrays are refused with ``TypeError``. Sizes that the
+    32-bit BLAS cannot take are refused with ``ValueError`` before anything is allocated. With
+    ``check_finite``, a NaN or infinity in any operand raises ``ValueError`` naming it.
     """
     G = CELLS[cell]
     T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
@@ -215,6 +285,7 @@ def prepare(
         raise ValueError(f"x must have input_size >= 1, got shape {(T, B, I)}")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("pass both b_ih and b_hh, or neither (bias-free cell)")
+    _check_blas_limits(T, B, I, H, G)
 
     operands = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "c0": c0, "b_ih": b_ih, "b_hh": b_hh}
     dtype = np.dtype(np.float32)
@@ -222,9 +293,9 @@ def prepare(
         if a is not None and _float_dtype_of(name, a) == np.float64:
             dtype = np.dtype(np.float64)
 
-    xa = np.ascontiguousarray(np.asarray(x), dtype=dtype)
-    w_ih_a = np.ascontiguousarray(np.asarray(w_ih), dtype=dtype)
-    w_hh_a = np.ascontiguousarray(np.asarray(w_hh), dtype=dtype)
+    xa = _convert("x", _asarray("x", x), dtype)
+    w_ih_a = _convert("w_ih", _asarray("w_ih", w_ih), dtype)
+    w_hh_a = _convert("w_hh", _asarray("w_hh", w_hh), dtype)
     h0a = np.zeros((B, H), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, H))
     c0a = None
     if cell == "lstm":
@@ -232,6 +303,10 @@ def prepare(
     b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
     lens = check_lengths(lengths, T, B)
+    if check_finite:
+        for name, a in (("x", xa), ("h0", h0a), ("c0", c0a), ("w_ih", w_ih_a), ("w_hh", w_hh_a),
+                        ("b_ih", b_ih_a), ("b_hh", b_hh_a)):  # fmt: skip
+            _check_finite(name, a)
     return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H)
 
 

@@ -12,7 +12,12 @@ Guarantees:
 * Inputs may have any memory layout (non-contiguous, Fortran-ordered, negative strides,
   read-only); they are never modified.
 * The computation runs in float64 if any floating-point operand is float64, else in float32.
-  Integer and float16 operands are converted; complex, boolean and object arrays are refused.
+  float16 operands are converted, and so are integer operands whose every value is exact in
+  the computation dtype (|v| <= 2**24 for float32, 2**53 for float64; others raise
+  ``ValueError``); complex, boolean, object, string and extended-precision arrays are refused.
+* Sizes beyond the 32-bit BLAS (T * B, G * H or I above 2**31 - 1) raise ``ValueError`` before
+  anything is allocated; an allocation that fails raises ``MemoryError``.
+* NaN and infinities propagate (IEEE 754) unless ``check_finite=True``, which refuses them.
 * ``training=False`` returns ``cache=None`` and keeps nothing; a training forward's cache holds what
   BPTT needs (``cache.nbytes`` tells how much).
 * ``lengths`` (int array of shape (B,), values in [1, T], any order) gives PyTorch's
@@ -129,7 +134,17 @@ def _upstream(p: Prepared, s: _Schedule, dy: Any, states: dict[str, Any]):
 # Elman RNN
 # ---------------------------------------------------------------------------------------------
 def rnn_forward(
-    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", training=True, lengths=None
+    x,
+    h0,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    *,
+    nonlinearity="tanh",
+    training=True,
+    lengths=None,
+    check_finite=False,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
@@ -148,6 +163,10 @@ def rnn_forward(
         Keep what :func:`rnn_backward` needs; with False the returned cache is None.
     lengths : array_like of int, shape (B,), optional
         Length of each sequence in a padded batch (values in [1, T], any order).
+    check_finite : bool, default=False
+        Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
+        or an infinity (two extra passes over each). Without it, NaN and infinities propagate
+        through the arithmetic as IEEE 754 says; they are never dropped.
 
     Returns
     -------
@@ -160,7 +179,7 @@ def rnn_forward(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
     relu = nonlinearity == "relu"
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
@@ -249,7 +268,9 @@ def rnn_backward(cache, dy, dh_n=None):
 # ---------------------------------------------------------------------------------------------
 # LSTM
 # ---------------------------------------------------------------------------------------------
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+def lstm_forward(
+    x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+):
     """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
 
     ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)`` with
@@ -265,6 +286,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, 
     b_ih, b_hh : array_like of shape (4H,) or None
     training : bool, default=True
     lengths : array_like of int, shape (B,), optional
+    check_finite : bool, default=False
+        Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
+        or an infinity (two extra passes over each). Without it, NaN and infinities propagate
+        through the arithmetic as IEEE 754 says; they are never dropped.
 
     Returns
     -------
@@ -273,7 +298,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, 
     cache : Cache or None
         Pass to :func:`lstm_backward`.
     """
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
     if p.T == 0 or p.B == 0:
         y, h_n, c_n = _empty_forward(p)
         cache = Cache(BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
@@ -380,7 +405,9 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
 # ---------------------------------------------------------------------------------------------
 # GRU
 # ---------------------------------------------------------------------------------------------
-def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+def gru_forward(
+    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+):
     """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
 
     ``r = sig(W_ir x + b_ir + W_hr h + b_hr)``, ``z = sig(W_iz x + b_iz + W_hz h + b_hz)``,
@@ -395,6 +422,10 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengt
     b_ih, b_hh : array_like of shape (3H,) or None
     training : bool, default=True
     lengths : array_like of int, shape (B,), optional
+    check_finite : bool, default=False
+        Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
+        or an infinity (two extra passes over each). Without it, NaN and infinities propagate
+        through the arithmetic as IEEE 754 says; they are never dropped.
 
     Returns
     -------
@@ -403,7 +434,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengt
     cache : Cache or None
         Pass to :func:`gru_backward`.
     """
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
         cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})

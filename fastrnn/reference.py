@@ -78,12 +78,22 @@ def _empty_weight_grads(p):
 # Elman RNN: h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
 # ---------------------------------------------------------------------------------------------
 def rnn_forward(
-    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, nonlinearity="tanh", training=True, lengths=None
+    x,
+    h0,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    *,
+    nonlinearity="tanh",
+    training=True,
+    lengths=None,
+    check_finite=False,
 ):
     """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
     b_i, b_h = _biases(p)
     m = _masks(p.lengths, p.T, p.B, p.dtype)
     act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
@@ -132,9 +142,11 @@ def rnn_backward(cache, dy, dh_n=None):
 # ---------------------------------------------------------------------------------------------
 # LSTM, gates i, f, g, o:  c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)
 # ---------------------------------------------------------------------------------------------
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+def lstm_forward(
+    x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+):
     """LSTM over a whole sequence; see :func:`fastrnn.functional.lstm_forward`."""
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
@@ -203,9 +215,11 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
 #   r = sig(W_ir x + b_ir + W_hr h + b_hr),  z = sig(W_iz x + b_iz + W_hz h + b_hz)
 #   n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}
 # ---------------------------------------------------------------------------------------------
-def gru_forward(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None):
+def gru_forward(
+    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+):
     """GRU over a whole sequence; see :func:`fastrnn.functional.gru_forward`."""
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
