@@ -87,8 +87,27 @@ class Cache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the arrays of this cache (weights and inputs included)."""
-        return sum(v.nbytes for v in self.data.values() if isinstance(v, np.ndarray))
+        """Bytes of the arrays this cache keeps alive, each counted once.
+
+        Counts the saved activations and the forward's operands (input, initial states, weights
+        and biases, which are the caller's own arrays when they were already C-contiguous in the
+        computation dtype), walking nested tuples and lists (the reference keeps per-step
+        tuples). README.md ("Memory of a training forward") gives it per cell.
+        """
+        seen: set[int] = set()
+        total = 0
+        stack = list(self.data.values())
+        while stack:
+            v = stack.pop()
+            if isinstance(v, np.ndarray):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    total += v.nbytes
+            elif isinstance(v, (tuple, list)):  # NamedTuples (Prepared) included
+                stack.extend(v)
+            elif isinstance(v, dict):
+                stack.extend(v.values())
+        return total
 
     def __repr__(self) -> str:
         T, B, I, H = self.shape
