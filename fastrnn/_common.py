@@ -119,6 +119,11 @@ class Cache:
 
 def _asarray(name: str, a: Any) -> np.ndarray:
     """``np.asarray(a)``, with a message naming the argument for ragged nested sequences."""
+    if isinstance(a, np.ma.MaskedArray):  # np.asarray would drop the mask silently
+        raise TypeError(
+            f"{name} is a masked array, whose mask fastrnn would ignore; pass "
+            f"{name}.filled(value) (and lengths= for padded sequences)"
+        )
     try:
         return np.asarray(a)
     except ValueError as exc:
@@ -129,7 +134,8 @@ def _asarray(name: str, a: Any) -> np.ndarray:
 
 def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     """The float dtype an argument asks for (None for integers), refusing unsupported kinds."""
-    dt = _asarray(name, a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
+    # ndarrays answer directly; anything else (lists, torch tensors, ...) as np.asarray reads it
+    dt = a.dtype if isinstance(a, (np.ndarray, np.generic)) else _asarray(name, a).dtype
     if dt.kind == "f":
         if dt.itemsize > 8:
             raise TypeError(

@@ -93,6 +93,9 @@ FORWARD_BAD = [
     ("b_hh_str", None, _set("b_hh", lambda s, a: a.astype(str)), TypeError, ("b_hh",)),
     ("c0_bool", ("lstm",), _set("c0", lambda s, a: a > 0), TypeError, ("c0",)),
     ("c0_object", ("lstm",), _set("c0", lambda s, a: a.astype(object)), TypeError, ("c0",)),
+    # -- masked arrays: np.asarray would drop the mask silently
+    ("x_masked", None, _set("x", lambda s, a: np.ma.masked_less(a, 0)), TypeError, ("x",)),
+    ("h0_masked", None, _set("h0", lambda s, a: np.ma.masked_array(a)), TypeError, ("h0",)),
     # -- integers: converted only when exact in the computation dtype (float64 here)
     (
         "x_int_beyond_2_53",
@@ -370,6 +373,23 @@ def test_nested_lists_work(spec, backend, rng):
         rtol=0,
         atol=0,
     )
+
+
+def test_torch_cpu_tensors_work(spec, backend, rng):
+    """Anything np.asarray reads is array_like, torch CPU tensors included."""
+    torch = pytest.importorskip("torch")
+    case = _case(spec, rng)
+    as_torch = case.replace(x=torch.from_numpy(case.x), w_ih=torch.from_numpy(case.w_ih))
+    assert_forward_close(
+        spec, spec.forward_case(backend, as_torch), spec.forward_case(backend, case), rtol=0, atol=0
+    )
+
+
+def test_masked_upstream_gradient_is_refused(spec, backend, rng):
+    case = _case(spec, rng)
+    fwd = spec.forward_case(backend, case)
+    with pytest.raises(TypeError, match=r"^dy is a masked array"):
+        spec.backward_case(backend, fwd.cache, case.replace(dy=np.ma.masked_array(case.dy)))
 
 
 # -------------------------------------------------------------------------------------------------
