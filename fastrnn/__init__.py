@@ -2,7 +2,10 @@
 
 Public entry points:
 
+* :class:`RNN`, :class:`LSTM`, :class:`GRU` -- multi-layer, bidirectional layers with PyTorch's
+  API, parameter names and numbers;
 * :mod:`fastrnn.functional` -- the stable kernel-level API (one forward/backward pair per cell);
+* :mod:`fastrnn.stack` -- multi-layer / bidirectional orchestration over the functional API;
 * :mod:`fastrnn.reference` -- the same API in plain NumPy (the oracle and the baseline);
 * :mod:`fastrnn.nn`, :mod:`fastrnn.optim`, :mod:`fastrnn.checkpoint` -- modules, losses,
   optimizers, clipping and checkpoints for training;
@@ -21,6 +24,9 @@ from fastrnn import nn, optim  # noqa: E402
 from fastrnn._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastrnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fastrnn.nn import (  # noqa: E402
+    GRU,
+    LSTM,
+    RNN,
     CrossEntropyLoss,
     Dropout,
     Embedding,
@@ -50,10 +56,13 @@ __all__ = [
     "CrossEntropyLoss",
     "Dropout",
     "Embedding",
+    "GRU",
+    "LSTM",
     "Linear",
     "MSELoss",
     "Module",
     "Parameter",
+    "RNN",
     "RMSprop",
     "Sequential",
     "__version__",

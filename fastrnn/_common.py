@@ -15,6 +15,7 @@ __all__ = [
     "Cache",
     "GRUGrads",
     "LSTMGrads",
+    "LSTMProjGrads",
     "Prepared",
     "RNNGrads",
     "as_grad",
@@ -59,6 +60,22 @@ class LSTMGrads(NamedTuple):
     dw_hh: np.ndarray
     db_ih: np.ndarray | None
     db_hh: np.ndarray | None
+
+
+class LSTMProjGrads(NamedTuple):
+    """Gradients returned by ``lstm_backward`` for a forward with a projection (``w_hr``).
+
+    The fields of :class:`LSTMGrads`, in the same order, then ``dw_hr``.
+    """
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray
 
 
 class Cache:
@@ -198,11 +215,12 @@ def _check_finite(name: str, arr: np.ndarray | None) -> None:
 BLAS_INT_MAX = 2**31 - 1
 
 
-def _check_blas_limits(T: int, B: int, I: int, H: int, G: int) -> None:
+def _check_blas_limits(T: int, B: int, I: int, H: int, G: int, R: int) -> None:
     for value, what in (
         (T * B, f"x has T * B = {T} * {B} = {T * B} rows (the input GEMM's row count)"),
         (G * H, f"w_hh has {G} * hidden_size = {G * H} rows"),
         (I, f"x has input_size {I}"),
+        (R, f"w_hr has proj_size {R}"),
     ):
         if value > BLAS_INT_MAX:
             raise ValueError(
@@ -227,6 +245,9 @@ class Prepared(NamedTuple):
     B: int
     I: int
     H: int
+    # LSTM projection (P, H), or None. With it h0/y/h_n have P = w_hr.shape[0] columns and
+    # w_hh is (4H, P); H stays the cell size.
+    w_hr: np.ndarray | None = None
 
 
 def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
@@ -275,6 +296,7 @@ def prepare(
     b_ih: Any,
     b_hh: Any,
     lengths: Any = None,
+    w_hr: Any = None,
     check_finite: bool = False,
 ) -> Prepared:
     """Validate the operands of a ``<cell>_forward`` call and make them C-contiguous.
@@ -285,18 +307,37 @@ def prepare(
     object, string and extended-precision arrays are refused with ``TypeError``. Sizes that the
     32-bit BLAS cannot take are refused with ``ValueError`` before anything is allocated. With
     ``check_finite``, a NaN or infinity in any operand raises ``ValueError`` naming it.
+
+    ``w_hr`` (LSTM only) is a projection of shape (P, H): then ``w_hh`` is (4H, P) and ``h0`` is
+    (B, P), while ``c0`` stays (B, H).
     """
     G = CELLS[cell]
     T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
     GH, I_w = _shape_of("w_ih", w_ih, 2, f"({G} * hidden_size, input_size)")
-    GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
-    if H < 1:
-        raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
-    if GH2 != G * H:
-        raise ValueError(
-            f"w_hh must have shape ({G} * hidden_size, hidden_size) = ({G * H}, {H}) "
-            f"for {cell.upper()}, got {(GH2, H)}"
-        )
+    if w_hr is None:
+        GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
+        if H < 1:
+            raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
+        if GH2 != G * H:
+            raise ValueError(
+                f"w_hh must have shape ({G} * hidden_size, hidden_size) = ({G * H}, {H}) "
+                f"for {cell.upper()}, got {(GH2, H)}"
+            )
+        R = H  # width of the recurrent state h
+    else:
+        if cell != "lstm":
+            raise ValueError(f"w_hr (a projection) is only supported for LSTM, not {cell.upper()}")
+        R, H = _shape_of("w_hr", w_hr, 2, "(proj_size, hidden_size)")
+        if R < 1 or H < 1:
+            raise ValueError(
+                f"w_hr must have shape (proj_size >= 1, hidden_size >= 1), got {(R, H)}"
+            )
+        w_hh_shape = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, proj_size)")
+        if w_hh_shape != (G * H, R):
+            raise ValueError(
+                f"w_hh must have shape ({G} * hidden_size, proj_size) = ({G * H}, {R}) with a "
+                f"projection (hidden_size={H}, proj_size={R} taken from w_hr), got {w_hh_shape}"
+            )
     if GH != G * H:
         raise ValueError(
             f"w_ih must have {G * H} rows ({G} * hidden_size, hidden_size={H} taken "
@@ -310,9 +351,18 @@ def prepare(
         raise ValueError(f"x must have input_size >= 1, got shape {(T, B, I)}")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("pass both b_ih and b_hh, or neither (bias-free cell)")
-    _check_blas_limits(T, B, I, H, G)
+    _check_blas_limits(T, B, I, H, G, R)
 
-    operands = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "h0": h0, "c0": c0, "b_ih": b_ih, "b_hh": b_hh}
+    operands = {
+        "x": x,
+        "w_ih": w_ih,
+        "w_hh": w_hh,
+        "h0": h0,
+        "c0": c0,
+        "b_ih": b_ih,
+        "b_hh": b_hh,
+        "w_hr": w_hr,
+    }
     dtype = np.dtype(np.float32)
     for name, a in operands.items():
         if a is not None and _float_dtype_of(name, a) == np.float64:
@@ -321,18 +371,19 @@ def prepare(
     xa = _convert("x", _asarray("x", x), dtype)
     w_ih_a = _convert("w_ih", _asarray("w_ih", w_ih), dtype)
     w_hh_a = _convert("w_hh", _asarray("w_hh", w_hh), dtype)
-    h0a = np.zeros((B, H), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, H))
+    h0a = np.zeros((B, R), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, R))
     c0a = None
     if cell == "lstm":
         c0a = np.zeros((B, H), dtype) if c0 is None else _to_array("c0", c0, dtype, (B, H))
     b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
+    w_hr_a = None if w_hr is None else _convert("w_hr", _asarray("w_hr", w_hr), dtype)
     lens = check_lengths(lengths, T, B)
     if check_finite:
         for name, a in (("x", xa), ("h0", h0a), ("c0", c0a), ("w_ih", w_ih_a), ("w_hh", w_hh_a),
-                        ("b_ih", b_ih_a), ("b_hh", b_hh_a)):  # fmt: skip
+                        ("b_ih", b_ih_a), ("b_hh", b_hh_a), ("w_hr", w_hr_a)):  # fmt: skip
             _check_finite(name, a)
-    return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H)
+    return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H, w_hr_a)
 
 
 def check_cache(cache: Any, backend: str, cell: str) -> Cache:

@@ -38,6 +38,7 @@ from fastrnn._common import (
     Cache,
     GRUGrads,
     LSTMGrads,
+    LSTMProjGrads,
     Prepared,
     RNNGrads,
     as_grad,
@@ -62,11 +63,24 @@ BACKEND = "cython"
 
 
 class _Schedule:
-    """Rows sorted by decreasing length, and how many are active at each step."""
+    """Rows sorted by decreasing length, and how many are active at each step.
 
-    __slots__ = ("batch_sizes", "order", "inverse")
+    With ``reverse`` the kernel also sees each sequence reversed within its own length: step
+    ``t < L_b`` of row ``b`` reads the caller's step ``L_b - 1 - t`` (padding stays in place).
+    That map is its own inverse, and :meth:`rows` / :meth:`unrows` apply it to every time-major
+    (3-D) array together with the row sort, in one gather.
+    """
 
-    def __init__(self, lengths: np.ndarray | None, T: int, B: int) -> None:
+    __slots__ = ("batch_sizes", "flip", "inverse", "order", "steps")
+
+    def __init__(self, lengths: np.ndarray | None, T: int, B: int, reverse: bool = False) -> None:
+        # flip: every sequence has length T, so the map is a[::-1]. Otherwise steps[t, b] is the
+        # caller's step that row b reads at kernel step t (None: identity).
+        self.flip = reverse and lengths is None
+        self.steps = None
+        if reverse and lengths is not None:
+            t = np.arange(T)[:, None]
+            self.steps = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
         if lengths is None:
             self.order = self.inverse = None
             self.batch_sizes = np.full(T, B, dtype=np.intc)
@@ -84,13 +98,24 @@ class _Schedule:
             self.inverse = np.argsort(order)
 
     def rows(self, a: np.ndarray | None, axis: int) -> np.ndarray | None:
-        """Batch rows of ``a`` in kernel (sorted) order."""
+        """Batch rows of ``a`` in kernel (sorted) order (and kernel time order if reversed)."""
+        if a is not None and self.flip and a.ndim == 3:
+            return np.ascontiguousarray(a[::-1])
+        if a is not None and self.steps is not None and a.ndim == 3:
+            cols = np.arange(a.shape[1]) if self.order is None else self.order
+            # ascontiguousarray: with a trailing axis of size 1, NumPy's gather is not C-ordered
+            return np.ascontiguousarray(a[self.steps[:, cols], cols[None, :]])
         if a is None or self.order is None:
             return a
         return np.ascontiguousarray(np.take(a, self.order, axis=axis))
 
     def unrows(self, a: np.ndarray, axis: int) -> np.ndarray:
-        """Batch rows of ``a`` back in the caller's order."""
+        """Batch rows of ``a`` back in the caller's order (and time order if reversed)."""
+        if self.flip and a.ndim == 3:
+            return np.ascontiguousarray(a[::-1])
+        if self.steps is not None and a.ndim == 3:
+            cols = np.arange(a.shape[1]) if self.inverse is None else self.inverse
+            return np.ascontiguousarray(a[self.steps, cols[None, :]])
         if self.order is None:
             return a
         return np.ascontiguousarray(np.take(a, self.inverse, axis=axis))
@@ -144,6 +169,7 @@ def rnn_forward(
     nonlinearity="tanh",
     training=True,
     lengths=None,
+    reverse=False,
     check_finite=False,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
@@ -163,6 +189,10 @@ def rnn_forward(
         Keep what :func:`rnn_backward` needs; with False the returned cache is None.
     lengths : array_like of int, shape (B,), optional
         Length of each sequence in a padded batch (values in [1, T], any order).
+    reverse : bool, default=False
+        Run each sequence backward in time, from its own last step (``lengths[b] - 1``) to step
+        0: the reverse direction of a bidirectional layer. Outputs stay in the caller's time
+        order and ``h_n`` is the state after step 0.
     check_finite : bool, default=False
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
@@ -179,13 +209,13 @@ def rnn_forward(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     relu = nonlinearity == "relu"
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
         cache = Cache(BACKEND, "rnn", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
         return y, h_n, cache if training else None
-    s = _Schedule(p.lengths, p.T, p.B)
+    s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
@@ -269,23 +299,42 @@ def rnn_backward(cache, dy, dh_n=None):
 # LSTM
 # ---------------------------------------------------------------------------------------------
 def lstm_forward(
-    x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+    x,
+    h0,
+    c0,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    *,
+    training=True,
+    lengths=None,
+    w_hr=None,
+    reverse=False,
+    check_finite=False,
 ):
     """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
 
     ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)`` with
     ``[i, f, g, o] = [sig, sig, tanh, sig](W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
+    With a projection ``w_hr`` (PyTorch's ``proj_size`` P): ``h_t = W_hr (o * tanh(c_t))``.
 
     Parameters
     ----------
     x : array_like of shape (T, B, I)
-    h0, c0 : array_like of shape (B, H) or None
-        Initial hidden and cell states; None for zeros.
+    h0 : array_like of shape (B, H), (B, P) with ``w_hr``, or None
+        Initial hidden state; None for zeros.
+    c0 : array_like of shape (B, H) or None
+        Initial cell state; None for zeros.
     w_ih : array_like of shape (4H, I)
-    w_hh : array_like of shape (4H, H)
+    w_hh : array_like of shape (4H, H), (4H, P) with ``w_hr``
     b_ih, b_hh : array_like of shape (4H,) or None
     training : bool, default=True
     lengths : array_like of int, shape (B,), optional
+    w_hr : array_like of shape (P, H), optional
+        Projection of the hidden state (``weight_hr_l{k}`` in PyTorch).
+    reverse : bool, default=False
+        Run each sequence backward in time from its own last step; see :func:`rnn_forward`.
     check_finite : bool, default=False
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
@@ -293,17 +342,20 @@ def lstm_forward(
 
     Returns
     -------
-    y : ndarray of shape (T, B, H)
-    h_n, c_n : ndarray of shape (B, H)
+    y : ndarray of shape (T, B, H), (T, B, P) with ``w_hr``
+    h_n : ndarray of shape (B, H), (B, P) with ``w_hr``
+    c_n : ndarray of shape (B, H)
     cache : Cache or None
         Pass to :func:`lstm_backward`.
     """
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
+    if p.w_hr is not None:
+        return _lstm_proj_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
         y, h_n, c_n = _empty_forward(p)
         cache = Cache(BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
         return y, h_n, c_n, cache if training else None
-    s = _Schedule(p.lengths, p.T, p.B)
+    s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
     G = p.w_hh.shape[0]
     gates = np.empty((p.T, p.B, G), p.dtype)
@@ -346,16 +398,21 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     cache : Cache
         From a training :func:`lstm_forward`.
     dy : array_like of shape (T, B, H) or None
-    dh_n, dc_n : array_like of shape (B, H) or None
+    dh_n : array_like of shape (B, H), (B, P) after a forward with ``w_hr``, or None
+    dc_n : array_like of shape (B, H) or None
 
     Returns
     -------
-    LSTMGrads
-        ``dx`` (T, B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``.
+    LSTMGrads or LSTMProjGrads
+        ``dx`` (T, B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``;
+        after a forward with ``w_hr``, an :class:`LSTMProjGrads` with ``dh0`` of shape (B, P)
+        and one more field, ``dw_hr`` (P, H).
     """
     c = check_cache(cache, BACKEND, "lstm")
     d = c.data
     p = d["p"]
+    if p.w_hr is not None:
+        return _lstm_proj_backward(d, dy, dh_n, dc_n)
     if "s" not in d:
         as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
         dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
@@ -406,12 +463,25 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
 # GRU
 # ---------------------------------------------------------------------------------------------
 def gru_forward(
-    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+    x,
+    h0,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    *,
+    training=True,
+    lengths=None,
+    reset_after=True,
+    reverse=False,
+    check_finite=False,
 ):
     """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
 
     ``r = sig(W_ir x + b_ir + W_hr h + b_hr)``, ``z = sig(W_iz x + b_iz + W_hz h + b_hz)``,
     ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h_t = (1 - z) * n + z * h_{t-1}``.
+    With ``reset_after=False`` (Cho et al. 2014, Keras' option):
+    ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``.
 
     Parameters
     ----------
@@ -422,6 +492,10 @@ def gru_forward(
     b_ih, b_hh : array_like of shape (3H,) or None
     training : bool, default=True
     lengths : array_like of int, shape (B,), optional
+    reset_after : bool, default=True
+        Apply the reset gate after the hidden matmul (PyTorch, cuDNN) or before it (False).
+    reverse : bool, default=False
+        Run each sequence backward in time from its own last step; see :func:`rnn_forward`.
     check_finite : bool, default=False
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
@@ -434,12 +508,14 @@ def gru_forward(
     cache : Cache or None
         Pass to :func:`gru_backward`.
     """
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    if not reset_after:
+        return _gru_reset_before_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
         cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
         return y, h_n, cache if training else None
-    s = _Schedule(p.lengths, p.T, p.B)
+    s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     H, G = p.H, p.w_hh.shape[0]
     bias_i = np.zeros(G, p.dtype)
@@ -499,6 +575,8 @@ def gru_backward(cache, dy, dh_n=None):
     c = check_cache(cache, BACKEND, "gru")
     d = c.data
     p = d["p"]
+    if d.get("reset_after") is False:
+        return _gru_reset_before_backward(d, dy, dh_n)
     if "s" not in d:
         as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
         dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
@@ -541,4 +619,216 @@ def gru_backward(cache, dy, dh_n=None):
     )
     if p.b_ih is None:
         db_ih = db_hh = None
+    return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM with a projection (w_hr, PyTorch's proj_size): h_t = W_hr (o * tanh(c_t))
+# ---------------------------------------------------------------------------------------------
+def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
+    P = p.w_hr.shape[0]
+    if p.T == 0 or p.B == 0:
+        y = np.zeros((p.T, p.B, P), p.dtype)
+        cache = Cache(BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        return y, p.h0.copy(), p.c0.copy(), cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B, reverse)
+    xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
+    G, H = p.w_hh.shape[0], p.H
+    gates = np.empty((p.T, p.B, G), p.dtype)
+    y = np.empty((p.T, p.B, P), p.dtype)
+    cs = np.empty((p.T if training else 1, p.B, H), p.dtype)
+    ms = np.empty((p.T if training else 1, p.B, H), p.dtype)
+    h_n, c_n = np.empty((p.B, P), p.dtype), np.empty((p.B, H), p.dtype)
+    _lstm.forward_proj(
+        xk,
+        h0k,
+        c0k,
+        p.w_ih,
+        p.w_hh,
+        p.w_hr,
+        _bias_sum(p),
+        s.batch_sizes,
+        gates,
+        y,
+        cs,
+        ms,
+        h_n,
+        c_n,
+        training,
+        get_num_threads(),
+    )
+    cache = None
+    if training:
+        cache = Cache(
+            BACKEND,
+            "lstm",
+            p.dtype,
+            (p.T, p.B, p.I, H),
+            {
+                "p": p,
+                "s": s,
+                "x": xk,
+                "h0": h0k,
+                "c0": c0k,
+                "gates": gates,
+                "y": y,
+                "cs": cs,
+                "ms": ms,
+            },
+        )
+    return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
+
+
+def _lstm_proj_backward(d: dict[str, Any], dy: Any, dh_n: Any, dc_n: Any) -> LSTMProjGrads:
+    p = d["p"]
+    P, H = p.w_hr.shape
+    if "s" not in d:
+        as_grad("dy", dy, (p.T, p.B, P), p.dtype)
+        dh = as_grad("dh_n", dh_n, (p.B, P), p.dtype)
+        dc = as_grad("dc_n", dc_n, (p.B, H), p.dtype)
+        g = _empty_grads(p)
+        return LSTMProjGrads(
+            g["dx"],
+            np.zeros((p.B, P), p.dtype) if dh is None else dh,
+            np.zeros((p.B, H), p.dtype) if dc is None else dc,
+            g["dw_ih"],
+            g["dw_hh"],
+            g["db_ih"],
+            g["db_hh"],
+            np.zeros_like(p.w_hr),
+        )
+    s = d["s"]
+    dy_a = as_grad("dy", dy, (p.T, p.B, P), p.dtype)
+    dyk = np.zeros((p.T, p.B, P), p.dtype) if dy_a is None else s.rows(dy_a, 1)
+    dh_a = as_grad("dh_n", dh_n, (p.B, P), p.dtype)
+    dh = np.zeros((p.B, P), p.dtype) if dh_a is None else s.rows(dh_a, 0).copy()
+    dc_a = as_grad("dc_n", dc_n, (p.B, H), p.dtype)
+    dc = np.zeros((p.B, H), p.dtype) if dc_a is None else s.rows(dc_a, 0).copy()
+    G = p.w_hh.shape[0]
+    dgates = np.empty((p.T, p.B, G), p.dtype)
+    dhs = np.empty((p.T, p.B, P), p.dtype)
+    dm = np.empty((p.B, H), p.dtype)
+    dx = np.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh, dw_hr = np.empty_like(p.w_ih), np.empty_like(p.w_hh), np.empty_like(p.w_hr)
+    db = np.empty(G, p.dtype)
+    _lstm.backward_proj(
+        d["x"],
+        d["h0"],
+        d["c0"],
+        p.w_ih,
+        p.w_hh,
+        p.w_hr,
+        s.batch_sizes,
+        d["gates"],
+        d["y"],
+        d["cs"],
+        d["ms"],
+        dyk,
+        dh,
+        dc,
+        dgates,
+        dhs,
+        dm,
+        dx,
+        dw_ih,
+        dw_hh,
+        dw_hr,
+        db,
+        get_num_threads(),
+    )
+    db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
+    return LSTMProjGrads(
+        s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# GRU with reset_after=False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+# ---------------------------------------------------------------------------------------------
+def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
+    if p.T == 0 or p.B == 0:
+        y, h_n, _ = _empty_forward(p)
+        data = {"p": p, "reset_after": False}
+        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, p.H), data)
+        return y, h_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B, reverse)
+    xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    H, G = p.H, p.w_hh.shape[0]
+    gates = np.empty((p.T, p.B, G), p.dtype)
+    rhs = np.empty((p.T if training else 1, p.B, H), p.dtype)
+    hw = np.empty((p.B, G), p.dtype)
+    y = np.empty((p.T, p.B, H), p.dtype)
+    h_n = np.empty((p.B, H), p.dtype)
+    _gru.forward_reset_before(
+        xk,
+        h0k,
+        p.w_ih,
+        p.w_hh,
+        _bias_sum(p),
+        s.batch_sizes,
+        gates,
+        rhs,
+        hw,
+        y,
+        h_n,
+        training,
+        get_num_threads(),
+    )
+    cache = None
+    if training:
+        cache = Cache(
+            BACKEND,
+            "gru",
+            p.dtype,
+            (p.T, p.B, p.I, H),
+            {
+                "p": p,
+                "s": s,
+                "x": xk,
+                "h0": h0k,
+                "gates": gates,
+                "rhs": rhs,
+                "y": y,
+                "reset_after": False,
+            },
+        )
+    return s.unrows(y, 1), s.unrows(h_n, 0), cache
+
+
+def _gru_reset_before_backward(d: dict[str, Any], dy: Any, dh_n: Any) -> GRUGrads:
+    p = d["p"]
+    if "s" not in d:
+        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
+        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
+        g = _empty_grads(p)
+        dh0 = np.zeros((p.B, p.H), p.dtype) if dh is None else dh
+        return GRUGrads(g["dx"], dh0, g["dw_ih"], g["dw_hh"], g["db_ih"], g["db_hh"])
+    s = d["s"]
+    dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
+    G = p.w_hh.shape[0]
+    dg = np.empty((p.T, p.B, G), p.dtype)
+    drh = np.empty((p.B, p.H), p.dtype)
+    dx = np.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db = np.empty(G, p.dtype)
+    _gru.backward_reset_before(
+        d["x"],
+        d["h0"],
+        p.w_ih,
+        p.w_hh,
+        s.batch_sizes,
+        d["gates"],
+        d["rhs"],
+        d["y"],
+        dyk,
+        dh,
+        dg,
+        drh,
+        dx,
+        dw_ih,
+        dw_hh,
+        db,
+        get_num_threads(),
+    )
+    db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)

@@ -5,7 +5,9 @@ oracle of the test suite and the baseline of the benchmarks. Shapes: ``x`` is ``
 states are ``(B, H)``, weights are PyTorch's (``w_ih`` is ``(G*H, I)``, ``w_hh`` is ``(G*H, H)``).
 
 Variable lengths use masks: at step ``t`` a sequence ``b`` with ``lengths[b] <= t`` keeps its state
-and outputs zeros, which is what PyTorch's packed sequences compute.
+and outputs zeros, which is what PyTorch's packed sequences compute. ``reverse=True`` runs the same
+loop from ``t = T - 1`` down to 0: a padded step keeps the initial state, so each sequence starts at
+its own last step, as the reverse direction of a packed bidirectional layer does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastrnn._common import (
     Cache,
     GRUGrads,
     LSTMGrads,
+    LSTMProjGrads,
     RNNGrads,
     as_grad,
     check_cache,
@@ -54,6 +57,11 @@ def _keep(m, active, inactive):
     return np.where(m > 0, active, inactive)
 
 
+def _steps(T, reverse):
+    """The order in which the forward visits the steps (the backward visits them reversed)."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
 def _biases(p):
     zero = np.zeros(p.w_hh.shape[0], p.dtype)
     return (zero, zero) if p.b_ih is None else (p.b_ih, p.b_hh)
@@ -88,19 +96,20 @@ def rnn_forward(
     nonlinearity="tanh",
     training=True,
     lengths=None,
+    reverse=False,
     check_finite=False,
 ):
     """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     b_i, b_h = _biases(p)
     m = _masks(p.lengths, p.T, p.B, p.dtype)
     act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
     h = p.h0.copy()
     y = np.zeros((p.T, p.B, p.H), p.dtype)
     hprev = np.zeros((p.T, p.B, p.H), p.dtype)
-    for t in range(p.T):
+    for t in _steps(p.T, reverse):
         hprev[t] = h
         h_new = act(p.x[t] @ p.w_ih.T + b_i + h @ p.w_hh.T + b_h)
         h = _keep(m[t], h_new, h)
@@ -112,7 +121,14 @@ def rnn_forward(
             "rnn",
             p.dtype,
             (p.T, p.B, p.I, p.H),
-            {"p": p, "y": y, "hprev": hprev, "m": m, "relu": nonlinearity == "relu"},
+            {
+                "p": p,
+                "y": y,
+                "hprev": hprev,
+                "m": m,
+                "relu": nonlinearity == "relu",
+                "reverse": reverse,
+            },
         )
     return y, h, cache
 
@@ -126,7 +142,7 @@ def rnn_backward(cache, dy, dh_n=None):
     dh = np.zeros((p.B, p.H), p.dtype) if dh is None else dh.copy()
     dg = np.zeros((p.T, p.B, p.H), p.dtype)
     dx = np.zeros_like(p.x)
-    for t in reversed(range(p.T)):
+    for t in reversed(_steps(p.T, c.data["reverse"])):
         dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)  # reaching h_t's new value
         if c.data["relu"]:
             dg[t] = dht * (y[t] > 0)
@@ -141,34 +157,52 @@ def rnn_backward(cache, dy, dh_n=None):
 
 # ---------------------------------------------------------------------------------------------
 # LSTM, gates i, f, g, o:  c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)
+# With a projection w_hr (P, H):  h_t = W_hr (o * tanh(c_t)), so h, y and w_hh's columns are P wide.
 # ---------------------------------------------------------------------------------------------
 def lstm_forward(
-    x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+    x,
+    h0,
+    c0,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    *,
+    training=True,
+    lengths=None,
+    w_hr=None,
+    reverse=False,
+    check_finite=False,
 ):
     """LSTM over a whole sequence; see :func:`fastrnn.functional.lstm_forward`."""
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
     h, c = p.h0.copy(), p.c0.copy()
-    y = np.zeros((p.T, p.B, H), p.dtype)
-    saved = []
-    for t in range(p.T):
+    y = np.zeros((p.T, p.B, h.shape[1]), p.dtype)
+    saved = [None] * p.T
+    for t in _steps(p.T, reverse):
         a = p.x[t] @ p.w_ih.T + b_i + h @ p.w_hh.T + b_h
         i = _sigmoid(a[:, :H])
         f = _sigmoid(a[:, H : 2 * H])
         g = np.tanh(a[:, 2 * H : 3 * H])
         o = _sigmoid(a[:, 3 * H :])
         c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
-        saved.append((h, c, i, f, g, o, c_new))
+        mm = o * np.tanh(c_new)
+        h_new = mm if p.w_hr is None else mm @ p.w_hr.T
+        saved[t] = (h, c, i, f, g, o, c_new, mm)
         h = _keep(m[t], h_new, h)
         c = _keep(m[t], c_new, c)
         y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
         cache = Cache(
-            BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, H), {"p": p, "saved": saved, "m": m}
+            BACKEND,
+            "lstm",
+            p.dtype,
+            (p.T, p.B, p.I, H),
+            {"p": p, "saved": saved, "m": m, "reverse": reverse},
         )
     return y, h, c, cache
 
@@ -178,19 +212,24 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     cc = check_cache(cache, BACKEND, "lstm")
     p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
     H = p.H
-    dy = as_grad("dy", dy, (p.T, p.B, H), p.dtype)
-    dh = as_grad("dh_n", dh_n, (p.B, H), p.dtype)
+    R = H if p.w_hr is None else p.w_hr.shape[0]  # width of h
+    dy = as_grad("dy", dy, (p.T, p.B, R), p.dtype)
+    dh = as_grad("dh_n", dh_n, (p.B, R), p.dtype)
     dc = as_grad("dc_n", dc_n, (p.B, H), p.dtype)
-    dh = np.zeros((p.B, H), p.dtype) if dh is None else dh.copy()
+    dh = np.zeros((p.B, R), p.dtype) if dh is None else dh.copy()
     dc = np.zeros((p.B, H), p.dtype) if dc is None else dc.copy()
     dg = np.zeros((p.T, p.B, 4 * H), p.dtype)
-    hprev = np.zeros((p.T, p.B, H), p.dtype)
+    hprev = np.zeros((p.T, p.B, R), p.dtype)
     dx = np.zeros_like(p.x)
-    for t in reversed(range(p.T)):
-        h, c, i, f, g, o, c_new = saved[t]
+    dw_hr = None if p.w_hr is None else np.zeros_like(p.w_hr)
+    for t in reversed(_steps(p.T, cc.data["reverse"])):
+        h, c, i, f, g, o, c_new, mm = saved[t]
         hprev[t] = h
         dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)
         dct = _keep(m[t], dc, 0)
+        if p.w_hr is not None:  # h_t = mm W_hr^T
+            dw_hr += dht.T @ _keep(m[t], mm, 0)
+            dht = dht @ p.w_hr
         tc = np.tanh(c_new)
         do = dht * tc
         dct = dct + dht * o * (1 - tc**2)
@@ -205,41 +244,59 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
         dx[t] = dg[t] @ p.w_ih
         dh = _keep(m[t], dg[t] @ p.w_hh, dh)
         dc = _keep(m[t], dct * f, dc)
-    if p.T == 0:
-        return LSTMGrads(dx, dh, dc, *_empty_weight_grads(p))
-    return LSTMGrads(dx, dh, dc, *_weight_grads(p, dg, dg, hprev))
+    weight_grads = _empty_weight_grads(p) if p.T == 0 else _weight_grads(p, dg, dg, hprev)
+    if p.w_hr is not None:
+        return LSTMProjGrads(dx, dh, dc, *weight_grads, dw_hr)
+    return LSTMGrads(dx, dh, dc, *weight_grads)
 
 
 # ---------------------------------------------------------------------------------------------
 # GRU, gates r, z, n (PyTorch's: the reset gate multiplies W_hn h + b_hn):
 #   r = sig(W_ir x + b_ir + W_hr h + b_hr),  z = sig(W_iz x + b_iz + W_hz h + b_hz)
 #   n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h_t = (1 - z) * n + z * h_{t-1}
+# With reset_after=False (Cho et al.): n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
 # ---------------------------------------------------------------------------------------------
 def gru_forward(
-    x, h0, w_ih, w_hh, b_ih=None, b_hh=None, *, training=True, lengths=None, check_finite=False
+    x,
+    h0,
+    w_ih,
+    w_hh,
+    b_ih=None,
+    b_hh=None,
+    *,
+    training=True,
+    lengths=None,
+    reset_after=True,
+    reverse=False,
+    check_finite=False,
 ):
     """GRU over a whole sequence; see :func:`fastrnn.functional.gru_forward`."""
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite)
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
     h = p.h0.copy()
     y = np.zeros((p.T, p.B, H), p.dtype)
-    saved = []
-    for t in range(p.T):
+    saved = [None] * p.T
+    for t in _steps(p.T, reverse):
         gi = p.x[t] @ p.w_ih.T + b_i
         gh = h @ p.w_hh.T + b_h
         r = _sigmoid(gi[:, :H] + gh[:, :H])
         z = _sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
-        hn = gh[:, 2 * H :]
-        n = np.tanh(gi[:, 2 * H :] + r * hn)
+        if reset_after:
+            hn = gh[:, 2 * H :]
+            n = np.tanh(gi[:, 2 * H :] + r * hn)
+        else:
+            n = np.tanh(gi[:, 2 * H :] + (r * h) @ p.w_hh[2 * H :].T + b_h[2 * H :])
+            hn = None
         h_new = (1 - z) * n + z * h
-        saved.append((h, r, z, n, hn))
+        saved[t] = (h, r, z, n, hn)
         h = _keep(m[t], h_new, h)
         y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
-        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, H), {"p": p, "saved": saved, "m": m})
+        data = {"p": p, "saved": saved, "m": m, "reset_after": reset_after, "reverse": reverse}
+        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, H), data)
     return y, h, cache
 
 
@@ -247,6 +304,7 @@ def gru_backward(cache, dy, dh_n=None):
     """BPTT for :func:`gru_forward`; see :func:`fastrnn.functional.gru_backward`."""
     cc = check_cache(cache, BACKEND, "gru")
     p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
+    reset_after = cc.data.get("reset_after", True)
     H = p.H
     dy = as_grad("dy", dy, (p.T, p.B, H), p.dtype)
     dh = as_grad("dh_n", dh_n, (p.B, H), p.dtype)
@@ -254,20 +312,36 @@ def gru_backward(cache, dy, dh_n=None):
     dgi = np.zeros((p.T, p.B, 3 * H), p.dtype)
     dgh = np.zeros((p.T, p.B, 3 * H), p.dtype)
     hprev = np.zeros((p.T, p.B, H), p.dtype)
+    dw_hn = np.zeros((H, H), p.dtype)  # reset_after=False: sum_t dn_pre^T (r * h)
     dx = np.zeros_like(p.x)
-    for t in reversed(range(p.T)):
+    for t in reversed(_steps(p.T, cc.data.get("reverse", False))):
         h, r, z, n, hn = saved[t]
         hprev[t] = h
         dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)
         dn = dht * (1 - z)
         dz = dht * (h - n)
-        dn_pre = dn * (1 - n**2)
-        dr_pre = dn_pre * hn * r * (1 - r)
-        dz_pre = dz * z * (1 - z)
-        dgi[t] = _keep(m[t], np.concatenate([dr_pre, dz_pre, dn_pre], axis=1), 0)
-        dgh[t] = _keep(m[t], np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1), 0)
+        dn_pre = _keep(m[t], dn * (1 - n**2), 0)  # padded steps' gates never reach a gradient
+        dz_pre = _keep(m[t], dz * z * (1 - z), 0)
+        if reset_after:
+            dr_pre = _keep(m[t], dn_pre * hn * r * (1 - r), 0)
+            dgh[t] = np.concatenate([dr_pre, dz_pre, _keep(m[t], dn_pre * r, 0)], axis=1)
+            dh_direct = 0
+        else:
+            drh = dn_pre @ p.w_hh[2 * H :]  # gradient reaching r * h
+            dr_pre = _keep(m[t], drh * h * r * (1 - r), 0)
+            dgh[t] = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
+            dw_hn += dn_pre.T @ _keep(m[t], r * h, 0)
+            dh_direct = drh * r
+        dgi[t] = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
         dx[t] = dgi[t] @ p.w_ih
-        dh = _keep(m[t], dgh[t] @ p.w_hh + dht * z, dh)
+        if reset_after:
+            dh_mat = dgh[t] @ p.w_hh
+        else:
+            dh_mat = dgh[t][:, : 2 * H] @ p.w_hh[: 2 * H]
+        dh = _keep(m[t], dh_mat + dh_direct + dht * z, dh)
     if p.T == 0:
         return GRUGrads(dx, dh, *_empty_weight_grads(p))
-    return GRUGrads(dx, dh, *_weight_grads(p, dgi, dgh, hprev))
+    dw_ih, dw_hh, db_ih, db_hh = _weight_grads(p, dgi, dgh, hprev)
+    if not reset_after:
+        dw_hh[2 * H :] = dw_hn
+    return GRUGrads(dx, dh, dw_ih, dw_hh, db_ih, db_hh)

@@ -212,3 +212,233 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
                   &batch_sizes[0], &gates[0, 0, 0], &hns[0, 0, 0], &y[0, 0, 0], &dy[0, 0, 0],
                   &dh[0, 0], &dgi[0, 0, 0], &dgh[0, 0, 0], &dx[0, 0, 0], &dw_ih[0, 0],
                   &dw_hh[0, 0], &db_ih[0], &db_hh[0], n_threads)
+
+
+# --- GRU with the reset gate applied before the hidden matmul (reset_after=False) ---------------
+# Cho et al. (2014), Keras' reset_after=False:
+#     r = sigmoid(gi_r + W_hr h_{t-1} + b_hr),  z = sigmoid(gi_z + W_hz h_{t-1} + b_hz)
+#     n = tanh(gi_n + W_hn (r * h_{t-1}) + b_hn),  h_t = (1 - z) * n + z * h_{t-1}
+# Every bias sits outside a product, so bias_i = b_ih + b_hh is folded into the input GEMM and
+# db_ih = db_hh. Per step: a GEMM for the r, z blocks, the r pass, a GEMM of r * h by W_hn, the n
+# pass. rhs[t] = r * h_{t-1} is kept for BPTT and for dW_hn = sum_t dn_t^T (r * h_{t-1}).
+
+cdef inline void _row_forward_rz(floating* a, const floating* hw, const floating* h_prev,
+                                 floating* rh, Py_ssize_t H) noexcept nogil:
+    """a[:2H] := [r, z] = sigmoid(a[:2H] + hw[:2H]);  rh = r * h_prev."""
+    cdef Py_ssize_t j
+    cdef floating r
+    for j in range(H):
+        r = sigmoid(a[j] + hw[j])
+        a[j] = r
+        a[H + j] = sigmoid(a[H + j] + hw[H + j])
+        rh[j] = r * h_prev[j]
+
+
+cdef inline void _row_forward_n(floating* a, const floating* hw, const floating* h_prev,
+                                floating* h, Py_ssize_t H) noexcept nogil:
+    """a_n := n = tanh(a_n + hw_n);  h = (1 - z) n + z h_prev."""
+    cdef Py_ssize_t j
+    cdef floating z, n
+    for j in range(H):
+        z = a[H + j]
+        n = tanh_(a[2 * H + j] + hw[2 * H + j])
+        a[2 * H + j] = n
+        h[j] = (1 - z) * n + z * h_prev[j]
+
+
+cdef inline void _row_backward_zn(const floating* a, const floating* h_prev, const floating* dy,
+                                  floating* dh, floating* dg, Py_ssize_t H) noexcept nogil:
+    """dg[H:] = [dz_pre, dn_pre] from dh_t (+ dy_t); dh becomes z * dh_t.
+
+    dn_pre = dh (1-z) (1-n^2);  dz_pre = dh (h_prev - n) z(1-z)
+    """
+    cdef Py_ssize_t j
+    cdef floating z, n, dhj
+    for j in range(H):
+        z = a[H + j]
+        n = a[2 * H + j]
+        dhj = dh[j] + dy[j]
+        dg[H + j] = dhj * (h_prev[j] - n) * dsigmoid(z)
+        dg[2 * H + j] = dhj * (1 - z) * dtanh(n)
+        dh[j] = dhj * z
+
+
+cdef inline void _row_backward_r(const floating* a, const floating* h_prev, const floating* drh,
+                                 floating* dh, floating* dg, Py_ssize_t H) noexcept nogil:
+    """dg[:H] = dr_pre = drh h_prev r(1-r);  dh += drh r, where drh = dn_pre W_hn."""
+    cdef Py_ssize_t j
+    cdef floating r
+    for j in range(H):
+        r = a[j]
+        dg[j] = drh[j] * h_prev[j] * dsigmoid(r)
+        dh[j] += drh[j] * r
+
+
+cdef void _forward_reset_before(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                                const floating* x, const floating* h0, const floating* w_ih,
+                                const floating* w_hh, const floating* bias,
+                                const int* batch_sizes, floating* gates, floating* rhs,
+                                floating* hw, floating* y, floating* h_n, bint training,
+                                int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t t, b, n, r
+    cdef bint par
+    cdef const floating* h_prev
+    cdef floating* a_t
+    cdef floating* rh_t
+
+    # gates[t, b] = W_ih x[t, b] + b_ih + b_hh for all steps in one GEMM
+    for r in range(T * B):
+        memcpy(gates + r * G, bias, G * sizeof(floating))
+    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+
+    for t in range(T):
+        n = batch_sizes[t]
+        a_t = gates + t * B * G
+        rh_t = rhs + t * B * H if training else rhs
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        par = n_threads > 1 and n > 1 and n * G >= PAR_MIN
+        # hw[:n, :2H] = h_{t-1} [W_hr; W_hz]^T
+        gemm(False, True, n, 2 * H, H, <floating> 1, h_prev, H, w_hh, H, <floating> 0, hw, G)
+        if par:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_forward_rz(a_t + b * G, hw + b * G, h_prev + b * H, rh_t + b * H, H)
+        else:
+            for b in range(n):
+                _row_forward_rz(a_t + b * G, hw + b * G, h_prev + b * H, rh_t + b * H, H)
+        # hw[:n, 2H:] = (r * h_{t-1}) W_hn^T
+        gemm(False, True, n, H, H, <floating> 1, rh_t, H, w_hh + 2 * H * H, H, <floating> 0,
+             hw + 2 * H, G)
+        if par:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_forward_n(a_t + b * G, hw + b * G, h_prev + b * H, y + (t * B + b) * H, H)
+        else:
+            for b in range(n):
+                _row_forward_n(a_t + b * G, hw + b * G, h_prev + b * H, y + (t * B + b) * H, H)
+        zero_rows(y + t * B * H, n, B, H)
+        if training:  # read by the dW_hn GEMM: no uninitialized rows
+            zero_rows(rh_t, n, B, H)
+
+    for b in range(B):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+
+
+cdef void _backward_reset_before(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                                 const floating* x, const floating* h0, const floating* w_ih,
+                                 const floating* w_hh, const int* batch_sizes,
+                                 const floating* gates, const floating* rhs, const floating* y,
+                                 const floating* dy, floating* dh, floating* dg, floating* drh,
+                                 floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
+                                 int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t t, b, n, o
+    cdef bint par
+    cdef const floating* h_prev
+    cdef floating* dg_t
+
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        dg_t = dg + t * B * G
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        par = n_threads > 1 and n > 1 and n * G >= PAR_MIN
+        if par:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                o = t * B + b
+                _row_backward_zn(gates + o * G, h_prev + b * H, dy + o * H, dh + b * H,
+                                 dg + o * G, H)
+        else:
+            for b in range(n):
+                o = t * B + b
+                _row_backward_zn(gates + o * G, h_prev + b * H, dy + o * H, dh + b * H,
+                                 dg + o * G, H)
+        # drh[:n] = dn_pre W_hn  (the gradient reaching r * h_{t-1})
+        gemm(False, False, n, H, H, <floating> 1, dg_t + 2 * H, G, w_hh + 2 * H * H, H,
+             <floating> 0, drh, H)
+        if par:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                o = t * B + b
+                _row_backward_r(gates + o * G, h_prev + b * H, drh + b * H, dh + b * H,
+                                dg + o * G, H)
+        else:
+            for b in range(n):
+                o = t * B + b
+                _row_backward_r(gates + o * G, h_prev + b * H, drh + b * H, dh + b * H,
+                                dg + o * G, H)
+        zero_rows(dg_t, n, B, G)
+        # dh_{t-1}[:n] = z dh_t + r drh + [dr_pre, dz_pre] [W_hr; W_hz]
+        gemm(False, False, n, H, 2 * H, <floating> 1, dg_t, G, w_hh, H, <floating> 1, dh, H)
+
+    gemm(False, False, T * B, I, G, <floating> 1, dg, G, w_ih, I, <floating> 0, dx, I)
+    gemm(True, False, G, I, T * B, <floating> 1, dg, G, x, I, <floating> 0, dw_ih, I)
+    # dW_hh[:2H] = sum_t [dr, dz]_t^T h_{t-1};  dW_hh[2H:] = sum_t dn_t^T (r * h_{t-1})
+    gemm(True, False, 2 * H, H, B, <floating> 1, dg, G, h0, H, <floating> 0, dw_hh, H)
+    gemm(True, False, 2 * H, H, (T - 1) * B, <floating> 1, dg + B * G, G, y, H,
+         <floating> 1, dw_hh, H)
+    gemm(True, False, H, H, T * B, <floating> 1, dg + 2 * H, G, rhs, H, <floating> 0,
+         dw_hh + 2 * H * H, H)
+    col_sum(dg, T * B, G, db)
+
+
+def forward_reset_before(const floating[:, :, ::1] x,  # IN    (T, B, I)
+                         const floating[:, ::1] h0,    # IN    (B, H)
+                         const floating[:, ::1] w_ih,  # IN    (G, I)
+                         const floating[:, ::1] w_hh,  # IN    (G, H)
+                         const floating[::1] bias,     # IN    (G,) b_ih + b_hh
+                         const int[::1] batch_sizes,   # IN    (T,) non-increasing
+                         floating[:, :, ::1] gates,    # OUT   (T, B, G) activated r, z, n
+                         floating[:, :, ::1] rhs,      # OUT   (T, B, H) r * h_{t-1} ((1, B, H))
+                         floating[:, ::1] hw,          # OUT   (B, G) workspace
+                         floating[:, :, ::1] y,        # OUT   (T, B, H)
+                         floating[:, ::1] h_n,         # OUT   (B, H)
+                         bint training,
+                         int n_threads):
+    """GRU forward, reset gate before the hidden matmul, over all T steps (T, B >= 1).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (3H, I)
+    w_hh : ndarray of shape (3H, H)
+    bias : ndarray of shape (3H,)
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 3H), written
+    rhs : ndarray of shape (T, B, H) when training else (1, B, H), written
+    hw : ndarray of shape (B, 3H), workspace
+    y : ndarray of shape (T, B, H), written
+    h_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _forward_reset_before(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                              &bias[0], &batch_sizes[0], &gates[0, 0, 0], &rhs[0, 0, 0],
+                              &hw[0, 0], &y[0, 0, 0], &h_n[0, 0], training, n_threads)
+
+
+def backward_reset_before(const floating[:, :, ::1] x,      # IN    (T, B, I)
+                          const floating[:, ::1] h0,        # IN    (B, H)
+                          const floating[:, ::1] w_ih,      # IN    (G, I)
+                          const floating[:, ::1] w_hh,      # IN    (G, H)
+                          const int[::1] batch_sizes,       # IN    (T,)
+                          const floating[:, :, ::1] gates,  # IN    (T, B, G)
+                          const floating[:, :, ::1] rhs,    # IN    (T, B, H)
+                          const floating[:, :, ::1] y,      # IN    (T, B, H)
+                          const floating[:, :, ::1] dy,     # IN    (T, B, H)
+                          floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+                          floating[:, :, ::1] dg,           # OUT   (T, B, G) workspace
+                          floating[:, ::1] drh,             # OUT   (B, H) workspace
+                          floating[:, :, ::1] dx,           # OUT   (T, B, I)
+                          floating[:, ::1] dw_ih,           # OUT   (G, I)
+                          floating[:, ::1] dw_hh,           # OUT   (G, H)
+                          floating[::1] db,                 # OUT   (G,) of b_ih (and b_hh)
+                          int n_threads):
+    """BPTT for forward_reset_before (T, B >= 1); see it for the shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    with nogil:
+        _backward_reset_before(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                               &batch_sizes[0], &gates[0, 0, 0], &rhs[0, 0, 0], &y[0, 0, 0],
+                               &dy[0, 0, 0], &dh[0, 0], &dg[0, 0, 0], &drh[0, 0],
+                               &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], n_threads)

@@ -220,3 +220,238 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
                   &batch_sizes[0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0], &dy[0, 0, 0],
                   &dh[0, 0], &dc[0, 0], &dgates[0, 0, 0], &dx[0, 0, 0], &dw_ih[0, 0],
                   &dw_hh[0, 0], &db[0], n_threads)
+
+
+# --- LSTM with a projection (proj_size P > 0) ----------------------------------------------------
+# Legend as above plus P, the projection size:
+#     a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh          W_hh is (G, P), h is (B, P)
+#     c_t = f * c_{t-1} + i * g;  m_t = o * tanh(c_t);  h_t = W_hr m_t      W_hr is (P, H)
+# The cell math is the plain LSTM's with m_t in place of h_t; the projection is one more GEMM per
+# step forward and backward, and dW_hr = sum_t dh_t^T m_t is one large GEMM after the loop.
+
+cdef inline void _row_forward_proj(floating* a, const floating* c_prev, floating* c, floating* m,
+                                   Py_ssize_t H) noexcept nogil:
+    """Activate a = [a_i, a_f, a_g, a_o] in place; c = f c_prev + i g; m = o tanh(c)."""
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o
+    for j in range(H):
+        i = sigmoid(a[j])
+        f = sigmoid(a[H + j])
+        g = tanh_(a[2 * H + j])
+        o = sigmoid(a[3 * H + j])
+        a[j] = i
+        a[H + j] = f
+        a[2 * H + j] = g
+        a[3 * H + j] = o
+        c[j] = f * c_prev[j] + i * g
+        m[j] = o * tanh_(c[j])
+
+
+cdef inline void _row_backward_proj(const floating* a, const floating* c_prev, const floating* c,
+                                    const floating* dm, floating* dc, floating* da,
+                                    Py_ssize_t H) noexcept nogil:
+    """Gate grads da from dm_t = dh_t W_hr and dc_t; dc becomes dc_{t-1}.
+
+    tc = tanh(c_t);  dc = dc_t + dm o (1 - tc^2)
+    da = [dc g i(1-i), dc c_prev f(1-f), dc i (1-g^2), dm tc o(1-o)];  dc_{t-1} = dc f
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tc, dmj, dcj
+    for j in range(H):
+        i = a[j]
+        f = a[H + j]
+        g = a[2 * H + j]
+        o = a[3 * H + j]
+        tc = tanh_(c[j])
+        dmj = dm[j]
+        dcj = dc[j] + dmj * o * dtanh(tc)
+        da[j] = dcj * g * dsigmoid(i)
+        da[H + j] = dcj * c_prev[j] * dsigmoid(f)
+        da[2 * H + j] = dcj * i * dtanh(g)
+        da[3 * H + j] = dmj * tc * dsigmoid(o)
+        dc[j] = dcj * f
+
+
+cdef void _forward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
+                        const floating* x, const floating* h0, const floating* c0,
+                        const floating* w_ih, const floating* w_hh, const floating* w_hr,
+                        const floating* bias, const int* batch_sizes, floating* gates,
+                        floating* y, floating* cs, floating* ms, bint training, floating* h_n,
+                        floating* c_n, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n, r
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef floating* c_cur
+    cdef floating* m_cur
+    cdef floating* a_t
+
+    # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps in one GEMM
+    for r in range(T * B):
+        memcpy(gates + r * G, bias, G * sizeof(floating))
+    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+    if not training:  # one cell-state buffer, updated in place
+        memcpy(cs, c0, B * H * sizeof(floating))
+
+    for t in range(T):
+        n = batch_sizes[t]
+        a_t = gates + t * B * G
+        h_prev = h0 if t == 0 else y + (t - 1) * B * P
+        if training:
+            c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+            c_cur = cs + t * B * H
+            m_cur = ms + t * B * H
+        else:
+            c_prev = cs
+            c_cur = cs
+            m_cur = ms
+        # a_t[:n] += h_{t-1} W_hh^T
+        gemm(False, True, n, G, P, <floating> 1, h_prev, P, w_hh, P, <floating> 1, a_t, G)
+        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_forward_proj(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H)
+        else:
+            for b in range(n):
+                _row_forward_proj(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H)
+        # h_t[:n] = m_t[:n] W_hr^T
+        gemm(False, True, n, P, H, <floating> 1, m_cur, H, w_hr, H, <floating> 0,
+             y + t * B * P, P)
+        zero_rows(y + t * B * P, n, B, P)
+        if training:  # read by the dW_hr GEMM: no uninitialized rows
+            zero_rows(m_cur, n, B, H)
+
+    for b in range(B):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * P, y + (t * B + b) * P, P * sizeof(floating))
+        if training:
+            memcpy(c_n + b * H, cs + (t * B + b) * H, H * sizeof(floating))
+        else:
+            memcpy(c_n + b * H, cs + b * H, H * sizeof(floating))
+
+
+cdef void _backward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
+                         const floating* x, const floating* h0, const floating* c0,
+                         const floating* w_ih, const floating* w_hh, const floating* w_hr,
+                         const int* batch_sizes, const floating* gates, const floating* y,
+                         const floating* cs, const floating* ms, const floating* dy,
+                         floating* dh, floating* dc, floating* dgates, floating* dhs,
+                         floating* dm, floating* dx, floating* dw_ih, floating* dw_hh,
+                         floating* dw_hr, floating* db, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n, k
+    cdef const floating* c_prev
+    cdef floating* da_t
+    cdef floating* dh_t
+
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        da_t = dgates + t * B * G
+        dh_t = dhs + t * B * P
+        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+        # dhs_t[:n] = dh_t + dy_t (the gradient reaching h_t);  dm[:n] = dhs_t[:n] W_hr
+        for k in range(n * P):
+            dh_t[k] = dh[k] + dy[t * B * P + k]
+        zero_rows(dh_t, n, B, P)
+        gemm(False, False, n, H, P, <floating> 1, dh_t, P, w_hr, H, <floating> 0, dm, H)
+        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
+            for b in prange(n, num_threads=n_threads, schedule="static"):
+                _row_backward_proj(gates + (t * B + b) * G, c_prev + b * H,
+                                   cs + (t * B + b) * H, dm + b * H, dc + b * H,
+                                   da_t + b * G, H)
+        else:
+            for b in range(n):
+                _row_backward_proj(gates + (t * B + b) * G, c_prev + b * H,
+                                   cs + (t * B + b) * H, dm + b * H, dc + b * H,
+                                   da_t + b * G, H)
+        zero_rows(da_t, n, B, G)
+        # dh_{t-1}[:n] = da_t[:n] W_hh   (inactive rows keep the dh they carry)
+        gemm(False, False, n, P, G, <floating> 1, da_t, G, w_hh, P, <floating> 0, dh, P)
+
+    gemm(False, False, T * B, I, G, <floating> 1, dgates, G, w_ih, I, <floating> 0, dx, I)
+    gemm(True, False, G, I, T * B, <floating> 1, dgates, G, x, I, <floating> 0, dw_ih, I)
+    gemm(True, False, G, P, B, <floating> 1, dgates, G, h0, P, <floating> 0, dw_hh, P)
+    gemm(True, False, G, P, (T - 1) * B, <floating> 1, dgates + B * G, G, y, P,
+         <floating> 1, dw_hh, P)
+    # dW_hr = sum_t dh_t^T m_t
+    gemm(True, False, P, H, T * B, <floating> 1, dhs, P, ms, H, <floating> 0, dw_hr, H)
+    col_sum(dgates, T * B, G, db)
+
+
+def forward_proj(const floating[:, :, ::1] x,       # IN    (T, B, I)
+                 const floating[:, ::1] h0,         # IN    (B, P)
+                 const floating[:, ::1] c0,         # IN    (B, H)
+                 const floating[:, ::1] w_ih,       # IN    (G, I)
+                 const floating[:, ::1] w_hh,       # IN    (G, P)
+                 const floating[:, ::1] w_hr,       # IN    (P, H)
+                 const floating[::1] bias,          # IN    (G,) b_ih + b_hh
+                 const int[::1] batch_sizes,        # IN    (T,) non-increasing
+                 floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates
+                 floating[:, :, ::1] y,             # OUT   (T, B, P)
+                 floating[:, :, ::1] cs,            # OUT   (T, B, H) or (1, B, H) in eval
+                 floating[:, :, ::1] ms,            # OUT   (T, B, H) or (1, B, H) in eval
+                 floating[:, ::1] h_n,              # OUT   (B, P)
+                 floating[:, ::1] c_n,              # OUT   (B, H)
+                 bint training,
+                 int n_threads):
+    """LSTM forward with a projection over all T steps (T, B >= 1).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0 : ndarray of shape (B, P)
+    c0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (4H, I)
+    w_hh : ndarray of shape (4H, P)
+    w_hr : ndarray of shape (P, H)
+    bias : ndarray of shape (4H,)
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 4H), written
+    y : ndarray of shape (T, B, P), written
+    cs, ms : ndarray of shape (T, B, H) when training else (1, B, H), written
+        Cell states c_t and unprojected outputs m_t = o * tanh(c_t).
+    h_n : ndarray of shape (B, P), written
+    c_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1]
+    with nogil:
+        _forward_proj(T, B, I, H, P, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0],
+                      &w_hh[0, 0], &w_hr[0, 0], &bias[0], &batch_sizes[0], &gates[0, 0, 0],
+                      &y[0, 0, 0], &cs[0, 0, 0], &ms[0, 0, 0], training, &h_n[0, 0],
+                      &c_n[0, 0], n_threads)
+
+
+def backward_proj(const floating[:, :, ::1] x,      # IN    (T, B, I)
+                  const floating[:, ::1] h0,        # IN    (B, P)
+                  const floating[:, ::1] c0,        # IN    (B, H)
+                  const floating[:, ::1] w_ih,      # IN    (G, I)
+                  const floating[:, ::1] w_hh,      # IN    (G, P)
+                  const floating[:, ::1] w_hr,      # IN    (P, H)
+                  const int[::1] batch_sizes,       # IN    (T,)
+                  const floating[:, :, ::1] gates,  # IN    (T, B, G) from a training forward
+                  const floating[:, :, ::1] y,      # IN    (T, B, P)
+                  const floating[:, :, ::1] cs,     # IN    (T, B, H)
+                  const floating[:, :, ::1] ms,     # IN    (T, B, H)
+                  const floating[:, :, ::1] dy,     # IN    (T, B, P)
+                  floating[:, ::1] dh,              # INOUT (B, P) dh_n in, dh0 out
+                  floating[:, ::1] dc,              # INOUT (B, H) dc_n in, dc0 out
+                  floating[:, :, ::1] dgates,       # OUT   (T, B, G) workspace
+                  floating[:, :, ::1] dhs,          # OUT   (T, B, P) workspace
+                  floating[:, ::1] dm,              # OUT   (B, H) workspace
+                  floating[:, :, ::1] dx,           # OUT   (T, B, I)
+                  floating[:, ::1] dw_ih,           # OUT   (G, I)
+                  floating[:, ::1] dw_hh,           # OUT   (G, P)
+                  floating[:, ::1] dw_hr,           # OUT   (P, H)
+                  floating[::1] db,                 # OUT   (G,)
+                  int n_threads):
+    """LSTM-with-projection BPTT over all T steps (T, B >= 1); see forward_proj for shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1]
+    with nogil:
+        _backward_proj(T, B, I, H, P, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0],
+                       &w_hh[0, 0], &w_hr[0, 0], &batch_sizes[0], &gates[0, 0, 0],
+                       &y[0, 0, 0], &cs[0, 0, 0], &ms[0, 0, 0], &dy[0, 0, 0], &dh[0, 0],
+                       &dc[0, 0], &dgates[0, 0, 0], &dhs[0, 0, 0], &dm[0, 0], &dx[0, 0, 0],
+                       &dw_ih[0, 0], &dw_hh[0, 0], &dw_hr[0, 0], &db[0], n_threads)

@@ -1,0 +1,545 @@
+r"""Recurrent layers with PyTorch's API: :class:`RNN`, :class:`LSTM` and :class:`GRU`.
+
+Each layer owns its parameters (named as PyTorch names them, so a ``state_dict`` moves between
+the two) and delegates the work to :func:`fastrnn.stack.stack_forward` /
+:func:`fastrnn.stack.stack_backward`, which run the Cython kernels (``backend="cython"``) or the
+NumPy reference (``backend="numpy"``) layer by layer and direction by direction.
+
+``forward`` in training mode keeps what ``backward`` needs; ``backward`` consumes it (one backward
+per forward, as in an autograd graph) and accumulates every parameter's gradient into
+``Parameter.grad``. Forwards in eval mode keep nothing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from fastrnn.nn._checks import as_real_array, check_float_dtype
+from fastrnn.nn.blocks import _no_cache_error
+from fastrnn.nn.module import Module, Parameter
+from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
+
+__all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
+
+#: What forward returns as the final state (and backward as the initial-state gradient):
+#: one array, or a tuple (h, c) for LSTM.
+State = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+class RNNBase(Module):
+    """What :class:`RNN`, :class:`LSTM` and :class:`GRU` share; not used directly.
+
+    Parameters
+    ----------
+    mode : {"rnn", "lstm", "gru"}
+        The cell; the other parameters are described by the sub-classes.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        nonlinearity: str = "tanh",
+        reset_after: bool = True,
+        dtype: Any = np.float32,
+        backend: str = "cython",
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = StackConfig(
+            mode,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            bidirectional,
+            dropout,
+            proj_size,
+            nonlinearity,
+            reset_after,
+            backend,
+        )
+        dt = check_float_dtype(dtype)
+        if cfg.dropout > 0 and cfg.num_layers == 1:
+            warnings.warn(
+                "dropout is applied after every recurrent layer but the last, so a non-zero "
+                f"dropout expects num_layers > 1, got dropout={cfg.dropout} and num_layers=1",
+                UserWarning,
+                stacklevel=3,
+            )
+        self._config = cfg
+        # PyTorch's names: "RNN_TANH", "RNN_RELU", "LSTM", "GRU"
+        self.mode = f"RNN_{cfg.nonlinearity.upper()}" if mode == "rnn" else mode.upper()
+        self.input_size = cfg.input_size
+        self.hidden_size = cfg.hidden_size
+        self.num_layers = cfg.num_layers
+        self.bias = cfg.bias
+        self.batch_first = bool(batch_first)
+        self.dropout = cfg.dropout
+        self.bidirectional = cfg.bidirectional
+        self.proj_size = cfg.proj_size
+        self.backend = cfg.backend
+        rng = np.random.default_rng(seed)
+        # One loop over PyTorch's names fixes the registration order (hence named_parameters()
+        # and state_dict() order) and the order of the draws.
+        self._flat_weights_names = cfg.weight_names()
+        for name, value in default_init(cfg, dt, rng).items():
+            setattr(self, name, Parameter(value))
+        groups = cfg.num_layers * cfg.num_directions  # same number of weights in each
+        n = len(self._flat_weights_names) // groups
+        self._all_weights = [self._flat_weights_names[i * n : (i + 1) * n] for i in range(groups)]
+        #: Draws the dropout masks; save ``generator.bit_generator.state`` to resume exactly.
+        self.generator = rng.spawn(1)[0]
+        self._cache: tuple[Any, ...] | None = None
+
+    # -- PyTorch compatibility ---------------------------------------------------------------
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the parameters and of the outputs."""
+        return self._parameters[self._flat_weights_names[0]].data.dtype
+
+    @property
+    def _flat_weights(self) -> list[np.ndarray]:
+        """The parameter arrays in ``_flat_weights_names`` order."""
+        return [self._parameters[n].data for n in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Parameter]]:
+        """Parameters grouped per layer and direction, as ``torch.nn.RNNBase.all_weights``."""
+        return [[self._parameters[n] for n in names] for names in self._all_weights]
+
+    def flatten_parameters(self) -> None:
+        """No-op, for drop-in use of code written for PyTorch (the weights are always flat)."""
+
+    # -- forward / backward --------------------------------------------------------------------
+    def _state_shape(self, batch: int | None, which: str) -> tuple[int, ...]:
+        h, c = self._config.state_shapes(1 if batch is None else batch)
+        shape = h if which == "h" else c
+        return shape if batch is not None else (shape[0], shape[2])
+
+    def _as_state(self, a: Any, name: str, which: str, batch: int | None) -> np.ndarray | None:
+        """Validate one state (h or c) and return it as (L*D, B, size) in the layer's dtype."""
+        if a is None:
+            return None
+        arr = as_real_array(a, name, self.dtype)
+        expected = self._state_shape(batch, which)
+        if arr.shape != expected:
+            what = (
+                "unbatched input: (num_layers * num_directions, size)"
+                if batch is None
+                else "(num_layers * num_directions, batch, size)"
+            )
+            raise ValueError(f"{name} must have shape {what} = {expected}, got {arr.shape}")
+        return arr[:, None, :] if batch is None else arr
+
+    def _split_state(self, state: Any, name: str) -> tuple[Any, Any]:
+        """(h, c) from the ``state`` argument of forward/backward (c is None but for LSTM)."""
+        if self._config.cell != "lstm":
+            if isinstance(state, tuple):
+                raise TypeError(f"{type(self).__name__} takes one array as {name}, got a tuple")
+            return state, None
+        if state is None:
+            return None, None
+        if not isinstance(state, tuple | list) or len(state) != 2:
+            raise TypeError(f"LSTM takes {name} as a tuple (h, c) of two arrays (or None)")
+        return state[0], state[1]
+
+    def forward(self, x: Any, hx: Any = None, *, lengths: Any = None) -> tuple[np.ndarray, State]:
+        """Run every layer over a batch of sequences.
+
+        Shapes use L = num_layers, D = 2 if bidirectional else 1, H = hidden_size,
+        R = proj_size or hidden_size (the size of h), and the layer's dtype (float32 or float64);
+        inputs of another real dtype are converted to it.
+
+        Parameters
+        ----------
+        x : array_like of shape (T, B, input_size), or (B, T, input_size) with batch_first
+            An unbatched sequence of shape (T, input_size) is accepted too; then every state
+            below drops its B axis, as in PyTorch.
+        hx : array_like of shape (L*D, B, R), a tuple ``(h0, c0)`` for LSTM, or None
+            Initial states (never batch-first); ``c0`` has shape (L*D, B, H). None (or a None
+            member of the LSTM tuple) means zeros.
+        lengths : array_like of int, shape (B,), optional
+            Length of each sequence of a padded batch, in [1, T], any order: PyTorch's
+            ``pack_padded_sequence(..., enforce_sorted=False)`` semantics. Outputs past a
+            sequence's end are zero, its final states are those at its own last step, and the
+            reverse direction starts there.
+
+        Returns
+        -------
+        out : ndarray of shape (T, B, D*R), or (B, T, D*R) with batch_first
+            Last layer's hidden state at every step, both directions concatenated.
+        h_n : ndarray of shape (L*D, B, R)
+            Final hidden state of every layer and direction (index ``layer * D + direction``);
+            for LSTM the first member of the tuple ``(h_n, c_n)``, with ``c_n`` (L*D, B, H).
+
+        Raises
+        ------
+        ValueError
+            When a shape or ``lengths`` is invalid (naming the argument).
+        """
+        dt = self.dtype
+        x = as_real_array(x, "x", dt)
+        if x.ndim not in (2, 3):
+            raise ValueError(
+                "x must be 3-D (T, B, input_size), (B, T, input_size) with batch_first, or 2-D "
+                f"(T, input_size) for one unbatched sequence; got shape {x.shape}"
+            )
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have input_size={self.input_size} features in its last axis, "
+                f"got shape {x.shape}"
+            )
+        unbatched = x.ndim == 2
+        if unbatched:
+            if lengths is not None:
+                raise ValueError("lengths needs a batched (3-D) input; got a 2-D (unbatched) x")
+            xt = x[:, None, :]
+        else:
+            xt = x.transpose(1, 0, 2) if self.batch_first else x
+        batch = None if unbatched else xt.shape[1]
+        h0, c0 = self._split_state(hx, "hx")
+        h0 = self._as_state(h0, "h0", "h", batch)
+        c0 = self._as_state(c0, "c0", "c", batch)
+        y, h_n, c_n, cache = stack_forward(
+            self._config,
+            xt,
+            h0,
+            c0,
+            {n: self._parameters[n].data for n in self._flat_weights_names},
+            lengths=lengths,
+            training=self.training,
+            generator=self.generator,
+        )
+        self._cache = (cache, y.shape, unbatched) if self.training else None
+        if unbatched:
+            y, h_n = y[:, 0], h_n[:, 0]
+            c_n = None if c_n is None else c_n[:, 0]
+        elif self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n if c_n is None else (h_n, c_n)
+
+    def backward(self, dout: Any, dstate: Any = None) -> tuple[np.ndarray, State]:
+        """Backpropagate through the last training-mode forward.
+
+        Accumulates the gradient of every parameter into its ``.grad`` and returns the gradients
+        of the inputs. Each forward supports one backward. Shapes are those of :meth:`forward`.
+
+        Parameters
+        ----------
+        dout : array_like of shape (T, B, D*R), (B, T, D*R) with batch_first, or None
+            Gradient with respect to ``out`` (same shape, unbatched included); None for zeros.
+        dstate : array_like of shape (L*D, B, R), a tuple ``(dh_n, dc_n)`` for LSTM, or None
+            Gradient with respect to the final states; None (or a None member) for zeros.
+
+        Returns
+        -------
+        dx : ndarray of the shape of ``x``, dtype of the layer
+        dh0 : ndarray of shape (L*D, B, R)
+            For LSTM the first member of the tuple ``(dh0, dc0)``, ``dc0`` (L*D, B, H).
+
+        Raises
+        ------
+        RuntimeError
+            When no training-mode forward precedes it (or its result was already used).
+        """
+        if self._cache is None:
+            raise _no_cache_error(self)
+        cache, y_shape, unbatched = self._cache
+        dt = self.dtype
+        batch = None if unbatched else y_shape[1]
+        if dout is not None:
+            dout = as_real_array(dout, "dout", dt)
+            if unbatched:
+                want = (y_shape[0], y_shape[2])
+            elif self.batch_first:
+                want = (y_shape[1], y_shape[0], y_shape[2])
+            else:
+                want = y_shape
+            if dout.shape != want:
+                raise ValueError(
+                    f"dout must have the forward output's shape {want}, got {dout.shape}"
+                )
+            if unbatched:
+                dout = dout[:, None, :]
+            elif self.batch_first:
+                dout = dout.transpose(1, 0, 2)
+        dh, dc = self._split_state(dstate, "dstate")
+        dh = self._as_state(dh, "dh_n", "h", batch)
+        dc = self._as_state(dc, "dc_n", "c", batch)
+        self._cache = None
+        g = stack_backward(cache, dout, dh, dc)
+        for name, grad in g.weights.items():
+            self._parameters[name].accumulate_grad(grad)
+        dx, dh0, dc0 = g.dx, g.dh0, g.dc0
+        if unbatched:
+            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dc0 = None if dc0 is None else dc0[:, 0]
+        elif self.batch_first:
+            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
+        return dx, dh0 if dc0 is None else (dh0, dc0)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self._config.nonlinearity != "tanh":
+            s += f", nonlinearity={self._config.nonlinearity!r}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if not self._config.reset_after:
+            s += ", reset_after=False"
+        if self.dtype != np.float32:
+            s += f", dtype={self.dtype}"
+        if self.backend != "cython":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+class RNN(RNNBase):
+    r"""Multi-layer Elman RNN with a tanh or ReLU non-linearity (``torch.nn.RNN``).
+
+    For each element of the input sequence, each layer computes
+
+    .. math::
+        h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})
+
+    (or :math:`\text{relu}`), where :math:`x_t` is the input at time t for the first layer and
+    the (dropped-out) output of the previous layer otherwise.
+
+    Parameters
+    ----------
+    input_size : int
+        Features of the input ``x``.
+    hidden_size : int
+        Features of the hidden state ``h``.
+    num_layers : int, default=1
+        Stacked recurrent layers.
+    nonlinearity : {"tanh", "relu"}, default="tanh"
+    bias : bool, default=True
+        Whether to learn ``b_ih`` and ``b_hh``.
+    batch_first : bool, default=False
+        Inputs and outputs are (B, T, feature) instead of (T, B, feature); states are not.
+    dropout : float, default=0.0
+        Probability of zeroing each output element of every layer but the last, in training
+        mode (inverted dropout; masks drawn from :attr:`generator`).
+    bidirectional : bool, default=False
+    dtype : {np.float32, np.float64}, default=np.float32
+    backend : {"cython", "numpy"}, default="cython"
+        The Cython kernels (:mod:`fastrnn.functional`) or the NumPy reference.
+    seed : int, numpy.random.Generator or None, default=None
+        Seeds the initialisation and, after it, the dropout generator.
+
+    Attributes
+    ----------
+    weight_ih_l{k} : Parameter of shape (hidden_size, input_size) for k = 0, else
+        (hidden_size, D * hidden_size).
+    weight_hh_l{k} : Parameter of shape (hidden_size, hidden_size)
+    bias_ih_l{k}, bias_hh_l{k} : Parameter of shape (hidden_size,)
+        The reverse direction's parameters end in ``_reverse``. Every weight and bias is
+        initialised from :math:`\mathcal{U}(-k, k)`, :math:`k = 1/\sqrt{\text{hidden\_size}}`,
+        as PyTorch does.
+    generator : numpy.random.Generator
+        Draws the dropout masks.
+
+    See :meth:`RNNBase.forward` and :meth:`RNNBase.backward` for the call.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        dtype: Any = np.float32,
+        backend: str = "cython",
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            "rnn",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            nonlinearity=nonlinearity,
+            dtype=dtype,
+            backend=backend,
+            seed=seed,
+        )
+        self.nonlinearity = nonlinearity
+
+
+class LSTM(RNNBase):
+    r"""Multi-layer long short-term memory RNN (``torch.nn.LSTM``), optional projection.
+
+    Each layer computes, with gates in PyTorch's order i, f, g, o,
+
+    .. math::
+        \begin{array}{ll}
+        i_t = \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \\
+        f_t = \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
+        g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \\
+        o_t = \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \\
+        h_t = o_t \odot \tanh(c_t)
+        \end{array}
+
+    With ``proj_size > 0`` the hidden state is projected, :math:`h_t = W_{hr}(o_t \odot
+    \tanh(c_t))`, so ``h`` and the outputs have ``proj_size`` features and :math:`W_{hh}` has
+    ``proj_size`` columns.
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional
+        As in :class:`RNN`.
+    proj_size : int, default=0
+        If > 0 (and < hidden_size), project the hidden state to this size.
+    dtype, backend, seed
+        As in :class:`RNN`.
+
+    Attributes
+    ----------
+    weight_ih_l{k} : Parameter of shape (4*hidden_size, input_size) for k = 0, else
+        (4*hidden_size, D * R), rows W_ii | W_if | W_ig | W_io; R = proj_size or hidden_size.
+    weight_hh_l{k} : Parameter of shape (4*hidden_size, R), rows W_hi | W_hf | W_hg | W_ho
+    bias_ih_l{k}, bias_hh_l{k} : Parameter of shape (4*hidden_size,)
+    weight_hr_l{k} : Parameter of shape (proj_size, hidden_size), only with proj_size > 0
+        The reverse direction's parameters end in ``_reverse``. All initialised from
+        :math:`\mathcal{U}(-k, k)`, :math:`k = 1/\sqrt{\text{hidden\_size}}`.
+    generator : numpy.random.Generator
+        Draws the dropout masks.
+
+    Notes
+    -----
+    ``out, (h_n, c_n) = lstm(x, (h0, c0))`` and ``dx, (dh0, dc0) = lstm.backward(dout,
+    (dh_n, dc_n))``; see :meth:`RNNBase.forward` and :meth:`RNNBase.backward`.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        dtype: Any = np.float32,
+        backend: str = "cython",
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            "lstm",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            dtype=dtype,
+            backend=backend,
+            seed=seed,
+        )
+
+
+class GRU(RNNBase):
+    r"""Multi-layer gated recurrent unit RNN (``torch.nn.GRU``), optional reset-before variant.
+
+    Each layer computes, with gates in PyTorch's order r, z, n,
+
+    .. math::
+        \begin{array}{ll}
+        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+        \end{array}
+
+    The reset gate multiplies :math:`W_{hn} h_{t-1} + b_{hn}`, *after* the hidden matmul, as in
+    PyTorch and cuDNN. With ``reset_after=False`` it is applied before it, as in Cho et al.
+    (2014) and Keras' ``reset_after=False``:
+    :math:`n_t = \tanh(W_{in} x_t + b_{in} + W_{hn}(r_t \odot h_{t-1}) + b_{hn})`. The parameters
+    have the same names and shapes either way (PyTorch has no such option).
+
+    Parameters
+    ----------
+    input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional
+        As in :class:`RNN`.
+    reset_after : bool, default=True
+        Where the reset gate is applied (see above).
+    dtype, backend, seed
+        As in :class:`RNN`.
+
+    Attributes
+    ----------
+    weight_ih_l{k} : Parameter of shape (3*hidden_size, input_size) for k = 0, else
+        (3*hidden_size, D * hidden_size), rows W_ir | W_iz | W_in.
+    weight_hh_l{k} : Parameter of shape (3*hidden_size, hidden_size), rows W_hr | W_hz | W_hn
+    bias_ih_l{k}, bias_hh_l{k} : Parameter of shape (3*hidden_size,)
+        The reverse direction's parameters end in ``_reverse``. All initialised from
+        :math:`\mathcal{U}(-k, k)`, :math:`k = 1/\sqrt{\text{hidden\_size}}`.
+    generator : numpy.random.Generator
+        Draws the dropout masks.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        reset_after: bool = True,
+        dtype: Any = np.float32,
+        backend: str = "cython",
+        seed: int | np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            "gru",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            reset_after=reset_after,
+            dtype=dtype,
+            backend=backend,
+            seed=seed,
+        )
+        self.reset_after = self._config.reset_after
