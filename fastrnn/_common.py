@@ -12,6 +12,9 @@ import numpy as np
 
 __all__ = [
     "CELLS",
+    "as_array",
+    "check_exact_integers",
+    "nbytes_of",
     "Cache",
     "GRUGrads",
     "LSTMGrads",
@@ -78,6 +81,24 @@ class LSTMProjGrads(NamedTuple):
     dw_hr: np.ndarray
 
 
+def nbytes_of(*objs: Any) -> int:
+    """Bytes of the arrays inside ``objs`` (nested dicts, lists and tuples), each counted once."""
+    seen: set[int] = set()
+    total = 0
+    stack = list(objs)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, np.ndarray):
+            if id(v) not in seen:
+                seen.add(id(v))
+                total += v.nbytes
+        elif isinstance(v, (tuple, list)):  # NamedTuples (Prepared) included
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return total
+
+
 class Cache:
     """What a training forward keeps for its backward.
 
@@ -111,20 +132,7 @@ class Cache:
         computation dtype), walking nested tuples and lists (the reference keeps per-step
         tuples). README.md ("Memory of a training forward") gives it per cell.
         """
-        seen: set[int] = set()
-        total = 0
-        stack = list(self.data.values())
-        while stack:
-            v = stack.pop()
-            if isinstance(v, np.ndarray):
-                if id(v) not in seen:
-                    seen.add(id(v))
-                    total += v.nbytes
-            elif isinstance(v, (tuple, list)):  # NamedTuples (Prepared) included
-                stack.extend(v)
-            elif isinstance(v, dict):
-                stack.extend(v.values())
-        return total
+        return nbytes_of(self.data)
 
     def __repr__(self) -> str:
         T, B, I, H = self.shape
@@ -134,8 +142,8 @@ class Cache:
         )
 
 
-def _asarray(name: str, a: Any) -> np.ndarray:
-    """``np.asarray(a)``, with a message naming the argument for ragged nested sequences."""
+def as_array(name: str, a: Any) -> np.ndarray:
+    """``np.asarray(a)``, refusing masked arrays and naming the argument for ragged sequences."""
     if isinstance(a, np.ma.MaskedArray):  # np.asarray would drop the mask silently
         raise TypeError(
             f"{name} is a masked array, whose mask fastrnn would ignore; pass "
@@ -152,7 +160,7 @@ def _asarray(name: str, a: Any) -> np.ndarray:
 def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     """The float dtype an argument asks for (None for integers), refusing unsupported kinds."""
     # ndarrays answer directly; anything else (lists, torch tensors, ...) as np.asarray reads it
-    dt = a.dtype if isinstance(a, (np.ndarray, np.generic)) else _asarray(name, a).dtype
+    dt = a.dtype if isinstance(a, (np.ndarray, np.generic)) else as_array(name, a).dtype
     if dt.kind == "f":
         if dt.itemsize > 8:
             raise TypeError(
@@ -172,16 +180,21 @@ def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
 _EXACT_INT = {np.dtype(np.float32): 2**24, np.dtype(np.float64): 2**53}
 
 
-def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``arr`` as a C-contiguous array of ``dtype``; integers only when the conversion is exact."""
+def check_exact_integers(name: str, arr: np.ndarray, dtype: np.dtype) -> None:
+    """ValueError naming ``arr`` if it is an integer array that ``dtype`` cannot hold exactly."""
     if arr.dtype.kind in "iu" and arr.size:
-        lo, hi, limit = int(arr.min()), int(arr.max()), _EXACT_INT[dtype]
+        lo, hi, limit = int(arr.min()), int(arr.max()), _EXACT_INT[np.dtype(dtype)]
         if lo < -limit or hi > limit:
             raise ValueError(
                 f"{name} holds integers up to {max(-lo, hi)} in magnitude, which {dtype} cannot "
                 f"represent exactly (integers are converted only when |value| <= 2**"
                 f"{limit.bit_length() - 1}); convert it yourself if rounding is acceptable"
             )
+
+
+def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` as a C-contiguous array of ``dtype``; integers only when the conversion is exact."""
+    check_exact_integers(name, arr, dtype)
     try:
         return np.ascontiguousarray(arr, dtype=dtype)
     except MemoryError as exc:
@@ -191,7 +204,7 @@ def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _to_array(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    arr = _asarray(name, a)
+    arr = as_array(name, a)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     return _convert(name, arr, dtype)
@@ -266,7 +279,7 @@ def check_lengths(lengths: Any, T: int, B: int) -> np.ndarray | None:
     """Validate ``lengths``: integers (B,) in [1, T]. Returns None when all equal T."""
     if lengths is None:
         return None
-    arr = _asarray("lengths", lengths)
+    arr = as_array("lengths", lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(arr == np.round(arr)):
             raise TypeError(
@@ -368,16 +381,16 @@ def prepare(
         if a is not None and _float_dtype_of(name, a) == np.float64:
             dtype = np.dtype(np.float64)
 
-    xa = _convert("x", _asarray("x", x), dtype)
-    w_ih_a = _convert("w_ih", _asarray("w_ih", w_ih), dtype)
-    w_hh_a = _convert("w_hh", _asarray("w_hh", w_hh), dtype)
+    xa = _convert("x", as_array("x", x), dtype)
+    w_ih_a = _convert("w_ih", as_array("w_ih", w_ih), dtype)
+    w_hh_a = _convert("w_hh", as_array("w_hh", w_hh), dtype)
     h0a = np.zeros((B, R), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, R))
     c0a = None
     if cell == "lstm":
         c0a = np.zeros((B, H), dtype) if c0 is None else _to_array("c0", c0, dtype, (B, H))
     b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
-    w_hr_a = None if w_hr is None else _convert("w_hr", _asarray("w_hr", w_hr), dtype)
+    w_hr_a = None if w_hr is None else _convert("w_hr", as_array("w_hr", w_hr), dtype)
     lens = check_lengths(lengths, T, B)
     if check_finite:
         for name, a in (("x", xa), ("h0", h0a), ("c0", c0a), ("w_ih", w_ih_a), ("w_hh", w_hh_a),
