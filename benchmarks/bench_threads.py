@@ -9,9 +9,11 @@ leaves BLAS as it is to show what oversubscription costs.
     python benchmarks/bench_threads.py                       # 2 threads, LSTM, float32
     python benchmarks/bench_threads.py --threads 2 --cell gru --hidden 256
 
-Prints the best and median of ``--repeat`` timings of each and the speed-up (ideal: the number
-of threads, when that many cores are free). The load average is printed too: on a shared
-machine other processes take cores away and lower the speed-up.
+Prints the best and median of ``--repeat`` timings of each, the speed-up (ideal: the number of
+threads, when that many cores are free) and the process's CPU time over wall time (how many
+cores it kept busy: near the thread count when the threads really run in parallel, near 1 if
+they took turns on the GIL). The load average is printed too: on a shared machine other
+processes take cores away and lower both.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def one_call(cell, x, dy, w):
 
 
 def run(cell, jobs, w, n_threads):
-    """Wall time of all jobs split round-robin over n_threads Python threads."""
+    """(wall time, process CPU time) of all jobs split round-robin over n_threads threads."""
     barrier = threading.Barrier(n_threads + 1)
 
     def worker(k):
@@ -73,10 +75,10 @@ def run(cell, jobs, w, n_threads):
     for t in threads:
         t.start()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv=None):
@@ -109,12 +111,15 @@ def main(argv=None):
         for _ in range(args.repeat):  # interleaved, so that load changes hit both alike
             for n in times:
                 times[n].append(run(args.cell, jobs, w, n))
-    for n, ts in times.items():
+    for n, runs in times.items():
+        ts = [wall for wall, _ in runs]
+        busy = statistics.median(cpu / wall for wall, cpu in runs)
         print(
             f"  {n} Python thread(s): best {min(ts) * 1e3:7.1f} ms, "
-            f"median {statistics.median(ts) * 1e3:7.1f} ms"
+            f"median {statistics.median(ts) * 1e3:7.1f} ms, CPU time / wall time {busy:.2f}"
         )
-    one, many = times[1], times[args.threads]
+    one = [wall for wall, _ in times[1]]
+    many = [wall for wall, _ in times[args.threads]]
     print(
         f"  speed-up with {args.threads} threads: {min(one) / min(many):.2f}x (best), "
         f"{statistics.median(one) / statistics.median(many):.2f}x (median)"
