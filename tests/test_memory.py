@@ -16,7 +16,7 @@ import weakref
 
 import numpy as np
 import pytest
-from conftest import make_case
+from conftest import CELL_SPECS, make_case
 
 from fastrnn._kernels import _build
 
@@ -51,6 +51,7 @@ def _one_round(spec, backend, case):
 
 
 @needs_plain_malloc
+@pytest.mark.parametrize("spec", CELL_SPECS, ids=lambda s: s.cell)  # relu: tanh's code path
 @pytest.mark.parametrize("backend,rounds", [("cython", 10_000), ("numpy", 500)])
 def test_rss_does_not_grow(spec, backend, rounds):
     """``rounds`` x (training forward + backward + inference forward) of one cell."""
