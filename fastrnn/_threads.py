@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
 import threading
 from collections.abc import Iterator
@@ -73,54 +74,58 @@ def set_num_threads(n: int | None) -> None:
 
 
 # --- the thread count of scipy's BLAS ------------------------------------------------------------
-_SETTERS = ("scipy_openblas_set_num_threads", "openblas_set_num_threads")
-_GETTERS = ("scipy_openblas_get_num_threads", "openblas_get_num_threads")
-_CONFIG = ("scipy_openblas_get_config", "openblas_get_config")
+# OpenBLAS names, plain and as the scipy-openblas wheels prefix them (with "64_" for the ILP64
+# build that numpy bundles).
+_PREFIXES = ("scipy_openblas", "openblas")
+_SUFFIXES = ("", "64_")
 
 
 class _Blas:
-    """ctypes handles on the set/get-threads functions of the BLAS scipy's cython_blas calls."""
+    """ctypes handles on the thread-count functions of the BLAS an extension module links."""
 
-    def __init__(self) -> None:
+    def __init__(self, module: str) -> None:
         self.set = self.get = None
         self.config = "unknown BLAS (thread count not controlled)"
         try:
-            import scipy.linalg.cython_blas as cb
-
+            mod = importlib.import_module(module)
             # dlsym on the extension's own handle searches the libraries it depends on: this
             # finds the BLAS it is linked to, whatever its file name.
-            lib = ctypes.CDLL(cb.__file__)
-        except (ImportError, OSError):  # pragma: no cover - scipy is a dependency
+            lib = ctypes.CDLL(mod.__file__)
+        except (ImportError, OSError, TypeError):  # pragma: no cover - scipy is a dependency
             return
-        for s_name, g_name, c_name in zip(_SETTERS, _GETTERS, _CONFIG, strict=True):
-            try:
-                setter, getter = getattr(lib, s_name), getattr(lib, g_name)
-            except AttributeError:
-                continue
-            setter.argtypes, setter.restype = [ctypes.c_int], None
-            getter.argtypes, getter.restype = [], ctypes.c_int
-            self.set, self.get = setter, getter
-            try:
-                cfg = getattr(lib, c_name)
-                cfg.restype = ctypes.c_char_p
-                self.config = cfg().decode(errors="replace")
-            except AttributeError:
-                self.config = s_name.replace("_set_num_threads", "")
-            return
+        for prefix in _PREFIXES:
+            for suffix in _SUFFIXES:
+                try:
+                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+                except AttributeError:
+                    continue
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                self.set, self.get = setter, getter
+                try:
+                    cfg = getattr(lib, f"{prefix}_get_config{suffix}")
+                    cfg.restype = ctypes.c_char_p
+                    self.config = cfg().decode(errors="replace")
+                except AttributeError:
+                    self.config = prefix
+                return
 
 
-_blas = _Blas()
+# The BLAS the kernels call (scipy.linalg.cython_blas).
+_blas = _Blas("scipy.linalg.cython_blas")
 _lock = threading.Lock()
 _depth = 0
 _saved = 1
 
 
-def blas_info() -> dict:
-    """The BLAS behind the kernels and its current thread count (None when not controllable)."""
+def blas_info(library: str = "scipy") -> dict:
+    """The BLAS behind the kernels (or numpy's) and its thread count (None if not controlled)."""
+    blas = _blas if library == "scipy" else _numpy_blas()
     return {
-        "config": _blas.config,
-        "controlled": _blas.set is not None,
-        "num_threads": None if _blas.get is None else int(_blas.get()),
+        "config": blas.config,
+        "controlled": blas.set is not None,
+        "num_threads": None if blas.get is None else int(blas.get()),
     }
 
 
@@ -147,16 +152,29 @@ def blas_single_thread() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def blas_threads(n: int) -> Iterator[None]:
-    """Run the body with scipy's BLAS on ``n`` threads (to time the BLAS itself)."""
-    if _blas.set is None:
+def blas_threads(n: int, library: str = "scipy") -> Iterator[None]:
+    """Run the body with scipy's (or numpy's, ``library="numpy"``) BLAS on ``n`` threads.
+
+    For code that times the BLAS itself or NumPy code at a given thread count (the benchmark's
+    GEMM peak and NumPy reference)."""
+    blas = _blas if library == "scipy" else _numpy_blas()
+    if blas.set is None:
         yield
         return
     with _lock:
-        before = _blas.get()
-        _blas.set(n)
+        before = blas.get()
+        blas.set(n)
     try:
         yield
     finally:
         with _lock:
-            _blas.set(before)
+            blas.set(before)
+
+
+_numpy_blas_cache: list[_Blas] = []
+
+
+def _numpy_blas() -> _Blas:
+    if not _numpy_blas_cache:
+        _numpy_blas_cache.append(_Blas("numpy._core._multiarray_umath"))
+    return _numpy_blas_cache[0]
