@@ -56,9 +56,10 @@ static inline float fr_tanhf(float x)
 }
 
 /* float64: the same scheme, within 2e-15 relative of libm (exp 1 ulp; tanh worst near 0.1), so
- * that the float64 gate loops vectorize too (libm's exp/tanh are scalar calls). exp(r) by its degree-13 Taylor polynomial on
- * |r| <= ln2/2 (remainder < 5e-18 relative); 2^n is built from the integer bits of the rounding
- * shifter, so that no double -> int64 conversion (not vectorizable before AVX-512) is needed. */
+ * that the float64 gate loops vectorize too (libm's exp/tanh are scalar calls). exp(r) by its
+ * degree-13 Taylor polynomial on |r| <= ln2/2 (remainder < 5e-18 relative); 2^n is built from
+ * the integer bits of the rounding shifter, so that no double -> int64 conversion (not
+ * vectorizable before AVX-512) is needed. */
 static inline double fr_exp(double x)
 {
     const double hi = 709.0, lo = -708.0;
