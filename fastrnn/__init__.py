@@ -14,10 +14,13 @@ Public entry points:
 
 import os
 
-# OpenMP worker threads that spin after each parallel region steal the CPU from BLAS threads
-# (and, under a CPU quota, burn it): with one region per time step that costs more than the
-# parallelism gains. Sleep instead, unless the user chose a policy. Must run before the kernels
-# load libgomp, which reads it once.
+# Idle OpenMP threads sleep instead of spinning, unless the user chose a policy. The kernels'
+# per-step synchronisation is their own spin-then-yield barrier (src_pyx/_parallel.h), so the
+# policy only decides what the team does between kernel calls: spinning there burns CPU that
+# other threads need (PyTorch's, which share this OpenMP runtime in one process, or another
+# process's). Measured with `python -m fastrnn.bench` on the shared 2-core dev box: PASSIVE was
+# as fast or faster for fastrnn, and several times faster for PyTorch, than the default or
+# ACTIVE. Must run before the kernels load libgomp, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fastrnn import nn, optim  # noqa: E402

@@ -48,7 +48,7 @@ from fastrnn._common import (
 from fastrnn._kernels import gru as _gru
 from fastrnn._kernels import lstm as _lstm
 from fastrnn._kernels import rnn as _rnn
-from fastrnn._threads import get_num_threads
+from fastrnn._threads import blas_single_thread, get_num_threads
 
 __all__ = [
     "gru_backward",
@@ -119,6 +119,19 @@ class _Schedule:
         if self.order is None:
             return a
         return np.ascontiguousarray(np.take(a, self.inverse, axis=axis))
+
+
+# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
+# below it the per-step barrier and the extra BLAS calls cost more than the split saves.
+_MIN_WORK_PER_THREAD = 1 << 16
+
+
+def _team(p: Prepared) -> int:
+    """Threads for a kernel call: get_num_threads(), fewer when a step is too small to split.
+
+    Threads split the H hidden units in slices of at least 16 (see ``unit_span``)."""
+    B, H, GH = p.B, p.H, p.w_hh.shape[0]
+    return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
 
 
 def _empty_forward(p: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -219,9 +232,8 @@ def rnn_forward(
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
-    _rnn.forward(
-        xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, get_num_threads()
-    )
+    with blas_single_thread():
+        _rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
     cache = None
     if training:
         cache = Cache(
@@ -274,23 +286,24 @@ def rnn_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
-    _rnn.backward(
-        d["x"],
-        d["h0"],
-        p.w_ih,
-        p.w_hh,
-        s.batch_sizes,
-        d["y"],
-        dyk,
-        dh,
-        dgates,
-        dx,
-        dw_ih,
-        dw_hh,
-        db,
-        d["relu"],
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _rnn.backward(
+            d["x"],
+            d["h0"],
+            p.w_ih,
+            p.w_hh,
+            s.batch_sizes,
+            d["y"],
+            dyk,
+            dh,
+            dgates,
+            dx,
+            dw_ih,
+            dw_hh,
+            db,
+            d["relu"],
+            _team(p),
+        )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return RNNGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
 
@@ -362,22 +375,23 @@ def lstm_forward(
     y = np.empty((p.T, p.B, p.H), p.dtype)
     cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
     h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
-    _lstm.forward(
-        xk,
-        h0k,
-        c0k,
-        p.w_ih,
-        p.w_hh,
-        _bias_sum(p),
-        s.batch_sizes,
-        gates,
-        y,
-        cs,
-        h_n,
-        c_n,
-        training,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _lstm.forward(
+            xk,
+            h0k,
+            c0k,
+            p.w_ih,
+            p.w_hh,
+            _bias_sum(p),
+            s.batch_sizes,
+            gates,
+            y,
+            cs,
+            h_n,
+            c_n,
+            training,
+            _team(p),
+        )
     cache = None
     if training:
         cache = Cache(
@@ -435,26 +449,27 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
-    _lstm.backward(
-        d["x"],
-        d["h0"],
-        d["c0"],
-        p.w_ih,
-        p.w_hh,
-        s.batch_sizes,
-        d["gates"],
-        d["y"],
-        d["cs"],
-        dyk,
-        dh,
-        dc,
-        dgates,
-        dx,
-        dw_ih,
-        dw_hh,
-        db,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _lstm.backward(
+            d["x"],
+            d["h0"],
+            d["c0"],
+            p.w_ih,
+            p.w_hh,
+            s.batch_sizes,
+            d["gates"],
+            d["y"],
+            d["cs"],
+            dyk,
+            dh,
+            dc,
+            dgates,
+            dx,
+            dw_ih,
+            dw_hh,
+            db,
+            _team(p),
+        )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return LSTMGrads(s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh)
 
@@ -529,22 +544,23 @@ def gru_forward(
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
-    _gru.forward(
-        xk,
-        h0k,
-        p.w_ih,
-        p.w_hh,
-        bias_i,
-        b_hn,
-        s.batch_sizes,
-        gates,
-        hns,
-        hw,
-        y,
-        h_n,
-        training,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _gru.forward(
+            xk,
+            h0k,
+            p.w_ih,
+            p.w_hh,
+            bias_i,
+            b_hn,
+            s.batch_sizes,
+            gates,
+            hns,
+            hw,
+            y,
+            h_n,
+            training,
+            _team(p),
+        )
     cache = None
     if training:
         cache = Cache(
@@ -597,26 +613,27 @@ def gru_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
-    _gru.backward(
-        d["x"],
-        d["h0"],
-        p.w_ih,
-        p.w_hh,
-        s.batch_sizes,
-        d["gates"],
-        d["hns"],
-        d["y"],
-        dyk,
-        dh,
-        dgi,
-        dgh,
-        dx,
-        dw_ih,
-        dw_hh,
-        db_ih,
-        db_hh,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _gru.backward(
+            d["x"],
+            d["h0"],
+            p.w_ih,
+            p.w_hh,
+            s.batch_sizes,
+            d["gates"],
+            d["hns"],
+            d["y"],
+            dyk,
+            dh,
+            dgi,
+            dgh,
+            dx,
+            dw_ih,
+            dw_hh,
+            db_ih,
+            db_hh,
+            _team(p),
+        )
     if p.b_ih is None:
         db_ih = db_hh = None
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
