@@ -5,22 +5,28 @@
  * loops into SIMD code. Accuracy: a few ulp of float32 over the whole range; NaN propagates.
  *
  * exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2], exp(r) by a
- * degree-6 Taylor polynomial (remainder < 2e-8 relative on that interval).
+ * degree-6 Taylor polynomial (remainder < 2e-8 relative on that interval). Outside the range of
+ * normal numbers the result saturates as IEEE exp does: 0 below it (so sigmoid(-inf) is exactly 0
+ * and 0 * inf stays NaN, as in NumPy), +inf above it. n is read from the bits of the rounding
+ * shifter rather than converted from a float, so a NaN input is never cast to an integer (which
+ * C leaves undefined); it propagates through the polynomial instead.
  */
 #ifndef FASTRNN_FASTMATH_H
 #define FASTRNN_FASTMATH_H
 
+#include <math.h>
 #include <stdint.h>
 
-static inline float fr_expf(float x)
+static inline float fr_expf(float x0)
 {
     const float hi = 88.3762626647949f, lo = -87.3365447505531f;
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float t, n, r, p;
-    union { uint32_t u; float f; } pow2n; /* a union, not memcpy: keeps the loop vectorizable */
-    x = x > hi ? hi : x;
+    float x, t, n, r, p, e;
+    /* unions, not memcpy: they keep the loop vectorizable */
+    union { int32_t i; float f; } tb, pow2n;
+    x = x0 > hi ? hi : x0;
     x = x < lo ? lo : x;
     t = x * log2e + shifter;
     n = t - shifter;
@@ -33,9 +39,12 @@ static inline float fr_expf(float x)
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    /* 2^n from the exponent bits; n is in [-126, 127] after the clamp */
-    pow2n.u = (uint32_t) ((int32_t) n + 127) << 23;
-    return p * pow2n.f;
+    /* the low mantissa bits of t hold n: bits(t) - bits(shifter) = n, in [-126, 127] */
+    tb.f = t;
+    pow2n.i = (tb.i - 0x4B400000 + 127) << 23;
+    e = p * pow2n.f;
+    e = x0 < lo ? 0.0f : e;
+    return x0 > hi ? (float) INFINITY : e;
 }
 
 static inline float fr_sigmoidf(float x)
@@ -60,15 +69,15 @@ static inline float fr_tanhf(float x)
  * degree-13 Taylor polynomial on |r| <= ln2/2 (remainder < 5e-18 relative); 2^n is built from
  * the integer bits of the rounding shifter, so that no double -> int64 conversion (not
  * vectorizable before AVX-512) is needed. */
-static inline double fr_exp(double x)
+static inline double fr_exp(double x0)
 {
     const double hi = 709.0, lo = -708.0;
     const double log2e = 1.4426950408889634074;
     const double ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
     const double shifter = 6755399441055744.0; /* 1.5 * 2^52 */
-    double t, n, r, p;
+    double x, t, n, r, p, e;
     union { int64_t i; double d; } tb, pow2n;
-    x = x > hi ? hi : x;
+    x = x0 > hi ? hi : x0;
     x = x < lo ? lo : x;
     t = x * log2e + shifter;
     n = t - shifter;
@@ -91,7 +100,9 @@ static inline double fr_exp(double x)
     /* the low mantissa bits of t hold n: bits(t) - bits(shifter) = n for |n| < 2^51 */
     tb.d = t;
     pow2n.i = (tb.i - (int64_t) 0x4338000000000000LL + 1023) << 52;
-    return p * pow2n.d;
+    e = p * pow2n.d;
+    e = x0 < lo ? 0.0 : e;
+    return x0 > hi ? INFINITY : e;
 }
 
 static inline double fr_sigmoid(double x)

@@ -17,3 +17,14 @@ cdef inline void zero_rows(floating* a, Py_ssize_t first, Py_ssize_t last,
     """a[first:last, :] = 0 for a row-major matrix of the given width."""
     if last > first:
         memset(a + first * width, 0, (last - first) * width * sizeof(floating))
+
+
+cdef inline void col_sum(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
+                         floating* out) noexcept nogil:
+    """out[j] = sum_i a[i, j]"""
+    cdef Py_ssize_t i, j
+    for j in range(cols):
+        out[j] = 0
+    for i in range(rows):
+        for j in range(cols):
+            out[j] += a[i * cols + j]

@@ -11,7 +11,7 @@ inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semant
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel
+from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
@@ -19,8 +19,13 @@ from _blocks cimport (bias_grad, input_grad, input_projection, recurrent_nn, rec
                       thread_units, weight_grad)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
-from _util cimport last_step, zero_rows
+from _blas cimport gemm
+from _util cimport col_sum, last_step, zero_rows
 
+
+# The projection / reset-before variants below parallelise only their gate pass, per step,
+# and only above this many elements per step (an OpenMP fork costs more below it).
+cdef Py_ssize_t PAR_MIN = 8192
 
 # --- tier 1: one batch row of the gate math ------------------------------------------------------
 # A row's gate block k of unit j is a[k * H + j]; the row functions handle units [0, m) of a
