@@ -126,7 +126,8 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
-        include_path=["src_pyx"],
+        # "." finds fastrnn/_kernels/<cell>.pxd: the C API of module fastrnn._kernels.<cell>
+        include_path=["src_pyx", "."],
         build_dir="build/cython",
         compiler_directives=directives,
     ),
