@@ -24,10 +24,9 @@ import os
 import statistics
 import time
 
-import torch  # noqa: I001 - before fastrnn, see the docstring
-
 import numpy as np
 import pytest
+import torch  # before fastrnn (first-party imports come last): see the docstring
 
 import fastrnn
 import fastrnn.torch
@@ -84,7 +83,7 @@ def train_step(model, opt, xb, yb) -> float:
 
 
 def time_pair(a, b, rounds: int = 15, calls: int = 2):
-    """Per-call (best wall, median wall, best process CPU) seconds of ``a`` and ``b``, alternated."""
+    """Per-call (best wall, median wall, best CPU) seconds of ``a`` and ``b``, alternated."""
     for _ in range(2):
         a()
         b()
@@ -108,10 +107,18 @@ def main() -> None:
     ap.add_argument("-H", type=int, default=256)
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=2, help="torch and fastrnn threads")
+    ap.add_argument("--threads", type=int, default=2, help="torch, fastrnn and BLAS threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     fastrnn.set_num_threads(args.threads)
+    blas = "BLAS threads: library default (pip install threadpoolctl to set them)"
+    try:  # fastrnn's GEMMs run on SciPy's BLAS, whose thread pool torch does not control
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads, user_api="blas")
+        blas = f"{args.threads} BLAS threads"
+    except ImportError:
+        pass
     (plain, p_opt), (fast, f_opt), xb, yb = setup(args.B, args.T, args.E, args.H, args.layers)
     (pb, pm, pc), (fb, fm, fc) = time_pair(
         lambda: train_step(plain, p_opt, xb, yb),
@@ -121,7 +128,7 @@ def main() -> None:
     print(
         f"Embedding(65, {args.E}) -> LSTM({args.E}, {args.H}, layers={args.layers}) -> "
         f"Linear({args.H}, 65), B={args.B} T={args.T} float32, Adam; torch {torch.__version__}, "
-        f"{args.threads} threads"
+        f"{args.threads} threads, {blas}"
     )
     print(f"{'training step':16s} {'best ms':>9s} {'median ms':>10s} {'CPU ms':>9s}")
     print(f"{'torch':16s} {1e3 * pb:9.2f} {1e3 * pm:10.2f} {1e3 * pc:9.2f}")
