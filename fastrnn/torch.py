@@ -184,7 +184,7 @@ class _FastRNNBase:
         return _run(self, input, *args)
 
 
-def _fallback_reason(m: Any, tensors: list[torch.Tensor]) -> str | None:
+def _fallback_reason(tensors: list[torch.Tensor]) -> str | None:
     """Why fastrnn cannot run this call (None: it can)."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return "TorchScript"
@@ -228,7 +228,7 @@ def _prepare(m: Any, input: Any, hx: Any):
         return None
     m._update_flat_weights()
     given = [s for s in states if s is not None]
-    if _fallback_reason(m, [data, *given, *m._flat_weights]) is not None:
+    if _fallback_reason([data, *given, *m._flat_weights]) is not None:
         return None
     batched = True
     if packed:
