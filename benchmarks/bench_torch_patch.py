@@ -29,6 +29,7 @@ import pytest
 import torch  # before fastrnn (first-party imports come last): see the docstring
 
 import fastrnn
+import fastrnn.functional  # loads the kernels, and so SciPy's BLAS, before threads are capped
 import fastrnn.torch
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "tests", "data", "tinyshakespeare_excerpt.txt")
