@@ -266,11 +266,13 @@ def test_gradcheck_every_option(case):
     _gradcheck(fm, packed, with_states, fast_mode=True, seed=zlib.crc32(_id(case).encode()))
 
 
+@pytest.mark.parametrize("everything", [True, False], ids=["all_options", "no_options"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_gradcheck_full_jacobian(cell):
-    """Element-by-element gradcheck on the case with every option on."""
-    _, fm = _pair(cell, num_layers=2, bidirectional=True, batch_first=True)
-    _gradcheck(fm, True, True, fast_mode=False)
+def test_gradcheck_full_jacobian(cell, everything):
+    """Element-by-element gradcheck at both corners of the grid (every option on, every one off)."""
+    kw = {"num_layers": 2, "bidirectional": True, "batch_first": True}
+    _, fm = _pair(cell, **kw) if everything else _pair(cell, bias=False)
+    _gradcheck(fm, everything, everything, fast_mode=False)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm_proj"])
