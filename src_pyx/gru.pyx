@@ -13,12 +13,10 @@ are active at step t, and inactive rows keep their state and output zeros.
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blas cimport gemm
-from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
-                    schedule)
 from _util cimport col_sum, last_step, zero_rows
 
 cdef Py_ssize_t PAR_MIN = 8192
@@ -447,6 +445,11 @@ def backward_reset_before(const floating[:, :, ::1] x,      # IN    (T, B, I)
 
 
 # --- tier 4: the stable C API (declared in fastrnn/_kernels/gru.pxd) -----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
 # Workspace: [batch_sizes (T ints) | bias_i and b_hn, or db_ih and db_hh (2G) | zero h0 (B*H) |
 #             hw (B*G) | gates and hns of an inference forward, or dgi and dgh (2*T*B*G)].
 # Reserve: [gates (T*B*G) | hns = W_hn h + b_hn (T*B*H)].

@@ -12,12 +12,10 @@ inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semant
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blas cimport gemm
-from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
-                    schedule)
 from _util cimport col_sum, last_step, zero_rows
 
 # Below this many elements per step the elementwise pass runs on one thread: an OpenMP fork
@@ -460,6 +458,11 @@ def backward_proj(const floating[:, :, ::1] x,      # IN    (T, B, I)
 
 
 # --- tier 4: the stable C API (declared in fastrnn/_kernels/lstm.pxd) ----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
 # Workspace: [batch_sizes (T ints) | bias or db (G) | zero h0 (B*H) | zero c0 (B*H) |
 #             gates of an inference forward, or dgates (T*B*G) | cell state of an inference
 #             forward (B*H)].  Reserve: [gates (T*B*G) | cell states (T*B*H)].

@@ -10,12 +10,10 @@ the recurrent term and applies act in place. Rows are sorted by decreasing lengt
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 
 from _activations cimport drelu, dtanh, relu, tanh_
 from _blas cimport gemm
-from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
-                    schedule)
 from _util cimport col_sum, last_step, zero_rows
 
 cdef Py_ssize_t PAR_MIN = 8192
@@ -164,6 +162,11 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 
 
 # --- tier 4: the stable C API (declared in fastrnn/_kernels/rnn.pxd) -----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
 # Workspace: [batch_sizes (T ints) | bias or db (H) | zero h0 (B*H) | dgates (T*B*H)].
 # No reserve: the backward reads y.
 cdef Py_ssize_t rnn_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
