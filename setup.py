@@ -136,7 +136,8 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
-        include_path=["src_pyx"],
+        # "." finds fastrnn/_kernels/<cell>.pxd: the C API of module fastrnn._kernels.<cell>
+        include_path=["src_pyx", "."],
         # The C that Cython writes depends on the directives: keep the debug build's apart.
         build_dir="build/cython-debug" if DEBUG else "build/cython",
         compiler_directives=directives,

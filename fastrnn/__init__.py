@@ -7,6 +7,8 @@ Public entry points:
 * :mod:`fastrnn.functional` -- the stable kernel-level API (one forward/backward pair per cell);
 * :mod:`fastrnn.stack` -- multi-layer / bidirectional orchestration over the functional API;
 * :mod:`fastrnn.reference` -- the same API in plain NumPy (the oracle and the baseline);
+* :mod:`fastrnn.torch` -- ``torch.nn.RNN/LSTM/GRU`` on fastrnn's kernels and ``patch(model)``
+  (needs torch, which ``import fastrnn`` never imports);
 * :mod:`fastrnn.nn`, :mod:`fastrnn.optim`, :mod:`fastrnn.checkpoint` -- modules, losses,
   optimizers, clipping and checkpoints for training;
 * :func:`set_num_threads` / :func:`get_num_threads` -- threads used by the kernels.

@@ -477,3 +477,136 @@ def backward_reset_before(const floating[:, :, ::1] x,      # IN    (T, B, I)
                                &batch_sizes[0], &gates[0, 0, 0], &rhs[0, 0, 0], &y[0, 0, 0],
                                &dy[0, 0, 0], &dh[0, 0], &dg[0, 0, 0], &drh[0, 0],
                                &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], n_threads)
+
+
+# --- tier 4: the stable C API (declared in fastrnn/_kernels/gru.pxd) -----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
+# Workspace: [batch_sizes (T ints) | bias_i and b_hn, or db_ih and db_hh (2G) | zero h0 (B*H) |
+#             hw (B*G) | gates and hns of an inference forward, or dgi and dgh (2*T*B*G)].
+# Reserve: [gates (T*B*G) | hns = W_hn h + b_hn (T*B*H)].
+cdef Py_ssize_t gru_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                 Py_ssize_t H) noexcept nogil:
+    return T * B * 4 * H
+
+
+cdef Py_ssize_t gru_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                   Py_ssize_t H) noexcept nogil:
+    return int_slots(T) + 6 * H + B * H + B * 3 * H + 2 * T * B * 3 * H
+
+
+cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* w_ih,
+                    const floating* w_hh, const floating* b_ih, const floating* b_hh,
+                    const int* batch_sizes, floating* y, floating* h_n, floating* reserve,
+                    floating* work, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H, j
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
+                    or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* bias_i = work + int_slots(T)
+    cdef floating* b_hn = bias_i + G
+    cdef floating* zeros = bias_i + 2 * G
+    cdef floating* hw = zeros + B * H
+    cdef floating* big = hw + B * G
+    h0 = or_zeros(h0, zeros, B * H)
+    if T == 0 or B == 0:
+        memcpy(h_n, h0, B * H * sizeof(floating))
+        return 0
+    # bias_i = b_ih + [b_hr, b_hz, 0] goes into the input GEMM; b_hn stays inside r * (...)
+    for j in range(G):
+        bias_i[j] = 0 if b_ih == NULL else b_ih[j] + (b_hh[j] if j < 2 * H else 0)
+    for j in range(H):
+        b_hn[j] = 0 if b_ih == NULL else b_hh[2 * H + j]
+    if reserve != NULL:
+        _forward(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, bs, reserve, reserve + T * B * G,
+                 hw, y, h_n, True, n_threads)
+    else:
+        _forward(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, bs, big, big + T * B * G, hw, y,
+                 h_n, False, n_threads)
+    return 0
+
+
+cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                     const floating* x, const floating* h0, const floating* w_ih,
+                     const floating* w_hh, const int* batch_sizes, const floating* y,
+                     const floating* reserve, const floating* dy, const floating* dh_n,
+                     floating* dx, floating* dh0, floating* dw_ih, floating* dw_hh,
+                     floating* db_ih, floating* db_hh, floating* work,
+                     int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or reserve == NULL
+                    or dy == NULL or dx == NULL or dh0 == NULL or dw_ih == NULL
+                    or dw_hh == NULL or work == NULL):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* dbi = work + int_slots(T)
+    cdef floating* dbh = dbi + G
+    cdef floating* zeros = dbi + 2 * G
+    cdef floating* big = zeros + B * H + B * G
+    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh back in place
+    if T == 0 or B == 0:
+        memset(dw_ih, 0, G * I * sizeof(floating))
+        memset(dw_hh, 0, G * H * sizeof(floating))
+        memset(dbi, 0, 2 * G * sizeof(floating))
+    else:
+        h0 = or_zeros(h0, zeros, B * H)
+        _backward(T, B, I, H, x, h0, w_ih, w_hh, bs, reserve, reserve + T * B * G, y, dy, dh0,
+                  big, big + T * B * G, dx, dw_ih, dw_hh, dbi, dbh, n_threads)
+    copy_if(db_ih, dbi, G)
+    copy_if(db_hh, dbh, G)
+    return 0
+
+
+cdef int gru_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                         const float* b_ih, const float* b_hh, const int* batch_sizes,
+                         float* y, float* h_n, float* reserve, float* workspace,
+                         int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, reserve,
+                      workspace, n_threads)
+
+
+cdef int gru_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const double* x, const double* h0, const double* w_ih,
+                         const double* w_hh, const double* b_ih, const double* b_hh,
+                         const int* batch_sizes, double* y, double* h_n, double* reserve,
+                         double* workspace, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, reserve,
+                      workspace, n_threads)
+
+
+cdef int gru_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                          const int* batch_sizes, const float* y, const float* reserve,
+                          const float* dy, const float* dh_n,
+                          float* dx, float* dh0, float* dw_ih, float* dw_hh,
+                          float* db_ih, float* db_hh, float* workspace,
+                          int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n, dx,
+                       dh0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+
+
+cdef int gru_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const double* x, const double* h0, const double* w_ih,
+                          const double* w_hh, const int* batch_sizes, const double* y,
+                          const double* reserve, const double* dy, const double* dh_n,
+                          double* dx, double* dh0, double* dw_ih, double* dw_hh,
+                          double* db_ih, double* db_hh, double* workspace,
+                          int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n, dx,
+                       dh0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)

@@ -499,3 +499,138 @@ def backward_proj(const floating[:, :, ::1] x,      # IN    (T, B, I)
                        &y[0, 0, 0], &cs[0, 0, 0], &ms[0, 0, 0], &dy[0, 0, 0], &dh[0, 0],
                        &dc[0, 0], &dgates[0, 0, 0], &dhs[0, 0, 0], &dm[0, 0], &dx[0, 0, 0],
                        &dw_ih[0, 0], &dw_hh[0, 0], &dw_hr[0, 0], &db[0], n_threads)
+
+
+# --- tier 4: the stable C API (declared in fastrnn/_kernels/lstm.pxd) ----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
+# Workspace: [batch_sizes (T ints) | bias or db (G) | zero h0 (B*H) | zero c0 (B*H) |
+#             gates of an inference forward, or dgates (T*B*G) | cell state of an inference
+#             forward (B*H)].  Reserve: [gates (T*B*G) | cell states (T*B*H)].
+cdef Py_ssize_t lstm_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                  Py_ssize_t H) noexcept nogil:
+    return T * B * 5 * H
+
+
+cdef Py_ssize_t lstm_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                    Py_ssize_t H) noexcept nogil:
+    return int_slots(T) + 4 * H + 3 * B * H + T * B * 4 * H
+
+
+cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* c0,
+                    const floating* w_ih, const floating* w_hh,
+                    const floating* b_ih, const floating* b_hh, const int* batch_sizes,
+                    floating* y, floating* h_n, floating* c_n,
+                    floating* reserve, floating* work, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, j
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
+                    or c_n == NULL or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* bias = work + int_slots(T)
+    cdef floating* zeros = bias + G
+    h0 = or_zeros(h0, zeros, B * H)
+    c0 = or_zeros(c0, zeros + B * H, B * H)
+    if T == 0 or B == 0:
+        memcpy(h_n, h0, B * H * sizeof(floating))
+        memcpy(c_n, c0, B * H * sizeof(floating))
+        return 0
+    for j in range(G):
+        bias[j] = 0 if b_ih == NULL else b_ih[j] + b_hh[j]
+    if reserve != NULL:
+        _forward(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, bs, reserve, y,
+                 reserve + T * B * G, True, h_n, c_n, n_threads)
+    else:
+        _forward(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, bs, zeros + 2 * B * H, y,
+                 zeros + 2 * B * H + T * B * G, False, h_n, c_n, n_threads)
+    return 0
+
+
+cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                     const floating* x, const floating* h0, const floating* c0,
+                     const floating* w_ih, const floating* w_hh, const int* batch_sizes,
+                     const floating* y, const floating* reserve,
+                     const floating* dy, const floating* dh_n, const floating* dc_n,
+                     floating* dx, floating* dh0, floating* dc0, floating* dw_ih,
+                     floating* dw_hh, floating* db_ih, floating* db_hh,
+                     floating* work, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or reserve == NULL
+                    or dy == NULL or dx == NULL or dh0 == NULL or dc0 == NULL
+                    or dw_ih == NULL or dw_hh == NULL or work == NULL):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* db = work + int_slots(T)
+    cdef floating* zeros = db + G
+    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh and dc back in place
+    copy_or_zero(dc0, dc_n, B * H)
+    if T == 0 or B == 0:
+        memset(dw_ih, 0, G * I * sizeof(floating))
+        memset(dw_hh, 0, G * H * sizeof(floating))
+        memset(db, 0, G * sizeof(floating))
+    else:
+        h0 = or_zeros(h0, zeros, B * H)
+        c0 = or_zeros(c0, zeros + B * H, B * H)
+        _backward(T, B, I, H, x, h0, c0, w_ih, w_hh, bs, reserve, y, reserve + T * B * G,
+                  dy, dh0, dc0, zeros + 2 * B * H, dx, dw_ih, dw_hh, db, n_threads)
+    copy_if(db_ih, db, G)
+    copy_if(db_hh, db, G)
+    return 0
+
+
+cdef int lstm_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const float* x, const float* h0, const float* c0,
+                          const float* w_ih, const float* w_hh,
+                          const float* b_ih, const float* b_hh, const int* batch_sizes,
+                          float* y, float* h_n, float* c_n,
+                          float* reserve, float* workspace, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, c_n,
+                      reserve, workspace, n_threads)
+
+
+cdef int lstm_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const double* x, const double* h0, const double* c0,
+                          const double* w_ih, const double* w_hh,
+                          const double* b_ih, const double* b_hh, const int* batch_sizes,
+                          double* y, double* h_n, double* c_n,
+                          double* reserve, double* workspace, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, c_n,
+                      reserve, workspace, n_threads)
+
+
+cdef int lstm_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                           const float* x, const float* h0, const float* c0,
+                           const float* w_ih, const float* w_hh, const int* batch_sizes,
+                           const float* y, const float* reserve,
+                           const float* dy, const float* dh_n, const float* dc_n,
+                           float* dx, float* dh0, float* dc0, float* dw_ih, float* dw_hh,
+                           float* db_ih, float* db_hh,
+                           float* workspace, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n,
+                       dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+
+
+cdef int lstm_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                           const double* x, const double* h0, const double* c0,
+                           const double* w_ih, const double* w_hh, const int* batch_sizes,
+                           const double* y, const double* reserve,
+                           const double* dy, const double* dh_n, const double* dc_n,
+                           double* dx, double* dh0, double* dc0, double* dw_ih, double* dw_hh,
+                           double* db_ih, double* db_hh,
+                           double* workspace, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n,
+                       dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)

@@ -199,3 +199,118 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
         _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                   &batch_sizes[0], &y[0, 0, 0], &dy[0, 0, 0], &dh[0, 0], &dgates[0, 0, 0],
                   &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], use_relu, n_threads)
+
+
+# --- tier 4: the stable C API (declared in fastrnn/_kernels/rnn.pxd) -----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
+# Workspace: [batch_sizes (T ints) | bias or db (H) | zero h0 (B*H) | dgates (T*B*H)].
+# No reserve: the backward reads y.
+cdef Py_ssize_t rnn_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                 Py_ssize_t H) noexcept nogil:
+    return 0
+
+
+cdef Py_ssize_t rnn_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                   Py_ssize_t H) noexcept nogil:
+    return int_slots(T) + H + B * H + T * B * H
+
+
+cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* w_ih,
+                    const floating* w_hh, const floating* b_ih, const floating* b_hh,
+                    const int* batch_sizes, floating* y, floating* h_n, floating* work,
+                    bint use_relu, int n_threads) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
+                    or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* bias = work + int_slots(T)
+    h0 = or_zeros(h0, bias + H, B * H)
+    if T == 0 or B == 0:
+        memcpy(h_n, h0, B * H * sizeof(floating))
+        return 0
+    for j in range(H):
+        bias[j] = 0 if b_ih == NULL else b_ih[j] + b_hh[j]
+    _forward(T, B, I, H, x, h0, w_ih, w_hh, bias, bs, y, h_n, use_relu, n_threads)
+    return 0
+
+
+cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                     const floating* x, const floating* h0, const floating* w_ih,
+                     const floating* w_hh, const int* batch_sizes, const floating* y,
+                     const floating* dy, const floating* dh_n, floating* dx, floating* dh0,
+                     floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
+                     floating* work, bint use_relu, int n_threads) noexcept nogil:
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or dy == NULL
+                    or dx == NULL or dh0 == NULL or dw_ih == NULL or dw_hh == NULL
+                    or work == NULL):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* db = work + int_slots(T)
+    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh back in place
+    if T == 0 or B == 0:
+        memset(dw_ih, 0, H * I * sizeof(floating))
+        memset(dw_hh, 0, H * H * sizeof(floating))
+        memset(db, 0, H * sizeof(floating))
+    else:
+        h0 = or_zeros(h0, db + H, B * H)
+        _backward(T, B, I, H, x, h0, w_ih, w_hh, bs, y, dy, dh0, db + H + B * H, dx, dw_ih,
+                  dw_hh, db, use_relu, n_threads)
+    copy_if(db_ih, db, H)
+    copy_if(db_hh, db, H)
+    return 0
+
+
+cdef int rnn_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                         const float* b_ih, const float* b_hh, const int* batch_sizes,
+                         float* y, float* h_n, float* reserve, float* workspace,
+                         bint use_relu, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n,
+                      workspace, use_relu, n_threads)
+
+
+cdef int rnn_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const double* x, const double* h0, const double* w_ih,
+                         const double* w_hh, const double* b_ih, const double* b_hh,
+                         const int* batch_sizes, double* y, double* h_n, double* reserve,
+                         double* workspace, bint use_relu, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n,
+                      workspace, use_relu, n_threads)
+
+
+cdef int rnn_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                          const int* batch_sizes, const float* y, const float* reserve,
+                          const float* dy, const float* dh_n,
+                          float* dx, float* dh0, float* dw_ih, float* dw_hh,
+                          float* db_ih, float* db_hh, float* workspace,
+                          bint use_relu, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh_n, dx, dh0,
+                       dw_ih, dw_hh, db_ih, db_hh, workspace, use_relu, n_threads)
+
+
+cdef int rnn_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const double* x, const double* h0, const double* w_ih,
+                          const double* w_hh, const int* batch_sizes, const double* y,
+                          const double* reserve, const double* dy, const double* dh_n,
+                          double* dx, double* dh0, double* dw_ih, double* dw_hh,
+                          double* db_ih, double* db_hh, double* workspace,
+                          bint use_relu, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh_n, dx, dh0,
+                       dw_ih, dw_hh, db_ih, db_hh, workspace, use_relu, n_threads)
