@@ -4,6 +4,9 @@
 
 * ``FASTRNN_NATIVE=1`` adds ``-march=native`` (off by default so wheels run on any x86-64).
 * ``FASTRNN_DEBUG_CYTHON=1`` turns on bounds and wraparound checks (and drops ``-O3``).
+* ``FASTRNN_SANITIZE=address`` (any ``-fsanitize=`` value) compiles and links the kernels with
+  that sanitizer; run Python with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` and
+  ``ASAN_OPTIONS=detect_leaks=0`` (.ci/debug-build does).
 * ``FASTRNN_NO_OPENMP=1`` builds without OpenMP; so does a compiler that fails the probe.
 """
 
@@ -20,6 +23,7 @@ from setuptools import Extension, setup
 
 DEBUG = os.environ.get("FASTRNN_DEBUG_CYTHON", "0") == "1"
 NATIVE = os.environ.get("FASTRNN_NATIVE", "0") == "1"
+SANITIZE = os.environ.get("FASTRNN_SANITIZE", "")
 
 _OMP_PROBE = textwrap.dedent(
     """
@@ -99,6 +103,12 @@ if sys.platform != "win32":
     compile_args += _supported(VECTORIZE)
 if NATIVE:
     compile_args.append("-march=native")
+link_args = list(omp_link)
+if SANITIZE:
+    compile_args += [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer"]
+    link_args += [f"-fsanitize={SANITIZE}"]
+# Recorded in fastrnn._kernels._build.CONFIG, so that a test can tell which build it runs.
+build_macros = [("FASTRNN_CYTHON_DEBUG", "1" if DEBUG else "0")]
 
 directives = {
     "language_level": 3,
@@ -110,15 +120,15 @@ directives = {
     "embedsignature": True,
 }
 
-modules = ["rnn", "lstm", "gru", "_blas_check"]
+modules = ["rnn", "lstm", "gru", "_blas_check", "_build"]
 extensions = [
     Extension(
         f"fastrnn._kernels.{name}",
         [f"src_pyx/{name}.pyx"],
         extra_compile_args=compile_args,
         include_dirs=["src_pyx"],
-        extra_link_args=omp_link,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        extra_link_args=link_args,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), *build_macros],
     )
     for name in modules
 ]
@@ -126,8 +136,10 @@ extensions = [
 setup(
     ext_modules=cythonize(
         extensions,
-        include_path=["src_pyx"],
-        build_dir="build/cython",
+        # "." finds fastrnn/_kernels/<cell>.pxd: the C API of module fastrnn._kernels.<cell>
+        include_path=["src_pyx", "."],
+        # The C that Cython writes depends on the directives: keep the debug build's apart.
+        build_dir="build/cython-debug" if DEBUG else "build/cython",
         compiler_directives=directives,
     ),
 )

@@ -7,6 +7,8 @@ Public entry points:
 * :mod:`fastrnn.functional` -- the stable kernel-level API (one forward/backward pair per cell);
 * :mod:`fastrnn.stack` -- multi-layer / bidirectional orchestration over the functional API;
 * :mod:`fastrnn.reference` -- the same API in plain NumPy (the oracle and the baseline);
+* :mod:`fastrnn.torch` -- ``torch.nn.RNN/LSTM/GRU`` on fastrnn's kernels and ``patch(model)``
+  (needs torch, which ``import fastrnn`` never imports);
 * :mod:`fastrnn.nn`, :mod:`fastrnn.optim`, :mod:`fastrnn.checkpoint` -- modules, losses,
   optimizers, clipping and checkpoints for training;
 * :mod:`fastrnn.utils` -- truncated BPTT over long sequences (``batchify``, ``tbptt_chunks``);
@@ -15,10 +17,13 @@ Public entry points:
 
 import os
 
-# OpenMP worker threads that spin after each parallel region steal the CPU from BLAS threads
-# (and, under a CPU quota, burn it): with one region per time step that costs more than the
-# parallelism gains. Sleep instead, unless the user chose a policy. Must run before the kernels
-# load libgomp, which reads it once.
+# Idle OpenMP threads sleep instead of spinning, unless the user chose a policy. The kernels'
+# per-step synchronisation is their own spin-then-yield barrier (src_pyx/_parallel.h), so the
+# policy only decides what the team does between kernel calls: spinning there burns CPU that
+# other threads need (PyTorch's, which share this OpenMP runtime in one process, or another
+# process's). Measured with `python -m fastrnn.bench` on the shared 2-core dev box: PASSIVE was
+# as fast or faster for fastrnn, and several times faster for PyTorch, than the default or
+# ACTIVE. Must run before the kernels load libgomp, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fastrnn import nn, optim, utils  # noqa: E402

@@ -12,6 +12,9 @@ import numpy as np
 
 __all__ = [
     "CELLS",
+    "as_array",
+    "check_exact_integers",
+    "nbytes_of",
     "Cache",
     "GRUGrads",
     "LSTMGrads",
@@ -78,6 +81,24 @@ class LSTMProjGrads(NamedTuple):
     dw_hr: np.ndarray
 
 
+def nbytes_of(*objs: Any) -> int:
+    """Bytes of the arrays inside ``objs`` (nested dicts, lists and tuples), each counted once."""
+    seen: set[int] = set()
+    total = 0
+    stack = list(objs)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, np.ndarray):
+            if id(v) not in seen:
+                seen.add(id(v))
+                total += v.nbytes
+        elif isinstance(v, (tuple, list)):  # NamedTuples (Prepared) included
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return total
+
+
 class Cache:
     """What a training forward keeps for its backward.
 
@@ -104,8 +125,14 @@ class Cache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the arrays of this cache (weights and inputs included)."""
-        return sum(v.nbytes for v in self.data.values() if isinstance(v, np.ndarray))
+        """Bytes of the arrays this cache keeps alive, each counted once.
+
+        Counts the saved activations and the forward's operands (input, initial states, weights
+        and biases, which are the caller's own arrays when they were already C-contiguous in the
+        computation dtype), walking nested tuples and lists (the reference keeps per-step
+        tuples). README.md ("Memory of a training forward") gives it per cell.
+        """
+        return nbytes_of(self.data)
 
     def __repr__(self) -> str:
         T, B, I, H = self.shape
@@ -115,9 +142,25 @@ class Cache:
         )
 
 
+def as_array(name: str, a: Any) -> np.ndarray:
+    """``np.asarray(a)``, refusing masked arrays and naming the argument for ragged sequences."""
+    if isinstance(a, np.ma.MaskedArray):  # np.asarray would drop the mask silently
+        raise TypeError(
+            f"{name} is a masked array, whose mask fastrnn would ignore; pass "
+            f"{name}.filled(value) (and lengths= for padded sequences)"
+        )
+    try:
+        return np.asarray(a)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name} must be an array or a nested sequence of one shape: {exc}"
+        ) from exc
+
+
 def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     """The float dtype an argument asks for (None for integers), refusing unsupported kinds."""
-    dt = np.asarray(a).dtype if not hasattr(a, "dtype") else np.dtype(a.dtype)
+    # ndarrays answer directly; anything else (lists, torch tensors, ...) as np.asarray reads it
+    dt = a.dtype if isinstance(a, (np.ndarray, np.generic)) else as_array(name, a).dtype
     if dt.kind == "f":
         if dt.itemsize > 8:
             raise TypeError(
@@ -133,11 +176,70 @@ def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     )
 
 
+#: Largest integer magnitude below which every integer is exact in each computation dtype.
+_EXACT_INT = {np.dtype(np.float32): 2**24, np.dtype(np.float64): 2**53}
+
+
+def check_exact_integers(name: str, arr: np.ndarray, dtype: np.dtype) -> None:
+    """ValueError naming ``arr`` if it is an integer array that ``dtype`` cannot hold exactly."""
+    if arr.dtype.kind in "iu" and arr.size:
+        lo, hi, limit = int(arr.min()), int(arr.max()), _EXACT_INT[np.dtype(dtype)]
+        if lo < -limit or hi > limit:
+            raise ValueError(
+                f"{name} holds integers up to {max(-lo, hi)} in magnitude, which {dtype} cannot "
+                f"represent exactly (integers are converted only when |value| <= 2**"
+                f"{limit.bit_length() - 1}); convert it yourself if rounding is acceptable"
+            )
+
+
+def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``arr`` as a C-contiguous array of ``dtype``; integers only when the conversion is exact."""
+    check_exact_integers(name, arr, dtype)
+    try:
+        return np.ascontiguousarray(arr, dtype=dtype)
+    except MemoryError as exc:
+        raise MemoryError(
+            f"{name}: cannot allocate a C-contiguous {dtype} copy of shape {arr.shape} ({exc})"
+        ) from exc
+
+
 def _to_array(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.asarray(a)
+    arr = as_array(name, a)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return _convert(name, arr, dtype)
+
+
+def _check_finite(name: str, arr: np.ndarray | None) -> None:
+    """ValueError naming ``arr`` if it holds a NaN or an infinity (two passes, no temporary)."""
+    if arr is None or arr.size == 0:
+        return
+    if not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise ValueError(
+            f"{name} must be finite (check_finite=True), but {name}[{', '.join(map(str, where))}]"
+            f" = {arr[where]}"
+        )
+
+
+# BLAS (scipy.linalg.cython_blas) takes 32-bit ints for every GEMM dimension and leading
+# dimension; the kernels pass T*B, G*H, I and H. Larger values must be refused here, not
+# truncated there.
+BLAS_INT_MAX = 2**31 - 1
+
+
+def _check_blas_limits(T: int, B: int, I: int, H: int, G: int, R: int) -> None:
+    for value, what in (
+        (T * B, f"x has T * B = {T} * {B} = {T * B} rows (the input GEMM's row count)"),
+        (G * H, f"w_hh has {G} * hidden_size = {G * H} rows"),
+        (I, f"x has input_size {I}"),
+        (R, f"w_hr has proj_size {R}"),
+    ):
+        if value > BLAS_INT_MAX:
+            raise ValueError(
+                f"{what}, more than the 32-bit BLAS limit {BLAS_INT_MAX}; split the batch or "
+                "the sequence into smaller calls"
+            )
 
 
 class Prepared(NamedTuple):
@@ -164,7 +266,10 @@ class Prepared(NamedTuple):
 def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
     if a is None:
         raise TypeError(f"{name} is required, got None")
-    shape = np.shape(a)
+    try:
+        shape = np.shape(a)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a {ndim}-D array of shape {what}: {exc}") from exc
     if len(shape) != ndim:
         raise ValueError(f"{name} must be a {ndim}-D array of shape {what}, got shape {shape}")
     return shape
@@ -174,7 +279,7 @@ def check_lengths(lengths: Any, T: int, B: int) -> np.ndarray | None:
     """Validate ``lengths``: integers (B,) in [1, T]. Returns None when all equal T."""
     if lengths is None:
         return None
-    arr = np.asarray(lengths)
+    arr = as_array("lengths", lengths)
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and arr.size and np.all(arr == np.round(arr)):
             raise TypeError(
@@ -205,12 +310,16 @@ def prepare(
     b_hh: Any,
     lengths: Any = None,
     w_hr: Any = None,
+    check_finite: bool = False,
 ) -> Prepared:
     """Validate the operands of a ``<cell>_forward`` call and make them C-contiguous.
 
     The computation runs in float64 when any floating-point operand (input, state, weight or bias)
-    is float64, otherwise in float32. Integer and float16 arrays are converted; complex, boolean,
-    object and extended-precision arrays are refused with ``TypeError``.
+    is float64, otherwise in float32. float16 arrays are converted; integer arrays are converted
+    when every value is exact in the computation dtype (else ``ValueError``); complex, boolean,
+    object, string and extended-precision arrays are refused with ``TypeError``. Sizes that the
+    32-bit BLAS cannot take are refused with ``ValueError`` before anything is allocated. With
+    ``check_finite``, a NaN or infinity in any operand raises ``ValueError`` naming it.
 
     ``w_hr`` (LSTM only) is a projection of shape (P, H): then ``w_hh`` is (4H, P) and ``h0`` is
     (B, P), while ``c0`` stays (B, H).
@@ -255,6 +364,7 @@ def prepare(
         raise ValueError(f"x must have input_size >= 1, got shape {(T, B, I)}")
     if (b_ih is None) != (b_hh is None):
         raise ValueError("pass both b_ih and b_hh, or neither (bias-free cell)")
+    _check_blas_limits(T, B, I, H, G, R)
 
     operands = {
         "x": x,
@@ -271,17 +381,21 @@ def prepare(
         if a is not None and _float_dtype_of(name, a) == np.float64:
             dtype = np.dtype(np.float64)
 
-    xa = np.ascontiguousarray(np.asarray(x), dtype=dtype)
-    w_ih_a = np.ascontiguousarray(np.asarray(w_ih), dtype=dtype)
-    w_hh_a = np.ascontiguousarray(np.asarray(w_hh), dtype=dtype)
+    xa = _convert("x", as_array("x", x), dtype)
+    w_ih_a = _convert("w_ih", as_array("w_ih", w_ih), dtype)
+    w_hh_a = _convert("w_hh", as_array("w_hh", w_hh), dtype)
     h0a = np.zeros((B, R), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, R))
     c0a = None
     if cell == "lstm":
         c0a = np.zeros((B, H), dtype) if c0 is None else _to_array("c0", c0, dtype, (B, H))
     b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
-    w_hr_a = None if w_hr is None else np.ascontiguousarray(np.asarray(w_hr), dtype=dtype)
+    w_hr_a = None if w_hr is None else _convert("w_hr", as_array("w_hr", w_hr), dtype)
     lens = check_lengths(lengths, T, B)
+    if check_finite:
+        for name, a in (("x", xa), ("h0", h0a), ("c0", c0a), ("w_ih", w_ih_a), ("w_hh", w_hh_a),
+                        ("b_ih", b_ih_a), ("b_hh", b_hh_a), ("w_hr", w_hr_a)):  # fmt: skip
+            _check_finite(name, a)
     return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H, w_hr_a)
 
 

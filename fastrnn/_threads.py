@@ -1,10 +1,34 @@
-"""How many threads the kernels' elementwise passes use."""
+"""How many threads the kernels use, and the BLAS they call.
+
+The kernels run each time loop in one OpenMP parallel region of :func:`get_num_threads` threads
+(fewer for shapes too small to split) and call single-threaded BLAS inside it, each thread on
+its own slice of hidden units. So the number of threads fastrnn keeps busy is exactly
+:func:`get_num_threads`: no BLAS threads on top of the OpenMP ones.
+
+SciPy's bundled OpenBLAS (which ``scipy.linalg.cython_blas`` calls) has one process-wide thread
+count. :func:`blas_single_thread` sets it to 1 while a kernel runs and restores it afterwards
+(reference-counted, so concurrent kernel calls from several Python threads are safe), and
+:func:`blas_threads` sets it to any count for code that times the BLAS itself (the benchmark's
+GEMM peak). The library is found through ctypes; with a BLAS that is not OpenBLAS these are
+no-ops and :func:`blas_info` says so.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import importlib
 import os
+import threading
+from collections.abc import Iterator
 
-__all__ = ["get_num_threads", "set_num_threads"]
+__all__ = [
+    "blas_info",
+    "blas_single_thread",
+    "blas_threads",
+    "get_num_threads",
+    "set_num_threads",
+]
 
 
 def _default_threads() -> int:
@@ -27,7 +51,12 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the number of threads the kernels use.
+    """Set the number of threads the kernels use, BLAS included.
+
+    Each kernel call runs at most ``n`` threads: its OpenMP team, each thread calling
+    single-threaded BLAS on its share of the work (so there is no oversubscription by BLAS
+    threads). Small shapes use fewer threads than ``n`` when splitting them costs more than it
+    saves.
 
     Parameters
     ----------
@@ -42,3 +71,110 @@ def set_num_threads(n: int | None) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int or None, got {n!r}")
     _num_threads = n
+
+
+# --- the thread count of scipy's BLAS ------------------------------------------------------------
+# OpenBLAS names, plain and as the scipy-openblas wheels prefix them (with "64_" for the ILP64
+# build that numpy bundles).
+_PREFIXES = ("scipy_openblas", "openblas")
+_SUFFIXES = ("", "64_")
+
+
+class _Blas:
+    """ctypes handles on the thread-count functions of the BLAS an extension module links."""
+
+    def __init__(self, module: str) -> None:
+        self.set = self.get = None
+        self.config = "unknown BLAS (thread count not controlled)"
+        try:
+            mod = importlib.import_module(module)
+            # dlsym on the extension's own handle searches the libraries it depends on: this
+            # finds the BLAS it is linked to, whatever its file name.
+            lib = ctypes.CDLL(mod.__file__)
+        except (ImportError, OSError, TypeError):  # pragma: no cover - scipy is a dependency
+            return
+        for prefix in _PREFIXES:
+            for suffix in _SUFFIXES:
+                try:
+                    setter = getattr(lib, f"{prefix}_set_num_threads{suffix}")
+                    getter = getattr(lib, f"{prefix}_get_num_threads{suffix}")
+                except AttributeError:
+                    continue
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                self.set, self.get = setter, getter
+                try:
+                    cfg = getattr(lib, f"{prefix}_get_config{suffix}")
+                    cfg.restype = ctypes.c_char_p
+                    self.config = cfg().decode(errors="replace")
+                except AttributeError:
+                    self.config = prefix
+                return
+
+
+# The BLAS the kernels call (scipy.linalg.cython_blas).
+_blas = _Blas("scipy.linalg.cython_blas")
+_lock = threading.Lock()
+_depth = 0
+_saved = 1
+
+
+def blas_info(library: str = "scipy") -> dict:
+    """The BLAS behind the kernels (or numpy's) and its thread count (None if not controlled)."""
+    blas = _blas if library == "scipy" else _numpy_blas()
+    return {
+        "config": blas.config,
+        "controlled": blas.set is not None,
+        "num_threads": None if blas.get is None else int(blas.get()),
+    }
+
+
+@contextlib.contextmanager
+def blas_single_thread() -> Iterator[None]:
+    """Run the body with scipy's BLAS on one thread (the kernels' own threads split the work)."""
+    global _depth, _saved
+    if _blas.set is None:
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            _saved = _blas.get()
+            if _saved != 1:
+                _blas.set(1)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0 and _saved != 1:
+                _blas.set(_saved)
+
+
+@contextlib.contextmanager
+def blas_threads(n: int, library: str = "scipy") -> Iterator[None]:
+    """Run the body with scipy's (or numpy's, ``library="numpy"``) BLAS on ``n`` threads.
+
+    For code that times the BLAS itself or NumPy code at a given thread count (the benchmark's
+    GEMM peak and NumPy reference)."""
+    blas = _blas if library == "scipy" else _numpy_blas()
+    if blas.set is None:
+        yield
+        return
+    with _lock:
+        before = blas.get()
+        blas.set(n)
+    try:
+        yield
+    finally:
+        with _lock:
+            blas.set(before)
+
+
+_numpy_blas_cache: list[_Blas] = []
+
+
+def _numpy_blas() -> _Blas:
+    if not _numpy_blas_cache:
+        _numpy_blas_cache.append(_Blas("numpy._core._multiarray_umath"))
+    return _numpy_blas_cache[0]

@@ -12,7 +12,12 @@ Guarantees:
 * Inputs may have any memory layout (non-contiguous, Fortran-ordered, negative strides,
   read-only); they are never modified.
 * The computation runs in float64 if any floating-point operand is float64, else in float32.
-  Integer and float16 operands are converted; complex, boolean and object arrays are refused.
+  float16 operands are converted, and so are integer operands whose every value is exact in
+  the computation dtype (|v| <= 2**24 for float32, 2**53 for float64; others raise
+  ``ValueError``); complex, boolean, object, string and extended-precision arrays are refused.
+* Sizes beyond the 32-bit BLAS (T * B, G * H or I above 2**31 - 1) raise ``ValueError`` before
+  anything is allocated; an allocation that fails raises ``MemoryError``.
+* NaN and infinities propagate (IEEE 754) unless ``check_finite=True``, which refuses them.
 * ``training=False`` returns ``cache=None`` and keeps nothing; a training forward's cache holds what
   BPTT needs (``cache.nbytes`` tells how much).
 * ``lengths`` (int array of shape (B,), values in [1, T], any order) gives PyTorch's
@@ -43,7 +48,7 @@ from fastrnn._common import (
 from fastrnn._kernels import gru as _gru
 from fastrnn._kernels import lstm as _lstm
 from fastrnn._kernels import rnn as _rnn
-from fastrnn._threads import get_num_threads
+from fastrnn._threads import blas_single_thread, get_num_threads
 
 __all__ = [
     "gru_backward",
@@ -116,6 +121,19 @@ class _Schedule:
         return np.ascontiguousarray(np.take(a, self.inverse, axis=axis))
 
 
+# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
+# below it the per-step barrier and the extra BLAS calls cost more than the split saves.
+_MIN_WORK_PER_THREAD = 1 << 16
+
+
+def _team(p: Prepared) -> int:
+    """Threads for a kernel call: get_num_threads(), fewer when a step is too small to split.
+
+    Threads split the H hidden units in slices of at least 16 (see ``unit_span``)."""
+    B, H, GH = p.B, p.H, p.w_hh.shape[0]
+    return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
+
+
 def _empty_forward(p: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """T == 0 or B == 0: nothing to compute."""
     y = np.zeros((p.T, p.B, p.H), p.dtype)
@@ -165,6 +183,7 @@ def rnn_forward(
     training=True,
     lengths=None,
     reverse=False,
+    check_finite=False,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
@@ -187,6 +206,10 @@ def rnn_forward(
         Run each sequence backward in time, from its own last step (``lengths[b] - 1``) to step
         0: the reverse direction of a bidirectional layer. Outputs stay in the caller's time
         order and ``h_n`` is the state after step 0.
+    check_finite : bool, default=False
+        Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
+        or an infinity (two extra passes over each). Without it, NaN and infinities propagate
+        through the arithmetic as IEEE 754 says; they are never dropped.
 
     Returns
     -------
@@ -199,7 +222,7 @@ def rnn_forward(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     relu = nonlinearity == "relu"
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
@@ -209,9 +232,8 @@ def rnn_forward(
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
-    _rnn.forward(
-        xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, get_num_threads()
-    )
+    with blas_single_thread():
+        _rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
     cache = None
     if training:
         cache = Cache(
@@ -264,23 +286,24 @@ def rnn_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
-    _rnn.backward(
-        d["x"],
-        d["h0"],
-        p.w_ih,
-        p.w_hh,
-        s.batch_sizes,
-        d["y"],
-        dyk,
-        dh,
-        dgates,
-        dx,
-        dw_ih,
-        dw_hh,
-        db,
-        d["relu"],
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _rnn.backward(
+            d["x"],
+            d["h0"],
+            p.w_ih,
+            p.w_hh,
+            s.batch_sizes,
+            d["y"],
+            dyk,
+            dh,
+            dgates,
+            dx,
+            dw_ih,
+            dw_hh,
+            db,
+            d["relu"],
+            _team(p),
+        )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return RNNGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
 
@@ -301,6 +324,7 @@ def lstm_forward(
     lengths=None,
     w_hr=None,
     reverse=False,
+    check_finite=False,
 ):
     """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
 
@@ -324,6 +348,10 @@ def lstm_forward(
         Projection of the hidden state (``weight_hr_l{k}`` in PyTorch).
     reverse : bool, default=False
         Run each sequence backward in time from its own last step; see :func:`rnn_forward`.
+    check_finite : bool, default=False
+        Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
+        or an infinity (two extra passes over each). Without it, NaN and infinities propagate
+        through the arithmetic as IEEE 754 says; they are never dropped.
 
     Returns
     -------
@@ -333,7 +361,7 @@ def lstm_forward(
     cache : Cache or None
         Pass to :func:`lstm_backward`.
     """
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
     if p.w_hr is not None:
         return _lstm_proj_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
@@ -347,22 +375,23 @@ def lstm_forward(
     y = np.empty((p.T, p.B, p.H), p.dtype)
     cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
     h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
-    _lstm.forward(
-        xk,
-        h0k,
-        c0k,
-        p.w_ih,
-        p.w_hh,
-        _bias_sum(p),
-        s.batch_sizes,
-        gates,
-        y,
-        cs,
-        h_n,
-        c_n,
-        training,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _lstm.forward(
+            xk,
+            h0k,
+            c0k,
+            p.w_ih,
+            p.w_hh,
+            _bias_sum(p),
+            s.batch_sizes,
+            gates,
+            y,
+            cs,
+            h_n,
+            c_n,
+            training,
+            _team(p),
+        )
     cache = None
     if training:
         cache = Cache(
@@ -420,26 +449,27 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
-    _lstm.backward(
-        d["x"],
-        d["h0"],
-        d["c0"],
-        p.w_ih,
-        p.w_hh,
-        s.batch_sizes,
-        d["gates"],
-        d["y"],
-        d["cs"],
-        dyk,
-        dh,
-        dc,
-        dgates,
-        dx,
-        dw_ih,
-        dw_hh,
-        db,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _lstm.backward(
+            d["x"],
+            d["h0"],
+            d["c0"],
+            p.w_ih,
+            p.w_hh,
+            s.batch_sizes,
+            d["gates"],
+            d["y"],
+            d["cs"],
+            dyk,
+            dh,
+            dc,
+            dgates,
+            dx,
+            dw_ih,
+            dw_hh,
+            db,
+            _team(p),
+        )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return LSTMGrads(s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh)
 
@@ -459,6 +489,7 @@ def gru_forward(
     lengths=None,
     reset_after=True,
     reverse=False,
+    check_finite=False,
 ):
     """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
 
@@ -480,6 +511,10 @@ def gru_forward(
         Apply the reset gate after the hidden matmul (PyTorch, cuDNN) or before it (False).
     reverse : bool, default=False
         Run each sequence backward in time from its own last step; see :func:`rnn_forward`.
+    check_finite : bool, default=False
+        Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
+        or an infinity (two extra passes over each). Without it, NaN and infinities propagate
+        through the arithmetic as IEEE 754 says; they are never dropped.
 
     Returns
     -------
@@ -488,7 +523,7 @@ def gru_forward(
     cache : Cache or None
         Pass to :func:`gru_backward`.
     """
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     if not reset_after:
         return _gru_reset_before_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
@@ -509,22 +544,23 @@ def gru_forward(
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
-    _gru.forward(
-        xk,
-        h0k,
-        p.w_ih,
-        p.w_hh,
-        bias_i,
-        b_hn,
-        s.batch_sizes,
-        gates,
-        hns,
-        hw,
-        y,
-        h_n,
-        training,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _gru.forward(
+            xk,
+            h0k,
+            p.w_ih,
+            p.w_hh,
+            bias_i,
+            b_hn,
+            s.batch_sizes,
+            gates,
+            hns,
+            hw,
+            y,
+            h_n,
+            training,
+            _team(p),
+        )
     cache = None
     if training:
         cache = Cache(
@@ -577,26 +613,27 @@ def gru_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
-    _gru.backward(
-        d["x"],
-        d["h0"],
-        p.w_ih,
-        p.w_hh,
-        s.batch_sizes,
-        d["gates"],
-        d["hns"],
-        d["y"],
-        dyk,
-        dh,
-        dgi,
-        dgh,
-        dx,
-        dw_ih,
-        dw_hh,
-        db_ih,
-        db_hh,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _gru.backward(
+            d["x"],
+            d["h0"],
+            p.w_ih,
+            p.w_hh,
+            s.batch_sizes,
+            d["gates"],
+            d["hns"],
+            d["y"],
+            dyk,
+            dh,
+            dgi,
+            dgh,
+            dx,
+            dw_ih,
+            dw_hh,
+            db_ih,
+            db_hh,
+            _team(p),
+        )
     if p.b_ih is None:
         db_ih = db_hh = None
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)

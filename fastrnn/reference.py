@@ -48,6 +48,15 @@ def _masks(lengths, T, B, dtype):
     return (np.arange(T)[:, None] < lengths[None, :]).astype(dtype)[:, :, None]
 
 
+def _keep(m, active, inactive):
+    """``active`` where the step is inside the sequence (m = 1), else ``inactive``.
+
+    A select, not ``m * active + (1 - m) * inactive``: 0 * inf would turn an infinite state
+    into NaN, and the padding's values (finite or not) must not reach the outputs.
+    """
+    return np.where(m > 0, active, inactive)
+
+
 def _steps(T, reverse):
     """The order in which the forward visits the steps (the backward visits them reversed)."""
     return range(T - 1, -1, -1) if reverse else range(T)
@@ -88,11 +97,12 @@ def rnn_forward(
     training=True,
     lengths=None,
     reverse=False,
+    check_finite=False,
 ):
     """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     b_i, b_h = _biases(p)
     m = _masks(p.lengths, p.T, p.B, p.dtype)
     act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
@@ -102,8 +112,8 @@ def rnn_forward(
     for t in _steps(p.T, reverse):
         hprev[t] = h
         h_new = act(p.x[t] @ p.w_ih.T + b_i + h @ p.w_hh.T + b_h)
-        h = m[t] * h_new + (1 - m[t]) * h
-        y[t] = m[t] * h_new
+        h = _keep(m[t], h_new, h)
+        y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
         cache = Cache(
@@ -133,13 +143,13 @@ def rnn_backward(cache, dy, dh_n=None):
     dg = np.zeros((p.T, p.B, p.H), p.dtype)
     dx = np.zeros_like(p.x)
     for t in reversed(_steps(p.T, c.data["reverse"])):
-        dht = m[t] * (dh + (0 if dy is None else dy[t]))  # gradient reaching h_t's new value
+        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)  # reaching h_t's new value
         if c.data["relu"]:
             dg[t] = dht * (y[t] > 0)
         else:
             dg[t] = dht * (1 - y[t] ** 2)
         dx[t] = dg[t] @ p.w_ih
-        dh = dg[t] @ p.w_hh + (1 - m[t]) * dh
+        dh = _keep(m[t], dg[t] @ p.w_hh, dh)
     if p.T == 0:
         return RNNGrads(dx, dh, *_empty_weight_grads(p))
     return RNNGrads(dx, dh, *_weight_grads(p, dg, dg, hprev))
@@ -162,9 +172,10 @@ def lstm_forward(
     lengths=None,
     w_hr=None,
     reverse=False,
+    check_finite=False,
 ):
     """LSTM over a whole sequence; see :func:`fastrnn.functional.lstm_forward`."""
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr)
+    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
@@ -181,9 +192,9 @@ def lstm_forward(
         mm = o * np.tanh(c_new)
         h_new = mm if p.w_hr is None else mm @ p.w_hr.T
         saved[t] = (h, c, i, f, g, o, c_new, mm)
-        h = m[t] * h_new + (1 - m[t]) * h
-        c = m[t] * c_new + (1 - m[t]) * c
-        y[t] = m[t] * h_new
+        h = _keep(m[t], h_new, h)
+        c = _keep(m[t], c_new, c)
+        y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
         cache = Cache(
@@ -214,21 +225,25 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     for t in reversed(_steps(p.T, cc.data["reverse"])):
         h, c, i, f, g, o, c_new, mm = saved[t]
         hprev[t] = h
-        dht = m[t] * (dh + (0 if dy is None else dy[t]))
-        dct = m[t] * dc
+        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)
+        dct = _keep(m[t], dc, 0)
         if p.w_hr is not None:  # h_t = mm W_hr^T
-            dw_hr += dht.T @ mm
+            dw_hr += dht.T @ _keep(m[t], mm, 0)
             dht = dht @ p.w_hr
         tc = np.tanh(c_new)
         do = dht * tc
         dct = dct + dht * o * (1 - tc**2)
         di, df, dgg = dct * g, dct * c, dct * i
-        dg[t] = np.concatenate(
-            [di * i * (1 - i), df * f * (1 - f), dgg * (1 - g**2), do * o * (1 - o)], axis=1
+        dg[t] = _keep(
+            m[t],
+            np.concatenate(
+                [di * i * (1 - i), df * f * (1 - f), dgg * (1 - g**2), do * o * (1 - o)], axis=1
+            ),
+            0,
         )
         dx[t] = dg[t] @ p.w_ih
-        dh = dg[t] @ p.w_hh + (1 - m[t]) * dh
-        dc = dct * f + (1 - m[t]) * dc
+        dh = _keep(m[t], dg[t] @ p.w_hh, dh)
+        dc = _keep(m[t], dct * f, dc)
     weight_grads = _empty_weight_grads(p) if p.T == 0 else _weight_grads(p, dg, dg, hprev)
     if p.w_hr is not None:
         return LSTMProjGrads(dx, dh, dc, *weight_grads, dw_hr)
@@ -253,9 +268,10 @@ def gru_forward(
     lengths=None,
     reset_after=True,
     reverse=False,
+    check_finite=False,
 ):
     """GRU over a whole sequence; see :func:`fastrnn.functional.gru_forward`."""
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths)
+    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
@@ -275,8 +291,8 @@ def gru_forward(
             hn = None
         h_new = (1 - z) * n + z * h
         saved[t] = (h, r, z, n, hn)
-        h = m[t] * h_new + (1 - m[t]) * h
-        y[t] = m[t] * h_new
+        h = _keep(m[t], h_new, h)
+        y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
         data = {"p": p, "saved": saved, "m": m, "reset_after": reset_after, "reverse": reverse}
@@ -301,20 +317,20 @@ def gru_backward(cache, dy, dh_n=None):
     for t in reversed(_steps(p.T, cc.data.get("reverse", False))):
         h, r, z, n, hn = saved[t]
         hprev[t] = h
-        dht = m[t] * (dh + (0 if dy is None else dy[t]))
+        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)
         dn = dht * (1 - z)
         dz = dht * (h - n)
-        dn_pre = dn * (1 - n**2)
-        dz_pre = dz * z * (1 - z)
+        dn_pre = _keep(m[t], dn * (1 - n**2), 0)  # padded steps' gates never reach a gradient
+        dz_pre = _keep(m[t], dz * z * (1 - z), 0)
         if reset_after:
-            dr_pre = dn_pre * hn * r * (1 - r)
-            dgh[t] = np.concatenate([dr_pre, dz_pre, dn_pre * r], axis=1)
+            dr_pre = _keep(m[t], dn_pre * hn * r * (1 - r), 0)
+            dgh[t] = np.concatenate([dr_pre, dz_pre, _keep(m[t], dn_pre * r, 0)], axis=1)
             dh_direct = 0
         else:
             drh = dn_pre @ p.w_hh[2 * H :]  # gradient reaching r * h
-            dr_pre = drh * h * r * (1 - r)
+            dr_pre = _keep(m[t], drh * h * r * (1 - r), 0)
             dgh[t] = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
-            dw_hn += dn_pre.T @ (r * h)
+            dw_hn += dn_pre.T @ _keep(m[t], r * h, 0)
             dh_direct = drh * r
         dgi[t] = np.concatenate([dr_pre, dz_pre, dn_pre], axis=1)
         dx[t] = dgi[t] @ p.w_ih
@@ -322,7 +338,7 @@ def gru_backward(cache, dy, dh_n=None):
             dh_mat = dgh[t] @ p.w_hh
         else:
             dh_mat = dgh[t][:, : 2 * H] @ p.w_hh[: 2 * H]
-        dh = dh_mat + dh_direct + dht * z + (1 - m[t]) * dh
+        dh = _keep(m[t], dh_mat + dh_direct + dht * z, dh)
     if p.T == 0:
         return GRUGrads(dx, dh, *_empty_weight_grads(p))
     dw_ih, dw_hh, db_ih, db_hh = _weight_grads(p, dgi, dgh, hprev)

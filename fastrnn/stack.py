@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastrnn._common import CELLS, check_lengths
+from fastrnn._common import CELLS, check_lengths, nbytes_of
 
 __all__ = [
     "StackCache",
@@ -188,9 +188,9 @@ class StackCache:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the per-layer caches and the dropout masks."""
-        n = sum(c.nbytes for layer in self.caches for c in layer)
-        return n + sum(m.nbytes for m in self.masks if m is not None)
+        """Bytes held by the per-layer caches and the dropout masks, each array counted once
+        (a layer's input is the previous layer's output, and both directions share it)."""
+        return nbytes_of([c.data for layer in self.caches for c in layer], self.masks)
 
 
 class StackGrads(NamedTuple):

@@ -2,13 +2,14 @@
 # activation's *output* y, which is what the forward pass stores.
 
 from cython cimport floating
-from libc.math cimport exp, tanh
-
 
 cdef extern from "_fastmath.h" nogil:
     # Vectorizable float32 versions (see _fastmath.h for their accuracy).
     float fr_sigmoidf(float a)
     float fr_tanhf(float a)
+    # and float64 (within 2e-15 relative of libm)
+    double fr_sigmoid(double a)
+    double fr_tanh(double a)
 
 
 cdef inline floating sigmoid(floating a) noexcept nogil:
@@ -16,7 +17,7 @@ cdef inline floating sigmoid(floating a) noexcept nogil:
     if floating is float:
         return fr_sigmoidf(a)
     else:
-        return 1.0 / (1.0 + exp(-a))
+        return fr_sigmoid(a)
 
 
 cdef inline floating tanh_(floating a) noexcept nogil:
@@ -24,12 +25,12 @@ cdef inline floating tanh_(floating a) noexcept nogil:
     if floating is float:
         return fr_tanhf(a)
     else:
-        return tanh(a)
+        return fr_tanh(a)
 
 
 cdef inline floating relu(floating a) noexcept nogil:
-    """max(a, 0)"""
-    return a if a > 0 else 0
+    """max(a, 0), NaN kept (as numpy.maximum and torch.relu): a NaN must never become 0"""
+    return 0 if a <= 0 else a
 
 
 cdef inline floating dsigmoid(floating y) noexcept nogil:

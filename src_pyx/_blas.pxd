@@ -26,3 +26,20 @@ cdef inline void gemm(bint trans_a, bint trans_b, blas_int m, blas_int n, blas_i
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*> b, &ldb, <double*> a, &lda,
               &beta, c, &ldc)
+
+
+# Gate-block GEMM. Hidden units [j0, j1) own columns g*H + [j0, j1) of every gate block g of the
+# (rows, n_gates * H) gate matrices, and rows g*H + [j0, j1) of the (n_gates * H, k) weights.
+# One call per gate block, or a single call when [j0, j1) is all of H.
+cdef inline void gemm_gates_nt(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                               int n_gates, blas_int k, const floating* a, blas_int lda,
+                               const floating* w, floating beta, floating* c,
+                               blas_int ldc) noexcept nogil:
+    """C[:, blk] := A @ W[blk, :]^T + beta * C[:, blk] for the blocks blk = g*H + [j0, j1)."""
+    cdef int g
+    if j1 - j0 == H:
+        gemm(False, True, m, n_gates * H, k, <floating> 1, a, lda, w, k, beta, c, ldc)
+        return
+    for g in range(n_gates):
+        gemm(False, True, m, j1 - j0, k, <floating> 1, a, lda, w + (g * H + j0) * k, k, beta,
+             c + g * H + j0, ldc)

@@ -12,24 +12,30 @@ are active at step t, and inactive rows keep their state and output zeros.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
+from _blocks cimport (bias_grad, input_grad, input_projection, recurrent_nn, recurrent_nt,
+                      thread_units, weight_grad)
+from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
+                        fr_team_size, unit_blocks)
 from _blas cimport gemm
 from _util cimport col_sum, last_step, zero_rows
 
+
+# The projection / reset-before variants below parallelise only their gate pass, per step,
+# and only above this many elements per step (an OpenMP fork costs more below it).
 cdef Py_ssize_t PAR_MIN = 8192
 
-
-# --- tier 1: one batch row ------------------------------------------------------------------------
+# --- tier 1: one batch row, units [0, m) of a thread's slice (gate k of unit j at k*H + j) ----
 cdef inline void _row_forward(floating* a, const floating* hw, const floating* b_hn,
                               const floating* h_prev, floating* hn, floating* h,
-                              Py_ssize_t H) noexcept nogil:
+                              Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """a := [r, z, n] from a = gi and hw = W_hh h_prev; hn = hw_n + b_hn; h = (1-z) n + z h_prev."""
     cdef Py_ssize_t j
     cdef floating r, z, n, ghn
-    for j in range(H):
+    for j in range(m):
         r = sigmoid(a[j] + hw[j])
         z = sigmoid(a[H + j] + hw[H + j])
         ghn = hw[2 * H + j] + b_hn[j]
@@ -43,7 +49,7 @@ cdef inline void _row_forward(floating* a, const floating* hw, const floating* b
 
 cdef inline void _row_backward(const floating* a, const floating* hn, const floating* h_prev,
                                const floating* dy, floating* dh, floating* dgi, floating* dgh,
-                               Py_ssize_t H) noexcept nogil:
+                               Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """Gate grads from dh_t (+ dy_t); dh becomes the direct part z * dh_t of dh_{t-1}.
 
     dn_pre = dh (1-z) (1-n^2);  dr_pre = dn_pre hn r(1-r);  dz_pre = dh (h_prev - n) z(1-z)
@@ -51,7 +57,7 @@ cdef inline void _row_backward(const floating* a, const floating* hn, const floa
     """
     cdef Py_ssize_t j
     cdef floating r, z, n, dhj, dn_pre, dr_pre, dz_pre
-    for j in range(H):
+    for j in range(m):
         r = a[j]
         z = a[H + j]
         n = a[2 * H + j]
@@ -68,43 +74,57 @@ cdef inline void _row_backward(const floating* a, const floating* hn, const floa
         dh[j] = dhj * z
 
 
-# --- tier 2: the time loops -------------------------------------------------------------------
+# --- tier 2: the time loops (one parallel region each; see lstm.pyx and _blocks.pxd) ------------
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    const floating* x, const floating* h0, const floating* w_ih,
                    const floating* w_hh, const floating* bias_i, const floating* b_hn,
                    const int* batch_sizes, floating* gates, floating* hns, floating* hw,
                    floating* y, floating* h_n, bint training, int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _forward_part(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, batch_sizes, gates, hns, hw,
+                      y, h_n, training, &bar, size, rank)
+
+
+cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const floating* x, const floating* h0, const floating* w_ih,
+                        const floating* w_hh, const floating* bias_i, const floating* b_hn,
+                        const int* batch_sizes, floating* gates, floating* hns, floating* hw,
+                        floating* y, floating* h_n, bint training, fr_barrier* bar, int size,
+                        int rank) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, r
+    cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef floating* a_t
     cdef floating* hn_t
 
-    # gates[t, b] = W_ih x[t, b] + bias_i for all steps in one GEMM
-    for r in range(T * B):
-        memcpy(gates + r * G, bias_i, G * sizeof(floating))
-    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    # gates[t, b] = W_ih x[t, b] + bias_i for all steps at once
+    input_projection(T * B, I, H, 3, x, w_ih, bias_i, gates, size, rank)
+    fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
         a_t = gates + t * B * G
         hn_t = hns + t * B * H if training else hns
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        # hw[:n] = h_{t-1} W_hh^T
-        gemm(False, True, n, G, H, <floating> 1, h_prev, H, w_hh, H, <floating> 0, hw, G)
-        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_forward(a_t + b * G, hw + b * G, b_hn, h_prev + b * H, hn_t + b * H,
-                             y + (t * B + b) * H, H)
-        else:
-            for b in range(n):
-                _row_forward(a_t + b * G, hw + b * G, b_hn, h_prev + b * H, hn_t + b * H,
-                             y + (t * B + b) * H, H)
-        zero_rows(y + t * B * H, n, B, H)
+        # hw[:n, units] = h_{t-1} W_hh[units]^T, then the gate pass on those units
+        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hw, G)
+        for b in range(n if m > 0 else 0):
+            _row_forward(a_t + b * G + j0, hw + b * G + j0, b_hn + j0, h_prev + b * H + j0,
+                         hn_t + b * H + j0, y + (t * B + b) * H + j0, m, H)
+        if rank == 0:
+            zero_rows(y + t * B * H, n, B, H)
+        fr_barrier_wait(bar, size)
 
-    for b in range(B):
+    for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
 
 
 cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -114,36 +134,51 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     floating* dgi, floating* dgh, floating* dx, floating* dw_ih,
                     floating* dw_hh, floating* db_ih, floating* db_hh,
                     int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _backward_part(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, gates, hns, y, dy, dh, dgi,
+                       dgh, dx, dw_ih, dw_hh, db_ih, db_hh, &bar, size, rank)
+
+
+cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const floating* x, const floating* h0, const floating* w_ih,
+                         const floating* w_hh, const int* batch_sizes, const floating* gates,
+                         const floating* hns, const floating* y, const floating* dy,
+                         floating* dh, floating* dgi, floating* dgh, floating* dx,
+                         floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
+                         fr_barrier* bar, int size, int rank) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, o
+    cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
 
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                o = t * B + b
-                _row_backward(gates + o * G, hns + o * H, h_prev + b * H, dy + o * H,
-                              dh + b * H, dgi + o * G, dgh + o * G, H)
-        else:
-            for b in range(n):
-                o = t * B + b
-                _row_backward(gates + o * G, hns + o * H, h_prev + b * H, dy + o * H,
-                              dh + b * H, dgi + o * G, dgh + o * G, H)
-        zero_rows(dgi + t * B * G, n, B, G)
-        zero_rows(dgh + t * B * G, n, B, G)
-        # dh_{t-1}[:n] = z * dh_t + dgh_t[:n] W_hh   (inactive rows keep the dh they carry)
-        gemm(False, False, n, H, G, <floating> 1, dgh + t * B * G, G, w_hh, H,
-             <floating> 1, dh, H)
+        for b in range(n if m > 0 else 0):
+            o = t * B + b
+            _row_backward(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
+                          dy + o * H + j0, dh + b * H + j0, dgi + o * G + j0, dgh + o * G + j0,
+                          m, H)
+        if rank == 0:
+            zero_rows(dgi + t * B * G, n, B, G)
+            zero_rows(dgh + t * B * G, n, B, G)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = z * dh_t + dgh_t[:n] W_hh[:, units]   (inactive rows keep dh)
+        recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 1, dh)
 
-    gemm(False, False, T * B, I, G, <floating> 1, dgi, G, w_ih, I, <floating> 0, dx, I)
-    gemm(True, False, G, I, T * B, <floating> 1, dgi, G, x, I, <floating> 0, dw_ih, I)
-    gemm(True, False, G, H, B, <floating> 1, dgh, G, h0, H, <floating> 0, dw_hh, H)
-    gemm(True, False, G, H, (T - 1) * B, <floating> 1, dgh + B * G, G, y, H,
-         <floating> 1, dw_hh, H)
-    col_sum(dgi, T * B, G, db_ih)
-    col_sum(dgh, T * B, G, db_hh)
+    fr_barrier_wait(bar, size)
+    weight_grad(T * B, I, H, 3, dgi, x, <floating> 0, dw_ih, size, rank)
+    weight_grad(B, H, H, 3, dgh, h0, <floating> 0, dw_hh, size, rank)
+    weight_grad((T - 1) * B, H, H, 3, dgh + B * G, y, <floating> 1, dw_hh, size, rank)
+    bias_grad(T * B, H, 3, dgi, db_ih, size, rank)
+    bias_grad(T * B, H, 3, dgh, db_hh, size, rank)
+    input_grad(T * B, I, G, dgi, w_ih, dx, size, rank)
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------
@@ -442,3 +477,136 @@ def backward_reset_before(const floating[:, :, ::1] x,      # IN    (T, B, I)
                                &batch_sizes[0], &gates[0, 0, 0], &rhs[0, 0, 0], &y[0, 0, 0],
                                &dy[0, 0, 0], &dh[0, 0], &dg[0, 0, 0], &drh[0, 0],
                                &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], n_threads)
+
+
+# --- tier 4: the stable C API (declared in fastrnn/_kernels/gru.pxd) -----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
+# Workspace: [batch_sizes (T ints) | bias_i and b_hn, or db_ih and db_hh (2G) | zero h0 (B*H) |
+#             hw (B*G) | gates and hns of an inference forward, or dgi and dgh (2*T*B*G)].
+# Reserve: [gates (T*B*G) | hns = W_hn h + b_hn (T*B*H)].
+cdef Py_ssize_t gru_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                 Py_ssize_t H) noexcept nogil:
+    return T * B * 4 * H
+
+
+cdef Py_ssize_t gru_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                   Py_ssize_t H) noexcept nogil:
+    return int_slots(T) + 6 * H + B * H + B * 3 * H + 2 * T * B * 3 * H
+
+
+cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* w_ih,
+                    const floating* w_hh, const floating* b_ih, const floating* b_hh,
+                    const int* batch_sizes, floating* y, floating* h_n, floating* reserve,
+                    floating* work, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H, j
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
+                    or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* bias_i = work + int_slots(T)
+    cdef floating* b_hn = bias_i + G
+    cdef floating* zeros = bias_i + 2 * G
+    cdef floating* hw = zeros + B * H
+    cdef floating* big = hw + B * G
+    h0 = or_zeros(h0, zeros, B * H)
+    if T == 0 or B == 0:
+        memcpy(h_n, h0, B * H * sizeof(floating))
+        return 0
+    # bias_i = b_ih + [b_hr, b_hz, 0] goes into the input GEMM; b_hn stays inside r * (...)
+    for j in range(G):
+        bias_i[j] = 0 if b_ih == NULL else b_ih[j] + (b_hh[j] if j < 2 * H else 0)
+    for j in range(H):
+        b_hn[j] = 0 if b_ih == NULL else b_hh[2 * H + j]
+    if reserve != NULL:
+        _forward(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, bs, reserve, reserve + T * B * G,
+                 hw, y, h_n, True, n_threads)
+    else:
+        _forward(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, bs, big, big + T * B * G, hw, y,
+                 h_n, False, n_threads)
+    return 0
+
+
+cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                     const floating* x, const floating* h0, const floating* w_ih,
+                     const floating* w_hh, const int* batch_sizes, const floating* y,
+                     const floating* reserve, const floating* dy, const floating* dh_n,
+                     floating* dx, floating* dh0, floating* dw_ih, floating* dw_hh,
+                     floating* db_ih, floating* db_hh, floating* work,
+                     int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or reserve == NULL
+                    or dy == NULL or dx == NULL or dh0 == NULL or dw_ih == NULL
+                    or dw_hh == NULL or work == NULL):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* dbi = work + int_slots(T)
+    cdef floating* dbh = dbi + G
+    cdef floating* zeros = dbi + 2 * G
+    cdef floating* big = zeros + B * H + B * G
+    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh back in place
+    if T == 0 or B == 0:
+        memset(dw_ih, 0, G * I * sizeof(floating))
+        memset(dw_hh, 0, G * H * sizeof(floating))
+        memset(dbi, 0, 2 * G * sizeof(floating))
+    else:
+        h0 = or_zeros(h0, zeros, B * H)
+        _backward(T, B, I, H, x, h0, w_ih, w_hh, bs, reserve, reserve + T * B * G, y, dy, dh0,
+                  big, big + T * B * G, dx, dw_ih, dw_hh, dbi, dbh, n_threads)
+    copy_if(db_ih, dbi, G)
+    copy_if(db_hh, dbh, G)
+    return 0
+
+
+cdef int gru_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                         const float* b_ih, const float* b_hh, const int* batch_sizes,
+                         float* y, float* h_n, float* reserve, float* workspace,
+                         int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, reserve,
+                      workspace, n_threads)
+
+
+cdef int gru_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const double* x, const double* h0, const double* w_ih,
+                         const double* w_hh, const double* b_ih, const double* b_hh,
+                         const int* batch_sizes, double* y, double* h_n, double* reserve,
+                         double* workspace, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, reserve,
+                      workspace, n_threads)
+
+
+cdef int gru_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                          const int* batch_sizes, const float* y, const float* reserve,
+                          const float* dy, const float* dh_n,
+                          float* dx, float* dh0, float* dw_ih, float* dw_hh,
+                          float* db_ih, float* db_hh, float* workspace,
+                          int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n, dx,
+                       dh0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+
+
+cdef int gru_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const double* x, const double* h0, const double* w_ih,
+                          const double* w_hh, const int* batch_sizes, const double* y,
+                          const double* reserve, const double* dy, const double* dh_n,
+                          double* dx, double* dh0, double* dw_ih, double* dw_hh,
+                          double* db_ih, double* db_hh, double* workspace,
+                          int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n, dx,
+                       dh0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)

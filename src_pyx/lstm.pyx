@@ -11,25 +11,31 @@ inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semant
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
+from _blocks cimport (bias_grad, input_grad, input_projection, recurrent_nn, recurrent_nt,
+                      thread_units, weight_grad)
+from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
+                        fr_team_size, unit_blocks)
 from _blas cimport gemm
 from _util cimport col_sum, last_step, zero_rows
 
-# Below this many elements per step the elementwise pass runs on one thread: an OpenMP fork
-# costs more than it saves.
+
+# The projection / reset-before variants below parallelise only their gate pass, per step,
+# and only above this many elements per step (an OpenMP fork costs more below it).
 cdef Py_ssize_t PAR_MIN = 8192
 
-
 # --- tier 1: one batch row of the gate math ------------------------------------------------------
+# A row's gate block k of unit j is a[k * H + j]; the row functions handle units [0, m) of a
+# thread's slice, with the pointers already offset to the slice's first unit.
 cdef inline void _row_forward(floating* a, const floating* c_prev, floating* c, floating* h,
-                              Py_ssize_t H) noexcept nogil:
+                              Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """Activate a = [a_i, a_f, a_g, a_o] in place; c = f c_prev + i g; h = o tanh(c)."""
     cdef Py_ssize_t j
     cdef floating i, f, g, o
-    for j in range(H):
+    for j in range(m):
         i = sigmoid(a[j])
         f = sigmoid(a[H + j])
         g = tanh_(a[2 * H + j])
@@ -44,7 +50,7 @@ cdef inline void _row_forward(floating* a, const floating* c_prev, floating* c, 
 
 cdef inline void _row_backward(const floating* a, const floating* c_prev, const floating* c,
                                const floating* dy, floating* dh, floating* dc,
-                               floating* da, Py_ssize_t H) noexcept nogil:
+                               floating* da, Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """Gate pre-activation grads da from dh_t (+ dy_t) and dc_t; dc becomes dc_{t-1}.
 
     dh  = dh_t + dy_t;  tc = tanh(c_t)
@@ -53,7 +59,7 @@ cdef inline void _row_backward(const floating* a, const floating* c_prev, const 
     """
     cdef Py_ssize_t j
     cdef floating i, f, g, o, tc, dhj, dcj
-    for j in range(H):
+    for j in range(m):
         i = a[j]
         f = a[H + j]
         g = a[2 * H + j]
@@ -69,24 +75,47 @@ cdef inline void _row_backward(const floating* a, const floating* c_prev, const 
 
 
 # --- tier 2: the time loops ---------------------------------------------------------------------
+# Each runs in one parallel region (_blocks.pxd). Thread r owns hidden units [j0, j1) and the
+# gate columns k*H + [j0, j1): its share of each step's GEMM writes only those columns, reading
+# the rows (forward) or columns (backward) of W_hh for its units, which stay in its cache from
+# step to step; its gate pass reads and writes only them; and one barrier per step publishes
+# the h_t (forward) or da_t (backward) that every thread's next GEMM reads in full.
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    const floating* x, const floating* h0, const floating* c0,
                    const floating* w_ih, const floating* w_hh, const floating* bias,
                    const int* batch_sizes, floating* gates, floating* y, floating* cs,
                    bint training, floating* h_n, floating* c_n, int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _forward_part(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, batch_sizes, gates, y, cs,
+                      training, h_n, c_n, &bar, size, rank)
+
+
+cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const floating* x, const floating* h0, const floating* c0,
+                        const floating* w_ih, const floating* w_hh, const floating* bias,
+                        const int* batch_sizes, floating* gates, floating* y, floating* cs,
+                        bint training, floating* h_n, floating* c_n, fr_barrier* bar,
+                        int size, int rank) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, r
+    cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef floating* c_cur
     cdef floating* a_t
 
-    # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps in one GEMM
-    for r in range(T * B):
-        memcpy(gates + r * G, bias, G * sizeof(floating))
-    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
+    input_projection(T * B, I, H, 4, x, w_ih, bias, gates, size, rank)
     if not training:  # one cell-state buffer, updated in place
-        memcpy(cs, c0, B * H * sizeof(floating))
+        for b in range(B):
+            memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+    fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
@@ -98,25 +127,22 @@ cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         else:
             c_prev = cs
             c_cur = cs
-        # a_t[:n] += h_{t-1} W_hh^T
-        gemm(False, True, n, G, H, <floating> 1, h_prev, H, w_hh, H, <floating> 1, a_t, G)
-        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H,
-                             y + (t * B + b) * H, H)
-        else:
-            for b in range(n):
-                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H,
-                             y + (t * B + b) * H, H)
-        zero_rows(y + t * B * H, n, B, H)
+        # a_t[:n, units] += h_{t-1} W_hh[units]^T, then the gate pass on those units
+        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 1, a_t, G)
+        for b in range(n if m > 0 else 0):
+            _row_forward(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
+                         y + (t * B + b) * H + j0, m, H)
+        if rank == 0:
+            zero_rows(y + t * B * H, n, B, H)
+        fr_barrier_wait(bar, size)
 
-    for b in range(B):
+    for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
         if training:
-            memcpy(c_n + b * H, cs + (t * B + b) * H, H * sizeof(floating))
+            memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
         else:
-            memcpy(c_n + b * H, cs + b * H, H * sizeof(floating))
+            memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
 
 
 cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -126,34 +152,52 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     const floating* dy, floating* dh, floating* dc, floating* dgates,
                     floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
                     int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _backward_part(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, gates, y, cs, dy, dh,
+                       dc, dgates, dx, dw_ih, dw_hh, db, &bar, size, rank)
+
+
+cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const floating* x, const floating* h0, const floating* c0,
+                         const floating* w_ih, const floating* w_hh, const int* batch_sizes,
+                         const floating* gates, const floating* y, const floating* cs,
+                         const floating* dy, floating* dh, floating* dc, floating* dgates,
+                         floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
+                         fr_barrier* bar, int size, int rank) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n
+    cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* c_prev
     cdef floating* da_t
 
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * G
         c_prev = c0 if t == 0 else cs + (t - 1) * B * H
-        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_backward(gates + (t * B + b) * G, c_prev + b * H, cs + (t * B + b) * H,
-                              dy + (t * B + b) * H, dh + b * H, dc + b * H, da_t + b * G, H)
-        else:
-            for b in range(n):
-                _row_backward(gates + (t * B + b) * G, c_prev + b * H, cs + (t * B + b) * H,
-                              dy + (t * B + b) * H, dh + b * H, dc + b * H, da_t + b * G, H)
-        zero_rows(da_t, n, B, G)
-        # dh_{t-1}[:n] = da_t[:n] W_hh   (inactive rows keep the dh they carry)
-        gemm(False, False, n, H, G, <floating> 1, da_t, G, w_hh, H, <floating> 0, dh, H)
+        for b in range(n if m > 0 else 0):
+            o = t * B + b
+            _row_backward(gates + o * G + j0, c_prev + b * H + j0, cs + o * H + j0,
+                          dy + o * H + j0, dh + b * H + j0, dc + b * H + j0,
+                          da_t + b * G + j0, m, H)
+        if rank == 0:
+            zero_rows(da_t, n, B, G)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
+        recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dh)
 
-    # The weight and input gradients, as three large GEMMs over all T*B rows.
-    gemm(False, False, T * B, I, G, <floating> 1, dgates, G, w_ih, I, <floating> 0, dx, I)
-    gemm(True, False, G, I, T * B, <floating> 1, dgates, G, x, I, <floating> 0, dw_ih, I)
-    gemm(True, False, G, H, B, <floating> 1, dgates, G, h0, H, <floating> 0, dw_hh, H)
-    gemm(True, False, G, H, (T - 1) * B, <floating> 1, dgates + B * G, G, y, H,
-         <floating> 1, dw_hh, H)
-    col_sum(dgates, T * B, G, db)
+    # The weight and input gradients, as large GEMMs over all T*B rows.
+    fr_barrier_wait(bar, size)
+    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank)
+    weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank)
+    weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank)
+    bias_grad(T * B, H, 4, dgates, db, size, rank)
+    input_grad(T * B, I, G, dgates, w_ih, dx, size, rank)
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------
@@ -455,3 +499,138 @@ def backward_proj(const floating[:, :, ::1] x,      # IN    (T, B, I)
                        &y[0, 0, 0], &cs[0, 0, 0], &ms[0, 0, 0], &dy[0, 0, 0], &dh[0, 0],
                        &dc[0, 0], &dgates[0, 0, 0], &dhs[0, 0, 0], &dm[0, 0], &dx[0, 0, 0],
                        &dw_ih[0, 0], &dw_hh[0, 0], &dw_hr[0, 0], &db[0], n_threads)
+
+
+# --- tier 4: the stable C API (declared in fastrnn/_kernels/lstm.pxd) ----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
+# Workspace: [batch_sizes (T ints) | bias or db (G) | zero h0 (B*H) | zero c0 (B*H) |
+#             gates of an inference forward, or dgates (T*B*G) | cell state of an inference
+#             forward (B*H)].  Reserve: [gates (T*B*G) | cell states (T*B*H)].
+cdef Py_ssize_t lstm_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                  Py_ssize_t H) noexcept nogil:
+    return T * B * 5 * H
+
+
+cdef Py_ssize_t lstm_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                    Py_ssize_t H) noexcept nogil:
+    return int_slots(T) + 4 * H + 3 * B * H + T * B * 4 * H
+
+
+cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* c0,
+                    const floating* w_ih, const floating* w_hh,
+                    const floating* b_ih, const floating* b_hh, const int* batch_sizes,
+                    floating* y, floating* h_n, floating* c_n,
+                    floating* reserve, floating* work, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H, j
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
+                    or c_n == NULL or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* bias = work + int_slots(T)
+    cdef floating* zeros = bias + G
+    h0 = or_zeros(h0, zeros, B * H)
+    c0 = or_zeros(c0, zeros + B * H, B * H)
+    if T == 0 or B == 0:
+        memcpy(h_n, h0, B * H * sizeof(floating))
+        memcpy(c_n, c0, B * H * sizeof(floating))
+        return 0
+    for j in range(G):
+        bias[j] = 0 if b_ih == NULL else b_ih[j] + b_hh[j]
+    if reserve != NULL:
+        _forward(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, bs, reserve, y,
+                 reserve + T * B * G, True, h_n, c_n, n_threads)
+    else:
+        _forward(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, bs, zeros + 2 * B * H, y,
+                 zeros + 2 * B * H + T * B * G, False, h_n, c_n, n_threads)
+    return 0
+
+
+cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                     const floating* x, const floating* h0, const floating* c0,
+                     const floating* w_ih, const floating* w_hh, const int* batch_sizes,
+                     const floating* y, const floating* reserve,
+                     const floating* dy, const floating* dh_n, const floating* dc_n,
+                     floating* dx, floating* dh0, floating* dc0, floating* dw_ih,
+                     floating* dw_hh, floating* db_ih, floating* db_hh,
+                     floating* work, int n_threads) noexcept nogil:
+    cdef Py_ssize_t G = 4 * H
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or reserve == NULL
+                    or dy == NULL or dx == NULL or dh0 == NULL or dc0 == NULL
+                    or dw_ih == NULL or dw_hh == NULL or work == NULL):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* db = work + int_slots(T)
+    cdef floating* zeros = db + G
+    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh and dc back in place
+    copy_or_zero(dc0, dc_n, B * H)
+    if T == 0 or B == 0:
+        memset(dw_ih, 0, G * I * sizeof(floating))
+        memset(dw_hh, 0, G * H * sizeof(floating))
+        memset(db, 0, G * sizeof(floating))
+    else:
+        h0 = or_zeros(h0, zeros, B * H)
+        c0 = or_zeros(c0, zeros + B * H, B * H)
+        _backward(T, B, I, H, x, h0, c0, w_ih, w_hh, bs, reserve, y, reserve + T * B * G,
+                  dy, dh0, dc0, zeros + 2 * B * H, dx, dw_ih, dw_hh, db, n_threads)
+    copy_if(db_ih, db, G)
+    copy_if(db_hh, db, G)
+    return 0
+
+
+cdef int lstm_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const float* x, const float* h0, const float* c0,
+                          const float* w_ih, const float* w_hh,
+                          const float* b_ih, const float* b_hh, const int* batch_sizes,
+                          float* y, float* h_n, float* c_n,
+                          float* reserve, float* workspace, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, c_n,
+                      reserve, workspace, n_threads)
+
+
+cdef int lstm_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const double* x, const double* h0, const double* c0,
+                          const double* w_ih, const double* w_hh,
+                          const double* b_ih, const double* b_hh, const int* batch_sizes,
+                          double* y, double* h_n, double* c_n,
+                          double* reserve, double* workspace, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, c_n,
+                      reserve, workspace, n_threads)
+
+
+cdef int lstm_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                           const float* x, const float* h0, const float* c0,
+                           const float* w_ih, const float* w_hh, const int* batch_sizes,
+                           const float* y, const float* reserve,
+                           const float* dy, const float* dh_n, const float* dc_n,
+                           float* dx, float* dh0, float* dc0, float* dw_ih, float* dw_hh,
+                           float* db_ih, float* db_hh,
+                           float* workspace, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n,
+                       dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+
+
+cdef int lstm_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                           const double* x, const double* h0, const double* c0,
+                           const double* w_ih, const double* w_hh, const int* batch_sizes,
+                           const double* y, const double* reserve,
+                           const double* dy, const double* dh_n, const double* dc_n,
+                           double* dx, double* dh0, double* dc0, double* dw_ih, double* dw_hh,
+                           double* db_ih, double* db_hh,
+                           double* workspace, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n,
+                       dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)

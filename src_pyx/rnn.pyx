@@ -9,14 +9,15 @@ the recurrent term and applies act in place. Rows are sorted by decreasing lengt
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel
 from libc.string cimport memcpy
 
 from _activations cimport drelu, dtanh, relu, tanh_
-from _blas cimport gemm
-from _util cimport col_sum, last_step, zero_rows
-
-cdef Py_ssize_t PAR_MIN = 8192
+from _blocks cimport (bias_grad, input_grad, input_projection, recurrent_nn, recurrent_nt,
+                      thread_units, weight_grad)
+from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
+                        fr_team_size, unit_blocks)
+from _util cimport last_step, zero_rows
 
 
 # --- tier 1: one batch row ------------------------------------------------------------------------
@@ -43,36 +44,54 @@ cdef inline void _row_backward(const floating* h, const floating* dy, const floa
             da[j] = (dh[j] + dy[j]) * dtanh(h[j])
 
 
-# --- tier 2: the time loops -------------------------------------------------------------------
+# --- tier 2: the time loops (one parallel region each; see lstm.pyx and _blocks.pxd) ------------
 cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                    const floating* x, const floating* h0, const floating* w_ih,
                    const floating* w_hh, const floating* bias, const int* batch_sizes,
                    floating* y, floating* h_n, bint use_relu, int n_threads) noexcept nogil:
-    cdef Py_ssize_t t, b, n, r
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _forward_part(T, B, I, H, x, h0, w_ih, w_hh, bias, batch_sizes, y, h_n, use_relu,
+                      &bar, size, rank)
+
+
+cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const floating* x, const floating* h0, const floating* w_ih,
+                        const floating* w_hh, const floating* bias, const int* batch_sizes,
+                        floating* y, floating* h_n, bint use_relu, fr_barrier* bar, int size,
+                        int rank) noexcept nogil:
+    cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef floating* y_t
 
-    # y[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps in one GEMM
-    for r in range(T * B):
-        memcpy(y + r * H, bias, H * sizeof(floating))
-    gemm(False, True, T * B, H, I, <floating> 1, x, I, w_ih, I, <floating> 1, y, H)
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    # y[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
+    input_projection(T * B, I, H, 1, x, w_ih, bias, y, size, rank)
+    fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
         y_t = y + t * B * H
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        # y_t[:n] += h_{t-1} W_hh^T, then the activation
-        gemm(False, True, n, H, H, <floating> 1, h_prev, H, w_hh, H, <floating> 1, y_t, H)
-        if n_threads > 1 and n > 1 and n * H >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_forward(y_t + b * H, H, use_relu)
-        else:
+        # y_t[:n, units] += h_{t-1} W_hh[units]^T, then the activation on those units
+        recurrent_nt(n, H, j0, j1, 1, h_prev, w_hh, <floating> 1, y_t, H)
+        if m == H:
             _row_forward(y_t, n * H, use_relu)
-        zero_rows(y_t, n, B, H)
+        else:
+            for b in range(n if m > 0 else 0):
+                _row_forward(y_t + b * H + j0, m, use_relu)
+        if rank == 0:
+            zero_rows(y_t, n, B, H)
+        fr_barrier_wait(bar, size)
 
-    for b in range(B):
+    for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
 
 
 cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -81,28 +100,49 @@ cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                     const floating* dy, floating* dh, floating* dgates, floating* dx,
                     floating* dw_ih, floating* dw_hh, floating* db, bint use_relu,
                     int n_threads) noexcept nogil:
-    cdef Py_ssize_t t, b, n
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _backward_part(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh, dgates, dx,
+                       dw_ih, dw_hh, db, use_relu, &bar, size, rank)
+
+
+cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const floating* x, const floating* h0, const floating* w_ih,
+                         const floating* w_hh, const int* batch_sizes, const floating* y,
+                         const floating* dy, floating* dh, floating* dgates, floating* dx,
+                         floating* dw_ih, floating* dw_hh, floating* db, bint use_relu,
+                         fr_barrier* bar, int size, int rank) noexcept nogil:
+    cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef floating* da_t
 
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * H
-        if n_threads > 1 and n > 1 and n * H >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_backward(y + (t * B + b) * H, dy + (t * B + b) * H, dh + b * H,
-                              da_t + b * H, H, use_relu)
-        else:
+        if m == H:
             _row_backward(y + t * B * H, dy + t * B * H, dh, da_t, n * H, use_relu)
-        zero_rows(da_t, n, B, H)
-        # dh_{t-1}[:n] = da_t[:n] W_hh   (inactive rows keep the dh they carry)
-        gemm(False, False, n, H, H, <floating> 1, da_t, H, w_hh, H, <floating> 0, dh, H)
+        else:
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward(y + o * H + j0, dy + o * H + j0, dh + b * H + j0,
+                              da_t + b * H + j0, m, use_relu)
+        if rank == 0:
+            zero_rows(da_t, n, B, H)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
+        recurrent_nn(n, H, j0, j1, H, da_t, w_hh, <floating> 0, dh)
 
-    gemm(False, False, T * B, I, H, <floating> 1, dgates, H, w_ih, I, <floating> 0, dx, I)
-    gemm(True, False, H, I, T * B, <floating> 1, dgates, H, x, I, <floating> 0, dw_ih, I)
-    gemm(True, False, H, H, B, <floating> 1, dgates, H, h0, H, <floating> 0, dw_hh, H)
-    gemm(True, False, H, H, (T - 1) * B, <floating> 1, dgates + B * H, H, y, H,
-         <floating> 1, dw_hh, H)
-    col_sum(dgates, T * B, H, db)
+    fr_barrier_wait(bar, size)
+    weight_grad(T * B, I, H, 1, dgates, x, <floating> 0, dw_ih, size, rank)
+    weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank)
+    weight_grad((T - 1) * B, H, H, 1, dgates + B * H, y, <floating> 1, dw_hh, size, rank)
+    bias_grad(T * B, H, 1, dgates, db, size, rank)
+    input_grad(T * B, I, H, dgates, w_ih, dx, size, rank)
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------
@@ -159,3 +199,118 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
         _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                   &batch_sizes[0], &y[0, 0, 0], &dy[0, 0, 0], &dh[0, 0], &dgates[0, 0, 0],
                   &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], use_relu, n_threads)
+
+
+# --- tier 4: the stable C API (declared in fastrnn/_kernels/rnn.pxd) -----------------------------
+from libc.string cimport memset
+
+from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
+                    schedule)
+
+# Workspace: [batch_sizes (T ints) | bias or db (H) | zero h0 (B*H) | dgates (T*B*H)].
+# No reserve: the backward reads y.
+cdef Py_ssize_t rnn_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                 Py_ssize_t H) noexcept nogil:
+    return 0
+
+
+cdef Py_ssize_t rnn_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                   Py_ssize_t H) noexcept nogil:
+    return int_slots(T) + H + B * H + T * B * H
+
+
+cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                    const floating* x, const floating* h0, const floating* w_ih,
+                    const floating* w_hh, const floating* b_ih, const floating* b_hh,
+                    const int* batch_sizes, floating* y, floating* h_n, floating* work,
+                    bint use_relu, int n_threads) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
+                    or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* bias = work + int_slots(T)
+    h0 = or_zeros(h0, bias + H, B * H)
+    if T == 0 or B == 0:
+        memcpy(h_n, h0, B * H * sizeof(floating))
+        return 0
+    for j in range(H):
+        bias[j] = 0 if b_ih == NULL else b_ih[j] + b_hh[j]
+    _forward(T, B, I, H, x, h0, w_ih, w_hh, bias, bs, y, h_n, use_relu, n_threads)
+    return 0
+
+
+cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                     const floating* x, const floating* h0, const floating* w_ih,
+                     const floating* w_hh, const int* batch_sizes, const floating* y,
+                     const floating* dy, const floating* dh_n, floating* dx, floating* dh0,
+                     floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
+                     floating* work, bint use_relu, int n_threads) noexcept nogil:
+    cdef const int* bs
+    cdef int rc = check_sizes(T, B, I, H, n_threads)
+    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or dy == NULL
+                    or dx == NULL or dh0 == NULL or dw_ih == NULL or dw_hh == NULL
+                    or work == NULL):
+        rc = ERR_ARG
+    if rc == 0:
+        rc = schedule(batch_sizes, T, B, work, &bs)
+    if rc != 0:
+        return rc
+    cdef floating* db = work + int_slots(T)
+    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh back in place
+    if T == 0 or B == 0:
+        memset(dw_ih, 0, H * I * sizeof(floating))
+        memset(dw_hh, 0, H * H * sizeof(floating))
+        memset(db, 0, H * sizeof(floating))
+    else:
+        h0 = or_zeros(h0, db + H, B * H)
+        _backward(T, B, I, H, x, h0, w_ih, w_hh, bs, y, dy, dh0, db + H + B * H, dx, dw_ih,
+                  dw_hh, db, use_relu, n_threads)
+    copy_if(db_ih, db, H)
+    copy_if(db_hh, db, H)
+    return 0
+
+
+cdef int rnn_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                         const float* b_ih, const float* b_hh, const int* batch_sizes,
+                         float* y, float* h_n, float* reserve, float* workspace,
+                         bint use_relu, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n,
+                      workspace, use_relu, n_threads)
+
+
+cdef int rnn_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const double* x, const double* h0, const double* w_ih,
+                         const double* w_hh, const double* b_ih, const double* b_hh,
+                         const int* batch_sizes, double* y, double* h_n, double* reserve,
+                         double* workspace, bint use_relu, int n_threads) noexcept nogil:
+    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n,
+                      workspace, use_relu, n_threads)
+
+
+cdef int rnn_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const float* x, const float* h0, const float* w_ih, const float* w_hh,
+                          const int* batch_sizes, const float* y, const float* reserve,
+                          const float* dy, const float* dh_n,
+                          float* dx, float* dh0, float* dw_ih, float* dw_hh,
+                          float* db_ih, float* db_hh, float* workspace,
+                          bint use_relu, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh_n, dx, dh0,
+                       dw_ih, dw_hh, db_ih, db_hh, workspace, use_relu, n_threads)
+
+
+cdef int rnn_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                          const double* x, const double* h0, const double* w_ih,
+                          const double* w_hh, const int* batch_sizes, const double* y,
+                          const double* reserve, const double* dy, const double* dh_n,
+                          double* dx, double* dh0, double* dw_ih, double* dw_hh,
+                          double* db_ih, double* db_hh, double* workspace,
+                          bint use_relu, int n_threads) noexcept nogil:
+    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh_n, dx, dh0,
+                       dw_ih, dw_hh, db_ih, db_hh, workspace, use_relu, n_threads)

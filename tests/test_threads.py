@@ -1,8 +1,9 @@
 """Thread count: the multi-threaded gate passes give the same numbers as one thread.
 
-The kernels switch the elementwise pass to an OpenMP loop over batch rows once a step holds
-enough elements (``PAR_MIN`` in the .pyx files); the shapes here are large enough to take that
-path, so the parallel code is compared with the serial one and with the NumPy reference.
+The kernels split each step's GEMM and gate pass over hidden-unit blocks among their threads
+(src_pyx/_blocks.pxd) once a step is large enough (``_team`` in fastrnn/functional.py); the
+shapes here are large enough to take that path, so the parallel code is compared with the
+serial one and with the NumPy reference.
 """
 
 import numpy as np
@@ -22,7 +23,7 @@ def restore_threads():
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 def test_thread_count_does_not_change_results(spec, with_lengths, restore_threads, rng):
-    T, B, D, H = 4, 40, 3, 256  # B * G * H >= 8192: the parallel branch runs
+    T, B, D, H = 4, 40, 3, 256  # 4 unit blocks, enough work per step: up to 4 threads
     lengths = "random" if with_lengths else None
     case = make_case(spec, rng, T, B, D, H, np.float64, lengths=lengths)
     results = []
@@ -33,7 +34,7 @@ def test_thread_count_does_not_change_results(spec, with_lengths, restore_thread
     ref = spec.forward_case("numpy", case)
     ref_grads = spec.backward_case("numpy", ref.cache, case)
     for fwd, grads in results:
-        # Rows are independent in the gate pass, so thread count changes nothing: bitwise equal.
+        # Blocks have fixed shapes whatever the thread count (_parallel.pxd): bitwise equal.
         assert_forward_close(spec, fwd, results[0][0], rtol=0, atol=0)
         assert_grads_close(spec, grads, results[0][1], rtol=0, atol=0)
         assert_forward_close(spec, fwd, ref, **TOL[np.float64])

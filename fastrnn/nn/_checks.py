@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn._common import as_array, check_exact_integers
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -34,11 +36,14 @@ def as_real_array(x: Any, name: str, dtype: np.dtype) -> np.ndarray:
     """Convert a real numeric array-like to ``dtype``; refuse bool, complex and non-numeric input.
 
     Values are converted (as the layers do), never reinterpreted: an integer or float array of
-    another precision is cast with ``astype``.
+    another precision is cast with ``astype``; integers only when ``dtype`` holds them exactly
+    (else ValueError). Masked arrays (whose mask would be dropped) raise TypeError, ragged
+    nested sequences ValueError, naming ``name`` (the rules of :mod:`fastrnn.functional`).
     """
-    arr = np.asarray(x)
+    arr = as_array(name, x)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    check_exact_integers(name, arr, dtype)
     return arr if arr.dtype == dtype else arr.astype(dtype)
 
 

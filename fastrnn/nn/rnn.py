@@ -90,7 +90,12 @@ class RNNBase(Module):
         self.bidirectional = cfg.bidirectional
         self.proj_size = cfg.proj_size
         self.backend = cfg.backend
-        rng = np.random.default_rng(seed)
+        try:
+            rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"seed must be None, an int >= 0 or a numpy.random.Generator, got {seed!r}"
+            ) from exc
         # One loop over PyTorch's names fixes the registration order (hence named_parameters()
         # and state_dict() order) and the order of the draws.
         self._flat_weights_names = cfg.weight_names()
@@ -118,6 +123,15 @@ class RNNBase(Module):
     def all_weights(self) -> list[list[Parameter]]:
         """Parameters grouped per layer and direction, as ``torch.nn.RNNBase.all_weights``."""
         return [[self._parameters[n] for n in names] for names in self._all_weights]
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes that the pending training-mode forward keeps for :meth:`backward` (0 if none).
+
+        Each array counted once, the layer's own weights included; README.md ("Memory of a
+        training forward") gives the per-layer formula.
+        """
+        return 0 if self._cache is None else self._cache[0].nbytes
 
     def flatten_parameters(self) -> None:
         """No-op, for drop-in use of code written for PyTorch (the weights are always flat)."""

@@ -1,0 +1,429 @@
+"""Time fastrnn against the NumPy reference and PyTorch on identical inputs.
+
+``python -m fastrnn.bench --help`` is the command-line front end (:mod:`fastrnn.bench.__main__`);
+the pieces are importable for other scripts and for ``benchmarks/``:
+
+* :data:`CONFIGS` -- the standard shapes (T, B, I, H);
+* :func:`make_problem` -- inputs, weights and a dense upstream gradient for one cell and shape;
+* :func:`implementations` -- one zero-argument callable per implementation and mode, all on the
+  same arrays (PyTorch gets a copy of the same weights);
+* :func:`gemm_peak` -- GEMM throughput of scipy's BLAS (the one the kernels call) at a thread
+  count, the yardstick for the kernels' GFLOP/s;
+* :func:`run` -- everything above, interleaved, into a list of result rows;
+* :func:`format_table`, :func:`write_json`, :func:`write_plot`.
+
+FLOPs count only the GEMMs, as DESIGN.md's "know the limit" does: a forward is
+``2 T B (I + H) G H`` (G = 1, 4, 3 for RNN, LSTM, GRU), and forward + backward is 3 times that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = [
+    "CELLS",
+    "CONFIGS",
+    "MODES",
+    "Problem",
+    "Result",
+    "flops",
+    "format_table",
+    "gemm_peak",
+    "implementations",
+    "make_problem",
+    "run",
+    "torch_or_none",
+    "write_json",
+    "write_plot",
+]
+
+#: Standard shapes, time-major: (T, B, I, H).
+CONFIGS = {
+    "small": (50, 1, 32, 64),
+    "medium": (100, 32, 128, 256),
+    "large": (100, 64, 512, 512),
+    "longseq": (1000, 16, 64, 128),
+}
+#: Gate blocks per cell.
+CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
+#: "fwd": an inference forward; "fwdbwd": a training forward plus BPTT with a dense dy.
+MODES = ("fwd", "fwdbwd")
+IMPLS = ("fastrnn", "numpy", "torch")
+
+
+def torch_or_none():
+    """The torch module, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def parse_config(name: str) -> tuple[int, int, int, int]:
+    """A name from :data:`CONFIGS` or an explicit ``TxBxIxH``."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    parts = name.lower().split("x")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(
+            f"unknown configuration {name!r}: use one of {', '.join(CONFIGS)} or TxBxIxH"
+        )
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+
+def flops(cell: str, shape: tuple[int, int, int, int], mode: str) -> float:
+    """GEMM flops of one call: forward 2 T B (I + H) G H, forward + backward 3 times that."""
+    T, B, I, H = shape
+    fwd = 2.0 * T * B * (I + H) * CELLS[cell] * H
+    return fwd if mode == "fwd" else 3.0 * fwd
+
+
+@dataclass
+class Problem:
+    """Every array of one benchmark problem (weights shaped as PyTorch's)."""
+
+    cell: str
+    shape: tuple[int, int, int, int]
+    dtype: np.dtype
+    x: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+    dy: np.ndarray
+
+
+def make_problem(cell: str, shape, dtype=np.float32, seed: int = 0) -> Problem:
+    """Random inputs, PyTorch-initialised weights and a dense upstream gradient."""
+    T, B, I, H = shape
+    G = CELLS[cell] * H
+    rng = np.random.default_rng(seed)
+    k = 1.0 / np.sqrt(H)
+
+    def u(*s):
+        return rng.uniform(-k, k, s).astype(dtype)
+
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    return Problem(cell, tuple(shape), np.dtype(dtype), x, u(G, I), u(G, H), u(G), u(G), dy)
+
+
+def _functional_pair(mod, p: Problem) -> dict[str, Callable[[], object]]:
+    """fwd / fwdbwd closures over fastrnn.functional or fastrnn.reference."""
+    fwd = getattr(mod, f"{p.cell}_forward")
+    bwd = getattr(mod, f"{p.cell}_backward")
+    args = (p.x, None, None) if p.cell == "lstm" else (p.x, None)
+    args = args + (p.w_ih, p.w_hh, p.b_ih, p.b_hh)
+
+    def forward():
+        return fwd(*args, training=False)
+
+    def forward_backward():
+        cache = fwd(*args, training=True)[-1]
+        return bwd(cache, p.dy)
+
+    return {"fwd": forward, "fwdbwd": forward_backward}
+
+
+def _torch_pair(torch, p: Problem) -> dict[str, Callable[[], object]]:
+    """fwd / fwdbwd closures over torch.nn.RNN/LSTM/GRU holding the same weights."""
+    T, B, I, H = p.shape
+    tdtype = torch.float64 if p.dtype == np.float64 else torch.float32
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[p.cell]
+    mod = cls(I, H, num_layers=1, dtype=tdtype)
+    with torch.no_grad():
+        mod.weight_ih_l0.copy_(torch.from_numpy(p.w_ih))
+        mod.weight_hh_l0.copy_(torch.from_numpy(p.w_hh))
+        mod.bias_ih_l0.copy_(torch.from_numpy(p.b_ih))
+        mod.bias_hh_l0.copy_(torch.from_numpy(p.b_hh))
+    x = torch.from_numpy(p.x.copy())
+    xg = x.clone().requires_grad_(True)
+    dy = torch.from_numpy(p.dy)
+
+    def forward():
+        with torch.no_grad():
+            return mod(x)[0]
+
+    def forward_backward():
+        mod.zero_grad(set_to_none=True)
+        xg.grad = None
+        out = mod(xg)[0]
+        out.backward(dy)
+        return xg.grad
+
+    return {"fwd": forward, "fwdbwd": forward_backward}
+
+
+def implementations(p: Problem, impls: Sequence[str] = IMPLS) -> dict[str, dict[str, Callable]]:
+    """``{impl: {mode: fn}}`` for the requested implementations that are available."""
+    out: dict[str, dict[str, Callable]] = {}
+    for name in impls:
+        if name == "fastrnn":
+            from fastrnn import functional
+
+            out[name] = _functional_pair(functional, p)
+        elif name == "numpy":
+            from fastrnn import reference
+
+            out[name] = _functional_pair(reference, p)
+        elif name == "torch":
+            torch = torch_or_none()
+            if torch is not None:
+                out[name] = _torch_pair(torch, p)
+        else:
+            raise ValueError(f"unknown implementation {name!r}: use {', '.join(IMPLS)}")
+    return out
+
+
+@dataclass
+class Result:
+    """One timed (cell, configuration, mode, threads, implementation)."""
+
+    cell: str
+    config: str
+    shape: tuple[int, int, int, int]
+    mode: str
+    dtype: str
+    threads: int
+    impl: str
+    median_ms: float
+    min_ms: float
+    samples: int
+    gflops: float  # achieved, from the median time
+    ratio: float | None = None  # this implementation's median time / fastrnn's
+    gemm_share: float | None = None  # gflops / measured GEMM peak at this thread count
+
+
+def _calls_per_sample(fn: Callable, min_time: float) -> int:
+    """Calls per timed sample so that one sample lasts about ``min_time`` seconds (the first
+    call doubles as the warm-up: allocations, thread pools, caches)."""
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    if dt < min_time:  # a second, warm measurement for the fast ones
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+    return max(1, min(1000, int(min_time / max(dt, 1e-7))))
+
+
+def time_interleaved(
+    fns: dict[str, Callable], repeats: int, min_time: float
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, sampled in turn (A B C A B C ...) so that machine
+    noise falls on all of them alike."""
+    counts = {k: _calls_per_sample(fn, min_time) for k, fn in fns.items()}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            n = counts[k]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[k].append((time.perf_counter() - t0) / n)
+    return times
+
+
+def gemm_peak(dtype=np.float32, threads: int = 1, n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n x n GEMM through scipy's BLAS (the kernels' BLAS) on ``threads``."""
+    from scipy.linalg import blas
+
+    from fastrnn._threads import blas_threads
+
+    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.standard_normal((n, n)).astype(dtype))
+    b = np.asfortranarray(rng.standard_normal((n, n)).astype(dtype))
+    c = np.zeros((n, n), dtype=dtype, order="F")
+    best = float("inf")
+    with blas_threads(threads):
+        gemm(1.0, a, b, 0.0, c, overwrite_c=True)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            gemm(1.0, a, b, 0.0, c, overwrite_c=True)
+            best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best / 1e9
+
+
+def run(
+    cells: Sequence[str] = tuple(CELLS),
+    configs: Sequence[str] = tuple(CONFIGS),
+    modes: Sequence[str] = MODES,
+    impls: Sequence[str] = IMPLS,
+    dtype=np.float32,
+    threads: Sequence[int] = (1,),
+    repeats: int = 7,
+    min_time: float = 0.02,
+    gemm_n: int = 1024,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[Result], dict[int, float]]:
+    """Time every (cell, config, mode, thread count) for every implementation, interleaved.
+
+    Returns the rows and the measured GEMM peak (GFLOP/s) at each thread count.
+    """
+    import fastrnn
+    from fastrnn._threads import blas_threads
+
+    torch = torch_or_none() if "torch" in impls else None
+    peaks: dict[int, float] = {}
+    rows: list[Result] = []
+    before = fastrnn.get_num_threads()
+    torch_before = None if torch is None else torch.get_num_threads()
+    try:
+        for n_threads in threads:
+            fastrnn.set_num_threads(n_threads)
+            if torch is not None:
+                torch.set_num_threads(n_threads)
+            peaks[n_threads] = gemm_peak(dtype, n_threads, gemm_n)
+            for cell in cells:
+                for config in configs:
+                    shape = parse_config(config)
+                    p = make_problem(cell, shape, dtype)
+                    fns = implementations(p, impls)
+                    for mode in modes:
+                        if progress:
+                            progress(f"{cell} {config} {mode} threads={n_threads}")
+                        # the NumPy reference runs on numpy's BLAS: same thread count
+                        with blas_threads(n_threads, "numpy"):
+                            times = time_interleaved(
+                                {k: v[mode] for k, v in fns.items()}, repeats, min_time
+                            )
+                        rows.extend(
+                            _rows(cell, config, shape, mode, p.dtype, n_threads, times,
+                                  peaks[n_threads])
+                        )  # fmt: skip
+    finally:
+        fastrnn.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
+    return rows, peaks
+
+
+def _rows(cell, config, shape, mode, dtype, n_threads, times, peak) -> list[Result]:
+    f = flops(cell, shape, mode)
+    out = []
+    for impl, ts in times.items():
+        med = statistics.median(ts)
+        out.append(
+            Result(
+                cell, config, shape, mode, dtype.name, n_threads, impl, 1e3 * med,
+                1e3 * min(ts), len(ts), f / med / 1e9,
+            )
+        )  # fmt: skip
+    ref = next((r for r in out if r.impl == "fastrnn"), None)
+    for r in out:
+        r.gemm_share = r.gflops / peak if peak > 0 else None
+        if ref is not None:
+            r.ratio = r.median_ms / ref.median_ms
+    return out
+
+
+def environment(peaks: dict[int, float], dtype) -> dict:
+    """What a reader needs to interpret the numbers."""
+    import fastrnn
+    from fastrnn._threads import blas_info
+
+    torch = torch_or_none()
+    return {
+        "fastrnn": fastrnn.__version__,
+        "numpy": np.__version__,
+        "torch": None if torch is None else torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cpus_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
+        "blas": blas_info()["config"],
+        "dtype": np.dtype(dtype).name,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default)"),
+        "gemm_peak_gflops": {str(k): round(v, 2) for k, v in peaks.items()},
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def format_table(rows: Sequence[Result], peaks: dict[int, float], env: dict | None = None) -> str:
+    """A plain-text table: median/min ms, time relative to fastrnn, GFLOP/s, share of GEMM peak."""
+    lines = []
+    if env:
+        lines.append(
+            f"# {env['cpu']} | {env['blas']} | dtype {env['dtype']} | "
+            f"OMP_WAIT_POLICY={env['omp_wait_policy']} | torch {env['torch']}"
+        )
+    for n, peak in peaks.items():
+        lines.append(f"# GEMM peak ({n} thread{'s' if n > 1 else ''}): {peak:.1f} GFLOP/s")
+    lines.append("# x fastrnn = median time / fastrnn's median time (> 1: fastrnn is faster)")
+    head = (
+        f"{'cell':5s} {'config':8s} {'mode':6s} {'thr':>3s} {'impl':8s} {'median ms':>10s} "
+        f"{'min ms':>10s} {'x fastrnn':>9s} {'GFLOP/s':>8s} {'% GEMM':>7s}"
+    )
+    lines.append(head)
+    lines.append("-" * len(head))
+    for r in rows:
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        share = "" if r.gemm_share is None else f"{100 * r.gemm_share:.0f}%"
+        lines.append(
+            f"{r.cell:5s} {r.config:8s} {r.mode:6s} {r.threads:3d} {r.impl:8s} "
+            f"{r.median_ms:10.3f} {r.min_ms:10.3f} {ratio:>9s} {r.gflops:8.1f} {share:>7s}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: str, rows: Sequence[Result], peaks: dict[int, float], env: dict) -> None:
+    with open(path, "w") as f:
+        json.dump({"environment": env, "results": [asdict(r) for r in rows]}, f, indent=2)
+        f.write("\n")
+
+
+def write_plot(path: str, rows: Sequence[Result]) -> None:
+    """Bar chart of each implementation's speed relative to fastrnn (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = []
+    for r in rows:
+        key = (r.cell, r.config, r.mode, r.threads)
+        if key not in groups:
+            groups.append(key)
+    impls = [i for i in IMPLS if any(r.impl == i for r in rows)]
+    width = 0.8 / max(1, len(impls))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups) + 2), 4.5))
+    for k, impl in enumerate(impls):
+        xs, ys = [], []
+        for g, key in enumerate(groups):
+            r = next((r for r in rows if (r.cell, r.config, r.mode, r.threads) == key
+                      and r.impl == impl), None)  # fmt: skip
+            if r is not None and r.ratio is not None:
+                xs.append(g + (k - (len(impls) - 1) / 2) * width)
+                ys.append(1.0 / r.ratio)
+        ax.bar(xs, ys, width, label=impl)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{c} {cf}\n{m} {t}t" for c, cf, m, t in groups], fontsize=7, rotation=90)
+    ax.set_yscale("log")
+    ax.set_ylabel("speed relative to fastrnn (higher is faster)")
+    ax.axhline(1.0, color="k", lw=0.5)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

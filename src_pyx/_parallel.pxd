@@ -1,0 +1,38 @@
+# Team helpers for the kernels' persistent parallel regions, header-only (see _parallel.h).
+#
+# A kernel's time loop runs in one OpenMP region of `size` threads; thread `rank` takes its share
+# of fixed blocks of work (see _blocks.pxd) and synchronises once per step with fr_barrier_wait.
+
+cdef extern from "_parallel.h" nogil:
+    ctypedef struct fr_barrier:
+        pass
+    void fr_barrier_init(fr_barrier* b)
+    void fr_barrier_wait(fr_barrier* b, int n)
+    int fr_team_size()
+    int fr_team_rank()
+
+
+# Work is cut into blocks whose shapes depend on the problem only, never on the thread count, and
+# threads take whole blocks. Every BLAS call then has the same shape and operands whatever the
+# team size, so results are bitwise identical for 1, 2 or n threads (OpenBLAS picks kernels by
+# call shape, and a row computed in calls of different shapes can round differently).
+
+cdef inline Py_ssize_t unit_blocks(Py_ssize_t H) noexcept nogil:
+    """How many blocks of hidden units the recurrent GEMMs are cut into (about 64 units each)."""
+    return max(1, (H + 63) // 64)
+
+
+cdef inline void block_span(Py_ssize_t H, Py_ssize_t n_blocks, Py_ssize_t first,
+                            Py_ssize_t last, Py_ssize_t* j0, Py_ssize_t* j1) noexcept nogil:
+    """[j0, j1): the units of blocks [first, last) when H units are cut into n_blocks blocks of
+    a multiple of 16 units (a 64-byte line of floats: threads never share a line of a row)."""
+    cdef Py_ssize_t width = ((H + n_blocks - 1) // n_blocks + 15) // 16 * 16
+    j0[0] = min(first * width, H)
+    j1[0] = min(last * width, H)
+
+
+cdef inline void share(Py_ssize_t n, int size, int rank, Py_ssize_t* lo,
+                       Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): rank's contiguous share of n blocks."""
+    lo[0] = n * rank // size
+    hi[0] = n * (rank + 1) // size

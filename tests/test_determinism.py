@@ -1,0 +1,117 @@
+"""Determinism: same inputs and weights give the same bits, call after call and run after run.
+
+What is guaranteed (README, "Determinism"), for one build on one machine:
+
+* repeated calls, in one process or in fresh processes, give bitwise-identical outputs and
+  gradients, whatever the memory addresses and alignment of the operands;
+* ``fastrnn.set_num_threads`` changes no bit (tests/test_threads.py: the gate passes split the
+  batch rows, never a sum);
+* the BLAS thread count may change the last bits of the large weight-gradient GEMMs (OpenBLAS
+  splits their long T*B reduction differently): results stay within rounding, checked here.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import SPECS, TOL, assert_forward_close, assert_grads_close, make_case
+
+# (T, B, I, H): a tiny case, and one large enough for threaded BLAS and the OpenMP gate pass.
+SHAPES = [(5, 3, 4, 6), (8, 64, 32, 128)]
+SEED = 2024
+
+
+def _cases():
+    for spec in SPECS:
+        for dtype in (np.float32, np.float64):
+            for k, shape in enumerate(SHAPES):
+                rng = np.random.default_rng([SEED, k])
+                lengths = "random" if k == 0 else None
+                yield (
+                    f"{spec.name}-{np.dtype(dtype).name}-{k}",
+                    spec,
+                    make_case(spec, rng, *shape, dtype, lengths=lengths),
+                )
+
+
+def _digest(spec, backend, case):
+    fwd = spec.forward_case(backend, case)
+    grads = spec.backward_case(backend, fwd.cache, case)
+    h = hashlib.sha256()
+    for a in (*fwd[:3], *grads):
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _all_digests():
+    return {
+        f"{name}-{backend}": _digest(spec, backend, case)
+        for name, spec, case in _cases()
+        for backend in ("cython", "numpy")
+        if backend == "cython" or name.endswith("-0")  # the reference on the small cases only
+    }
+
+
+def _misaligned(a):
+    """A C-contiguous copy of ``a`` that starts one element past an allocation's start."""
+    buf = np.empty(a.size + 1, a.dtype)
+    out = buf[1:].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def test_repeated_calls_are_bitwise_identical():
+    for name, spec, case in _cases():
+        first = _digest(spec, "cython", case)
+        fresh = case.map_arrays(np.copy)  # new buffers at new addresses
+        assert _digest(spec, "cython", fresh) == first, name
+        assert _digest(spec, "cython", case.map_arrays(_misaligned)) == first, name
+
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    import test_determinism
+    print(json.dumps(test_determinism._all_digests()))
+    """
+)
+
+
+def test_fresh_processes_give_the_same_bits():
+    here = _all_digests()
+    tests = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(tests)
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD.format(tests=tests)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    there = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert there == here
+
+
+def test_blas_thread_count_changes_results_only_within_rounding():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    for _, spec, case in _cases():
+        results = []
+        for n in (1, 2):
+            with threadpoolctl.threadpool_limits(limits=n, user_api="blas"):
+                fwd = spec.forward_case("cython", case)
+                results.append((fwd, spec.backward_case("cython", fwd.cache, case)))
+        tol = TOL[case.x.dtype.type]
+        (f1, g1), (f2, g2) = results
+        assert_forward_close(spec, f2, f1, **tol)
+        # weight gradients sum T*B products: allow rounding of that many terms
+        assert_grads_close(spec, g2, g1, rtol=tol["rtol"] * 100, atol=tol["atol"] * 100)
