@@ -216,16 +216,28 @@ def _calls_per_sample(fn: Callable, min_time: float) -> int:
     return max(1, min(1000, int(min_time / max(dt, 1e-7))))
 
 
+#: Pause before each sample, in seconds. OpenBLAS worker threads (numpy's pool, torch's, scipy's)
+#: spin for a while after a call returns before they sleep; on a 2-core machine the previous
+#: implementation's spinning threads otherwise take a core from the next one. Measured here:
+#: fastrnn's 2-thread LSTM forward (T=100, B=32, I=128, H=256) took 57 ms right after the NumPy
+#: reference's samples and 24 ms on its own.
+SETTLE = 0.2
+
+
 def time_interleaved(
-    fns: dict[str, Callable], repeats: int, min_time: float
+    fns: dict[str, Callable], repeats: int, min_time: float, settle: float = SETTLE
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, sampled in turn (A B C A B C ...) so that machine
-    noise falls on all of them alike."""
+    noise falls on all of them alike, with a pause of ``settle`` seconds before each sample so
+    that thread pools spinning after the previous one have gone to sleep."""
     counts = {k: _calls_per_sample(fn, min_time) for k, fn in fns.items()}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
             n = counts[k]
+            if settle > 0:
+                time.sleep(settle)
+            fn()  # warm again after the pause (first-touch of sleeping threads' stacks)
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()
@@ -265,6 +277,7 @@ def run(
     min_time: float = 0.02,
     gemm_n: int = 1024,
     progress: Callable[[str], None] | None = None,
+    settle: float = SETTLE,
 ) -> tuple[list[Result], dict[int, float]]:
     """Time every (cell, config, mode, thread count) for every implementation, interleaved.
 
@@ -295,7 +308,7 @@ def run(
                         # the NumPy reference runs on numpy's BLAS: same thread count
                         with blas_threads(n_threads, "numpy"):
                             times = time_interleaved(
-                                {k: v[mode] for k, v in fns.items()}, repeats, min_time
+                                {k: v[mode] for k, v in fns.items()}, repeats, min_time, settle
                             )
                         rows.extend(
                             _rows(cell, config, shape, mode, p.dtype, n_threads, times,

@@ -33,7 +33,7 @@ from fastrnn.bench import (
     write_plot,
 )
 
-QUICK = {"configs": "small,medium", "repeats": 3, "min_time": 0.005, "gemm_n": 768}
+QUICK = {"configs": "small,medium", "repeats": 3, "min_time": 0.005, "gemm_n": 768, "settle": 0.1}
 
 
 def _csv(choices=None):
@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=None, help="timed samples per implementation")
     p.add_argument("--min-time", type=float, default=None, help="seconds per sample (min)")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        help="pause before each sample so BLAS pools spinning after the previous one sleep "
+        "(default 0.2 s; 0.02 s with --quick)",
+    )
     p.add_argument("--gemm-n", type=int, default=None, help="size of the GEMM-peak probe")
     p.add_argument("--quick", action="store_true", help="small + medium, few repeats (< 1 min)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -126,6 +133,7 @@ def main(argv=None) -> int:
     configs = args.configs or _csv()(quick.get("configs", ",".join(CONFIGS)))
     repeats = args.repeats or quick.get("repeats", 7)
     min_time = args.min_time or quick.get("min_time", 0.02)
+    settle = args.settle if args.settle is not None else quick.get("settle", 0.2)
     gemm_n = args.gemm_n or quick.get("gemm_n", 1536)
     threads = args.threads or [fastrnn.get_num_threads()]
     dtype = np.dtype(args.dtype)
@@ -143,6 +151,7 @@ def main(argv=None) -> int:
         threads,
         repeats=repeats,
         min_time=min_time,
+        settle=settle,
         gemm_n=gemm_n,
         progress=progress,
     )
