@@ -16,6 +16,10 @@ from fastrnn import functional, get_num_threads, reference
 
 CELLS = {"RNN (tanh)": ("rnn", 1), "LSTM": ("lstm", 4), "GRU": ("gru", 3)}
 
+# OpenBLAS worker threads spin for a while after a call before they sleep; on a small machine
+# the reference's spinning BLAS threads would otherwise take a core from the kernels' threads.
+SETTLE = 0.2
+
 
 def _step(module, cell: str, x, weights, dy) -> Callable[[], tuple]:
     """A closure running one forward + backward of ``cell`` with ``module``'s functions."""
@@ -81,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             if a is not None
         )
         t_ref = _best_of(ref, args.repeat)
+        time.sleep(SETTLE)  # let numpy's BLAS threads, spinning after the reference, sleep
         t_fast = _best_of(fast, args.repeat)
+        time.sleep(SETTLE)
         print(
             f"{label:<12}{1e3 * t_ref:>16.2f}{1e3 * t_fast:>14.2f}{t_ref / t_fast:>9.1f}x"
             f"{diff:>14.1e}"
