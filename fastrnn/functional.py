@@ -140,15 +140,20 @@ def _empty_forward(p: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray | No
     return y, p.h0.copy(), None if p.c0 is None else p.c0.copy()
 
 
-def _empty_grads(p: Prepared) -> dict[str, Any]:
+def _empty_backward(
+    p: Prepared, dy: Any, states: dict[str, tuple[Any, int]], out_size: int | None = None
+) -> list[np.ndarray | None]:
+    """T == 0 or B == 0: validate the upstream gradients and return ``[dx, <state grads>, dw_ih,
+    dw_hh, db_ih, db_hh]``. Each state's gradient passes through unchanged (zeros when None);
+    every weight gradient is zero. ``states`` maps ``"dh_n"``/``"dc_n"`` to (array, width)."""
+    as_grad("dy", dy, (p.T, p.B, out_size or p.H), p.dtype)
+    passed = []
+    for name, (g, width) in states.items():
+        g_a = as_grad(name, g, (p.B, width), p.dtype)
+        passed.append(np.zeros((p.B, width), p.dtype) if g_a is None else g_a)
     db = None if p.b_ih is None else np.zeros(p.w_hh.shape[0], p.dtype)
-    return {
-        "dx": np.zeros_like(p.x),
-        "dw_ih": np.zeros_like(p.w_ih),
-        "dw_hh": np.zeros_like(p.w_hh),
-        "db_ih": db,
-        "db_hh": None if db is None else db.copy(),
-    }
+    db_hh = None if db is None else db.copy()
+    return [np.zeros_like(p.x), *passed, np.zeros_like(p.w_ih), np.zeros_like(p.w_hh), db, db_hh]
 
 
 def _bias_sum(p: Prepared) -> np.ndarray:
@@ -268,17 +273,7 @@ def rnn_backward(cache, dy, dh_n=None):
     d = c.data
     p = d["p"]
     if "s" not in d:
-        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
-        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
-        g = _empty_grads(p)
-        return RNNGrads(
-            g["dx"],
-            np.zeros((p.B, p.H), p.dtype) if dh is None else dh,
-            g["dw_ih"],
-            g["dw_hh"],
-            g["db_ih"],
-            g["db_hh"],
-        )
+        return RNNGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
     s = d["s"]
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
@@ -428,20 +423,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     if p.w_hr is not None:
         return _lstm_proj_backward(d, dy, dh_n, dc_n)
     if "s" not in d:
-        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
-        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
-        dc = as_grad("dc_n", dc_n, (p.B, p.H), p.dtype)
-        g = _empty_grads(p)
-        zero = np.zeros((p.B, p.H), p.dtype)
-        return LSTMGrads(
-            g["dx"],
-            zero if dh is None else dh,
-            zero.copy() if dc is None else dc,
-            g["dw_ih"],
-            g["dw_hh"],
-            g["db_ih"],
-            g["db_hh"],
-        )
+        return LSTMGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)}))
     s = d["s"]
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     G = p.w_hh.shape[0]
@@ -594,17 +576,7 @@ def gru_backward(cache, dy, dh_n=None):
     if d.get("reset_after") is False:
         return _gru_reset_before_backward(d, dy, dh_n)
     if "s" not in d:
-        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
-        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
-        g = _empty_grads(p)
-        return GRUGrads(
-            g["dx"],
-            np.zeros((p.B, p.H), p.dtype) if dh is None else dh,
-            g["dw_ih"],
-            g["dw_hh"],
-            g["db_ih"],
-            g["db_hh"],
-        )
+        return GRUGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
     s = d["s"]
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
@@ -700,20 +672,8 @@ def _lstm_proj_backward(d: dict[str, Any], dy: Any, dh_n: Any, dc_n: Any) -> LST
     p = d["p"]
     P, H = p.w_hr.shape
     if "s" not in d:
-        as_grad("dy", dy, (p.T, p.B, P), p.dtype)
-        dh = as_grad("dh_n", dh_n, (p.B, P), p.dtype)
-        dc = as_grad("dc_n", dc_n, (p.B, H), p.dtype)
-        g = _empty_grads(p)
-        return LSTMProjGrads(
-            g["dx"],
-            np.zeros((p.B, P), p.dtype) if dh is None else dh,
-            np.zeros((p.B, H), p.dtype) if dc is None else dc,
-            g["dw_ih"],
-            g["dw_hh"],
-            g["db_ih"],
-            g["db_hh"],
-            np.zeros_like(p.w_hr),
-        )
+        grads = _empty_backward(p, dy, {"dh_n": (dh_n, P), "dc_n": (dc_n, H)}, out_size=P)
+        return LSTMProjGrads(*grads, np.zeros_like(p.w_hr))
     s = d["s"]
     dy_a = as_grad("dy", dy, (p.T, p.B, P), p.dtype)
     dyk = np.zeros((p.T, p.B, P), p.dtype) if dy_a is None else s.rows(dy_a, 1)
@@ -815,11 +775,7 @@ def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
 def _gru_reset_before_backward(d: dict[str, Any], dy: Any, dh_n: Any) -> GRUGrads:
     p = d["p"]
     if "s" not in d:
-        as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
-        dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
-        g = _empty_grads(p)
-        dh0 = np.zeros((p.B, p.H), p.dtype) if dh is None else dh
-        return GRUGrads(g["dx"], dh0, g["dw_ih"], g["dw_hh"], g["db_ih"], g["db_hh"])
+        return GRUGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
     s = d["s"]
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
