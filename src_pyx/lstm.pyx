@@ -270,26 +270,9 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # Legend as above plus P, the projection size:
 #     a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh          W_hh is (G, P), h is (B, P)
 #     c_t = f * c_{t-1} + i * g;  m_t = o * tanh(c_t);  h_t = W_hr m_t      W_hr is (P, H)
-# The cell math is the plain LSTM's with m_t in place of h_t; the projection is one more GEMM per
-# step forward and backward, and dW_hr = sum_t dh_t^T m_t is one large GEMM after the loop.
-
-cdef inline void _row_forward_proj(floating* a, const floating* c_prev, floating* c, floating* m,
-                                   Py_ssize_t H) noexcept nogil:
-    """Activate a = [a_i, a_f, a_g, a_o] in place; c = f c_prev + i g; m = o tanh(c)."""
-    cdef Py_ssize_t j
-    cdef floating i, f, g, o
-    for j in range(H):
-        i = sigmoid(a[j])
-        f = sigmoid(a[H + j])
-        g = tanh_(a[2 * H + j])
-        o = sigmoid(a[3 * H + j])
-        a[j] = i
-        a[H + j] = f
-        a[2 * H + j] = g
-        a[3 * H + j] = o
-        c[j] = f * c_prev[j] + i * g
-        m[j] = o * tanh_(c[j])
-
+# The cell math is the plain LSTM's with m_t in place of h_t (the forward calls _row_forward on
+# all H units); the projection is one more GEMM per step forward and backward, and
+# dW_hr = sum_t dh_t^T m_t is one large GEMM after the loop.
 
 cdef inline void _row_backward_proj(const floating* a, const floating* c_prev, const floating* c,
                                     const floating* dm, floating* dc, floating* da,
@@ -353,10 +336,10 @@ cdef void _forward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, 
         gemm(False, True, n, G, P, <floating> 1, h_prev, P, w_hh, P, <floating> 1, a_t, G)
         if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
             for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_forward_proj(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H)
+                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H, H)
         else:
             for b in range(n):
-                _row_forward_proj(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H)
+                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H, H)
         # h_t[:n] = m_t[:n] W_hr^T
         gemm(False, True, n, P, H, <floating> 1, m_cur, H, w_hr, H, <floating> 0,
              y + t * B * P, P)
