@@ -26,7 +26,7 @@ import os
 # ACTIVE. Must run before the kernels load libgomp, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fastrnn import nn, optim, utils  # noqa: E402
+from fastrnn import _isa, nn, optim, utils  # noqa: E402,F401  (_isa applies FASTRNN_ISA)
 from fastrnn._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastrnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fastrnn.nn import (  # noqa: E402

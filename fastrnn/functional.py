@@ -45,9 +45,7 @@ from fastrnn._common import (
     check_cache,
     prepare,
 )
-from fastrnn._kernels import gru as _gru
-from fastrnn._kernels import lstm as _lstm
-from fastrnn._kernels import rnn as _rnn
+from fastrnn._isa import KERNELS as _k
 from fastrnn._threads import blas_single_thread, get_num_threads
 
 __all__ = [
@@ -238,7 +236,7 @@ def rnn_forward(
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
-        _rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
+        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
     cache = None
     if training:
         cache = Cache(
@@ -282,7 +280,7 @@ def rnn_backward(cache, dy, dh_n=None):
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
     with blas_single_thread():
-        _rnn.backward(
+        _k.rnn.backward(
             d["x"],
             d["h0"],
             p.w_ih,
@@ -371,7 +369,7 @@ def lstm_forward(
     cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
     h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
-        _lstm.forward(
+        _k.lstm.forward(
             xk,
             h0k,
             c0k,
@@ -432,7 +430,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
     with blas_single_thread():
-        _lstm.backward(
+        _k.lstm.backward(
             d["x"],
             d["h0"],
             d["c0"],
@@ -527,7 +525,7 @@ def gru_forward(
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
     with blas_single_thread():
-        _gru.forward(
+        _k.gru.forward(
             xk,
             h0k,
             p.w_ih,
@@ -586,7 +584,7 @@ def gru_backward(cache, dy, dh_n=None):
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
     with blas_single_thread():
-        _gru.backward(
+        _k.gru.backward(
             d["x"],
             d["h0"],
             p.w_ih,
@@ -628,7 +626,7 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
     cs = np.empty((p.T if training else 1, p.B, H), p.dtype)
     ms = np.empty((p.T if training else 1, p.B, H), p.dtype)
     h_n, c_n = np.empty((p.B, P), p.dtype), np.empty((p.B, H), p.dtype)
-    _lstm.forward_proj(
+    _k.lstm.forward_proj(
         xk,
         h0k,
         c0k,
@@ -688,7 +686,7 @@ def _lstm_proj_backward(d: dict[str, Any], dy: Any, dh_n: Any, dc_n: Any) -> LST
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh, dw_hr = np.empty_like(p.w_ih), np.empty_like(p.w_hh), np.empty_like(p.w_hr)
     db = np.empty(G, p.dtype)
-    _lstm.backward_proj(
+    _k.lstm.backward_proj(
         d["x"],
         d["h0"],
         d["c0"],
@@ -736,7 +734,7 @@ def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
-    _gru.forward_reset_before(
+    _k.gru.forward_reset_before(
         xk,
         h0k,
         p.w_ih,
@@ -784,7 +782,7 @@ def _gru_reset_before_backward(d: dict[str, Any], dy: Any, dh_n: Any) -> GRUGrad
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
-    _gru.backward_reset_before(
+    _k.gru.backward_reset_before(
         d["x"],
         d["h0"],
         p.w_ih,

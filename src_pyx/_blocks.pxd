@@ -8,12 +8,20 @@
 #   * wide blocks (a gate block cut in ceil(4 / n_gates) pieces, so 4 to 6 blocks): the GEMMs
 #     over all T*B rows (input projection, weight gradients), where each extra call re-packs
 #     the shared operand, so fewer, larger calls are better.
+#
+# The per-step recurrent GEMMs read the same weights at every step. When the CPU has AVX2 or
+# AVX-512 (_rgemm.h), each thread packs its columns of W_hh once per kernel call (pack_nt for the
+# forward's h @ W_hh^T, pack_nn for the backward's da @ W_hh) and the steps run the packed
+# micro-kernels; otherwise (isa FR_ISA_NONE, or no memory for the packed copy) they call BLAS.
 
 from cython cimport floating
+from libc.stdlib cimport free
 from libc.string cimport memcpy
 
 from _blas cimport blas_int, gemm, gemm_gates_nt
 from _parallel cimport block_span, share, unit_blocks
+from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm_d,
+                     fr_rgemm_packed_size, fr_rgemm_s)
 
 # Rows per block of the dx GEMM.
 cdef enum:
@@ -28,14 +36,79 @@ cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
     block_span(H, nb, lo, hi, j0, j1)
 
 
+cdef struct Packed:
+    # A thread's columns of W_hh, packed for the micro-kernels (data NULL: use BLAS).
+    int isa
+    void* data
+    Py_ssize_t seg  # elements per packed gate block
+
+
+cdef inline void _pack(int isa, int trans, Py_ssize_t k, Py_ssize_t n, const floating* b,
+                       Py_ssize_t ldb, floating* p) noexcept nogil:
+    if floating is float:
+        fr_pack_s(isa, trans, k, n, b, ldb, p)
+    else:
+        fr_pack_d(isa, trans, k, n, b, ldb, p)
+
+
+cdef inline void _rgemm(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                        Py_ssize_t lda, const floating* p, floating* c, Py_ssize_t ldc,
+                        bint add) noexcept nogil:
+    if floating is float:
+        fr_rgemm_s(isa, m, n, k, a, lda, p, c, ldc, add)
+    else:
+        fr_rgemm_d(isa, m, n, k, a, lda, p, c, ldc, add)
+
+
+cdef inline void _alloc(Packed* pk, int isa, Py_ssize_t n_blocks, Py_ssize_t k, Py_ssize_t n,
+                        size_t elem) noexcept nogil:
+    pk.isa = isa
+    pk.data = NULL
+    pk.seg = 0
+    if isa == FR_ISA_NONE or n <= 0 or k <= 0:
+        return
+    pk.seg = fr_rgemm_packed_size(isa, elem, k, n)
+    pk.data = fr_rgemm_alloc(n_blocks * pk.seg * elem)
+
+
+cdef inline void pack_nt(Packed* pk, int isa, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                         int n_gates, const floating* w) noexcept nogil:
+    """Pack B = W[g*H + [j0, j1)]^T (H x (j1 - j0)) of every gate g; W is (n_gates * H, H)."""
+    cdef int g
+    _alloc(pk, isa, n_gates, H, j1 - j0, sizeof(floating))
+    if pk.data != NULL:
+        for g in range(n_gates):
+            _pack(isa, True, H, j1 - j0, w + (g * H + j0) * H, H,
+                  <floating*> pk.data + g * pk.seg)
+
+
+cdef inline void pack_nn(Packed* pk, int isa, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                         Py_ssize_t G, const floating* w) noexcept nogil:
+    """Pack B = W[:, [j0, j1)] (G x (j1 - j0)); W is (G, H)."""
+    _alloc(pk, isa, 1, G, j1 - j0, sizeof(floating))
+    if pk.data != NULL:
+        _pack(isa, False, G, j1 - j0, w + j0, H, <floating*> pk.data)
+
+
+cdef inline void release(Packed* pk) noexcept nogil:
+    free(pk.data)
+    pk.data = NULL
+
+
 cdef inline void recurrent_nt(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
                               int n_gates, const floating* h, const floating* w, floating beta,
-                              floating* c, blas_int ldc) noexcept nogil:
-    """C[:m, blk] := h[:m] @ W[blk]^T + beta C[:m, blk] over the narrow blocks in [j0, j1);
-    h is (m, H), W is (n_gates * H, H)."""
+                              floating* c, blas_int ldc, const Packed* pk) noexcept nogil:
+    """C[:m, blk] := h[:m] @ W[blk]^T + beta C[:m, blk] (beta 0 or 1) for the gate columns
+    blk = g*H + [j0, j1); h is (m, H), W is (n_gates * H, H), pk from pack_nt or empty."""
     cdef Py_ssize_t nb = unit_blocks(H), width = (j1 - j0)
     cdef Py_ssize_t b, u0, u1
+    cdef int g
     if m <= 0 or width <= 0:
+        return
+    if pk.data != NULL:
+        for g in range(n_gates):
+            _rgemm(pk.isa, m, width, H, h, H, <const floating*> pk.data + g * pk.seg,
+                   c + g * H + j0, ldc, beta != 0)
         return
     for b in range(nb):
         block_span(H, nb, b, b + 1, &u0, &u1)
@@ -45,12 +118,15 @@ cdef inline void recurrent_nt(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_
 
 cdef inline void recurrent_nn(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
                               blas_int G, const floating* da, const floating* w, floating beta,
-                              floating* dh) noexcept nogil:
-    """dh[:m, blk] := da[:m] @ W[:, blk] + beta dh[:m, blk] over the narrow blocks in [j0, j1);
-    da is (m, G), W is (G, H), dh is (m, H)."""
+                              floating* dh, const Packed* pk) noexcept nogil:
+    """dh[:m, [j0, j1)] := da[:m] @ W[:, [j0, j1)] + beta dh[:m, [j0, j1)] (beta 0 or 1); da is
+    (m, G), W is (G, H), dh is (m, H), pk from pack_nn or empty."""
     cdef Py_ssize_t nb = unit_blocks(H)
     cdef Py_ssize_t b, u0, u1
-    if m <= 0:
+    if m <= 0 or j1 <= j0:
+        return
+    if pk.data != NULL:
+        _rgemm(pk.isa, m, j1 - j0, G, da, G, <const floating*> pk.data, dh + j0, H, beta != 0)
         return
     for b in range(nb):
         block_span(H, nb, b, b + 1, &u0, &u1)

@@ -16,10 +16,11 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (bias_grad, input_grad, input_projection, recurrent_nn, recurrent_nt,
-                      thread_units, weight_grad)
+from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
+                      recurrent_nn, recurrent_nt, release, thread_units, weight_grad)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
+from _rgemm cimport fr_rgemm_pick
 from _blas cimport gemm
 from _util cimport col_sum, last_step, zero_rows
 
@@ -27,6 +28,18 @@ from _util cimport col_sum, last_step, zero_rows
 # The projection / reset-before variants below parallelise only their gate pass, per step,
 # and only above this many elements per step (an OpenMP fork costs more below it).
 cdef Py_ssize_t PAR_MIN = 8192
+
+# The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
+# (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
+cdef int ISA = fr_rgemm_pick(-1)
+
+
+def _set_isa(int isa):
+    """Use the micro-kernels of instruction set ``isa`` (0 BLAS, 1 AVX2, 2 AVX-512); the caller
+    checks that the CPU runs them."""
+    global ISA
+    ISA = isa
+
 
 # --- tier 1: one batch row, units [0, m) of a thread's slice (gate k of unit j at k*H + j) ----
 cdef inline void _row_forward(floating* a, const floating* hw, const floating* b_hn,
@@ -101,9 +114,11 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef const floating* h_prev
     cdef floating* a_t
     cdef floating* hn_t
+    cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
+    pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
     # gates[t, b] = W_ih x[t, b] + bias_i for all steps at once
     input_projection(T * B, I, H, 3, x, w_ih, bias_i, gates, size, rank)
     fr_barrier_wait(bar, size)
@@ -114,7 +129,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         hn_t = hns + t * B * H if training else hns
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         # hw[:n, units] = h_{t-1} W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hw, G)
+        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hw, G, &pk)
         for b in range(n if m > 0 else 0):
             _row_forward(a_t + b * G + j0, hw + b * G + j0, b_hn + j0, h_prev + b * H + j0,
                          hn_t + b * H + j0, y + (t * B + b) * H + j0, m, H)
@@ -122,6 +137,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
 
+    release(&pk)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -154,9 +170,11 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
+    cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
+    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
@@ -170,8 +188,9 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             zero_rows(dgh + t * B * G, n, B, G)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = z * dh_t + dgh_t[:n] W_hh[:, units]   (inactive rows keep dh)
-        recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 1, dh)
+        recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 1, dh, &pk)
 
+    release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 3, dgi, x, <floating> 0, dw_ih, size, rank)
     weight_grad(B, H, H, 3, dgh, h0, <floating> 0, dw_hh, size, rank)

@@ -15,10 +15,11 @@ from cython.parallel cimport parallel, prange
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (bias_grad, input_grad, input_projection, recurrent_nn, recurrent_nt,
-                      thread_units, weight_grad)
+from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
+                      recurrent_nn, recurrent_nt, release, thread_units, weight_grad)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
+from _rgemm cimport fr_rgemm_pick
 from _blas cimport gemm
 from _util cimport col_sum, last_step, zero_rows
 
@@ -26,6 +27,18 @@ from _util cimport col_sum, last_step, zero_rows
 # The projection / reset-before variants below parallelise only their gate pass, per step,
 # and only above this many elements per step (an OpenMP fork costs more below it).
 cdef Py_ssize_t PAR_MIN = 8192
+
+# The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
+# (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
+cdef int ISA = fr_rgemm_pick(-1)
+
+
+def _set_isa(int isa):
+    """Use the micro-kernels of instruction set ``isa`` (0 BLAS, 1 AVX2, 2 AVX-512); the caller
+    checks that the CPU runs them."""
+    global ISA
+    ISA = isa
+
 
 # --- tier 1: one batch row of the gate math ------------------------------------------------------
 # A row's gate block k of unit j is a[k * H + j]; the row functions handle units [0, m) of a
@@ -107,9 +120,11 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef const floating* c_prev
     cdef floating* c_cur
     cdef floating* a_t
+    cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
+    pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
     # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
     input_projection(T * B, I, H, 4, x, w_ih, bias, gates, size, rank)
     if not training:  # one cell-state buffer, updated in place
@@ -128,7 +143,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             c_prev = cs
             c_cur = cs
         # a_t[:n, units] += h_{t-1} W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 1, a_t, G)
+        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 1, a_t, G, &pk)
         for b in range(n if m > 0 else 0):
             _row_forward(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
                          y + (t * B + b) * H + j0, m, H)
@@ -136,6 +151,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
 
+    release(&pk)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -173,9 +189,11 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* c_prev
     cdef floating* da_t
+    cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
+    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * G
@@ -189,9 +207,10 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             zero_rows(da_t, n, B, G)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dh)
+        recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dh, &pk)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
+    release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank)
     weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank)

@@ -13,11 +13,34 @@ from cython.parallel cimport parallel
 from libc.string cimport memcpy
 
 from _activations cimport drelu, dtanh, relu, tanh_
-from _blocks cimport (bias_grad, input_grad, input_projection, recurrent_nn, recurrent_nt,
-                      thread_units, weight_grad)
+from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
+                      recurrent_nn, recurrent_nt, release, thread_units, weight_grad)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
+from _rgemm cimport fr_cpu_level, fr_rgemm_pick
 from _util cimport last_step, zero_rows
+
+
+# The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
+# (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
+cdef int ISA = fr_rgemm_pick(-1)
+
+
+def _set_isa(int isa):
+    """Use the micro-kernels of instruction set ``isa`` (0 BLAS, 1 AVX2, 2 AVX-512); the caller
+    checks that the CPU runs them."""
+    global ISA
+    ISA = isa
+
+
+def _best_isa():
+    """The best instruction set of the micro-kernels this CPU runs (0 when none)."""
+    return fr_rgemm_pick(-1)
+
+
+def _cpu_level():
+    """The x86-64 level of this CPU (4, 3, or 0): which compiled variants of the kernels run."""
+    return fr_cpu_level()
 
 
 # --- tier 1: one batch row ------------------------------------------------------------------------
@@ -67,9 +90,11 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef floating* y_t
+    cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
+    pack_nt(&pk, ISA, H, j0, j1, 1, w_hh)
     # y[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
     input_projection(T * B, I, H, 1, x, w_ih, bias, y, size, rank)
     fr_barrier_wait(bar, size)
@@ -79,7 +104,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         y_t = y + t * B * H
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         # y_t[:n, units] += h_{t-1} W_hh[units]^T, then the activation on those units
-        recurrent_nt(n, H, j0, j1, 1, h_prev, w_hh, <floating> 1, y_t, H)
+        recurrent_nt(n, H, j0, j1, 1, h_prev, w_hh, <floating> 1, y_t, H, &pk)
         if m == H:
             _row_forward(y_t, n * H, use_relu)
         else:
@@ -89,6 +114,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             zero_rows(y_t, n, B, H)
         fr_barrier_wait(bar, size)
 
+    release(&pk)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -118,9 +144,11 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                          fr_barrier* bar, int size, int rank) noexcept nogil:
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef floating* da_t
+    cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
+    pack_nn(&pk, ISA, H, j0, j1, H, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * H
@@ -135,8 +163,9 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             zero_rows(da_t, n, B, H)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, H, da_t, w_hh, <floating> 0, dh)
+        recurrent_nn(n, H, j0, j1, H, da_t, w_hh, <floating> 0, dh, &pk)
 
+    release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 1, dgates, x, <floating> 0, dw_ih, size, rank)
     weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank)

@@ -1,0 +1,282 @@
+/* The recurrent GEMM: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with B packed once per kernel call.
+ *
+ * Every time step multiplies the new hidden state (or gate gradient) by the same weight block.
+ * A BLAS call re-packs that block on every step (14-22% of an LSTM step's cycles in the
+ * profile); here each thread packs its block of W_hh once, into panels of NR columns stored
+ * k-major (panel[k * NR + c], zero-padded to NR), and a register-blocked micro-kernel reads the
+ * panels straight from cache at every step. A is read in place, row by row (its rows are the
+ * batch, at most a few hundred).
+ *
+ * The micro-kernels are compiled for AVX-512 and AVX2+FMA with target attributes and picked at
+ * run time (fr_rgemm_pick), so a build for generic x86-64 still gets the wide kernels. On other
+ * CPUs and compilers the kernels' BLAS path runs instead (fr_rgemm_pick returns 0).
+ *
+ * Each element of C is one fused multiply-add chain over k in increasing order, whichever
+ * micro-kernel, tile position or thread computes it: results do not depend on the ISA picked
+ * or on the thread count.
+ */
+#ifndef FASTRNN_RGEMM_H
+#define FASTRNN_RGEMM_H
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Instruction sets of the micro-kernels; FR_ISA_NONE means "use BLAS". */
+enum { FR_ISA_NONE = 0, FR_ISA_AVX2 = 1, FR_ISA_AVX512 = 2 };
+
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__) && !defined(__clang__) \
+    && __GNUC__ >= 8
+#define FR_HAVE_KERNELS 1
+#else
+#define FR_HAVE_KERNELS 0
+#endif
+
+/* The best instruction set of the micro-kernels this CPU runs, capped by `cap` (FR_ISA_*; -1:
+ * no cap). */
+static inline int fr_rgemm_pick(int cap)
+{
+#if FR_HAVE_KERNELS
+    int best = FR_ISA_NONE;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        best = FR_ISA_AVX2;
+    if (__builtin_cpu_supports("avx512f"))
+        best = FR_ISA_AVX512;
+    return (cap >= 0 && cap < best) ? cap : best;
+#else
+    (void) cap;
+    return FR_ISA_NONE;
+#endif
+}
+
+/* The x86-64 micro-architecture level of this CPU (4: AVX-512, 3: AVX2, 0: lower, another
+ * architecture, or a compiler that cannot tell): the variants of the kernels compiled with
+ * -march=x86-64-v4 / -v3 run only at that level or above. */
+static inline int fr_cpu_level(void)
+{
+#if FR_HAVE_KERNELS && __GNUC__ >= 12
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return 4;
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return 3;
+#endif
+    return 0;
+}
+
+/* Panel width (columns) of the packed B for an instruction set and element size. */
+static inline int fr_rgemm_nr(int isa, size_t elem)
+{
+    int lanes = (isa == FR_ISA_AVX512 ? 64 : 32) / (int) elem;
+    return 2 * lanes;
+}
+
+/* Elements of a packed B of k rows and n columns. */
+static inline size_t fr_rgemm_packed_size(int isa, size_t elem, ptrdiff_t k, ptrdiff_t n)
+{
+    ptrdiff_t nr = fr_rgemm_nr(isa, elem);
+    return (size_t) (k * ((n + nr - 1) / nr) * nr);
+}
+
+/* An aligned buffer for packed panels (NULL when out of memory; free with free()). */
+static inline void *fr_rgemm_alloc(size_t bytes)
+{
+    void *p = NULL;
+#if FR_HAVE_KERNELS
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+        return NULL;
+#else
+    (void) bytes;
+#endif
+    return p;
+}
+
+/* Packing. B[k, c] is b[k * ldb + c] ("n": B is stored as is) or b[c * ldb + k] ("t": the
+ * operand is the transpose of a row-major matrix, as W_hh^T in the forward step). */
+#define FR_DEFINE_PACK(NAME, T)                                                               \
+    static inline void NAME(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const T *b,          \
+                            ptrdiff_t ldb, T *p)                                               \
+    {                                                                                          \
+        const ptrdiff_t nr = fr_rgemm_nr(isa, sizeof(T));                                      \
+        ptrdiff_t q, kk, c;                                                                    \
+        for (q = 0; q < n; q += nr) {                                                          \
+            const ptrdiff_t w = n - q < nr ? n - q : nr;                                       \
+            T *panel = p + q * k;                                                              \
+            if (trans) /* read B's columns (W's rows) contiguously */                          \
+                for (c = 0; c < w; c++)                                                        \
+                    for (kk = 0; kk < k; kk++)                                                 \
+                        panel[kk * nr + c] = b[(q + c) * ldb + kk];                            \
+            else                                                                               \
+                for (kk = 0; kk < k; kk++)                                                     \
+                    for (c = 0; c < w; c++)                                                    \
+                        panel[kk * nr + c] = b[kk * ldb + q + c];                              \
+            for (kk = 0; kk < k; kk++)                                                         \
+                for (c = w; c < nr; c++)                                                       \
+                    panel[kk * nr + c] = 0;                                                    \
+        }                                                                                      \
+    }
+
+FR_DEFINE_PACK(fr_pack_s, float)
+FR_DEFINE_PACK(fr_pack_d, double)
+
+#if FR_HAVE_KERNELS
+
+#include <immintrin.h>
+
+/* Broadcasts of one element from memory (one load, no shuffle). */
+__attribute__((target("avx512f"))) static inline __m512 fr_bcast_s512(const float *x)
+{
+    return _mm512_set1_ps(*x);
+}
+__attribute__((target("avx2,fma"))) static inline __m256 fr_bcast_s256(const float *x)
+{
+    return _mm256_broadcast_ss(x);
+}
+__attribute__((target("avx512f"))) static inline __m512d fr_bcast_d512(const double *x)
+{
+    return _mm512_set1_pd(*x);
+}
+__attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const double *x)
+{
+    return _mm256_broadcast_sd(x);
+}
+
+/* The micro-kernels: _rgemm_tile.h instantiated for each instruction set, element type and
+ * row count (8/4/2/1 rows with AVX-512, 6/4/2/1 with AVX2; two vectors of columns each). */
+
+#define FR_TARGET "avx512f"
+#define FR_VBYTES 64
+#define FR_T float
+#define FR_BCAST fr_bcast_s512
+#define FR_MR 8
+#define FR_TILE fr_tile_s512_8
+#include "_rgemm_tile.h"
+#define FR_MR 4
+#define FR_TILE fr_tile_s512_4
+#include "_rgemm_tile.h"
+#define FR_MR 2
+#define FR_TILE fr_tile_s512_2
+#include "_rgemm_tile.h"
+#define FR_MR 1
+#define FR_TILE fr_tile_s512_1
+#include "_rgemm_tile.h"
+#undef FR_T
+#undef FR_BCAST
+#define FR_T double
+#define FR_BCAST fr_bcast_d512
+#define FR_MR 8
+#define FR_TILE fr_tile_d512_8
+#include "_rgemm_tile.h"
+#define FR_MR 4
+#define FR_TILE fr_tile_d512_4
+#include "_rgemm_tile.h"
+#define FR_MR 2
+#define FR_TILE fr_tile_d512_2
+#include "_rgemm_tile.h"
+#define FR_MR 1
+#define FR_TILE fr_tile_d512_1
+#include "_rgemm_tile.h"
+#undef FR_T
+#undef FR_BCAST
+#undef FR_TARGET
+#undef FR_VBYTES
+
+#define FR_TARGET "avx2,fma"
+#define FR_VBYTES 32
+#define FR_T float
+#define FR_BCAST fr_bcast_s256
+#define FR_MR 6
+#define FR_TILE fr_tile_s256_6
+#include "_rgemm_tile.h"
+#define FR_MR 4
+#define FR_TILE fr_tile_s256_4
+#include "_rgemm_tile.h"
+#define FR_MR 2
+#define FR_TILE fr_tile_s256_2
+#include "_rgemm_tile.h"
+#define FR_MR 1
+#define FR_TILE fr_tile_s256_1
+#include "_rgemm_tile.h"
+#undef FR_T
+#undef FR_BCAST
+#define FR_T double
+#define FR_BCAST fr_bcast_d256
+#define FR_MR 6
+#define FR_TILE fr_tile_d256_6
+#include "_rgemm_tile.h"
+#define FR_MR 4
+#define FR_TILE fr_tile_d256_4
+#include "_rgemm_tile.h"
+#define FR_MR 2
+#define FR_TILE fr_tile_d256_2
+#include "_rgemm_tile.h"
+#define FR_MR 1
+#define FR_TILE fr_tile_d256_1
+#include "_rgemm_tile.h"
+#undef FR_T
+#undef FR_BCAST
+#undef FR_TARGET
+#undef FR_VBYTES
+
+/* The driver: every panel of B times every row of A, in tiles of 8 (6), 4, 2 and 1 rows. */
+#define FR_DEFINE_GEMM(NAME, T, W)                                                            \
+    static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
+                            ptrdiff_t lda, const T *p, T *c, ptrdiff_t ldc, int add)           \
+    {                                                                                          \
+        const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
+        ptrdiff_t q, i;                                                                        \
+        for (q = 0; q < n; q += nr) {                                                          \
+            const int w = (int) (n - q < nr ? n - q : nr);                                     \
+            const T *pq = p + q * k;                                                           \
+            for (i = 0; i < m;) {                                                              \
+                const ptrdiff_t rest = m - i;                                                  \
+                const T *ai = a + i * lda;                                                     \
+                T *ci = c + i * ldc + q;                                                       \
+                int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;              \
+                if (isa == FR_ISA_AVX512) {                                                    \
+                    if (rows == 8)                                                             \
+                        fr_tile_##W##512_8(k, ai, lda, pq, ci, ldc, w, add);                   \
+                    else if (rows == 4)                                                        \
+                        fr_tile_##W##512_4(k, ai, lda, pq, ci, ldc, w, add);                   \
+                    else if (rows == 2)                                                        \
+                        fr_tile_##W##512_2(k, ai, lda, pq, ci, ldc, w, add);                   \
+                    else                                                                       \
+                        fr_tile_##W##512_1(k, ai, lda, pq, ci, ldc, w, add);                   \
+                } else {                                                                       \
+                    if (rows == 6)                                                             \
+                        fr_tile_##W##256_6(k, ai, lda, pq, ci, ldc, w, add);                   \
+                    else if (rows == 4)                                                        \
+                        fr_tile_##W##256_4(k, ai, lda, pq, ci, ldc, w, add);                   \
+                    else if (rows == 2)                                                        \
+                        fr_tile_##W##256_2(k, ai, lda, pq, ci, ldc, w, add);                   \
+                    else                                                                       \
+                        fr_tile_##W##256_1(k, ai, lda, pq, ci, ldc, w, add);                   \
+                }                                                                              \
+                i += rows;                                                                     \
+            }                                                                                  \
+        }                                                                                      \
+    }
+
+FR_DEFINE_GEMM(fr_rgemm_s, float, s)
+FR_DEFINE_GEMM(fr_rgemm_d, double, d)
+
+#else /* no micro-kernels: fr_rgemm_pick returns FR_ISA_NONE and these are never called */
+
+static inline void fr_rgemm_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
+                              ptrdiff_t lda, const float *p, float *c, ptrdiff_t ldc, int add)
+{
+    (void) isa; (void) m; (void) n; (void) k; (void) a; (void) lda; (void) p; (void) c;
+    (void) ldc; (void) add;
+}
+
+static inline void fr_rgemm_d(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double *a,
+                              ptrdiff_t lda, const double *p, double *c, ptrdiff_t ldc, int add)
+{
+    (void) isa; (void) m; (void) n; (void) k; (void) a; (void) lda; (void) p; (void) c;
+    (void) ldc; (void) add;
+}
+
+#endif
+
+#endif

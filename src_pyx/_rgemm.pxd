@@ -1,0 +1,22 @@
+# The recurrent GEMM with weights packed once per kernel call (see _rgemm.h).
+
+from libc.stddef cimport ptrdiff_t
+
+
+cdef extern from "_rgemm.h" nogil:
+    enum:
+        FR_ISA_NONE
+        FR_ISA_AVX2
+        FR_ISA_AVX512
+    int fr_rgemm_pick(int cap)
+    int fr_cpu_level()
+    size_t fr_rgemm_packed_size(int isa, size_t elem, ptrdiff_t k, ptrdiff_t n)
+    void* fr_rgemm_alloc(size_t nbytes)
+    void fr_pack_s(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const float* b, ptrdiff_t ldb,
+                   float* p)
+    void fr_pack_d(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const double* b,
+                   ptrdiff_t ldb, double* p)
+    void fr_rgemm_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
+                    ptrdiff_t lda, const float* p, float* c, ptrdiff_t ldc, int add)
+    void fr_rgemm_d(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double* a,
+                    ptrdiff_t lda, const double* p, double* c, ptrdiff_t ldc, int add)
