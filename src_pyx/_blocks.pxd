@@ -156,12 +156,13 @@ cdef inline void wide_share(Py_ssize_t H, int n_gates, int size, int rank, Py_ss
 
 cdef inline void input_projection(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, int n_gates,
                                   const floating* x, const floating* w_ih,
-                                  const floating* bias, floating* out, int size,
-                                  int rank) noexcept nogil:
+                                  const floating* bias, floating* out, int size, int rank,
+                                  int isa) noexcept nogil:
     """out[r, blk] = bias[blk] + x[r] @ W_ih[blk]^T for all R rows, over rank's wide blocks;
-    out is (R, n_gates * H)."""
+    out is (R, n_gates * H). With a micro-kernel isa, each block of W_ih is packed once."""
     cdef Py_ssize_t G = n_gates * H
     cdef Py_ssize_t lo, hi, blk, c0, c1, r
+    cdef Packed pk
     wide_share(H, n_gates, size, rank, &lo, &hi)
     for blk in range(lo, hi):
         wide_block(H, n_gates, blk, &c0, &c1)
@@ -169,8 +170,14 @@ cdef inline void input_projection(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, int 
             continue
         for r in range(R):
             memcpy(out + r * G + c0, bias + c0, (c1 - c0) * sizeof(floating))
-        gemm(False, True, R, c1 - c0, I, <floating> 1, x, I, w_ih + c0 * I, I, <floating> 1,
-             out + c0, G)
+        _alloc(&pk, isa, 1, I, c1 - c0, sizeof(floating))
+        if pk.data != NULL:
+            _pack(isa, True, I, c1 - c0, w_ih + c0 * I, I, <floating*> pk.data)
+            _rgemm(isa, R, c1 - c0, I, x, I, <const floating*> pk.data, out + c0, G, True)
+            release(&pk)
+        else:
+            gemm(False, True, R, c1 - c0, I, <floating> 1, x, I, w_ih + c0 * I, I,
+                 <floating> 1, out + c0, G)
 
 
 cdef inline void weight_grad(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gates,
@@ -206,13 +213,25 @@ cdef inline void bias_grad(Py_ssize_t R, Py_ssize_t H, int n_gates, const floati
 
 
 cdef inline void input_grad(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floating* dg,
-                            const floating* w_ih, floating* dx, int size,
-                            int rank) noexcept nogil:
-    """dx = dG @ W_ih in blocks of DX_ROWS rows, rank's share of them; dG is (R, G)."""
+                            const floating* w_ih, floating* dx, int size, int rank,
+                            int isa) noexcept nogil:
+    """dx = dG @ W_ih in blocks of DX_ROWS rows, rank's share of them; dG is (R, G). With a
+    micro-kernel isa, each thread packs W_ih once."""
     cdef Py_ssize_t lo, hi, blk, r0, r1
+    cdef Packed pk
     share((R + DX_ROWS - 1) // DX_ROWS, size, rank, &lo, &hi)
+    if hi <= lo:
+        return
+    _alloc(&pk, isa, 1, G, I, sizeof(floating))
+    if pk.data != NULL:
+        _pack(isa, False, G, I, w_ih, I, <floating*> pk.data)
     for blk in range(lo, hi):
         r0 = blk * DX_ROWS
         r1 = min(r0 + DX_ROWS, R)
-        gemm(False, False, r1 - r0, I, G, <floating> 1, dg + r0 * G, G, w_ih, I, <floating> 0,
-             dx + r0 * I, I)
+        if pk.data != NULL:
+            _rgemm(isa, r1 - r0, I, G, dg + r0 * G, G, <const floating*> pk.data, dx + r0 * I,
+                   I, False)
+        else:
+            gemm(False, False, r1 - r0, I, G, <floating> 1, dg + r0 * G, G, w_ih, I,
+                 <floating> 0, dx + r0 * I, I)
+    release(&pk)

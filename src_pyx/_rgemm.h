@@ -219,41 +219,50 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 #undef FR_TARGET
 #undef FR_VBYTES
 
-/* The driver: every panel of B times every row of A, in tiles of 8 (6), 4, 2 and 1 rows. */
+/* Rows of A per pass over the panels of B: a chunk of A stays in L2 while the panels stream. */
+#define FR_CHUNK_BYTES (256 * 1024)
+
+/* The driver: rows of A in chunks of about FR_CHUNK_BYTES; per chunk, every panel of B times
+ * the chunk's rows in tiles of 8 (6), 4, 2 and 1 rows. */
 #define FR_DEFINE_GEMM(NAME, T, W)                                                            \
     static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
                             ptrdiff_t lda, const T *p, T *c, ptrdiff_t ldc, int add)           \
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
-        ptrdiff_t q, i;                                                                        \
-        for (q = 0; q < n; q += nr) {                                                          \
-            const int w = (int) (n - q < nr ? n - q : nr);                                     \
-            const T *pq = p + q * k;                                                           \
-            for (i = 0; i < m;) {                                                              \
-                const ptrdiff_t rest = m - i;                                                  \
-                const T *ai = a + i * lda;                                                     \
-                T *ci = c + i * ldc + q;                                                       \
-                int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;              \
-                if (isa == FR_ISA_AVX512) {                                                    \
-                    if (rows == 8)                                                             \
-                        fr_tile_##W##512_8(k, ai, lda, pq, ci, ldc, w, add);                   \
-                    else if (rows == 4)                                                        \
-                        fr_tile_##W##512_4(k, ai, lda, pq, ci, ldc, w, add);                   \
-                    else if (rows == 2)                                                        \
-                        fr_tile_##W##512_2(k, ai, lda, pq, ci, ldc, w, add);                   \
-                    else                                                                       \
-                        fr_tile_##W##512_1(k, ai, lda, pq, ci, ldc, w, add);                   \
-                } else {                                                                       \
-                    if (rows == 6)                                                             \
-                        fr_tile_##W##256_6(k, ai, lda, pq, ci, ldc, w, add);                   \
-                    else if (rows == 4)                                                        \
-                        fr_tile_##W##256_4(k, ai, lda, pq, ci, ldc, w, add);                   \
-                    else if (rows == 2)                                                        \
-                        fr_tile_##W##256_2(k, ai, lda, pq, ci, ldc, w, add);                   \
-                    else                                                                       \
-                        fr_tile_##W##256_1(k, ai, lda, pq, ci, ldc, w, add);                   \
+        const ptrdiff_t fit = FR_CHUNK_BYTES / (k * (ptrdiff_t) sizeof(T)) / 24 * 24;          \
+        const ptrdiff_t chunk = fit > 24 ? fit : 24;                                           \
+        ptrdiff_t i0, q, i;                                                                    \
+        for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
+            const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
+            for (q = 0; q < n; q += nr) {                                                      \
+                const int w = (int) (n - q < nr ? n - q : nr);                                 \
+                const T *pq = p + q * k;                                                       \
+                for (i = i0; i < i1;) {                                                        \
+                    const ptrdiff_t rest = i1 - i;                                             \
+                    const T *ai = a + i * lda;                                                 \
+                    T *ci = c + i * ldc + q;                                                   \
+                    int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;          \
+                    if (isa == FR_ISA_AVX512) {                                                \
+                        if (rows == 8)                                                         \
+                            fr_tile_##W##512_8(k, ai, lda, pq, ci, ldc, w, add);               \
+                        else if (rows == 4)                                                    \
+                            fr_tile_##W##512_4(k, ai, lda, pq, ci, ldc, w, add);               \
+                        else if (rows == 2)                                                    \
+                            fr_tile_##W##512_2(k, ai, lda, pq, ci, ldc, w, add);               \
+                        else                                                                   \
+                            fr_tile_##W##512_1(k, ai, lda, pq, ci, ldc, w, add);               \
+                    } else {                                                                   \
+                        if (rows == 6)                                                         \
+                            fr_tile_##W##256_6(k, ai, lda, pq, ci, ldc, w, add);               \
+                        else if (rows == 4)                                                    \
+                            fr_tile_##W##256_4(k, ai, lda, pq, ci, ldc, w, add);               \
+                        else if (rows == 2)                                                    \
+                            fr_tile_##W##256_2(k, ai, lda, pq, ci, ldc, w, add);               \
+                        else                                                                   \
+                            fr_tile_##W##256_1(k, ai, lda, pq, ci, ldc, w, add);               \
+                    }                                                                          \
+                    i += rows;                                                                 \
                 }                                                                              \
-                i += rows;                                                                     \
             }                                                                                  \
         }                                                                                      \
     }

@@ -120,7 +120,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
     # gates[t, b] = W_ih x[t, b] + bias_i for all steps at once
-    input_projection(T * B, I, H, 3, x, w_ih, bias_i, gates, size, rank)
+    input_projection(T * B, I, H, 3, x, w_ih, bias_i, gates, size, rank, ISA)
     fr_barrier_wait(bar, size)
 
     for t in range(T):
@@ -197,7 +197,7 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     weight_grad((T - 1) * B, H, H, 3, dgh + B * G, y, <floating> 1, dw_hh, size, rank)
     bias_grad(T * B, H, 3, dgi, db_ih, size, rank)
     bias_grad(T * B, H, 3, dgh, db_hh, size, rank)
-    input_grad(T * B, I, G, dgi, w_ih, dx, size, rank)
+    input_grad(T * B, I, G, dgi, w_ih, dx, size, rank, ISA)
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------

@@ -126,7 +126,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
     # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
-    input_projection(T * B, I, H, 4, x, w_ih, bias, gates, size, rank)
+    input_projection(T * B, I, H, 4, x, w_ih, bias, gates, size, rank, ISA)
     if not training:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
@@ -216,7 +216,7 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank)
     weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank)
     bias_grad(T * B, H, 4, dgates, db, size, rank)
-    input_grad(T * B, I, G, dgates, w_ih, dx, size, rank)
+    input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------

@@ -96,7 +96,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 1, w_hh)
     # y[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
-    input_projection(T * B, I, H, 1, x, w_ih, bias, y, size, rank)
+    input_projection(T * B, I, H, 1, x, w_ih, bias, y, size, rank, ISA)
     fr_barrier_wait(bar, size)
 
     for t in range(T):
@@ -171,7 +171,7 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank)
     weight_grad((T - 1) * B, H, H, 1, dgates + B * H, y, <floating> 1, dw_hh, size, rank)
     bias_grad(T * B, H, 1, dgates, db, size, rank)
-    input_grad(T * B, I, H, dgates, w_ih, dx, size, rank)
+    input_grad(T * B, I, H, dgates, w_ih, dx, size, rank, ISA)
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------
