@@ -40,19 +40,26 @@ _LEVELS = {"avx512": 4, "avx2": 3}
 _LEVEL = _rnn._cpu_level()
 
 
-def _load_variants(isa: str) -> dict[str, types.ModuleType] | None:
-    """The cells' modules compiled for ``isa``, or None when this build has none."""
-    try:
-        return {
-            cell: importlib.import_module(f"fastrnn._kernels.{cell}_{isa}") for cell in _PORTABLE
-        }
-    except ImportError:
-        return None
+_variants: dict[str, dict[str, types.ModuleType] | None] = {}
 
 
-# Imported only when the CPU runs them (a module compiled for x86-64-v4 may use any of its
-# instructions anywhere).
-_VARIANTS = {isa: _load_variants(isa) for isa, level in _LEVELS.items() if level <= _LEVEL}
+def _variant(isa: str) -> dict[str, types.ModuleType] | None:
+    """The cells' modules compiled for ``isa``, imported on first use; None when this build has
+    none or the CPU cannot run them (a module compiled for x86-64-v4 may use any of its
+    instructions anywhere, so it is never imported on a lesser CPU)."""
+    if isa not in _variants:
+        modules = None
+        if _LEVELS.get(isa, 99) <= _LEVEL:
+            try:
+                modules = {
+                    cell: importlib.import_module(f"fastrnn._kernels.{cell}_{isa}")
+                    for cell in _PORTABLE
+                }
+            except ImportError:
+                pass
+        _variants[isa] = modules
+    return _variants[isa]
+
 
 #: The modules in use, one attribute per cell (``KERNELS.lstm.forward(...)``); set_isa swaps them.
 KERNELS = types.SimpleNamespace(**_PORTABLE)
@@ -71,7 +78,7 @@ def get_isa() -> str:
 
 def compiled_variants() -> list[str]:
     """The instruction sets whose gate loops this build compiled and this CPU runs."""
-    return [isa for isa, mods in _VARIANTS.items() if mods is not None]
+    return [isa for isa in _LEVELS if _variant(isa) is not None]
 
 
 def set_isa(isa: str) -> None:
@@ -97,7 +104,7 @@ def set_isa(isa: str) -> None:
         raise ValueError(
             f"isa={isa!r} is not supported by this CPU (available: {available_isas()})"
         )
-    modules = _VARIANTS.get(_NAMES[code]) or _PORTABLE
+    modules = _variant(_NAMES[code]) or _PORTABLE
     for cell, module in modules.items():
         module._set_isa(code)
         setattr(KERNELS, cell, module)
