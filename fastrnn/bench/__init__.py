@@ -343,6 +343,7 @@ def _rows(cell, config, shape, mode, dtype, n_threads, times, peak) -> list[Resu
 def environment(peaks: dict[int, float], dtype) -> dict:
     """What a reader needs to interpret the numbers."""
     import fastrnn
+    from fastrnn._isa import get_isa
     from fastrnn._threads import blas_info
 
     torch = torch_or_none()
@@ -357,6 +358,7 @@ def environment(peaks: dict[int, float], dtype) -> dict:
         if hasattr(os, "sched_getaffinity")
         else None,
         "blas": blas_info()["config"],
+        "kernels": get_isa(),
         "dtype": np.dtype(dtype).name,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset: libgomp default)"),
         "gemm_peak_gflops": {str(k): round(v, 2) for k, v in peaks.items()},
@@ -379,7 +381,8 @@ def format_table(rows: Sequence[Result], peaks: dict[int, float], env: dict | No
     lines = []
     if env:
         lines.append(
-            f"# {env['cpu']} | {env['blas']} | dtype {env['dtype']} | "
+            f"# {env['cpu']} | kernels {env.get('kernels', '?')} | {env['blas']} | "
+            f"dtype {env['dtype']} | "
             f"OMP_WAIT_POLICY={env['omp_wait_policy']} | torch {env['torch']}"
         )
     for n, peak in peaks.items():
