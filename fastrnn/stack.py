@@ -253,8 +253,18 @@ def _check_state(name: str, a: Any, shape: tuple[int, ...] | None) -> Any:
 # thread runs direction 1. Results are bitwise those of the one-after-the-other path (the
 # kernels' blocking does not depend on the thread count; tests/test_bidirectional_concurrency.py).
 #
-# False forces the one-after-the-other path (tests and benchmarks/bench_bidirectional.py).
-_CONCURRENT_DIRECTIONS = True
+# None: at once when the rule below says it pays; True: at once whenever two threads are
+# allowed; False: one after the other (tests and benchmarks/bench_bidirectional.py set these).
+_CONCURRENT_DIRECTIONS: bool | None = None
+
+# Multiply-adds of one direction's forward GEMMs, T * B * G * H * (I + H), below which the
+# directions run one after the other: such a call lasts well under a millisecond, and handing
+# it to the worker thread (tens of microseconds each way, the two threads then taking turns
+# on the GIL for their Python prologues) costs more than the overlap saves. Measured on 2
+# cores (benchmarks/bench_bidirectional.py): break-even at 2-3e6 (LSTM and GRU, T=50, B=1-2,
+# H=64-128); from 4e6 up the concurrent path won by 1.05-2x, up to T x B x I x H =
+# 100x64x512x512; at 50x1x32x64 (1e6) it lost, 0.5-0.9x.
+_MIN_WORK_CONCURRENT = 1 << 22
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -279,15 +289,19 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_worker_after_fork)
 
 
-def _direction_split(cfg: StackConfig, B: int) -> tuple[int, int] | None:
-    """Kernel threads of direction 0 and 1 when they should run at once, else None."""
-    if not (_CONCURRENT_DIRECTIONS and cfg.bidirectional and cfg.backend == "cython"):
+def _direction_split(cfg: StackConfig, T: int, B: int, layer: int) -> tuple[int, int] | None:
+    """Kernel threads of direction 0 and 1 of ``layer`` when they run at once, else None."""
+    if not cfg.bidirectional or cfg.backend != "cython" or _CONCURRENT_DIRECTIONS is False:
         return None
     if _threads._in_thread_limit():
         return None  # already one direction's share: never nest (the one worker would wait)
     n = get_num_threads()
     if n < 2:
         return None
+    if _CONCURRENT_DIRECTIONS is None:
+        G, H = CELLS[cfg.cell], cfg.hidden_size
+        if T * B * G * H * (cfg.layer_input_size(layer) + H) < _MIN_WORK_CONCURRENT:
+            return None
     return n // 2, n - n // 2
 
 
@@ -381,7 +395,6 @@ def stack_forward(
     F = _backend_module(cfg.backend)
     fwd = getattr(F, f"{cfg.cell}_forward")
     D = cfg.num_directions
-    split = _direction_split(cfg, B)
     inp: Any = x
     h_n, c_n, caches, masks = [], [], [], []
     for layer in range(cfg.num_layers):
@@ -410,6 +423,7 @@ def stack_forward(
             return y, hn, None, cache
 
         outs, layer_caches = [], []
+        split = _direction_split(cfg, T, B, layer)
         for y, hn, cn, cache in _each_direction(D, split, run):
             outs.append(y)
             h_n.append(hn)
@@ -472,7 +486,6 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
 
     F = _backend_module(cfg.backend)
     bwd = getattr(F, f"{cfg.cell}_backward")
-    split = _direction_split(cfg, B)
     grads: dict[str, np.ndarray] = {}
     dh0: list[Any] = [None] * (cfg.num_layers * D)
     dc0: list[Any] = [None] * (cfg.num_layers * D)
@@ -489,6 +502,7 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
             return bwd(c, dy_d, dh)
 
         dinp = None
+        split = _direction_split(cfg, T, B, layer)
         for direction, g in enumerate(_each_direction(D, split, run)):
             idx = layer * D + direction
             sfx = f"_l{layer}" + ("_reverse" if direction else "")

@@ -36,7 +36,10 @@ CONFIGS = {
 
 
 @pytest.fixture(autouse=True)
-def two_threads():
+def two_threads(monkeypatch):
+    """Two kernel threads, and the directions at once whatever their size (the size rule is
+    tested on its own below)."""
+    monkeypatch.setattr(stack, "_CONCURRENT_DIRECTIONS", True)
     before = fastrnn.get_num_threads()
     fastrnn.set_num_threads(2)
     yield
@@ -127,6 +130,21 @@ def test_directions_run_on_two_threads_with_their_share(monkeypatch):
     fastrnn.set_num_threads(1)  # one thread allowed: one after the other on this thread
     _run(cfg, _problem(cfg, np.float32))
     assert [name for name, _ in seen_f] == [threading.current_thread().name] * 2
+
+
+def test_small_layers_run_one_direction_after_the_other(monkeypatch):
+    """The default rule: at once only from _MIN_WORK_CONCURRENT multiply-adds per direction."""
+    monkeypatch.setattr(stack, "_CONCURRENT_DIRECTIONS", None)
+    seen = []
+    _spy(monkeypatch, "lstm_forward", seen)
+    for steps, at_once in ((2, False), (20, True)):  # 2 * 32 * 256 * 72 < 2**22 < 10 times it
+        cfg = StackConfig("lstm", I, H, bidirectional=True)
+        assert (steps * B * 4 * H * (I + H) >= stack._MIN_WORK_CONCURRENT) == at_once
+        seen.clear()
+        x = np.zeros((steps, B, I), np.float32)
+        stack_forward(cfg, x, None, None, default_init(cfg, np.float32, np.random.default_rng()))
+        in_worker = [name.startswith("fastrnn-bidir") for name, _ in seen]
+        assert sorted(in_worker) == ([False, True] if at_once else [False, False])
 
 
 def test_odd_thread_counts_split(monkeypatch):
