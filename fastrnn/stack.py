@@ -8,7 +8,9 @@ place to build other front ends on (a PyTorch autograd wrapper, for instance).
 Layout (PyTorch's): ``x`` is time-major ``(T, B, I)``; states are ``(L*D, B, ...)`` with index
 ``layer * D + direction``; the output of a bidirectional layer concatenates the forward and the
 reverse direction along the last axis; dropout (training only) is applied to the output of every
-layer but the last.
+layer but the last. With two or more kernel threads (:func:`fastrnn.set_num_threads`), the two
+directions of a large enough bidirectional layer run at once on two Python threads, with the
+same results bit for bit (see ``_direction_split``).
 
     cfg = StackConfig("lstm", input_size=8, hidden_size=16, num_layers=2, bidirectional=True)
     y, h_n, c_n, cache = stack_forward(cfg, x, None, None, weights)      # weights: name -> array
