@@ -43,11 +43,41 @@ def _default_threads() -> int:
 
 
 _num_threads = _default_threads()
+# A per-Python-thread cap on the count above (None: no cap), set by _thread_limit: the two
+# directions of a bidirectional layer run at once on two Python threads, each with its share.
+_local = threading.local()
 
 
 def get_num_threads() -> int:
-    """Return the number of threads the kernels use (default: ``OMP_NUM_THREADS`` or all CPUs)."""
-    return _num_threads
+    """Return the number of threads the kernels use (default: ``OMP_NUM_THREADS`` or all CPUs).
+
+    While fastrnn runs the two directions of a bidirectional layer at once, a kernel call of
+    either direction sees its share of the count (see ``fastrnn.stack``); everywhere else this
+    is the value given to :func:`set_num_threads`.
+    """
+    cap = getattr(_local, "cap", None)
+    return _num_threads if cap is None else min(_num_threads, cap)
+
+
+@contextlib.contextmanager
+def _thread_limit(n: int) -> Iterator[None]:
+    """Cap :func:`get_num_threads` at ``n`` for the kernel calls of this Python thread only.
+
+    Nested caps take the smaller; the previous cap is restored on exit, exception or not.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    before = getattr(_local, "cap", None)
+    _local.cap = n if before is None else min(before, n)
+    try:
+        yield
+    finally:
+        _local.cap = before
+
+
+def _in_thread_limit() -> bool:
+    """Whether this Python thread runs under a :func:`_thread_limit`."""
+    return getattr(_local, "cap", None) is not None
 
 
 def set_num_threads(n: int | None) -> None:

@@ -8,7 +8,9 @@ place to build other front ends on (a PyTorch autograd wrapper, for instance).
 Layout (PyTorch's): ``x`` is time-major ``(T, B, I)``; states are ``(L*D, B, ...)`` with index
 ``layer * D + direction``; the output of a bidirectional layer concatenates the forward and the
 reverse direction along the last axis; dropout (training only) is applied to the output of every
-layer but the last.
+layer but the last. With two or more kernel threads (:func:`fastrnn.set_num_threads`), the two
+directions of a large enough bidirectional layer run at once on two Python threads, with the
+same results bit for bit (see ``_direction_split``).
 
     cfg = StackConfig("lstm", input_size=8, hidden_size=16, num_layers=2, bidirectional=True)
     y, h_n, c_n, cache = stack_forward(cfg, x, None, None, weights)      # weights: name -> array
@@ -19,13 +21,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastrnn import _threads
 from fastrnn._common import CELLS, check_lengths, nbytes_of
+from fastrnn._threads import get_num_threads
 
 __all__ = [
     "StackCache",
@@ -240,6 +247,90 @@ def _check_state(name: str, a: Any, shape: tuple[int, ...] | None) -> Any:
     return a
 
 
+# --- the two directions of a bidirectional layer at once -----------------------------------------
+# The kernels release the GIL and run one OpenMP team each, of at most get_num_threads()
+# threads, fewer for small hidden sizes. So with two or more threads allowed, the forward and
+# the reverse direction of a layer run at once on two Python threads, each of its kernel calls
+# capped at its share (n // 2 and n - n // 2): the caller runs direction 0 while one worker
+# thread runs direction 1. Results are bitwise those of the one-after-the-other path (the
+# kernels' blocking does not depend on the thread count; tests/test_bidirectional_concurrency.py).
+#
+# None: at once when the rule below says it pays; True: at once whenever two threads are
+# allowed; False: one after the other (tests and benchmarks/bench_bidirectional.py set these).
+_CONCURRENT_DIRECTIONS: bool | None = None
+
+# Multiply-adds of one direction's forward GEMMs, T * B * G * H * (I + H), below which the
+# directions run one after the other: such a call lasts well under a millisecond, and handing
+# it to the worker thread (tens of microseconds each way, the two threads then taking turns
+# on the GIL for their Python prologues) costs more than the overlap saves. Measured on 2
+# cores (benchmarks/bench_bidirectional.py): break-even at 2-3e6 (LSTM and GRU, T=50, B=1-2,
+# H=64-128); from 4e6 up the concurrent path won by 1.05-2x, up to T x B x I x H =
+# 100x64x512x512; at 50x1x32x64 (1e6) it lost, 0.5-0.9x.
+_MIN_WORK_CONCURRENT = 1 << 22
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _direction_worker() -> ThreadPoolExecutor:
+    """The one worker thread that runs direction 1 (created on first use)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastrnn-bidir")
+        return _executor
+
+
+def _forget_worker_after_fork() -> None:
+    # A forked child has no worker thread: an inherited executor would queue work forever.
+    global _executor, _executor_lock
+    _executor, _executor_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_worker_after_fork)
+
+
+def _direction_split(cfg: StackConfig, T: int, B: int, layer: int) -> tuple[int, int] | None:
+    """Kernel threads of direction 0 and 1 of ``layer`` when they run at once, else None."""
+    if not cfg.bidirectional or cfg.backend != "cython" or _CONCURRENT_DIRECTIONS is False:
+        return None
+    if _threads._in_thread_limit():
+        return None  # already one direction's share: never nest (the one worker would wait)
+    n = get_num_threads()
+    if n < 2:
+        return None
+    if _CONCURRENT_DIRECTIONS is None:
+        G, H = CELLS[cfg.cell], cfg.hidden_size
+        if T * B * G * H * (cfg.layer_input_size(layer) + H) < _MIN_WORK_CONCURRENT:
+            return None
+    return n // 2, n - n // 2
+
+
+def _each_direction(D: int, split: tuple[int, int] | None, run: Callable[[int], Any]) -> list:
+    """``[run(0), ..., run(D - 1)]``, the two directions at once when ``split`` is given.
+
+    Direction 1 runs on the worker thread while this thread runs direction 0. An exception
+    of either is raised here, direction 0's first, and only once both have finished.
+    """
+    if split is None:
+        return [run(direction) for direction in range(D)]
+    n0, n1 = split
+
+    def reverse() -> Any:
+        with _threads._thread_limit(n1):
+            return run(1)
+
+    future = _direction_worker().submit(reverse)
+    try:
+        with _threads._thread_limit(n0):
+            first = run(0)
+    except BaseException:
+        wait([future])  # never leave the worker on this layer's arrays
+        raise
+    return [first, future.result()]
+
+
 def stack_forward(
     config: StackConfig,
     x: Any,
@@ -309,8 +400,8 @@ def stack_forward(
     inp: Any = x
     h_n, c_n, caches, masks = [], [], [], []
     for layer in range(cfg.num_layers):
-        outs, layer_caches = [], []
-        for direction in range(D):
+
+        def run(direction: int, layer: int = layer, inp: Any = inp) -> tuple:
             idx = layer * D + direction
             sfx = f"_l{layer}" + ("_reverse" if direction else "")
             args = [w[f"weight_ih{sfx}"], w[f"weight_hh{sfx}"]]
@@ -325,16 +416,21 @@ def stack_forward(
                 if cfg.proj_size:
                     kw["w_hr"] = w[f"weight_hr{sfx}"]
                 c = None if c0 is None else c0[idx]
-                y, hn, cn, cache = fwd(inp, h, c, *args, **kw)
-                c_n.append(cn)
+                return fwd(inp, h, c, *args, **kw)
+            if cfg.cell == "rnn":
+                kw["nonlinearity"] = cfg.nonlinearity
             else:
-                if cfg.cell == "rnn":
-                    kw["nonlinearity"] = cfg.nonlinearity
-                else:
-                    kw["reset_after"] = cfg.reset_after
-                y, hn, cache = fwd(inp, h, *args, **kw)
+                kw["reset_after"] = cfg.reset_after
+            y, hn, cache = fwd(inp, h, *args, **kw)
+            return y, hn, None, cache
+
+        outs, layer_caches = [], []
+        split = _direction_split(cfg, T, B, layer)
+        for y, hn, cn, cache in _each_direction(D, split, run):
             outs.append(y)
             h_n.append(hn)
+            if cfg.cell == "lstm":
+                c_n.append(cn)
             layer_caches.append(cache)
         out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         mask = None
@@ -397,20 +493,25 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
     dc0: list[Any] = [None] * (cfg.num_layers * D)
     dout: Any = dy
     for layer in range(cfg.num_layers - 1, -1, -1):
-        dinp = None
-        for direction in range(D):
+
+        def run(direction: int, layer: int = layer, dout: Any = dout) -> Any:
             idx = layer * D + direction
-            sfx = f"_l{layer}" + ("_reverse" if direction else "")
             dy_d = None if dout is None else dout[:, :, direction * R : (direction + 1) * R]
             dh = None if dh_n is None else dh_n[idx]
             c = cache.caches[layer][direction]
             if cfg.cell == "lstm":
-                g = bwd(c, dy_d, dh, None if dc_n is None else dc_n[idx])
+                return bwd(c, dy_d, dh, None if dc_n is None else dc_n[idx])
+            return bwd(c, dy_d, dh)
+
+        dinp = None
+        split = _direction_split(cfg, T, B, layer)
+        for direction, g in enumerate(_each_direction(D, split, run)):
+            idx = layer * D + direction
+            sfx = f"_l{layer}" + ("_reverse" if direction else "")
+            if cfg.cell == "lstm":
                 dc0[idx] = g.dc0
                 if cfg.proj_size:
                     grads[f"weight_hr{sfx}"] = g.dw_hr
-            else:
-                g = bwd(c, dy_d, dh)
             dh0[idx] = g.dh0
             grads[f"weight_ih{sfx}"] = g.dw_ih
             grads[f"weight_hh{sfx}"] = g.dw_hh
