@@ -626,24 +626,25 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
     cs = np.empty((p.T if training else 1, p.B, H), p.dtype)
     ms = np.empty((p.T if training else 1, p.B, H), p.dtype)
     h_n, c_n = np.empty((p.B, P), p.dtype), np.empty((p.B, H), p.dtype)
-    _k.lstm.forward_proj(
-        xk,
-        h0k,
-        c0k,
-        p.w_ih,
-        p.w_hh,
-        p.w_hr,
-        _bias_sum(p),
-        s.batch_sizes,
-        gates,
-        y,
-        cs,
-        ms,
-        h_n,
-        c_n,
-        training,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _k.lstm.forward_proj(
+            xk,
+            h0k,
+            c0k,
+            p.w_ih,
+            p.w_hh,
+            p.w_hr,
+            _bias_sum(p),
+            s.batch_sizes,
+            gates,
+            y,
+            cs,
+            ms,
+            h_n,
+            c_n,
+            training,
+            _team(p),
+        )
     cache = None
     if training:
         cache = Cache(
@@ -686,31 +687,32 @@ def _lstm_proj_backward(d: dict[str, Any], dy: Any, dh_n: Any, dc_n: Any) -> LST
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh, dw_hr = np.empty_like(p.w_ih), np.empty_like(p.w_hh), np.empty_like(p.w_hr)
     db = np.empty(G, p.dtype)
-    _k.lstm.backward_proj(
-        d["x"],
-        d["h0"],
-        d["c0"],
-        p.w_ih,
-        p.w_hh,
-        p.w_hr,
-        s.batch_sizes,
-        d["gates"],
-        d["y"],
-        d["cs"],
-        d["ms"],
-        dyk,
-        dh,
-        dc,
-        dgates,
-        dhs,
-        dm,
-        dx,
-        dw_ih,
-        dw_hh,
-        dw_hr,
-        db,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _k.lstm.backward_proj(
+            d["x"],
+            d["h0"],
+            d["c0"],
+            p.w_ih,
+            p.w_hh,
+            p.w_hr,
+            s.batch_sizes,
+            d["gates"],
+            d["y"],
+            d["cs"],
+            d["ms"],
+            dyk,
+            dh,
+            dc,
+            dgates,
+            dhs,
+            dm,
+            dx,
+            dw_ih,
+            dw_hh,
+            dw_hr,
+            db,
+            _team(p),
+        )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return LSTMProjGrads(
         s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh, dw_hr
@@ -734,21 +736,22 @@ def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
-    _k.gru.forward_reset_before(
-        xk,
-        h0k,
-        p.w_ih,
-        p.w_hh,
-        _bias_sum(p),
-        s.batch_sizes,
-        gates,
-        rhs,
-        hw,
-        y,
-        h_n,
-        training,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _k.gru.forward_reset_before(
+            xk,
+            h0k,
+            p.w_ih,
+            p.w_hh,
+            _bias_sum(p),
+            s.batch_sizes,
+            gates,
+            rhs,
+            hw,
+            y,
+            h_n,
+            training,
+            _team(p),
+        )
     cache = None
     if training:
         cache = Cache(
@@ -782,24 +785,25 @@ def _gru_reset_before_backward(d: dict[str, Any], dy: Any, dh_n: Any) -> GRUGrad
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
-    _k.gru.backward_reset_before(
-        d["x"],
-        d["h0"],
-        p.w_ih,
-        p.w_hh,
-        s.batch_sizes,
-        d["gates"],
-        d["rhs"],
-        d["y"],
-        dyk,
-        dh,
-        dg,
-        drh,
-        dx,
-        dw_ih,
-        dw_hh,
-        db,
-        get_num_threads(),
-    )
+    with blas_single_thread():
+        _k.gru.backward_reset_before(
+            d["x"],
+            d["h0"],
+            p.w_ih,
+            p.w_hh,
+            s.batch_sizes,
+            d["gates"],
+            d["rhs"],
+            d["y"],
+            dyk,
+            dh,
+            dg,
+            drh,
+            dx,
+            dw_ih,
+            dw_hh,
+            db,
+            _team(p),
+        )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)

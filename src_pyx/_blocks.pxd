@@ -134,6 +134,62 @@ cdef inline void recurrent_nn(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_
             gemm(False, False, m, u1 - u0, G, <floating> 1, da, G, w + u0, H, beta, dh + u0, H)
 
 
+# The variants whose recurrent operand is not (B, H) by (G, H): the LSTM projection (W_hh is
+# (G, P), and h_t = m_t W_hr^T is cut over the P columns of W_hr) and the reset-before GRU (its
+# two GEMMs per step read a gate block of the (B, G) gradients, whose rows are G apart).
+cdef inline void pack_nt_k(Packed* pk, int isa, Py_ssize_t H, Py_ssize_t K, Py_ssize_t j0,
+                           Py_ssize_t j1, int n_gates, const floating* w) noexcept nogil:
+    """Pack B = W[g*H + [j0, j1)]^T (K x (j1 - j0)) of every gate g; W is (n_gates * H, K)."""
+    cdef int g
+    _alloc(pk, isa, n_gates, K, j1 - j0, sizeof(floating))
+    if pk.data != NULL:
+        for g in range(n_gates):
+            _pack(isa, True, K, j1 - j0, w + (g * H + j0) * K, K,
+                  <floating*> pk.data + g * pk.seg)
+
+
+cdef inline void recurrent_nt_k(blas_int m, Py_ssize_t H, Py_ssize_t K, Py_ssize_t j0,
+                                Py_ssize_t j1, int n_gates, const floating* h,
+                                const floating* w, floating beta, floating* c, blas_int ldc,
+                                const Packed* pk) noexcept nogil:
+    """recurrent_nt with K-wide rows: C[:m, blk] := h[:m] @ W[blk]^T + beta C[:m, blk] (beta 0
+    or 1) for blk = g*H + [j0, j1); h is (m, K), W is (n_gates * H, K), pk from pack_nt_k."""
+    cdef Py_ssize_t nb = unit_blocks(H), width = (j1 - j0)
+    cdef Py_ssize_t b, u0, u1
+    cdef int g
+    if m <= 0 or width <= 0:
+        return
+    if pk.data != NULL:
+        for g in range(n_gates):
+            _rgemm(pk.isa, m, width, K, h, K, <const floating*> pk.data + g * pk.seg,
+                   c + g * H + j0, ldc, beta != 0)
+        return
+    for b in range(nb):
+        block_span(H, nb, b, b + 1, &u0, &u1)
+        if u0 >= j0 and u1 <= j1 and u1 > u0:
+            gemm_gates_nt(m, H, u0, u1, n_gates, K, h, K, w, beta, c, ldc)
+
+
+cdef inline void recurrent_nn_ld(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                                 blas_int K, const floating* da, blas_int lda,
+                                 const floating* w, floating beta, floating* dh,
+                                 const Packed* pk) noexcept nogil:
+    """recurrent_nn with a strided da: dh[:m, [j0, j1)] := da[:m, :K] @ W[:, [j0, j1)] + beta
+    dh[:m, [j0, j1)] (beta 0 or 1); da's rows are lda apart, W is (K, H), dh is (m, H), pk from
+    pack_nn(pk, isa, H, j0, j1, K, w) or empty."""
+    cdef Py_ssize_t nb = unit_blocks(H)
+    cdef Py_ssize_t b, u0, u1
+    if m <= 0 or j1 <= j0:
+        return
+    if pk.data != NULL:
+        _rgemm(pk.isa, m, j1 - j0, K, da, lda, <const floating*> pk.data, dh + j0, H, beta != 0)
+        return
+    for b in range(nb):
+        block_span(H, nb, b, b + 1, &u0, &u1)
+        if u0 >= j0 and u1 <= j1 and u1 > u0:
+            gemm(False, False, m, u1 - u0, K, <floating> 1, da, lda, w + u0, H, beta, dh + u0, H)
+
+
 cdef inline Py_ssize_t _pieces(int n_gates) noexcept nogil:
     return (4 + n_gates - 1) // n_gates
 
@@ -194,6 +250,22 @@ cdef inline void weight_grad(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gat
         wide_block(H, n_gates, blk, &c0, &c1)
         if c1 > c0:
             gemm(True, False, c1 - c0, N, R, <floating> 1, dg + c0, G, x, N, beta,
+                 dw + c0 * N, N)
+
+
+cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gates,
+                                const floating* dg, Py_ssize_t ldg, const floating* x,
+                                floating beta, floating* dw, int size, int rank) noexcept nogil:
+    """weight_grad over n_gates gate blocks of a wider dG: dW[blk] := dG[:, blk]^T @ X + beta
+    dW[blk]; dG's rows are ldg apart, X is (R, N), dW is (n_gates * H, N)."""
+    cdef Py_ssize_t lo, hi, blk, c0, c1
+    if R <= 0:
+        return
+    wide_share(H, n_gates, size, rank, &lo, &hi)
+    for blk in range(lo, hi):
+        wide_block(H, n_gates, blk, &c0, &c1)
+        if c1 > c0:
+            gemm(True, False, c1 - c0, N, R, <floating> 1, dg + c0, ldg, x, N, beta,
                  dw + c0 * N, N)
 
 

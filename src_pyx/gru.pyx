@@ -12,22 +12,17 @@ are active at step t, and inactive rows keep their state and output zeros.
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
-                      recurrent_nn, recurrent_nt, release, thread_units, weight_grad)
+                      recurrent_nn, recurrent_nn_ld, recurrent_nt, release, thread_units,
+                      weight_grad, weight_grad_ld)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
 from _rgemm cimport fr_rgemm_pick
-from _blas cimport gemm
-from _util cimport col_sum, last_step, zero_rows
-
-
-# The projection / reset-before variants below parallelise only their gate pass, per step,
-# and only above this many elements per step (an OpenMP fork costs more below it).
-cdef Py_ssize_t PAR_MIN = 8192
+from _util cimport last_step, zero_rows
 
 # The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
 # (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
@@ -275,13 +270,18 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # Every bias sits outside a product, so bias_i = b_ih + b_hh is folded into the input GEMM and
 # db_ih = db_hh. Per step: a GEMM for the r, z blocks, the r pass, a GEMM of r * h by W_hn, the n
 # pass. rhs[t] = r * h_{t-1} is kept for BPTT and for dW_hn = sum_t dn_t^T (r * h_{t-1}).
+#
+# Same parallel scheme as the plain GRU (thread r owns units [j0, j1) and their gate columns),
+# but the W_hn GEMM reads r * h_{t-1} of all units (the backward's W_hn GEMM, dn of all units),
+# so a step has two barriers: one between the two GEMMs, one at its end.
+# The row functions handle units [0, m) of a thread's slice, pointers offset to its first unit.
 
 cdef inline void _row_forward_rz(floating* a, const floating* hw, const floating* h_prev,
-                                 floating* rh, Py_ssize_t H) noexcept nogil:
+                                 floating* rh, Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """a[:2H] := [r, z] = sigmoid(a[:2H] + hw[:2H]);  rh = r * h_prev."""
     cdef Py_ssize_t j
     cdef floating r
-    for j in range(H):
+    for j in range(m):
         r = sigmoid(a[j] + hw[j])
         a[j] = r
         a[H + j] = sigmoid(a[H + j] + hw[H + j])
@@ -289,11 +289,11 @@ cdef inline void _row_forward_rz(floating* a, const floating* hw, const floating
 
 
 cdef inline void _row_forward_n(floating* a, const floating* hw, const floating* h_prev,
-                                floating* h, Py_ssize_t H) noexcept nogil:
+                                floating* h, Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """a_n := n = tanh(a_n + hw_n);  h = (1 - z) n + z h_prev."""
     cdef Py_ssize_t j
     cdef floating z, n
-    for j in range(H):
+    for j in range(m):
         z = a[H + j]
         n = tanh_(a[2 * H + j] + hw[2 * H + j])
         a[2 * H + j] = n
@@ -301,14 +301,15 @@ cdef inline void _row_forward_n(floating* a, const floating* hw, const floating*
 
 
 cdef inline void _row_backward_zn(const floating* a, const floating* h_prev, const floating* dy,
-                                  floating* dh, floating* dg, Py_ssize_t H) noexcept nogil:
+                                  floating* dh, floating* dg, Py_ssize_t m,
+                                  Py_ssize_t H) noexcept nogil:
     """dg[H:] = [dz_pre, dn_pre] from dh_t (+ dy_t); dh becomes z * dh_t.
 
     dn_pre = dh (1-z) (1-n^2);  dz_pre = dh (h_prev - n) z(1-z)
     """
     cdef Py_ssize_t j
     cdef floating z, n, dhj
-    for j in range(H):
+    for j in range(m):
         z = a[H + j]
         n = a[2 * H + j]
         dhj = dh[j] + dy[j]
@@ -318,11 +319,12 @@ cdef inline void _row_backward_zn(const floating* a, const floating* h_prev, con
 
 
 cdef inline void _row_backward_r(const floating* a, const floating* h_prev, const floating* drh,
-                                 floating* dh, floating* dg, Py_ssize_t H) noexcept nogil:
+                                 floating* dh, floating* dg, Py_ssize_t m,
+                                 Py_ssize_t H) noexcept nogil:
     """dg[:H] = dr_pre = drh h_prev r(1-r);  dh += drh r, where drh = dn_pre W_hn."""
     cdef Py_ssize_t j
     cdef floating r
-    for j in range(H):
+    for j in range(m):
         r = a[j]
         dg[j] = drh[j] * h_prev[j] * dsigmoid(r)
         dh[j] += drh[j] * r
@@ -334,48 +336,66 @@ cdef void _forward_reset_before(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssi
                                 const int* batch_sizes, floating* gates, floating* rhs,
                                 floating* hw, floating* y, floating* h_n, bint training,
                                 int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _forward_reset_before_part(T, B, I, H, x, h0, w_ih, w_hh, bias, batch_sizes, gates,
+                                   rhs, hw, y, h_n, training, &bar, size, rank)
+
+
+cdef void _forward_reset_before_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                                     const floating* x, const floating* h0,
+                                     const floating* w_ih, const floating* w_hh,
+                                     const floating* bias, const int* batch_sizes,
+                                     floating* gates, floating* rhs, floating* hw, floating* y,
+                                     floating* h_n, bint training, fr_barrier* bar, int size,
+                                     int rank) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, r
-    cdef bint par
+    cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef floating* a_t
     cdef floating* rh_t
+    cdef Packed pk_rz, pk_n
 
-    # gates[t, b] = W_ih x[t, b] + b_ih + b_hh for all steps in one GEMM
-    for r in range(T * B):
-        memcpy(gates + r * G, bias, G * sizeof(floating))
-    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    pack_nt(&pk_rz, ISA, H, j0, j1, 2, w_hh)
+    pack_nt(&pk_n, ISA, H, j0, j1, 1, w_hh + 2 * H * H)
+    # gates[t, b] = W_ih x[t, b] + b_ih + b_hh for all steps at once
+    input_projection(T * B, I, H, 3, x, w_ih, bias, gates, size, rank, ISA)
+    fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
         a_t = gates + t * B * G
         rh_t = rhs + t * B * H if training else rhs
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        par = n_threads > 1 and n > 1 and n * G >= PAR_MIN
-        # hw[:n, :2H] = h_{t-1} [W_hr; W_hz]^T
-        gemm(False, True, n, 2 * H, H, <floating> 1, h_prev, H, w_hh, H, <floating> 0, hw, G)
-        if par:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_forward_rz(a_t + b * G, hw + b * G, h_prev + b * H, rh_t + b * H, H)
-        else:
-            for b in range(n):
-                _row_forward_rz(a_t + b * G, hw + b * G, h_prev + b * H, rh_t + b * H, H)
-        # hw[:n, 2H:] = (r * h_{t-1}) W_hn^T
-        gemm(False, True, n, H, H, <floating> 1, rh_t, H, w_hh + 2 * H * H, H, <floating> 0,
-             hw + 2 * H, G)
-        if par:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_forward_n(a_t + b * G, hw + b * G, h_prev + b * H, y + (t * B + b) * H, H)
-        else:
-            for b in range(n):
-                _row_forward_n(a_t + b * G, hw + b * G, h_prev + b * H, y + (t * B + b) * H, H)
-        zero_rows(y + t * B * H, n, B, H)
-        if training:  # read by the dW_hn GEMM: no uninitialized rows
+        # hw[:n, r and z of units] = h_{t-1} [W_hr; W_hz][units]^T, then r, z and r * h_{t-1}
+        recurrent_nt(n, H, j0, j1, 2, h_prev, w_hh, <floating> 0, hw, G, &pk_rz)
+        for b in range(n if m > 0 else 0):
+            _row_forward_rz(a_t + b * G + j0, hw + b * G + j0, h_prev + b * H + j0,
+                            rh_t + b * H + j0, m, H)
+        if training and rank == 0:  # read by the dW_hn GEMM: no uninitialized rows
             zero_rows(rh_t, n, B, H)
+        fr_barrier_wait(bar, size)
+        # hw[:n, n of units] = (r * h_{t-1}) W_hn[units]^T, then n and h_t
+        recurrent_nt(n, H, j0, j1, 1, rh_t, w_hh + 2 * H * H, <floating> 0, hw + 2 * H, G,
+                     &pk_n)
+        for b in range(n if m > 0 else 0):
+            _row_forward_n(a_t + b * G + j0, hw + b * G + j0, h_prev + b * H + j0,
+                           y + (t * B + b) * H + j0, m, H)
+        if rank == 0:
+            zero_rows(y + t * B * H, n, B, H)
+        fr_barrier_wait(bar, size)
 
-    for b in range(B):
+    release(&pk_rz)
+    release(&pk_n)
+    for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
 
 
 cdef void _backward_reset_before(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -385,53 +405,71 @@ cdef void _backward_reset_before(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ss
                                  const floating* dy, floating* dh, floating* dg, floating* drh,
                                  floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
                                  int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _backward_reset_before_part(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, gates, rhs, y,
+                                    dy, dh, dg, drh, dx, dw_ih, dw_hh, db, &bar, size, rank)
+
+
+cdef void _backward_reset_before_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                                      const floating* x, const floating* h0,
+                                      const floating* w_ih, const floating* w_hh,
+                                      const int* batch_sizes, const floating* gates,
+                                      const floating* rhs, const floating* y,
+                                      const floating* dy, floating* dh, floating* dg,
+                                      floating* drh, floating* dx, floating* dw_ih,
+                                      floating* dw_hh, floating* db, fr_barrier* bar, int size,
+                                      int rank) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, o
-    cdef bint par
+    cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
     cdef floating* dg_t
+    cdef Packed pk_rz, pk_n
 
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    pack_nn(&pk_rz, ISA, H, j0, j1, 2 * H, w_hh)
+    pack_nn(&pk_n, ISA, H, j0, j1, H, w_hh + 2 * H * H)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         dg_t = dg + t * B * G
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        par = n_threads > 1 and n > 1 and n * G >= PAR_MIN
-        if par:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                o = t * B + b
-                _row_backward_zn(gates + o * G, h_prev + b * H, dy + o * H, dh + b * H,
-                                 dg + o * G, H)
-        else:
-            for b in range(n):
-                o = t * B + b
-                _row_backward_zn(gates + o * G, h_prev + b * H, dy + o * H, dh + b * H,
-                                 dg + o * G, H)
-        # drh[:n] = dn_pre W_hn  (the gradient reaching r * h_{t-1})
-        gemm(False, False, n, H, H, <floating> 1, dg_t + 2 * H, G, w_hh + 2 * H * H, H,
-             <floating> 0, drh, H)
-        if par:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                o = t * B + b
-                _row_backward_r(gates + o * G, h_prev + b * H, drh + b * H, dh + b * H,
-                                dg + o * G, H)
-        else:
-            for b in range(n):
-                o = t * B + b
-                _row_backward_r(gates + o * G, h_prev + b * H, drh + b * H, dh + b * H,
-                                dg + o * G, H)
-        zero_rows(dg_t, n, B, G)
-        # dh_{t-1}[:n] = z dh_t + r drh + [dr_pre, dz_pre] [W_hr; W_hz]
-        gemm(False, False, n, H, 2 * H, <floating> 1, dg_t, G, w_hh, H, <floating> 1, dh, H)
+        # dz_pre, dn_pre of units; dh[:n, units] := z * dh_t
+        for b in range(n if m > 0 else 0):
+            o = t * B + b
+            _row_backward_zn(gates + o * G + j0, h_prev + b * H + j0, dy + o * H + j0,
+                             dh + b * H + j0, dg + o * G + j0, m, H)
+        if rank == 0:
+            zero_rows(dg_t, n, B, G)
+        fr_barrier_wait(bar, size)
+        # drh[:n, units] = dn_pre W_hn[:, units]  (the gradient reaching r * h_{t-1}), then
+        # dr_pre of units and dh += r drh
+        recurrent_nn_ld(n, H, j0, j1, H, dg_t + 2 * H, G, w_hh + 2 * H * H, <floating> 0, drh,
+                        &pk_n)
+        for b in range(n if m > 0 else 0):
+            o = t * B + b
+            _row_backward_r(gates + o * G + j0, h_prev + b * H + j0, drh + b * H + j0,
+                            dh + b * H + j0, dg + o * G + j0, m, H)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = z dh_t + r drh + [dr_pre, dz_pre] [W_hr; W_hz][:, units]
+        recurrent_nn_ld(n, H, j0, j1, 2 * H, dg_t, G, w_hh, <floating> 1, dh, &pk_rz)
 
-    gemm(False, False, T * B, I, G, <floating> 1, dg, G, w_ih, I, <floating> 0, dx, I)
-    gemm(True, False, G, I, T * B, <floating> 1, dg, G, x, I, <floating> 0, dw_ih, I)
+    # The weight and input gradients, as large GEMMs over all T*B rows.
+    release(&pk_rz)
+    release(&pk_n)
+    fr_barrier_wait(bar, size)
+    weight_grad(T * B, I, H, 3, dg, x, <floating> 0, dw_ih, size, rank)
     # dW_hh[:2H] = sum_t [dr, dz]_t^T h_{t-1};  dW_hh[2H:] = sum_t dn_t^T (r * h_{t-1})
-    gemm(True, False, 2 * H, H, B, <floating> 1, dg, G, h0, H, <floating> 0, dw_hh, H)
-    gemm(True, False, 2 * H, H, (T - 1) * B, <floating> 1, dg + B * G, G, y, H,
-         <floating> 1, dw_hh, H)
-    gemm(True, False, H, H, T * B, <floating> 1, dg + 2 * H, G, rhs, H, <floating> 0,
-         dw_hh + 2 * H * H, H)
-    col_sum(dg, T * B, G, db)
+    weight_grad_ld(B, H, H, 2, dg, G, h0, <floating> 0, dw_hh, size, rank)
+    weight_grad_ld((T - 1) * B, H, H, 2, dg + B * G, G, y, <floating> 1, dw_hh, size, rank)
+    weight_grad_ld(T * B, H, H, 1, dg + 2 * H, G, rhs, <floating> 0, dw_hh + 2 * H * H, size,
+                   rank)
+    bias_grad(T * B, H, 3, dg, db, size, rank)
+    input_grad(T * B, I, G, dg, w_ih, dx, size, rank, ISA)
 
 
 def forward_reset_before(const floating[:, :, ::1] x,  # IN    (T, B, I)

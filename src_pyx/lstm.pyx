@@ -11,22 +11,17 @@ inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semant
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
-                      recurrent_nn, recurrent_nt, release, thread_units, weight_grad)
+                      pack_nt_k, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
+                      thread_units, weight_grad)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
 from _rgemm cimport fr_rgemm_pick
-from _blas cimport gemm
-from _util cimport col_sum, last_step, zero_rows
-
-
-# The projection / reset-before variants below parallelise only their gate pass, per step,
-# and only above this many elements per step (an OpenMP fork costs more below it).
-cdef Py_ssize_t PAR_MIN = 8192
+from _util cimport last_step, zero_rows
 
 # The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
 # (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
@@ -290,12 +285,17 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 #     a_t = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh          W_hh is (G, P), h is (B, P)
 #     c_t = f * c_{t-1} + i * g;  m_t = o * tanh(c_t);  h_t = W_hr m_t      W_hr is (P, H)
 # The cell math is the plain LSTM's with m_t in place of h_t (the forward calls _row_forward on
-# all H units); the projection is one more GEMM per step forward and backward, and
+# the thread's units); the projection is one more GEMM per step forward and backward, and
 # dW_hr = sum_t dh_t^T m_t is one large GEMM after the loop.
+#
+# Same parallel scheme as the plain LSTM, with a second cut: thread r owns hidden units [j0, j1)
+# (its gate columns, c_t and m_t) and projection columns [p0, p1) (its columns of h_t, dh_t and
+# rows of W_hr), both in fixed blocks of ~64 (thread_units over H and over P). A step's
+# projection GEMM reads m_t (dm's GEMM reads dh_t) of all units, so a step has two barriers.
 
 cdef inline void _row_backward_proj(const floating* a, const floating* c_prev, const floating* c,
                                     const floating* dm, floating* dc, floating* da,
-                                    Py_ssize_t H) noexcept nogil:
+                                    Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """Gate grads da from dm_t = dh_t W_hr and dc_t; dc becomes dc_{t-1}.
 
     tc = tanh(c_t);  dc = dc_t + dm o (1 - tc^2)
@@ -303,7 +303,7 @@ cdef inline void _row_backward_proj(const floating* a, const floating* c_prev, c
     """
     cdef Py_ssize_t j
     cdef floating i, f, g, o, tc, dmj, dcj
-    for j in range(H):
+    for j in range(m):
         i = a[j]
         f = a[H + j]
         g = a[2 * H + j]
@@ -324,20 +324,44 @@ cdef void _forward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, 
                         const floating* bias, const int* batch_sizes, floating* gates,
                         floating* y, floating* cs, floating* ms, bint training, floating* h_n,
                         floating* c_n, int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _forward_proj_part(T, B, I, H, P, x, h0, c0, w_ih, w_hh, w_hr, bias, batch_sizes,
+                           gates, y, cs, ms, training, h_n, c_n, &bar, size, rank)
+
+
+cdef void _forward_proj_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                             Py_ssize_t P, const floating* x, const floating* h0,
+                             const floating* c0, const floating* w_ih, const floating* w_hh,
+                             const floating* w_hr, const floating* bias,
+                             const int* batch_sizes, floating* gates, floating* y, floating* cs,
+                             floating* ms, bint training, floating* h_n, floating* c_n,
+                             fr_barrier* bar, int size, int rank) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, r
+    cdef Py_ssize_t t, b, n, j0, j1, m, p0, p1, q
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef floating* c_cur
     cdef floating* m_cur
     cdef floating* a_t
+    cdef Packed pk, pk_r
 
-    # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps in one GEMM
-    for r in range(T * B):
-        memcpy(gates + r * G, bias, G * sizeof(floating))
-    gemm(False, True, T * B, G, I, <floating> 1, x, I, w_ih, I, <floating> 1, gates, G)
+    thread_units(H, size, rank, &j0, &j1)
+    thread_units(P, size, rank, &p0, &p1)
+    m = j1 - j0
+    q = p1 - p0
+    pack_nt_k(&pk, ISA, H, P, j0, j1, 4, w_hh)
+    pack_nt_k(&pk_r, ISA, P, H, p0, p1, 1, w_hr)
+    # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
+    input_projection(T * B, I, H, 4, x, w_ih, bias, gates, size, rank, ISA)
     if not training:  # one cell-state buffer, updated in place
-        memcpy(cs, c0, B * H * sizeof(floating))
+        for b in range(B):
+            memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+    fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
@@ -351,28 +375,29 @@ cdef void _forward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, 
             c_prev = cs
             c_cur = cs
             m_cur = ms
-        # a_t[:n] += h_{t-1} W_hh^T
-        gemm(False, True, n, G, P, <floating> 1, h_prev, P, w_hh, P, <floating> 1, a_t, G)
-        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H, H)
-        else:
-            for b in range(n):
-                _row_forward(a_t + b * G, c_prev + b * H, c_cur + b * H, m_cur + b * H, H, H)
-        # h_t[:n] = m_t[:n] W_hr^T
-        gemm(False, True, n, P, H, <floating> 1, m_cur, H, w_hr, H, <floating> 0,
-             y + t * B * P, P)
-        zero_rows(y + t * B * P, n, B, P)
-        if training:  # read by the dW_hr GEMM: no uninitialized rows
+        # a_t[:n, units] += h_{t-1} W_hh[units]^T, then the gate pass: m_t[:n, units]
+        recurrent_nt_k(n, H, P, j0, j1, 4, h_prev, w_hh, <floating> 1, a_t, G, &pk)
+        for b in range(n if m > 0 else 0):
+            _row_forward(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
+                         m_cur + b * H + j0, m, H)
+        if training and rank == 0:  # read by the dW_hr GEMM: no uninitialized rows
             zero_rows(m_cur, n, B, H)
+        fr_barrier_wait(bar, size)
+        # h_t[:n, cols] = m_t[:n] W_hr[cols]^T
+        recurrent_nt_k(n, P, H, p0, p1, 1, m_cur, w_hr, <floating> 0, y + t * B * P, P, &pk_r)
+        if rank == 0:
+            zero_rows(y + t * B * P, n, B, P)
+        fr_barrier_wait(bar, size)
 
+    release(&pk)
+    release(&pk_r)
     for b in range(B):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * P, y + (t * B + b) * P, P * sizeof(floating))
+        memcpy(h_n + b * P + p0, y + (t * B + b) * P + p0, q * sizeof(floating))
         if training:
-            memcpy(c_n + b * H, cs + (t * B + b) * H, H * sizeof(floating))
+            memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
         else:
-            memcpy(c_n + b * H, cs + b * H, H * sizeof(floating))
+            memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
 
 
 cdef void _backward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
@@ -383,44 +408,74 @@ cdef void _backward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                          floating* dh, floating* dc, floating* dgates, floating* dhs,
                          floating* dm, floating* dx, floating* dw_ih, floating* dw_hh,
                          floating* dw_hr, floating* db, int n_threads) noexcept nogil:
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        _backward_proj_part(T, B, I, H, P, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes, gates, y,
+                            cs, ms, dy, dh, dc, dgates, dhs, dm, dx, dw_ih, dw_hh, dw_hr, db,
+                            &bar, size, rank)
+
+
+cdef void _backward_proj_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                              Py_ssize_t P, const floating* x, const floating* h0,
+                              const floating* c0, const floating* w_ih, const floating* w_hh,
+                              const floating* w_hr, const int* batch_sizes,
+                              const floating* gates, const floating* y, const floating* cs,
+                              const floating* ms, const floating* dy, floating* dh,
+                              floating* dc, floating* dgates, floating* dhs, floating* dm,
+                              floating* dx, floating* dw_ih, floating* dw_hh, floating* dw_hr,
+                              floating* db, fr_barrier* bar, int size,
+                              int rank) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, k
+    cdef Py_ssize_t t, b, n, o, j0, j1, m, p0, p1, k
     cdef const floating* c_prev
     cdef floating* da_t
     cdef floating* dh_t
+    cdef Packed pk, pk_r
 
+    thread_units(H, size, rank, &j0, &j1)
+    thread_units(P, size, rank, &p0, &p1)
+    m = j1 - j0
+    pack_nn(&pk, ISA, P, p0, p1, G, w_hh)
+    pack_nn(&pk_r, ISA, H, j0, j1, P, w_hr)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * G
         dh_t = dhs + t * B * P
         c_prev = c0 if t == 0 else cs + (t - 1) * B * H
-        # dhs_t[:n] = dh_t + dy_t (the gradient reaching h_t);  dm[:n] = dhs_t[:n] W_hr
-        for k in range(n * P):
-            dh_t[k] = dh[k] + dy[t * B * P + k]
-        zero_rows(dh_t, n, B, P)
-        gemm(False, False, n, H, P, <floating> 1, dh_t, P, w_hr, H, <floating> 0, dm, H)
-        if n_threads > 1 and n > 1 and n * G >= PAR_MIN:
-            for b in prange(n, num_threads=n_threads, schedule="static"):
-                _row_backward_proj(gates + (t * B + b) * G, c_prev + b * H,
-                                   cs + (t * B + b) * H, dm + b * H, dc + b * H,
-                                   da_t + b * G, H)
-        else:
-            for b in range(n):
-                _row_backward_proj(gates + (t * B + b) * G, c_prev + b * H,
-                                   cs + (t * B + b) * H, dm + b * H, dc + b * H,
-                                   da_t + b * G, H)
-        zero_rows(da_t, n, B, G)
-        # dh_{t-1}[:n] = da_t[:n] W_hh   (inactive rows keep the dh they carry)
-        gemm(False, False, n, P, G, <floating> 1, da_t, G, w_hh, P, <floating> 0, dh, P)
+        # dhs_t[:n, cols] = dh_t + dy_t (the gradient reaching h_t)
+        for b in range(n):
+            for k in range(b * P + p0, b * P + p1):
+                dh_t[k] = dh[k] + dy[t * B * P + k]
+        if rank == 0:
+            zero_rows(dh_t, n, B, P)
+        fr_barrier_wait(bar, size)
+        # dm[:n, units] = dhs_t[:n] W_hr[:, units], then the gate grads of those units
+        recurrent_nn(n, H, j0, j1, P, dh_t, w_hr, <floating> 0, dm, &pk_r)
+        for b in range(n if m > 0 else 0):
+            o = t * B + b
+            _row_backward_proj(gates + o * G + j0, c_prev + b * H + j0, cs + o * H + j0,
+                               dm + b * H + j0, dc + b * H + j0, da_t + b * G + j0, m, H)
+        if rank == 0:
+            zero_rows(da_t, n, B, G)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, cols] = da_t[:n] W_hh[:, cols]   (inactive rows keep the dh they carry)
+        recurrent_nn(n, P, p0, p1, G, da_t, w_hh, <floating> 0, dh, &pk)
 
-    gemm(False, False, T * B, I, G, <floating> 1, dgates, G, w_ih, I, <floating> 0, dx, I)
-    gemm(True, False, G, I, T * B, <floating> 1, dgates, G, x, I, <floating> 0, dw_ih, I)
-    gemm(True, False, G, P, B, <floating> 1, dgates, G, h0, P, <floating> 0, dw_hh, P)
-    gemm(True, False, G, P, (T - 1) * B, <floating> 1, dgates + B * G, G, y, P,
-         <floating> 1, dw_hh, P)
+    # The weight and input gradients, as large GEMMs over all T*B rows.
+    release(&pk)
+    release(&pk_r)
+    fr_barrier_wait(bar, size)
+    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank)
+    weight_grad(B, P, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank)
+    weight_grad((T - 1) * B, P, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank)
     # dW_hr = sum_t dh_t^T m_t
-    gemm(True, False, P, H, T * B, <floating> 1, dhs, P, ms, H, <floating> 0, dw_hr, H)
-    col_sum(dgates, T * B, G, db)
+    weight_grad(T * B, H, P, 1, dhs, ms, <floating> 0, dw_hr, size, rank)
+    bias_grad(T * B, H, 4, dgates, db, size, rank)
+    input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
 
 
 def forward_proj(const floating[:, :, ::1] x,       # IN    (T, B, I)

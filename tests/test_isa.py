@@ -14,7 +14,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SPECS, TOL, assert_forward_close, assert_grads_close, make_case
+from conftest import (
+    SPECS,
+    TOL,
+    assert_forward_close,
+    assert_grads_close,
+    backend_module,
+    make_case,
+)
 
 import fastrnn
 from fastrnn import _isa
@@ -140,3 +147,107 @@ def test_the_packed_weights_do_not_leak():
     assert done.returncode == 0, done.stderr
     # 2000 calls leaking 1 MiB (the packed W_hh) each would show ~2 GB; allow allocator noise
     assert int(done.stdout) < 8 * 1024  # KiB
+
+
+# -- the kernel variants: LSTM with a projection, GRU with reset_after=False ---------------------
+# (T, B, I, H, P): the odd shapes above with a projection size P that leaves partial panels too;
+# H = 200 is 4 unit blocks and P = 75 two (each thread owns hidden units and projection columns);
+# P = 17 is one block, so with two threads one of them owns no projection column.
+VARIANT_SHAPES = [(6, 13, 5, 37, 21), (4, 1, 3, 2, 1), (5, 9, 16, 200, 75), (3, 20, 8, 130, 17)]
+VARIANTS = ["lstm_proj", "gru_reset_before"]
+
+
+def _variant_case(variant, rng, T, B, I, H, P, dtype, lengths):
+    k = 1 / np.sqrt(H)
+    G, R = (4 * H, P) if variant == "lstm_proj" else (3 * H, H)
+
+    def u(*s):
+        return rng.uniform(-k, k, s).astype(dtype)
+
+    def n(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    a = {
+        "x": n(T, B, I),
+        "h0": n(B, R),
+        "c0": n(B, H),
+        "w_ih": u(G, I),
+        "w_hh": u(G, R),
+        "b_ih": u(G),
+        "b_hh": u(G),
+        "w_hr": u(P, H),
+        "dy": n(T, B, R),
+        "dh_n": n(B, R),
+        "dc_n": n(B, H),
+        "lengths": rng.integers(1, T + 1, B) if lengths else None,
+    }
+    if lengths:
+        a["lengths"][rng.integers(B)] = T
+    return a
+
+
+def _variant_run(variant, backend, a):
+    """Forward outputs and every gradient, as one list of arrays."""
+    F = backend_module(backend)
+    w = (a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
+    if variant == "lstm_proj":
+        *fwd, cache = F.lstm_forward(
+            a["x"], a["h0"], a["c0"], *w, w_hr=a["w_hr"], lengths=a["lengths"]
+        )
+        grads = F.lstm_backward(cache, a["dy"], a["dh_n"], a["dc_n"])
+    else:
+        *fwd, cache = F.gru_forward(a["x"], a["h0"], *w, reset_after=False, lengths=a["lengths"])
+        grads = F.gru_backward(cache, a["dy"], a["dh_n"])
+    return [np.asarray(v) for v in (*fwd, *grads) if v is not None]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_every_isa_matches_the_reference_on_the_variants(isa, variant, dtype, restore_isa):
+    _isa.set_isa(isa)
+    threads = fastrnn.get_num_threads()
+    try:
+        for k, shape in enumerate(VARIANT_SHAPES):
+            a = _variant_case(variant, np.random.default_rng([8, k]), *shape, dtype, k % 2)
+            want = _variant_run(variant, "numpy", a)
+            for n in (1, 2):
+                fastrnn.set_num_threads(n)
+                got = _variant_run(variant, "cython", a)
+                assert len(got) == len(want)
+                for i, (u, v) in enumerate(zip(got, want, strict=True)):
+                    assert u.dtype == dtype
+                    np.testing.assert_allclose(u, v, err_msg=f"{shape} #{i}", **TOLS[dtype])
+    finally:
+        fastrnn.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_variants_give_the_same_bits_on_one_and_two_threads(isa, variant, restore_isa):
+    """Fixed blocks over H and over P, whatever the team size: bitwise equal results."""
+    _isa.set_isa(isa)
+    threads = fastrnn.get_num_threads()
+    try:
+        for k, shape in enumerate(VARIANT_SHAPES[2:]):
+            a = _variant_case(variant, np.random.default_rng([9, k]), *shape, np.float32, k)
+            digests = []
+            for n in (1, 2):
+                fastrnn.set_num_threads(n)
+                digests.append([v.tobytes() for v in _variant_run(variant, "cython", a)])
+            assert digests[0] == digests[1], shape
+    finally:
+        fastrnn.set_num_threads(threads)
+
+
+@pytest.mark.skipif(len(ISAS) < 3, reason="needs a CPU with AVX-512")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_two_micro_kernels_give_the_same_bits_on_the_variants(variant, restore_isa):
+    _isa.set_isa("blas")
+    a = _variant_case(variant, np.random.default_rng(4), 5, 13, 6, 100, 37, np.float32, True)
+    digests = []
+    for code in (1, 2):
+        for module in vars(_isa.KERNELS).values():
+            module._set_isa(code)
+        digests.append([v.tobytes() for v in _variant_run(variant, "cython", a)])
+    assert digests[0] == digests[1]
