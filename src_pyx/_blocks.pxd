@@ -20,12 +20,14 @@ from libc.string cimport memcpy
 
 from _blas cimport blas_int, gemm, gemm_gates_nt
 from _parallel cimport block_span, share, unit_blocks
-from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm_d,
+from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm_d, fr_rgemm_nr,
                      fr_rgemm_packed_size, fr_rgemm_s)
 
-# Rows per block of the dx GEMM.
+# Rows per block of the dx GEMM; rows of the reduction per pass of the weight gradients' micro-
+# kernels (a block of dG and of X stays in L2).
 cdef enum:
     DX_ROWS = 256
+    WG_ROWS = 256
 
 
 cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
@@ -54,10 +56,22 @@ cdef inline void _pack(int isa, int trans, Py_ssize_t k, Py_ssize_t n, const flo
 cdef inline void _rgemm(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                         Py_ssize_t lda, const floating* p, floating* c, Py_ssize_t ldc,
                         bint add) noexcept nogil:
+    """C[:m, :n] (+)= A[:m, :k] @ P; A row-major, P packed by _pack."""
     if floating is float:
-        fr_rgemm_s(isa, m, n, k, a, lda, p, c, ldc, add)
+        fr_rgemm_s(isa, m, n, k, a, lda, 1, p, 0, c, ldc, add)
     else:
-        fr_rgemm_d(isa, m, n, k, a, lda, p, c, ldc, add)
+        fr_rgemm_d(isa, m, n, k, a, lda, 1, p, 0, c, ldc, add)
+
+
+cdef inline void _rgemm_tn(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
+                           Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
+                           Py_ssize_t ldc, bint add) noexcept nogil:
+    """C[:m, :n] (+)= A[:k, :m]^T @ B[:k, :n], both read in place (n a multiple of the panel
+    width)."""
+    if floating is float:
+        fr_rgemm_s(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
+    else:
+        fr_rgemm_d(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
 
 
 cdef inline void _alloc(Packed* pk, int isa, Py_ssize_t n_blocks, Py_ssize_t k, Py_ssize_t n,
@@ -238,35 +252,40 @@ cdef inline void input_projection(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, int 
 
 cdef inline void weight_grad(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gates,
                              const floating* dg, const floating* x, floating beta,
-                             floating* dw, int size, int rank) noexcept nogil:
-    """dW[blk] := dG[:, blk]^T @ X + beta dW[blk] over rank's wide blocks; dG is (R, G), X is
-    (R, N), dW is (G, N)."""
-    cdef Py_ssize_t G = n_gates * H
-    cdef Py_ssize_t lo, hi, blk, c0, c1
-    if R <= 0:
-        return
-    wide_share(H, n_gates, size, rank, &lo, &hi)
-    for blk in range(lo, hi):
-        wide_block(H, n_gates, blk, &c0, &c1)
-        if c1 > c0:
-            gemm(True, False, c1 - c0, N, R, <floating> 1, dg + c0, G, x, N, beta,
-                 dw + c0 * N, N)
+                             floating* dw, int size, int rank, int isa) noexcept nogil:
+    """dW[blk] := dG[:, blk]^T @ X + beta dW[blk] (beta 0 or 1) over rank's wide blocks; dG is
+    (R, n_gates * H), X is (R, N), dW is (n_gates * H, N)."""
+    weight_grad_ld(R, N, H, n_gates, dg, n_gates * H, x, beta, dw, size, rank, isa)
 
 
 cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gates,
                                 const floating* dg, Py_ssize_t ldg, const floating* x,
-                                floating beta, floating* dw, int size, int rank) noexcept nogil:
-    """weight_grad over n_gates gate blocks of a wider dG: dW[blk] := dG[:, blk]^T @ X + beta
-    dW[blk]; dG's rows are ldg apart, X is (R, N), dW is (n_gates * H, N)."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1
+                                floating beta, floating* dw, int size, int rank,
+                                int isa) noexcept nogil:
+    """weight_grad over n_gates gate blocks of a dG whose rows are ldg apart (a wider matrix).
+
+    With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows (a
+    block of dG and of X stays in L2), both operands read in place; the last N % panel-width
+    columns, if any, go to BLAS."""
+    cdef Py_ssize_t lo, hi, blk, c0, c1, k0, n_main = 0
     if R <= 0:
         return
+    if isa != FR_ISA_NONE:
+        n_main = N - N % fr_rgemm_nr(isa, sizeof(floating))
     wide_share(H, n_gates, size, rank, &lo, &hi)
     for blk in range(lo, hi):
         wide_block(H, n_gates, blk, &c0, &c1)
-        if c1 > c0:
-            gemm(True, False, c1 - c0, N, R, <floating> 1, dg + c0, ldg, x, N, beta,
-                 dw + c0 * N, N)
+        if c1 <= c0:
+            continue
+        k0 = 0
+        while n_main > 0 and k0 < R:
+            _rgemm_tn(isa, c1 - c0, n_main, min(<Py_ssize_t> WG_ROWS, R - k0),
+                      dg + k0 * ldg + c0, ldg, x + k0 * N, N, dw + c0 * N, N,
+                      k0 > 0 or beta != 0)
+            k0 += WG_ROWS
+        if n_main < N:
+            gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
+                 N, beta, dw + c0 * N + n_main, N)
 
 
 cdef inline void bias_grad(Py_ssize_t R, Py_ssize_t H, int n_gates, const floating* dg,

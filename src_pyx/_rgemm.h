@@ -222,44 +222,49 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 /* Rows of A per pass over the panels of B: a chunk of A stays in L2 while the panels stream. */
 #define FR_CHUNK_BYTES (256 * 1024)
 
-/* The driver: rows of A in chunks of about FR_CHUNK_BYTES; per chunk, every panel of B times
- * the chunk's rows in tiles of 8 (6), 4, 2 and 1 rows. */
+/* The driver: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with A[i, kk] = a[i * rs + kk * ks] (rs = lda,
+ * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
+ * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
+ * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
+ * FR_CHUNK_BYTES; per chunk, every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and
+ * 1 rows. */
 #define FR_DEFINE_GEMM(NAME, T, W)                                                            \
     static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
-                            ptrdiff_t lda, const T *p, T *c, ptrdiff_t ldc, int add)           \
+                            ptrdiff_t rs, ptrdiff_t ks, const T *b, ptrdiff_t ldb, T *c,       \
+                            ptrdiff_t ldc, int add)                                            \
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
         const ptrdiff_t fit = FR_CHUNK_BYTES / (k * (ptrdiff_t) sizeof(T)) / 24 * 24;          \
-        const ptrdiff_t chunk = fit > 24 ? fit : 24;                                           \
+        const ptrdiff_t chunk = fit > 24 ? fit : 24, ldp = ldb ? ldb : nr;                     \
         ptrdiff_t i0, q, i;                                                                    \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
             for (q = 0; q < n; q += nr) {                                                      \
                 const int w = (int) (n - q < nr ? n - q : nr);                                 \
-                const T *pq = p + q * k;                                                       \
+                const T *pq = ldb ? b + q : b + q * k;                                         \
                 for (i = i0; i < i1;) {                                                        \
                     const ptrdiff_t rest = i1 - i;                                             \
-                    const T *ai = a + i * lda;                                                 \
+                    const T *ai = a + i * rs;                                                  \
                     T *ci = c + i * ldc + q;                                                   \
                     int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;          \
                     if (isa == FR_ISA_AVX512) {                                                \
                         if (rows == 8)                                                         \
-                            fr_tile_##W##512_8(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##512_8(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                         else if (rows == 4)                                                    \
-                            fr_tile_##W##512_4(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##512_4(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                         else if (rows == 2)                                                    \
-                            fr_tile_##W##512_2(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##512_2(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                         else                                                                   \
-                            fr_tile_##W##512_1(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##512_1(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                     } else {                                                                   \
                         if (rows == 6)                                                         \
-                            fr_tile_##W##256_6(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##256_6(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                         else if (rows == 4)                                                    \
-                            fr_tile_##W##256_4(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##256_4(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                         else if (rows == 2)                                                    \
-                            fr_tile_##W##256_2(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##256_2(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                         else                                                                   \
-                            fr_tile_##W##256_1(k, ai, lda, pq, ci, ldc, w, add);               \
+                            fr_tile_##W##256_1(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
                     }                                                                          \
                     i += rows;                                                                 \
                 }                                                                              \
@@ -273,17 +278,19 @@ FR_DEFINE_GEMM(fr_rgemm_d, double, d)
 #else /* no micro-kernels: fr_rgemm_pick returns FR_ISA_NONE and these are never called */
 
 static inline void fr_rgemm_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
-                              ptrdiff_t lda, const float *p, float *c, ptrdiff_t ldc, int add)
+                              ptrdiff_t rs, ptrdiff_t ks, const float *b, ptrdiff_t ldb, float *c,
+                              ptrdiff_t ldc, int add)
 {
-    (void) isa; (void) m; (void) n; (void) k; (void) a; (void) lda; (void) p; (void) c;
-    (void) ldc; (void) add;
+    (void) isa; (void) m; (void) n; (void) k; (void) a; (void) rs; (void) ks; (void) b;
+    (void) ldb; (void) c; (void) ldc; (void) add;
 }
 
 static inline void fr_rgemm_d(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double *a,
-                              ptrdiff_t lda, const double *p, double *c, ptrdiff_t ldc, int add)
+                              ptrdiff_t rs, ptrdiff_t ks, const double *b, ptrdiff_t ldb,
+                              double *c, ptrdiff_t ldc, int add)
 {
-    (void) isa; (void) m; (void) n; (void) k; (void) a; (void) lda; (void) p; (void) c;
-    (void) ldc; (void) add;
+    (void) isa; (void) m; (void) n; (void) k; (void) a; (void) rs; (void) ks; (void) b;
+    (void) ldb; (void) c; (void) ldc; (void) add;
 }
 
 #endif

@@ -16,7 +16,10 @@ cdef extern from "_rgemm.h" nogil:
                    float* p)
     void fr_pack_d(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const double* b,
                    ptrdiff_t ldb, double* p)
+    int fr_rgemm_nr(int isa, size_t elem)
     void fr_rgemm_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
-                    ptrdiff_t lda, const float* p, float* c, ptrdiff_t ldc, int add)
+                    ptrdiff_t rs, ptrdiff_t ks, const float* b, ptrdiff_t ldb, float* c,
+                    ptrdiff_t ldc, int add)
     void fr_rgemm_d(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double* a,
-                    ptrdiff_t lda, const double* p, double* c, ptrdiff_t ldc, int add)
+                    ptrdiff_t rs, ptrdiff_t ks, const double* b, ptrdiff_t ldb, double* c,
+                    ptrdiff_t ldc, int add)

@@ -2,11 +2,12 @@
  * the including file defines FR_TILE (the name), FR_TARGET, FR_T, FR_VBYTES, FR_BCAST and FR_MR
  * (1, 2, 4, 6 or 8); FR_TILE and FR_MR are undefined at the end.
  *
- * C[:FR_MR, :w] (+)= A[:FR_MR, :k] @ P where P is one packed panel (k rows of two vectors). The
- * accumulators are named variables, not an array: GCC keeps an array of vectors in memory. */
-__attribute__((target(FR_TARGET))) static void FR_TILE(ptrdiff_t k, const FR_T *a,
-                                                       ptrdiff_t lda, const FR_T *p, FR_T *c,
-                                                       ptrdiff_t ldc, int w, int add)
+ * C[:FR_MR, :w] (+)= A[:FR_MR, :k] @ P, where A[r, kk] = a[r * rs + kk * ks] and P is k rows of
+ * two vectors, row kk at p + kk * ldp (a packed panel: ldp = 2 vectors; or a matrix read in place).
+ * The accumulators are named variables, not an array: GCC keeps an array of vectors in memory. */
+__attribute__((target(FR_TARGET))) static void FR_TILE(ptrdiff_t k, const FR_T *a, ptrdiff_t rs,
+                                                       ptrdiff_t ks, const FR_T *p, ptrdiff_t ldp,
+                                                       FR_T *c, ptrdiff_t ldc, int w, int add)
 {
     typedef FR_T vec __attribute__((vector_size(FR_VBYTES)));
     typedef FR_T uvec __attribute__((vector_size(FR_VBYTES), aligned(sizeof(FR_T))));
@@ -26,14 +27,14 @@ __attribute__((target(FR_TARGET))) static void FR_TILE(ptrdiff_t k, const FR_T *
 #else
 #define FR_EACH(X) X(0)
 #endif
-#define FR_DECLARE(r) vec lo##r = {0}, hi##r = {0}; const FR_T *a##r = a + r * lda;
-#define FR_FMA(r) { vec t = (vec) FR_BCAST(a##r + kk); lo##r += t * b0; hi##r += t * b1; }
+#define FR_DECLARE(r) vec lo##r = {0}, hi##r = {0}; const FR_T *a##r = a + r * rs;
+#define FR_FMA(r) { vec t = (vec) FR_BCAST(a##r + kk * ks); lo##r += t * b0; hi##r += t * b1; }
 #define FR_SPILL(r) *(vec *) (tile + r * 2 * L) = lo##r; *(vec *) (tile + r * 2 * L + L) = hi##r;
 
     FR_EACH(FR_DECLARE)
     for (kk = 0; kk < k; kk++) {
-        const vec b0 = *(const vec *) (p + kk * 2 * L);
-        const vec b1 = *(const vec *) (p + kk * 2 * L + L);
+        const vec b0 = *(const uvec *) (p + kk * ldp);
+        const vec b1 = *(const uvec *) (p + kk * ldp + L);
         FR_EACH(FR_FMA)
     }
     if (w == 2 * L && add) {

@@ -207,9 +207,9 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     # The weight and input gradients, as large GEMMs over all T*B rows.
     release(&pk)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank)
-    weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank)
-    weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank)
+    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
+    weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
+    weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 4, dgates, db, size, rank)
     input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
 
@@ -469,11 +469,11 @@ cdef void _backward_proj_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize
     release(&pk)
     release(&pk_r)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank)
-    weight_grad(B, P, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank)
-    weight_grad((T - 1) * B, P, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank)
+    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
+    weight_grad(B, P, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
+    weight_grad((T - 1) * B, P, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
     # dW_hr = sum_t dh_t^T m_t
-    weight_grad(T * B, H, P, 1, dhs, ms, <floating> 0, dw_hr, size, rank)
+    weight_grad(T * B, H, P, 1, dhs, ms, <floating> 0, dw_hr, size, rank, ISA)
     bias_grad(T * B, H, 4, dgates, db, size, rank)
     input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
 

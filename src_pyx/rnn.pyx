@@ -167,9 +167,9 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
 
     release(&pk)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 1, dgates, x, <floating> 0, dw_ih, size, rank)
-    weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank)
-    weight_grad((T - 1) * B, H, H, 1, dgates + B * H, y, <floating> 1, dw_hh, size, rank)
+    weight_grad(T * B, I, H, 1, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
+    weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
+    weight_grad((T - 1) * B, H, H, 1, dgates + B * H, y, <floating> 1, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 1, dgates, db, size, rank)
     input_grad(T * B, I, H, dgates, w_ih, dx, size, rank, ISA)
 
