@@ -364,7 +364,9 @@ def lstm_forward(
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
     G = p.w_hh.shape[0]
-    gates = np.empty((p.T, p.B, G), p.dtype)
+    # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
+    steps = p.T if training else _k.lstm.ring_steps(p.T, p.B)
+    gates = np.empty((steps, p.B, G), p.dtype)
     y = np.empty((p.T, p.B, p.H), p.dtype)
     cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
     h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
@@ -519,7 +521,8 @@ def gru_forward(
         bias_i += p.b_ih
         bias_i[: 2 * H] += p.b_hh[: 2 * H]
         b_hn[:] = p.b_hh[2 * H :]
-    gates = np.empty((p.T, p.B, G), p.dtype)
+    # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
+    gates = np.empty((p.T if training else _k.gru.ring_steps(p.T, p.B), p.B, G), p.dtype)
     hns = np.empty((p.T if training else 1, p.B, H), p.dtype)
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)

@@ -184,6 +184,35 @@ cdef inline void recurrent_nt_k(blas_int m, Py_ssize_t H, Py_ssize_t K, Py_ssize
             gemm_gates_nt(m, H, u0, u1, n_gates, K, h, K, w, beta, c, ldc)
 
 
+# Rows of x per chunk of the time-step projection (project_steps): a chunk's gate rows stay in
+# cache from the projection to their step.
+cdef enum:
+    PROJ_ROWS = 256
+
+
+cdef inline Py_ssize_t steps_per_chunk(Py_ssize_t B) noexcept nogil:
+    """Time steps per chunk of project_steps (also the length of an inference forward's ring of
+    projected gates)."""
+    return max(1, PROJ_ROWS // max(B, 1))
+
+
+cdef inline void project_steps(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t j0,
+                               Py_ssize_t j1, int n_gates, const floating* x,
+                               const floating* w_ih, const floating* bias, floating* out,
+                               const Packed* pk) noexcept nogil:
+    """out[r, blk] = bias[blk] + x[r] @ W_ih[blk]^T for R rows and the thread's own gate columns
+    blk = g*H + [j0, j1): the columns its steps read, so no other thread waits for them; x is
+    (R, I), out is (R, n_gates * H), pk from pack_nt_k(pk, isa, H, I, j0, j1, n_gates, w_ih)."""
+    cdef Py_ssize_t G = n_gates * H, m = j1 - j0, r
+    cdef int g
+    if R <= 0 or m <= 0:
+        return
+    for r in range(R):
+        for g in range(n_gates):
+            memcpy(out + r * G + g * H + j0, bias + g * H + j0, m * sizeof(floating))
+    recurrent_nt_k(R, H, I, j0, j1, n_gates, x, w_ih, <floating> 1, out, G, pk)
+
+
 cdef inline void recurrent_nn_ld(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
                                  blas_int K, const floating* da, blas_int lda,
                                  const floating* w, floating beta, floating* dh,

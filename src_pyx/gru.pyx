@@ -16,9 +16,9 @@ from cython.parallel cimport parallel
 from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
-                      recurrent_nn, recurrent_nn_ld, recurrent_nt, release, thread_units,
-                      weight_grad, weight_grad_ld)
+from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt, pack_nt_k,
+                      project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, release,
+                      steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
 from _rgemm cimport fr_rgemm_pick
@@ -34,6 +34,11 @@ def _set_isa(int isa):
     checks that the CPU runs them."""
     global ISA
     ISA = isa
+
+
+def ring_steps(Py_ssize_t T, Py_ssize_t B):
+    """Steps of projected gates an inference forward keeps at once (its ``gates`` length)."""
+    return min(T, steps_per_chunk(B))
 
 
 # --- tier 1: one batch row, units [0, m) of a thread's slice (gate k of unit j at k*H + j) ----
@@ -104,23 +109,26 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                         const int* batch_sizes, floating* gates, floating* hns, floating* hw,
                         floating* y, floating* h_n, bint training, fr_barrier* bar, int size,
                         int rank) noexcept nogil:
-    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef floating* a_t
     cdef floating* hn_t
-    cdef Packed pk
+    cdef Packed pk, pk_ih
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
-    # gates[t, b] = W_ih x[t, b] + bias_i for all steps at once
-    input_projection(T * B, I, H, 3, x, w_ih, bias_i, gates, size, rank, ISA)
-    fr_barrier_wait(bar, size)
+    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
 
     for t in range(T):
         n = batch_sizes[t]
-        a_t = gates + t * B * G
+        # gates[t'] = W_ih x[t'] + bias_i for the next tc steps and this thread's units
+        # (training: gates holds all T steps; inference: a ring of tc steps)
+        a_t = gates + (t if training else t % tc) * B * G
+        if t % tc == 0:
+            project_steps(min(tc, T - t) * B, I, H, j0, j1, 3, x + t * B * I, w_ih, bias_i, a_t,
+                          &pk_ih)
         hn_t = hns + t * B * H if training else hns
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         # hw[:n, units] = h_{t-1} W_hh[units]^T, then the gate pass on those units
@@ -133,6 +141,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         fr_barrier_wait(bar, size)
 
     release(&pk)
+    release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -221,7 +230,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     bias_i : ndarray of shape (3H,)
     b_hn : ndarray of shape (H,)
     batch_sizes : ndarray of shape (T,), dtype=int32
-    gates : ndarray of shape (T, B, 3H), written
+    gates : ndarray of shape (T, B, 3H), written; an inference forward (training False) needs
+        only ring_steps(T, B) steps of it
     hns : ndarray of shape (T, B, H) when training else (1, B, H), written
     hw : ndarray of shape (B, 3H), workspace
     y : ndarray of shape (T, B, H), written
@@ -230,6 +240,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     n_threads : int
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    if gates.shape[0] < (T if training else ring_steps(T, B)):
+        raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
     with nogil:
         _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias_i[0],
                  &b_hn[0], &batch_sizes[0], &gates[0, 0, 0], &hns[0, 0, 0], &hw[0, 0],

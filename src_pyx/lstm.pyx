@@ -16,8 +16,8 @@ from libc.string cimport memcpy
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
-                      pack_nt_k, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
-                      thread_units, weight_grad)
+                      pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
+                      steps_per_chunk, thread_units, weight_grad)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
 from _rgemm cimport fr_rgemm_pick
@@ -33,6 +33,11 @@ def _set_isa(int isa):
     checks that the CPU runs them."""
     global ISA
     ISA = isa
+
+
+def ring_steps(Py_ssize_t T, Py_ssize_t B):
+    """Steps of projected gates an inference forward keeps at once (its ``gates`` length)."""
+    return min(T, steps_per_chunk(B))
 
 
 # --- tier 1: one batch row of the gate math ------------------------------------------------------
@@ -109,27 +114,30 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                         const int* batch_sizes, floating* gates, floating* y, floating* cs,
                         bint training, floating* h_n, floating* c_n, fr_barrier* bar,
                         int size, int rank) noexcept nogil:
-    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef floating* c_cur
     cdef floating* a_t
-    cdef Packed pk
+    cdef Packed pk, pk_ih
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
-    # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
-    input_projection(T * B, I, H, 4, x, w_ih, bias, gates, size, rank, ISA)
+    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
     if not training:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
-    fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
-        a_t = gates + t * B * G
+        # gates[t'] = W_ih x[t'] + (b_ih + b_hh) for the next tc steps and this thread's units
+        # (training: gates holds all T steps; inference: a ring of tc steps)
+        a_t = gates + (t if training else t % tc) * B * G
+        if t % tc == 0:
+            project_steps(min(tc, T - t) * B, I, H, j0, j1, 4, x + t * B * I, w_ih, bias, a_t,
+                          &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         if training:
             c_prev = c0 if t == 0 else cs + (t - 1) * B * H
@@ -147,6 +155,7 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         fr_barrier_wait(bar, size)
 
     release(&pk)
+    release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -223,6 +232,7 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             const floating[::1] bias,          # IN    (G,) b_ih + b_hh (zeros without bias)
             const int[::1] batch_sizes,        # IN    (T,) non-increasing, batch_sizes[0] == B
             floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates i, f, g, o
+                                               #       (inference: (>= ring_steps(T, B), B, G))
             floating[:, :, ::1] y,             # OUT   (T, B, H)
             floating[:, :, ::1] cs,            # OUT   (T, B, H) if training else (1, B, H)
             floating[:, ::1] h_n,              # OUT   (B, H)
@@ -239,7 +249,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     w_hh : ndarray of shape (4H, H)
     bias : ndarray of shape (4H,)
     batch_sizes : ndarray of shape (T,), dtype=int32
-    gates : ndarray of shape (T, B, 4H), written
+    gates : ndarray of shape (T, B, 4H), written; an inference forward (training False) needs
+        only ring_steps(T, B) steps of it
     y : ndarray of shape (T, B, H), written
     cs : ndarray of shape (T, B, H) when training else (1, B, H), written
     h_n, c_n : ndarray of shape (B, H), written
@@ -247,6 +258,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     n_threads : int
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    if gates.shape[0] < (T if training else ring_steps(T, B)):
+        raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
     with nogil:
         _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                  &bias[0], &batch_sizes[0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0],

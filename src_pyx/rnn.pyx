@@ -10,11 +10,12 @@ the recurrent term and applies act in place. Rows are sorted by decreasing lengt
 
 from cython cimport floating
 from cython.parallel cimport parallel
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _activations cimport drelu, dtanh, relu, tanh_
-from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
-                      recurrent_nn, recurrent_nt, release, thread_units, weight_grad)
+from _blocks cimport (Packed, bias_grad, input_grad, pack_nn, pack_nt, pack_nt_k, project_steps,
+                      recurrent_nn, recurrent_nt, release, steps_per_chunk, thread_units,
+                      weight_grad)
 from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
                         fr_team_size, unit_blocks)
 from _rgemm cimport fr_cpu_level, fr_rgemm_pick
@@ -87,21 +88,24 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                         const floating* w_hh, const floating* bias, const int* batch_sizes,
                         floating* y, floating* h_n, bint use_relu, fr_barrier* bar, int size,
                         int rank) noexcept nogil:
+    cdef Py_ssize_t tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
     cdef floating* y_t
-    cdef Packed pk
+    cdef Packed pk, pk_ih
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 1, w_hh)
-    # y[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
-    input_projection(T * B, I, H, 1, x, w_ih, bias, y, size, rank, ISA)
-    fr_barrier_wait(bar, size)
+    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 1, w_ih)
 
     for t in range(T):
         n = batch_sizes[t]
         y_t = y + t * B * H
+        # y[t'] = W_ih x[t'] + (b_ih + b_hh) for the next tc steps and this thread's units
+        if t % tc == 0:
+            project_steps(min(tc, T - t) * B, I, H, j0, j1, 1, x + t * B * I, w_ih, bias, y_t,
+                          &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         # y_t[:n, units] += h_{t-1} W_hh[units]^T, then the activation on those units
         recurrent_nt(n, H, j0, j1, 1, h_prev, w_hh, <floating> 1, y_t, H, &pk)
@@ -110,11 +114,13 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         else:
             for b in range(n if m > 0 else 0):
                 _row_forward(y_t + b * H + j0, m, use_relu)
-        if rank == 0:
-            zero_rows(y_t, n, B, H)
+        # inactive rows output zeros: each thread clears its own columns, which it projected
+        for b in range(n, B if m > 0 else n):
+            memset(y_t + b * H + j0, 0, m * sizeof(floating))
         fr_barrier_wait(bar, size)
 
     release(&pk)
+    release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -231,8 +237,6 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 
 
 # --- tier 4: the stable C API (declared in fastrnn/_kernels/rnn.pxd) -----------------------------
-from libc.string cimport memset
-
 from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
                     schedule)
 

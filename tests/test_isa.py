@@ -251,3 +251,27 @@ def test_the_two_micro_kernels_give_the_same_bits_on_the_variants(variant, resto
             module._set_isa(code)
         digests.append([v.tobytes() for v in _variant_run(variant, "cython", a)])
     assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_inference_ring_matches_training_forward(isa, spec, restore_isa):
+    """An inference forward keeps the projected gates of only a few steps (a ring refilled
+    every steps_per_chunk(B) = 256 // B steps); its outputs must be the training forward's, bit
+    for bit, when the ring wraps several times."""
+    _isa.set_isa(isa)
+    for k, (T, B) in enumerate([(11, 64), (7, 100), (9, 300)]):
+        case = make_case(
+            spec,
+            np.random.default_rng([11, k]),
+            T,
+            B,
+            5,
+            40,
+            np.float32,
+            lengths="random" if k == 1 else None,
+        )
+        train = spec.forward_case("cython", case, training=True)
+        infer = spec.forward_case("cython", case, training=False)
+        for name in spec.output_names():
+            np.testing.assert_array_equal(getattr(infer, name), getattr(train, name), name)
