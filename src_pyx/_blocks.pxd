@@ -3,16 +3,17 @@
 # Legend as in the cells: H hidden units, n_gates gate blocks of H columns (G = n_gates * H).
 # Two cuts of the gate columns, both fixed by the problem (never by the thread count, see
 # _parallel.pxd):
-#   * narrow blocks (unit_blocks(H), ~64 units): the per-step recurrent GEMMs; a thread owns a
-#     contiguous run of them, that is hidden units [j0, j1) and the gate columns g*H + [j0, j1);
+#   * narrow blocks (unit_blocks(H), ~64 units): the per-step recurrent GEMMs and the forward's
+#     input projection (project_steps); a thread owns a contiguous run of them, that is hidden
+#     units [j0, j1) and the gate columns g*H + [j0, j1);
 #   * wide blocks (a gate block cut in ceil(4 / n_gates) pieces, so 4 to 6 blocks): the GEMMs
-#     over all T*B rows (input projection, weight gradients), where each extra call re-packs
-#     the shared operand, so fewer, larger calls are better.
+#     over all T*B rows (weight gradients; the input projection of the projection and
+#     reset-before variants), where fewer, larger calls are better.
 #
-# The per-step recurrent GEMMs read the same weights at every step. When the CPU has AVX2 or
-# AVX-512 (_rgemm.h), each thread packs its columns of W_hh once per kernel call (pack_nt for the
-# forward's h @ W_hh^T, pack_nn for the backward's da @ W_hh) and the steps run the packed
-# micro-kernels; otherwise (isa FR_ISA_NONE, or no memory for the packed copy) they call BLAS.
+# When the CPU has AVX2 or AVX-512 (_rgemm.h) every GEMM runs on the micro-kernels: each thread
+# packs its columns of W_hh and W_ih once per kernel call (pack_nt for the forward's h @ W_hh^T
+# and x @ W_ih^T, pack_nn for the backward's da @ W_hh), and the weight gradients read dG and X
+# in place; otherwise (isa FR_ISA_NONE, or no memory for a packed copy) they call BLAS.
 
 from cython cimport floating
 from libc.stdlib cimport free

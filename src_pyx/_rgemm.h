@@ -1,19 +1,21 @@
-/* The recurrent GEMM: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with B packed once per kernel call.
+/* The kernels' GEMMs: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] on register-blocked micro-kernels.
  *
  * Every time step multiplies the new hidden state (or gate gradient) by the same weight block.
  * A BLAS call re-packs that block on every step (14-22% of an LSTM step's cycles in the
- * profile); here each thread packs its block of W_hh once, into panels of NR columns stored
- * k-major (panel[k * NR + c], zero-padded to NR), and a register-blocked micro-kernel reads the
- * panels straight from cache at every step. A is read in place, row by row (its rows are the
- * batch, at most a few hundred).
+ * profile); here each thread packs its block of W_hh (or W_ih) once per call, into panels of NR
+ * columns stored k-major (panel[k * NR + c], zero-padded to NR), and the micro-kernels read the
+ * panels straight from cache at every step. A is read in place, by rows (a row stride and a
+ * k stride, so the transpose of a row-major matrix is read in place too). The weight gradients
+ * dG^T @ X read B in place as well (a row stride instead of panels), a few hundred rows of the
+ * reduction at a time.
  *
  * The micro-kernels are compiled for AVX-512 and AVX2+FMA with target attributes and picked at
  * run time (fr_rgemm_pick), so a build for generic x86-64 still gets the wide kernels. On other
  * CPUs and compilers the kernels' BLAS path runs instead (fr_rgemm_pick returns 0).
  *
- * Each element of C is one fused multiply-add chain over k in increasing order, whichever
- * micro-kernel, tile position or thread computes it: results do not depend on the ISA picked
- * or on the thread count.
+ * Each element of C is one fused multiply-add chain over k in increasing order (per call),
+ * whichever micro-kernel, tile position or thread computes it: results do not depend on the
+ * ISA picked or on the thread count.
  */
 #ifndef FASTRNN_RGEMM_H
 #define FASTRNN_RGEMM_H
