@@ -274,7 +274,7 @@ def run(
     dtype=np.float32,
     threads: Sequence[int] = (1,),
     repeats: int = 7,
-    min_time: float = 0.02,
+    min_time: float = 0.1,
     gemm_n: int = 1024,
     progress: Callable[[str], None] | None = None,
     settle: float = SETTLE,
