@@ -89,12 +89,7 @@ cdef inline void _alloc(Packed* pk, int isa, Py_ssize_t n_blocks, Py_ssize_t k, 
 cdef inline void pack_nt(Packed* pk, int isa, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
                          int n_gates, const floating* w) noexcept nogil:
     """Pack B = W[g*H + [j0, j1)]^T (H x (j1 - j0)) of every gate g; W is (n_gates * H, H)."""
-    cdef int g
-    _alloc(pk, isa, n_gates, H, j1 - j0, sizeof(floating))
-    if pk.data != NULL:
-        for g in range(n_gates):
-            _pack(isa, True, H, j1 - j0, w + (g * H + j0) * H, H,
-                  <floating*> pk.data + g * pk.seg)
+    pack_nt_k(pk, isa, H, H, j0, j1, n_gates, w)
 
 
 cdef inline void pack_nn(Packed* pk, int isa, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
@@ -115,20 +110,7 @@ cdef inline void recurrent_nt(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_
                               floating* c, blas_int ldc, const Packed* pk) noexcept nogil:
     """C[:m, blk] := h[:m] @ W[blk]^T + beta C[:m, blk] (beta 0 or 1) for the gate columns
     blk = g*H + [j0, j1); h is (m, H), W is (n_gates * H, H), pk from pack_nt or empty."""
-    cdef Py_ssize_t nb = unit_blocks(H), width = (j1 - j0)
-    cdef Py_ssize_t b, u0, u1
-    cdef int g
-    if m <= 0 or width <= 0:
-        return
-    if pk.data != NULL:
-        for g in range(n_gates):
-            _rgemm(pk.isa, m, width, H, h, H, <const floating*> pk.data + g * pk.seg,
-                   c + g * H + j0, ldc, beta != 0)
-        return
-    for b in range(nb):
-        block_span(H, nb, b, b + 1, &u0, &u1)
-        if u0 >= j0 and u1 <= j1 and u1 > u0:
-            gemm_gates_nt(m, H, u0, u1, n_gates, H, h, H, w, beta, c, ldc)
+    recurrent_nt_k(m, H, H, j0, j1, n_gates, h, w, beta, c, ldc, pk)
 
 
 cdef inline void recurrent_nn(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
@@ -136,22 +118,13 @@ cdef inline void recurrent_nn(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssize_
                               floating* dh, const Packed* pk) noexcept nogil:
     """dh[:m, [j0, j1)] := da[:m] @ W[:, [j0, j1)] + beta dh[:m, [j0, j1)] (beta 0 or 1); da is
     (m, G), W is (G, H), dh is (m, H), pk from pack_nn or empty."""
-    cdef Py_ssize_t nb = unit_blocks(H)
-    cdef Py_ssize_t b, u0, u1
-    if m <= 0 or j1 <= j0:
-        return
-    if pk.data != NULL:
-        _rgemm(pk.isa, m, j1 - j0, G, da, G, <const floating*> pk.data, dh + j0, H, beta != 0)
-        return
-    for b in range(nb):
-        block_span(H, nb, b, b + 1, &u0, &u1)
-        if u0 >= j0 and u1 <= j1 and u1 > u0:
-            gemm(False, False, m, u1 - u0, G, <floating> 1, da, G, w + u0, H, beta, dh + u0, H)
+    recurrent_nn_ld(m, H, j0, j1, G, da, G, w, beta, dh, pk)
 
 
-# The variants whose recurrent operand is not (B, H) by (G, H): the LSTM projection (W_hh is
-# (G, P), and h_t = m_t W_hr^T is cut over the P columns of W_hr) and the reset-before GRU (its
-# two GEMMs per step read a gate block of the (B, G) gradients, whose rows are G apart).
+# The general forms of the three above, for operands that are not (B, H) by (G, H): the forward's
+# input projection (x is (rows, I)), the LSTM projection (W_hh is (G, P), and h_t = m_t W_hr^T is
+# cut over the P columns of W_hr) and the reset-before GRU (its two GEMMs per step read a gate
+# block of the (B, G) gradients, whose rows are G apart).
 cdef inline void pack_nt_k(Packed* pk, int isa, Py_ssize_t H, Py_ssize_t K, Py_ssize_t j0,
                            Py_ssize_t j1, int n_gates, const floating* w) noexcept nogil:
     """Pack B = W[g*H + [j0, j1)]^T (K x (j1 - j0)) of every gate g; W is (n_gates * H, K)."""
