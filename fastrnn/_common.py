@@ -10,8 +10,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastrnn.cells import Cell
+
 __all__ = [
-    "CELLS",
     "as_array",
     "check_exact_integers",
     "nbytes_of",
@@ -26,9 +27,6 @@ __all__ = [
     "prepare",
 ]
 
-#: Number of gate blocks G for each cell (weights are (G*H, I) and (G*H, H)).
-CELLS = {"rnn": 1, "lstm": 4, "gru": 3}
-_FORWARD_NAME = {"rnn": "rnn_forward", "lstm": "lstm_forward", "gru": "gru_forward"}
 
 
 class RNNGrads(NamedTuple):
@@ -112,7 +110,7 @@ class Cache:
     def __init__(
         self,
         backend: str,
-        cell: str,
+        cell: Cell,
         dtype: np.dtype,
         shape: tuple[int, int, int, int],
         data: dict[str, Any],
@@ -137,7 +135,7 @@ class Cache:
     def __repr__(self) -> str:
         T, B, I, H = self.shape
         return (
-            f"Cache(cell={self.cell!r}, backend={self.backend!r}, T={T}, B={B}, I={I}, H={H}, "
+            f"Cache(cell={self.cell.name!r}, backend={self.backend!r}, T={T}, B={B}, I={I}, H={H}, "
             f"dtype={np.dtype(self.dtype).name}, nbytes={self.nbytes})"
         )
 
@@ -300,7 +298,7 @@ def check_lengths(lengths: Any, T: int, B: int) -> np.ndarray | None:
 
 
 def prepare(
-    cell: str,
+    cell: Cell,
     x: Any,
     h0: Any,
     c0: Any,
@@ -324,7 +322,7 @@ def prepare(
     ``w_hr`` (LSTM only) is a projection of shape (P, H): then ``w_hh`` is (4H, P) and ``h0`` is
     (B, P), while ``c0`` stays (B, H).
     """
-    G = CELLS[cell]
+    G = cell.G
     T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
     GH, I_w = _shape_of("w_ih", w_ih, 2, f"({G} * hidden_size, input_size)")
     if w_hr is None:
@@ -334,12 +332,12 @@ def prepare(
         if GH2 != G * H:
             raise ValueError(
                 f"w_hh must have shape ({G} * hidden_size, hidden_size) = ({G * H}, {H}) "
-                f"for {cell.upper()}, got {(GH2, H)}"
+                f"for {cell.title}, got {(GH2, H)}"
             )
         R = H  # width of the recurrent state h
     else:
-        if cell != "lstm":
-            raise ValueError(f"w_hr (a projection) is only supported for LSTM, not {cell.upper()}")
+        if not any(p.arg == "w_hr" for p in cell.params):
+            raise ValueError(f"w_hr (a projection) is only supported for LSTM, not {cell.title}")
         R, H = _shape_of("w_hr", w_hr, 2, "(proj_size, hidden_size)")
         if R < 1 or H < 1:
             raise ValueError(
@@ -386,7 +384,7 @@ def prepare(
     w_hh_a = _convert("w_hh", as_array("w_hh", w_hh), dtype)
     h0a = np.zeros((B, R), dtype) if h0 is None else _to_array("h0", h0, dtype, (B, R))
     c0a = None
-    if cell == "lstm":
+    if "c" in cell.states:
         c0a = np.zeros((B, H), dtype) if c0 is None else _to_array("c0", c0, dtype, (B, H))
     b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
@@ -399,9 +397,9 @@ def prepare(
     return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H, w_hr_a)
 
 
-def check_cache(cache: Any, backend: str, cell: str) -> Cache:
+def check_cache(cache: Any, backend: str, cell: Cell) -> Cache:
     """Refuse a missing cache, or one produced by another cell or backend."""
-    fn = f"{cell}_backward"
+    fn = f"{cell.name}_backward"
     if cache is None:
         raise TypeError(
             f"{fn} needs the cache of a training forward; got None (was the forward "
@@ -409,12 +407,12 @@ def check_cache(cache: Any, backend: str, cell: str) -> Cache:
         )
     if not isinstance(cache, Cache):
         raise TypeError(
-            f"{fn}: cache must be the Cache returned by {_FORWARD_NAME[cell]}, got "
+            f"{fn}: cache must be the Cache returned by {cell.name}_forward, got "
             f"{type(cache).__name__}"
         )
-    if cache.cell != cell:
+    if cache.cell is not cell:
         raise ValueError(
-            f"{fn}: cache comes from {_FORWARD_NAME[cache.cell]}, not {_FORWARD_NAME[cell]}"
+            f"{fn}: cache comes from {cache.cell.name}_forward, not {cell.name}_forward"
         )
     if cache.backend != backend:
         raise ValueError(

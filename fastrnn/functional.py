@@ -46,6 +46,9 @@ from fastrnn._common import (
     prepare,
 )
 from fastrnn._isa import KERNELS as _k
+from fastrnn.cells import GRU as _GRU
+from fastrnn.cells import LSTM as _LSTM
+from fastrnn.cells import RNN as _RNN
 from fastrnn._threads import blas_single_thread, get_num_threads
 
 __all__ = [
@@ -225,11 +228,11 @@ def rnn_forward(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     relu = nonlinearity == "relu"
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
-        cache = Cache(BACKEND, "rnn", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _RNN, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
@@ -241,7 +244,7 @@ def rnn_forward(
     if training:
         cache = Cache(
             BACKEND,
-            "rnn",
+            _RNN,
             p.dtype,
             (p.T, p.B, p.I, p.H),
             {"p": p, "s": s, "x": xk, "h0": h0k, "y": y, "relu": relu},
@@ -267,7 +270,7 @@ def rnn_backward(cache, dy, dh_n=None):
         ``dx`` (T, B, I), ``dh0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh`` (None for a
         bias-free forward), summed over every step.
     """
-    c = check_cache(cache, BACKEND, "rnn")
+    c = check_cache(cache, BACKEND, _RNN)
     d = c.data
     p = d["p"]
     if "s" not in d:
@@ -354,12 +357,12 @@ def lstm_forward(
     cache : Cache or None
         Pass to :func:`lstm_backward`.
     """
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
+    p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
     if p.w_hr is not None:
         return _lstm_proj_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
         y, h_n, c_n = _empty_forward(p)
-        cache = Cache(BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _LSTM, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
         return y, h_n, c_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
@@ -391,7 +394,7 @@ def lstm_forward(
     if training:
         cache = Cache(
             BACKEND,
-            "lstm",
+            _LSTM,
             p.dtype,
             (p.T, p.B, p.I, p.H),
             {"p": p, "s": s, "x": xk, "h0": h0k, "c0": c0k, "gates": gates, "y": y, "cs": cs},
@@ -417,7 +420,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
         after a forward with ``w_hr``, an :class:`LSTMProjGrads` with ``dh0`` of shape (B, P)
         and one more field, ``dw_hr`` (P, H).
     """
-    c = check_cache(cache, BACKEND, "lstm")
+    c = check_cache(cache, BACKEND, _LSTM)
     d = c.data
     p = d["p"]
     if p.w_hr is not None:
@@ -505,12 +508,12 @@ def gru_forward(
     cache : Cache or None
         Pass to :func:`gru_backward`.
     """
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     if not reset_after:
         return _gru_reset_before_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
-        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _GRU, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
@@ -548,7 +551,7 @@ def gru_forward(
     if training:
         cache = Cache(
             BACKEND,
-            "gru",
+            _GRU,
             p.dtype,
             (p.T, p.B, p.I, H),
             {"p": p, "s": s, "x": xk, "h0": h0k, "gates": gates, "hns": hns, "y": y},
@@ -571,7 +574,7 @@ def gru_backward(cache, dy, dh_n=None):
     GRUGrads
         ``dx`` (T, B, I), ``dh0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``.
     """
-    c = check_cache(cache, BACKEND, "gru")
+    c = check_cache(cache, BACKEND, _GRU)
     d = c.data
     p = d["p"]
     if d.get("reset_after") is False:
@@ -619,7 +622,7 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
     P = p.w_hr.shape[0]
     if p.T == 0 or p.B == 0:
         y = np.zeros((p.T, p.B, P), p.dtype)
-        cache = Cache(BACKEND, "lstm", p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _LSTM, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
         return y, p.h0.copy(), p.c0.copy(), cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
@@ -652,7 +655,7 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
     if training:
         cache = Cache(
             BACKEND,
-            "lstm",
+            _LSTM,
             p.dtype,
             (p.T, p.B, p.I, H),
             {
@@ -729,7 +732,7 @@ def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
         data = {"p": p, "reset_after": False}
-        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, p.H), data)
+        cache = Cache(BACKEND, _GRU, p.dtype, (p.T, p.B, p.I, p.H), data)
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
@@ -759,7 +762,7 @@ def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
     if training:
         cache = Cache(
             BACKEND,
-            "gru",
+            _GRU,
             p.dtype,
             (p.T, p.B, p.I, H),
             {

@@ -24,6 +24,9 @@ from fastrnn._common import (
     check_cache,
     prepare,
 )
+from fastrnn.cells import GRU as _GRU
+from fastrnn.cells import LSTM as _LSTM
+from fastrnn.cells import RNN as _RNN
 
 __all__ = [
     "gru_backward",
@@ -102,7 +105,7 @@ def rnn_forward(
     """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare("rnn", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     b_i, b_h = _biases(p)
     m = _masks(p.lengths, p.T, p.B, p.dtype)
     act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
@@ -118,7 +121,7 @@ def rnn_forward(
     if training:
         cache = Cache(
             BACKEND,
-            "rnn",
+            _RNN,
             p.dtype,
             (p.T, p.B, p.I, p.H),
             {
@@ -135,7 +138,7 @@ def rnn_forward(
 
 def rnn_backward(cache, dy, dh_n=None):
     """BPTT for :func:`rnn_forward`; see :func:`fastrnn.functional.rnn_backward`."""
-    c = check_cache(cache, BACKEND, "rnn")
+    c = check_cache(cache, BACKEND, _RNN)
     p, y, hprev, m = c.data["p"], c.data["y"], c.data["hprev"], c.data["m"]
     dy = as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
     dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
@@ -175,7 +178,7 @@ def lstm_forward(
     check_finite=False,
 ):
     """LSTM over a whole sequence; see :func:`fastrnn.functional.lstm_forward`."""
-    p = prepare("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
+    p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
@@ -199,7 +202,7 @@ def lstm_forward(
     if training:
         cache = Cache(
             BACKEND,
-            "lstm",
+            _LSTM,
             p.dtype,
             (p.T, p.B, p.I, H),
             {"p": p, "saved": saved, "m": m, "reverse": reverse},
@@ -209,7 +212,7 @@ def lstm_forward(
 
 def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     """BPTT for :func:`lstm_forward`; see :func:`fastrnn.functional.lstm_backward`."""
-    cc = check_cache(cache, BACKEND, "lstm")
+    cc = check_cache(cache, BACKEND, _LSTM)
     p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
     H = p.H
     R = H if p.w_hr is None else p.w_hr.shape[0]  # width of h
@@ -271,7 +274,7 @@ def gru_forward(
     check_finite=False,
 ):
     """GRU over a whole sequence; see :func:`fastrnn.functional.gru_forward`."""
-    p = prepare("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     b_i, b_h = _biases(p)
     H = p.H
     m = _masks(p.lengths, p.T, p.B, p.dtype)
@@ -296,13 +299,13 @@ def gru_forward(
     cache = None
     if training:
         data = {"p": p, "saved": saved, "m": m, "reset_after": reset_after, "reverse": reverse}
-        cache = Cache(BACKEND, "gru", p.dtype, (p.T, p.B, p.I, H), data)
+        cache = Cache(BACKEND, _GRU, p.dtype, (p.T, p.B, p.I, H), data)
     return y, h, cache
 
 
 def gru_backward(cache, dy, dh_n=None):
     """BPTT for :func:`gru_forward`; see :func:`fastrnn.functional.gru_backward`."""
-    cc = check_cache(cache, BACKEND, "gru")
+    cc = check_cache(cache, BACKEND, _GRU)
     p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
     reset_after = cc.data.get("reset_after", True)
     H = p.H

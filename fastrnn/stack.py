@@ -25,14 +25,15 @@ import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from fastrnn import _threads
-from fastrnn._common import CELLS, check_lengths, nbytes_of
+from fastrnn._common import check_lengths, nbytes_of
 from fastrnn._threads import get_num_threads
+from fastrnn.cells import BACKENDS, Cell, Param, Sizes, get_cell
 
 __all__ = [
     "StackCache",
@@ -43,19 +44,6 @@ __all__ = [
     "stack_forward",
 ]
 
-BACKENDS = ("cython", "numpy")
-
-
-def _backend_module(backend: str):
-    if backend == "cython":
-        from fastrnn import functional
-
-        return functional
-    from fastrnn import reference
-
-    return reference
-
-
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -64,13 +52,17 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-@dataclass(frozen=True)
 class StackConfig:
     """Shape of a recurrent stack: PyTorch's ``nn.RNN``/``nn.LSTM``/``nn.GRU`` arguments.
 
+    Immutable and hashable. The cell-specific options are those of the cell's entry in
+    :mod:`fastrnn.cells` and read as attributes (``config.proj_size``); ``config.options``
+    holds all of them, defaults included.
+
     Parameters
     ----------
-    cell : {"rnn", "lstm", "gru"}
+    cell : str or fastrnn.cells.Cell
+        A name of :data:`fastrnn.cells.CELLS` (``"rnn"``, ``"lstm"``, ``"gru"``).
     input_size : int
         Features of the input ``x``.
     hidden_size : int
@@ -80,61 +72,124 @@ class StackConfig:
     bidirectional : bool, default=False
     dropout : float, default=0.0
         Probability of zeroing an output element of every layer but the last (training only).
-    proj_size : int, default=0
-        LSTM only: project the hidden state to ``proj_size < hidden_size`` features.
-    nonlinearity : {"tanh", "relu"}, default="tanh"
-        RNN only.
-    reset_after : bool, default=True
-        GRU only: apply the reset gate after the hidden matmul (PyTorch) or before it (False).
     backend : {"cython", "numpy"}, default="cython"
         :mod:`fastrnn.functional` or :mod:`fastrnn.reference`.
+    **options
+        The cell's own options: ``nonlinearity`` ({"tanh", "relu"}, RNN), ``proj_size`` (int,
+        LSTM: project the hidden state to ``proj_size < hidden_size`` features),
+        ``reset_after`` (bool, GRU: the reset gate after the hidden matmul, PyTorch's, or
+        before it).
 
     Raises
     ------
     ValueError
-        Naming the argument whose value is out of range.
+        Naming the argument whose value is out of range, or an option of another cell.
     TypeError
         Naming the argument whose type is wrong.
     """
 
-    cell: str
-    input_size: int
-    hidden_size: int
-    num_layers: int = 1
-    bias: bool = True
-    bidirectional: bool = False
-    dropout: float = 0.0
-    proj_size: int = 0
-    nonlinearity: str = "tanh"
-    reset_after: bool = True
-    backend: str = "cython"
+    __slots__ = (
+        "backend",
+        "bias",
+        "bidirectional",
+        "cell",
+        "dropout",
+        "hidden_size",
+        "input_size",
+        "num_layers",
+        "options",
+        "spec",
+    )
 
-    def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be 'rnn', 'lstm' or 'gru', got {self.cell!r}")
-        _positive_int(self.input_size, "input_size")
-        _positive_int(self.hidden_size, "hidden_size")
-        _positive_int(self.num_layers, "num_layers")
-        if self.cell != "lstm" and self.proj_size != 0:
-            raise ValueError(f"proj_size is only supported for LSTM, not {self.cell.upper()}")
-        _positive_int(self.proj_size, "proj_size", minimum=0)
-        if self.proj_size >= self.hidden_size:
-            raise ValueError(
-                f"proj_size must be smaller than hidden_size={self.hidden_size}, "
-                f"got {self.proj_size}"
-            )
-        d = self.dropout
+    def __init__(
+        self,
+        cell: str | Cell,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        backend: str = "cython",
+        **options: Any,
+    ) -> None:
+        spec = get_cell(cell)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be 'cython' or 'numpy', got {backend!r}")
+        d = dropout
         if isinstance(d, bool) or not isinstance(d, numbers.Real) or not 0.0 <= d <= 1.0:
             raise ValueError(
                 f"dropout must be a probability in [0, 1] (of zeroing an element), got {d!r}"
             )
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be 'cython' or 'numpy', got {self.backend!r}")
-        for flag in ("bias", "bidirectional", "reset_after"):
-            object.__setattr__(self, flag, bool(getattr(self, flag)))
-        object.__setattr__(self, "dropout", float(d))
+        opts = spec.check_options(options)
+        values = {
+            "spec": spec,
+            "cell": spec.name,
+            "input_size": _positive_int(input_size, "input_size"),
+            "hidden_size": _positive_int(hidden_size, "hidden_size"),
+            "num_layers": _positive_int(num_layers, "num_layers"),
+            "bias": bool(bias),
+            "bidirectional": bool(bidirectional),
+            "dropout": float(d),
+            "backend": backend,
+            "options": MappingProxyType(opts),
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        if opts.get("proj_size", 0) >= self.hidden_size:
+            raise ValueError(
+                f"proj_size must be smaller than hidden_size={self.hidden_size}, "
+                f"got {opts['proj_size']}"
+            )
+
+    # -- an immutable value ----------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:  # the cell's options, as attributes
+        if name != "options":
+            try:
+                return self.options[name]
+            except (AttributeError, KeyError):
+                pass
+        raise AttributeError(f"StackConfig of {self.cell!r} has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("StackConfig is immutable; use replace()")
+
+    def _key(self) -> tuple:
+        return (self.cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                self.bidirectional, self.dropout, self.backend, tuple(self.options.items()))  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StackConfig) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __reduce__(self):
+        return (_make_config, (self._key(),))
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        return (
+            f"StackConfig({self.cell!r}, input_size={self.input_size}, hidden_size="
+            f"{self.hidden_size}, num_layers={self.num_layers}, bias={self.bias}, "
+            f"bidirectional={self.bidirectional}, dropout={self.dropout}, "
+            f"backend={self.backend!r}{opts})"
+        )
+
+    def replace(self, **changes: Any) -> StackConfig:
+        """A copy with some arguments (or options) changed."""
+        args = {
+            "input_size": self.input_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "bias": self.bias,
+            "bidirectional": self.bidirectional,
+            "dropout": self.dropout,
+            "backend": self.backend,
+            **self.options,
+            **changes,
+        }
+        return StackConfig(self.spec, **args)
 
     # -- derived sizes -------------------------------------------------------------------------
     @property
@@ -144,41 +199,57 @@ class StackConfig:
     @property
     def output_size(self) -> int:
         """Features of ``h`` (and of each direction's output): proj_size or hidden_size."""
-        return self.proj_size or self.hidden_size
+        return self.options.get("proj_size", 0) or self.hidden_size
 
     def layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.num_directions * self.output_size
 
+    def params(self) -> tuple[Param, ...]:
+        """The cell's parameters that this configuration has, in PyTorch's order."""
+        return tuple(p for p in self.spec.params if p.when(self.options, self.bias))
+
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every weight's PyTorch name and shape, in PyTorch's ``_flat_weights_names`` order.
 
-        Per layer ``k`` and direction (suffix ``""`` or ``"_reverse"``): ``weight_ih_l{k}``
-        (G*H, I_k), ``weight_hh_l{k}`` (G*H, R), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (G*H,) and,
-        with a projection, ``weight_hr_l{k}`` (P, H); R is proj_size or hidden_size.
+        Per layer ``k`` and direction (suffix ``""`` or ``"_reverse"``), the cell's parameters
+        (:attr:`fastrnn.cells.Cell.params`): ``weight_ih_l{k}`` (G*H, I_k), ``weight_hh_l{k}``
+        (G*H, R), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (G*H,) and, for an LSTM with a
+        projection, ``weight_hr_l{k}`` (P, H); R is proj_size or hidden_size.
         """
-        G, H, R = CELLS[self.cell], self.hidden_size, self.output_size
+        params = self.params()
         shapes: dict[str, tuple[int, ...]] = {}
         for layer in range(self.num_layers):
+            sizes = Sizes(self.spec.G, self.hidden_size, self.output_size,
+                          self.layer_input_size(layer), self.options)  # fmt: skip
             for direction in range(self.num_directions):
-                sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                shapes[f"weight_ih{sfx}"] = (G * H, self.layer_input_size(layer))
-                shapes[f"weight_hh{sfx}"] = (G * H, R)
-                if self.bias:
-                    shapes[f"bias_ih{sfx}"] = (G * H,)
-                    shapes[f"bias_hh{sfx}"] = (G * H,)
-                if self.proj_size:
-                    shapes[f"weight_hr{sfx}"] = (self.proj_size, H)
+                sfx = _suffix(layer, direction)
+                for p in params:
+                    shapes[p.name + sfx] = p.shape(sizes)
         return shapes
 
     def weight_names(self) -> list[str]:
         """PyTorch's ``_flat_weights_names``: the order of :meth:`weight_shapes`."""
         return list(self.weight_shapes())
 
-    def state_shapes(self, batch: int) -> tuple[tuple[int, int, int], tuple[int, int, int] | None]:
-        """Shapes of ``h`` and (LSTM) ``c``: ``(L*D, B, R)`` and ``(L*D, B, H)``."""
+    def state_shapes(self, batch: int) -> dict[str, tuple[int, int, int]]:
+        """Shape of each recurrent state by name: ``h`` is ``(L*D, B, R)``, ``c`` (LSTM)
+        ``(L*D, B, hidden_size)``."""
         LD = self.num_layers * self.num_directions
-        c = (LD, batch, self.hidden_size) if self.cell == "lstm" else None
-        return (LD, batch, self.output_size), c
+        return {s: (LD, batch, self.state_width(s)) for s in self.spec.states}
+
+    def state_width(self, state: str) -> int:
+        """Features of a state: ``h`` has ``output_size``, every other state ``hidden_size``."""
+        return self.output_size if state == "h" else self.hidden_size
+
+
+def _make_config(key: tuple) -> StackConfig:
+    cell, I, H, L, bias, bidir, dropout, backend, options = key
+    return StackConfig(cell, I, H, L, bias, bidir, dropout, backend, **dict(options))
+
+
+def _suffix(layer: int, direction: int) -> str:
+    """PyTorch's parameter-name suffix of a layer and direction."""
+    return f"_l{layer}" + ("_reverse" if direction else "")
 
 
 class StackCache:
@@ -301,7 +372,7 @@ def _direction_split(cfg: StackConfig, T: int, B: int, layer: int) -> tuple[int,
     if n < 2:
         return None
     if _CONCURRENT_DIRECTIONS is None:
-        G, H = CELLS[cfg.cell], cfg.hidden_size
+        G, H = cfg.spec.G, cfg.hidden_size
         if T * B * G * H * (cfg.layer_input_size(layer) + H) < _MIN_WORK_CONCURRENT:
             return None
     return n // 2, n - n // 2
@@ -382,55 +453,36 @@ def stack_forward(
             f"x must have input_size={cfg.input_size} features in its last axis, "
             f"got shape {np.shape(x)}"
         )
-    h_shape, c_shape = cfg.state_shapes(B)
-    h0 = _check_state("h0", h0, h_shape)
-    if cfg.cell == "lstm":
-        c0 = _check_state("c0", c0, c_shape)
-    elif c0 is not None:
-        raise ValueError(f"c0 is only used by LSTM, not {cfg.cell.upper()}")
+    init = _states(cfg, B, {"h": ("h0", h0), "c": ("c0", c0)})
     w = _weights_dict(cfg, weights)
     lengths = check_lengths(lengths, T, B)
     drop = training and cfg.dropout > 0 and cfg.num_layers > 1
     if drop and generator is None:
         generator = np.random.default_rng()
 
-    F = _backend_module(cfg.backend)
-    fwd = getattr(F, f"{cfg.cell}_forward")
-    D = cfg.num_directions
+    fwd, _ = cfg.spec.functions(cfg.backend)
+    params = cfg.params()
+    options = cfg.spec.functional_options(cfg.options)
+    D, S = cfg.num_directions, len(cfg.spec.states)
     inp: Any = x
-    h_n, c_n, caches, masks = [], [], [], []
+    finals: list[list[np.ndarray]] = [[] for _ in range(S)]  # [state][layer * D + direction]
+    caches, masks = [], []
     for layer in range(cfg.num_layers):
 
         def run(direction: int, layer: int = layer, inp: Any = inp) -> tuple:
-            idx = layer * D + direction
-            sfx = f"_l{layer}" + ("_reverse" if direction else "")
-            args = [w[f"weight_ih{sfx}"], w[f"weight_hh{sfx}"]]
-            args += [w[f"bias_ih{sfx}"], w[f"bias_hh{sfx}"]] if cfg.bias else [None, None]
-            kw: dict[str, Any] = {
-                "training": training,
-                "lengths": lengths,
-                "reverse": bool(direction),
-            }
-            h = None if h0 is None else h0[idx]
-            if cfg.cell == "lstm":
-                if cfg.proj_size:
-                    kw["w_hr"] = w[f"weight_hr{sfx}"]
-                c = None if c0 is None else c0[idx]
-                return fwd(inp, h, c, *args, **kw)
-            if cfg.cell == "rnn":
-                kw["nonlinearity"] = cfg.nonlinearity
-            else:
-                kw["reset_after"] = cfg.reset_after
-            y, hn, cache = fwd(inp, h, *args, **kw)
-            return y, hn, None, cache
+            idx, sfx = layer * D + direction, _suffix(layer, direction)
+            states = [None if s is None else s[idx] for s in init]
+            kw = {p.arg: w[p.name + sfx] for p in params}
+            # -> (y, *final states, cache)
+            return fwd(inp, *states, training=training, lengths=lengths,
+                       reverse=bool(direction), **kw, **options)  # fmt: skip
 
         outs, layer_caches = [], []
         split = _direction_split(cfg, T, B, layer)
-        for y, hn, cn, cache in _each_direction(D, split, run):
+        for y, *states, cache in _each_direction(D, split, run):
             outs.append(y)
-            h_n.append(hn)
-            if cfg.cell == "lstm":
-                c_n.append(cn)
+            for i, s in enumerate(states):
+                finals[i].append(s)
             layer_caches.append(cache)
         out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         mask = None
@@ -444,9 +496,23 @@ def stack_forward(
         masks.append(mask)
         inp = out
     y = inp
-    c_n_a = np.stack(c_n) if cfg.cell == "lstm" else None
+    h_n, *others = (np.stack(f) for f in finals)
     cache = StackCache(cfg, caches, masks, y.dtype, (T, B)) if training else None
-    return y, np.stack(h_n), c_n_a, cache
+    return y, h_n, others[0] if others else None, cache
+
+
+def _states(
+    cfg: StackConfig, batch: int, given: Mapping[str, tuple[str, Any]]
+) -> list[Any]:
+    """The cell's states (or their gradients) among ``given`` (state -> (argument name,
+    value)), checked against :meth:`StackConfig.state_shapes`, in the cell's order. A value
+    given for a state the cell does not have raises ``ValueError``."""
+    shapes = cfg.state_shapes(batch)
+    for state, (name, value) in given.items():
+        if state not in shapes and value is not None:
+            raise ValueError(f"{name} is only used by cells with a {state} state "
+                             f"(LSTM), not {cfg.spec.title}")  # fmt: skip
+    return [_check_state(given[s][0], given[s][1], shapes[s]) for s in cfg.spec.states]
 
 
 def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = None) -> StackGrads:
@@ -477,54 +543,39 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
     cfg = cache.config
     T, B = cache.shape
     D, R = cfg.num_directions, cfg.output_size
-    h_shape, c_shape = cfg.state_shapes(B)
     if dy is not None and np.shape(dy) != (T, B, D * R):
         raise ValueError(f"dy must have the shape of y, {(T, B, D * R)}, got {np.shape(dy)}")
-    dh_n = _check_state("dh_n", dh_n, h_shape)
-    if cfg.cell == "lstm":
-        dc_n = _check_state("dc_n", dc_n, c_shape)
-    elif dc_n is not None:
-        raise ValueError(f"dc_n is only used by LSTM, not {cfg.cell.upper()}")
+    upstream = _states(cfg, B, {"h": ("dh_n", dh_n), "c": ("dc_n", dc_n)})
 
-    F = _backend_module(cfg.backend)
-    bwd = getattr(F, f"{cfg.cell}_backward")
+    _, bwd = cfg.spec.functions(cfg.backend)
+    params = cfg.params()
+    states = cfg.spec.states
     grads: dict[str, np.ndarray] = {}
-    dh0: list[Any] = [None] * (cfg.num_layers * D)
-    dc0: list[Any] = [None] * (cfg.num_layers * D)
+    initial: list[list[Any]] = [[None] * (cfg.num_layers * D) for _ in states]
     dout: Any = dy
     for layer in range(cfg.num_layers - 1, -1, -1):
 
         def run(direction: int, layer: int = layer, dout: Any = dout) -> Any:
             idx = layer * D + direction
             dy_d = None if dout is None else dout[:, :, direction * R : (direction + 1) * R]
-            dh = None if dh_n is None else dh_n[idx]
-            c = cache.caches[layer][direction]
-            if cfg.cell == "lstm":
-                return bwd(c, dy_d, dh, None if dc_n is None else dc_n[idx])
-            return bwd(c, dy_d, dh)
+            d_n = [None if u is None else u[idx] for u in upstream]
+            return bwd(cache.caches[layer][direction], dy_d, *d_n)
 
         dinp = None
         split = _direction_split(cfg, T, B, layer)
         for direction, g in enumerate(_each_direction(D, split, run)):
-            idx = layer * D + direction
-            sfx = f"_l{layer}" + ("_reverse" if direction else "")
-            if cfg.cell == "lstm":
-                dc0[idx] = g.dc0
-                if cfg.proj_size:
-                    grads[f"weight_hr{sfx}"] = g.dw_hr
-            dh0[idx] = g.dh0
-            grads[f"weight_ih{sfx}"] = g.dw_ih
-            grads[f"weight_hh{sfx}"] = g.dw_hh
-            if cfg.bias:
-                grads[f"bias_ih{sfx}"] = g.db_ih
-                grads[f"bias_hh{sfx}"] = g.db_hh
+            idx, sfx = layer * D + direction, _suffix(layer, direction)
+            for i, s in enumerate(states):
+                initial[i][idx] = getattr(g, f"d{s}0")
+            for p in params:
+                grads[p.name + sfx] = getattr(g, "d" + p.arg)
             dinp = g.dx if dinp is None else dinp + g.dx
         if layer > 0 and cache.masks[layer - 1] is not None:
             dinp = dinp * cache.masks[layer - 1]
         dout = dinp
-    dc0_a = np.stack(dc0) if cfg.cell == "lstm" else None
+    dh0, *others = (np.stack(d) for d in initial)
     ordered = {name: grads[name] for name in cfg.weight_names()}
-    return StackGrads(dout, np.stack(dh0), dc0_a, ordered)
+    return StackGrads(dout, dh0, others[0] if others else None, ordered)
 
 
 def default_init(
@@ -543,10 +594,17 @@ def default_init(
     -------
     dict of str to ndarray
         Name to array of the shape given by :meth:`StackConfig.weight_shapes` and of ``dtype``,
-        drawn from U(-k, k) with k = 1 / sqrt(hidden_size) (weights and biases alike).
+        drawn from U(-k, k) with k = 1 / sqrt(hidden_size) (weights and biases alike), but for
+        the parameters whose :attr:`fastrnn.cells.Param.init` is ``"zeros"`` or ``"ones"``
+        (they draw nothing).
     """
     k = 1.0 / math.sqrt(config.hidden_size)
-    return {
-        name: rng.uniform(-k, k, shape).astype(dtype)
-        for name, shape in config.weight_shapes().items()
-    }
+    init = {p.name: p.init for p in config.params()}
+    out = {}
+    for name, shape in config.weight_shapes().items():
+        how = init[name[: name.rindex("_l")]]
+        if how == "uniform":
+            out[name] = rng.uniform(-k, k, shape).astype(dtype)
+        else:
+            out[name] = (np.zeros if how == "zeros" else np.ones)(shape, dtype)
+    return out

@@ -52,7 +52,8 @@ def _sequential(monkeypatch):
 
 def _problem(cfg, dtype, seed=0, lengths=None):
     rng = np.random.default_rng(seed)
-    h_shape, c_shape = cfg.state_shapes(B)
+    shapes = cfg.state_shapes(B)
+    h_shape, c_shape = shapes["h"], shapes.get("c")
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = rng.standard_normal(h_shape).astype(dtype)
     c0 = None if c_shape is None else rng.standard_normal(c_shape).astype(dtype)

@@ -39,7 +39,8 @@ def _config(name, backend, **kw):
 
 def _problem(cfg, rng):
     """Inputs (x, h0, c0, weights) and upstream gradients (dy, dh_n, dc_n), float64."""
-    h_shape, c_shape = cfg.state_shapes(B)
+    shapes = cfg.state_shapes(B)
+    h_shape, c_shape = shapes["h"], shapes.get("c")
     inputs = {"x": rng.standard_normal((T, B, I)), "h0": rng.standard_normal(h_shape)}
     up = {
         "dy": rng.standard_normal((T, B, cfg.num_directions * cfg.output_size)),

@@ -20,6 +20,10 @@ import numpy as np
 from fastrnn.nn._checks import as_real_array, check_float_dtype
 from fastrnn.nn.blocks import _no_cache_error
 from fastrnn.nn.module import Module, Parameter
+from fastrnn.cells import GRU as _GRU
+from fastrnn.cells import LSTM as _LSTM
+from fastrnn.cells import RNN as _RNN
+from fastrnn.cells import Cell
 from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
@@ -34,13 +38,17 @@ class RNNBase(Module):
 
     Parameters
     ----------
-    mode : {"rnn", "lstm", "gru"}
-        The cell; the other parameters are described by the sub-classes.
+    mode : str or fastrnn.cells.Cell
+        The cell, a name of :data:`fastrnn.cells.CELLS`; the other parameters are described by
+        the sub-classes.
+    **options
+        The cell's own options (:attr:`fastrnn.cells.Cell.options`), each also an attribute of
+        the layer.
     """
 
     def __init__(
         self,
-        mode: str,
+        mode: str | Cell,
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -48,13 +56,11 @@ class RNNBase(Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        proj_size: int = 0,
         *,
-        nonlinearity: str = "tanh",
-        reset_after: bool = True,
         dtype: Any = np.float32,
         backend: str = "cython",
         seed: int | np.random.Generator | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
         cfg = StackConfig(
@@ -65,10 +71,8 @@ class RNNBase(Module):
             bias,
             bidirectional,
             dropout,
-            proj_size,
-            nonlinearity,
-            reset_after,
             backend,
+            **options,
         )
         dt = check_float_dtype(dtype)
         if cfg.dropout > 0 and cfg.num_layers == 1:
@@ -80,7 +84,7 @@ class RNNBase(Module):
             )
         self._config = cfg
         # PyTorch's names: "RNN_TANH", "RNN_RELU", "LSTM", "GRU"
-        self.mode = f"RNN_{cfg.nonlinearity.upper()}" if mode == "rnn" else mode.upper()
+        self.mode = cfg.spec.torch_mode(cfg.options)
         self.input_size = cfg.input_size
         self.hidden_size = cfg.hidden_size
         self.num_layers = cfg.num_layers
@@ -88,7 +92,9 @@ class RNNBase(Module):
         self.batch_first = bool(batch_first)
         self.dropout = cfg.dropout
         self.bidirectional = cfg.bidirectional
-        self.proj_size = cfg.proj_size
+        self.proj_size = cfg.output_size if cfg.output_size != cfg.hidden_size else 0
+        for name, value in cfg.options.items():
+            setattr(self, name, value)
         self.backend = cfg.backend
         try:
             rng = np.random.default_rng(seed)
@@ -138,8 +144,7 @@ class RNNBase(Module):
 
     # -- forward / backward --------------------------------------------------------------------
     def _state_shape(self, batch: int | None, which: str) -> tuple[int, ...]:
-        h, c = self._config.state_shapes(1 if batch is None else batch)
-        shape = h if which == "h" else c
+        shape = self._config.state_shapes(1 if batch is None else batch)[which]
         return shape if batch is not None else (shape[0], shape[2])
 
     def _as_state(self, a: Any, name: str, which: str, batch: int | None) -> np.ndarray | None:
@@ -159,14 +164,18 @@ class RNNBase(Module):
 
     def _split_state(self, state: Any, name: str) -> tuple[Any, Any]:
         """(h, c) from the ``state`` argument of forward/backward (c is None but for LSTM)."""
-        if self._config.cell != "lstm":
+        states = self._config.spec.states
+        if len(states) == 1:
             if isinstance(state, tuple):
                 raise TypeError(f"{type(self).__name__} takes one array as {name}, got a tuple")
             return state, None
         if state is None:
             return None, None
-        if not isinstance(state, tuple | list) or len(state) != 2:
-            raise TypeError(f"LSTM takes {name} as a tuple (h, c) of two arrays (or None)")
+        if not isinstance(state, tuple | list) or len(state) != len(states):
+            raise TypeError(
+                f"{type(self).__name__} takes {name} as a tuple ({', '.join(states)}) of "
+                f"{len(states)} arrays (or None)"
+            )
         return state[0], state[1]
 
     def forward(self, x: Any, hx: Any = None, *, lengths: Any = None) -> tuple[np.ndarray, State]:
@@ -306,12 +315,12 @@ class RNNBase(Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
-        if self.proj_size:
-            s += f", proj_size={self.proj_size}"
+        defaults = self._config.spec.option_defaults()
+        for name, value in self._config.options.items():  # where PyTorch puts proj_size
+            if value != defaults[name]:
+                s += f", {name}={value!r}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        if self._config.nonlinearity != "tanh":
-            s += f", nonlinearity={self._config.nonlinearity!r}"
         if not self.bias:
             s += ", bias=False"
         if self.batch_first:
@@ -320,8 +329,6 @@ class RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
-        if not self._config.reset_after:
-            s += ", reset_after=False"
         if self.dtype != np.float32:
             s += f", dtype={self.dtype}"
         if self.backend != "cython":
@@ -394,7 +401,7 @@ class RNN(RNNBase):
         seed: int | np.random.Generator | None = None,
     ) -> None:
         super().__init__(
-            "rnn",
+            _RNN,
             input_size,
             hidden_size,
             num_layers,
@@ -407,7 +414,6 @@ class RNN(RNNBase):
             backend=backend,
             seed=seed,
         )
-        self.nonlinearity = nonlinearity
 
 
 class LSTM(RNNBase):
@@ -472,7 +478,7 @@ class LSTM(RNNBase):
         seed: int | np.random.Generator | None = None,
     ) -> None:
         super().__init__(
-            "lstm",
+            _LSTM,
             input_size,
             hidden_size,
             num_layers,
@@ -480,7 +486,7 @@ class LSTM(RNNBase):
             batch_first,
             dropout,
             bidirectional,
-            proj_size,
+            proj_size=proj_size,
             dtype=dtype,
             backend=backend,
             seed=seed,
@@ -543,7 +549,7 @@ class GRU(RNNBase):
         seed: int | np.random.Generator | None = None,
     ) -> None:
         super().__init__(
-            "gru",
+            _GRU,
             input_size,
             hidden_size,
             num_layers,
@@ -556,4 +562,3 @@ class GRU(RNNBase):
             backend=backend,
             seed=seed,
         )
-        self.reset_after = self._config.reset_after

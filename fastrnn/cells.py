@@ -1,0 +1,285 @@
+"""The cells, each described once: the registry that the rest of fastrnn reads.
+
+A :class:`Cell` says everything about one recurrent cell that is not arithmetic: its gate
+blocks, its recurrent states, its options (and which of them the functional forward takes), its
+parameters (PyTorch's names and shapes, when each exists, how each is initialised), the
+functional forward/backward pair of each backend and the compiled kernel module behind the
+Cython one. :mod:`fastrnn.stack`, the layers (:mod:`fastrnn.nn`), :mod:`fastrnn.torch`, the
+bench, the demo, ``setup.py`` and the tests iterate over :data:`CELLS` or read one entry; none
+of them compares a cell's name. Adding a variant of a cell is an entry here (an :class:`Option`
+and the :class:`Param` it brings), its kernel rows, its reference, its tests and its docs.
+
+This module imports nothing but the standard library, so that ``setup.py`` can read the kernel
+module names from it before anything is built.
+
+    >>> from fastrnn.cells import CELLS
+    >>> [(c.name, c.G, c.states) for c in CELLS.values()]
+    [('rnn', 1, ('h',)), ('lstm', 4, ('h', 'c')), ('gru', 3, ('h',))]
+"""
+
+from __future__ import annotations
+
+import importlib
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+__all__ = ["CELLS", "GRU", "LSTM", "RNN", "Cell", "Option", "Param", "get_cell"]
+
+#: The functional module of each backend.
+BACKENDS = {"cython": "fastrnn.functional", "numpy": "fastrnn.reference"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes a parameter's shape is computed from (one layer, one direction)."""
+
+    G: int  # gate blocks
+    H: int  # hidden size (of the cell state, for a projected LSTM)
+    R: int  # width of the recurrent state h: proj_size or hidden_size
+    I: int  # input features of this layer
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of each layer and direction.
+
+    Parameters
+    ----------
+    name : str
+        PyTorch's stem; the layer's parameter is ``f"{name}_l{k}"`` (+ ``"_reverse"``).
+    arg : str
+        The keyword of the functional forward that takes it; its gradient is the field
+        ``"d" + arg`` of the backward's result.
+    shape : callable
+        ``Sizes -> tuple`` of ints.
+    when : callable, optional
+        ``(options, bias) -> bool``: whether the layer has it (default: always).
+    init : {"uniform", "zeros", "ones"}
+        ``"uniform"`` is PyTorch's U(-1/sqrt(H), 1/sqrt(H)).
+    """
+
+    name: str
+    arg: str
+    shape: Callable[[Sizes], tuple[int, ...]]
+    when: Callable[[Mapping[str, Any], bool], bool] = lambda options, bias: True
+    init: str = "uniform"
+
+
+def _with_bias(options: Mapping[str, Any], bias: bool) -> bool:
+    return bias
+
+
+@dataclass(frozen=True)
+class Option:
+    """A cell-specific constructor option.
+
+    Parameters
+    ----------
+    name : str
+    default : object
+    check : callable
+        ``(value, name) -> value``: validates (raising ``TypeError``/``ValueError`` that name
+        the option) and normalises.
+    functional : bool
+        Whether the functional forward takes it as a keyword of the same name (an option that
+        only adds a parameter, such as ``proj_size``, does not).
+    doc : str
+    """
+
+    name: str
+    default: Any
+    check: Callable[[Any, str], Any]
+    functional: bool = False
+    doc: str = ""
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool | numbers.Integral):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def _nonnegative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value}")
+    return int(value)
+
+
+def _nonlinearity(value: Any, name: str) -> str:
+    if value not in ("tanh", "relu"):
+        raise ValueError(f"{name} must be 'tanh' or 'relu', got {value!r}")
+    return str(value)
+
+
+def _uniform_weights(extra: tuple[Param, ...] = ()) -> tuple[Param, ...]:
+    """PyTorch's four parameters of every cell, then a cell's own."""
+    return (
+        Param("weight_ih", "w_ih", lambda s: (s.G * s.H, s.I)),
+        Param("weight_hh", "w_hh", lambda s: (s.G * s.H, s.R)),
+        Param("bias_ih", "b_ih", lambda s: (s.G * s.H,), _with_bias),
+        Param("bias_hh", "b_hh", lambda s: (s.G * s.H,), _with_bias),
+        *extra,
+    )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell: everything but its arithmetic.
+
+    Attributes
+    ----------
+    name : str
+        The functional API's prefix (``f"{name}_forward"``) and the ``cell`` of a
+        :class:`fastrnn.stack.StackConfig`.
+    title : str
+        PyTorch's class name (``torch.nn.<title>``, ``fastrnn.<title>``).
+    gates : tuple of str
+        The gate blocks of ``w_ih``/``w_hh`` in row order; ``G = len(gates)``.
+    states : tuple of str
+        Recurrent states, ``"h"`` first: the forward takes ``h0`` (``c0``) and returns
+        ``h_n`` (``c_n``); the backward takes ``dh_n`` (``dc_n``) and returns ``dh0``
+        (``dc0``).
+    options : tuple of Option
+    params : tuple of Param
+        In PyTorch's ``_flat_weights_names`` order within a layer and direction.
+    kernel : str
+        The compiled module ``fastrnn._kernels.<kernel>``.
+    variants : mapping of str to mapping
+        Named option presets that the tests and benchmarks iterate over.
+    """
+
+    name: str
+    title: str
+    gates: tuple[str, ...]
+    states: tuple[str, ...]
+    options: tuple[Option, ...]
+    params: tuple[Param, ...]
+    kernel: str
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def G(self) -> int:
+        """Gate blocks: ``w_ih`` is ``(G * hidden_size, input_size)``."""
+        return len(self.gates)
+
+    def functions(self, backend: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """``(forward, backward)`` of the functional API of ``backend`` for this cell."""
+        module = backend_module(backend)
+        return getattr(module, f"{self.name}_forward"), getattr(module, f"{self.name}_backward")
+
+    def option_defaults(self) -> dict[str, Any]:
+        return {o.name: o.default for o in self.options}
+
+    def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Every option of this cell, validated, defaults filled in, in declaration order.
+
+        Raises ``ValueError`` for an option of another cell (naming the cells that take it)
+        unless it has that cell's default value (PyTorch's GRU takes ``proj_size=0``), and
+        ``TypeError`` for a name no cell takes.
+        """
+        own = {o.name: o for o in self.options}
+        for name in options:
+            if name in own:
+                continue
+            takers = [c for c in CELLS.values() if any(o.name == name for o in c.options)]
+            if takers and all(options[name] == c.option_defaults()[name] for c in takers):
+                continue  # another cell's option at its default (PyTorch's proj_size=0)
+            if takers:
+                raise ValueError(f"{name} is only supported for "
+                                 f"{' and '.join(c.title for c in takers)}, not "
+                                 f"{self.title}")  # fmt: skip
+            known = sorted({o.name for c in CELLS.values() for o in c.options})
+            raise TypeError(f"unknown option {name!r} for {self.title} (options of the cells: "
+                            f"{', '.join(known)})")  # fmt: skip
+        return {
+            o.name: o.check(options[o.name], o.name) if o.name in options else o.default
+            for o in self.options
+        }
+
+    def functional_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options that the functional forward takes as keywords."""
+        return {o.name: options[o.name] for o in self.options if o.functional}
+
+    def torch_mode(self, options: Mapping[str, Any]) -> str:
+        """PyTorch's ``mode`` string: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``."""
+        if "nonlinearity" in options:
+            return f"{self.title}_{options['nonlinearity'].upper()}"
+        return self.title
+
+
+def backend_module(backend: str) -> ModuleType:
+    """:mod:`fastrnn.functional` (``"cython"``) or :mod:`fastrnn.reference` (``"numpy"``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'cython' or 'numpy', got {backend!r}")
+    return importlib.import_module(BACKENDS[backend])
+
+
+RNN = Cell(
+    name="rnn",
+    title="RNN",
+    gates=("h",),
+    states=("h",),
+    options=(
+        Option("nonlinearity", "tanh", _nonlinearity, functional=True,
+               doc="the activation, 'tanh' or 'relu'"),  # fmt: skip
+    ),
+    params=_uniform_weights(),
+    kernel="rnn",
+    variants=MappingProxyType({
+        "rnn_tanh": MappingProxyType({"nonlinearity": "tanh"}),
+        "rnn_relu": MappingProxyType({"nonlinearity": "relu"}),
+    }),  # fmt: skip
+)
+
+LSTM = Cell(
+    name="lstm",
+    title="LSTM",
+    gates=("i", "f", "g", "o"),
+    states=("h", "c"),
+    options=(
+        Option("proj_size", 0, _nonnegative_int,
+               doc="project h to this many features (< hidden_size), 0 for none"),  # fmt: skip
+    ),
+    params=_uniform_weights(
+        (
+            Param("weight_hr", "w_hr", lambda s: (s.options["proj_size"], s.H),
+                  lambda options, bias: options["proj_size"] > 0),  # fmt: skip
+        )
+    ),
+    kernel="lstm",
+    variants=MappingProxyType({"lstm": MappingProxyType({})}),
+)
+
+GRU = Cell(
+    name="gru",
+    title="GRU",
+    gates=("r", "z", "n"),
+    states=("h",),
+    options=(
+        Option("reset_after", True, _bool, functional=True,
+               doc="apply the reset gate after the hidden matmul (PyTorch) or before it"),  # fmt: skip
+    ),
+    params=_uniform_weights(),
+    kernel="gru",
+    variants=MappingProxyType({"gru": MappingProxyType({})}),
+)
+
+#: Every cell by name, in the order the docs, the bench and the tests list them.
+CELLS: Mapping[str, Cell] = MappingProxyType({c.name: c for c in (RNN, LSTM, GRU)})
+
+
+def get_cell(cell: str | Cell) -> Cell:
+    """The :class:`Cell` of a name (or the cell itself); ``ValueError`` naming the choices."""
+    if isinstance(cell, Cell):
+        return cell
+    try:
+        return CELLS[cell]
+    except (KeyError, TypeError):
+        names = ", ".join(repr(n) for n in CELLS)
+        raise ValueError(f"cell must be one of {names}, got {cell!r}") from None
