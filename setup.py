@@ -14,6 +14,7 @@
   (none in debug builds); ``none`` builds only the portable modules.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -142,7 +143,19 @@ VARIANT_FLAGS = {
     "avx512": ["-march=x86-64-v4", "-mtune=generic"],
     "avx2": ["-march=x86-64-v3", "-mtune=generic"],
 }
-CELLS = ["rnn", "lstm", "gru"]
+
+
+def _kernel_modules():
+    """The cells' kernel modules, read from the cell registry (fastrnn/cells.py imports only the
+    standard library, so it loads before anything is built)."""
+    spec = importlib.util.spec_from_file_location("_fastrnn_cells", "fastrnn/cells.py")
+    cells = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cells  # dataclasses look their module up while building
+    spec.loader.exec_module(cells)
+    return list(dict.fromkeys(cell.kernel for cell in cells.CELLS.values()))
+
+
+CELLS = _kernel_modules()
 
 
 def _variants():

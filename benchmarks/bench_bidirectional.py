@@ -33,6 +33,7 @@ import numpy as np
 
 import fastrnn
 from fastrnn import _threads, functional, stack
+from fastrnn.cells import CELLS
 from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
 
 SHAPES = {  # T, B, I, H
@@ -83,7 +84,7 @@ def sample(concurrent, n, cfg, x, dy, w):
 def team(cfg, x, w, share):
     """Kernel threads of one direction's forward call with at most ``share`` threads."""
     p = functional.prepare(
-        cfg.cell, x, None, None, w["weight_ih_l0"], w["weight_hh_l0"], None, None
+        cfg.spec, x, None, None, w["weight_ih_l0"], w["weight_hh_l0"], None, None
     )
     with _threads._thread_limit(share):
         return functional._team(p)
@@ -91,7 +92,7 @@ def team(cfg, x, w, share):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["rnn", "lstm", "gru"])
+    ap.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=list(CELLS))
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5, help="samples per path (median taken)")

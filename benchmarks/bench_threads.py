@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn import functional as F
+from fastrnn.cells import CELLS
 
 
 def _blas_limit(n: int):
@@ -43,7 +43,7 @@ def _blas_limit(n: int):
 
 
 def make_jobs(cell, n, T, B, I, H, dtype, seed=0):
-    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    G = CELLS[cell].G
     rng = np.random.default_rng(seed)
     k = 1 / np.sqrt(H)
     w = [rng.uniform(-k, k, s).astype(dtype) for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
@@ -54,11 +54,8 @@ def make_jobs(cell, n, T, B, I, H, dtype, seed=0):
 
 
 def one_call(cell, x, dy, w):
-    if cell == "lstm":
-        *_, cache = F.lstm_forward(x, None, None, *w)
-        return F.lstm_backward(cache, dy)
-    fwd, bwd = (F.rnn_forward, F.rnn_backward) if cell == "rnn" else (F.gru_forward, F.gru_backward)
-    *_, cache = fwd(x, None, *w)
+    fwd, bwd = CELLS[cell].functions("cython")
+    *_, cache = fwd(x, *(None for _ in CELLS[cell].states), *w)
     return bwd(cache, dy)
 
 
@@ -83,7 +80,7 @@ def run(cell, jobs, w, n_threads):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cell", default="lstm", choices=["rnn", "lstm", "gru"])
+    ap.add_argument("--cell", default="lstm", choices=list(CELLS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calls", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=5)

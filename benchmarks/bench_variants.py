@@ -21,48 +21,29 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn import functional as F
+from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
+
+#: The variants timed: (cell, options); sizes from the command line (P: proj_size).
+VARIANTS = {
+    "lstm_proj": ("lstm", lambda args: {"proj_size": args.P}),
+    "gru_reset_before": ("gru", lambda args: {"reset_after": False}),
+}
 
 
-def _inputs(cell, T, B, I, H, P, dtype, seed=0):
+def _inputs(cfg, T, B, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    k = 1 / np.sqrt(H)
-
-    def u(*s):
-        return rng.uniform(-k, k, s).astype(dtype)
-
-    G = 4 * H if cell == "lstm_proj" else 3 * H
-    R = P if cell == "lstm_proj" else H
-    a = {
-        "x": rng.standard_normal((T, B, I)).astype(dtype),
-        "w_ih": u(G, I),
-        "w_hh": u(G, R),
-        "b_ih": u(G),
-        "b_hh": u(G),
-        "dy": rng.standard_normal((T, B, R)).astype(dtype),
-    }
-    if cell == "lstm_proj":
-        a["w_hr"] = u(P, H)
-    return a
+    w = default_init(cfg, dtype, rng)
+    x = rng.standard_normal((T, B, cfg.input_size)).astype(dtype)
+    dy = rng.standard_normal((T, B, cfg.output_size)).astype(dtype)
+    return {"x": x, "w": w, "dy": dy}
 
 
-def _forward(cell, a):
-    if cell == "lstm_proj":
-        *_, cache = F.lstm_forward(
-            a["x"], None, None, a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], w_hr=a["w_hr"]
-        )
-    else:
-        *_, cache = F.gru_forward(
-            a["x"], None, a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], reset_after=False
-        )
-    return cache
+def _forward(cfg, a):
+    return stack_forward(cfg, a["x"], weights=a["w"])[-1]
 
 
-def _forward_backward(cell, a):
-    cache = _forward(cell, a)
-    if cell == "lstm_proj":
-        return F.lstm_backward(cache, a["dy"])
-    return F.gru_backward(cache, a["dy"])
+def _forward_backward(cfg, a):
+    return stack_backward(_forward(cfg, a), a["dy"])
 
 
 def _time(fn, repeat):
@@ -93,11 +74,12 @@ def main(argv=None):
         f"T={args.T} B={args.B} I={args.I} H={args.H} P={args.P}  "
         f"load={os.getloadavg()[0]:.2f}"
     )
-    for cell in ("lstm_proj", "gru_reset_before"):
-        a = _inputs(cell, args.T, args.B, args.I, args.H, args.P, dtype)
+    for name, (cell, options) in VARIANTS.items():
+        cfg = StackConfig(cell, args.I, args.H, **options(args))
+        a = _inputs(cfg, args.T, args.B, dtype)
         for what, fn in (("fwd", _forward), ("fwd+bwd", _forward_backward)):
-            med, best = _time(functools.partial(fn, cell, a), args.repeat)
-            print(f"{cell:18s} {what:8s} median {med:8.2f} ms  best {best:8.2f} ms")
+            med, best = _time(functools.partial(fn, cfg, a), args.repeat)
+            print(f"{name:18s} {what:8s} median {med:8.2f} ms  best {best:8.2f} ms")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 import fastrnn
+import fastrnn.cells
 from fastrnn.nn import CrossEntropyLoss, Linear, Module
 from fastrnn.optim import Adam, clip_grad_norm_
 
@@ -26,7 +27,7 @@ try:  # run as a script: examples/ is on sys.path
 except ImportError:  # imported as examples.digits
     from examples._progress import ProgressBar
 
-CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+CELLS = {name: cell.title for name, cell in fastrnn.cells.CELLS.items()}
 
 
 class RowReader(Module):

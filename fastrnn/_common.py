@@ -28,7 +28,6 @@ __all__ = [
 ]
 
 
-
 class RNNGrads(NamedTuple):
     """Gradients returned by ``rnn_backward`` (and ``gru_backward``, as :class:`GRUGrads`)."""
 

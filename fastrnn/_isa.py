@@ -24,20 +24,30 @@ import os
 import types
 import warnings
 
-from fastrnn._kernels import gru as _gru
-from fastrnn._kernels import lstm as _lstm
-from fastrnn._kernels import rnn as _rnn
+from fastrnn.cells import CELLS
+
+try:
+    _PORTABLE = {
+        kernel: importlib.import_module(f"fastrnn._kernels.{kernel}")
+        for kernel in dict.fromkeys(c.kernel for c in CELLS.values())
+    }
+except ImportError as exc:  # a source tree whose extensions were never compiled
+    raise ImportError(
+        f"fastrnn's compiled kernels are missing ({exc}). In a source checkout, build them "
+        "with `pip install -e .` (or `python setup.py build_ext --inplace`), and rerun it after "
+        "editing a .pyx file."
+    ) from exc
 
 __all__ = ["KERNELS", "available_isas", "get_isa", "set_isa"]
 
 _CODES = {"blas": 0, "avx2": 1, "avx512": 2}
 _NAMES = {code: name for name, code in _CODES.items()}
-_PORTABLE = {"rnn": _rnn, "lstm": _lstm, "gru": _gru}
 #: The best instruction set of the GEMM micro-kernels this CPU runs (0 when none).
-_BEST = _rnn._best_isa()
+_ANY = next(iter(_PORTABLE.values()))
+_BEST = _ANY._best_isa()
 #: The x86-64 level of this CPU, which the compiled variants need (AVX-512: 4, AVX2: 3).
 _LEVELS = {"avx512": 4, "avx2": 3}
-_LEVEL = _rnn._cpu_level()
+_LEVEL = _ANY._cpu_level()
 
 
 _variants: dict[str, dict[str, types.ModuleType] | None] = {}
@@ -52,8 +62,8 @@ def _variant(isa: str) -> dict[str, types.ModuleType] | None:
         if _LEVELS.get(isa, 99) <= _LEVEL:
             try:
                 modules = {
-                    cell: importlib.import_module(f"fastrnn._kernels.{cell}_{isa}")
-                    for cell in _PORTABLE
+                    kernel: importlib.import_module(f"fastrnn._kernels.{kernel}_{isa}")
+                    for kernel in _PORTABLE
                 }
             except ImportError:
                 pass

@@ -163,6 +163,9 @@ class Cell:
     kernel: str
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        return f"<Cell {self.name}: {self.title}, gates {''.join(self.gates)}>"
+
     @property
     def G(self) -> int:
         """Gate blocks: ``w_ih`` is ``(G * hidden_size, input_size)``."""
@@ -191,12 +194,16 @@ class Cell:
             if takers and all(options[name] == c.option_defaults()[name] for c in takers):
                 continue  # another cell's option at its default (PyTorch's proj_size=0)
             if takers:
-                raise ValueError(f"{name} is only supported for "
-                                 f"{' and '.join(c.title for c in takers)}, not "
-                                 f"{self.title}")  # fmt: skip
+                raise ValueError(
+                    f"{name} is only supported for "
+                    f"{' and '.join(c.title for c in takers)}, not "
+                    f"{self.title}"
+                )
             known = sorted({o.name for c in CELLS.values() for o in c.options})
-            raise TypeError(f"unknown option {name!r} for {self.title} (options of the cells: "
-                            f"{', '.join(known)})")  # fmt: skip
+            raise TypeError(
+                f"unknown option {name!r} for {self.title} (options of the cells: "
+                f"{', '.join(known)})"
+            )
         return {
             o.name: o.check(options[o.name], o.name) if o.name in options else o.default
             for o in self.options
@@ -226,15 +233,22 @@ RNN = Cell(
     gates=("h",),
     states=("h",),
     options=(
-        Option("nonlinearity", "tanh", _nonlinearity, functional=True,
-               doc="the activation, 'tanh' or 'relu'"),  # fmt: skip
+        Option(
+            "nonlinearity",
+            "tanh",
+            _nonlinearity,
+            functional=True,
+            doc="the activation, 'tanh' or 'relu'",
+        ),
     ),
     params=_uniform_weights(),
     kernel="rnn",
-    variants=MappingProxyType({
-        "rnn_tanh": MappingProxyType({"nonlinearity": "tanh"}),
-        "rnn_relu": MappingProxyType({"nonlinearity": "relu"}),
-    }),  # fmt: skip
+    variants=MappingProxyType(
+        {
+            "rnn_tanh": MappingProxyType({"nonlinearity": "tanh"}),
+            "rnn_relu": MappingProxyType({"nonlinearity": "relu"}),
+        }
+    ),
 )
 
 LSTM = Cell(
@@ -243,13 +257,21 @@ LSTM = Cell(
     gates=("i", "f", "g", "o"),
     states=("h", "c"),
     options=(
-        Option("proj_size", 0, _nonnegative_int,
-               doc="project h to this many features (< hidden_size), 0 for none"),  # fmt: skip
+        Option(
+            "proj_size",
+            0,
+            _nonnegative_int,
+            doc="project h to this many features (< hidden_size), 0 for none",
+        ),
     ),
     params=_uniform_weights(
         (
-            Param("weight_hr", "w_hr", lambda s: (s.options["proj_size"], s.H),
-                  lambda options, bias: options["proj_size"] > 0),  # fmt: skip
+            Param(
+                "weight_hr",
+                "w_hr",
+                lambda s: (s.options["proj_size"], s.H),
+                lambda options, bias: options["proj_size"] > 0,
+            ),
         )
     ),
     kernel="lstm",
@@ -262,8 +284,13 @@ GRU = Cell(
     gates=("r", "z", "n"),
     states=("h",),
     options=(
-        Option("reset_after", True, _bool, functional=True,
-               doc="apply the reset gate after the hidden matmul (PyTorch) or before it"),  # fmt: skip
+        Option(
+            "reset_after",
+            True,
+            _bool,
+            functional=True,
+            doc="apply the reset gate after the hidden matmul (PyTorch) or before it",
+        ),
     ),
     params=_uniform_weights(),
     kernel="gru",

@@ -13,31 +13,22 @@ from collections.abc import Callable
 import numpy as np
 
 from fastrnn import functional, get_num_threads, reference
-
-CELLS = {"RNN (tanh)": ("rnn", 1), "LSTM": ("lstm", 4), "GRU": ("gru", 3)}
+from fastrnn.cells import CELLS, Cell
 
 # OpenBLAS worker threads spin for a while after a call before they sleep; on a small machine
 # the reference's spinning BLAS threads would otherwise take a core from the kernels' threads.
 SETTLE = 0.2
 
 
-def _step(module, cell: str, x, weights, dy) -> Callable[[], tuple]:
+def _step(module, cell: Cell, x, weights, dy) -> Callable[[], tuple]:
     """A closure running one forward + backward of ``cell`` with ``module``'s functions."""
-    if cell == "lstm":
+    fwd = getattr(module, f"{cell.name}_forward")
+    bwd = getattr(module, f"{cell.name}_backward")
+    states = [None] * len(cell.states)
 
-        def run():
-            y, h, c, cache = module.lstm_forward(x, None, None, *weights)
-            return y, module.lstm_backward(cache, dy)
-    elif cell == "gru":
-
-        def run():
-            y, h, cache = module.gru_forward(x, None, *weights)
-            return y, module.gru_backward(cache, dy)
-    else:
-
-        def run():
-            y, h, cache = module.rnn_forward(x, None, *weights)
-            return y, module.rnn_backward(cache, dy)
+    def run():
+        y, *_, cache = fwd(x, *states, *weights)
+        return y, bwd(cache, dy)
 
     return run
 
@@ -70,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'cell':<12}{'NumPy ref (ms)':>16}{'Cython (ms)':>14}{'speed-up':>10}{'max rel diff':>14}"
     )
-    for label, (cell, G) in CELLS.items():
+    for cell in CELLS.values():
+        G, label = cell.G, cell.torch_mode(cell.option_defaults())  # RNN_TANH, LSTM, GRU
         k = 1 / np.sqrt(H)
         weights = [
             rng.uniform(-k, k, shape).astype(np.float32)

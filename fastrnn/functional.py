@@ -46,10 +46,10 @@ from fastrnn._common import (
     prepare,
 )
 from fastrnn._isa import KERNELS as _k
+from fastrnn._threads import blas_single_thread, get_num_threads
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
-from fastrnn._threads import blas_single_thread, get_num_threads
 
 __all__ = [
     "gru_backward",

@@ -44,6 +44,7 @@ __all__ = [
     "stack_forward",
 ]
 
+
 def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -155,8 +156,17 @@ class StackConfig:
         raise AttributeError("StackConfig is immutable; use replace()")
 
     def _key(self) -> tuple:
-        return (self.cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
-                self.bidirectional, self.dropout, self.backend, tuple(self.options.items()))  # fmt: skip
+        return (
+            self.cell,
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.bias,
+            self.bidirectional,
+            self.dropout,
+            self.backend,
+            tuple(self.options.items()),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StackConfig) and self._key() == other._key()
@@ -219,8 +229,13 @@ class StackConfig:
         params = self.params()
         shapes: dict[str, tuple[int, ...]] = {}
         for layer in range(self.num_layers):
-            sizes = Sizes(self.spec.G, self.hidden_size, self.output_size,
-                          self.layer_input_size(layer), self.options)  # fmt: skip
+            sizes = Sizes(
+                self.spec.G,
+                self.hidden_size,
+                self.output_size,
+                self.layer_input_size(layer),
+                self.options,
+            )
             for direction in range(self.num_directions):
                 sfx = _suffix(layer, direction)
                 for p in params:
@@ -474,8 +489,15 @@ def stack_forward(
             states = [None if s is None else s[idx] for s in init]
             kw = {p.arg: w[p.name + sfx] for p in params}
             # -> (y, *final states, cache)
-            return fwd(inp, *states, training=training, lengths=lengths,
-                       reverse=bool(direction), **kw, **options)  # fmt: skip
+            return fwd(
+                inp,
+                *states,
+                training=training,
+                lengths=lengths,
+                reverse=bool(direction),
+                **kw,
+                **options,
+            )
 
         outs, layer_caches = [], []
         split = _direction_split(cfg, T, B, layer)
@@ -501,17 +523,16 @@ def stack_forward(
     return y, h_n, others[0] if others else None, cache
 
 
-def _states(
-    cfg: StackConfig, batch: int, given: Mapping[str, tuple[str, Any]]
-) -> list[Any]:
+def _states(cfg: StackConfig, batch: int, given: Mapping[str, tuple[str, Any]]) -> list[Any]:
     """The cell's states (or their gradients) among ``given`` (state -> (argument name,
     value)), checked against :meth:`StackConfig.state_shapes`, in the cell's order. A value
     given for a state the cell does not have raises ``ValueError``."""
     shapes = cfg.state_shapes(batch)
     for state, (name, value) in given.items():
         if state not in shapes and value is not None:
-            raise ValueError(f"{name} is only used by cells with a {state} state "
-                             f"(LSTM), not {cfg.spec.title}")  # fmt: skip
+            raise ValueError(
+                f"{name} is only used by cells with a {state} state (LSTM), not {cfg.spec.title}"
+            )
     return [_check_state(given[s][0], given[s][1], shapes[s]) for s in cfg.spec.states]
 
 

@@ -68,13 +68,18 @@ import numpy as np
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
+from fastrnn.cells import CELLS
 from fastrnn.stack import StackConfig, stack_backward, stack_forward
 
 __all__ = ["GRU", "LSTM", "RNN", "patch", "patched", "unpatch"]
 
 _DTYPES = (torch.float32, torch.float64)
-_MODES = {"LSTM": ("lstm", "tanh"), "GRU": ("gru", "tanh"), "RNN_TANH": ("rnn", "tanh")}
-_MODES["RNN_RELU"] = ("rnn", "relu")
+# torch's mode strings ("LSTM", "GRU", "RNN_TANH", "RNN_RELU") -> (cell, its options)
+_MODES = {
+    cell.torch_mode({**cell.option_defaults(), **options}): (cell, dict(options))
+    for cell in CELLS.values()
+    for options in cell.variants.values()
+}
 
 
 @functools.lru_cache(maxsize=256)
@@ -88,7 +93,7 @@ def _config(
     dropout: float,
     proj_size: int,
 ) -> StackConfig:
-    cell, nonlinearity = _MODES[mode]
+    cell, options = _MODES[mode]
     return StackConfig(
         cell,
         input_size,
@@ -97,8 +102,7 @@ def _config(
         bias,
         bidirectional,
         dropout,
-        proj_size,
-        nonlinearity,
+        **{**options, "proj_size": proj_size},
     )
 
 
@@ -140,7 +144,7 @@ class _StackFunction(torch.autograd.Function):
             generator=generator,
         )
         ctx.cache = cache
-        ctx.lstm = config.cell == "lstm"
+        ctx.lstm = "c" in config.spec.states
         outputs = (torch.from_numpy(y), torch.from_numpy(h_n))
         if ctx.lstm:
             outputs += (torch.from_numpy(c_n),)

@@ -4,10 +4,10 @@ One table, ``SPECS``, describes every cell variant (RNN tanh, RNN relu, LSTM, GR
 way, so that each property (finite differences, Cython vs reference, strides, step-by-step, lengths,
 PyTorch parity, validation) is written once and parametrized over cells and backends.
 
-Backends are named as the layers name them (DESIGN.md): ``"cython"`` is ``fastrnn.functional``
-and ``"numpy"`` is ``fastrnn.reference``. The modules are imported lazily so that collection does
-not fail before the kernels are built; a missing module fails the tests that need it, not the
-whole session.
+The table is read from the cell registry (``fastrnn.cells``): a variant added there is tested
+here. Backends are named as the layers name them (DESIGN.md): ``"cython"`` is
+``fastrnn.functional`` and ``"numpy"`` is ``fastrnn.reference``. Importing the registry imports
+fastrnn, so an unbuilt tree fails at collection with fastrnn's message saying what to run.
 
 Sizes follow the kernels' legend T, B, H, G, except that the input size is called ``D`` in code
 (ruff's E741 rejects the name ``I``).
@@ -22,8 +22,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-BACKENDS = ("cython", "numpy")
-_BACKEND_MODULES = {"cython": "fastrnn.functional", "numpy": "fastrnn.reference"}
+from fastrnn.cells import BACKENDS as _BACKEND_MODULES
+from fastrnn.cells import CELLS
+
+BACKENDS = tuple(_BACKEND_MODULES)
 DTYPES = (np.float32, np.float64)
 
 # Tolerances for comparing two implementations computing in the same dtype (Cython vs reference,
@@ -143,21 +145,20 @@ class CellSpec:
     def torch_module(self, torch, D, H, bias, dtype):
         """The 1-layer ``torch.nn`` module of this cell."""
         tdtype = torch.float64 if dtype == np.float64 else torch.float32
-        if self.cell == "rnn":
-            return torch.nn.RNN(D, H, num_layers=1, bias=bias, dtype=tdtype, **self.kwargs)
-        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[self.cell]
-        return cls(D, H, num_layers=1, bias=bias, dtype=tdtype)
+        cls = getattr(torch.nn, CELLS[self.cell].title)
+        return cls(D, H, num_layers=1, bias=bias, dtype=tdtype, **self.kwargs)
 
 
-SPECS = (
-    CellSpec("rnn_tanh", "rnn", 1, kwargs={"nonlinearity": "tanh"}),
-    CellSpec("rnn_relu", "rnn", 1, kwargs={"nonlinearity": "relu"}),
-    CellSpec("lstm", "lstm", 4, has_c=True),
-    CellSpec("gru", "gru", 3),
+# Every variant of every cell in the registry (fastrnn/cells.py), as a CellSpec.
+SPECS = tuple(
+    CellSpec(variant, cell.name, cell.G, has_c="c" in cell.states, kwargs=dict(options))
+    for cell in CELLS.values()
+    for variant, options in cell.variants.items()
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
-# One spec per cell kind (the cache of rnn_tanh and rnn_relu belong to the same cell).
-CELL_SPECS = (SPEC_BY_NAME["rnn_tanh"], SPEC_BY_NAME["lstm"], SPEC_BY_NAME["gru"])
+# One spec per cell kind, its first variant (the cache of rnn_tanh and rnn_relu belong to the
+# same cell).
+CELL_SPECS = tuple(next(s for s in SPECS if s.cell == name) for name in CELLS)
 
 
 @dataclass

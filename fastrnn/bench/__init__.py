@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from fastrnn.cells import CELLS as _CELLS
+
 __all__ = [
     "CELLS",
     "CONFIGS",
@@ -52,8 +54,8 @@ CONFIGS = {
     "large": (100, 64, 512, 512),
     "longseq": (1000, 16, 64, 128),
 }
-#: Gate blocks per cell.
-CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
+#: The cells timed, from the registry (:data:`fastrnn.cells.CELLS`).
+CELLS = _CELLS
 #: "fwd": an inference forward; "fwdbwd": a training forward plus BPTT with a dense dy.
 MODES = ("fwd", "fwdbwd")
 IMPLS = ("fastrnn", "numpy", "torch")
@@ -83,7 +85,7 @@ def parse_config(name: str) -> tuple[int, int, int, int]:
 def flops(cell: str, shape: tuple[int, int, int, int], mode: str) -> float:
     """GEMM flops of one call: forward 2 T B (I + H) G H, forward + backward 3 times that."""
     T, B, I, H = shape
-    fwd = 2.0 * T * B * (I + H) * CELLS[cell] * H
+    fwd = 2.0 * T * B * (I + H) * CELLS[cell].G * H
     return fwd if mode == "fwd" else 3.0 * fwd
 
 
@@ -105,7 +107,7 @@ class Problem:
 def make_problem(cell: str, shape, dtype=np.float32, seed: int = 0) -> Problem:
     """Random inputs, PyTorch-initialised weights and a dense upstream gradient."""
     T, B, I, H = shape
-    G = CELLS[cell] * H
+    G = CELLS[cell].G * H
     rng = np.random.default_rng(seed)
     k = 1.0 / np.sqrt(H)
 
@@ -119,10 +121,10 @@ def make_problem(cell: str, shape, dtype=np.float32, seed: int = 0) -> Problem:
 
 def _functional_pair(mod, p: Problem) -> dict[str, Callable[[], object]]:
     """fwd / fwdbwd closures over fastrnn.functional or fastrnn.reference."""
-    fwd = getattr(mod, f"{p.cell}_forward")
-    bwd = getattr(mod, f"{p.cell}_backward")
-    args = (p.x, None, None) if p.cell == "lstm" else (p.x, None)
-    args = args + (p.w_ih, p.w_hh, p.b_ih, p.b_hh)
+    cell = CELLS[p.cell]
+    fwd = getattr(mod, f"{cell.name}_forward")
+    bwd = getattr(mod, f"{cell.name}_backward")
+    args = (p.x, *(None for _ in cell.states), p.w_ih, p.w_hh, p.b_ih, p.b_hh)
 
     def forward():
         return fwd(*args, training=False)
@@ -138,7 +140,7 @@ def _torch_pair(torch, p: Problem) -> dict[str, Callable[[], object]]:
     """fwd / fwdbwd closures over torch.nn.RNN/LSTM/GRU holding the same weights."""
     T, B, I, H = p.shape
     tdtype = torch.float64 if p.dtype == np.float64 else torch.float32
-    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[p.cell]
+    cls = getattr(torch.nn, CELLS[p.cell].title)
     mod = cls(I, H, num_layers=1, dtype=tdtype)
     with torch.no_grad():
         mod.weight_ih_l0.copy_(torch.from_numpy(p.w_ih))

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from fastrnn.nn._checks import as_real_array, check_float_dtype
-from fastrnn.nn.blocks import _no_cache_error
-from fastrnn.nn.module import Module, Parameter
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
 from fastrnn.cells import Cell
+from fastrnn.nn._checks import as_real_array, check_float_dtype
+from fastrnn.nn.blocks import _no_cache_error
+from fastrnn.nn.module import Module, Parameter
 from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
