@@ -6,6 +6,7 @@ and refuse exactly the same inputs with the same messages.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -79,7 +80,8 @@ class LSTMProjGrads(NamedTuple):
 
 
 def nbytes_of(*objs: Any) -> int:
-    """Bytes of the arrays inside ``objs`` (nested dicts, lists and tuples), each counted once."""
+    """Bytes of the arrays inside ``objs`` (nested dicts, lists, tuples and dataclasses), each
+    counted once."""
     seen: set[int] = set()
     total = 0
     stack = list(objs)
@@ -93,6 +95,8 @@ def nbytes_of(*objs: Any) -> int:
             stack.extend(v)
         elif isinstance(v, dict):
             stack.extend(v.values())
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            stack.extend(getattr(v, f.name) for f in dataclasses.fields(v))
     return total
 
 
@@ -102,23 +106,50 @@ class Cache:
     Opaque to users: pass it to the matching ``*_backward`` of the same module. ``cell`` and
     ``backend`` let the backward refuse a cache that another cell or backend produced, and
     ``nbytes`` reports the memory it holds.
+
+    Attributes
+    ----------
+    backend : {"cython", "numpy"}
+    cell : fastrnn.cells.Cell
+    prepared : Prepared
+        The forward's validated operands.
+    options : mapping
+        Every keyword option of the forward that the backward depends on (``reverse`` and the
+        cell's functional options, e.g. ``nonlinearity``, ``reset_after``).
+    saved : dataclass or None
+        The backend's typed record of the forward (None when T == 0 or B == 0: nothing ran).
     """
 
-    __slots__ = ("backend", "cell", "data", "dtype", "shape")
+    __slots__ = ("backend", "cell", "options", "prepared", "saved")
 
     def __init__(
         self,
         backend: str,
         cell: Cell,
-        dtype: np.dtype,
-        shape: tuple[int, int, int, int],
-        data: dict[str, Any],
+        prepared: Prepared,
+        options: dict[str, Any],
+        saved: Any = None,
     ) -> None:
         self.backend = backend
         self.cell = cell
-        self.dtype = dtype
-        self.shape = shape  # (T, B, I, H)
-        self.data = data
+        self.prepared = prepared
+        self.options = options
+        self.saved = saved
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.prepared.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(T, B, I, H)."""
+        p = self.prepared
+        return (p.T, p.B, p.I, p.H)
+
+    @property
+    def empty(self) -> bool:
+        """True when the forward had nothing to compute (T == 0 or B == 0)."""
+        return self.saved is None
 
     @property
     def nbytes(self) -> int:
@@ -129,7 +160,7 @@ class Cache:
         computation dtype), walking nested tuples and lists (the reference keeps per-step
         tuples). README.md ("Memory of a training forward") gives it per cell.
         """
-        return nbytes_of(self.data)
+        return nbytes_of(self.prepared, self.saved)
 
     def __repr__(self) -> str:
         T, B, I, H = self.shape

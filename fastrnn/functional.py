@@ -30,6 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,23 @@ class _Schedule:
         if self.order is None:
             return a
         return np.ascontiguousarray(np.take(a, self.inverse, axis=axis))
+
+
+@dataclass(eq=False)
+class _Saved:
+    """What a training forward of the kernels keeps for its backward: the operands in kernel row
+    order and the activations the variant saves (None where it saves none)."""
+
+    s: _Schedule
+    x: np.ndarray  # (T, B, I)
+    h0: np.ndarray  # (B, R)
+    y: np.ndarray  # (T, B, R)
+    c0: np.ndarray | None = None  # LSTM (B, H)
+    gates: np.ndarray | None = None  # (T, B, G) activated gates (LSTM, GRU)
+    cs: np.ndarray | None = None  # LSTM cell states (T, B, H)
+    ms: np.ndarray | None = None  # projected LSTM: o * tanh(c_t), (T, B, H)
+    hns: np.ndarray | None = None  # GRU: W_hn h_{t-1} + b_hn, (T, B, H)
+    rhs: np.ndarray | None = None  # GRU reset-before: r * h_{t-1}, (T, B, H)
 
 
 # A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
@@ -230,9 +248,10 @@ def rnn_forward(
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
     relu = nonlinearity == "relu"
+    options = {"nonlinearity": nonlinearity, "reverse": reverse}
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
-        cache = Cache(BACKEND, _RNN, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _RNN, p, options)
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
@@ -242,13 +261,7 @@ def rnn_forward(
         _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
     cache = None
     if training:
-        cache = Cache(
-            BACKEND,
-            _RNN,
-            p.dtype,
-            (p.T, p.B, p.I, p.H),
-            {"p": p, "s": s, "x": xk, "h0": h0k, "y": y, "relu": relu},
-        )
+        cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y))
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
 
@@ -271,11 +284,10 @@ def rnn_backward(cache, dy, dh_n=None):
         bias-free forward), summed over every step.
     """
     c = check_cache(cache, BACKEND, _RNN)
-    d = c.data
-    p = d["p"]
-    if "s" not in d:
+    p, d = c.prepared, c.saved
+    if c.empty:
         return RNNGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
-    s = d["s"]
+    s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
     dgates = np.empty((p.T, p.B, G), p.dtype)
@@ -284,12 +296,12 @@ def rnn_backward(cache, dy, dh_n=None):
     db = np.empty(G, p.dtype)
     with blas_single_thread():
         _k.rnn.backward(
-            d["x"],
-            d["h0"],
+            d.x,
+            d.h0,
             p.w_ih,
             p.w_hh,
             s.batch_sizes,
-            d["y"],
+            d.y,
             dyk,
             dh,
             dgates,
@@ -297,7 +309,7 @@ def rnn_backward(cache, dy, dh_n=None):
             dw_ih,
             dw_hh,
             db,
-            d["relu"],
+            c.options["nonlinearity"] == "relu",
             _team(p),
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
@@ -362,7 +374,7 @@ def lstm_forward(
         return _lstm_proj_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
         y, h_n, c_n = _empty_forward(p)
-        cache = Cache(BACKEND, _LSTM, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse})
         return y, h_n, c_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
@@ -392,13 +404,8 @@ def lstm_forward(
         )
     cache = None
     if training:
-        cache = Cache(
-            BACKEND,
-            _LSTM,
-            p.dtype,
-            (p.T, p.B, p.I, p.H),
-            {"p": p, "s": s, "x": xk, "h0": h0k, "c0": c0k, "gates": gates, "y": y, "cs": cs},
-        )
+        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs)
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse}, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
 
 
@@ -421,13 +428,12 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
         and one more field, ``dw_hr`` (P, H).
     """
     c = check_cache(cache, BACKEND, _LSTM)
-    d = c.data
-    p = d["p"]
+    p, d = c.prepared, c.saved
     if p.w_hr is not None:
-        return _lstm_proj_backward(d, dy, dh_n, dc_n)
-    if "s" not in d:
+        return _lstm_proj_backward(c, dy, dh_n, dc_n)
+    if c.empty:
         return LSTMGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)}))
-    s = d["s"]
+    s = d.s
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     G = p.w_hh.shape[0]
     dgates = np.empty((p.T, p.B, G), p.dtype)
@@ -436,15 +442,15 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     db = np.empty(G, p.dtype)
     with blas_single_thread():
         _k.lstm.backward(
-            d["x"],
-            d["h0"],
-            d["c0"],
+            d.x,
+            d.h0,
+            d.c0,
             p.w_ih,
             p.w_hh,
             s.batch_sizes,
-            d["gates"],
-            d["y"],
-            d["cs"],
+            d.gates,
+            d.y,
+            d.cs,
             dyk,
             dh,
             dc,
@@ -509,11 +515,12 @@ def gru_forward(
         Pass to :func:`gru_backward`.
     """
     p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    options = {"reset_after": bool(reset_after), "reverse": reverse}
     if not reset_after:
-        return _gru_reset_before_forward(p, training, reverse)
+        return _gru_reset_before_forward(p, training, options)
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
-        cache = Cache(BACKEND, _GRU, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _GRU, p, options)
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
@@ -549,13 +556,8 @@ def gru_forward(
         )
     cache = None
     if training:
-        cache = Cache(
-            BACKEND,
-            _GRU,
-            p.dtype,
-            (p.T, p.B, p.I, H),
-            {"p": p, "s": s, "x": xk, "h0": h0k, "gates": gates, "hns": hns, "y": y},
-        )
+        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns)
+        cache = Cache(BACKEND, _GRU, p, options, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
 
@@ -575,13 +577,12 @@ def gru_backward(cache, dy, dh_n=None):
         ``dx`` (T, B, I), ``dh0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``.
     """
     c = check_cache(cache, BACKEND, _GRU)
-    d = c.data
-    p = d["p"]
-    if d.get("reset_after") is False:
-        return _gru_reset_before_backward(d, dy, dh_n)
-    if "s" not in d:
+    p, d = c.prepared, c.saved
+    if not c.options["reset_after"]:
+        return _gru_reset_before_backward(c, dy, dh_n)
+    if c.empty:
         return GRUGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
-    s = d["s"]
+    s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
     dgi = np.empty((p.T, p.B, G), p.dtype)
@@ -591,14 +592,14 @@ def gru_backward(cache, dy, dh_n=None):
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
     with blas_single_thread():
         _k.gru.backward(
-            d["x"],
-            d["h0"],
+            d.x,
+            d.h0,
             p.w_ih,
             p.w_hh,
             s.batch_sizes,
-            d["gates"],
-            d["hns"],
-            d["y"],
+            d.gates,
+            d.hns,
+            d.y,
             dyk,
             dh,
             dgi,
@@ -622,7 +623,7 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
     P = p.w_hr.shape[0]
     if p.T == 0 or p.B == 0:
         y = np.zeros((p.T, p.B, P), p.dtype)
-        cache = Cache(BACKEND, _LSTM, p.dtype, (p.T, p.B, p.I, p.H), {"p": p})
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse})
         return y, p.h0.copy(), p.c0.copy(), cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
@@ -653,33 +654,18 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
         )
     cache = None
     if training:
-        cache = Cache(
-            BACKEND,
-            _LSTM,
-            p.dtype,
-            (p.T, p.B, p.I, H),
-            {
-                "p": p,
-                "s": s,
-                "x": xk,
-                "h0": h0k,
-                "c0": c0k,
-                "gates": gates,
-                "y": y,
-                "cs": cs,
-                "ms": ms,
-            },
-        )
+        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs, ms=ms)
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse}, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
 
 
-def _lstm_proj_backward(d: dict[str, Any], dy: Any, dh_n: Any, dc_n: Any) -> LSTMProjGrads:
-    p = d["p"]
+def _lstm_proj_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> LSTMProjGrads:
+    p, d = c.prepared, c.saved
     P, H = p.w_hr.shape
-    if "s" not in d:
+    if c.empty:
         grads = _empty_backward(p, dy, {"dh_n": (dh_n, P), "dc_n": (dc_n, H)}, out_size=P)
         return LSTMProjGrads(*grads, np.zeros_like(p.w_hr))
-    s = d["s"]
+    s = d.s
     dy_a = as_grad("dy", dy, (p.T, p.B, P), p.dtype)
     dyk = np.zeros((p.T, p.B, P), p.dtype) if dy_a is None else s.rows(dy_a, 1)
     dh_a = as_grad("dh_n", dh_n, (p.B, P), p.dtype)
@@ -695,17 +681,17 @@ def _lstm_proj_backward(d: dict[str, Any], dy: Any, dh_n: Any, dc_n: Any) -> LST
     db = np.empty(G, p.dtype)
     with blas_single_thread():
         _k.lstm.backward_proj(
-            d["x"],
-            d["h0"],
-            d["c0"],
+            d.x,
+            d.h0,
+            d.c0,
             p.w_ih,
             p.w_hh,
             p.w_hr,
             s.batch_sizes,
-            d["gates"],
-            d["y"],
-            d["cs"],
-            d["ms"],
+            d.gates,
+            d.y,
+            d.cs,
+            d.ms,
             dyk,
             dh,
             dc,
@@ -728,13 +714,12 @@ def _lstm_proj_backward(d: dict[str, Any], dy: Any, dh_n: Any, dc_n: Any) -> LST
 # ---------------------------------------------------------------------------------------------
 # GRU with reset_after=False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
 # ---------------------------------------------------------------------------------------------
-def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
+def _gru_reset_before_forward(p: Prepared, training: bool, options: dict[str, Any]):
     if p.T == 0 or p.B == 0:
         y, h_n, _ = _empty_forward(p)
-        data = {"p": p, "reset_after": False}
-        cache = Cache(BACKEND, _GRU, p.dtype, (p.T, p.B, p.I, p.H), data)
+        cache = Cache(BACKEND, _GRU, p, options)
         return y, h_n, cache if training else None
-    s = _Schedule(p.lengths, p.T, p.B, reverse)
+    s = _Schedule(p.lengths, p.T, p.B, options["reverse"])
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     H, G = p.H, p.w_hh.shape[0]
     gates = np.empty((p.T, p.B, G), p.dtype)
@@ -760,30 +745,16 @@ def _gru_reset_before_forward(p: Prepared, training: bool, reverse: bool):
         )
     cache = None
     if training:
-        cache = Cache(
-            BACKEND,
-            _GRU,
-            p.dtype,
-            (p.T, p.B, p.I, H),
-            {
-                "p": p,
-                "s": s,
-                "x": xk,
-                "h0": h0k,
-                "gates": gates,
-                "rhs": rhs,
-                "y": y,
-                "reset_after": False,
-            },
-        )
+        saved = _Saved(s, xk, h0k, y, gates=gates, rhs=rhs)
+        cache = Cache(BACKEND, _GRU, p, options, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
 
-def _gru_reset_before_backward(d: dict[str, Any], dy: Any, dh_n: Any) -> GRUGrads:
-    p = d["p"]
-    if "s" not in d:
+def _gru_reset_before_backward(c: Cache, dy: Any, dh_n: Any) -> GRUGrads:
+    p, d = c.prepared, c.saved
+    if c.empty:
         return GRUGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
-    s = d["s"]
+    s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
     dg = np.empty((p.T, p.B, G), p.dtype)
@@ -793,14 +764,14 @@ def _gru_reset_before_backward(d: dict[str, Any], dy: Any, dh_n: Any) -> GRUGrad
     db = np.empty(G, p.dtype)
     with blas_single_thread():
         _k.gru.backward_reset_before(
-            d["x"],
-            d["h0"],
+            d.x,
+            d.h0,
             p.w_ih,
             p.w_hh,
             s.batch_sizes,
-            d["gates"],
-            d["rhs"],
-            d["y"],
+            d.gates,
+            d.rhs,
+            d.y,
             dyk,
             dh,
             dg,

@@ -12,6 +12,8 @@ its own last step, as the reverse direction of a packed bidirectional layer does
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from fastrnn._common import (
@@ -38,6 +40,14 @@ __all__ = [
 ]
 
 BACKEND = "numpy"
+
+
+@dataclass(eq=False)
+class _Saved:
+    """What a training forward of the reference keeps for its backward."""
+
+    m: np.ndarray  # (T, B, 1) masks: 1 inside each sequence, 0 on its padding
+    steps: list  # per step, the values the step computed (a tuple per cell kind)
 
 
 def _sigmoid(a):
@@ -119,35 +129,23 @@ def rnn_forward(
         y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
-        cache = Cache(
-            BACKEND,
-            _RNN,
-            p.dtype,
-            (p.T, p.B, p.I, p.H),
-            {
-                "p": p,
-                "y": y,
-                "hprev": hprev,
-                "m": m,
-                "relu": nonlinearity == "relu",
-                "reverse": reverse,
-            },
-        )
+        options = {"nonlinearity": nonlinearity, "reverse": reverse}
+        cache = Cache(BACKEND, _RNN, p, options, _Saved(m, [y, hprev]))
     return y, h, cache
 
 
 def rnn_backward(cache, dy, dh_n=None):
     """BPTT for :func:`rnn_forward`; see :func:`fastrnn.functional.rnn_backward`."""
     c = check_cache(cache, BACKEND, _RNN)
-    p, y, hprev, m = c.data["p"], c.data["y"], c.data["hprev"], c.data["m"]
+    p, m, (y, hprev) = c.prepared, c.saved.m, c.saved.steps
     dy = as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
     dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
     dh = np.zeros((p.B, p.H), p.dtype) if dh is None else dh.copy()
     dg = np.zeros((p.T, p.B, p.H), p.dtype)
     dx = np.zeros_like(p.x)
-    for t in reversed(_steps(p.T, c.data["reverse"])):
+    for t in reversed(_steps(p.T, c.options["reverse"])):
         dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)  # reaching h_t's new value
-        if c.data["relu"]:
+        if c.options["nonlinearity"] == "relu":
             dg[t] = dht * (y[t] > 0)
         else:
             dg[t] = dht * (1 - y[t] ** 2)
@@ -200,20 +198,14 @@ def lstm_forward(
         y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
-        cache = Cache(
-            BACKEND,
-            _LSTM,
-            p.dtype,
-            (p.T, p.B, p.I, H),
-            {"p": p, "saved": saved, "m": m, "reverse": reverse},
-        )
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse}, _Saved(m, saved))
     return y, h, c, cache
 
 
 def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     """BPTT for :func:`lstm_forward`; see :func:`fastrnn.functional.lstm_backward`."""
     cc = check_cache(cache, BACKEND, _LSTM)
-    p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
+    p, saved, m = cc.prepared, cc.saved.steps, cc.saved.m
     H = p.H
     R = H if p.w_hr is None else p.w_hr.shape[0]  # width of h
     dy = as_grad("dy", dy, (p.T, p.B, R), p.dtype)
@@ -225,7 +217,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     hprev = np.zeros((p.T, p.B, R), p.dtype)
     dx = np.zeros_like(p.x)
     dw_hr = None if p.w_hr is None else np.zeros_like(p.w_hr)
-    for t in reversed(_steps(p.T, cc.data["reverse"])):
+    for t in reversed(_steps(p.T, cc.options["reverse"])):
         h, c, i, f, g, o, c_new, mm = saved[t]
         hprev[t] = h
         dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)
@@ -298,16 +290,16 @@ def gru_forward(
         y[t] = _keep(m[t], h_new, 0)
     cache = None
     if training:
-        data = {"p": p, "saved": saved, "m": m, "reset_after": reset_after, "reverse": reverse}
-        cache = Cache(BACKEND, _GRU, p.dtype, (p.T, p.B, p.I, H), data)
+        options = {"reset_after": bool(reset_after), "reverse": reverse}
+        cache = Cache(BACKEND, _GRU, p, options, _Saved(m, saved))
     return y, h, cache
 
 
 def gru_backward(cache, dy, dh_n=None):
     """BPTT for :func:`gru_forward`; see :func:`fastrnn.functional.gru_backward`."""
     cc = check_cache(cache, BACKEND, _GRU)
-    p, saved, m = cc.data["p"], cc.data["saved"], cc.data["m"]
-    reset_after = cc.data.get("reset_after", True)
+    p, saved, m = cc.prepared, cc.saved.steps, cc.saved.m
+    reset_after = cc.options["reset_after"]
     H = p.H
     dy = as_grad("dy", dy, (p.T, p.B, H), p.dtype)
     dh = as_grad("dh_n", dh_n, (p.B, H), p.dtype)
@@ -317,7 +309,7 @@ def gru_backward(cache, dy, dh_n=None):
     hprev = np.zeros((p.T, p.B, H), p.dtype)
     dw_hn = np.zeros((H, H), p.dtype)  # reset_after=False: sum_t dn_pre^T (r * h)
     dx = np.zeros_like(p.x)
-    for t in reversed(_steps(p.T, cc.data.get("reverse", False))):
+    for t in reversed(_steps(p.T, cc.options["reverse"])):
         h, r, z, n, hn = saved[t]
         hprev[t] = h
         dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)

@@ -283,7 +283,9 @@ class StackCache:
     def nbytes(self) -> int:
         """Bytes held by the per-layer caches and the dropout masks, each array counted once
         (a layer's input is the previous layer's output, and both directions share it)."""
-        return nbytes_of([c.data for layer in self.caches for c in layer], self.masks)
+        return nbytes_of(
+            [(c.prepared, c.saved) for layer in self.caches for c in layer], self.masks
+        )
 
 
 class StackGrads(NamedTuple):

@@ -9,6 +9,7 @@
 * ``cache.nbytes`` of a training forward equals the formula that README.md documents.
 """
 
+import dataclasses
 import gc
 import os
 import sys
@@ -83,9 +84,11 @@ def test_calls_hold_no_reference_to_their_operands(spec, backend):
 
 
 def _arrays_of(obj):
-    """Every ndarray inside nested dicts, lists and tuples (Cache.data)."""
+    """Every ndarray inside nested dicts, lists, tuples and dataclasses (a Cache's record)."""
     if isinstance(obj, np.ndarray):
         return [obj]
+    if dataclasses.is_dataclass(obj):
+        obj = vars(obj)
     items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
     return [a for v in items for a in _arrays_of(v)]
 
@@ -99,7 +102,7 @@ def test_results_are_freed_without_the_garbage_collector(spec, backend):
         operands = [a for a in _arrays_of(vars(case)) if a is not None]
         own = [
             a
-            for a in _arrays_of(fwd.cache.data)
+            for a in _arrays_of(fwd.cache.saved)
             if not any(np.shares_memory(a, o) for o in operands)
         ]
         assert len(own) >= 2
