@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn._random import module_generator
 from fastrnn.nn._checks import as_real_array, check_float_dtype
 from fastrnn.nn.blocks import _no_cache_error
 from fastrnn.nn.module import Module, Parameter
@@ -90,12 +91,7 @@ class RNNBase(Module):
         self.bidirectional = cfg.bidirectional
         self.proj_size = cfg.proj_size
         self.backend = cfg.backend
-        try:
-            rng = np.random.default_rng(seed)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"seed must be None, an int >= 0 or a numpy.random.Generator, got {seed!r}"
-            ) from exc
+        rng = module_generator(seed)  # seed=None: the next fastrnn.manual_seed child
         # One loop over PyTorch's names fixes the registration order (hence named_parameters()
         # and state_dict() order) and the order of the draws.
         self._flat_weights_names = cfg.weight_names()
@@ -361,7 +357,8 @@ class RNN(RNNBase):
     backend : {"cython", "numpy"}, default="cython"
         The Cython kernels (:mod:`fastrnn.functional`) or the NumPy reference.
     seed : int, numpy.random.Generator or None, default=None
-        Seeds the initialisation and, after it, the dropout generator.
+        Seeds the initialisation and, after it, the dropout generator. None: the next child
+        of :func:`fastrnn.manual_seed`'s sequence if it was called, else OS entropy.
 
     Attributes
     ----------
