@@ -123,7 +123,9 @@ def test_resume_with_recurrent_dropout_and_manual_seed(tmp_path, manual):
             fastrnn.manual_seed(99)  # resumed process starts elsewhere; the file restores it
         losses, model, late = run(3, resume=tmp_path / "c.ckpt")
         assert [float(v) for v in losses] == [float(v) for v in ref_losses[3:]]
-        for (n, p), (_, q) in zip(ref_model.named_parameters(), model.named_parameters()):
+        for (n, p), (_, q) in zip(
+            ref_model.named_parameters(), model.named_parameters(), strict=True
+        ):
             np.testing.assert_array_equal(p.data, q.data, err_msg=n)
         if manual:
             np.testing.assert_array_equal(late, ref_late)
