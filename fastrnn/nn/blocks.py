@@ -31,6 +31,8 @@ __all__ = ["Dropout", "Embedding", "Linear", "Sequential"]
 
 def _accumulate(p: Parameter, g: np.ndarray) -> None:
     """``p.grad += g`` for a freshly computed ``g`` (adopted without a copy on first use)."""
+    if not p.requires_grad:
+        return
     if p.grad is None:
         p.grad = np.ascontiguousarray(g, dtype=p.data.dtype)
     else:
@@ -69,6 +71,8 @@ class Linear(Module):
     bias : Parameter of shape (out_features,) or None
         Initialised from the same distribution.
     """
+
+    _marks_parameter_use = True
 
     def __init__(
         self,
@@ -173,6 +177,8 @@ class Embedding(Module):
         Initialised from :math:`\mathcal{N}(0, 1)`, as PyTorch does.
     """
 
+    _marks_parameter_use = True
+
     def __init__(
         self,
         num_embeddings: int,
@@ -245,6 +251,8 @@ class Embedding(Module):
         if dout.shape != expected:
             raise ValueError(f"dout must have shape {expected}, got {dout.shape}")
         self._cache = None
+        if not self.weight.requires_grad:
+            return None
         flat = idx.reshape(-1)
         d2 = dout.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
@@ -252,6 +260,7 @@ class Embedding(Module):
             flat, d2 = flat[keep], d2[keep]
         if self.weight.grad is None:
             self.weight.grad = np.zeros_like(self.weight.data)
+        self.weight._grad_written = True  # written in place below
         if flat.size == 0:
             return None
         # Scatter-add of the rows of dout: the sum over repeated indices is a sparse (U, N)

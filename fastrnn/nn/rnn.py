@@ -39,6 +39,8 @@ class RNNBase(Module):
         The cell; the other parameters are described by the sub-classes.
     """
 
+    _marks_parameter_use = True  # backward writes every parameter's gradient
+
     def __init__(
         self,
         mode: str,
