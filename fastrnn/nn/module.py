@@ -84,11 +84,62 @@ class Parameter:
 
 
 class Module:
-    """Base class: named parameters, sub-modules, train/eval mode and state dicts.
+    """Base class of every block and loss, and of your own models.
 
-    Sub-classes assign :class:`Parameter` and :class:`Module` instances as attributes; they are
-    registered in assignment order, which fixes the order of :meth:`named_parameters` and of
-    :meth:`state_dict`.
+    fastrnn has no autograd. A model is a Module whose ``forward`` calls its children and whose
+    ``backward`` calls their ``backward`` methods in reverse order, giving each the gradient of
+    its output and taking back the gradient of its input. The contract:
+
+    * **Registration.** Call ``super().__init__()`` first, then assign each child
+      :class:`Module` and each :class:`Parameter` as an attribute: assignment registers it, in
+      assignment order, which fixes the names and order of :meth:`named_parameters`,
+      :meth:`state_dict` and checkpoints (``"encoder.weight_ih_l0"``, ``"head.bias"``).
+      Modules kept in a list or dict are not registered: assign each one, or use
+      :class:`~fastrnn.nn.Sequential`. A parameter assigned to two modules (tied weights)
+      is listed once.
+    * **Forward.** Call children as ``child(x)``, not ``child.forward(x)`` (the call also marks
+      the parameters for the check below). In training mode each child keeps what its
+      backward needs, for one backward: a block used twice in one forward needs two instances.
+    * **Backward.** Call each child's ``backward`` once per forward, in the reverse order of
+      the forward, with the gradient of that child's output. Each one adds its parameters'
+      gradients to their ``.grad`` (accumulating until ``zero_grad``) and returns the
+      gradient of its input: ``Linear``, ``Dropout`` and ``Sequential`` return ``dx``;
+      ``RNN``/``GRU`` take ``backward(dout, dh_n=None)`` and return ``(dx, dh0)``; ``LSTM``
+      takes ``backward(dout, (dh_n, dc_n))`` and returns ``(dx, (dh0, dc0))`` (``dout`` or a
+      state gradient may be None for zeros); ``Embedding`` returns None (integer indices have
+      no gradient); losses take an optional ``dout`` scale and return the gradient of their
+      first input. Return your own input's gradient (or None).
+    * **Modes.** :meth:`train` and :meth:`eval` set ``training`` on the module and every
+      descendant. Training: forwards keep their caches and dropout is on. Eval: forwards keep
+      nothing (a ``backward`` then raises RuntimeError) and dropout is off.
+    * **A forgotten child.** The built-in blocks mark their parameters in a training-mode
+      call; writing a gradient clears the mark. ``Optimizer.step`` warns
+      (:class:`~fastrnn.optim.MissingGradientWarning`) about parameters still marked: a
+      ``backward`` that forgot a child would otherwise leave it untrained without a word. To
+      keep part of a model fixed, freeze it with ``requires_grad_(False)``, leave its
+      parameters out of the optimizer, or run it in eval mode.
+
+    Examples
+    --------
+    An LSTM encoder and a linear head that classify whole sequences::
+
+        class Classifier(fastrnn.nn.Module):
+            def __init__(self, features, hidden, n_classes):
+                super().__init__()
+                self.encoder = fastrnn.nn.LSTM(features, hidden)
+                self.head = fastrnn.nn.Linear(hidden, n_classes)
+
+            def forward(self, x):                      # x: (T, B, features)
+                out, (h_n, c_n) = self.encoder(x)      # h_n: (1, B, hidden)
+                return self.head(h_n[0])               # (B, n_classes)
+
+            def backward(self, dlogits):
+                dh = self.head.backward(dlogits)       # (B, hidden)
+                dx, _ = self.encoder.backward(None, (dh[None], None))
+                return dx                              # (T, B, features)
+
+    README.md ("Writing your own model") has the complete program and every block's shapes;
+    docs/tutorial.md trains a language model step by step.
     """
 
     #: Whether a training-mode call marks this module's own parameters as used, so that an
