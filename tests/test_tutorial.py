@@ -85,3 +85,34 @@ def test_readme_model_section_runs(tmp_path):
 @pytest.mark.parametrize("heading", ["Writing your own model", "Checkpoints", "Reproducibility"])
 def test_readme_has_the_sections_the_tutorial_points_to(heading):
     assert f"\n## {heading}\n" in README.read_text()
+
+
+def _error_of(call):
+    with pytest.raises(ValueError) as info:
+        call()
+    return str(info.value)
+
+
+def test_readme_shape_table_quotes_the_real_errors():
+    """Each example error of the README's shape table is what that mistake raises."""
+    import numpy as np
+
+    from fastrnn import nn
+
+    f32 = np.float32
+    lin, emb, drop = nn.Linear(16, 4), nn.Embedding(10, 4), nn.Dropout(0.5)
+    emb(np.zeros((5, 8), int))
+    drop(np.zeros((3, 4), f32))
+    calls = [
+        lambda: lin(np.zeros((8, 12), f32)),
+        lambda: emb.backward(np.zeros((8, 5, 4), f32)),
+        lambda: drop.backward(np.zeros((4, 3), f32)),
+        lambda: nn.GRU(3, 16)(np.zeros((20, 32, 3), f32), np.zeros((32, 16), f32)),
+        lambda: nn.LSTM(3, 16)(np.zeros((20, 32, 4), f32)),
+        lambda: nn.CrossEntropyLoss()(np.zeros((20, 32, 5), f32), np.zeros((32, 20), int)),
+        lambda: nn.MSELoss()(np.zeros((32, 1), f32), np.zeros(32, f32)),
+    ]
+    table = _section(README.read_text(), "Writing your own model")
+    for call in calls:
+        message = _error_of(call)
+        assert f"`{message}`" in table, message
