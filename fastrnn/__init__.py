@@ -12,6 +12,7 @@ Public entry points:
 * :mod:`fastrnn.nn`, :mod:`fastrnn.optim`, :mod:`fastrnn.checkpoint` -- modules, losses,
   optimizers, clipping and checkpoints for training;
 * :mod:`fastrnn.utils` -- truncated BPTT over long sequences (``batchify``, ``tbptt_chunks``);
+* :func:`manual_seed` -- one seed for every module built after it (initialisation, dropout);
 * :func:`set_num_threads` / :func:`get_num_threads` -- threads used by the kernels.
 """
 
@@ -27,6 +28,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from fastrnn import _isa, nn, optim, utils  # noqa: E402,F401  (_isa applies FASTRNN_ISA)
+from fastrnn._random import get_rng_state, initial_seed, manual_seed, set_rng_state  # noqa: E402
 from fastrnn._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastrnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fastrnn.nn import (  # noqa: E402
@@ -75,10 +77,14 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
     "get_num_threads",
+    "get_rng_state",
+    "initial_seed",
     "load_checkpoint",
+    "manual_seed",
     "nn",
     "optim",
     "save_checkpoint",
     "set_num_threads",
+    "set_rng_state",
     "utils",
 ]
