@@ -449,7 +449,14 @@ def stack_forward(
     return y, np.stack(h_n), c_n_a, cache
 
 
-def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = None) -> StackGrads:
+def stack_backward(
+    cache: StackCache,
+    dy: Any,
+    dh_n: Any = None,
+    dc_n: Any = None,
+    *,
+    on_layer_grads: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> StackGrads:
     """Backpropagation through a training :func:`stack_forward`.
 
     Parameters
@@ -461,6 +468,10 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
     dh_n : array_like of shape (L*D, B, R) or None
     dc_n : array_like of shape (L*D, B, hidden_size) or None
         LSTM only.
+    on_layer_grads : callable, optional
+        ``on_layer_grads(layer, grads)`` as soon as a layer's weight gradients are final
+        (``grads``: name -> gradient, both directions), from the top layer down; the layers
+        below are still to run (a data-parallel caller starts their all-reduce there).
 
     Returns
     -------
@@ -503,7 +514,7 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
                 return bwd(c, dy_d, dh, None if dc_n is None else dc_n[idx])
             return bwd(c, dy_d, dh)
 
-        dinp = None
+        dinp, n_before = None, len(grads)
         split = _direction_split(cfg, T, B, layer)
         for direction, g in enumerate(_each_direction(D, split, run)):
             idx = layer * D + direction
@@ -519,6 +530,8 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
                 grads[f"bias_ih{sfx}"] = g.db_ih
                 grads[f"bias_hh{sfx}"] = g.db_hh
             dinp = g.dx if dinp is None else dinp + g.dx
+        if on_layer_grads is not None:
+            on_layer_grads(layer, dict(list(grads.items())[n_before:]))  # this layer's
         if layer > 0 and cache.masks[layer - 1] is not None:
             dinp = dinp * cache.masks[layer - 1]
         dout = dinp

@@ -34,6 +34,7 @@ def _accumulate(p: Parameter, g: np.ndarray) -> None:
         p.grad = np.ascontiguousarray(g, dtype=p.data.dtype)
     else:
         p.grad += g
+    p._grad_accumulated()
 
 
 def _no_cache_error(module: Module) -> RuntimeError:
@@ -250,6 +251,7 @@ class Embedding(Module):
         if self.weight.grad is None:
             self.weight.grad = np.zeros_like(self.weight.data)
         if flat.size == 0:
+            self.weight._grad_accumulated()
             return None
         # Scatter-add of the rows of dout: the sum over repeated indices is a sparse (U, N)
         # one-hot matrix times dout, several times faster than np.add.at for typical batches.
@@ -259,6 +261,7 @@ class Embedding(Module):
             shape=(rows.size, flat.size),
         )
         self.weight.grad[rows] += onehot @ d2
+        self.weight._grad_accumulated()
         return None
 
     def extra_repr(self) -> str:
