@@ -183,6 +183,25 @@ def test_mpi_hung_rank_times_out(tmp_path):
     assert "TimeoutError" in result.stdout and "rank 0 of 2 waited" in result.stdout
 
 
+def test_char_lm_example_distributed_matches_single_process():
+    """``mpiexec -n 2 python examples/char_lm.py --distributed`` reports the losses of the
+    single-process run (the same steps on the same global batch)."""
+    exe = _need_mpi()
+    args = [str(ROOT / "examples" / "char_lm.py"), "--quick", "--steps", "4"]
+    single = _run([sys.executable, *args], timeout=120)
+    multi = _run([exe, "-n", "2", sys.executable, *args, "--distributed"], timeout=120)
+    _ok(single)
+    _ok(multi)
+
+    def losses(out: str) -> list[str]:
+        return [ln for ln in out.splitlines() if ln.startswith(("train loss", "val loss"))]
+
+    assert len(losses(single.stdout)) == 2
+    assert losses(multi.stdout) == losses(single.stdout), multi.stdout
+    assert "distributed 2 ranks x 1 threads" in multi.stdout
+    assert multi.stdout.count("== char_lm") == 1  # rank 0 prints the summary
+
+
 # -- torch.distributed: DDP over gloo with patched modules ---------------------------------------
 def test_torch_ddp_patched_matches_unpatched(tmp_path):
     """A model whose LSTM/GRU/RNN run on fastrnn, trained under torch's DistributedDataParallel
