@@ -7,6 +7,7 @@ when distributed), clipping and ``opt.step()``: what a training loop pays.
 
     python benchmarks/bench_distributed.py               # the comparison below, 3 rounds
     python benchmarks/bench_distributed.py --rounds 5 --steps 40
+    python benchmarks/bench_distributed.py --sweep       # 1 thread, batch 32, 16, ..., 1
 
 The driver runs these configurations one after the other, round after round (fair when the
 machine's load changes), each a fresh process or ``mpiexec`` job:
@@ -21,6 +22,8 @@ best step time over all rounds, and for ``2x1`` the share of the step time spent
 communication (``DistributedDataParallel.stats['comm_seconds']``: packing, starting and waiting
 for the all-reduces, unpacking), the part of it spent waiting after the backward, and the bytes
 all-reduced per step and rank. ``--worker`` runs one configuration (what the driver launches).
+``--sweep`` times one process on one thread at per-rank batches 32 down to 1: how a rank's
+compute shrinks as more ranks share a fixed global batch (strong scaling).
 """
 
 from __future__ import annotations
@@ -171,6 +174,24 @@ def driver(args: argparse.Namespace) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def sweep(args: argparse.Namespace) -> None:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    print("| batch per rank | step median (ms) | step best (ms) | ms per sequence (best) |")
+    print("|---|---|---|---|")
+    for b in (32, 16, 8, 4, 2, 1):
+        steps = []
+        for _ in range(args.rounds):
+            cmd = [sys.executable, __file__, "--worker", "--threads", "1", "--batch", str(b)]
+            cmd += ["--steps", str(args.steps)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
+            steps += json.loads(line[0][7:])["steps"]
+        med, best = statistics.median(steps), min(steps)
+        print(f"| {b} | {1e3 * med:.1f} | {1e3 * best:.1f} | {1e3 * best / b:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="rounds of all configurations")
@@ -180,9 +201,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--distributed", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="1 thread, batch 32 down to 1")
     args = ap.parse_args()
     if args.worker:
         worker(args)
+    elif args.sweep:
+        sweep(args)
     else:
         driver(args)
 
