@@ -410,14 +410,17 @@ class DistributedDataParallel(Module):
                     f"(first difference: rank {r} has {diff[0]}, rank 0 has {diff[1]})"
                 )
 
-    def _layout(self, order: list[int]) -> list[_Bucket]:
-        """Buckets over the parameters in ``order`` (indices), cut at ``_cap`` bytes and dtype."""
+    def _layout(self, order: list[int], breaks: set[int]) -> list[_Bucket]:
+        """Buckets over the parameters in ``order`` (indices): a new one at ``_cap`` bytes, at a
+        change of dtype, and before each parameter in ``breaks``."""
         buckets: list[_Bucket] = []
         cur: list[Parameter] = []
         size = 0
         for i in order:
             p = self._params[i]
-            if cur and (p.data.dtype != cur[0].data.dtype or size + p.data.nbytes > self._cap):
+            if cur and (
+                i in breaks or p.data.dtype != cur[0].data.dtype or size + p.data.nbytes > self._cap
+            ):
                 buckets.append(_Bucket(len(buckets), cur))
                 cur, size = [], 0
             cur.append(p)
@@ -483,7 +486,7 @@ class DistributedDataParallel(Module):
         params = self._params
         first = self._buckets is None
         state = {"launched": 0, "early": 0, "comm": 0.0}
-        arrivals: list[int] = []
+        arrivals: list[tuple[int, float]] = []
         index = {id(p): i for i, p in enumerate(params)}
         counts = [0] * len(params)
         if not first:
@@ -511,7 +514,7 @@ class DistributedDataParallel(Module):
             i = index[id(p)]
             counts[i] += 1
             if first:
-                arrivals.append(i)
+                arrivals.append((i, time.perf_counter()))
                 return
             bi = bucket_of[i]
             if bi < state["launched"]:
@@ -540,14 +543,20 @@ class DistributedDataParallel(Module):
         t_backward = time.perf_counter() - t0
 
         if first:
-            # The order rank 0 saw the gradients become final (last arrival), then the rest;
-            # broadcast so that every rank lays out the same buckets.
-            last = {i: k for k, i in enumerate(arrivals)}
-            seen = sorted(last, key=last.get)
+            # The order rank 0 saw the gradients become final (their last arrival), then the
+            # rest; a bucket also ends where the backward computed for a while (more than 5%
+            # of it) before the next gradient came (between two layers, for instance), so that
+            # it starts then. Broadcast: every rank must lay out the same buckets.
+            last = {i: (k, t) for k, (i, t) in enumerate(arrivals)}
+            seen = sorted(last, key=lambda i: last[i][0])
+            breaks = {
+                b
+                for a, b in zip(seen, seen[1:], strict=False)
+                if last[b][1] - last[a][1] > 0.05 * t_backward
+            }
             order = seen + [i for i in range(len(params)) if i not in last]
-            order = self.comm.bcast(order, root=0)
-            expected_counts = self.comm.bcast(counts, root=0)
-            buckets = self._layout(order)
+            order, breaks, expected_counts = self.comm.bcast((order, breaks, counts), root=0)
+            buckets = self._layout(order, breaks)
             bucket_of = [0] * len(params)
             for b in buckets:
                 for p in b.params:
