@@ -31,7 +31,9 @@ decides when the time budget is spent, evaluates with the others' help and print
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
 import time
 from pathlib import Path
 
@@ -216,6 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         comm = distributed.init()  # an error on one rank stops them all
         rank, world = comm.Get_rank(), comm.Get_size()
+        if args.threads is None and "OMP_NUM_THREADS" not in os.environ:
+            # share the machine's cores between the ranks on it
+            cores = os.cpu_count() or 1
+            fastrnn.set_num_threads(max(1, cores // distributed.local_world_size(comm)))
         mine = distributed.shard_slice(args.batch, rank, world)  # this rank's streams
 
         def agree(value):  # rank 0's value on every rank (its clock decides the schedule)
@@ -254,7 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
     deadline = t_start + args.max_seconds
     budget = args.max_seconds - (time.perf_counter() - t_start)
     total = args.steps if args.steps is not None else budget - reserve
-    bar = ProgressBar(total, desc="char_lm", unit="" if args.steps is not None else "s")
+    bar = ProgressBar(
+        total,
+        desc="char_lm",
+        unit="" if args.steps is not None else "s",
+        stream=None if rank == 0 else io.StringIO(),  # one bar: rank 0's
+    )
     step, chars_seen, epoch = 0, 0, 0
     recent: list[float] = []
     curve: list[tuple[int, float, float]] = []

@@ -52,6 +52,7 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "init",
+    "local_world_size",
     "load_checkpoint",
     "save_checkpoint",
     "seed_generators",
@@ -85,6 +86,20 @@ def get_rank(comm: Any = None) -> int:
 def get_world_size(comm: Any = None) -> int:
     """The number of ranks in ``comm`` (default ``MPI.COMM_WORLD``)."""
     return int(_comm(comm).Get_size())
+
+
+def local_world_size(comm: Any = None) -> int:
+    """The number of ranks of ``comm`` on this machine (sharing its cores and memory).
+
+    Divide the cores by it to choose each rank's kernel threads
+    (:func:`fastrnn.set_num_threads`): ranks that each use every core oversubscribe them.
+    """
+    MPI = _mpi()
+    local = _comm(comm).Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return int(local.Get_size())
+    finally:
+        local.Free()
 
 
 def _rank_size(comm: Any) -> tuple[int, int]:

@@ -96,6 +96,7 @@ def main() -> None:
     fastrnn.set_num_threads(1)
     out: dict[str, np.ndarray] = {}
     if mode == "train":
+        out["local_world_size"] = np.array(dist.local_world_size(comm))
         for cell in CELLS:
             for dtype in (np.float64, np.float32):
                 tag = f"{cell}/{np.dtype(dtype).name}"

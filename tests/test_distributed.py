@@ -139,6 +139,7 @@ def test_mpi_matches_single_process(runs, world_size, cell, dtype):
 def test_mpi_overlap_and_stats(runs):
     """Buckets start during the backward (before the last gradient arrives)."""
     d = runs("train", 2)
+    assert d["local_world_size"] == 2  # both ranks on this machine
     for cell in CELLS:
         tag = f"{cell}/float64/stats/"
         n_params = sum(1 for k in d if k.startswith(f"{cell}/float64/dist/"))
