@@ -366,6 +366,10 @@ class DistributedDataParallel(Module):
 
     Notes
     -----
+    As in torch, the wrapper's ``named_parameters`` and ``state_dict`` names carry a
+    ``module.`` prefix; :func:`save_checkpoint` saves the unwrapped module, so its files are
+    the single-process ones.
+
     Every rank must call :meth:`backward` the same number of times (collectives are matched in
     order). Buckets are laid out after the first backward, in the order rank 0 saw the
     gradients arrive; that backward reduces everything at its end. If a parameter receives a
@@ -408,7 +412,6 @@ class DistributedDataParallel(Module):
                 c.Bcast(p.data, root=0)
         object.__setattr__(self, "_buckets", None)  # laid out after the first backward
         object.__setattr__(self, "_sync", True)
-        object.__setattr__(self, "_hooks", [])
         object.__setattr__(self, "stats", {})
 
     # -- set-up ------------------------------------------------------------------------------------
