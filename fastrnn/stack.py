@@ -538,7 +538,14 @@ def _states(cfg: StackConfig, batch: int, given: Mapping[str, tuple[str, Any]]) 
     return [_check_state(given[s][0], given[s][1], shapes[s]) for s in cfg.spec.states]
 
 
-def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = None) -> StackGrads:
+def stack_backward(
+    cache: StackCache,
+    dy: Any,
+    dh_n: Any = None,
+    dc_n: Any = None,
+    *,
+    on_layer_grads: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> StackGrads:
     """Backpropagation through a training :func:`stack_forward`.
 
     Parameters
@@ -550,6 +557,10 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
     dh_n : array_like of shape (L*D, B, R) or None
     dc_n : array_like of shape (L*D, B, hidden_size) or None
         LSTM only.
+    on_layer_grads : callable, optional
+        ``on_layer_grads(layer, grads)`` as soon as a layer's weight gradients are final
+        (``grads``: name -> gradient, both directions), from the top layer down; the layers
+        below are still to run (a data-parallel caller starts their all-reduce there).
 
     Returns
     -------
@@ -584,7 +595,7 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
             d_n = [None if u is None else u[idx] for u in upstream]
             return bwd(cache.caches[layer][direction], dy_d, *d_n)
 
-        dinp = None
+        dinp, n_before = None, len(grads)
         split = _direction_split(cfg, T, B, layer)
         for direction, g in enumerate(_each_direction(D, split, run)):
             idx, sfx = layer * D + direction, _suffix(layer, direction)
@@ -593,6 +604,8 @@ def stack_backward(cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = Non
             for p in params:
                 grads[p.name + sfx] = getattr(g, "d" + p.arg)
             dinp = g.dx if dinp is None else dinp + g.dx
+        if on_layer_grads is not None:
+            on_layer_grads(layer, dict(list(grads.items())[n_before:]))  # this layer's
         if layer > 0 and cache.masks[layer - 1] is not None:
             dinp = dinp * cache.masks[layer - 1]
         dout = dinp

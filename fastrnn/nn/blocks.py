@@ -37,6 +37,7 @@ def _accumulate(p: Parameter, g: np.ndarray) -> None:
         p.grad = np.ascontiguousarray(g, dtype=p.data.dtype)
     else:
         p.grad += g
+    p._grad_accumulated()
 
 
 def _no_cache_error(module: Module) -> RuntimeError:
@@ -262,6 +263,7 @@ class Embedding(Module):
             self.weight.grad = np.zeros_like(self.weight.data)
         self.weight._grad_written = True  # written in place below
         if flat.size == 0:
+            self.weight._grad_accumulated()
             return None
         # Scatter-add of the rows of dout: the sum over repeated indices is a sparse (U, N)
         # one-hot matrix times dout, several times faster than np.add.at for typical batches.
@@ -271,6 +273,7 @@ class Embedding(Module):
             shape=(rows.size, flat.size),
         )
         self.weight.grad[rows] += onehot @ d2
+        self.weight._grad_accumulated()
         return None
 
     def extra_repr(self) -> str:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
 __all__ = ["Module", "Parameter"]
+
+
+class RemovableHandle:
+    """Returned by :meth:`Parameter.register_post_accumulate_grad_hook`; ``remove()`` undoes it."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: dict[int, Any]) -> None:
+        self._hooks = hooks
+        self.id = RemovableHandle._next_id
+        RemovableHandle._next_id += 1
+
+    def remove(self) -> None:
+        """Unregister the hook (a no-op the second time)."""
+        self._hooks.pop(self.id, None)
 
 
 class Parameter:
@@ -34,7 +49,14 @@ class Parameter:
         Whether backwards accumulate a gradient into ``grad``.
     """
 
-    __slots__ = ("_grad", "_grad_written", "_used_by", "data", "requires_grad")
+    __slots__ = (
+        "_grad",
+        "_grad_written",
+        "_post_accumulate_grad_hooks",
+        "_used_by",
+        "data",
+        "requires_grad",
+    )
 
     def __init__(self, data: np.ndarray, requires_grad: bool = True) -> None:
         data = np.asarray(data)
@@ -47,6 +69,7 @@ class Parameter:
         # block's name), and by any write of a gradient; Optimizer.step compares and clears them.
         self._used_by: str | None = None
         self._grad_written = False
+        self._post_accumulate_grad_hooks: dict[int, Callable[[Parameter], None]] | None = None
 
     @property
     def grad(self) -> np.ndarray | None:
@@ -77,6 +100,42 @@ class Parameter:
             self.grad = np.array(g, dtype=self.data.dtype, copy=True, order="C")
         else:
             self.grad += g
+        self._grad_accumulated()
+
+    def register_post_accumulate_grad_hook(
+        self, hook: Callable[[Parameter], None]
+    ) -> RemovableHandle:
+        """Call ``hook(self)`` each time a backward has added a gradient to ``grad``.
+
+        Torch's ``Tensor.register_post_accumulate_grad_hook``: every module of :mod:`fastrnn.nn`
+        calls the hooks of a parameter right after adding a gradient to it, during the backward
+        (a recurrent layer after each of its layers, from the top one down). This is what
+        :class:`fastrnn.distributed.DistributedDataParallel` starts its all-reduces from.
+
+        Parameters
+        ----------
+        hook : callable
+            Called with the parameter; its return value is ignored.
+
+        Returns
+        -------
+        RemovableHandle
+            ``handle.remove()`` unregisters the hook.
+        """
+        if not callable(hook):
+            raise TypeError(f"hook must be callable, got {type(hook).__name__}")
+        if self._post_accumulate_grad_hooks is None:
+            self._post_accumulate_grad_hooks = {}
+        handle = RemovableHandle(self._post_accumulate_grad_hooks)
+        self._post_accumulate_grad_hooks[handle.id] = hook
+        return handle
+
+    def _grad_accumulated(self) -> None:
+        """Run the post-accumulate hooks (called by whoever has just added to ``grad``)."""
+        hooks = self._post_accumulate_grad_hooks
+        if hooks:
+            for hook in list(hooks.values()):
+                hook(self)
 
     def __repr__(self) -> str:
         frozen = "" if self.requires_grad else ", requires_grad=False"

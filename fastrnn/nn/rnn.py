@@ -300,9 +300,14 @@ class RNNBase(Module):
         dh = self._as_state(dh, "dh_n", "h", batch)
         dc = self._as_state(dc, "dc_n", "c", batch)
         self._cache = None
-        g = stack_backward(cache, dout, dh, dc)
-        for name, grad in g.weights.items():
-            self._parameters[name].accumulate_grad(grad)
+
+        def accumulate(layer: int, grads: dict[str, np.ndarray]) -> None:
+            # Layer by layer, from the top one down: a parameter's hooks (the all-reduce of
+            # fastrnn.distributed) run while the layers below are still backpropagating.
+            for name, grad in grads.items():
+                self._parameters[name].accumulate_grad(grad)
+
+        g = stack_backward(cache, dout, dh, dc, on_layer_grads=accumulate)
         dx, dh0, dc0 = g.dx, g.dh0, g.dc0
         if unbatched:
             dx, dh0 = dx[:, 0], dh0[:, 0]
