@@ -52,7 +52,10 @@ Importing this module needs torch; ``import fastrnn`` never imports it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,14 +68,31 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 import numpy as np
-from torch.autograd.function import once_differentiable
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch import _VF
+from torch.autograd import forward_ad
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastrnn.stack import StackConfig, stack_backward, stack_forward
 
-__all__ = ["GRU", "LSTM", "RNN", "patch", "patched", "unpatch"]
+__all__ = [
+    "GRU",
+    "LSTM",
+    "RNN",
+    "GRUCell",
+    "LSTMCell",
+    "RNNCell",
+    "fastrnn_modules",
+    "load",
+    "patch",
+    "patched",
+    "unpatch",
+]
+
+_log = logging.getLogger(__name__)
 
 _DTYPES = (torch.float32, torch.float64)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 _MODES = {"LSTM": ("lstm", "tanh"), "GRU": ("gru", "tanh"), "RNN_TANH": ("rnn", "tanh")}
 _MODES["RNN_RELU"] = ("rnn", "relu")
 
@@ -140,6 +160,8 @@ class _StackFunction(torch.autograd.Function):
             generator=generator,
         )
         ctx.cache = cache
+        ctx.config = config
+        ctx.lengths = lengths
         ctx.lstm = config.cell == "lstm"
         outputs = (torch.from_numpy(y), torch.from_numpy(h_n))
         if ctx.lstm:
@@ -150,9 +172,8 @@ class _StackFunction(torch.autograd.Function):
         return outputs
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dh_n, dc_n=None):
-        ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was modified in place
+        saved = ctx.saved_tensors  # raises if a saved tensor was modified in place
         cache = ctx.cache
         if cache is None:
             raise RuntimeError(
@@ -161,8 +182,20 @@ class _StackFunction(torch.autograd.Function):
             )
         if not _keep_graph():
             ctx.cache = None  # free the workspace now, as autograd frees saved tensors
-        g = stack_backward(cache, _np(dy), _np(dh_n), _np(dc_n) if ctx.lstm else None)
         need = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            # create_graph=True: the gradient must itself be differentiable (a gradient
+            # penalty, a Hessian-vector product). Recompute this node with torch's own
+            # differentiable implementation, the same dropout masks applied, and let autograd
+            # differentiate it: torch's numbers to any order.
+            grads = (dy, dh_n, dc_n) if ctx.lstm else (dy, dh_n)
+            return (
+                None,
+                None,
+                None,
+                *_torch_vjp(ctx.config, ctx.lengths, cache, saved, grads, need),
+            )
+        g = stack_backward(cache, _np(dy), _np(dh_n), _np(dc_n) if ctx.lstm else None)
 
         def grad(a: np.ndarray | None, i: int) -> torch.Tensor | None:
             return torch.from_numpy(a) if a is not None and need[i] else None
@@ -171,7 +204,110 @@ class _StackFunction(torch.autograd.Function):
         return (None, None, None, grad(g.dx, 3), grad(g.dh0, 4), grad(g.dc0, 5), *dws)
 
 
-class _FastRNNBase:
+def _torch_stack(config: StackConfig, lengths, masks, x, h0, c0, weights):
+    """The stack of ``config`` computed by torch's own (differentiable) kernels, layer by layer.
+
+    Time-major ``x`` (T, B, I); ``lengths`` (B,) or None (padded steps give zeros, as fastrnn's);
+    ``masks[layer]``: the scaled dropout mask fastrnn applied to that layer's output, or None.
+    Returns ``(y, h_n, c_n)`` (``c_n`` None but for LSTM).
+    """
+    cell = config.cell
+    lstm = cell == "lstm"
+    fn = getattr(_VF, f"rnn_{config.nonlinearity}" if cell == "rnn" else cell)
+    L, D = config.num_layers, config.num_directions
+    T, B = x.shape[:2]
+    per_layer = len(weights) // L
+    shapes = config.state_shapes(B)
+    if h0 is None:
+        h0 = x.new_zeros(shapes[0])
+    if lstm and c0 is None:
+        c0 = x.new_zeros(shapes[1])
+    packing = None
+    if lengths is not None:  # torch's packed path: the batch sorted by length, states permuted
+        lengths_t = torch.as_tensor(lengths, dtype=torch.int64)
+        packing = pack_padded_sequence(x, lengths_t, enforce_sorted=False)
+    hs, cs = [], []
+    inp = x
+    for layer in range(L):
+        w = list(weights[layer * per_layer : (layer + 1) * per_layer])
+        rows = slice(layer * D, (layer + 1) * D)
+        hx = (h0[rows], c0[rows]) if lstm else h0[rows]
+        if packing is None:
+            out = fn(inp, hx, w, config.bias, 1, 0.0, True, config.bidirectional, False)
+        else:
+            order = packing.sorted_indices
+            data = pack_padded_sequence(inp, lengths_t, enforce_sorted=False).data
+            hx = tuple(h.index_select(1, order) for h in hx) if lstm else hx.index_select(1, order)
+            out = fn(
+                data, packing.batch_sizes, hx, w, config.bias, 1, 0.0, True, config.bidirectional
+            )
+            back = packing.unsorted_indices
+            y_packed = PackedSequence(out[0], packing.batch_sizes, order, back)
+            y_pad, _ = pad_packed_sequence(y_packed, total_length=T)
+            out = (y_pad, *(h.index_select(1, back) for h in out[1:]))
+        inp = out[0]
+        hs.append(out[1])
+        if lstm:
+            cs.append(out[2])
+        if layer < L - 1 and masks[layer] is not None:
+            inp = inp * torch.from_numpy(masks[layer])
+    return inp, torch.cat(hs), torch.cat(cs) if lstm else None
+
+
+def _torch_vjp(config, lengths, cache, saved, grads, need):
+    """Gradients of ``(x, h0, c0, *weights)`` (those in ``need[3:]``) by torch's implementation,
+    with a graph (the caller runs under create_graph=True)."""
+    x, h0, c0, _, *weights = saved
+    inputs = [x, h0, c0, *weights]
+    wrt = [i for i, t in enumerate(inputs) if t is not None and need[3 + i]]
+    with torch.enable_grad():
+        outs = _torch_stack(config, lengths, cache.masks, x, h0, c0, weights)
+        pairs = [(o, g) for o, g in zip(outs[: len(grads)], grads, strict=True) if g is not None]
+        got = torch.autograd.grad(
+            [o for o, _ in pairs],
+            [inputs[i] for i in wrt],
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
+    result: list[torch.Tensor | None] = [None] * len(inputs)
+    for i, g in zip(wrt, got, strict=True):
+        result[i] = g
+    return result
+
+
+class _Swapped:
+    """What every fastrnn module shares: it pickles as the torch module it replaces.
+
+    ``torch.save(model)`` of a patched model names torch's class (``torch.nn.LSTM``, ...), so the
+    file loads with plain torch, without fastrnn, as the torch model it was (:func:`load` loads it
+    patched again). ``copy.deepcopy`` and ``copy.copy`` keep the fastrnn class.
+    """
+
+    _torch_class: type[torch.nn.Module]
+
+    def __reduce_ex__(self, protocol):
+        rv = super().__reduce_ex__(protocol)
+        # object.__reduce_ex__ gives (constructor, (cls, ...), state): name torch's class instead
+        if isinstance(rv, tuple) and len(rv) > 1 and isinstance(rv[1], tuple):
+            args = tuple(self._torch_class if a is type(self) else a for a in rv[1])
+            rv = (rv[0], args, *rv[2:])
+        return rv
+
+    def __deepcopy__(self, memo):
+        # what copy.deepcopy does with object.__reduce_ex__, keeping this class
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    def __copy__(self):
+        new = type(self).__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        return new
+
+
+class _FastRNNBase(_Swapped):
     """``forward`` on fastrnn's kernels; mixed in before ``torch.nn.RNN/LSTM/GRU``."""
 
     _torch_class: type[torch.nn.RNNBase]
@@ -184,6 +320,25 @@ class _FastRNNBase:
         return _run(self, input, *args)
 
 
+class _FastCellBase(_Swapped):
+    """``forward`` of ``torch.nn.RNNCell/LSTMCell/GRUCell`` as a one-step, one-layer stack."""
+
+    _torch_class: type[torch.nn.RNNCellBase]
+    _mode: str
+
+    def forward(self, input, hx=None):  # noqa: A002 - torch's argument name
+        """Torch's ``forward``, computed by fastrnn when it can (see the module docstring)."""
+        args = _prepare_cell(self, input, hx)
+        if args is None:
+            return self._torch_class.forward(self, input, hx)
+        x, h0, c0, weights, batched = args
+        mode = self._mode if self._mode != "RNN" else f"RNN_{self.nonlinearity.upper()}"
+        cfg = _config(mode, self.input_size, self.hidden_size, 1, self.bias, False, 0.0, 0)
+        _, *states = _compute(cfg, None, None, False, x, h0, c0, weights)
+        states = [s[0] if batched else s[0, 0] for s in states]
+        return tuple(states) if self._mode == "LSTM" else states[0]
+
+
 def _fallback_reason(tensors: list[torch.Tensor]) -> str | None:
     """Why fastrnn cannot run this call (None: it can)."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
@@ -192,13 +347,19 @@ def _fallback_reason(tensors: list[torch.Tensor]) -> str | None:
         return "torch.compile"
     if torch._C._are_functorch_transforms_active():
         return "functorch"
+    if forward_ad._current_level >= 0:
+        return "forward-mode AD"  # inside forward_ad.dual_level(): dual tensors may come in
+    if torch._C._is_torch_function_mode_enabled() or _get_current_dispatch_mode() is not None:
+        return "torch function or dispatch mode"  # e.g. FlopCounterMode, FakeTensorMode
     if torch.is_autocast_enabled("cpu"):
         return "autocast"
     dtype = tensors[0].dtype
     if dtype not in _DTYPES:
         return "dtype"
     for t in tensors:
-        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device.type != "cpu":
+        if type(t) not in _PLAIN:
+            return "tensor subclass"  # its __torch_function__ must see torch's ops
+        if t.dtype != dtype or t.device.type != "cpu":
             return "device or dtype"
         if t.layout != torch.strided or t.is_quantized or t.numel() == 0:
             return "layout"
@@ -261,6 +422,61 @@ def _prepare(m: Any, input: Any, hx: Any):
     return x, h0, c0, lengths, packed, batched
 
 
+def _prepare_cell(m: Any, input: Any, hx: Any):
+    """A cell's arguments as a one-step stack's; None when the call is left to torch.
+
+    Returns ``(x, h0, c0, weights, batched)``: ``x`` (1, B, I), states (1, B, H) or None.
+    Anything torch would refuse (wrong ranks or sizes) goes to torch, which raises its error.
+    """
+    lstm = m._mode == "LSTM"
+    if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+        return None
+    if hx is None:
+        states: tuple[Any, ...] = (None, None) if lstm else (None,)
+    elif lstm:
+        if not isinstance(hx, tuple | list) or len(hx) != 2:
+            return None
+        states = tuple(hx)
+    else:
+        states = (hx,)
+    batched = input.dim() == 2
+    x = input if batched else input.unsqueeze(0)
+    B = x.shape[0]
+    given = [s for s in states if s is not None]
+    if x.shape[1] != m.input_size or any(
+        not isinstance(s, torch.Tensor) or s.dim() != input.dim() for s in given
+    ):
+        return None
+    states = tuple(None if s is None else (s if batched else s.unsqueeze(0)) for s in states)
+    if any(s is not None and s.shape != (B, m.hidden_size) for s in states):
+        return None
+    weights = [m.weight_ih, m.weight_hh] + ([m.bias_ih, m.bias_hh] if m.bias else [])
+    if _fallback_reason([x, *given, *weights]) is not None:
+        return None
+    h0, c0 = states if lstm else (states[0], None)
+    h0, c0 = (None if s is None else s.unsqueeze(0) for s in (h0, c0))
+    return x.unsqueeze(0), h0, c0, weights, batched
+
+
+def _compute(cfg, lengths, seed, drop, x, h0, c0, weights) -> tuple[torch.Tensor, ...]:
+    """``(y, h_n[, c_n])`` of the stack: one autograd node when a gradient may be asked for."""
+    inputs = [x, h0, c0, *weights]
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        return _StackFunction.apply(cfg, lengths, seed, x, h0, c0, *weights)
+    names = cfg.weight_names()
+    y, h_n, c_n, _ = stack_forward(
+        cfg,
+        _np(x),
+        _np(h0),
+        _np(c0),
+        dict(zip(names, (_np(w) for w in weights), strict=True)),
+        lengths=lengths,
+        training=drop,  # dropout needs the training path; nothing else does
+        generator=None if seed is None else np.random.default_rng(seed),
+    )
+    return tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
+
+
 def _run(m: Any, input: Any, x, h0, c0, lengths, packed: bool, batched: bool):
     """Compute the stack and shape the outputs as torch does."""
     drop = m.training and m.dropout > 0 and m.num_layers > 1
@@ -275,23 +491,7 @@ def _run(m: Any, input: Any, x, h0, c0, lengths, packed: bool, batched: bool):
         m.proj_size,
     )
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item()) if drop else None
-    weights = m._flat_weights
-    inputs = [x, h0, c0, *weights]
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        outs = _StackFunction.apply(cfg, lengths, seed, x, h0, c0, *weights)
-    else:
-        names = cfg.weight_names()
-        y, h_n, c_n, _ = stack_forward(
-            cfg,
-            _np(x),
-            _np(h0),
-            _np(c0),
-            dict(zip(names, (_np(w) for w in weights), strict=True)),
-            lengths=lengths,
-            training=drop,  # dropout needs the training path; nothing else does
-            generator=None if seed is None else np.random.default_rng(seed),
-        )
-        outs = tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
+    outs = _compute(cfg, lengths, seed, drop, x, h0, c0, m._flat_weights)
     y, states = outs[0], outs[1:]
     if packed:
         y = PackedSequence(_pack(y, input), input.batch_sizes, *input[2:])
@@ -330,26 +530,73 @@ class GRU(_FastRNNBase, torch.nn.GRU):
     _torch_class = torch.nn.GRU
 
 
-_FAST = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU}
+class RNNCell(_FastCellBase, torch.nn.RNNCell):
+    """``torch.nn.RNNCell`` computed by fastrnn's kernels on the CPU (one step of :class:`RNN`)."""
+
+    _torch_class = torch.nn.RNNCell
+    _mode = "RNN"
+
+
+class LSTMCell(_FastCellBase, torch.nn.LSTMCell):
+    """``torch.nn.LSTMCell`` computed by fastrnn's kernels on the CPU (a step of :class:`LSTM`)."""
+
+    _torch_class = torch.nn.LSTMCell
+    _mode = "LSTM"
+
+
+class GRUCell(_FastCellBase, torch.nn.GRUCell):
+    """``torch.nn.GRUCell`` computed by fastrnn's kernels on the CPU (one step of :class:`GRU`)."""
+
+    _torch_class = torch.nn.GRUCell
+    _mode = "GRU"
+
+
+_FAST: dict[type, type] = {
+    cls._torch_class: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)
+}
 
 
 def _patch(model: torch.nn.Module) -> list[torch.nn.Module]:
-    done = []
-    for module in model.modules():
+    """Swap the classes; log what was swapped and what was left alone, warn when nothing was."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    done, swapped, skipped = [], [], []
+    for name, module in model.named_modules():
         fast = _FAST.get(type(module))
+        label = f"{name or '(model)'} ({type(module).__name__})"
         if fast is not None:
             module.__class__ = fast
             done.append(module)
+            swapped.append(label)
+        elif isinstance(module, tuple(_FAST)) and not isinstance(module, _Swapped):
+            skipped.append(label)
+    if swapped:
+        _log.info("fastrnn.torch.patch: now computed by fastrnn: %s", ", ".join(swapped))
+    if skipped:
+        _log.info(
+            "fastrnn.torch.patch: subclasses left alone (they may override forward): %s",
+            ", ".join(skipped),
+        )
+    if not done and not any(isinstance(m, _Swapped) for m in model.modules()):
+        warnings.warn(
+            f"fastrnn.torch.patch: nothing to patch in {type(model).__name__}: it holds no "
+            "torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell"
+            + (f" (subclasses are left alone: {', '.join(skipped)})" if skipped else ""),
+            UserWarning,
+            stacklevel=3,
+        )
     return done
 
 
 def patch(model: torch.nn.Module) -> torch.nn.Module:
-    """Make every ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` inside ``model`` compute with fastrnn.
+    """Make every ``nn.RNN``, ``LSTM``, ``GRU`` and cell inside ``model`` compute with fastrnn.
 
     In place: each such module (``model`` itself included) keeps its identity, its Parameter
-    objects, buffers and hooks, and only changes class to :class:`RNN`, :class:`LSTM` or
-    :class:`GRU`, so an optimizer built before the patch keeps working. Subclasses of torch's
-    modules (which may override ``forward``) are left alone.
+    objects, buffers and hooks, and only changes class to :class:`RNN`, :class:`LSTM`,
+    :class:`GRU`, :class:`RNNCell`, :class:`LSTMCell` or :class:`GRUCell`, so an optimizer built
+    before the patch keeps working. Subclasses of torch's modules (which may override
+    ``forward``) are left alone. What was swapped is logged (logger ``fastrnn.torch``, level
+    INFO) and listed by :func:`fastrnn_modules`; a model with nothing to swap warns.
 
     Parameters
     ----------
@@ -359,9 +606,36 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     -------
     torch.nn.Module
         ``model``.
+
+    Raises
+    ------
+    TypeError
+        If ``model`` is not a ``torch.nn.Module``.
+
+    Warns
+    -----
+    UserWarning
+        If ``model`` holds no module that fastrnn computes (patched before or now).
     """
     _patch(model)
     return model
+
+
+def fastrnn_modules(model: torch.nn.Module) -> dict[str, str]:
+    """The modules inside ``model`` that fastrnn computes: qualified name -> torch class name.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+
+    Returns
+    -------
+    dict of str to str
+        ``{"": "LSTM"}`` for a patched ``nn.LSTM`` itself, ``{"rnn": "LSTM", "cell": "GRUCell"}``
+        for a model with two patched submodules; empty when nothing is patched.
+    """
+    modules = model.named_modules()
+    return {name: m._torch_class.__name__ for name, m in modules if isinstance(m, _Swapped)}
 
 
 def unpatch(model: torch.nn.Module) -> torch.nn.Module:
@@ -377,7 +651,7 @@ def unpatch(model: torch.nn.Module) -> torch.nn.Module:
         ``model``.
     """
     for module in model.modules():
-        if isinstance(module, _FastRNNBase):
+        if isinstance(module, _Swapped):
             module.__class__ = module._torch_class
     return model
 
@@ -398,5 +672,42 @@ def patched(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield model
     finally:
         for module in done:
-            if isinstance(module, _FastRNNBase):
+            if isinstance(module, _Swapped):
                 module.__class__ = module._torch_class
+
+
+def load(f: Any, **kwargs: Any) -> torch.nn.Module:
+    """``torch.load`` a whole saved model and :func:`patch` it.
+
+    A patched model saved with ``torch.save(model)`` is stored as the torch model it was (see
+    :class:`LSTM`), so plain ``torch.load`` gives torch's modules; this gives fastrnn's again.
+    Loading a whole model unpickles its classes: since torch 2.6 that needs
+    ``weights_only=False`` or the classes listed in ``torch.serialization.safe_globals``, for
+    fastrnn's files as for torch's.
+
+    Parameters
+    ----------
+    f : str, os.PathLike or file-like
+        What ``torch.load`` takes.
+    **kwargs
+        Passed to ``torch.load`` (``weights_only``, ``map_location``, ...).
+
+    Returns
+    -------
+    torch.nn.Module
+        The loaded model, patched.
+
+    Raises
+    ------
+    TypeError
+        If the file holds something else than a ``torch.nn.Module`` (a ``state_dict``: load it
+        into a model and :func:`patch` that).
+    """
+    obj = torch.load(f, **kwargs)
+    if not isinstance(obj, torch.nn.Module):
+        raise TypeError(
+            f"f holds a {type(obj).__name__}, not a torch.nn.Module: fastrnn.torch.load is for "
+            "whole models saved with torch.save(model); load a state_dict into your model with "
+            "model.load_state_dict(torch.load(f)) and call fastrnn.torch.patch(model)"
+        )
+    return patch(obj)
