@@ -312,15 +312,6 @@ def test_torch_errors_for_bad_arguments():
         assert str(got.value) == str(want.value)
 
 
-def test_double_backward_raises():
-    _, fm = _pair("lstm")
-    x, _ = _tensors(fm, torch.Generator().manual_seed(7))
-    out, _ = fm(x)
-    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
-        gx.sum().backward()
-
-
 def test_retain_graph_and_two_backwards():
     tm, fm = _pair("gru", num_layers=2)
     x, _ = _tensors(fm, torch.Generator().manual_seed(8))
