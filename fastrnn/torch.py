@@ -53,8 +53,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import copyreg
 import functools
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -276,6 +278,18 @@ def _torch_vjp(config, lengths, cache, saved, grads, need):
     return result
 
 
+# ids of the modules this thread is pickling (see _Swapped.__reduce_ex__)
+_PICKLING = threading.local()
+_SET_CLASS = object.__dict__["__class__"].__set__
+
+
+def _pickling() -> set[int]:
+    ids = getattr(_PICKLING, "ids", None)
+    if ids is None:
+        ids = _PICKLING.ids = set()
+    return ids
+
+
 class _Swapped:
     """What every fastrnn module shares: it pickles as the torch module it replaces.
 
@@ -292,7 +306,23 @@ class _Swapped:
         if isinstance(rv, tuple) and len(rv) > 1 and isinstance(rv[1], tuple):
             args = tuple(self._torch_class if a is type(self) else a for a in rv[1])
             rv = (rv[0], args, *rv[2:])
+            if rv[0] is copyreg.__newobj__:
+                # the pickler then checks args[0] against obj.__class__, read once: answer
+                # torch's class to that one read
+                _pickling().add(id(self))
         return rv
+
+    @property
+    def __class__(self):
+        ids = _pickling()
+        if id(self) in ids:
+            ids.discard(id(self))
+            return self._torch_class
+        return type(self)
+
+    @__class__.setter
+    def __class__(self, cls):  # module.__class__ = torch's class, as unpatch() does
+        _SET_CLASS(self, cls)
 
     def __deepcopy__(self, memo):
         # what copy.deepcopy does with object.__reduce_ex__, keeping this class
