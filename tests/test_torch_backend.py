@@ -410,6 +410,33 @@ def test_patched_context_restores_only_what_it_patched():
     assert type(ft.unpatch(bare)) is torch.nn.GRU
 
 
+def test_patch_reports_what_it_swapped(caplog):
+    model = torch.nn.Sequential(torch.nn.LSTM(I, H), MyLSTM(I, H), torch.nn.GRUCell(I, H))
+    with caplog.at_level("INFO", logger="fastrnn.torch"):
+        ft.patch(model)
+    assert ft.fastrnn_modules(model) == {"0": "LSTM", "2": "GRUCell"}
+    text = caplog.text
+    assert "0 (LSTM)" in text and "2 (GRUCell)" in text
+    assert "left alone" in text and "1 (MyLSTM)" in text
+    ft.unpatch(model)
+    assert ft.fastrnn_modules(model) == {}
+
+
+def test_patch_warns_when_nothing_to_swap():
+    with pytest.warns(UserWarning, match="nothing to patch in Sequential"):
+        ft.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.warns(UserWarning, match=r"subclasses are left alone: \(model\) \(MyLSTM\)"):
+        ft.patch(MyLSTM(I, H))
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        ft.patch({"lstm": torch.nn.LSTM(I, H)})
+    done = ft.patch(torch.nn.LSTM(I, H))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ft.patch(done)  # already patched: nothing new, no warning
+
+
 # -- a real training loop --------------------------------------------------------------------------
 class CharLM(torch.nn.Module):
     def __init__(self, vocab, emb, hidden):
