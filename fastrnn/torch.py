@@ -1,4 +1,4 @@
-"""fastrnn inside PyTorch models: drop-in ``torch.nn.RNN``, ``LSTM`` and ``GRU`` on its kernels.
+"""fastrnn inside PyTorch models: drop-in ``torch.nn.RNN``, ``LSTM``, ``GRU`` and their cells.
 
 :class:`LSTM`, :class:`GRU` and :class:`RNN` subclass ``torch.nn.LSTM``, ``torch.nn.GRU`` and
 ``torch.nn.RNN`` and change only ``forward``: the constructor, the parameters (names, shapes,
@@ -7,31 +7,43 @@ takes and returns what torch's does (time-major or ``batch_first`` tensors, unba
 ``PackedSequence``, optional initial states) and computes on the CPU with
 :func:`fastrnn.stack.stack_forward` / :func:`fastrnn.stack.stack_backward` inside one
 ``torch.autograd.Function``; tensors are handed to NumPy and back without copies where the memory
-can be shared (``tensor.detach().numpy()``, ``torch.from_numpy``).
+can be shared (``tensor.detach().numpy()``, ``torch.from_numpy``). :class:`LSTMCell`,
+:class:`GRUCell` and :class:`RNNCell` do the same for torch's cells, as a one-step, one-layer
+stack.
 
 To speed up an existing model, patch it in place::
 
     import torch
     import fastrnn.torch
 
-    model = MyModel()                      # holds nn.LSTM / nn.GRU / nn.RNN modules somewhere
+    model = MyModel()                      # holds nn.LSTM / nn.GRU / nn.RNN / cells somewhere
     opt = torch.optim.Adam(model.parameters())
     fastrnn.torch.patch(model)             # same modules, same Parameter objects: opt still works
+    fastrnn.torch.fastrnn_modules(model)   # {"encoder.rnn": "LSTM", ...}: what was swapped
     ...
-    fastrnn.torch.unpatch(model)           # back to torch's own implementation
+    fastrnn.torch.unpatch(model)           # back to torch's implementation
     with fastrnn.torch.patched(model):     # or only for a block
         ...
 
-What runs where:
+What computes what (each mode is compared with torch's modules in ``tests/test_torch_*.py``):
 
-* fastrnn computes float32 and float64 CPU tensors (input, states and weights of one dtype),
-  with or without autograd, in training and eval mode.
-* Anything else goes to torch's own implementation, unchanged: CUDA or other devices, float16,
-  bfloat16, mixed dtypes, autocast, TorchScript, tracing, ``torch.compile`` and functorch
-  transforms (``vmap``, ``grad``). Malformed arguments also go there, so errors are torch's.
-* The backward is ``once_differentiable``: double backward (a gradient of a gradient, e.g. a
-  gradient penalty) raises ``RuntimeError``; forward-mode AD is not implemented either.
-  ``backward(retain_graph=True)`` and several backward passes through one graph work.
+* Forward and first-order backward (``loss.backward()``, ``torch.autograd.grad``, with or
+  without ``retain_graph``): fastrnn, for float32 and float64 CPU tensors (input, states and
+  weights of one dtype), in training and eval mode, under ``no_grad`` and ``inference_mode``,
+  whichever of input, states and weights require grad, with parameter hooks, non-leaf or view
+  parameters (``functional_call``), activation checkpointing.
+* Second order (``create_graph=True``: gradient penalties, Hessian-vector products,
+  ``gradgradcheck``): the forward is fastrnn's; the backward of that node recomputes the
+  forward with torch's own differentiable implementation (``torch._VF``, layer by layer, with
+  the forward's dropout masks) from the saved inputs and lets autograd differentiate it, so the
+  gradient and everything above it are torch's. It costs one more forward.
+* Forward-mode AD (``torch.autograd.forward_ad``: anything inside a ``dual_level``) and every
+  ``torch.func`` transform (``grad``, ``vjp``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``,
+  ``vmap``): torch's own implementation, unchanged.
+* Torch's own implementation also runs for CUDA or other devices, float16, bfloat16, mixed
+  dtypes, autocast, TorchScript, tracing, ``torch.compile``, tensor subclasses, active
+  ``TorchFunctionMode`` / ``TorchDispatchMode`` (``FlopCounterMode``, fake tensors), and
+  malformed arguments (so errors are torch's).
 * Dropout between layers (training mode, ``num_layers > 1``): inverted dropout as in torch,
   with the same probability and scaling, and the gradient masked by the same mask. The masks
   cannot be bitwise torch's (torch draws them inside its C++ kernels); they are drawn by NumPy
@@ -43,8 +55,10 @@ What runs where:
 * Threads: the kernels use fastrnn's threads (:func:`fastrnn.set_num_threads`) and SciPy's
   BLAS threads, not ``torch.set_num_threads``. Import torch before fastrnn: both load an OpenMP
   runtime, and fastrnn sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) before loading its own.
-* Whole-model pickles (``torch.save(model)``) of a patched model refer to these classes; the
-  ``state_dict`` is identical to torch's. Call :func:`unpatch` before ``torch.jit.script``.
+* Saving: a patched module pickles as the torch module it replaces, so ``torch.save(model)``
+  writes the very file the unpatched model would, which loads with plain torch (no fastrnn
+  needed) as torch's modules; :func:`load` loads it patched again. The ``state_dict`` is
+  torch's. Call :func:`unpatch` before ``torch.jit.script``.
 
 Importing this module needs torch; ``import fastrnn`` never imports it.
 """
@@ -377,7 +391,7 @@ def _fallback_reason(tensors: list[torch.Tensor]) -> str | None:
         return "torch.compile"
     if torch._C._are_functorch_transforms_active():
         return "functorch"
-    if forward_ad._current_level >= 0:
+    if getattr(forward_ad, "_current_level", 0) >= 0:
         return "forward-mode AD"  # inside forward_ad.dual_level(): dual tensors may come in
     if torch._C._is_torch_function_mode_enabled() or _get_current_dispatch_mode() is not None:
         return "torch function or dispatch mode"  # e.g. FlopCounterMode, FakeTensorMode
