@@ -12,8 +12,9 @@ node, accumulating the gradients into ``.grad``).
     python benchmarks/bench_torch_shapes.py --threads 2 --rounds 30 --case lstm-wlm-200
 
 Cases: PyTorch's word_language_model (LSTM, T=35 B=20, 200 and 650 units, 2 layers; its GRU and
-RNN_TANH variants), a T=100 B=32 128-unit LSTM, and the README's char-LM (LSTM(64, 256),
-T=100 B=32).
+RNN_TANH variants), a T=100 B=32 128-unit LSTM, the README's char-LM (LSTM(64, 256),
+T=100 B=32), and PyTorch's time_sequence_prediction (two LSTMCells of 51 units stepped in a
+Python loop, B=97, 100 steps).
 """
 
 from __future__ import annotations
@@ -38,7 +39,28 @@ CASES = {
     "gru-wlm-200": (torch.nn.GRU, 35, 20, 200, 200, 2),
     "rnn-wlm-200": (torch.nn.RNN, 35, 20, 200, 200, 2),
     "lstm-charlm-256": (torch.nn.LSTM, 100, 32, 64, 256, 1),
+    # PyTorch's time_sequence_prediction: LSTMCell(1, 51) then LSTMCell(51, 51), one step at a
+    # time (100 of its 999 steps), B=97
+    "lstmcell-tsp-51": (torch.nn.LSTMCell, 100, 97, 1, 51, 2),
 }
+
+
+class _Cells(torch.nn.Module):
+    """``layers`` cells of ``cls`` stacked, stepped one time step at a time (``out, None``)."""
+
+    def __init__(self, cls, I, H, layers):
+        super().__init__()
+        self.cells = torch.nn.ModuleList(cls(I if k == 0 else H, H) for k in range(layers))
+
+    def forward(self, x):
+        states = [None] * len(self.cells)
+        outs = []
+        for xt in x:
+            for k, cell in enumerate(self.cells):
+                states[k] = cell(xt, states[k])
+                xt = states[k][0] if isinstance(states[k], tuple) else states[k]
+            outs.append(xt)
+        return torch.stack(outs), None
 
 
 class _Clock:
@@ -72,7 +94,7 @@ def run_case(name: str, threads: int, rounds: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     fastrnn.set_num_threads(threads)
     torch.manual_seed(0)
-    plain = cls(I, H, L)
+    plain = _Cells(cls, I, H, L) if issubclass(cls, torch.nn.RNNCellBase) else cls(I, H, L)
     fast = fastrnn.torch.patch(copy.deepcopy(plain))
     x = torch.randn(T, B, I, requires_grad=True)
 

@@ -475,6 +475,8 @@ def _prepare_cell(m: Any, input: Any, hx: Any):
     lstm = m._mode == "LSTM"
     if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
         return None
+    if m._mode == "RNN" and m.nonlinearity not in ("tanh", "relu"):
+        return None  # torch raises its "Unknown nonlinearity"
     if hx is None:
         states: tuple[Any, ...] = (None, None) if lstm else (None,)
     elif lstm:
@@ -600,7 +602,7 @@ _FAST: dict[type, type] = {
 }
 
 
-def _patch(model: torch.nn.Module) -> list[torch.nn.Module]:
+def _patch(model: torch.nn.Module, cells: bool = True) -> list[torch.nn.Module]:
     """Swap the classes; log what was swapped and what was left alone, warn when nothing was."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -608,6 +610,9 @@ def _patch(model: torch.nn.Module) -> list[torch.nn.Module]:
     for name, module in model.named_modules():
         fast = _FAST.get(type(module))
         label = f"{name or '(model)'} ({type(module).__name__})"
+        if fast is not None and not cells and issubclass(fast, _FastCellBase):
+            skipped.append(f"{label}, cells=False")
+            continue
         if fast is not None:
             module.__class__ = fast
             done.append(module)
@@ -618,21 +623,21 @@ def _patch(model: torch.nn.Module) -> list[torch.nn.Module]:
         _log.info("fastrnn.torch.patch: now computed by fastrnn: %s", ", ".join(swapped))
     if skipped:
         _log.info(
-            "fastrnn.torch.patch: subclasses left alone (they may override forward): %s",
+            "fastrnn.torch.patch: left alone (subclasses may override forward): %s",
             ", ".join(skipped),
         )
     if not done and not any(isinstance(m, _Swapped) for m in model.modules()):
         warnings.warn(
             f"fastrnn.torch.patch: nothing to patch in {type(model).__name__}: it holds no "
             "torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell"
-            + (f" (subclasses are left alone: {', '.join(skipped)})" if skipped else ""),
+            + (f" (left alone: {', '.join(skipped)})" if skipped else ""),
             UserWarning,
             stacklevel=3,
         )
     return done
 
 
-def patch(model: torch.nn.Module) -> torch.nn.Module:
+def patch(model: torch.nn.Module, *, cells: bool = True) -> torch.nn.Module:
     """Make every ``nn.RNN``, ``LSTM``, ``GRU`` and cell inside ``model`` compute with fastrnn.
 
     In place: each such module (``model`` itself included) keeps its identity, its Parameter
@@ -645,6 +650,10 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     Parameters
     ----------
     model : torch.nn.Module
+    cells : bool, default=True
+        Patch ``nn.RNNCell``, ``LSTMCell`` and ``GRUCell`` too. A cell called once per time step
+        from a Python loop does little work per call, where fastrnn's per-call cost can exceed
+        torch's (see ``benchmarks/bench_torch_shapes.py``); ``cells=False`` leaves them to torch.
 
     Returns
     -------
@@ -661,7 +670,7 @@ def patch(model: torch.nn.Module) -> torch.nn.Module:
     UserWarning
         If ``model`` holds no module that fastrnn computes (patched before or now).
     """
-    _patch(model)
+    _patch(model, cells)
     return model
 
 
@@ -701,17 +710,23 @@ def unpatch(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def patched(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+def patched(model: torch.nn.Module, *, cells: bool = True) -> Iterator[torch.nn.Module]:
     """Context manager: :func:`patch` ``model`` inside the block, restore it after.
 
     Only the modules this call patched are restored; modules that were fastrnn's before stay so.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    cells : bool, default=True
+        As for :func:`patch`.
 
     Yields
     ------
     torch.nn.Module
         ``model``.
     """
-    done = _patch(model)
+    done = _patch(model, cells)
     try:
         yield model
     finally:

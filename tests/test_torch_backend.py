@@ -425,8 +425,15 @@ def test_patch_reports_what_it_swapped(caplog):
 def test_patch_warns_when_nothing_to_swap():
     with pytest.warns(UserWarning, match="nothing to patch in Sequential"):
         ft.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-    with pytest.warns(UserWarning, match=r"subclasses are left alone: \(model\) \(MyLSTM\)"):
+    with pytest.warns(UserWarning, match=r"left alone: \(model\) \(MyLSTM\)"):
         ft.patch(MyLSTM(I, H))
+    cell = torch.nn.LSTMCell(I, H)
+    with pytest.warns(UserWarning, match=r"left alone: \(model\) \(LSTMCell\), cells=False"):
+        ft.patch(cell, cells=False)
+    assert type(cell) is torch.nn.LSTMCell
+    with ft.patched(cell) as c:
+        assert type(c) is ft.LSTMCell
+    assert type(cell) is torch.nn.LSTMCell
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         ft.patch({"lstm": torch.nn.LSTM(I, H)})
     done = ft.patch(torch.nn.LSTM(I, H))

@@ -136,6 +136,17 @@ def test_torch_errors_for_bad_arguments(cell):
         assert str(got.value) == str(want.value)
 
 
+def test_unknown_nonlinearity_raises_torch_error():
+    tm = torch.nn.RNNCell(I, H, nonlinearity="gelu")
+    fm = ft.patch(copy.deepcopy(tm))
+    x = torch.randn(B, I)
+    with pytest.raises(RuntimeError) as want:
+        tm(x)
+    with pytest.raises(RuntimeError) as got:
+        fm(x)
+    assert str(got.value) == str(want.value)
+
+
 def test_falls_back_for_other_dtypes():
     tm, fm = _pair("lstm")
     x = torch.randn(B, I, dtype=torch.bfloat16)
