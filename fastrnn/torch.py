@@ -138,6 +138,17 @@ def _config(
     )
 
 
+_BATCHED = tuple(
+    getattr(torch._C._functorch, name, lambda t: False)
+    for name in ("is_batchedtensor", "is_legacy_batchedtensor")
+)
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """Whether ``t`` is an ordinary tensor (not a subclass, not batched by vmap)."""
+    return type(t) in _PLAIN and not any(batched(t) for batched in _BATCHED)
+
+
 def _np(t: torch.Tensor | None) -> np.ndarray | None:
     """A NumPy view of a CPU tensor (no copy), or None."""
     if t is None:
@@ -199,18 +210,16 @@ class _StackFunction(torch.autograd.Function):
         if not _keep_graph():
             ctx.cache = None  # free the workspace now, as autograd frees saved tensors
         need = ctx.needs_input_grad
-        if torch.is_grad_enabled():
+        grads = (dy, dh_n, dc_n) if ctx.lstm else (dy, dh_n)
+        graph = torch.is_grad_enabled()
+        if graph or not all(g is None or _plain(g) for g in grads):
             # create_graph=True: the gradient must itself be differentiable (a gradient
-            # penalty, a Hessian-vector product). Recompute this node with torch's own
-            # differentiable implementation, the same dropout masks applied, and let autograd
-            # differentiate it: torch's numbers to any order.
-            grads = (dy, dh_n, dc_n) if ctx.lstm else (dy, dh_n)
-            return (
-                None,
-                None,
-                None,
-                *_torch_vjp(ctx.config, ctx.lengths, cache, saved, grads, need),
-            )
+            # penalty, a Hessian-vector product); or the incoming gradients are batched
+            # (is_grads_batched=True, jacobian(vectorize=True), vmap). Recompute this node with
+            # torch's own differentiable implementation, the same dropout masks applied, and
+            # let autograd differentiate it: torch's numbers, to any order.
+            dxs = _torch_vjp(ctx.config, ctx.lengths, cache, saved, grads, need, graph)
+            return (None, None, None, *dxs)
         g = stack_backward(cache, _np(dy), _np(dh_n), _np(dc_n) if ctx.lstm else None)
 
         def grad(a: np.ndarray | None, i: int) -> torch.Tensor | None:
@@ -270,9 +279,9 @@ def _torch_stack(config: StackConfig, lengths, masks, x, h0, c0, weights):
     return inp, torch.cat(hs), torch.cat(cs) if lstm else None
 
 
-def _torch_vjp(config, lengths, cache, saved, grads, need):
+def _torch_vjp(config, lengths, cache, saved, grads, need, graph: bool):
     """Gradients of ``(x, h0, c0, *weights)`` (those in ``need[3:]``) by torch's implementation,
-    with a graph (the caller runs under create_graph=True)."""
+    with a graph when ``graph`` (the backward runs under create_graph=True)."""
     x, h0, c0, _, *weights = saved
     inputs = [x, h0, c0, *weights]
     wrt = [i for i, t in enumerate(inputs) if t is not None and need[3 + i]]
@@ -283,7 +292,7 @@ def _torch_vjp(config, lengths, cache, saved, grads, need):
             [o for o, _ in pairs],
             [inputs[i] for i in wrt],
             [g for _, g in pairs],
-            create_graph=True,
+            create_graph=graph,
             allow_unused=True,
         )
     result: list[torch.Tensor | None] = [None] * len(inputs)

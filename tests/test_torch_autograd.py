@@ -244,6 +244,20 @@ def test_torch_func_transforms_match_torch(cell):
     _close(flat(got[1]), flat(got[0]))
 
 
+@pytest.mark.parametrize("cell", ["lstm_proj", "gru"])
+def test_gradcheck_forward_ad_and_batched_grad(cell):
+    """gradcheck's forward-mode, batched (vmap) and double-backward checks, all at once."""
+    _, fm = _pair(cell, num_layers=2, bidirectional=True)
+    x, states = _data(fm, seed=11)
+    params = [p.detach().clone().requires_grad_() for p in fm.parameters()]
+    fn = _gradgrad_fn(fm, states, False)
+    inputs = (x, *states, *params)
+    assert torch.autograd.gradcheck(
+        fn, inputs, check_forward_ad=True, check_batched_grad=True, fast_mode=True
+    )
+    assert torch.autograd.gradgradcheck(fn, inputs, check_fwd_over_rev=True, fast_mode=True)
+
+
 # -- the audit: every way a tensor reaches the forward ---------------------------------------------
 def _run_case(m, what):
     """Outputs and gradients of one scenario on module ``m``."""
@@ -370,6 +384,15 @@ def _run_case(m, what):
         outs = _call(m, x.as_subclass(Logged), states)
         weighted(outs).backward()
         return [t.grad for t in leaves] + [torch.tensor(float(bool(Logged.seen)))]
+    if what == "jacobian_vectorized":  # batched incoming gradients (is_grads_batched=True)
+        xs = x.detach()
+        jac = torch.autograd.functional.jacobian(
+            lambda xs: _call(m, xs, states)[-1], xs, vectorize=True
+        )
+        hess = torch.autograd.functional.hessian(
+            lambda xs: _call(m, xs, states)[0].square().sum(), xs, vectorize=True
+        )
+        return [jac, hess]
     if what == "forward_ad_level_without_duals":
         with fwAD.dual_level():
             outs = _call(m, x, states)
@@ -397,6 +420,7 @@ AUDIT = [
     "flop_counter",
     "tensor_subclass",
     "forward_ad_level_without_duals",
+    "jacobian_vectorized",
 ]
 
 
