@@ -33,10 +33,12 @@ What computes what (each mode is compared with torch's modules in ``tests/test_t
   whichever of input, states and weights require grad, with parameter hooks, non-leaf or view
   parameters (``functional_call``), activation checkpointing.
 * Second order (``create_graph=True``: gradient penalties, Hessian-vector products,
-  ``gradgradcheck``): the forward is fastrnn's; the backward of that node recomputes the
-  forward with torch's own differentiable implementation (``torch._VF``, layer by layer, with
-  the forward's dropout masks) from the saved inputs and lets autograd differentiate it, so the
-  gradient and everything above it are torch's. It costs one more forward.
+  ``gradgradcheck``) and batched incoming gradients (``is_grads_batched=True``,
+  ``jacobian(..., vectorize=True)``): the forward is fastrnn's; the backward of that node
+  recomputes the forward with torch's own differentiable implementation (``torch._VF``, layer by
+  layer, with the forward's dropout masks) from the saved inputs and lets autograd
+  differentiate it, so the gradient and everything above it are torch's. It costs one more
+  forward.
 * Forward-mode AD (``torch.autograd.forward_ad``: anything inside a ``dual_level``) and every
   ``torch.func`` transform (``grad``, ``vjp``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``,
   ``vmap``): torch's own implementation, unchanged.
