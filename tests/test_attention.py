@@ -15,8 +15,9 @@ LENGTHS = np.array([7, 3, 1, 5])
 
 def make(kind: str, dtype, seed: int = 0) -> Attention:
     q = K if kind == "dot" else Q
-    return Attention(q, K, kind=kind, attn_size=A if kind == "additive" else None, dtype=dtype,
-                     seed=seed)
+    return Attention(
+        q, K, kind=kind, attn_size=A if kind == "additive" else None, dtype=dtype, seed=seed
+    )
 
 
 def torch_attention(att: Attention, query, memory, lengths):
@@ -72,8 +73,9 @@ def test_matches_torch(kind, dtype, multi, masked):
     np.testing.assert_allclose(dq, tq.grad.numpy(), rtol=tol, atol=tol)
     np.testing.assert_allclose(dm, tm.grad.numpy(), rtol=tol, atol=tol)
     for name, p in att.named_parameters():
-        np.testing.assert_allclose(p.grad, tparams[name].grad.numpy(), rtol=tol, atol=tol,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            p.grad, tparams[name].grad.numpy(), rtol=tol, atol=tol, err_msg=name
+        )
     assert ctx.dtype == w.dtype == dq.dtype == dm.dtype == dtype
     if masked:  # padded positions: exactly zero weight and zero memory gradient
         pad = np.arange(S)[None, :] >= LENGTHS[:, None]  # (B, S)

@@ -363,9 +363,7 @@ class Attention(Module):
         if dweights is not None:
             dwx = as_real_array(dweights, "dweights", dt)
             if dwx.shape != want_w:
-                raise ValueError(
-                    f"dweights must have the weights' shape {want_w}, got {dwx.shape}"
-                )
+                raise ValueError(f"dweights must have the weights' shape {want_w}, got {dwx.shape}")
             dw += dwx[:, None, :] if single else dwx.transpose(1, 0, 2)
         dm = w.transpose(0, 2, 1) @ dcb  # (B, S, K)
         de = _softmax_backward(w, dw)  # (B, T, S), zero at padded positions
@@ -377,9 +375,7 @@ class Attention(Module):
             dpre *= 1 - z * z  # (B, T, S, A)
             dqp = dpre.sum(axis=2)  # (B, T, A)
             dkeys = dpre.sum(axis=1)  # (B, S, A)
-            self.w_query.accumulate_grad(
-                dqp.reshape(-1, A).T @ qb.reshape(-1, self.query_size)
-            )
+            self.w_query.accumulate_grad(dqp.reshape(-1, A).T @ qb.reshape(-1, self.query_size))
             dq = dqp @ self.w_query.data
             _add_grad(mem.grads, "keys", dkeys)
         else:
