@@ -34,12 +34,15 @@ ordinary :class:`~fastrnn.LSTM`: its parameters have PyTorch's names and shapes.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
 from fastrnn import functional as _functional
 from fastrnn import reference as _reference
+from fastrnn._threads import blas_threads
 from fastrnn.nn._checks import as_index_array, check_float_dtype, check_positive_int
 from fastrnn.nn.attention import KINDS, Attention, AttentionMemory
 from fastrnn.nn.blocks import Embedding, Linear, _no_cache_error
@@ -49,6 +52,27 @@ from fastrnn.nn.rnn import GRU, LSTM
 __all__ = ["AttentionDecoder", "Encoder", "Seq2Seq"]
 
 _CELLS = {"lstm": LSTM, "gru": GRU}
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_blas_thread(method: _F) -> _F:
+    """Run ``method`` with NumPy's BLAS on one thread.
+
+    The decoder's products are (B, H) by (H, H): too small to gain from BLAS threads, and on a
+    small machine the OpenBLAS workers that a threaded product wakes keep spinning for a while
+    after it and take the cores from the recurrent kernel that runs next (a training step of
+    ``examples/dates.py`` measured 330 ms median with NumPy's default threads, 46 ms with one, on
+    the shared 2-core development machine).
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with blas_threads(1, "numpy"):
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _check_cell(cell: Any) -> str:
@@ -352,6 +376,7 @@ class AttentionDecoder(Module):
         return logits, new_state, ht, a, cache
 
     # -- teacher forcing -------------------------------------------------------------------------
+    @_one_blas_thread
     def forward(
         self, tgt_in: Any, mem: AttentionMemory | None, init: Any = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -390,6 +415,7 @@ class AttentionDecoder(Module):
         self._cache = (caches, mem, init, state) if self.training else None
         return logits, weights
 
+    @_one_blas_thread
     def backward(self, dlogits: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Backpropagate through every step of the last training-mode :meth:`forward`.
 
@@ -548,6 +574,7 @@ class Seq2Seq(Module):
         att = self.decoder.attention
         return (None if att is None else att.prepare(memory, src_lengths)), final
 
+    @_one_blas_thread
     def forward(self, src: Any, src_lengths: Any, tgt_in: Any) -> np.ndarray:
         """Teacher-forced logits of every target step.
 
@@ -567,6 +594,7 @@ class Seq2Seq(Module):
         self._cache = (mem is not None,) if self.training else None
         return logits
 
+    @_one_blas_thread
     def backward(self, dlogits: Any) -> None:
         """Accumulate every parameter's gradient from d loss / d logits."""
         if self._cache is None:
@@ -589,6 +617,7 @@ class Seq2Seq(Module):
             self.train(was)
         return mem, final, bos, eos, max_len
 
+    @_one_blas_thread
     def greedy(
         self, src: Any, src_lengths: Any = None, *, bos: int, eos: int, max_len: int
     ) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -629,6 +658,7 @@ class Seq2Seq(Module):
         hyps = [row[: np.argmax(row == eos)] if (row == eos).any() else row for row in toks]
         return hyps, (np.stack(ws) if ws else None)
 
+    @_one_blas_thread
     def beam_search(
         self,
         src: Any,
