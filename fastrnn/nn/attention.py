@@ -93,8 +93,9 @@ class AttentionMemory(NamedTuple):
     keys : ndarray of shape (B, S, A) or None
         :math:`W_k m_s + b` for ``"additive"``, else None.
     grads : dict
-        Gradient accumulators filled by :meth:`Attention.step_backward` (``"memory"`` and, for
-        ``"additive"``, ``"keys"``); :meth:`Attention.memory_backward` reads them.
+        What :meth:`Attention.step_backward` leaves for :meth:`Attention.memory_backward`: the
+        factors of the memory's gradient (``"left"``, ``"right"``) and, for ``"additive"``, the
+        keys' gradient (``"keys"``).
     """
 
     memory: np.ndarray
@@ -263,8 +264,16 @@ class Attention(Module):
         -------
         dmemory : ndarray of shape (S, B, K), zero at padded positions
         """
-        dm = mem.grads.get("memory")
-        if dm is None:
+        # Every step's d memory is a sum of outer products over its T queries,
+        # dm = sum_t w_t^T dcontext_t (+ de_t^T p_t for the Luong scores): all of them at once
+        # are one batched GEMM whose inner dimension is the number of queries. (NumPy runs a
+        # product with an inner dimension of 1 several times slower than with 2.)
+        left, right = mem.grads.get("left"), mem.grads.get("right")
+        if left:
+            lhs = np.concatenate(left, axis=1) if len(left) > 1 else left[0]  # (B, n, S)
+            rhs = np.concatenate(right, axis=1) if len(right) > 1 else right[0]  # (B, n, K)
+            dm = lhs.transpose(0, 2, 1) @ rhs
+        else:
             dm = np.zeros_like(mem.memory)
         dk = mem.grads.get("keys")
         if dk is not None:
@@ -365,7 +374,8 @@ class Attention(Module):
             if dwx.shape != want_w:
                 raise ValueError(f"dweights must have the weights' shape {want_w}, got {dwx.shape}")
             dw += dwx[:, None, :] if single else dwx.transpose(1, 0, 2)
-        dm = w.transpose(0, 2, 1) @ dcb  # (B, S, K)
+        # dm = w^T @ dcontext, deferred to memory_backward (one GEMM for every step)
+        lhs, rhs = [w], [dcb]
         de = _softmax_backward(w, dw)  # (B, T, S), zero at padded positions
         if self.kind == "additive":
             # e = z @ v,  z = tanh(pre)  =>  dv = sum de z,  dpre = de v (1 - z^2)
@@ -381,7 +391,8 @@ class Attention(Module):
         else:
             # e = p @ m^T  =>  dp = de @ m,  dm += de^T @ p
             dp = de @ m  # (B, T, K)
-            dm += de.transpose(0, 2, 1) @ p
+            lhs.append(de)  # dm += de^T @ p
+            rhs.append(p)
             if self.kind == "dot":
                 dq = dp
             else:  # p = q W_a^T  =>  dq = dp W_a,  dW_a = dp^T q
@@ -389,7 +400,9 @@ class Attention(Module):
                     dp.reshape(-1, self.key_size).T @ qb.reshape(-1, self.query_size)
                 )
                 dq = dp @ self.weight.data
-        _add_grad(mem.grads, "memory", dm)  # zero at padded positions: w = de = 0 there
+        # zero at padded positions: w = de = 0 there
+        mem.grads.setdefault("left", []).extend(lhs)
+        mem.grads.setdefault("right", []).extend(rhs)
         return dq[:, 0] if single else np.ascontiguousarray(dq.transpose(1, 0, 2))
 
     # -- module use: one forward, one backward ---------------------------------------------------
