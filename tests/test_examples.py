@@ -99,8 +99,12 @@ def test_seed_claims(example, tmp_path, capsys):
     # (d): the gradient at t = T is the unit vector itself.
     for norms in summary["d"]["norms"].values():
         assert norms[-1] == pytest.approx(1.0, rel=1e-5)
+    assert set(summary["e"]["token"]) == {"attention", "no attention"}
+    for name in summary["e"]["token"]:
+        assert len(summary["e"]["token"][name]) == len(summary["e"]["lengths"]) == 2
+        assert all(0 <= v <= 1 for v in summary["e"]["token"][name] + summary["e"]["exact"][name])
     out = capsys.readouterr().out
-    for part in ("(a)", "(b)", "(c)", "(d)"):
+    for part in ("(a)", "(b)", "(c)", "(d)", "(e)"):
         assert part in out
     try:
         import matplotlib  # noqa: F401
@@ -151,3 +155,15 @@ def test_dates_data_are_the_same_date_in_every_format(example):
     for b in range(8):
         assert dates.decode_text(tgt_out[:-1, b]) == iso[b]
         assert "".join(dates.SRC_CHARS[i - 1] for i in src[: lengths[b], b]) == texts[b]
+
+
+def test_seed_claims_reversal_task(example):
+    sc = example("seed_claims")
+    rng = np.random.default_rng(0)
+    src, lengths, tgt_in, tgt_out = sc.reversal_batch(rng, 6, 2, 7)
+    assert (tgt_in[0] == sc.BOS_E).all()
+    for b in range(6):
+        n = lengths[b]
+        assert list(tgt_out[:n, b]) == list(src[:n, b][::-1])
+        assert tgt_out[n, b] == sc.EOS_E and (tgt_out[n + 1 :, b] == -100).all()
+        assert list(tgt_in[1 : n + 1, b]) == list(tgt_out[:n, b])
