@@ -19,22 +19,28 @@ parts.
     python benchmarks/bench_attention.py --threads 1 --kind additive
     pytest benchmarks/bench_attention.py                       # pytest-benchmark
 
-torch is imported before fastrnn (both load an OpenMP runtime; see bench_torch_patch.py).
+torch is imported before fastrnn, and ``OMP_WAIT_POLICY`` is set to PASSIVE (unless the
+environment chose a policy) before either loads its OpenMP runtime: with torch imported first and
+the policy unset, idle OpenMP threads spin and the two libraries' threads take the 2 cores of the
+development machine from each other (README, "Use inside PyTorch"). The header prints the policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import numpy as np
-import pytest
-import torch  # before fastrnn (first-party imports come last): see the docstring
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before any OpenMP runtime loads
 
-import fastrnn
-from fastrnn._threads import blas_threads
-from fastrnn.nn import AttentionDecoder
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402  (before fastrnn: see the docstring)
+
+import fastrnn  # noqa: E402
+from fastrnn._threads import blas_threads  # noqa: E402
+from fastrnn.nn import AttentionDecoder  # noqa: E402
 
 
 def setup(B=32, H=256, S=50, E=64, V=100, kind="general", seed=0):
@@ -193,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"attentive decoder step, fwd+bwd: B={args.B} H={args.H} S={args.S} E={args.E} "
         f"V={args.V} kind={args.kind}, float32, {args.threads} thread(s), torch {torch.__version__}"
+        f", OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, load average "
+        + " ".join(f"{v:.1f}" for v in os.getloadavg())
     )
     print(f"gradients agree with torch's to {diff:.1e} (relative, max over parameters)")
     print(f"{'':10} {'median ms':>10} {'best ms':>10}")

@@ -541,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps-c", type=int, default=1000)
     ap.add_argument("--eval-every-c", type=int, default=50, help="steps between tests in (c)")
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
-    ap.add_argument("--steps-e", type=int, default=600, help="training steps per model in (e)")
+    ap.add_argument("--steps-e", type=int, default=1000, help="training steps per model in (e)")
     ap.add_argument("--hidden-e", type=int, default=64, help="decoder hidden size in (e)")
     ap.add_argument("--max-len-e", type=int, default=30, help="longest training sequence of (e)")
     ap.add_argument(
