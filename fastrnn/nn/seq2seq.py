@@ -406,13 +406,14 @@ class AttentionDecoder(Module):
         logits = np.empty((T, B, self.vocab_size), self.dtype)
         weights = None if mem is None else np.empty((T, B, mem.memory.shape[1]), self.dtype)
         caches = []
-        emb = self.embedding(y)  # (T, B, E): every input token is known with teacher forcing
+        # (T, B, E): every input token is known with teacher forcing
+        emb = np.take(self.embedding.weight.data, y, axis=0)
         for t in range(T):
             logits[t], state, feed, a, cache = self._step(emb[t], state, feed, mem, self.training)
             if weights is not None:
                 weights[t] = a
             caches.append(cache)
-        self._cache = (caches, mem, init, state) if self.training else None
+        self._cache = (caches, mem, init, y) if self.training else None
         return logits, weights
 
     @_one_blas_thread
@@ -432,7 +433,7 @@ class AttentionDecoder(Module):
         """
         if self._cache is None:
             raise _no_cache_error(self)
-        caches, mem, init, _ = self._cache
+        caches, mem, init, y = self._cache
         dt = self.dtype
         dlogits = np.asarray(dlogits, dtype=dt)
         T = len(caches)
@@ -485,7 +486,10 @@ class AttentionDecoder(Module):
         self.combine.bias.accumulate_grad(dpres.reshape(-1, H).sum(axis=0))
         for n in names:
             self.rnn._parameters[n].accumulate_grad(dw[n])
-        self.embedding.backward(demb)
+        # the rows of the (few) input tokens: a scatter-add, for T * B rows
+        demb_sum = np.zeros_like(self.embedding.weight.data)
+        np.add.at(demb_sum, y.reshape(-1), demb.reshape(-1, E))
+        self.embedding.weight.accumulate_grad(demb_sum)
         dinit = None
         if self.bridge is not None:
             # h0 = tanh(init W_b^T + b_b)  =>  dpre = dh0 (1 - h0^2)
