@@ -216,6 +216,16 @@ def main(argv: list[str] | None = None) -> dict:
         + ", ".join(f"{k} {v:.3f}" for k, v in split.items())
         + " (the rest: input/output layers, embedding, Python)"
     )
+    # GEMM flops, forward + backward = 3x forward: the LSTM cell (input and recurrent products),
+    # the attention (general: W_a; every kind: scores and context), combine and out.
+    B, H, S, E, V = args.B, args.H, args.S, args.E, args.V
+    lstm = 3 * 2 * B * (E + H + H) * 4 * H
+    att = 3 * (2 * B * H * H * (args.kind == "general") + 2 * 2 * B * S * H)
+    rest = 3 * (2 * B * 2 * H * H + 2 * B * H * V)
+    print(
+        f"GEMM work: {(lstm + att + rest) / 1e6:.0f} MFLOP per step (LSTM cell {lstm / 1e6:.0f}, "
+        f"attention {att / 1e6:.0f}, combine + out {rest / 1e6:.0f})"
+    )
     res["speedup"] = speed
     return res
 
