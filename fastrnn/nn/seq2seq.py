@@ -452,7 +452,6 @@ class AttentionDecoder(Module):
         self.out.bias.accumulate_grad(dlogits.reshape(-1, self.vocab_size).sum(axis=0))
         dhts = dlogits @ Wo  # (T, B, H)
         names = self.rnn._flat_weights_names
-        dw = {n: np.zeros_like(self.rnn._parameters[n].data) for n in names}
         dfeed = None
         dstate: tuple[Any, ...] = (None, None) if self.cell == "lstm" else (None,)
         demb = np.empty((T, B, E), dt)
@@ -477,15 +476,13 @@ class AttentionDecoder(Module):
                 g = self._F.gru_backward(rc, dh[None], dstate[0])
                 dstate = (g.dh0,)
             for n, gw in zip(names, (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh), strict=True):
-                dw[n] += gw
+                self.rnn._parameters[n].accumulate_grad(gw)  # copies on first use
             dx = g.dx[0]
             demb[t] = dx[:, :E]
             dfeed = dx[:, E:] if self.input_feeding else None
         us = np.stack([c[2] for c in caches]) if T else np.zeros((0, B, K + H), dt)
         self.combine.weight.accumulate_grad(dpres.reshape(-1, H).T @ us.reshape(-1, K + H))
         self.combine.bias.accumulate_grad(dpres.reshape(-1, H).sum(axis=0))
-        for n in names:
-            self.rnn._parameters[n].accumulate_grad(dw[n])
         # the rows of the (few) input tokens: a scatter-add, for T * B rows
         demb_sum = np.zeros_like(self.embedding.weight.data)
         np.add.at(demb_sum, y.reshape(-1), demb.reshape(-1, E))
