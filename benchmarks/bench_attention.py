@@ -126,7 +126,10 @@ def parts(dec, memory, lengths, y, g, calls: int) -> dict[str, float]:
     B = memory.shape[1]
     H = dec.hidden_size
     x = np.random.default_rng(1).standard_normal((1, B, dec.rnn.input_size)).astype(np.float32)
-    w = [dec.rnn._parameters[n].data for n in dec.rnn._flat_weights_names]
+    w = [
+        getattr(dec.rnn, n).data
+        for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    ]
     hq = np.random.default_rng(2).standard_normal((B, H)).astype(np.float32)
     dctx = np.ones((B, H), np.float32)
 

@@ -35,7 +35,9 @@ def torch_model(model: Seq2Seq, src, lengths, tgt_in):
     # encoder: torch.nn.LSTM/GRU over a packed batch, with our weights
     rnn_cls = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
     rnn = rnn_cls(enc.rnn.input_size, enc.rnn.hidden_size, bidirectional=True, dtype=td)
-    weights = {n: params[f"encoder.rnn.{n}"] for n in enc.rnn._flat_weights_names}
+    weights = {
+        n[len("encoder.rnn.") :]: t for n, t in params.items() if n.startswith("encoder.rnn.")
+    }
     x = params["encoder.embedding.weight"][torch.as_tensor(src)]
     packed = pack_padded_sequence(x, torch.as_tensor(lengths), enforce_sorted=False)
     out, state = torch.func.functional_call(rnn, weights, (packed,))

@@ -52,6 +52,8 @@ from fastrnn.nn.rnn import GRU, LSTM
 __all__ = ["AttentionDecoder", "Encoder", "Seq2Seq"]
 
 _CELLS = {"lstm": LSTM, "gru": GRU}
+#: The decoder cell's parameters (PyTorch's names), in the functional API's argument order.
+_CELL_WEIGHTS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -317,7 +319,7 @@ class AttentionDecoder(Module):
         return state, np.zeros((batch, H), dt)
 
     def _rnn_weights(self) -> list[np.ndarray]:
-        return [self.rnn._parameters[n].data for n in self.rnn._flat_weights_names]
+        return [getattr(self.rnn, n).data for n in _CELL_WEIGHTS]
 
     def step(
         self,
@@ -451,7 +453,7 @@ class AttentionDecoder(Module):
         self.out.weight.accumulate_grad(dlogits.reshape(-1, self.vocab_size).T @ hts.reshape(-1, H))
         self.out.bias.accumulate_grad(dlogits.reshape(-1, self.vocab_size).sum(axis=0))
         dhts = dlogits @ Wo  # (T, B, H)
-        names = self.rnn._flat_weights_names
+        names = _CELL_WEIGHTS
         dfeed = None
         dstate: tuple[Any, ...] = (None, None) if self.cell == "lstm" else (None,)
         demb = np.empty((T, B, E), dt)
@@ -476,7 +478,7 @@ class AttentionDecoder(Module):
                 g = self._F.gru_backward(rc, dh[None], dstate[0])
                 dstate = (g.dh0,)
             for n, gw in zip(names, (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh), strict=True):
-                self.rnn._parameters[n].accumulate_grad(gw)  # copies on first use
+                getattr(self.rnn, n).accumulate_grad(gw)  # copies on first use
             dx = g.dx[0]
             demb[t] = dx[:, :E]
             dfeed = dx[:, E:] if self.input_feeding else None
