@@ -200,12 +200,18 @@ def test_beam_search_finds_the_exhaustive_optimum(alpha):
         assert scores[b] == pytest.approx(best, rel=1e-9)
 
 
-def test_greedy_is_beam_search_of_width_one():
+@pytest.mark.parametrize("cell,attention", [("lstm", "general"), ("gru", "dot"), ("gru", None)])
+def test_greedy_is_beam_search_of_width_one(cell, attention):
     src, _, _ = batch(3)
-    model = Seq2Seq(SRC_V, TGT_V, embed_size=4, hidden_size=6, seed=5)
+    model = Seq2Seq(
+        SRC_V, TGT_V, embed_size=4, hidden_size=6, cell=cell, attention=attention, seed=5
+    )
     g, w = model.greedy(src, LENGTHS, bos=0, eos=1, max_len=8)
     h, _ = model.beam_search(src, LENGTHS, bos=0, eos=1, max_len=8, beam_width=1)
     assert [list(x) for x in g] == [list(x) for x in h]
+    if attention is None:
+        assert w is None
+        return
     assert w.shape[1:] == (B, S)
     pad = np.arange(S)[None, :] >= LENGTHS[:, None]
     assert (w[:, pad] == 0).all()
