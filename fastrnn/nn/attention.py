@@ -268,22 +268,26 @@ class Attention(Module):
         # dm = sum_t w_t^T dcontext_t (+ de_t^T p_t for the Luong scores): all of them at once
         # are one batched GEMM whose inner dimension is the number of queries. (NumPy runs a
         # product with an inner dimension of 1 several times slower than with 2.)
+        # It is written time-major, (S, B, K), through a batch-major view (BLAS takes the strides).
+        B, S, K = mem.memory.shape
+        out = np.empty((S, B, K), mem.memory.dtype)
+        dm = out.transpose(1, 0, 2)  # (B, S, K) view
         left, right = mem.grads.get("left"), mem.grads.get("right")
         if left:
             lhs = np.concatenate(left, axis=1) if len(left) > 1 else left[0]  # (B, n, S)
             rhs = np.concatenate(right, axis=1) if len(right) > 1 else right[0]  # (B, n, K)
-            dm = lhs.transpose(0, 2, 1) @ rhs
+            np.matmul(lhs.transpose(0, 2, 1), rhs, out=dm)
         else:
-            dm = np.zeros_like(mem.memory)
+            dm[...] = 0
         dk = mem.grads.get("keys")
         if dk is not None:
             # keys = m W_k^T + b  =>  dW_k = sum dkeys^T m,  db = sum dkeys,  dm += dkeys W_k
             A = self.attn_size
             self.w_key.accumulate_grad(dk.reshape(-1, A).T @ mem.memory.reshape(-1, self.key_size))
             self.bias.accumulate_grad(dk.reshape(-1, A).sum(axis=0))
-            dm = dm + dk @ self.w_key.data
+            dm += dk @ self.w_key.data
         mem.grads.clear()
-        return np.ascontiguousarray(dm.transpose(1, 0, 2))
+        return out
 
     # -- one attention over a prepared memory --------------------------------------------------
     def step(
