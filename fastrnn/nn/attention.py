@@ -33,11 +33,14 @@ checks it against PyTorch and finite differences, and ``benchmarks/bench_attenti
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from fastrnn._threads import blas_threads
 from fastrnn.nn._checks import as_real_array, check_float_dtype, check_positive_int
 from fastrnn.nn.blocks import _no_cache_error
 from fastrnn.nn.module import Module, Parameter
@@ -46,6 +49,27 @@ __all__ = ["KINDS", "Attention", "AttentionMemory", "masked_softmax"]
 
 #: The score functions :class:`Attention` implements.
 KINDS = ("dot", "general", "additive")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_blas_thread(method: _F) -> _F:
+    """Run ``method`` with NumPy's BLAS on one thread.
+
+    Attention's products are batched (S, K) by (K, T), a decoder's (B, H) by (H, H): too small to
+    gain from BLAS threads, and on a small machine the OpenBLAS workers that a threaded product
+    wakes keep spinning for a while after it and take the cores from the recurrent kernel that
+    runs next (a training step of ``examples/dates.py`` was several times slower with NumPy's
+    default threads than with one, on the shared 2-core development machine).
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with blas_threads(1, "numpy"):
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def masked_softmax(scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -217,6 +241,7 @@ class Attention(Module):
         return self._dtype
 
     # -- the memory ----------------------------------------------------------------------------
+    @_one_blas_thread
     def prepare(self, memory: Any, lengths: Any = None) -> AttentionMemory:
         """Validate a memory and do the work that does not depend on the query.
 
@@ -255,6 +280,7 @@ class Attention(Module):
             keys += self.bias.data
         return AttentionMemory(mb, mask, lens, keys, {})
 
+    @_one_blas_thread
     def memory_backward(self, mem: AttentionMemory) -> np.ndarray:
         """Total gradient of the memory after every :meth:`step_backward` over ``mem``.
 
@@ -290,6 +316,7 @@ class Attention(Module):
         return out
 
     # -- one attention over a prepared memory --------------------------------------------------
+    @_one_blas_thread
     def step(
         self, query: Any, mem: AttentionMemory, training: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray, tuple[Any, ...] | None]:
@@ -339,6 +366,7 @@ class Attention(Module):
             return ctx[:, 0], w[:, 0], cache
         return ctx.transpose(1, 0, 2), w.transpose(1, 0, 2), cache
 
+    @_one_blas_thread
     def step_backward(
         self, cache: tuple[Any, ...], mem: AttentionMemory, dcontext: Any, dweights: Any = None
     ) -> np.ndarray:
@@ -410,6 +438,7 @@ class Attention(Module):
         return dq[:, 0] if single else np.ascontiguousarray(dq.transpose(1, 0, 2))
 
     # -- module use: one forward, one backward ---------------------------------------------------
+    @_one_blas_thread
     def forward(
         self, query: Any, memory: Any, lengths: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -432,6 +461,7 @@ class Attention(Module):
         self._cache = (mem, cache) if cache is not None else None
         return ctx, w
 
+    @_one_blas_thread
     def backward(self, dcontext: Any, dweights: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Gradients of the last training-mode :meth:`forward`'s query and memory.
 

@@ -34,17 +34,14 @@ ordinary :class:`~fastrnn.LSTM`: its parameters have PyTorch's names and shapes.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from fastrnn import functional as _functional
 from fastrnn import reference as _reference
-from fastrnn._threads import blas_threads
 from fastrnn.nn._checks import as_index_array, check_float_dtype, check_positive_int
-from fastrnn.nn.attention import KINDS, Attention, AttentionMemory
+from fastrnn.nn.attention import KINDS, Attention, AttentionMemory, _one_blas_thread
 from fastrnn.nn.blocks import Embedding, Linear, _no_cache_error
 from fastrnn.nn.module import Module
 from fastrnn.nn.rnn import GRU, LSTM
@@ -54,27 +51,6 @@ __all__ = ["AttentionDecoder", "Encoder", "Seq2Seq"]
 _CELLS = {"lstm": LSTM, "gru": GRU}
 #: The decoder cell's parameters (PyTorch's names), in the functional API's argument order.
 _CELL_WEIGHTS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _one_blas_thread(method: _F) -> _F:
-    """Run ``method`` with NumPy's BLAS on one thread.
-
-    The decoder's products are (B, H) by (H, H): too small to gain from BLAS threads, and on a
-    small machine the OpenBLAS workers that a threaded product wakes keep spinning for a while
-    after it and take the cores from the recurrent kernel that runs next (a training step of
-    ``examples/dates.py`` measured 330 ms median with NumPy's default threads, 46 ms with one, on
-    the shared 2-core development machine).
-    """
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with blas_threads(1, "numpy"):
-            return method(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _check_cell(cell: Any) -> str:
