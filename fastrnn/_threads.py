@@ -9,10 +9,10 @@ BLAS is the fallback: on a CPU without AVX2 (or ``FASTRNN_ISA=blas``), or when a
 the weights cannot be allocated, each thread calls SciPy's BLAS on its share instead. SciPy's
 bundled OpenBLAS (which ``scipy.linalg.cython_blas`` calls) has one process-wide thread count:
 :func:`blas_single_thread` sets it to 1 while a kernel runs, so that no BLAS threads pile up on
-the OpenMP ones, and restores it afterwards (reference-counted, so concurrent kernel calls from several Python threads are safe), and
-:func:`blas_threads` sets it to any count for code that times the BLAS itself (the benchmark's
-GEMM peak). The library is found through ctypes; with a BLAS that is not OpenBLAS these are
-no-ops and :func:`blas_info` says so.
+the OpenMP ones, and restores it afterwards (reference-counted, so concurrent kernel calls
+from several Python threads are safe), and :func:`blas_threads` sets it to any count for code
+that times the BLAS itself (the benchmark's GEMM peak). The library is found through ctypes;
+with a BLAS that is not OpenBLAS these are no-ops and :func:`blas_info` says so.
 """
 
 from __future__ import annotations
