@@ -87,11 +87,13 @@ cdef inline void _row_backward(const floating* a, const floating* c_prev, const 
 
 
 # --- tier 2: the time loops ---------------------------------------------------------------------
-# Each runs in one parallel region (_blocks.pxd). Thread r owns hidden units [j0, j1) and the
-# gate columns k*H + [j0, j1): its share of each step's GEMM writes only those columns, reading
-# the rows (forward) or columns (backward) of W_hh for its units, which stay in its cache from
-# step to step; its gate pass reads and writes only them; and one barrier per step publishes
-# the h_t (forward) or da_t (backward) that every thread's next GEMM reads in full.
+# Each is one thread's share of the parallel region that run_team opens (_parallel.pxd), called
+# once per thread per kernel call with the cell's operand struct (_ops.pxd), whose pointers it
+# types once at its top. Work is cut as _blocks.pxd says: thread r owns hidden units [j0, j1)
+# and the gate columns k*H + [j0, j1): its share of each step's GEMM writes only those columns,
+# reading the rows (forward) or columns (backward) of W_hh for its units, which stay in its
+# cache from step to step; its gate pass reads and writes only them; and one barrier per step
+# publishes the h_t (forward) or da_t (backward) that every thread's next GEMM reads in full.
 cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
                         floating* tag) noexcept nogil:
     cdef const LSTMOps* op = <const LSTMOps*> ops
