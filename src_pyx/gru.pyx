@@ -196,6 +196,25 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     input_grad(T * B, I, G, dgi, w_ih, dx, size, rank, ISA)
 
 
+cdef inline GRUOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const void* x, const void* h0, const void* w_ih, const void* w_hh,
+                        const int* batch_sizes, const void* y) noexcept nogil:
+    """An operand struct with the operands every call takes; the rest NULL (off)."""
+    cdef GRUOps o
+    memset(&o, 0, sizeof(o))
+    o.T = T
+    o.B = B
+    o.I = I
+    o.H = H
+    o.x = x
+    o.h0 = h0
+    o.w_ih = w_ih
+    o.w_hh = w_hh
+    o.batch_sizes = batch_sizes
+    o.y = <void*> y
+    return o
+
+
 # --- tier 3: the Python entry points -------------------------------------------------------------
 def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             const floating[:, ::1] h0,         # IN    (B, H)
@@ -234,24 +253,14 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
         raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
-    cdef GRUOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
     o.training = training
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
     o.bias = &bias_i[0]
     o.b_hn = &b_hn[0]
     o.gates = &gates[0, 0, 0]
     o.hns = &hns[0, 0, 0]
     o.hw = &hw[0, 0]
-    o.y = &y[0, 0, 0]
     o.h_n = &h_n[0, 0]
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
@@ -277,20 +286,10 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              int n_threads):
     """GRU BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
-    cdef GRUOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
     o.gates = <void*> &gates[0, 0, 0]
     o.hns = <void*> &hns[0, 0, 0]
-    o.y = <void*> &y[0, 0, 0]
     o.dy = &dy[0, 0, 0]
     o.dh = &dh[0, 0]
     o.dgi = &dgi[0, 0, 0]
@@ -532,23 +531,13 @@ def forward_reset_before(const floating[:, :, ::1] x,  # IN    (T, B, I)
     n_threads : int
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
-    cdef GRUOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
     o.training = training
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
     o.bias = &bias[0]
     o.gates = &gates[0, 0, 0]
     o.rhs = &rhs[0, 0, 0]
     o.hw = &hw[0, 0]
-    o.y = &y[0, 0, 0]
     o.h_n = &h_n[0, 0]
     with nogil:
         run_team(_forward_reset_before_part[floating], &o, H, n_threads)
@@ -573,20 +562,10 @@ def backward_reset_before(const floating[:, :, ::1] x,      # IN    (T, B, I)
                           int n_threads):
     """BPTT for forward_reset_before (T, B >= 1); see it for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
-    cdef GRUOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
     o.gates = <void*> &gates[0, 0, 0]
     o.rhs = <void*> &rhs[0, 0, 0]
-    o.y = <void*> &y[0, 0, 0]
     o.dy = &dy[0, 0, 0]
     o.dh = &dh[0, 0]
     o.dgi = &dg[0, 0, 0]
@@ -670,25 +649,6 @@ cdef int _bind_backward(GRUOps* o, const Layout* L, const floating* dc_n,
     o.db_ih = work + L.vec
     o.db_hh = work + L.vec_hh
     return 0
-
-
-cdef inline GRUOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        const void* x, const void* h0, const void* w_ih, const void* w_hh,
-                        const int* batch_sizes, const void* y) noexcept nogil:
-    """The operands both C API calls share; the rest NULL."""
-    cdef GRUOps o
-    memset(&o, 0, sizeof(o))
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.x = x
-    o.h0 = h0
-    o.w_ih = w_ih
-    o.w_hh = w_hh
-    o.batch_sizes = batch_sizes
-    o.y = <void*> y
-    return o
 
 
 cdef int gru_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,

@@ -217,6 +217,26 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
 
 
+cdef inline LSTMOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const void* x, const void* h0, const void* c0, const void* w_ih,
+                         const void* w_hh, const int* batch_sizes, const void* y) noexcept nogil:
+    """An operand struct with the operands every call takes; the rest NULL (off)."""
+    cdef LSTMOps o
+    memset(&o, 0, sizeof(o))
+    o.T = T
+    o.B = B
+    o.I = I
+    o.H = H
+    o.x = x
+    o.h0 = h0
+    o.c0 = c0
+    o.w_ih = w_ih
+    o.w_hh = w_hh
+    o.batch_sizes = batch_sizes
+    o.y = <void*> y
+    return o
+
+
 # --- tier 3: the Python entry points -------------------------------------------------------------
 def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             const floating[:, ::1] h0,         # IN    (B, H)
@@ -254,22 +274,11 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
         raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
-    cdef LSTMOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
     o.training = training
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.c0 = &c0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
     o.bias = &bias[0]
     o.gates = &gates[0, 0, 0]
-    o.y = &y[0, 0, 0]
     o.cs = &cs[0, 0, 0]
     o.h_n = &h_n[0, 0]
     o.c_n = &c_n[0, 0]
@@ -297,20 +306,9 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              int n_threads):
     """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
-    cdef LSTMOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.c0 = &c0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
     o.gates = <void*> &gates[0, 0, 0]
-    o.y = <void*> &y[0, 0, 0]
     o.cs = <void*> &cs[0, 0, 0]
     o.dy = &dy[0, 0, 0]
     o.dh = &dh[0, 0]
@@ -554,24 +552,13 @@ def forward_proj(const floating[:, :, ::1] x,       # IN    (T, B, I)
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1]
-    cdef LSTMOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
     o.P = P
-    o.batch_sizes = &batch_sizes[0]
     o.training = training
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.c0 = &c0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
     o.w_hr = &w_hr[0, 0]
     o.bias = &bias[0]
     o.gates = &gates[0, 0, 0]
-    o.y = &y[0, 0, 0]
     o.cs = &cs[0, 0, 0]
     o.ms = &ms[0, 0, 0]
     o.h_n = &h_n[0, 0]
@@ -606,22 +593,11 @@ def backward_proj(const floating[:, :, ::1] x,      # IN    (T, B, I)
     """LSTM-with-projection BPTT over all T steps (T, B >= 1); see forward_proj for shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1]
-    cdef LSTMOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
     o.P = P
-    o.batch_sizes = &batch_sizes[0]
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.c0 = &c0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
     o.w_hr = &w_hr[0, 0]
     o.gates = <void*> &gates[0, 0, 0]
-    o.y = <void*> &y[0, 0, 0]
     o.cs = <void*> &cs[0, 0, 0]
     o.ms = <void*> &ms[0, 0, 0]
     o.dy = &dy[0, 0, 0]
@@ -711,26 +687,6 @@ cdef int _bind_backward(LSTMOps* o, const Layout* L, const floating* dc_n,
     o.dgates = work + L.big
     o.db = work + L.vec
     return 0
-
-
-cdef inline LSTMOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                         const void* x, const void* h0, const void* c0, const void* w_ih,
-                         const void* w_hh, const int* batch_sizes, const void* y) noexcept nogil:
-    """The operands both C API calls share; the rest NULL."""
-    cdef LSTMOps o
-    memset(&o, 0, sizeof(o))
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.x = x
-    o.h0 = h0
-    o.c0 = c0
-    o.w_ih = w_ih
-    o.w_hh = w_hh
-    o.batch_sizes = batch_sizes
-    o.y = <void*> y
-    return o
 
 
 cdef int lstm_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,

@@ -169,6 +169,26 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     input_grad(T * B, I, H, dgates, w_ih, dx, size, rank, ISA)
 
 
+cdef inline RNNOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const void* x, const void* h0, const void* w_ih, const void* w_hh,
+                        const int* batch_sizes, const void* y, bint use_relu) noexcept nogil:
+    """An operand struct with the operands every call takes; the rest NULL (off)."""
+    cdef RNNOps o
+    memset(&o, 0, sizeof(o))
+    o.T = T
+    o.B = B
+    o.I = I
+    o.H = H
+    o.x = x
+    o.h0 = h0
+    o.w_ih = w_ih
+    o.w_hh = w_hh
+    o.batch_sizes = batch_sizes
+    o.y = <void*> y
+    o.use_relu = use_relu
+    return o
+
+
 # --- tier 3: the Python entry points -------------------------------------------------------------
 def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             const floating[:, ::1] h0,         # IN    (B, H)
@@ -197,20 +217,9 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     n_threads : int
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
-    cdef RNNOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
-    o.use_relu = use_relu
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
+    cdef RNNOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0], use_relu)
     o.bias = &bias[0]
-    o.y = &y[0, 0, 0]
     o.h_n = &h_n[0, 0]
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
@@ -233,19 +242,8 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              int n_threads):
     """Elman RNN BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
-    cdef RNNOps o
-    memset(&o, 0, sizeof(o))  # every field NULL or 0 (off) unless set below
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.batch_sizes = &batch_sizes[0]
-    o.use_relu = use_relu
-    o.x = &x[0, 0, 0]
-    o.h0 = &h0[0, 0]
-    o.w_ih = &w_ih[0, 0]
-    o.w_hh = &w_hh[0, 0]
-    o.y = <void*> &y[0, 0, 0]
+    cdef RNNOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0], use_relu)
     o.dy = &dy[0, 0, 0]
     o.dh = &dh[0, 0]
     o.dgates = &dgates[0, 0, 0]
@@ -310,26 +308,6 @@ cdef int _bind_backward(RNNOps* o, const Layout* L, const floating* dc_n,
     o.dgates = work + L.big
     o.db = work + L.vec
     return 0
-
-
-cdef inline RNNOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        const void* x, const void* h0, const void* w_ih, const void* w_hh,
-                        const int* batch_sizes, const void* y, bint use_relu) noexcept nogil:
-    """The operands both C API calls share; the rest NULL."""
-    cdef RNNOps o
-    memset(&o, 0, sizeof(o))
-    o.T = T
-    o.B = B
-    o.I = I
-    o.H = H
-    o.x = x
-    o.h0 = h0
-    o.w_ih = w_ih
-    o.w_hh = w_hh
-    o.batch_sizes = batch_sizes
-    o.y = <void*> y
-    o.use_relu = use_relu
-    return o
 
 
 cdef int rnn_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
