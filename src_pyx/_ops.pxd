@@ -7,19 +7,23 @@
 #
 # Why void*: Cython cannot put a fused type (floating) in a struct, and one struct per dtype
 # would need its field list written twice. The pointers are void*, and each time loop casts
-# each one it uses exactly once, at its top (`cdef const floating* x = <const floating*> o.x`),
+# each one it uses exactly once, at its top (`cdef const floating* x = <const floating*> op.x`),
 # where `floating` is the element type of the call (selected by run_team's `tag`). So a field
 # is typed in one place per loop, and the loop bodies read like functions of typed arguments.
 #
-# Fields a loop does not use are NULL (the fillers memset the struct to zero first). Buffers are
-# C-contiguous, row-major, with the shapes given beside each field.
+# Each cell fills its struct through one `_ops(...)` (the operands every call takes; it zeroes
+# the struct first, so every other field is NULL or 0 until set), used by its Python entry
+# points and its C API alike. Buffers are C-contiguous, row-major, with the shapes given beside
+# each field.
 #
 # How to add an optional per-cell extension (a peephole weight, layer-norm gains, a dropout or
 # zoneout mask, every step's cell state, ...):
 #   1. Add ONE field here, NULL (or 0) meaning "off", with its shape in a comment, e.g.
 #          const void* wp      # (3, H) peephole weights of i, f, o; NULL: no peephole
-#   2. Set it in the tier-3 `def` entry point that takes the new array (a new keyword-style
-#      argument or a new entry point) and, if the C API grows, in _capi.pxi's filler.
+#   2. Set it in the tier-3 `def` entry point that takes the new array (a new argument with a
+#      None default, or a new entry point), and, should the C API ever take it, in the cell's
+#      tier-4 wrappers (a new workspace buffer: a new slot in the cell's _layout and a line in
+#      its _bind_forward / _bind_backward).
 #   3. In the time loop, cast it once at the top with the others and branch on NULL outside
 #      the per-row loop (once per step or once per call, never per element), passing the typed
 #      pointer to the row function that needs it.
