@@ -463,9 +463,7 @@ def export(
                     states[s] = g.name(sname)
                     L_D, _, size = shapes[s]
                     g.inputs.append(
-                        helper.make_tensor_value_info(
-                            states[s], _DTYPES[b.dtype], [L_D, "B", size]
-                        )
+                        helper.make_tensor_value_info(states[s], _DTYPES[b.dtype], [L_D, "B", size])
                     )
             cur, finals = _recurrent(g, b, cur, cur_dtype, lengths_name, states, prefix)
             cur_dtype = b.dtype
