@@ -11,16 +11,14 @@ tutorial and docs/*.md) are read by myst-parser as they are.
 from __future__ import annotations
 
 import os
-import sys
 import zlib
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# The built package of this tree (an in-place build or an installed one) documents itself.
-sys.path.insert(0, str(ROOT))
+# The fastrnn that Python imports is documented: install it first (pip install -e ".[docs]"
+# and pip install torch, for the page of fastrnn.torch), with its compiled kernels.
+import fastrnn
 
-import fastrnn  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 project = "fastrnn"
 author = "the fastrnn developers"
