@@ -245,3 +245,16 @@ def test_import_fastrnn_does_not_import_onnx():
     code = "import sys, fastrnn; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_docs_onnx_example_runs(tmp_path, monkeypatch):
+    # docs/onnx.md's first code block, as written
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/onnx.md", "exec"), namespace)
+    assert namespace["logits"].shape == (8, 100, 65)
+    assert namespace["h_n"].shape == (2, 8, 256)
