@@ -256,5 +256,5 @@ def test_docs_onnx_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "docs/onnx.md", "exec"), namespace)
-    assert namespace["logits"].shape == (8, 100, 65)
-    assert namespace["h_n"].shape == (2, 8, 256)
+    assert namespace["logits"].shape == (100, 8, 65)
+    assert namespace["h_n"].shape == (2, 8, 64)
