@@ -203,7 +203,7 @@ def _blocks(model: Any) -> list[tuple[str, Module]]:
 
 
 def _check_cell(layer: RNNBase) -> OnnxCell:
-    """The cell's table row and the operator attributes of its options, or ExportError."""
+    """The cell's row of :data:`ONNX_CELLS`, or ExportError."""
     spec = layer._config.spec
     if spec not in ONNX_CELLS:
         raise ExportError(f"{spec.title}: no ONNX translation for the cell {spec.name!r}")
