@@ -128,7 +128,7 @@ def _uniform_weights(extra: tuple[Param, ...] = ()) -> tuple[Param, ...]:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per cell: equal and hashed by identity
 class Cell:
     """One recurrent cell: everything but its arithmetic.
 

@@ -13,7 +13,7 @@ Guarantees:
   read-only); they are never modified.
 * The computation runs in float64 if any floating-point operand is float64, else in float32.
   float16 operands are converted, and so are integer operands whose every value is exact in
-  the computation dtype (|v| <= 2**24 for float32, 2**53 for float64; others raise
+  the computation dtype (``|v| <= 2**24`` for float32, ``2**53`` for float64; others raise
   ``ValueError``); complex, boolean, object, string and extended-precision arrays are refused.
 * Sizes beyond the 32-bit BLAS (T * B, G * H or I above 2**31 - 1) raise ``ValueError`` before
   anything is allocated; an allocation that fails raises ``MemoryError``.
