@@ -273,22 +273,56 @@ def weighted_loss(fwd: Forward, case: Case) -> float:
     return float(loss)
 
 
+def numeric_grad(f, a: np.ndarray, eps: float = FD_EPS, indices=None) -> np.ndarray:
+    """Central differences ``(f(a + eps) - f(a - eps)) / (2 eps)``, one entry of ``a`` at a time.
+
+    Parameters
+    ----------
+    f : callable
+        ``f() -> float``, reading ``a`` (directly or through a parameter, layer or case that
+        holds it).
+    a : ndarray
+        The array differentiated against. Each entry is perturbed in place and restored, so
+        ``a`` holds its original values when this returns (and if ``f`` raises).
+    eps : float
+        The step.
+    indices : iterable of tuple of int, optional
+        The entries to differentiate against (default: every entry of ``a``).
+
+    Returns
+    -------
+    ndarray of dtype float64
+        Of ``a.shape`` when ``indices`` is None, else of shape ``(len(indices),)`` in their order.
+    """
+    if indices is None:
+        out = np.zeros(a.shape, dtype=np.float64)
+        indices = list(np.ndindex(a.shape))
+        keys = indices
+    else:
+        indices = [tuple(i) for i in indices]
+        out = np.zeros(len(indices), dtype=np.float64)
+        keys = range(len(indices))
+    for key, idx in zip(keys, indices, strict=True):
+        old = a[idx]
+        try:
+            a[idx] = old + eps
+            f_plus = f()
+            a[idx] = old - eps
+            f_minus = f()
+        finally:
+            a[idx] = old
+        out[key] = (f_plus - f_minus) / (2 * eps)
+    return out
+
+
 def numerical_grads(spec: CellSpec, backend: str, case: Case, eps=FD_EPS) -> dict:
     """Central differences of ``weighted_loss`` w.r.t. every differentiable input of ``case``."""
-    grads = {}
-    for name in spec.input_names(bias=case.b_ih is not None):
-        base = getattr(case, name)
-        g = np.zeros_like(base, dtype=np.float64)
-        for idx in np.ndindex(base.shape):
-            vals = []
-            for sign in (1.0, -1.0):
-                a = base.copy()
-                a[idx] += sign * eps
-                fwd = spec.forward_case(backend, case.replace(**{name: a}), training=False)
-                vals.append(weighted_loss(fwd, case))
-            g[idx] = (vals[0] - vals[1]) / (2 * eps)
-        grads["d" + name] = g
-    return grads
+
+    def loss() -> float:
+        return weighted_loss(spec.forward_case(backend, case, training=False), case)
+
+    names = spec.input_names(bias=case.b_ih is not None)
+    return {"d" + n: numeric_grad(loss, getattr(case, n), eps) for n in names}
 
 
 def assert_close(actual, desired, name, **tol):
