@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m fastrnn.bench``: tiny shapes, a few milliseconds of timing."""
+"""fastrnn/bench: ``python -m fastrnn.bench`` on tiny shapes, a few milliseconds of timing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Determinism: same inputs and weights give the same bits, call after call and run after run.
+"""fastrnn/functional.py (the kernels) and reference.py: the same inputs give the same bits.
+
+Determinism: same inputs and weights give the same bits, call after call and run after run.
 
 What is guaranteed (README, "Determinism"), for one build on one machine:
 

@@ -4,10 +4,12 @@ Each path this CPU runs -- the AVX-512 and AVX2 micro-kernels with their compile
 the gate loops, and the portable BLAS path -- must agree with the NumPy reference on shapes that
 exercise every tile and panel edge: batch sizes that are not a multiple of the 8 / 6 / 4 / 2-row
 tiles, hidden sizes that leave partial 16 / 32-column panels, variable lengths (the active batch
-shrinks step by step), one and two threads.
+shrinks step by step), one and two threads. And ``import fastrnn`` from a source tree whose
+kernels are not built fails with _isa's message saying what to run.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -275,3 +277,38 @@ def test_inference_ring_matches_training_forward(isa, spec, restore_isa):
         infer = spec.forward_case("cython", case, training=False)
         for name in spec.output_names():
             np.testing.assert_array_equal(getattr(infer, name), getattr(train, name), name)
+
+
+# -------------------------------------------------------------------------------------------------
+# import fastrnn from a source tree whose kernels are not built: a clear error (_isa's message)
+# -------------------------------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_unbuilt_checkout_says_what_to_run(tmp_path):
+    """A copy of the Python sources without the compiled extensions, imported from its root."""
+    shutil.copytree(
+        os.path.join(ROOT, "fastrnn"),
+        tmp_path / "fastrnn",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
+    )
+    shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path / "setup.py")
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastrnn"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fastrnn's compiled kernels (rnn, lstm, gru) are not built")
+    assert "python setup.py build_ext --inplace" in last
+    assert str(tmp_path) in last
+
+
+def test_built_tree_imports():
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastrnn._kernels.lstm, fastrnn; print(fastrnn.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == os.path.join(ROOT, "fastrnn", "__init__.py")

@@ -1,4 +1,4 @@
-"""Linear, Embedding, Dropout, Sequential: finite differences, PyTorch, statistics, errors."""
+"""fastrnn/nn/blocks.py: Linear, Embedding, Dropout, Sequential (FD, PyTorch, statistics)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""fastrnn.manual_seed: one seed for every module built after it, in one process and across two."""
+"""fastrnn/_random.py: manual_seed seeds every module built after it, in one or two processes."""
 
 import subprocess
 import sys

@@ -1,4 +1,6 @@
-"""Thread count: the multi-threaded gate passes give the same numbers as one thread.
+"""fastrnn/_threads.py: set_num_threads, and multi-threaded kernels give the one-thread bits.
+
+Thread count: the multi-threaded gate passes give the same numbers as one thread.
 
 The kernels split each step's GEMM and gate pass over hidden-unit blocks among their threads
 (src_pyx/_blocks.pxd) once a step is large enough (``_team`` in fastrnn/functional.py); the

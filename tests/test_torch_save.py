@@ -1,4 +1,4 @@
-"""Whole-model pickles of patched models: they name torch's classes and load without fastrnn."""
+"""fastrnn/torch.py: pickles of patched models name torch's classes, load without fastrnn."""
 
 import copy
 import io

@@ -1,4 +1,6 @@
-"""The functional API's keyword extensions: ``reverse=``, LSTM ``w_hr=`` and GRU ``reset_after=``.
+"""fastrnn/functional.py and reference.py: the keyword options (reverse, w_hr, reset_after).
+
+The options: ``reverse=`` on every cell, the LSTM projection ``w_hr=`` and GRU ``reset_after=``.
 
 Same oracles as ``test_functional.py`` (finite differences in float64 on both backends, Cython vs
 reference, an independent invariant), applied to each extension, alone and combined with
