@@ -48,6 +48,7 @@ def _run(spec, backend, case):
     return fwd, spec.backward_case(backend, fwd.cache, case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -113,18 +114,21 @@ def _child_isa(value):
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_environment_variable_picks_the_isa():
     done = _child_isa("blas")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "blas"
 
 
+@pytest.mark.slow
 def test_bad_environment_variable_warns():
     done = _child_isa("altivec")
     assert done.returncode != 0
     assert "FASTRNN_ISA ignored" in done.stderr and "isa must be one of" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_packed_weights_do_not_leak():
     """Each kernel call packs W_hh into buffers that it frees (RSS stays flat)."""
     code = textwrap.dedent(
@@ -203,6 +207,7 @@ def _variant_run(variant, backend, a):
     return [np.asarray(v) for v in (*fwd, *grads) if v is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -285,6 +290,7 @@ def test_inference_ring_matches_training_forward(isa, spec, restore_isa):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_unbuilt_checkout_says_what_to_run(tmp_path):
     """A copy of the Python sources without the compiled extensions, imported from its root."""
     shutil.copytree(
@@ -303,6 +309,7 @@ def test_unbuilt_checkout_says_what_to_run(tmp_path):
     assert str(tmp_path) in last
 
 
+@pytest.mark.slow
 def test_built_tree_imports():
     out = subprocess.run(
         [sys.executable, "-c", "import fastrnn._kernels.lstm, fastrnn; print(fastrnn.__file__)"],

@@ -53,6 +53,7 @@ def _one_round(spec, backend, case):
     assert spec.forward_case(backend, case, training=False).cache is None
 
 
+@pytest.mark.slow
 @needs_plain_malloc
 @pytest.mark.parametrize("spec", CELL_SPECS, ids=lambda s: s.cell)  # relu: tanh's code path
 @pytest.mark.parametrize("backend,rounds", [("cython", 10_000), ("numpy", 500)])

@@ -292,6 +292,7 @@ def test_cache_nbytes(cls, cell):
     assert m2.cache_nbytes == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux RSS")
 @pytest.mark.skipif(_build.CONFIG["asan"], reason="ASan's quarantine grows RSS by design")
 def test_layer_rss_does_not_grow(layer_name):

@@ -151,6 +151,7 @@ def _run(seed):
     return res.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_bits():
     a, b = _run("0"), _run("0")
     assert len(a.split()) == 6

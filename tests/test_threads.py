@@ -22,6 +22,7 @@ def restore_threads():
     fastrnn.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 def test_thread_count_does_not_change_results(spec, with_lengths, restore_threads, rng):
