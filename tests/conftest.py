@@ -10,7 +10,7 @@ here. Backends are named as the layers name them (DESIGN.md): ``"cython"`` is
 fastrnn, so an unbuilt tree fails at collection with fastrnn's message saying what to run.
 
 ``numeric_grad`` is the one central-difference helper of the whole suite (the functional API,
-the stack, the layers and nn blocks, attention, seq2seq and the losses all use it).
+the stack, the nn blocks, attention, seq2seq and the losses all use it).
 
 Sizes follow the kernels' legend T, B, H, G, except that the input size is called ``D`` in code
 (ruff's E741 rejects the name ``I``).
