@@ -341,7 +341,7 @@ def _check_state(name: str, a: Any, shape: tuple[int, ...] | None) -> Any:
 # the reverse direction of a layer run at once on two Python threads, each of its kernel calls
 # capped at its share (n // 2 and n - n // 2): the caller runs direction 0 while one worker
 # thread runs direction 1. Results are bitwise those of the one-after-the-other path (the
-# kernels' blocking does not depend on the thread count; tests/test_bidirectional_concurrency.py).
+# kernels' blocking does not depend on the thread count; tests/test_stack_concurrency.py).
 #
 # None: at once when the rule below says it pays; True: at once whenever two threads are
 # allowed; False: one after the other (tests and benchmarks/bench_bidirectional.py set these).

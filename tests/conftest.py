@@ -9,6 +9,9 @@ here. Backends are named as the layers name them (DESIGN.md): ``"cython"`` is
 ``fastrnn.functional`` and ``"numpy"`` is ``fastrnn.reference``. Importing the registry imports
 fastrnn, so an unbuilt tree fails at collection with fastrnn's message saying what to run.
 
+``numeric_grad`` is the one central-difference helper of the whole suite (the functional API,
+the stack, the nn blocks, attention, seq2seq and the losses all use it).
+
 Sizes follow the kernels' legend T, B, H, G, except that the input size is called ``D`` in code
 (ruff's E741 rejects the name ``I``).
 """
@@ -273,22 +276,56 @@ def weighted_loss(fwd: Forward, case: Case) -> float:
     return float(loss)
 
 
+def numeric_grad(f, a: np.ndarray, eps: float = FD_EPS, indices=None) -> np.ndarray:
+    """Central differences ``(f(a + eps) - f(a - eps)) / (2 eps)``, one entry of ``a`` at a time.
+
+    Parameters
+    ----------
+    f : callable
+        ``f() -> float``, reading ``a`` (directly or through a parameter, layer or case that
+        holds it).
+    a : ndarray
+        The array differentiated against. Each entry is perturbed in place and restored, so
+        ``a`` holds its original values when this returns (and if ``f`` raises).
+    eps : float
+        The step.
+    indices : iterable of tuple of int, optional
+        The entries to differentiate against (default: every entry of ``a``).
+
+    Returns
+    -------
+    ndarray of dtype float64
+        Of ``a.shape`` when ``indices`` is None, else of shape ``(len(indices),)`` in their order.
+    """
+    if indices is None:
+        out = np.zeros(a.shape, dtype=np.float64)
+        indices = list(np.ndindex(a.shape))
+        keys = indices
+    else:
+        indices = [tuple(i) for i in indices]
+        out = np.zeros(len(indices), dtype=np.float64)
+        keys = range(len(indices))
+    for key, idx in zip(keys, indices, strict=True):
+        old = a[idx]
+        try:
+            a[idx] = old + eps
+            f_plus = f()
+            a[idx] = old - eps
+            f_minus = f()
+        finally:
+            a[idx] = old
+        out[key] = (f_plus - f_minus) / (2 * eps)
+    return out
+
+
 def numerical_grads(spec: CellSpec, backend: str, case: Case, eps=FD_EPS) -> dict:
     """Central differences of ``weighted_loss`` w.r.t. every differentiable input of ``case``."""
-    grads = {}
-    for name in spec.input_names(bias=case.b_ih is not None):
-        base = getattr(case, name)
-        g = np.zeros_like(base, dtype=np.float64)
-        for idx in np.ndindex(base.shape):
-            vals = []
-            for sign in (1.0, -1.0):
-                a = base.copy()
-                a[idx] += sign * eps
-                fwd = spec.forward_case(backend, case.replace(**{name: a}), training=False)
-                vals.append(weighted_loss(fwd, case))
-            g[idx] = (vals[0] - vals[1]) / (2 * eps)
-        grads["d" + name] = g
-    return grads
+
+    def loss() -> float:
+        return weighted_loss(spec.forward_case(backend, case, training=False), case)
+
+    names = spec.input_names(bias=case.b_ih is not None)
+    return {"d" + n: numeric_grad(loss, getattr(case, n), eps) for n in names}
 
 
 def assert_close(actual, desired, name, **tol):

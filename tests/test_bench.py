@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m fastrnn.bench``: tiny shapes, a few milliseconds of timing."""
+"""fastrnn/bench: ``python -m fastrnn.bench`` on tiny shapes, a few milliseconds of timing."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ TINY = ["--configs", "6x2x4x16,3x1x3x8", "--repeats", "2", "--min-time", "0.0005
 TINY += ["--gemm-n", "64", "--threads", "1", "-q"]
 
 
+@pytest.mark.slow
 def test_report_table_and_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main([*TINY, "--quick", "--impls", "fastrnn,numpy", "--json", str(out)]) == 0
@@ -53,6 +54,7 @@ def test_implementations_agree_on_the_same_inputs():
         np.testing.assert_allclose(y, ys["numpy"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"

@@ -32,7 +32,7 @@ def _gru_reference(case, reset_after=True):
         z = _sigmoid(x @ W_iz.T + b_iz + h @ W_hz.T + b_hz)
         if reset_after:
             n = np.tanh(x @ W_in.T + b_in + r * (h @ W_hn.T + b_hn))
-        else:  # the original Cho et al. variant, which fastrnn must NOT compute
+        else:  # Cho et al.'s reset-before variant: not the default (reset_after=False computes it)
             n = np.tanh(x @ W_in.T + b_in + (r * h) @ W_hn.T + b_hn)
         h = (1 - z) * n + z * h
         ys.append(h)
@@ -53,3 +53,12 @@ def test_gru_reset_gate_is_applied_after_the_hidden_matmul(backend, rng):
     y_before, _ = _gru_reference(case, reset_after=False)
     # The two variants really differ on this case, so matching the first test is meaningful.
     assert not np.allclose(fwd.y, y_before, rtol=1e-6, atol=1e-6)
+
+
+def test_gru_reset_before_matches_equations(backend, dtype, rng):
+    """``reset_after=False`` computes Cho et al.'s variant: ``n = tanh(.. + (r * h) W_hn^T ..)``."""
+    case = make_case(SPEC, rng, 4, 3, 2, 5, dtype)
+    fwd = SPEC.forward_case(backend, case, reset_after=False)
+    y, h = _gru_reference(case, reset_after=False)
+    assert_close(fwd.y, y, "y", **TOL[dtype])
+    assert_close(fwd.h_n, h, "h_n", **TOL[dtype])

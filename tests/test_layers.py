@@ -1,5 +1,5 @@
 """fastrnn.RNN / LSTM / GRU: behaviour, invariants and errors (PyTorch parity is in
-``test_layers_torch.py``, finite differences through whole stacks in ``test_stack.py``).
+``test_nn_rnn_torch.py``, finite differences through whole stacks in ``test_stack.py``).
 """
 
 import warnings

@@ -9,7 +9,7 @@ generator, so that every forward draws the same masks) dropout.
 
 import numpy as np
 import pytest
-from conftest import FD_EPS, FD_TOL, assert_close
+from conftest import FD_TOL, assert_close, numeric_grad
 
 from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
 
@@ -81,15 +81,7 @@ def _check_fd(cfg, seed=None):
     got = {"x": g.dx, "h0": g.dh0, "c0": g.dc0, **g.weights}
     assert list(g.weights) == cfg.weight_names()
     for name, base in inputs.items():
-        num = np.zeros_like(base)
-        for idx in np.ndindex(base.shape):
-            vals = []
-            for sign in (1, -1):
-                a = dict(inputs)
-                a[name] = base.copy()
-                a[name][idx] += sign * FD_EPS
-                vals.append(_loss(cfg, a, up, seed))
-            num[idx] = (vals[0] - vals[1]) / (2 * FD_EPS)
+        num = numeric_grad(lambda: _loss(cfg, inputs, up, seed), base)
         assert_close(got[name], num, name, **FD_TOL)
 
 

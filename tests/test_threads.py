@@ -1,4 +1,6 @@
-"""Thread count: the multi-threaded gate passes give the same numbers as one thread.
+"""fastrnn/_threads.py: set_num_threads, and multi-threaded kernels give the one-thread bits.
+
+Thread count: the multi-threaded gate passes give the same numbers as one thread.
 
 The kernels split each step's GEMM and gate pass over hidden-unit blocks among their threads
 (src_pyx/_blocks.pxd) once a step is large enough (``_team`` in fastrnn/functional.py); the
@@ -20,6 +22,7 @@ def restore_threads():
     fastrnn.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 def test_thread_count_does_not_change_results(spec, with_lengths, restore_threads, rng):
