@@ -30,6 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,15 @@ __all__ = [
 BACKEND = "cython"
 
 
+@functools.lru_cache(maxsize=64)
+def _full_batch(T: int, B: int) -> np.ndarray:
+    """``batch_sizes`` of a batch without lengths (B at every step), read-only and shared: the
+    kernels take it as ``const int[::1]``."""
+    a = np.full(T, B, dtype=np.intc)
+    a.flags.writeable = False
+    return a
+
+
 class _Schedule:
     """Rows sorted by decreasing length, and how many are active at each step.
 
@@ -80,13 +90,13 @@ class _Schedule:
         # caller's step that row b reads at kernel step t (None: identity).
         self.flip = reverse and lengths is None
         self.steps = None
+        if lengths is None:  # every row runs all T steps: the common case, kept short
+            self.order = self.inverse = None
+            self.batch_sizes = _full_batch(T, B)
+            return
         if reverse and lengths is not None:
             t = np.arange(T)[:, None]
             self.steps = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-        if lengths is None:
-            self.order = self.inverse = None
-            self.batch_sizes = np.full(T, B, dtype=np.intc)
-            return
         order = np.argsort(-lengths, kind="stable")
         sorted_lengths = lengths[order]
         # batch_sizes[t] = #{b : lengths[b] > t}
