@@ -301,13 +301,14 @@ class Prepared(NamedTuple):
     w_hr: np.ndarray | None = None
 
 
-def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
+def _shape_of(name: str, a: Any, ndim: int, what: str, G: int = 0) -> tuple[int, ...]:
+    """``a``'s shape, which must have ``ndim`` axes; ``what`` (formatted with ``G`` only when
+    an error is raised, to keep the common case cheap) names the shape expected."""
+    if type(a) is np.ndarray and a.ndim == ndim:
+        return a.shape
+    what = what.format(G=G)
     if a is None:
         raise TypeError(f"{name} is required, got None")
-    if type(a) is np.ndarray:
-        shape = a.shape
-        if len(shape) == ndim:
-            return shape
     try:
         shape = np.shape(a)
     except ValueError as exc:  # ragged nested sequences
@@ -368,9 +369,9 @@ def prepare(
     """
     G = cell.G
     T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
-    GH, I_w = _shape_of("w_ih", w_ih, 2, f"({G} * hidden_size, input_size)")
+    GH, I_w = _shape_of("w_ih", w_ih, 2, "({G} * hidden_size, input_size)", G)
     if w_hr is None:
-        GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
+        GH2, H = _shape_of("w_hh", w_hh, 2, "({G} * hidden_size, hidden_size)", G)
         if H < 1:
             raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
         if GH2 != G * H:
@@ -387,7 +388,7 @@ def prepare(
             raise ValueError(
                 f"w_hr must have shape (proj_size >= 1, hidden_size >= 1), got {(R, H)}"
             )
-        w_hh_shape = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, proj_size)")
+        w_hh_shape = _shape_of("w_hh", w_hh, 2, "({G} * hidden_size, proj_size)", G)
         if w_hh_shape != (G * H, R):
             raise ValueError(
                 f"w_hh must have shape ({G} * hidden_size, proj_size) = ({G * H}, {R}) with a "
@@ -420,7 +421,10 @@ def prepare(
     }
     dtype = _F32
     for name, a in operands.items():
-        if a is not None and _float_dtype_of(name, a) is _F64:
+        if a is None:
+            continue
+        dt = a.dtype if type(a) is np.ndarray else None
+        if dt is _F64 or (dt is not _F32 and _float_dtype_of(name, a) is _F64):
             dtype = _F64
 
     xa = _convert("x", as_array("x", x), dtype)
