@@ -150,9 +150,14 @@ class _Saved:
     rhs: np.ndarray | None = None  # GRU reset-before: r * h_{t-1}, (T, B, H)
 
 
-# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
-# below it the per-step barrier and the extra BLAS calls cost more than the split saves.
-_MIN_WORK_PER_THREAD = 1 << 16
+# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds
+# (about 30-70 us of arithmetic on one core): below it the per-step barrier costs more than the
+# split saves. On a machine whose vCPUs are shared, a thread that reaches the barrier first
+# waits for the other vCPU to be scheduled again, so the threshold is set for the median, not
+# for the best case: at 1 << 16 the 2-thread RNN longseq forward (T=1000 B=16 H=128, 2.6e5
+# multiply-adds a step) had a median 5x its minimum on the development machine, and one thread
+# was faster in the median (benchmarks/bench_team.py compares the rule with fixed teams).
+_MIN_WORK_PER_THREAD = 1 << 20
 
 
 def _team(p: Prepared) -> int:
