@@ -89,7 +89,9 @@ def test_plain_numpy_matches_the_reference(cell, T):
     for _ in range(2):  # buffers reused: a second call gives the same numbers
         np.testing.assert_allclose(m.forward(training=True), out[0], rtol=1e-12, atol=1e-13)
         grads = m.backward(p.dy)
-        for got, want in zip(grads, (ref.dx, ref.dw_ih, ref.dw_hh, ref.db_ih, ref.db_hh)):
+        for got, want in zip(
+            grads, (ref.dx, ref.dw_ih, ref.dw_hh, ref.db_ih, ref.db_hh), strict=True
+        ):
             np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
     assert reference.BACKEND == "numpy"
 
@@ -98,7 +100,7 @@ def test_deepbench_problems_cap_steps_and_keep_deepbench_names():
     probs = bench.deepbench_problems(("training", "inference"), max_steps=30)
     assert len(probs) == len(bench.DEEPBENCH["training"]) + len(bench.DEEPBENCH["inference"])
     for (cell, name, (T, B, I, H), mode), (c, h, b, t) in zip(
-        probs, bench.DEEPBENCH["training"] + bench.DEEPBENCH["inference"]
+        probs, bench.DEEPBENCH["training"] + bench.DEEPBENCH["inference"], strict=True
     ):
         assert (cell, I, H, B, T) == (c, h, h, b, min(t, 30))
         assert name.endswith(f"H{h}B{b}T{t}")
