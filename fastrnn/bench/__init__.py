@@ -4,13 +4,15 @@
 the pieces are importable for other scripts and for ``benchmarks/``:
 
 * :data:`CONFIGS` -- the standard shapes (T, B, I, H);
+* :data:`DEEPBENCH`, :func:`deepbench_problems`, :func:`run_deepbench` -- DeepBench's problems;
 * :func:`make_problem` -- inputs, weights and a dense upstream gradient for one cell and shape;
 * :func:`implementations` -- one zero-argument callable per implementation and mode, all on the
-  same arrays (PyTorch gets a copy of the same weights);
+  same arrays (PyTorch gets a copy of the same weights): fastrnn, the NumPy reference, the plain
+  NumPy loop of :mod:`fastrnn.bench.plain_numpy` and torch;
 * :func:`gemm_peak` -- GEMM throughput of scipy's BLAS (the one the kernels call) at a thread
   count, the yardstick for the kernels' GFLOP/s;
 * :func:`run` -- everything above, interleaved, into a list of result rows;
-* :func:`format_table`, :func:`write_json`, :func:`write_plot`.
+* :func:`format_table`, :func:`summarize`, :func:`write_json`, :func:`write_plot`.
 
 FLOPs count only the GEMMs, as DESIGN.md's "know the limit" does: a forward is
 ``2 T B (I + H) G H`` (G = 1, 4, 3 for RNN, LSTM, GRU), and forward + backward is 3 times that.
