@@ -172,6 +172,8 @@ class Cache:
 
 def as_array(name: str, a: Any) -> np.ndarray:
     """``np.asarray(a)``, refusing masked arrays and naming the argument for ragged sequences."""
+    if type(a) is np.ndarray:  # not a subclass (masked arrays are one)
+        return a
     if isinstance(a, np.ma.MaskedArray):  # np.asarray would drop the mask silently
         raise TypeError(
             f"{name} is a masked array, whose mask fastrnn would ignore; pass "
@@ -189,6 +191,8 @@ def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     """The float dtype an argument asks for (None for integers), refusing unsupported kinds."""
     # ndarrays answer directly; anything else (lists, torch tensors, ...) as np.asarray reads it
     dt = a.dtype if isinstance(a, (np.ndarray, np.generic)) else as_array(name, a).dtype
+    if dt is _F32 or dt is _F64:  # the common case, without the checks below
+        return dt
     if dt.kind == "f":
         if dt.itemsize > 8:
             raise TypeError(
@@ -203,6 +207,8 @@ def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
         f"integers are converted), got dtype {dt}"
     )
 
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 #: Largest integer magnitude below which every integer is exact in each computation dtype.
 _EXACT_INT = {np.dtype(np.float32): 2**24, np.dtype(np.float64): 2**53}
@@ -222,6 +228,8 @@ def check_exact_integers(name: str, arr: np.ndarray, dtype: np.dtype) -> None:
 
 def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``arr`` as a C-contiguous array of ``dtype``; integers only when the conversion is exact."""
+    if type(arr) is np.ndarray and arr.dtype is dtype and arr.flags.c_contiguous:
+        return arr  # already what the kernels take (the common case: no copy, no checks)
     check_exact_integers(name, arr, dtype)
     try:
         return np.ascontiguousarray(arr, dtype=dtype)
@@ -232,7 +240,7 @@ def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _to_array(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    arr = as_array(name, a)
+    arr = a if type(a) is np.ndarray else as_array(name, a)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     return _convert(name, arr, dtype)
@@ -257,6 +265,8 @@ BLAS_INT_MAX = 2**31 - 1
 
 
 def _check_blas_limits(T: int, B: int, I: int, H: int, G: int, R: int) -> None:
+    if max(T * B, G * H, I, R) <= BLAS_INT_MAX:  # every call but the refused ones
+        return
     for value, what in (
         (T * B, f"x has T * B = {T} * {B} = {T * B} rows (the input GEMM's row count)"),
         (G * H, f"w_hh has {G} * hidden_size = {G * H} rows"),
@@ -291,7 +301,12 @@ class Prepared(NamedTuple):
     w_hr: np.ndarray | None = None
 
 
-def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
+def _shape_of(name: str, a: Any, ndim: int, what: str, G: int = 0) -> tuple[int, ...]:
+    """``a``'s shape, which must have ``ndim`` axes; ``what`` (formatted with ``G`` only when
+    an error is raised, to keep the common case cheap) names the shape expected."""
+    if type(a) is np.ndarray and a.ndim == ndim:
+        return a.shape
+    what = what.format(G=G)
     if a is None:
         raise TypeError(f"{name} is required, got None")
     try:
@@ -354,9 +369,9 @@ def prepare(
     """
     G = cell.G
     T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
-    GH, I_w = _shape_of("w_ih", w_ih, 2, f"({G} * hidden_size, input_size)")
+    GH, I_w = _shape_of("w_ih", w_ih, 2, "({G} * hidden_size, input_size)", G)
     if w_hr is None:
-        GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
+        GH2, H = _shape_of("w_hh", w_hh, 2, "({G} * hidden_size, hidden_size)", G)
         if H < 1:
             raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
         if GH2 != G * H:
@@ -373,7 +388,7 @@ def prepare(
             raise ValueError(
                 f"w_hr must have shape (proj_size >= 1, hidden_size >= 1), got {(R, H)}"
             )
-        w_hh_shape = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, proj_size)")
+        w_hh_shape = _shape_of("w_hh", w_hh, 2, "({G} * hidden_size, proj_size)", G)
         if w_hh_shape != (G * H, R):
             raise ValueError(
                 f"w_hh must have shape ({G} * hidden_size, proj_size) = ({G * H}, {R}) with a "
@@ -404,10 +419,13 @@ def prepare(
         "b_hh": b_hh,
         "w_hr": w_hr,
     }
-    dtype = np.dtype(np.float32)
+    dtype = _F32
     for name, a in operands.items():
-        if a is not None and _float_dtype_of(name, a) == np.float64:
-            dtype = np.dtype(np.float64)
+        if a is None:
+            continue
+        dt = a.dtype if type(a) is np.ndarray else None
+        if dt is _F64 or (dt is not _F32 and _float_dtype_of(name, a) is _F64):
+            dtype = _F64
 
     xa = _convert("x", as_array("x", x), dtype)
     w_ih_a = _convert("w_ih", as_array("w_ih", w_ih), dtype)

@@ -30,6 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,15 @@ __all__ = [
 BACKEND = "cython"
 
 
+@functools.lru_cache(maxsize=64)
+def _full_batch(T: int, B: int) -> np.ndarray:
+    """``batch_sizes`` of a batch without lengths (B at every step), read-only and shared: the
+    kernels take it as ``const int[::1]``."""
+    a = np.full(T, B, dtype=np.intc)
+    a.flags.writeable = False
+    return a
+
+
 class _Schedule:
     """Rows sorted by decreasing length, and how many are active at each step.
 
@@ -80,13 +90,13 @@ class _Schedule:
         # caller's step that row b reads at kernel step t (None: identity).
         self.flip = reverse and lengths is None
         self.steps = None
+        if lengths is None:  # every row runs all T steps: the common case, kept short
+            self.order = self.inverse = None
+            self.batch_sizes = _full_batch(T, B)
+            return
         if reverse and lengths is not None:
             t = np.arange(T)[:, None]
             self.steps = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-        if lengths is None:
-            self.order = self.inverse = None
-            self.batch_sizes = np.full(T, B, dtype=np.intc)
-            return
         order = np.argsort(-lengths, kind="stable")
         sorted_lengths = lengths[order]
         # batch_sizes[t] = #{b : lengths[b] > t}
@@ -140,9 +150,14 @@ class _Saved:
     rhs: np.ndarray | None = None  # GRU reset-before: r * h_{t-1}, (T, B, H)
 
 
-# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
-# below it the per-step barrier and the extra BLAS calls cost more than the split saves.
-_MIN_WORK_PER_THREAD = 1 << 16
+# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds
+# (about 30-70 us of arithmetic on one core): below it the per-step barrier costs more than the
+# split saves. On a machine whose vCPUs are shared, a thread that reaches the barrier first
+# waits for the other vCPU to be scheduled again, so the threshold is set for the median, not
+# for the best case: at 1 << 16 the 2-thread RNN longseq forward (T=1000 B=16 H=128, 2.6e5
+# multiply-adds a step) had a median 5x its minimum on the development machine, and one thread
+# was faster in the median (benchmarks/bench_team.py compares the rule with fixed teams).
+_MIN_WORK_PER_THREAD = 1 << 20
 
 
 def _team(p: Prepared) -> int:

@@ -74,3 +74,61 @@ def test_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
 def test_bad_arguments(bad):
     with pytest.raises(SystemExit):
         main(bad)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("T", [1, 5])
+def test_plain_numpy_matches_the_reference(cell, T):
+    from fastrnn import reference
+    from fastrnn.bench.plain_numpy import PlainNumpy
+
+    p = bench.make_problem(cell, (T, 3, 4, 6), np.float64, seed=T)
+    fwd, bwd = bench.CELLS[cell].functions("numpy")
+    states = (None,) * len(bench.CELLS[cell].states)
+    out = fwd(p.x, *states, p.w_ih, p.w_hh, p.b_ih, p.b_hh)
+    ref = bwd(out[-1], p.dy)
+    m = PlainNumpy(cell, p.x, p.w_ih, p.w_hh, p.b_ih, p.b_hh)
+    for _ in range(2):  # buffers reused: a second call gives the same numbers
+        np.testing.assert_allclose(m.forward(training=True), out[0], rtol=1e-12, atol=1e-13)
+        grads = m.backward(p.dy)
+        for got, want in zip(
+            grads, (ref.dx, ref.dw_ih, ref.dw_hh, ref.db_ih, ref.db_hh), strict=True
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+    assert reference.BACKEND == "numpy"
+
+
+def test_deepbench_problems_cap_steps_and_keep_deepbench_names():
+    probs = bench.deepbench_problems(("training", "inference"), max_steps=30)
+    assert len(probs) == len(bench.DEEPBENCH["training"]) + len(bench.DEEPBENCH["inference"])
+    for (cell, name, (T, B, I, H), mode), (c, h, b, t) in zip(
+        probs, bench.DEEPBENCH["training"] + bench.DEEPBENCH["inference"], strict=True
+    ):
+        assert (cell, I, H, B, T) == (c, h, h, b, min(t, 30))
+        assert name.endswith(f"H{h}B{b}T{t}")
+        assert mode == ("fwdbwd" if name.startswith("train") else "fwd")
+    uncapped = bench.deepbench_problems(("inference",), max_steps=0)
+    assert max(s[2][0] for s in uncapped) == 1500
+    with pytest.raises(ValueError, match="unknown DeepBench set"):
+        bench.deepbench_problems(("serving",))
+
+
+def test_deepbench_cli_runs_every_problem_of_a_set(capsys, monkeypatch):
+    # shrink the set so that the smoke test takes milliseconds
+    monkeypatch.setitem(bench.DEEPBENCH, "inference", (("gru", 16, 1, 3), ("rnn", 8, 2, 80)))
+    argv = ["--deepbench", "inference", "--deepbench-steps", "4", "--repeats", "2"]
+    argv += ["--min-time", "0.0005", "--settle", "0", "--gemm-n", "64", "--threads", "1", "-q"]
+    assert main([*argv, "--impls", "fastrnn,np-plain"]) == 0
+    out = capsys.readouterr().out
+    assert "infer:H16B1T3" in out and "infer:H8B2T80" in out
+    assert "# infer    1 thread  np-plain" in out and "over 2 problems" in out
+
+
+def test_summarize_geometric_mean():
+    rows = [
+        bench.Result(
+            "lstm", "train:a", (1, 1, 1, 1), "fwdbwd", "float32", 2, "torch", 2, 2, 1, 1, ratio=r
+        )  # fmt: skip
+        for r in (1.0, 4.0)
+    ]
+    assert "torch      2.00x (1.00x) over 2 problems" in bench.summarize(rows)
