@@ -43,6 +43,7 @@ from fastrnn._common import (
     Prepared,
     RNNGrads,
     as_grad,
+    cell_extras,
     check_cache,
     prepare,
 )
@@ -333,6 +334,15 @@ def lstm_forward(
     w_hr=None,
     reverse=False,
     check_finite=False,
+    w_peephole=None,
+    ln_ih=None,
+    ln_hh=None,
+    ln_c=None,
+    ln_c_bias=None,
+    recurrent_mask=None,
+    zoneout_h=None,
+    zoneout_c=None,
+    return_cell_states=False,
 ):
     """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
 
@@ -369,7 +379,12 @@ def lstm_forward(
     cache : Cache or None
         Pass to :func:`lstm_backward`.
     """
-    p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
+    extras = cell_extras(_LSTM, w_hr, w_peephole=w_peephole, ln_ih=ln_ih, ln_hh=ln_hh, ln_c=ln_c,
+                         ln_c_bias=ln_c_bias, recurrent_mask=recurrent_mask,
+                         zoneout_h=zoneout_h, zoneout_c=zoneout_c)  # fmt: skip
+    p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite, extras)
+    if p.extras or return_cell_states:
+        raise NotImplementedError("TEMPORARY: the feature kernels are being written")
     if p.w_hr is not None:
         return _lstm_proj_forward(p, training, reverse)
     if p.T == 0 or p.B == 0:
@@ -481,6 +496,10 @@ def gru_forward(
     reset_after=True,
     reverse=False,
     check_finite=False,
+    ln_ih=None,
+    ln_hh=None,
+    recurrent_mask=None,
+    zoneout_h=None,
 ):
     """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
 
@@ -514,7 +533,11 @@ def gru_forward(
     cache : Cache or None
         Pass to :func:`gru_backward`.
     """
-    p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    extras = cell_extras(_GRU, ln_ih=ln_ih, ln_hh=ln_hh, recurrent_mask=recurrent_mask,
+                         zoneout_h=zoneout_h, reset_after=reset_after)  # fmt: skip
+    p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
+    if p.extras:
+        raise NotImplementedError("TEMPORARY: the feature kernels are being written")
     options = {"reset_after": bool(reset_after), "reverse": reverse}
     if not reset_after:
         return _gru_reset_before_forward(p, training, options)

@@ -206,6 +206,10 @@ class RNNBase(Module):
         h_n : ndarray of shape (L*D, B, R)
             Final hidden state of every layer and direction (index ``layer * D + direction``);
             for LSTM the first member of the tuple ``(h_n, c_n)``, with ``c_n`` (L*D, B, H).
+        cell_states : ndarray of shape (T, B, D*H), or (B, T, D*H) with batch_first
+            Only for an LSTM built with ``return_cell_states=True`` (a third result): the last
+            layer's cell state c_t at every step, directions concatenated as in ``out``, zero
+            past each sequence's end.
 
         Raises
         ------
@@ -235,7 +239,7 @@ class RNNBase(Module):
         h0, c0 = self._split_state(hx, "hx")
         h0 = self._as_state(h0, "h0", "h", batch)
         c0 = self._as_state(c0, "c0", "c", batch)
-        y, h_n, c_n, cache = stack_forward(
+        y, h_n, c_n, *cs, cache = stack_forward(
             self._config,
             xt,
             h0,
@@ -246,14 +250,35 @@ class RNNBase(Module):
             generator=self.generator,
         )
         self._cache = (cache, y.shape, unbatched) if self.training else None
+        y, *cs = (self._from_time_major(a, unbatched) for a in (y, *cs))
         if unbatched:
-            y, h_n = y[:, 0], h_n[:, 0]
+            h_n = h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
-        elif self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, h_n if c_n is None else (h_n, c_n)
+        return (y, h_n if c_n is None else (h_n, c_n), *cs)
 
-    def backward(self, dout: Any, dstate: Any = None) -> tuple[np.ndarray, State]:
+    def _from_time_major(self, a: np.ndarray, unbatched: bool) -> np.ndarray:
+        """A (T, B, F) result in the caller's layout: (T, F) unbatched, (B, T, F) batch-first."""
+        if unbatched:
+            return a[:, 0]
+        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+
+    def _to_time_major(self, name: str, g: Any, width: int) -> np.ndarray | None:
+        """A gradient of a (T, B, width) result, validated in the caller's layout, time-major."""
+        if g is None:
+            return None
+        cache, y_shape, unbatched = self._cache
+        T, B = y_shape[0], y_shape[1]
+        g = as_real_array(g, name, self.dtype)
+        want = (T, width) if unbatched else (B, T, width) if self.batch_first else (T, B, width)
+        if g.shape != want:
+            raise ValueError(f"{name} must have the forward output's shape {want}, got {g.shape}")
+        if unbatched:
+            return g[:, None, :]
+        return g.transpose(1, 0, 2) if self.batch_first else g
+
+    def backward(
+        self, dout: Any, dstate: Any = None, dcell_states: Any = None
+    ) -> tuple[np.ndarray, State]:
         """Backpropagate through the last training-mode forward.
 
         Accumulates the gradient of every parameter into its ``.grad`` and returns the gradients
@@ -265,6 +290,8 @@ class RNNBase(Module):
             Gradient with respect to ``out`` (same shape, unbatched included); None for zeros.
         dstate : array_like of shape (L*D, B, R), a tuple ``(dh_n, dc_n)`` for LSTM, or None
             Gradient with respect to the final states; None (or a None member) for zeros.
+        dcell_states : array_like of shape (T, B, D*H), (B, T, D*H) with batch_first, or None
+            LSTM with ``return_cell_states=True``: gradient with respect to ``cell_states``.
 
         Returns
         -------
@@ -280,37 +307,27 @@ class RNNBase(Module):
         if self._cache is None:
             raise _no_cache_error(self)
         cache, y_shape, unbatched = self._cache
-        dt = self.dtype
         batch = None if unbatched else y_shape[1]
-        if dout is not None:
-            dout = as_real_array(dout, "dout", dt)
-            if unbatched:
-                want = (y_shape[0], y_shape[2])
-            elif self.batch_first:
-                want = (y_shape[1], y_shape[0], y_shape[2])
-            else:
-                want = y_shape
-            if dout.shape != want:
-                raise ValueError(
-                    f"dout must have the forward output's shape {want}, got {dout.shape}"
-                )
-            if unbatched:
-                dout = dout[:, None, :]
-            elif self.batch_first:
-                dout = dout.transpose(1, 0, 2)
+        dout = self._to_time_major("dout", dout, y_shape[2])
+        D = self._config.num_directions
+        dcs = self._to_time_major("dcell_states", dcell_states, D * self.hidden_size)
+        if dcs is not None and not self._config.options.get("return_cell_states"):
+            raise ValueError(
+                "dcell_states is the gradient of the cell states, which only a layer built "
+                "with return_cell_states=True returns"
+            )
         dh, dc = self._split_state(dstate, "dstate")
         dh = self._as_state(dh, "dh_n", "h", batch)
         dc = self._as_state(dc, "dc_n", "c", batch)
         self._cache = None
-        g = stack_backward(cache, dout, dh, dc)
+        g = stack_backward(cache, dout, dh, dc, dcs)
         for name, grad in g.weights.items():
             self._parameters[name].accumulate_grad(grad)
         dx, dh0, dc0 = g.dx, g.dh0, g.dc0
+        dx = self._from_time_major(dx, unbatched)
         if unbatched:
-            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dh0 = dh0[:, 0]
             dc0 = None if dc0 is None else dc0[:, 0]
-        elif self.batch_first:
-            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, dh0 if dc0 is None else (dh0, dc0)
 
     def extra_repr(self) -> str:
