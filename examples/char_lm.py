@@ -17,12 +17,23 @@ Run ``python examples/char_lm.py`` (about 3 minutes; on 2 cores the validation l
 2.0 nats/char) or ``python examples/char_lm.py --quick --steps 3`` for a smoke test. With the
 default time budget the number of steps depends on the machine; with ``--steps N`` and a generous
 ``--max-seconds`` the run is deterministic.
+
+Data-parallel over MPI (``pip install "fastrnn[mpi]"``)::
+
+    OMP_NUM_THREADS=1 mpiexec -n 2 python examples/char_lm.py --distributed
+
+Each rank reads its share of the ``--batch`` streams (``fastrnn.distributed.batchify``) and
+``fastrnn.distributed.DistributedDataParallel`` averages the gradients, so the ranks together
+take the steps one process would on the whole batch (the same numbers, up to rounding); rank 0
+decides when the time budget is spent, evaluates with the others' help and prints the summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
 import time
 from pathlib import Path
 
@@ -79,14 +90,19 @@ def load_text(path: Path, quick: bool) -> tuple[np.ndarray, list[str]]:
     return ids.astype(np.int64), [chr(c) for c in uniq]
 
 
-def evaluate(model: CharLM, ids: np.ndarray, batch: int, seq_len: int) -> float:
+def evaluate(model: CharLM, ids: np.ndarray, batch: int, seq_len: int, comm=None) -> float:
     """Mean cross-entropy (nats/char) of predicting ``ids[1:]`` from the preceding characters.
 
     The held-out text is read as ``batch`` streams with the state carried across chunks, as in
-    training, so every character is predicted with the context of its stream.
+    training, so every character is predicted with the context of its stream. With an MPI
+    ``comm``, each rank reads its share of the streams and the sums are added up.
     """
     model.eval()
     data = batchify(ids, min(batch, len(ids) - 1))
+    if comm is not None:
+        from fastrnn import distributed
+
+        data = distributed.shard(data, axis=1, comm=comm)
     total, count, state = 0.0, 0, None
     chunks = zip(tbptt_chunks(data[:-1], seq_len), tbptt_chunks(data[1:], seq_len), strict=True)
     for x, y in chunks:
@@ -95,6 +111,8 @@ def evaluate(model: CharLM, ids: np.ndarray, batch: int, seq_len: int) -> float:
         total += float(loss)
         count += y.size
     model.train()
+    if comm is not None:
+        total, count = comm.allreduce(np.array([total, count], dtype=np.float64))
     return total / count
 
 
@@ -123,7 +141,7 @@ def sample(
 
 
 def final_seconds(
-    model: CharLM, val_ids: np.ndarray, chars: list[str], args: argparse.Namespace
+    model: CharLM, val_ids: np.ndarray, chars: list[str], args: argparse.Namespace, comm=None
 ) -> tuple[float, float]:
     """Estimate how long the final evaluation and the sample take, from small probes.
 
@@ -133,7 +151,7 @@ def final_seconds(
     n_steps = max((len(val_ids) - 1) // EVAL_BATCH, 1)  # time steps of the full evaluation
     probe = min(16, n_steps)
     t0 = time.perf_counter()
-    evaluate(model, val_ids[: EVAL_BATCH * (probe + 1) + 1], EVAL_BATCH, EVAL_CHUNK)
+    evaluate(model, val_ids[: EVAL_BATCH * (probe + 1) + 1], EVAL_BATCH, EVAL_CHUNK, comm)
     t_eval = (time.perf_counter() - t0) * n_steps / probe
     t0 = time.perf_counter()
     sample(model, chars, args.prime, 10, args.temperature, np.random.default_rng(0))
@@ -168,6 +186,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prime", default="ROMEO:\n", help="text the sample starts from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--threads", type=int, default=None, help="kernel threads (default: fastrnn's default)"
+    )
+    ap.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over MPI: launch with mpiexec -n N (or srun); needs fastrnn[mpi]",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="tiny model on the first 20,000 characters (a smoke test)",
@@ -183,7 +209,34 @@ def main(argv: list[str] | None = None) -> dict:
     """Train, evaluate and sample; print and return the summary."""
     t_start = time.perf_counter()
     args = parse_args(argv)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(args.seed)  # the same draws on every rank
+    if args.threads is not None:
+        fastrnn.set_num_threads(args.threads)
+    comm, rank, world = None, 0, 1
+    if args.distributed:
+        from fastrnn import distributed
+
+        comm = distributed.init()  # an error on one rank stops them all
+        rank, world = comm.Get_rank(), comm.Get_size()
+        if args.threads is None and "OMP_NUM_THREADS" not in os.environ:
+            # share the machine's cores between the ranks on it
+            cores = os.cpu_count() or 1
+            fastrnn.set_num_threads(max(1, cores // distributed.local_world_size(comm)))
+        mine = distributed.shard_slice(args.batch, rank, world)  # this rank's streams
+
+        def agree(value):  # rank 0's value on every rank (its clock decides the schedule)
+            return comm.bcast(value, root=0)
+
+        def agree_sum(values):  # the sum over the ranks
+            return comm.allreduce(np.asarray(values, dtype=np.float64))
+    else:
+        mine = slice(None)
+
+        def agree(value):
+            return value
+
+        def agree_sum(values):
+            return np.asarray(values, dtype=np.float64)
 
     ids, chars = load_text(args.data, args.quick)
     n_val = int(len(ids) * args.val_frac)
@@ -194,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
     unigram_loss = float(-(val_freq * np.log(np.maximum(unigram, 1e-12))).sum())
 
     model = CharLM(len(chars), args.embed, args.hidden, args.layers, rng)
+    net = model if comm is None else distributed.DistributedDataParallel(model, comm)
     params = list(model.parameters())
     n_params = sum(p.data.size for p in params)
     opt = Adam(params, lr=args.lr)
@@ -201,23 +255,29 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Seconds kept for the final evaluation and the sample, with a margin; the evaluation's
     # share is re-measured at each validation.
-    t_eval, t_sample = final_seconds(model, val_ids, chars, args)
+    t_eval, t_sample = final_seconds(model, val_ids, chars, args, comm)
     reserve = 1.5 * (t_eval + t_sample) + 0.5
     deadline = t_start + args.max_seconds
     budget = args.max_seconds - (time.perf_counter() - t_start)
     total = args.steps if args.steps is not None else budget - reserve
-    bar = ProgressBar(total, desc="char_lm", unit="" if args.steps is not None else "s")
+    bar = ProgressBar(
+        total,
+        desc="char_lm",
+        unit="" if args.steps is not None else "s",
+        stream=None if rank == 0 else io.StringIO(),  # one bar: rank 0's
+    )
     step, chars_seen, epoch = 0, 0, 0
     recent: list[float] = []
     curve: list[tuple[int, float, float]] = []
     grad_norm = 0.0
+    comm_seconds, comm_bytes = 0.0, 0
     t_train = time.perf_counter()
     done = False
     while not done:
         # A new pass over the text: start the streams at a random offset so that chunk
         # boundaries move between epochs, and from a zero state (the text restarts).
         offset = int(rng.integers(args.seq_len))
-        data = batchify(train_ids[offset:], args.batch)
+        data = batchify(train_ids[offset:], args.batch)[:, mine]  # all streams, or this rank's
         inputs, targets = data[:-1], data[1:]
         state = None
         for x, y in zip(
@@ -225,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
             tbptt_chunks(targets, args.seq_len, drop_last=True),
             strict=True,
         ):
-            elapsed = time.perf_counter() - t_train
+            elapsed = agree(time.perf_counter() - t_train)
             # Cosine decay to a tenth of the peak over the run (steps or time, whichever ends
             # first is the clock).
             frac = elapsed / max(budget - reserve, 1e-9)
@@ -238,22 +298,27 @@ def main(argv: list[str] | None = None) -> dict:
                 # Restart a few streams from a zero state. A model that only ever continues
                 # from a carried state never learns to start from nothing, which is how the
                 # sample below starts (its first characters would be gibberish).
-                fresh = rng.random(args.batch) < args.reset_prob
+                fresh = (rng.random(args.batch) < args.reset_prob)[mine]
                 if fresh.any():
                     state = tuple(np.where(fresh[:, None], 0, s) for s in state)
-            logits, state = model(x, state)  # state: the previous chunk's final (h_n, c_n)
+            logits, state = net(x, state)  # state: the previous chunk's final (h_n, c_n)
             loss = criterion(logits, y)
-            model.backward(criterion.backward())
+            if comm is None:
+                model.backward(criterion.backward())
+            else:  # the gradients of the whole batch, on every rank
+                net.backward(criterion.backward(), num_samples=y.size)
+                comm_seconds += net.stats["comm_seconds"]
+                comm_bytes = net.stats["bytes"]
             grad_norm = clip_grad_norm_(params, args.clip)
             opt.step()
             opt.zero_grad()
 
             step += 1
-            chars_seen += y.size
-            recent = (recent + [float(loss)])[-50:]
+            chars_seen += x.shape[0] * args.batch  # the whole batch, all ranks together
+            recent = (recent + [float(loss) * y.size])[-50:]  # this rank's sum
             if step % args.eval_every == 0:
                 t0 = time.perf_counter()
-                val = evaluate(model, val_ids, EVAL_BATCH, EVAL_CHUNK)
+                val = evaluate(model, val_ids, EVAL_BATCH, EVAL_CHUNK, comm)
                 curve.append((step, time.perf_counter() - t_start, val))
                 t_eval = time.perf_counter() - t0
                 reserve = 1.5 * (t_eval + t_sample) + 0.5
@@ -262,8 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
                 loss=float(loss),
                 **({"val": curve[-1][2]} if curve else {}),
             )
-            if (args.steps is not None and step >= args.steps) or (
-                time.perf_counter() + reserve > deadline
+            if agree(
+                (args.steps is not None and step >= args.steps)
+                or (time.perf_counter() + reserve > deadline)
             ):
                 done = True
                 break
@@ -271,15 +337,19 @@ def main(argv: list[str] | None = None) -> dict:
     train_seconds = time.perf_counter() - t_train
     bar.close()
 
-    val_loss = evaluate(model, val_ids, EVAL_BATCH, EVAL_CHUNK)
+    val_loss = evaluate(model, val_ids, EVAL_BATCH, EVAL_CHUNK, comm)
     if not curve or curve[-1][0] != step:
         curve.append((step, time.perf_counter() - t_start, val_loss))
-    text_sample = sample(model, chars, args.prime, args.sample_len, args.temperature, rng)
+    text_sample = (
+        sample(model, chars, args.prime, args.sample_len, args.temperature, rng)
+        if rank == 0
+        else ""
+    )
     summary = {
         "val_loss": val_loss,
         "val_bits_per_char": val_loss / math.log(2),
         "unigram_loss": unigram_loss,
-        "train_loss": float(np.mean(recent)),
+        "train_loss": float(np.sum(agree_sum(recent)) / (len(recent) * args.batch * args.seq_len)),
         "steps": step,
         "epochs": chars_seen / len(train_ids),
         "chars_per_second": chars_seen / train_seconds,
@@ -289,8 +359,15 @@ def main(argv: list[str] | None = None) -> dict:
         "grad_norm": grad_norm,
         "curve": curve,
         "sample": text_sample,
+        "world_size": world,
+        "threads": fastrnn.get_num_threads(),
+        "sequences_per_second": chars_seen / args.seq_len / train_seconds,
     }
-    print_summary(summary, args, len(train_ids), len(val_ids), len(chars))
+    if comm is not None:
+        summary["allreduce_bytes_per_step"] = comm_bytes
+        summary["comm_share"] = comm_seconds / train_seconds
+    if rank == 0:
+        print_summary(summary, args, len(train_ids), len(val_ids), len(chars))
     return summary
 
 
@@ -308,6 +385,12 @@ def print_summary(s: dict, args: argparse.Namespace, n_train: int, n_val: int, v
         f"({s['epochs']:.2f} epochs) in {s['train_seconds']:.1f} s, "
         f"{s['chars_per_second']:,.0f} chars/s; Adam, clip_grad_norm_({args.clip})"
     )
+    if "comm_share" in s:
+        print(
+            f"distributed {s['world_size']} ranks x {s['threads']} threads: "
+            f"{s['allreduce_bytes_per_step'] / 1e6:.2f} MB all-reduced per step and rank, "
+            f"{100 * s['comm_share']:.1f}% of the training time in communication"
+        )
     print(f"train loss  {s['train_loss']:.3f} nats/char (mean of the last 50 steps)")
     print(
         f"val loss    {s['val_loss']:.3f} nats/char = {s['val_bits_per_char']:.3f} bits/char "

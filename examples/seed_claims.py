@@ -1,6 +1,6 @@
 """The textbook claims about training recurrent networks, measured.
 
-Four small experiments, each printed as a table (and drawn in one PNG when matplotlib is
+Five small experiments, each printed as a table (and drawn in one PNG when matplotlib is
 installed):
 
 (a) Long-range dependencies. The adding problem (Hochreiter & Schmidhuber, 1997): each input step
@@ -29,6 +29,13 @@ installed):
     RNN's decays even faster. dL/dh_t is computed exactly with the layers' own backward: run the
     steps before t, then run the steps from t on starting from that state and backpropagate; the
     gradient of that second run's initial state is dL/dh_t. In float64, so that nothing underflows.
+(e) Attention as the remedy for long-range dependencies. Reversing a sequence of random digits
+    makes the first output depend on the last input and the last output on the first. Two
+    encoder-decoders (``fastrnn.nn.Seq2Seq``: bidirectional LSTM encoder, LSTM decoder, the same
+    sizes, batches and steps, sequences of 2 to 30 digits) differ only in attention: without it
+    the decoder sees the source only through the encoder's final state, a fixed-size summary
+    that long sequences overflow; with Luong attention it reads the position it needs at every
+    step. Greedy decoding of 200 new sequences per length: per-digit accuracy and exact match.
 
 Run ``python examples/seed_claims.py`` (under 3 minutes on 2 cores) or
 ``python examples/seed_claims.py --quick --steps 3`` for a smoke test.
@@ -45,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 import fastrnn
-from fastrnn.nn import Linear, Module, MSELoss
+from fastrnn.nn import CrossEntropyLoss, Linear, Module, MSELoss, Seq2Seq
 from fastrnn.optim import SGD, Adam, clip_grad_norm_
 
 try:  # run as a script: examples/ is on sys.path
@@ -372,9 +379,88 @@ def print_d(res: dict, args) -> None:
         print("    " + f"{t:>5}" + "".join(f"{res['norms'][n][i]:>14.3g}" for n in names))
 
 
+# -- (e) attention and long-range dependencies ---------------------------------------------------
+DIGITS = 10
+BOS_E, EOS_E = DIGITS, DIGITS + 1
+
+
+def reversal_batch(rng: np.random.Generator, B: int, lo: int, hi: int):
+    """Random digit sequences of lengths in [lo, hi] and their reversals: src, lengths,
+    decoder inputs and targets (time-major; targets past the end token are ignored)."""
+    lengths = rng.integers(lo, hi + 1, B)
+    S = int(lengths.max())
+    src = rng.integers(0, DIGITS, (S, B))
+    past = np.arange(S)[:, None] >= lengths[None, :]
+    src[past] = 0
+    tgt = np.full((S + 1, B), EOS_E)
+    for b in range(B):
+        tgt[: lengths[b], b] = src[: lengths[b], b][::-1]
+    tgt_in = np.concatenate([np.full((1, B), BOS_E), tgt[:-1]])
+    tgt_out = tgt.copy()
+    tgt_out[np.arange(S + 1)[:, None] > lengths[None, :]] = -100  # ignore_index
+    return src, lengths, tgt_in, tgt_out
+
+
+def reversal_accuracy(model: Seq2Seq, rng: np.random.Generator, L: int, n: int = 200):
+    """(per-digit accuracy, exact match) of greedy decoding on n sequences of length L."""
+    src = rng.integers(0, DIGITS, (L, n))
+    hyps, _ = model.greedy(src, np.full(n, L), bos=BOS_E, eos=EOS_E, max_len=L + 2)
+    right = exact = 0
+    for b, got in enumerate(hyps):
+        want = src[::-1, b]
+        k = min(len(got), L)
+        right += int((got[:k] == want[:k]).sum())  # missing or extra digits count as wrong
+        exact += len(got) == L and bool((got == want).all())
+    return right / (n * L), exact / n
+
+
+def claim_e(args, bar: ProgressBar) -> dict:
+    out = {"lengths": list(args.lengths_e), "token": {}, "exact": {}, "seconds": {}}
+    for name, attention in (("attention", "general"), ("no attention", None)):
+        model = Seq2Seq(DIGITS, DIGITS + 2, 16, args.hidden_e, attention=attention, seed=args.seed)
+        params = list(model.parameters())
+        opt = Adam(params, lr=3e-3)
+        criterion = CrossEntropyLoss()
+        rng = np.random.default_rng(args.seed + 5)  # the same batches for both
+        t0 = time.perf_counter()
+        for _ in range(args.steps_e):
+            src, lengths, tgt_in, tgt_out = reversal_batch(rng, args.batch, 2, args.max_len_e)
+            criterion(model(src, lengths, tgt_in), tgt_out)
+            model.backward(criterion.backward())
+            clip_grad_norm_(params, 5.0)
+            opt.step()
+            opt.zero_grad()
+            bar.update(part="e", model=name)
+        out["seconds"][name] = time.perf_counter() - t0
+        test_rng = np.random.default_rng(900)  # the same test sequences for both
+        acc = [reversal_accuracy(model, test_rng, L) for L in args.lengths_e]
+        out["token"][name] = [a for a, _ in acc]
+        out["exact"][name] = [e for _, e in acc]
+    return out
+
+
+def print_e(res: dict, args) -> None:
+    print(
+        f"\n(e) reversing digit sequences: encoder-decoder with vs without attention, hidden "
+        f"{args.hidden_e}, {args.steps_e} Adam steps of {args.batch} sequences of "
+        f"2..{args.max_len_e} digits; greedy decoding of 200 new sequences per length"
+    )
+    names = list(res["token"])
+    print(
+        "    " + f"{'length':>6}" + "".join(f"{n + ' digit':>22}{n + ' exact':>22}" for n in names)
+    )
+    for i, L in enumerate(res["lengths"]):
+        print(
+            "    "
+            + f"{L:>6}"
+            + "".join(f"{res['token'][n][i]:>22.1%}{res['exact'][n][i]:>22.1%}" for n in names)
+        )
+    print(f"    (chance per digit: {1 / DIGITS:.0%})")
+
+
 # -- plot and main -----------------------------------------------------------------------------
-def plot(path: Path, a: dict, b: dict, c: dict, d: dict) -> bool:
-    """Save the four experiments as one PNG; return False when matplotlib is not installed."""
+def plot(path: Path, a: dict, b: dict, c: dict, d: dict, e: dict) -> bool:
+    """Save the five experiments as one PNG; return False when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -382,7 +468,7 @@ def plot(path: Path, a: dict, b: dict, c: dict, d: dict) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(2, 2, figsize=(12, 8))
+    fig, ax = plt.subplots(3, 2, figsize=(12, 12))
     for k, (cell, curve) in enumerate(a["curves"].items()):
         ax[0, 0].plot(*zip(*curve, strict=True), label=cell, color=f"C{k}")
     ax[0, 0].axhline(TRIVIAL_MSE, color="gray", ls="--", label="predict 1.0")
@@ -420,6 +506,12 @@ def plot(path: Path, a: dict, b: dict, c: dict, d: dict) -> bool:
             label=name,
         )
     ax[1, 1].set(title="(d) ||dL/dh_t||, loss on h_T", xlabel="t", yscale="log")
+    for k, name in enumerate(e["token"]):
+        ax[2, 0].plot(e["lengths"], e["token"][name], "o-", color=f"C{k}", label=name)
+        ax[2, 1].plot(e["lengths"], e["exact"][name], "o-", color=f"C{k}", label=name)
+    ax[2, 0].axhline(1 / DIGITS, color="gray", ls="--", label="chance")
+    ax[2, 0].set(title="(e) reversal: per-digit accuracy", xlabel="sequence length", ylim=(0, 1.02))
+    ax[2, 1].set(title="(e) reversal: exact match", xlabel="sequence length", ylim=(0, 1.02))
     for a_ in ax.flat:
         a_.legend(fontsize=8)
     fig.tight_layout()
@@ -449,6 +541,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps-c", type=int, default=1000)
     ap.add_argument("--eval-every-c", type=int, default=50, help="steps between tests in (c)")
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0])
+    ap.add_argument("--steps-e", type=int, default=1000, help="training steps per model in (e)")
+    ap.add_argument("--hidden-e", type=int, default=64, help="decoder hidden size in (e)")
+    ap.add_argument("--max-len-e", type=int, default=30, help="longest training sequence of (e)")
+    ap.add_argument(
+        "--lengths-e", type=int, nargs="+", default=[5, 10, 15, 20, 25, 30], help="tested in (e)"
+    )
     ap.add_argument(
         "--plot",
         type=Path,
@@ -462,17 +560,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.T, args.T_b, args.T_c, args.hidden, args.batch = 10, 10, 5, 8, 8
         args.seeds_b, args.lrs = 1, [1e-3, 10.0]
+        args.hidden_e, args.max_len_e, args.lengths_e = 8, 5, [3, 5]
     if args.steps is not None:
         args.steps_a = min(args.steps_a, args.steps)
         args.steps_b = min(args.steps_b, args.steps)
         args.steps_c = min(args.steps_c, args.steps)
+        args.steps_e = min(args.steps_e, args.steps)
         args.eval_every = min(args.eval_every, args.steps)
         args.eval_every_c = min(args.eval_every_c, args.steps)
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the four experiments; print the tables and return the results."""
+    """Run the five experiments; print the tables and return the results."""
     t_start = time.perf_counter()
     args = parse_args(argv)
     total = (
@@ -480,6 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
         + 2 * args.seeds_b * args.steps_b
         + len(args.lrs) * args.steps_c
         + 2 * len(CELLS)
+        + 2 * args.steps_e
     )
     bar = ProgressBar(total, desc="seed_claims", unit=" steps")
     timings = {}
@@ -495,6 +596,9 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     d = claim_d(args, a["models"], bar)
     timings["d"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    e = claim_e(args, bar)
+    timings["e"] = time.perf_counter() - t0
     bar.close()
 
     print("== seed_claims: what the textbooks say about training RNNs, measured ==")
@@ -502,9 +606,10 @@ def main(argv: list[str] | None = None) -> dict:
     print_b(b, args)
     print_c(c, args)
     print_d(d, args)
+    print_e(e, args)
     plotted = False
     if not args.no_plot:
-        plotted = plot(args.plot, a, b, c, d)
+        plotted = plot(args.plot, a, b, c, d, e)
         print(f"\nplot: {args.plot}" if plotted else "\nplot: skipped (matplotlib not installed)")
     seconds = time.perf_counter() - t_start
     print(
@@ -518,6 +623,7 @@ def main(argv: list[str] | None = None) -> dict:
         "b": b,
         "c": c,
         "d": d,
+        "e": e,
         "plot": str(args.plot) if plotted else None,
         "seconds": seconds,
     }

@@ -12,7 +12,17 @@ Public entry points:
 * :mod:`fastrnn.nn`, :mod:`fastrnn.optim`, :mod:`fastrnn.checkpoint` -- modules, losses,
   optimizers, clipping and checkpoints for training;
 * :mod:`fastrnn.utils` -- truncated BPTT over long sequences (``batchify``, ``tbptt_chunks``);
-* :func:`set_num_threads` / :func:`get_num_threads` -- threads used by the kernels.
+* :mod:`fastrnn.cells` -- the cell registry: each cell's gates, states, options and
+  parameters, described once;
+* :func:`manual_seed` -- one seed for every module built after it (initialisation, dropout);
+* :func:`set_num_threads` / :func:`get_num_threads` -- threads used by the kernels;
+* :func:`set_isa` / :func:`get_isa` / :func:`available_isas` -- which compiled kernels run
+  (AVX-512, AVX2 or BLAS), also chosen by the ``FASTRNN_ISA`` environment variable.
+
+Optional modules, imported by name only (never by ``import fastrnn`` nor listed in
+``__all__``, so that ``from fastrnn import *`` imports no optional dependency):
+:mod:`fastrnn.torch` (torch), :mod:`fastrnn.distributed` (mpi4py), :mod:`fastrnn.bench`,
+:mod:`fastrnn.demo`.
 """
 
 import os
@@ -26,7 +36,20 @@ import os
 # ACTIVE. Must run before the kernels load libgomp, which reads it once.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from fastrnn import _isa, nn, optim, utils  # noqa: E402,F401  (_isa applies FASTRNN_ISA)
+# _isa applies FASTRNN_ISA at import
+from fastrnn import (  # noqa: E402,F401
+    _isa,
+    cells,
+    checkpoint,
+    functional,
+    nn,
+    optim,
+    reference,
+    stack,
+    utils,
+)
+from fastrnn._isa import available_isas, get_isa, set_isa  # noqa: E402
+from fastrnn._random import get_rng_state, initial_seed, manual_seed, set_rng_state  # noqa: E402
 from fastrnn._threads import get_num_threads, set_num_threads  # noqa: E402
 from fastrnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fastrnn.nn import (  # noqa: E402
@@ -55,7 +78,6 @@ from fastrnn.optim import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -68,17 +90,30 @@ __all__ = [
     "MSELoss",
     "Module",
     "Parameter",
-    "RNN",
     "RMSprop",
+    "RNN",
+    "SGD",
     "Sequential",
-    "__version__",
+    "available_isas",
+    "cells",
+    "checkpoint",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "functional",
+    "get_isa",
     "get_num_threads",
+    "get_rng_state",
+    "initial_seed",
     "load_checkpoint",
+    "manual_seed",
     "nn",
     "optim",
+    "reference",
     "save_checkpoint",
+    "set_isa",
     "set_num_threads",
+    "set_rng_state",
+    "stack",
     "utils",
+    "__version__",
 ]

@@ -20,23 +20,40 @@ Every choice gives the same results within rounding (float32 ~1e-6 relative).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import sys
 import types
 import warnings
 
 from fastrnn.cells import CELLS
 
-try:
-    _PORTABLE = {
-        kernel: importlib.import_module(f"fastrnn._kernels.{kernel}")
-        for kernel in dict.fromkeys(c.kernel for c in CELLS.values())
-    }
-except ImportError as exc:  # a source tree whose extensions were never compiled
-    raise ImportError(
-        f"fastrnn's compiled kernels are missing ({exc}). In a source checkout, build them "
-        "with `pip install -e .` (or `python setup.py build_ext --inplace`), and rerun it after "
-        "editing a .pyx file."
-    ) from exc
+
+def _missing_kernels_error(missing: list[str]) -> ImportError:
+    """What to run when a source checkout's extensions are not built (or were built for another
+    Python): otherwise the error would be "cannot import name 'gru' from 'fastrnn._kernels'"."""
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_kernels")
+    root = os.path.dirname(os.path.dirname(here))
+    checkout = os.path.isfile(os.path.join(root, "setup.py"))
+    fix = (
+        f"This is a source checkout: build them in place with `cd {root} && python setup.py "
+        "build_ext --inplace` (again after editing a .pyx), or install fastrnn with "
+        "`pip install .` and import it from outside the checkout."
+        if checkout
+        else "Reinstall fastrnn (`pip install --force-reinstall fastrnn`)."
+    )
+    return ImportError(
+        f"fastrnn's compiled kernels ({', '.join(missing)}) are not built in {here} for this "
+        f"Python ({sys.implementation.cache_tag}). {fix}",
+        name="fastrnn._kernels",
+    )
+
+
+_KERNEL_NAMES = list(dict.fromkeys(c.kernel for c in CELLS.values()))
+_missing = [k for k in _KERNEL_NAMES if importlib.util.find_spec(f"fastrnn._kernels.{k}") is None]
+if _missing:
+    raise _missing_kernels_error(_missing)
+_PORTABLE = {k: importlib.import_module(f"fastrnn._kernels.{k}") for k in _KERNEL_NAMES}
 
 __all__ = ["KERNELS", "available_isas", "get_isa", "set_isa"]
 

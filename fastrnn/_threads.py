@@ -1,16 +1,18 @@
 """How many threads the kernels use, and the BLAS they call.
 
 The kernels run each time loop in one OpenMP parallel region of :func:`get_num_threads` threads
-(fewer for shapes too small to split) and call single-threaded BLAS inside it, each thread on
-its own slice of hidden units. So the number of threads fastrnn keeps busy is exactly
-:func:`get_num_threads`: no BLAS threads on top of the OpenMP ones.
+(fewer for shapes too small to split), each thread on its own slice of hidden units, and run
+every GEMM on their own micro-kernels (AVX2 / AVX-512, ``src_pyx/_rgemm.h``) inside that region.
+So the number of threads fastrnn keeps busy is exactly :func:`get_num_threads`.
 
-SciPy's bundled OpenBLAS (which ``scipy.linalg.cython_blas`` calls) has one process-wide thread
-count. :func:`blas_single_thread` sets it to 1 while a kernel runs and restores it afterwards
-(reference-counted, so concurrent kernel calls from several Python threads are safe), and
-:func:`blas_threads` sets it to any count for code that times the BLAS itself (the benchmark's
-GEMM peak). The library is found through ctypes; with a BLAS that is not OpenBLAS these are
-no-ops and :func:`blas_info` says so.
+BLAS is the fallback: on a CPU without AVX2 (or ``FASTRNN_ISA=blas``), or when a packed copy of
+the weights cannot be allocated, each thread calls SciPy's BLAS on its share instead. SciPy's
+bundled OpenBLAS (which ``scipy.linalg.cython_blas`` calls) has one process-wide thread count:
+:func:`blas_single_thread` sets it to 1 while a kernel runs, so that no BLAS threads pile up on
+the OpenMP ones, and restores it afterwards (reference-counted, so concurrent kernel calls
+from several Python threads are safe), and :func:`blas_threads` sets it to any count for code
+that times the BLAS itself (the benchmark's GEMM peak). The library is found through ctypes;
+with a BLAS that is not OpenBLAS these are no-ops and :func:`blas_info` says so.
 """
 
 from __future__ import annotations
@@ -83,10 +85,10 @@ def _in_thread_limit() -> bool:
 def set_num_threads(n: int | None) -> None:
     """Set the number of threads the kernels use, BLAS included.
 
-    Each kernel call runs at most ``n`` threads: its OpenMP team, each thread calling
-    single-threaded BLAS on its share of the work (so there is no oversubscription by BLAS
-    threads). Small shapes use fewer threads than ``n`` when splitting them costs more than it
-    saves.
+    Each kernel call runs at most ``n`` threads: its OpenMP team, each thread running its
+    share of every GEMM on the kernels' micro-kernels (or on single-threaded BLAS where those
+    cannot run, so there is no oversubscription by BLAS threads). Small shapes use fewer
+    threads than ``n`` when splitting them costs more than it saves.
 
     Parameters
     ----------

@@ -1,12 +1,19 @@
-"""Checkpoints: a model's parameters, an optimizer's state and extra values in one ``.npz`` file.
+"""Checkpoints: everything a training run needs to resume bit for bit, in one ``.npz`` file.
+
+A checkpoint holds a model's parameters, the state of every random generator of its modules
+(their ``generator`` attributes: the dropout masks of :class:`~fastrnn.nn.Dropout` and of the
+recurrent layers) and of :func:`fastrnn.manual_seed`'s sequence, an optimizer's state, a
+learning-rate scheduler's state and extra values.
 
 Layout of the archive (readable with ``np.load(path, allow_pickle=False)``):
 
 * ``__fastrnn_checkpoint__``: a JSON string with the format marker and version, the parameter
-  names, the optimizer's class and the structure of its state and of the extra values (numbers,
-  strings, lists, dicts; arrays appear as references to entries of the archive);
+  names, the optimizer's class, the structure of the optimizer's and the scheduler's state, the
+  generator states and the extra values (numbers, strings, lists, dicts; arrays appear as
+  references to entries of the archive);
 * ``model/<name>``: one array per parameter;
-* ``optimizer/...`` and ``extra/...``: the arrays of the optimizer state and of the extras.
+* ``optimizer/...``, ``scheduler/...``, ``rng/...`` and ``extra/...``: the arrays of those
+  states and of the extras.
 
 Files are written atomically: to a temporary file in the same directory, flushed and fsync-ed,
 then renamed over the target with :func:`os.replace`, so a crash leaves either the old file or
@@ -25,13 +32,16 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn._random import get_rng_state, set_rng_state
 from fastrnn.nn.module import Module
+from fastrnn.optim.lr_scheduler import LRScheduler
 from fastrnn.optim.optimizer import Optimizer
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
 FORMAT = "fastrnn-checkpoint"
-VERSION = 1
+#: Version 2 added the scheduler and the generator states; version 1 files still load.
+VERSION = 2
 _META_KEY = "__fastrnn_checkpoint__"
 
 PathLike = str | os.PathLike
@@ -123,10 +133,40 @@ def _atomic_savez(path: str, arrays: dict[str, np.ndarray]) -> None:
     _fsync_directory(directory)
 
 
+def _generators(model: Module) -> dict[str, np.random.Generator]:
+    """The ``generator`` of every module of ``model`` that has one, by module name."""
+    return {
+        name: m.generator
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "generator", None), np.random.Generator)
+    }
+
+
+def _check_scheduler(scheduler: Any) -> LRScheduler | None:
+    if scheduler is not None and not isinstance(scheduler, LRScheduler):
+        raise TypeError(
+            "scheduler must be a fastrnn.optim.lr_scheduler.LRScheduler (or None), got "
+            f"{type(scheduler).__name__}; to store another value, give it another name"
+        )
+    return scheduler
+
+
 def save_checkpoint(
-    path: PathLike, model: Module, optimizer: Optimizer | None = None, **extra: Any
+    path: PathLike,
+    model: Module,
+    optimizer: Optimizer | None = None,
+    *,
+    scheduler: LRScheduler | None = None,
+    **extra: Any,
 ) -> None:
-    """Save ``model``'s parameters, ``optimizer``'s state and ``extra`` values to one file.
+    """Save everything a run needs to resume bit for bit to one file.
+
+    Saved: ``model``'s parameters; the state of every module's ``generator`` (the dropout
+    masks of :class:`~fastrnn.nn.Dropout` and of the recurrent layers) and of
+    :func:`fastrnn.manual_seed`'s sequence; ``optimizer``'s state (step counts, moments,
+    hyper-parameters); ``scheduler``'s state; the ``extra`` values. Not saved: the model's
+    structure (build the same model before loading) and random generators of your own, such
+    as a data shuffler's (pass ``rng=gen.bit_generator.state`` as an extra).
 
     Parameters
     ----------
@@ -138,22 +178,25 @@ def save_checkpoint(
     optimizer : Optimizer, optional
         Its :meth:`~fastrnn.optim.Optimizer.state_dict` is saved, so that training resumes
         bit-identically.
+    scheduler : LRScheduler, optional
+        Its ``state_dict()`` is saved (epoch counter, base rates, plateau statistics).
     **extra
         Values returned by :func:`load_checkpoint`: arrays, NumPy scalars, Python numbers,
         strings, None, and lists, tuples and dicts (str or int keys) of these; for example
-        ``epoch=3``, ``scheduler=scheduler.state_dict()`` or
-        ``rng=dropout.generator.bit_generator.state``. Types round-trip exactly.
+        ``epoch=3``, ``step=1200`` or ``rng=data_rng.bit_generator.state``. Types round-trip
+        exactly.
 
     Raises
     ------
     TypeError
-        If ``model`` or ``optimizer`` has the wrong type, or an extra value cannot be stored
-        without pickle (nothing is written then).
+        If ``model``, ``optimizer`` or ``scheduler`` has the wrong type, or an extra value
+        cannot be stored without pickle (nothing is written then).
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastrnn Module, got {type(model).__name__}")
     if optimizer is not None and not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a fastrnn Optimizer, got {type(optimizer).__name__}")
+    _check_scheduler(scheduler)
     path = os.fspath(path)
     arrays: dict[str, np.ndarray] = {}
     names = []
@@ -165,8 +208,20 @@ def save_checkpoint(
         "version": VERSION,
         "model": {"class": type(model).__name__, "parameters": names},
         "optimizer": None,
+        "scheduler": None,
+        "rng": {
+            "modules": _encode(
+                {k: g.bit_generator.state for k, g in _generators(model).items()}, "rng", arrays
+            ),
+            "manual_seed": get_rng_state(),
+        },
         "extra": _encode(extra, "extra", arrays),
     }
+    if scheduler is not None:
+        meta["scheduler"] = {
+            "class": type(scheduler).__name__,
+            "state": _encode(scheduler.state_dict(), "scheduler", arrays),
+        }
     if optimizer is not None:
         meta["optimizer"] = {
             "class": type(optimizer).__name__,
@@ -248,13 +303,47 @@ def _check_model(path: str, model: Module, saved: dict[str, np.ndarray]) -> None
         )
 
 
-def load_checkpoint(
-    path: PathLike, model: Module, optimizer: Optimizer | None = None
-) -> dict[str, Any]:
-    """Load a file written by :func:`save_checkpoint` into ``model`` (and ``optimizer``).
+def _check_generators(
+    path: str, model: Module, saved: dict[str, Any]
+) -> list[tuple[np.random.Generator, Any]]:
+    """Pair each saved generator state with the model's generator, checking every state."""
+    gens = _generators(model)
+    missing = sorted(k for k in gens if k not in saved)
+    unexpected = sorted(k for k in saved if k not in gens)
+    problems = []
+    if missing:
+        problems.append(f"modules with a generator missing from the file: {missing}")
+    if unexpected:
+        problems.append(f"generators of modules the model does not have: {unexpected}")
+    pairs = []
+    for k in sorted(gens.keys() & saved.keys()):
+        trial = type(gens[k].bit_generator)()  # try the state on a scratch bit generator first
+        try:
+            trial.state = saved[k]
+        except (TypeError, ValueError, KeyError) as exc:
+            problems.append(f"generator of module {k!r}: {exc}")
+        else:
+            pairs.append((gens[k], saved[k]))
+    if problems:
+        raise ValueError(
+            f"{path}: checkpoint does not match {type(model).__name__}: " + "; ".join(problems)
+        )
+    return pairs
 
-    Everything is checked before anything is loaded: on error, ``model`` and ``optimizer`` are
-    unchanged.
+
+def load_checkpoint(
+    path: PathLike,
+    model: Module,
+    optimizer: Optimizer | None = None,
+    *,
+    scheduler: LRScheduler | None = None,
+) -> dict[str, Any]:
+    """Load a file written by :func:`save_checkpoint` into ``model`` (and the others).
+
+    Restores the parameters, every module generator's state, :func:`fastrnn.manual_seed`'s
+    sequence (when it was seeded at save time), and the optimizer's and scheduler's states when
+    they are given: after it, training continues with exactly the bits of an uninterrupted run.
+    Everything is checked before anything is loaded: on error, nothing has changed.
 
     Parameters
     ----------
@@ -264,6 +353,8 @@ def load_checkpoint(
     optimizer : Optimizer, optional
         Must be of the saved class, over the same parameter groups; its state and
         hyper-parameters (learning rates included) are restored.
+    scheduler : LRScheduler, optional
+        Must be of the saved class, built over ``optimizer``; its state is restored.
 
     Returns
     -------
@@ -286,9 +377,30 @@ def load_checkpoint(
         extra = _decode(meta["extra"], arrays)
         opt_meta = meta["optimizer"]
         opt_state = None if opt_meta is None else _decode(opt_meta["state"], arrays)
+        sched_meta = meta.get("scheduler")  # version 1 files have no scheduler or rng entries
+        sched_state = None if sched_meta is None else _decode(sched_meta["state"], arrays)
+        rng_meta = meta.get("rng")
+        rng_modules = None if rng_meta is None else _decode(rng_meta["modules"], arrays)
+        seed_state = None if rng_meta is None else rng_meta["manual_seed"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: corrupt checkpoint: malformed metadata ({exc!r})") from exc
     _check_model(path, model, saved)
+    _check_scheduler(scheduler)
+    if scheduler is not None:
+        if sched_meta is None:
+            raise ValueError(f"{path}: the checkpoint holds no scheduler state")
+        if sched_meta.get("class") != type(scheduler).__name__:
+            raise ValueError(
+                f"{path}: the checkpoint holds {sched_meta.get('class')} state, not "
+                f"{type(scheduler).__name__}"
+            )
+        expected, got = set(scheduler.state_dict()), set(sched_state)
+        if expected != got:
+            raise ValueError(
+                f"{path}: scheduler state does not match: missing {sorted(expected - got)}, "
+                f"unexpected {sorted(got - expected)}"
+            )
+    generators = [] if rng_modules is None else _check_generators(path, model, rng_modules)
     if optimizer is not None:
         if opt_meta is None:
             raise ValueError(f"{path}: the checkpoint holds no optimizer state")
@@ -301,5 +413,11 @@ def load_checkpoint(
             optimizer.load_state_dict(opt_state)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: optimizer state does not match: {exc}") from exc
+    if scheduler is not None:
+        scheduler.load_state_dict(sched_state)
+    for gen, state in generators:
+        gen.bit_generator.state = state
+    if seed_state is not None:
+        set_rng_state(seed_state)
     model.load_state_dict(saved)
     return extra

@@ -149,7 +149,8 @@ _MIN_WORK_PER_THREAD = 1 << 16
 def _team(p: Prepared) -> int:
     """Threads for a kernel call: get_num_threads(), fewer when a step is too small to split.
 
-    Threads split the H hidden units in slices of at least 16 (see ``unit_span``)."""
+    Threads split the H hidden units into blocks of about 64 (``unit_blocks`` in
+    src_pyx/_parallel.pxd), so at most H // 16 threads have work."""
     B, H, GH = p.B, p.H, p.w_hh.shape[0]
     return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
 

@@ -605,7 +605,13 @@ def _states(cfg: StackConfig, batch: int, given: Mapping[str, tuple[str, Any]]) 
 
 
 def stack_backward(
-    cache: StackCache, dy: Any, dh_n: Any = None, dc_n: Any = None, dcs: Any = None
+    cache: StackCache,
+    dy: Any,
+    dh_n: Any = None,
+    dc_n: Any = None,
+    dcs: Any = None,
+    *,
+    on_layer_grads: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> StackGrads:
     """Backpropagation through a training :func:`stack_forward`.
 
@@ -621,6 +627,10 @@ def stack_backward(
     dcs : array_like of shape (T, B, D*hidden_size) or None
         Gradient with respect to ``cell_states`` (LSTM with ``return_cell_states``); None for
         zeros.
+    on_layer_grads : callable, optional
+        ``on_layer_grads(layer, grads)`` as soon as a layer's weight gradients are final
+        (``grads``: name -> gradient, both directions), from the top layer down; the layers
+        below are still to run (a data-parallel caller starts their all-reduce there).
 
     Returns
     -------
@@ -671,7 +681,7 @@ def stack_backward(
                 kw["dcs"] = dcs[:, :, direction * H : (direction + 1) * H]
             return bwd(cache.caches[layer][direction], dy_d, *d_n, **kw)
 
-        dinp = None
+        dinp, n_before = None, len(grads)
         split = _direction_split(cfg, T, B, layer)
         for direction, g in enumerate(_each_direction(D, split, run)):
             idx, sfx = layer * D + direction, _suffix(layer, direction)
@@ -680,6 +690,8 @@ def stack_backward(
             for p in params:
                 grads[p.name + sfx] = getattr(g, "d" + p.arg)
             dinp = g.dx if dinp is None else dinp + g.dx
+        if on_layer_grads is not None:
+            on_layer_grads(layer, dict(list(grads.items())[n_before:]))  # this layer's
         if layer > 0 and cache.masks[layer - 1] is not None:
             dinp = dinp * cache.masks[layer - 1]
         dout = dinp

@@ -1,5 +1,6 @@
 # Helpers of the stable C API (the tier-4 functions at the end of rnn.pyx, lstm.pyx, gru.pyx,
-# declared for other extensions in fastrnn/_kernels/{rnn,lstm,gru}.pxd), header-only.
+# declared for other extensions in fastrnn/_kernels/{rnn,lstm,gru}.pxd), header-only. The
+# calls themselves are written once, in _capi.pxi, which each cell includes.
 #
 # The C API takes raw pointers from code that has no Python layer in front of it, so it checks
 # what is cheap to check (sizes, required pointers, batch_sizes) and fills in the optional
@@ -8,6 +9,23 @@
 
 from cython cimport floating
 from libc.string cimport memcpy, memset
+
+cdef struct Layout:
+    # Where a cell's C API keeps things, in elements of the call's dtype: each cell computes
+    # one in its _layout(T, B, I, H), the only place its offsets and sizes are written, and its
+    # *_workspace_size, *_reserve_size, forward and backward all read it.
+    Py_ssize_t G        # gate width (columns of w_ih, rows of the bias)
+    # workspace: [batch_sizes (T ints) | vec | states | scratch | big]
+    Py_ssize_t vec      # the folded biases (forward) or the bias gradients (backward)
+    Py_ssize_t vec_hh   # the gradient of b_hh (== vec when it equals that of b_ih)
+    Py_ssize_t states   # zeros standing in for NULL initial states
+    Py_ssize_t scratch  # per-step scratch of the time loop
+    Py_ssize_t big      # an inference forward's gate ring (and state), or the gate gradients
+    Py_ssize_t work     # workspace size
+    # reserve: [gates (T*B*G) | keep]
+    Py_ssize_t keep     # the second array a training forward keeps for the backward
+    Py_ssize_t reserve  # reserve size
+
 
 cdef enum:
     ERR_ARG = -1          # a size out of range or a required pointer that is NULL

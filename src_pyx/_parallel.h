@@ -1,8 +1,10 @@
 /* The team helpers of the kernels' persistent parallel regions.
  *
- * Each kernel runs its whole time loop inside one OpenMP parallel region. Every thread owns a
- * contiguous slice of hidden units (and the matching gate columns) and calls single-threaded
- * BLAS on it, so the only synchronisation per time step is one barrier.
+ * Each kernel runs its whole time loop inside one OpenMP parallel region (opened by run_team,
+ * _parallel.pxd). Every thread owns a contiguous slice of hidden units (and the matching gate
+ * columns) and runs its share of each GEMM on the kernels' own micro-kernels (_rgemm.h; BLAS,
+ * single-threaded, only where those cannot run), so the only synchronisation per time step is
+ * one barrier (two for the LSTM projection and the reset-before GRU).
  *
  * That barrier is ours, not `#pragma omp barrier`: libgomp's barrier spins or sleeps according
  * to OMP_WAIT_POLICY, and the policy that makes a per-step barrier cheap (active) is the one

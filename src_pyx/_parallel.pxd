@@ -2,6 +2,10 @@
 #
 # A kernel's time loop runs in one OpenMP region of `size` threads; thread `rank` takes its share
 # of fixed blocks of work (see _blocks.pxd) and synchronises once per step with fr_barrier_wait.
+# run_team opens that region for every kernel: the kernel is a `part` function, called once per
+# thread per kernel call with the cell's operand struct (_ops.pxd).
+
+from cython.parallel cimport parallel
 
 cdef extern from "_parallel.h" nogil:
     ctypedef struct fr_barrier:
@@ -36,3 +40,29 @@ cdef inline void share(Py_ssize_t n, int size, int rank, Py_ssize_t* lo,
     """[lo, hi): rank's contiguous share of n blocks."""
     lo[0] = n * rank // size
     hi[0] = n * (rank + 1) // size
+
+
+# A kernel's share of work for thread `rank` of `size`: ops is the cell's operand struct
+# (_ops.pxd); tag is always NULL and only selects the element type (Cython specializes a fused
+# function on its arguments, and the struct's pointers are void*, see _ops.pxd).
+ctypedef void (*part_f32)(const void* ops, fr_barrier* bar, int size, int rank,
+                          float* tag) noexcept nogil
+ctypedef void (*part_f64)(const void* ops, fr_barrier* bar, int size, int rank,
+                          double* tag) noexcept nogil
+ctypedef fused part_fn:
+    part_f32
+    part_f64
+
+
+cdef inline void run_team(part_fn part, const void* ops, Py_ssize_t H,
+                          int n_threads) noexcept nogil:
+    """Run part(ops, ...) on each thread of one parallel region of at most n_threads threads
+    (no more than H's unit blocks), sharing one step barrier. One indirect call per thread per
+    kernel call: the time loop and the gate math inside part are direct code."""
+    cdef fr_barrier bar
+    cdef int size, rank
+    fr_barrier_init(&bar)
+    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+        size = fr_team_size()
+        rank = fr_team_rank()
+        part(ops, &bar, size, rank, NULL)

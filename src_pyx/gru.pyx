@@ -12,15 +12,14 @@ are active at step t, and inactive rows keep their state and output zeros.
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt, pack_nt_k,
                       project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, release,
                       steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
-from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
-                        fr_team_size, unit_blocks)
+from _ops cimport GRUOps
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -88,27 +87,23 @@ cdef inline void _row_backward(const floating* a, const floating* hn, const floa
 
 
 # --- tier 2: the time loops (one parallel region each; see lstm.pyx and _blocks.pxd) ------------
-cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                   const floating* x, const floating* h0, const floating* w_ih,
-                   const floating* w_hh, const floating* bias_i, const floating* b_hn,
-                   const int* batch_sizes, floating* gates, floating* hns, floating* hw,
-                   floating* y, floating* h_n, bint training, int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _forward_part(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, batch_sizes, gates, hns, hw,
-                      y, h_n, training, &bar, size, rank)
-
-
-cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        const floating* x, const floating* h0, const floating* w_ih,
-                        const floating* w_hh, const floating* bias_i, const floating* b_hn,
-                        const int* batch_sizes, floating* gates, floating* hns, floating* hw,
-                        floating* y, floating* h_n, bint training, fr_barrier* bar, int size,
-                        int rank) noexcept nogil:
+cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
+                        floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* bias_i = <const floating*> op.bias
+    cdef const floating* b_hn = <const floating*> op.b_hn
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* hns = <floating*> op.hns
+    cdef floating* hw = <floating*> op.hw
+    cdef floating* y = <floating*> op.y
+    cdef floating* h_n = <floating*> op.h_n
     cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
@@ -147,30 +142,27 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
 
 
-cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                    const floating* x, const floating* h0, const floating* w_ih,
-                    const floating* w_hh, const int* batch_sizes, const floating* gates,
-                    const floating* hns, const floating* y, const floating* dy, floating* dh,
-                    floating* dgi, floating* dgh, floating* dx, floating* dw_ih,
-                    floating* dw_hh, floating* db_ih, floating* db_hh,
-                    int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _backward_part(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, gates, hns, y, dy, dh, dgi,
-                       dgh, dx, dw_ih, dw_hh, db_ih, db_hh, &bar, size, rank)
-
-
-cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                         const floating* x, const floating* h0, const floating* w_ih,
-                         const floating* w_hh, const int* batch_sizes, const floating* gates,
-                         const floating* hns, const floating* y, const floating* dy,
-                         floating* dh, floating* dgi, floating* dgh, floating* dx,
-                         floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
-                         fr_barrier* bar, int size, int rank) noexcept nogil:
+cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
+                         floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* hns = <const floating*> op.hns
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dgi = <floating*> op.dgi
+    cdef floating* dgh = <floating*> op.dgh
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* dw_ih = <floating*> op.dw_ih
+    cdef floating* dw_hh = <floating*> op.dw_hh
+    cdef floating* db_ih = <floating*> op.db_ih
+    cdef floating* db_hh = <floating*> op.db_hh
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
@@ -202,6 +194,25 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     bias_grad(T * B, H, 3, dgi, db_ih, size, rank)
     bias_grad(T * B, H, 3, dgh, db_hh, size, rank)
     input_grad(T * B, I, G, dgi, w_ih, dx, size, rank, ISA)
+
+
+cdef inline GRUOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const void* x, const void* h0, const void* w_ih, const void* w_hh,
+                        const int* batch_sizes, const void* y) noexcept nogil:
+    """An operand struct with the operands every call takes; the rest NULL (off)."""
+    cdef GRUOps o
+    memset(&o, 0, sizeof(o))
+    o.T = T
+    o.B = B
+    o.I = I
+    o.H = H
+    o.x = x
+    o.h0 = h0
+    o.w_ih = w_ih
+    o.w_hh = w_hh
+    o.batch_sizes = batch_sizes
+    o.y = <void*> y
+    return o
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------
@@ -242,10 +253,17 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
         raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.training = training
+    o.bias = &bias_i[0]
+    o.b_hn = &b_hn[0]
+    o.gates = &gates[0, 0, 0]
+    o.hns = &hns[0, 0, 0]
+    o.hw = &hw[0, 0]
+    o.h_n = &h_n[0, 0]
     with nogil:
-        _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias_i[0],
-                 &b_hn[0], &batch_sizes[0], &gates[0, 0, 0], &hns[0, 0, 0], &hw[0, 0],
-                 &y[0, 0, 0], &h_n[0, 0], training, n_threads)
+        run_team(_forward_part[floating], &o, H, n_threads)
 
 
 def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
@@ -268,11 +286,21 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              int n_threads):
     """GRU BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.gates = <void*> &gates[0, 0, 0]
+    o.hns = <void*> &hns[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dgi = &dgi[0, 0, 0]
+    o.dgh = &dgh[0, 0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db_ih = &db_ih[0]
+    o.db_hh = &db_hh[0]
     with nogil:
-        _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                  &batch_sizes[0], &gates[0, 0, 0], &hns[0, 0, 0], &y[0, 0, 0], &dy[0, 0, 0],
-                  &dh[0, 0], &dgi[0, 0, 0], &dgh[0, 0, 0], &dx[0, 0, 0], &dw_ih[0, 0],
-                  &dw_hh[0, 0], &db_ih[0], &db_hh[0], n_threads)
+        run_team(_backward_part[floating], &o, H, n_threads)
 
 
 # --- GRU with the reset gate applied before the hidden matmul (reset_after=False) ---------------
@@ -342,29 +370,22 @@ cdef inline void _row_backward_r(const floating* a, const floating* h_prev, cons
         dh[j] += drh[j] * r
 
 
-cdef void _forward_reset_before(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                                const floating* x, const floating* h0, const floating* w_ih,
-                                const floating* w_hh, const floating* bias,
-                                const int* batch_sizes, floating* gates, floating* rhs,
-                                floating* hw, floating* y, floating* h_n, bint training,
-                                int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _forward_reset_before_part(T, B, I, H, x, h0, w_ih, w_hh, bias, batch_sizes, gates,
-                                   rhs, hw, y, h_n, training, &bar, size, rank)
-
-
-cdef void _forward_reset_before_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                                     const floating* x, const floating* h0,
-                                     const floating* w_ih, const floating* w_hh,
-                                     const floating* bias, const int* batch_sizes,
-                                     floating* gates, floating* rhs, floating* hw, floating* y,
-                                     floating* h_n, bint training, fr_barrier* bar, int size,
-                                     int rank) noexcept nogil:
+cdef void _forward_reset_before_part(const void* ops, fr_barrier* bar, int size, int rank,
+                                     floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* bias = <const floating*> op.bias
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* rhs = <floating*> op.rhs
+    cdef floating* hw = <floating*> op.hw
+    cdef floating* y = <floating*> op.y
+    cdef floating* h_n = <floating*> op.h_n
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
@@ -410,32 +431,26 @@ cdef void _forward_reset_before_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, P
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
 
 
-cdef void _backward_reset_before(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                                 const floating* x, const floating* h0, const floating* w_ih,
-                                 const floating* w_hh, const int* batch_sizes,
-                                 const floating* gates, const floating* rhs, const floating* y,
-                                 const floating* dy, floating* dh, floating* dg, floating* drh,
-                                 floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
-                                 int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _backward_reset_before_part(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, gates, rhs, y,
-                                    dy, dh, dg, drh, dx, dw_ih, dw_hh, db, &bar, size, rank)
-
-
-cdef void _backward_reset_before_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                                      const floating* x, const floating* h0,
-                                      const floating* w_ih, const floating* w_hh,
-                                      const int* batch_sizes, const floating* gates,
-                                      const floating* rhs, const floating* y,
-                                      const floating* dy, floating* dh, floating* dg,
-                                      floating* drh, floating* dx, floating* dw_ih,
-                                      floating* dw_hh, floating* db, fr_barrier* bar, int size,
-                                      int rank) noexcept nogil:
+cdef void _backward_reset_before_part(const void* ops, fr_barrier* bar, int size, int rank,
+                                      floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* rhs = <const floating*> op.rhs
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dg = <floating*> op.dgi
+    cdef floating* drh = <floating*> op.drh
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* dw_ih = <floating*> op.dw_ih
+    cdef floating* dw_hh = <floating*> op.dw_hh
+    cdef floating* db = <floating*> op.db_ih
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
@@ -516,10 +531,16 @@ def forward_reset_before(const floating[:, :, ::1] x,  # IN    (T, B, I)
     n_threads : int
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.training = training
+    o.bias = &bias[0]
+    o.gates = &gates[0, 0, 0]
+    o.rhs = &rhs[0, 0, 0]
+    o.hw = &hw[0, 0]
+    o.h_n = &h_n[0, 0]
     with nogil:
-        _forward_reset_before(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                              &bias[0], &batch_sizes[0], &gates[0, 0, 0], &rhs[0, 0, 0],
-                              &hw[0, 0], &y[0, 0, 0], &h_n[0, 0], training, n_threads)
+        run_team(_forward_reset_before_part[floating], &o, H, n_threads)
 
 
 def backward_reset_before(const floating[:, :, ::1] x,      # IN    (T, B, I)
@@ -541,103 +562,92 @@ def backward_reset_before(const floating[:, :, ::1] x,      # IN    (T, B, I)
                           int n_threads):
     """BPTT for forward_reset_before (T, B >= 1); see it for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.gates = <void*> &gates[0, 0, 0]
+    o.rhs = <void*> &rhs[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dgi = &dg[0, 0, 0]
+    o.drh = &drh[0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db_ih = &db[0]
     with nogil:
-        _backward_reset_before(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                               &batch_sizes[0], &gates[0, 0, 0], &rhs[0, 0, 0], &y[0, 0, 0],
-                               &dy[0, 0, 0], &dh[0, 0], &dg[0, 0, 0], &drh[0, 0],
-                               &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], n_threads)
+        run_team(_backward_reset_before_part[floating], &o, H, n_threads)
 
 
 # --- tier 4: the stable C API (declared in fastrnn/_kernels/gru.pxd) -----------------------------
-from libc.string cimport memset
+ctypedef GRUOps Ops
 
-from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
-                    schedule)
+include "_capi.pxi"
 
-# Workspace: [batch_sizes (T ints) | bias_i and b_hn, or db_ih and db_hh (2G) | zero h0 (B*H) |
-#             hw (B*G) | gates and hns of an inference forward, or dgi and dgh (2*T*B*G)].
-# Reserve: [gates (T*B*G) | hns = W_hn h + b_hn (T*B*H)].
+
+cdef inline Layout _layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+    """Workspace: [batch_sizes | bias_i and b_hn, or db_ih and db_hh (2G) | zero h0 (B*H) |
+    hw (B*G) | gates and hns of an inference forward, or dgi and dgh (2*T*B*G)].
+    Reserve: [gates (T*B*G) | hns = W_hn h + b_hn (T*B*H)]."""
+    cdef Layout L
+    L.G = 3 * H
+    L.vec = int_slots(T)
+    L.vec_hh = L.vec + L.G
+    L.states = L.vec + 2 * L.G
+    L.scratch = L.states + B * H
+    L.big = L.scratch + B * L.G
+    L.work = L.big + 2 * T * B * L.G
+    L.keep = T * B * L.G
+    L.reserve = L.keep + T * B * H
+    return L
+
+
 cdef Py_ssize_t gru_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                  Py_ssize_t H) noexcept nogil:
-    return T * B * 4 * H
+    return _layout(T, B, I, H).reserve
 
 
 cdef Py_ssize_t gru_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                    Py_ssize_t H) noexcept nogil:
-    return int_slots(T) + 6 * H + B * H + B * 3 * H + 2 * T * B * 3 * H
+    return _layout(T, B, I, H).work
 
 
-cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                    const floating* x, const floating* h0, const floating* w_ih,
-                    const floating* w_hh, const floating* b_ih, const floating* b_hh,
-                    const int* batch_sizes, floating* y, floating* h_n, floating* reserve,
-                    floating* work, int n_threads) noexcept nogil:
-    cdef Py_ssize_t G = 3 * H, j
-    cdef const int* bs
-    cdef int rc = check_sizes(T, B, I, H, n_threads)
-    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
-                    or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
-        rc = ERR_ARG
-    if rc == 0:
-        rc = schedule(batch_sizes, T, B, work, &bs)
-    if rc != 0:
-        return rc
-    cdef floating* bias_i = work + int_slots(T)
-    cdef floating* b_hn = bias_i + G
-    cdef floating* zeros = bias_i + 2 * G
-    cdef floating* hw = zeros + B * H
-    cdef floating* big = hw + B * G
-    h0 = or_zeros(h0, zeros, B * H)
-    if T == 0 or B == 0:
-        memcpy(h_n, h0, B * H * sizeof(floating))
-        return 0
+cdef int _bind_forward(GRUOps* o, const Layout* L, const floating* b_ih, const floating* b_hh,
+                       floating* reserve, floating* work) noexcept nogil:
+    cdef Py_ssize_t j, H = o.H
+    cdef floating* bias_i = work + L.vec
+    cdef floating* b_hn = bias_i + L.G
+    o.h0 = or_zeros(<const floating*> o.h0, work + L.states, o.B * H)
     # bias_i = b_ih + [b_hr, b_hz, 0] goes into the input GEMM; b_hn stays inside r * (...)
-    for j in range(G):
+    for j in range(L.G):
         bias_i[j] = 0 if b_ih == NULL else b_ih[j] + (b_hh[j] if j < 2 * H else 0)
     for j in range(H):
         b_hn[j] = 0 if b_ih == NULL else b_hh[2 * H + j]
-    if reserve != NULL:
-        _forward(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, bs, reserve, reserve + T * B * G,
-                 hw, y, h_n, True, n_threads)
+    o.bias = bias_i
+    o.b_hn = b_hn
+    o.hw = work + L.scratch
+    o.training = reserve != NULL
+    if o.training:
+        o.gates = reserve
+        o.hns = reserve + L.keep
     else:
-        _forward(T, B, I, H, x, h0, w_ih, w_hh, bias_i, b_hn, bs, big, big + T * B * G, hw, y,
-                 h_n, False, n_threads)
+        o.gates = work + L.big
+        o.hns = work + L.big + o.T * o.B * L.G
     return 0
 
 
-cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                     const floating* x, const floating* h0, const floating* w_ih,
-                     const floating* w_hh, const int* batch_sizes, const floating* y,
-                     const floating* reserve, const floating* dy, const floating* dh_n,
-                     floating* dx, floating* dh0, floating* dw_ih, floating* dw_hh,
-                     floating* db_ih, floating* db_hh, floating* work,
-                     int n_threads) noexcept nogil:
-    cdef Py_ssize_t G = 3 * H
-    cdef const int* bs
-    cdef int rc = check_sizes(T, B, I, H, n_threads)
-    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or reserve == NULL
-                    or dy == NULL or dx == NULL or dh0 == NULL or dw_ih == NULL
-                    or dw_hh == NULL or work == NULL):
-        rc = ERR_ARG
-    if rc == 0:
-        rc = schedule(batch_sizes, T, B, work, &bs)
-    if rc != 0:
-        return rc
-    cdef floating* dbi = work + int_slots(T)
-    cdef floating* dbh = dbi + G
-    cdef floating* zeros = dbi + 2 * G
-    cdef floating* big = zeros + B * H + B * G
-    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh back in place
-    if T == 0 or B == 0:
-        memset(dw_ih, 0, G * I * sizeof(floating))
-        memset(dw_hh, 0, G * H * sizeof(floating))
-        memset(dbi, 0, 2 * G * sizeof(floating))
-    else:
-        h0 = or_zeros(h0, zeros, B * H)
-        _backward(T, B, I, H, x, h0, w_ih, w_hh, bs, reserve, reserve + T * B * G, y, dy, dh0,
-                  big, big + T * B * G, dx, dw_ih, dw_hh, dbi, dbh, n_threads)
-    copy_if(db_ih, dbi, G)
-    copy_if(db_hh, dbh, G)
+cdef void _pass_states(GRUOps* o, floating* tag) noexcept nogil:
+    memcpy(o.h_n, o.h0, o.B * o.H * sizeof(floating))
+
+
+cdef int _bind_backward(GRUOps* o, const Layout* L, const floating* dc_n,
+                        const floating* reserve, floating* work) noexcept nogil:
+    o.h0 = or_zeros(<const floating*> o.h0, work + L.states, o.B * o.H)
+    o.gates = <floating*> reserve
+    o.hns = <floating*> reserve + L.keep
+    o.dgi = work + L.big
+    o.dgh = work + L.big + o.T * o.B * L.G
+    o.db_ih = work + L.vec
+    o.db_hh = work + L.vec_hh
     return 0
 
 
@@ -646,8 +656,9 @@ cdef int gru_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                          const float* b_ih, const float* b_hh, const int* batch_sizes,
                          float* y, float* h_n, float* reserve, float* workspace,
                          int n_threads) noexcept nogil:
-    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, reserve,
-                      workspace, n_threads)
+    cdef GRUOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y)
+    o.h_n = h_n
+    return _c_forward(&o, b_ih, b_hh, reserve, workspace, n_threads)
 
 
 cdef int gru_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -655,8 +666,9 @@ cdef int gru_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                          const double* w_hh, const double* b_ih, const double* b_hh,
                          const int* batch_sizes, double* y, double* h_n, double* reserve,
                          double* workspace, int n_threads) noexcept nogil:
-    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, reserve,
-                      workspace, n_threads)
+    cdef GRUOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y)
+    o.h_n = h_n
+    return _c_forward(&o, b_ih, b_hh, reserve, workspace, n_threads)
 
 
 cdef int gru_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -666,8 +678,13 @@ cdef int gru_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
                           float* dx, float* dh0, float* dw_ih, float* dw_hh,
                           float* db_ih, float* db_hh, float* workspace,
                           int n_threads) noexcept nogil:
-    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n, dx,
-                       dh0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+    cdef GRUOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y)
+    o.dy = dy
+    o.dx = dx
+    o.dh = dh0
+    o.dw_ih = dw_ih
+    o.dw_hh = dw_hh
+    return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)
 
 
 cdef int gru_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -677,5 +694,10 @@ cdef int gru_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
                           double* dx, double* dh0, double* dw_ih, double* dw_hh,
                           double* db_ih, double* db_hh, double* workspace,
                           int n_threads) noexcept nogil:
-    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n, dx,
-                       dh0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+    cdef GRUOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y)
+    o.dy = dy
+    o.dx = dx
+    o.dh = dh0
+    o.dw_ih = dw_ih
+    o.dw_hh = dw_hh
+    return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)

@@ -11,15 +11,14 @@ inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semant
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
-from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
-                        fr_team_size, unit_blocks)
+from _ops cimport LSTMOps
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -88,32 +87,30 @@ cdef inline void _row_backward(const floating* a, const floating* c_prev, const 
 
 
 # --- tier 2: the time loops ---------------------------------------------------------------------
-# Each runs in one parallel region (_blocks.pxd). Thread r owns hidden units [j0, j1) and the
-# gate columns k*H + [j0, j1): its share of each step's GEMM writes only those columns, reading
-# the rows (forward) or columns (backward) of W_hh for its units, which stay in its cache from
-# step to step; its gate pass reads and writes only them; and one barrier per step publishes
-# the h_t (forward) or da_t (backward) that every thread's next GEMM reads in full.
-cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                   const floating* x, const floating* h0, const floating* c0,
-                   const floating* w_ih, const floating* w_hh, const floating* bias,
-                   const int* batch_sizes, floating* gates, floating* y, floating* cs,
-                   bint training, floating* h_n, floating* c_n, int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _forward_part(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, batch_sizes, gates, y, cs,
-                      training, h_n, c_n, &bar, size, rank)
-
-
-cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        const floating* x, const floating* h0, const floating* c0,
-                        const floating* w_ih, const floating* w_hh, const floating* bias,
-                        const int* batch_sizes, floating* gates, floating* y, floating* cs,
-                        bint training, floating* h_n, floating* c_n, fr_barrier* bar,
-                        int size, int rank) noexcept nogil:
+# Each is one thread's share of the parallel region that run_team opens (_parallel.pxd), called
+# once per thread per kernel call with the cell's operand struct (_ops.pxd), whose pointers it
+# types once at its top. Work is cut as _blocks.pxd says: thread r owns hidden units [j0, j1)
+# and the gate columns k*H + [j0, j1): its share of each step's GEMM writes only those columns,
+# reading the rows (forward) or columns (backward) of W_hh for its units, which stay in its
+# cache from step to step; its gate pass reads and writes only them; and one barrier per step
+# publishes the h_t (forward) or da_t (backward) that every thread's next GEMM reads in full.
+cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
+                        floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* bias = <const floating*> op.bias
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* y = <floating*> op.y
+    cdef floating* cs = <floating*> op.cs
+    cdef floating* h_n = <floating*> op.h_n
+    cdef floating* c_n = <floating*> op.c_n
     cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
@@ -165,30 +162,27 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
             memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
 
 
-cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                    const floating* x, const floating* h0, const floating* c0,
-                    const floating* w_ih, const floating* w_hh, const int* batch_sizes,
-                    const floating* gates, const floating* y, const floating* cs,
-                    const floating* dy, floating* dh, floating* dc, floating* dgates,
-                    floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
-                    int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _backward_part(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, gates, y, cs, dy, dh,
-                       dc, dgates, dx, dw_ih, dw_hh, db, &bar, size, rank)
-
-
-cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                         const floating* x, const floating* h0, const floating* c0,
-                         const floating* w_ih, const floating* w_hh, const int* batch_sizes,
-                         const floating* gates, const floating* y, const floating* cs,
-                         const floating* dy, floating* dh, floating* dc, floating* dgates,
-                         floating* dx, floating* dw_ih, floating* dw_hh, floating* db,
-                         fr_barrier* bar, int size, int rank) noexcept nogil:
+cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
+                         floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* cs = <const floating*> op.cs
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dc = <floating*> op.dc
+    cdef floating* dgates = <floating*> op.dgates
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* dw_ih = <floating*> op.dw_ih
+    cdef floating* dw_hh = <floating*> op.dw_hh
+    cdef floating* db = <floating*> op.db
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* c_prev
@@ -221,6 +215,26 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 4, dgates, db, size, rank)
     input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
+
+
+cdef inline LSTMOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                         const void* x, const void* h0, const void* c0, const void* w_ih,
+                         const void* w_hh, const int* batch_sizes, const void* y) noexcept nogil:
+    """An operand struct with the operands every call takes; the rest NULL (off)."""
+    cdef LSTMOps o
+    memset(&o, 0, sizeof(o))
+    o.T = T
+    o.B = B
+    o.I = I
+    o.H = H
+    o.x = x
+    o.h0 = h0
+    o.c0 = c0
+    o.w_ih = w_ih
+    o.w_hh = w_hh
+    o.batch_sizes = batch_sizes
+    o.y = <void*> y
+    return o
 
 
 # --- tier 3: the Python entry points -------------------------------------------------------------
@@ -260,10 +274,16 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
         raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.training = training
+    o.bias = &bias[0]
+    o.gates = &gates[0, 0, 0]
+    o.cs = &cs[0, 0, 0]
+    o.h_n = &h_n[0, 0]
+    o.c_n = &c_n[0, 0]
     with nogil:
-        _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                 &bias[0], &batch_sizes[0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0],
-                 training, &h_n[0, 0], &c_n[0, 0], n_threads)
+        run_team(_forward_part[floating], &o, H, n_threads)
 
 
 def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
@@ -286,11 +306,20 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              int n_threads):
     """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.gates = <void*> &gates[0, 0, 0]
+    o.cs = <void*> &cs[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dc = &dc[0, 0]
+    o.dgates = &dgates[0, 0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db = &db[0]
     with nogil:
-        _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                  &batch_sizes[0], &gates[0, 0, 0], &y[0, 0, 0], &cs[0, 0, 0], &dy[0, 0, 0],
-                  &dh[0, 0], &dc[0, 0], &dgates[0, 0, 0], &dx[0, 0, 0], &dw_ih[0, 0],
-                  &dw_hh[0, 0], &db[0], n_threads)
+        run_team(_backward_part[floating], &o, H, n_threads)
 
 
 # --- LSTM with a projection (proj_size P > 0) ----------------------------------------------------
@@ -331,29 +360,25 @@ cdef inline void _row_backward_proj(const floating* a, const floating* c_prev, c
         dc[j] = dcj * f
 
 
-cdef void _forward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
-                        const floating* x, const floating* h0, const floating* c0,
-                        const floating* w_ih, const floating* w_hh, const floating* w_hr,
-                        const floating* bias, const int* batch_sizes, floating* gates,
-                        floating* y, floating* cs, floating* ms, bint training, floating* h_n,
-                        floating* c_n, int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _forward_proj_part(T, B, I, H, P, x, h0, c0, w_ih, w_hh, w_hr, bias, batch_sizes,
-                           gates, y, cs, ms, training, h_n, c_n, &bar, size, rank)
-
-
-cdef void _forward_proj_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                             Py_ssize_t P, const floating* x, const floating* h0,
-                             const floating* c0, const floating* w_ih, const floating* w_hh,
-                             const floating* w_hr, const floating* bias,
-                             const int* batch_sizes, floating* gates, floating* y, floating* cs,
-                             floating* ms, bint training, floating* h_n, floating* c_n,
-                             fr_barrier* bar, int size, int rank) noexcept nogil:
+cdef void _forward_proj_part(const void* ops, fr_barrier* bar, int size, int rank,
+                             floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H, P = op.P
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* w_hr = <const floating*> op.w_hr
+    cdef const floating* bias = <const floating*> op.bias
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* y = <floating*> op.y
+    cdef floating* cs = <floating*> op.cs
+    cdef floating* ms = <floating*> op.ms
+    cdef floating* h_n = <floating*> op.h_n
+    cdef floating* c_n = <floating*> op.c_n
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t t, b, n, j0, j1, m, p0, p1, q
     cdef const floating* h_prev
@@ -413,35 +438,32 @@ cdef void _forward_proj_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_
             memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
 
 
-cdef void _backward_proj(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
-                         const floating* x, const floating* h0, const floating* c0,
-                         const floating* w_ih, const floating* w_hh, const floating* w_hr,
-                         const int* batch_sizes, const floating* gates, const floating* y,
-                         const floating* cs, const floating* ms, const floating* dy,
-                         floating* dh, floating* dc, floating* dgates, floating* dhs,
-                         floating* dm, floating* dx, floating* dw_ih, floating* dw_hh,
-                         floating* dw_hr, floating* db, int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _backward_proj_part(T, B, I, H, P, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes, gates, y,
-                            cs, ms, dy, dh, dc, dgates, dhs, dm, dx, dw_ih, dw_hh, dw_hr, db,
-                            &bar, size, rank)
-
-
-cdef void _backward_proj_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                              Py_ssize_t P, const floating* x, const floating* h0,
-                              const floating* c0, const floating* w_ih, const floating* w_hh,
-                              const floating* w_hr, const int* batch_sizes,
-                              const floating* gates, const floating* y, const floating* cs,
-                              const floating* ms, const floating* dy, floating* dh,
-                              floating* dc, floating* dgates, floating* dhs, floating* dm,
-                              floating* dx, floating* dw_ih, floating* dw_hh, floating* dw_hr,
-                              floating* db, fr_barrier* bar, int size,
-                              int rank) noexcept nogil:
+cdef void _backward_proj_part(const void* ops, fr_barrier* bar, int size, int rank,
+                              floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H, P = op.P
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* w_hr = <const floating*> op.w_hr
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* cs = <const floating*> op.cs
+    cdef const floating* ms = <const floating*> op.ms
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dc = <floating*> op.dc
+    cdef floating* dgates = <floating*> op.dgates
+    cdef floating* dhs = <floating*> op.dhs
+    cdef floating* dm = <floating*> op.dm
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* dw_ih = <floating*> op.dw_ih
+    cdef floating* dw_hh = <floating*> op.dw_hh
+    cdef floating* dw_hr = <floating*> op.dw_hr
+    cdef floating* db = <floating*> op.db
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, m, p0, p1, k
     cdef const floating* c_prev
@@ -530,11 +552,19 @@ def forward_proj(const floating[:, :, ::1] x,       # IN    (T, B, I)
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1]
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.P = P
+    o.training = training
+    o.w_hr = &w_hr[0, 0]
+    o.bias = &bias[0]
+    o.gates = &gates[0, 0, 0]
+    o.cs = &cs[0, 0, 0]
+    o.ms = &ms[0, 0, 0]
+    o.h_n = &h_n[0, 0]
+    o.c_n = &c_n[0, 0]
     with nogil:
-        _forward_proj(T, B, I, H, P, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0],
-                      &w_hh[0, 0], &w_hr[0, 0], &bias[0], &batch_sizes[0], &gates[0, 0, 0],
-                      &y[0, 0, 0], &cs[0, 0, 0], &ms[0, 0, 0], training, &h_n[0, 0],
-                      &c_n[0, 0], n_threads)
+        run_team(_forward_proj_part[floating], &o, H, n_threads)
 
 
 def backward_proj(const floating[:, :, ::1] x,      # IN    (T, B, I)
@@ -563,102 +593,99 @@ def backward_proj(const floating[:, :, ::1] x,      # IN    (T, B, I)
     """LSTM-with-projection BPTT over all T steps (T, B >= 1); see forward_proj for shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = c0.shape[1], P = h0.shape[1]
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.P = P
+    o.w_hr = &w_hr[0, 0]
+    o.gates = <void*> &gates[0, 0, 0]
+    o.cs = <void*> &cs[0, 0, 0]
+    o.ms = <void*> &ms[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dc = &dc[0, 0]
+    o.dgates = &dgates[0, 0, 0]
+    o.dhs = &dhs[0, 0, 0]
+    o.dm = &dm[0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.dw_hr = &dw_hr[0, 0]
+    o.db = &db[0]
     with nogil:
-        _backward_proj(T, B, I, H, P, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0],
-                       &w_hh[0, 0], &w_hr[0, 0], &batch_sizes[0], &gates[0, 0, 0],
-                       &y[0, 0, 0], &cs[0, 0, 0], &ms[0, 0, 0], &dy[0, 0, 0], &dh[0, 0],
-                       &dc[0, 0], &dgates[0, 0, 0], &dhs[0, 0, 0], &dm[0, 0], &dx[0, 0, 0],
-                       &dw_ih[0, 0], &dw_hh[0, 0], &dw_hr[0, 0], &db[0], n_threads)
+        run_team(_backward_proj_part[floating], &o, H, n_threads)
 
 
 # --- tier 4: the stable C API (declared in fastrnn/_kernels/lstm.pxd) ----------------------------
-from libc.string cimport memset
+ctypedef LSTMOps Ops
 
-from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
-                    schedule)
+include "_capi.pxi"
 
-# Workspace: [batch_sizes (T ints) | bias or db (G) | zero h0 (B*H) | zero c0 (B*H) |
-#             gates of an inference forward, or dgates (T*B*G) | cell state of an inference
-#             forward (B*H)].  Reserve: [gates (T*B*G) | cell states (T*B*H)].
+
+cdef inline Layout _layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+    """Workspace: [batch_sizes | bias or db (G) | zero h0, c0 (2*B*H) | gates of an inference
+    forward, or dgates (T*B*G) | cell state of an inference forward (B*H)].
+    Reserve: [gates (T*B*G) | cell states (T*B*H)]."""
+    cdef Layout L
+    L.G = 4 * H
+    L.vec = int_slots(T)
+    L.vec_hh = L.vec
+    L.states = L.vec + L.G
+    L.scratch = L.states + 2 * B * H
+    L.big = L.scratch
+    L.work = L.big + T * B * L.G + B * H
+    L.keep = T * B * L.G
+    L.reserve = L.keep + T * B * H
+    return L
+
+
 cdef Py_ssize_t lstm_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                   Py_ssize_t H) noexcept nogil:
-    return T * B * 5 * H
+    return _layout(T, B, I, H).reserve
 
 
 cdef Py_ssize_t lstm_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                     Py_ssize_t H) noexcept nogil:
-    return int_slots(T) + 4 * H + 3 * B * H + T * B * 4 * H
+    return _layout(T, B, I, H).work
 
 
-cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                    const floating* x, const floating* h0, const floating* c0,
-                    const floating* w_ih, const floating* w_hh,
-                    const floating* b_ih, const floating* b_hh, const int* batch_sizes,
-                    floating* y, floating* h_n, floating* c_n,
-                    floating* reserve, floating* work, int n_threads) noexcept nogil:
-    cdef Py_ssize_t G = 4 * H, j
-    cdef const int* bs
-    cdef int rc = check_sizes(T, B, I, H, n_threads)
-    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
-                    or c_n == NULL or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
-        rc = ERR_ARG
-    if rc == 0:
-        rc = schedule(batch_sizes, T, B, work, &bs)
-    if rc != 0:
-        return rc
-    cdef floating* bias = work + int_slots(T)
-    cdef floating* zeros = bias + G
-    h0 = or_zeros(h0, zeros, B * H)
-    c0 = or_zeros(c0, zeros + B * H, B * H)
-    if T == 0 or B == 0:
-        memcpy(h_n, h0, B * H * sizeof(floating))
-        memcpy(c_n, c0, B * H * sizeof(floating))
-        return 0
-    for j in range(G):
+cdef int _bind_forward(LSTMOps* o, const Layout* L, const floating* b_ih, const floating* b_hh,
+                       floating* reserve, floating* work) noexcept nogil:
+    cdef Py_ssize_t j, BH = o.B * o.H
+    cdef floating* bias = work + L.vec
+    if o.c_n == NULL:
+        return ERR_ARG
+    o.h0 = or_zeros(<const floating*> o.h0, work + L.states, BH)
+    o.c0 = or_zeros(<const floating*> o.c0, work + L.states + BH, BH)
+    for j in range(L.G):
         bias[j] = 0 if b_ih == NULL else b_ih[j] + b_hh[j]
-    if reserve != NULL:
-        _forward(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, bs, reserve, y,
-                 reserve + T * B * G, True, h_n, c_n, n_threads)
+    o.bias = bias
+    o.training = reserve != NULL
+    if o.training:
+        o.gates = reserve
+        o.cs = reserve + L.keep
     else:
-        _forward(T, B, I, H, x, h0, c0, w_ih, w_hh, bias, bs, zeros + 2 * B * H, y,
-                 zeros + 2 * B * H + T * B * G, False, h_n, c_n, n_threads)
+        o.gates = work + L.big
+        o.cs = work + L.big + o.T * o.B * L.G
     return 0
 
 
-cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                     const floating* x, const floating* h0, const floating* c0,
-                     const floating* w_ih, const floating* w_hh, const int* batch_sizes,
-                     const floating* y, const floating* reserve,
-                     const floating* dy, const floating* dh_n, const floating* dc_n,
-                     floating* dx, floating* dh0, floating* dc0, floating* dw_ih,
-                     floating* dw_hh, floating* db_ih, floating* db_hh,
-                     floating* work, int n_threads) noexcept nogil:
-    cdef Py_ssize_t G = 4 * H
-    cdef const int* bs
-    cdef int rc = check_sizes(T, B, I, H, n_threads)
-    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or reserve == NULL
-                    or dy == NULL or dx == NULL or dh0 == NULL or dc0 == NULL
-                    or dw_ih == NULL or dw_hh == NULL or work == NULL):
-        rc = ERR_ARG
-    if rc == 0:
-        rc = schedule(batch_sizes, T, B, work, &bs)
-    if rc != 0:
-        return rc
-    cdef floating* db = work + int_slots(T)
-    cdef floating* zeros = db + G
-    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh and dc back in place
-    copy_or_zero(dc0, dc_n, B * H)
-    if T == 0 or B == 0:
-        memset(dw_ih, 0, G * I * sizeof(floating))
-        memset(dw_hh, 0, G * H * sizeof(floating))
-        memset(db, 0, G * sizeof(floating))
-    else:
-        h0 = or_zeros(h0, zeros, B * H)
-        c0 = or_zeros(c0, zeros + B * H, B * H)
-        _backward(T, B, I, H, x, h0, c0, w_ih, w_hh, bs, reserve, y, reserve + T * B * G,
-                  dy, dh0, dc0, zeros + 2 * B * H, dx, dw_ih, dw_hh, db, n_threads)
-    copy_if(db_ih, db, G)
-    copy_if(db_hh, db, G)
+cdef void _pass_states(LSTMOps* o, floating* tag) noexcept nogil:
+    memcpy(o.h_n, o.h0, o.B * o.H * sizeof(floating))
+    memcpy(o.c_n, o.c0, o.B * o.H * sizeof(floating))
+
+
+cdef int _bind_backward(LSTMOps* o, const Layout* L, const floating* dc_n,
+                        const floating* reserve, floating* work) noexcept nogil:
+    cdef Py_ssize_t BH = o.B * o.H
+    if o.dc == NULL:
+        return ERR_ARG
+    copy_or_zero(<floating*> o.dc, dc_n, BH)  # the kernel carries dc back in place
+    o.h0 = or_zeros(<const floating*> o.h0, work + L.states, BH)
+    o.c0 = or_zeros(<const floating*> o.c0, work + L.states + BH, BH)
+    o.gates = <floating*> reserve
+    o.cs = <floating*> reserve + L.keep
+    o.dgates = work + L.big
+    o.db = work + L.vec
     return 0
 
 
@@ -668,8 +695,10 @@ cdef int lstm_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
                           const float* b_ih, const float* b_hh, const int* batch_sizes,
                           float* y, float* h_n, float* c_n,
                           float* reserve, float* workspace, int n_threads) noexcept nogil:
-    return _c_forward(T, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, c_n,
-                      reserve, workspace, n_threads)
+    cdef LSTMOps o = _ops(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y)
+    o.h_n = h_n
+    o.c_n = c_n
+    return _c_forward(&o, b_ih, b_hh, reserve, workspace, n_threads)
 
 
 cdef int lstm_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -678,8 +707,10 @@ cdef int lstm_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
                           const double* b_ih, const double* b_hh, const int* batch_sizes,
                           double* y, double* h_n, double* c_n,
                           double* reserve, double* workspace, int n_threads) noexcept nogil:
-    return _c_forward(T, B, I, H, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n, c_n,
-                      reserve, workspace, n_threads)
+    cdef LSTMOps o = _ops(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y)
+    o.h_n = h_n
+    o.c_n = c_n
+    return _c_forward(&o, b_ih, b_hh, reserve, workspace, n_threads)
 
 
 cdef int lstm_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -690,8 +721,14 @@ cdef int lstm_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t 
                            float* dx, float* dh0, float* dc0, float* dw_ih, float* dw_hh,
                            float* db_ih, float* db_hh,
                            float* workspace, int n_threads) noexcept nogil:
-    return _c_backward(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n,
-                       dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+    cdef LSTMOps o = _ops(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y)
+    o.dy = dy
+    o.dx = dx
+    o.dh = dh0
+    o.dc = dc0
+    o.dw_ih = dw_ih
+    o.dw_hh = dw_hh
+    return _c_backward(&o, dh_n, dc_n, reserve, db_ih, db_hh, workspace, n_threads)
 
 
 cdef int lstm_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -702,5 +739,11 @@ cdef int lstm_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t 
                            double* dx, double* dh0, double* dc0, double* dw_ih, double* dw_hh,
                            double* db_ih, double* db_hh,
                            double* workspace, int n_threads) noexcept nogil:
-    return _c_backward(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y, reserve, dy, dh_n,
-                       dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, workspace, n_threads)
+    cdef LSTMOps o = _ops(T, B, I, H, x, h0, c0, w_ih, w_hh, batch_sizes, y)
+    o.dy = dy
+    o.dx = dx
+    o.dh = dh0
+    o.dc = dc0
+    o.dw_ih = dw_ih
+    o.dw_hh = dw_hh
+    return _c_backward(&o, dh_n, dc_n, reserve, db_ih, db_hh, workspace, n_threads)

@@ -9,15 +9,14 @@ the recurrent term and applies act in place. Rows are sorted by decreasing lengt
 """
 
 from cython cimport floating
-from cython.parallel cimport parallel
 from libc.string cimport memcpy, memset
 
 from _activations cimport drelu, dtanh, relu, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, pack_nn, pack_nt, pack_nt_k, project_steps,
                       recurrent_nn, recurrent_nt, release, steps_per_chunk, thread_units,
                       weight_grad)
-from _parallel cimport (fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_rank,
-                        fr_team_size, unit_blocks)
+from _ops cimport RNNOps
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_cpu_level, fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -69,25 +68,19 @@ cdef inline void _row_backward(const floating* h, const floating* dy, const floa
 
 
 # --- tier 2: the time loops (one parallel region each; see lstm.pyx and _blocks.pxd) ------------
-cdef void _forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                   const floating* x, const floating* h0, const floating* w_ih,
-                   const floating* w_hh, const floating* bias, const int* batch_sizes,
-                   floating* y, floating* h_n, bint use_relu, int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _forward_part(T, B, I, H, x, h0, w_ih, w_hh, bias, batch_sizes, y, h_n, use_relu,
-                      &bar, size, rank)
-
-
-cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                        const floating* x, const floating* h0, const floating* w_ih,
-                        const floating* w_hh, const floating* bias, const int* batch_sizes,
-                        floating* y, floating* h_n, bint use_relu, fr_barrier* bar, int size,
-                        int rank) noexcept nogil:
+cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
+                        floating* tag) noexcept nogil:
+    cdef const RNNOps* op = <const RNNOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint use_relu = op.use_relu
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* bias = <const floating*> op.bias
+    cdef floating* y = <floating*> op.y
+    cdef floating* h_n = <floating*> op.h_n
     cdef Py_ssize_t tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
@@ -126,28 +119,24 @@ cdef void _forward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
 
 
-cdef void _backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                    const floating* x, const floating* h0, const floating* w_ih,
-                    const floating* w_hh, const int* batch_sizes, const floating* y,
-                    const floating* dy, floating* dh, floating* dgates, floating* dx,
-                    floating* dw_ih, floating* dw_hh, floating* db, bint use_relu,
-                    int n_threads) noexcept nogil:
-    cdef fr_barrier bar
-    cdef int size, rank
-    fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
-        size = fr_team_size()
-        rank = fr_team_rank()
-        _backward_part(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh, dgates, dx,
-                       dw_ih, dw_hh, db, use_relu, &bar, size, rank)
-
-
-cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                         const floating* x, const floating* h0, const floating* w_ih,
-                         const floating* w_hh, const int* batch_sizes, const floating* y,
-                         const floating* dy, floating* dh, floating* dgates, floating* dx,
-                         floating* dw_ih, floating* dw_hh, floating* db, bint use_relu,
-                         fr_barrier* bar, int size, int rank) noexcept nogil:
+cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
+                         floating* tag) noexcept nogil:
+    cdef const RNNOps* op = <const RNNOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint use_relu = op.use_relu
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dgates = <floating*> op.dgates
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* dw_ih = <floating*> op.dw_ih
+    cdef floating* dw_hh = <floating*> op.dw_hh
+    cdef floating* db = <floating*> op.db
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef floating* da_t
     cdef Packed pk
@@ -180,6 +169,26 @@ cdef void _backward_part(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
     input_grad(T * B, I, H, dgates, w_ih, dx, size, rank, ISA)
 
 
+cdef inline RNNOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+                        const void* x, const void* h0, const void* w_ih, const void* w_hh,
+                        const int* batch_sizes, const void* y, bint use_relu) noexcept nogil:
+    """An operand struct with the operands every call takes; the rest NULL (off)."""
+    cdef RNNOps o
+    memset(&o, 0, sizeof(o))
+    o.T = T
+    o.B = B
+    o.I = I
+    o.H = H
+    o.x = x
+    o.h0 = h0
+    o.w_ih = w_ih
+    o.w_hh = w_hh
+    o.batch_sizes = batch_sizes
+    o.y = <void*> y
+    o.use_relu = use_relu
+    return o
+
+
 # --- tier 3: the Python entry points -------------------------------------------------------------
 def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             const floating[:, ::1] h0,         # IN    (B, H)
@@ -208,9 +217,12 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     n_threads : int
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef RNNOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0], use_relu)
+    o.bias = &bias[0]
+    o.h_n = &h_n[0, 0]
     with nogil:
-        _forward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias[0],
-                 &batch_sizes[0], &y[0, 0, 0], &h_n[0, 0], use_relu, n_threads)
+        run_team(_forward_part[floating], &o, H, n_threads)
 
 
 def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
@@ -230,82 +242,71 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              int n_threads):
     """Elman RNN BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef RNNOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0], use_relu)
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dgates = &dgates[0, 0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db = &db[0]
     with nogil:
-        _backward(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
-                  &batch_sizes[0], &y[0, 0, 0], &dy[0, 0, 0], &dh[0, 0], &dgates[0, 0, 0],
-                  &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db[0], use_relu, n_threads)
+        run_team(_backward_part[floating], &o, H, n_threads)
 
 
 # --- tier 4: the stable C API (declared in fastrnn/_kernels/rnn.pxd) -----------------------------
-from _capi cimport (ERR_ARG, check_sizes, copy_if, copy_or_zero, int_slots, or_zeros,
-                    schedule)
+ctypedef RNNOps Ops
 
-# Workspace: [batch_sizes (T ints) | bias or db (H) | zero h0 (B*H) | dgates (T*B*H)].
-# No reserve: the backward reads y.
+include "_capi.pxi"
+
+
+cdef inline Layout _layout(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H) noexcept nogil:
+    """Workspace: [batch_sizes | bias or db (H) | zero h0 (B*H) | dgates (T*B*H)].
+    No reserve: the backward reads y."""
+    cdef Layout L
+    L.G = H
+    L.vec = int_slots(T)
+    L.vec_hh = L.vec
+    L.states = L.vec + H
+    L.scratch = L.states + B * H
+    L.big = L.scratch
+    L.work = L.big + T * B * H
+    L.keep = 0
+    L.reserve = 0
+    return L
+
+
 cdef Py_ssize_t rnn_reserve_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                  Py_ssize_t H) noexcept nogil:
-    return 0
+    return _layout(T, B, I, H).reserve
 
 
 cdef Py_ssize_t rnn_workspace_size(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                    Py_ssize_t H) noexcept nogil:
-    return int_slots(T) + H + B * H + T * B * H
+    return _layout(T, B, I, H).work
 
 
-cdef int _c_forward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                    const floating* x, const floating* h0, const floating* w_ih,
-                    const floating* w_hh, const floating* b_ih, const floating* b_hh,
-                    const int* batch_sizes, floating* y, floating* h_n, floating* work,
-                    bint use_relu, int n_threads) noexcept nogil:
+cdef int _bind_forward(RNNOps* o, const Layout* L, const floating* b_ih, const floating* b_hh,
+                       floating* reserve, floating* work) noexcept nogil:
     cdef Py_ssize_t j
-    cdef const int* bs
-    cdef int rc = check_sizes(T, B, I, H, n_threads)
-    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h_n == NULL
-                    or work == NULL or (b_ih == NULL) != (b_hh == NULL)):
-        rc = ERR_ARG
-    if rc == 0:
-        rc = schedule(batch_sizes, T, B, work, &bs)
-    if rc != 0:
-        return rc
-    cdef floating* bias = work + int_slots(T)
-    h0 = or_zeros(h0, bias + H, B * H)
-    if T == 0 or B == 0:
-        memcpy(h_n, h0, B * H * sizeof(floating))
-        return 0
-    for j in range(H):
+    cdef floating* bias = work + L.vec
+    o.h0 = or_zeros(<const floating*> o.h0, work + L.states, o.B * o.H)
+    for j in range(L.G):
         bias[j] = 0 if b_ih == NULL else b_ih[j] + b_hh[j]
-    _forward(T, B, I, H, x, h0, w_ih, w_hh, bias, bs, y, h_n, use_relu, n_threads)
+    o.bias = bias
     return 0
 
 
-cdef int _c_backward(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
-                     const floating* x, const floating* h0, const floating* w_ih,
-                     const floating* w_hh, const int* batch_sizes, const floating* y,
-                     const floating* dy, const floating* dh_n, floating* dx, floating* dh0,
-                     floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
-                     floating* work, bint use_relu, int n_threads) noexcept nogil:
-    cdef const int* bs
-    cdef int rc = check_sizes(T, B, I, H, n_threads)
-    if rc == 0 and (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or dy == NULL
-                    or dx == NULL or dh0 == NULL or dw_ih == NULL or dw_hh == NULL
-                    or work == NULL):
-        rc = ERR_ARG
-    if rc == 0:
-        rc = schedule(batch_sizes, T, B, work, &bs)
-    if rc != 0:
-        return rc
-    cdef floating* db = work + int_slots(T)
-    copy_or_zero(dh0, dh_n, B * H)  # the kernel carries dh back in place
-    if T == 0 or B == 0:
-        memset(dw_ih, 0, H * I * sizeof(floating))
-        memset(dw_hh, 0, H * H * sizeof(floating))
-        memset(db, 0, H * sizeof(floating))
-    else:
-        h0 = or_zeros(h0, db + H, B * H)
-        _backward(T, B, I, H, x, h0, w_ih, w_hh, bs, y, dy, dh0, db + H + B * H, dx, dw_ih,
-                  dw_hh, db, use_relu, n_threads)
-    copy_if(db_ih, db, H)
-    copy_if(db_hh, db, H)
+cdef void _pass_states(RNNOps* o, floating* tag) noexcept nogil:
+    memcpy(o.h_n, o.h0, o.B * o.H * sizeof(floating))
+
+
+cdef int _bind_backward(RNNOps* o, const Layout* L, const floating* dc_n,
+                        const floating* reserve, floating* work) noexcept nogil:
+    o.h0 = or_zeros(<const floating*> o.h0, work + L.states, o.B * o.H)
+    o.dgates = work + L.big
+    o.db = work + L.vec
     return 0
 
 
@@ -314,8 +315,9 @@ cdef int rnn_forward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                          const float* b_ih, const float* b_hh, const int* batch_sizes,
                          float* y, float* h_n, float* reserve, float* workspace,
                          bint use_relu, int n_threads) noexcept nogil:
-    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n,
-                      workspace, use_relu, n_threads)
+    cdef RNNOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, use_relu)
+    o.h_n = h_n
+    return _c_forward(&o, b_ih, b_hh, reserve, workspace, n_threads)
 
 
 cdef int rnn_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -323,8 +325,9 @@ cdef int rnn_forward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
                          const double* w_hh, const double* b_ih, const double* b_hh,
                          const int* batch_sizes, double* y, double* h_n, double* reserve,
                          double* workspace, bint use_relu, int n_threads) noexcept nogil:
-    return _c_forward(T, B, I, H, x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, y, h_n,
-                      workspace, use_relu, n_threads)
+    cdef RNNOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, use_relu)
+    o.h_n = h_n
+    return _c_forward(&o, b_ih, b_hh, reserve, workspace, n_threads)
 
 
 cdef int rnn_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -334,8 +337,13 @@ cdef int rnn_backward_f32(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
                           float* dx, float* dh0, float* dw_ih, float* dw_hh,
                           float* db_ih, float* db_hh, float* workspace,
                           bint use_relu, int n_threads) noexcept nogil:
-    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh_n, dx, dh0,
-                       dw_ih, dw_hh, db_ih, db_hh, workspace, use_relu, n_threads)
+    cdef RNNOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, use_relu)
+    o.dy = dy
+    o.dx = dx
+    o.dh = dh0
+    o.dw_ih = dw_ih
+    o.dw_hh = dw_hh
+    return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)
 
 
 cdef int rnn_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -345,5 +353,10 @@ cdef int rnn_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
                           double* dx, double* dh0, double* dw_ih, double* dw_hh,
                           double* db_ih, double* db_hh, double* workspace,
                           bint use_relu, int n_threads) noexcept nogil:
-    return _c_backward(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, dy, dh_n, dx, dh0,
-                       dw_ih, dw_hh, db_ih, db_hh, workspace, use_relu, n_threads)
+    cdef RNNOps o = _ops(T, B, I, H, x, h0, w_ih, w_hh, batch_sizes, y, use_relu)
+    o.dy = dy
+    o.dx = dx
+    o.dh = dh0
+    o.dw_ih = dw_ih
+    o.dw_hh = dw_hh
+    return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)

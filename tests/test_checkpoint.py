@@ -6,11 +6,12 @@ import os
 import numpy as np
 import pytest
 
+import fastrnn
 import fastrnn.checkpoint as ckpt
 from fastrnn.checkpoint import load_checkpoint, save_checkpoint
-from fastrnn.nn import CrossEntropyLoss, Dropout, Embedding, Linear, Sequential
+from fastrnn.nn import LSTM, CrossEntropyLoss, Dropout, Embedding, Linear, Module, Sequential
 from fastrnn.optim import SGD, Adam, clip_grad_norm_
-from fastrnn.optim.lr_scheduler import StepLR
+from fastrnn.optim.lr_scheduler import ExponentialLR, ReduceLROnPlateau, StepLR
 
 V, D, C = 12, 6, 5
 
@@ -46,6 +47,7 @@ def _setup(seed):
 
 
 def test_resume_from_checkpoint_is_bit_identical(tmp_path):
+    """Model, Dropout generator, optimizer and scheduler all restored by the checkpoint alone."""
     batches = _batches(10)
     model_ref, opt_ref, sched_ref = _setup(0)
     _train(model_ref, opt_ref, sched_ref, batches)  # the uninterrupted run
@@ -53,26 +55,128 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     model, opt, sched = _setup(0)
     _train(model, opt, sched, batches[:4])
     path = tmp_path / "run.ckpt"
-    save_checkpoint(
-        path,
-        model,
-        opt,
-        step=4,
-        scheduler=sched.state_dict(),
-        rng=model[1].generator.bit_generator.state,
-    )
+    save_checkpoint(path, model, opt, scheduler=sched, step=4)
     _train(model, opt, sched, batches[4:5])  # later steps must not leak into the file
 
     model2, opt2, sched2 = _setup(123)  # different initial weights and rng
-    extra = load_checkpoint(path, model2, opt2)
-    assert extra["step"] == 4
-    sched2.load_state_dict(extra["scheduler"])
-    model2[1].generator.bit_generator.state = extra["rng"]
+    extra = load_checkpoint(path, model2, opt2, scheduler=sched2)
+    assert extra == {"step": 4}
     _train(model2, opt2, sched2, batches[4:])
 
     for (n, p), (_, q) in zip(model_ref.named_parameters(), model2.named_parameters(), strict=True):
         np.testing.assert_array_equal(p.data, q.data, err_msg=n)
     assert opt2.param_groups[0]["lr"] == opt_ref.param_groups[0]["lr"]
+    assert sched2.state_dict() == sched_ref.state_dict()
+
+
+class _LM(Module):
+    """Embedding -> 2-layer LSTM with dropout -> Dropout -> Linear: every kind of generator."""
+
+    def __init__(self, seed):
+        super().__init__()
+        self.emb = Embedding(V, D, seed=seed)
+        self.lstm = LSTM(D, 8, num_layers=2, dropout=0.4, seed=seed)
+        self.drop = Dropout(0.2, seed=None if seed is None else seed + 7)
+        self.head = Linear(8, C, seed=seed)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.emb(x))
+        return self.head(self.drop(out))
+
+    def backward(self, dlogits):
+        dx, _ = self.lstm.backward(self.drop.backward(self.head.backward(dlogits)))
+        self.emb.backward(dx)
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_resume_with_recurrent_dropout_and_manual_seed(tmp_path, manual):
+    """Every generator of every module is saved, the LSTM's inter-layer dropout included; with
+    manual_seed the modules built after the resume also continue the same sequence."""
+    state = fastrnn.get_rng_state()
+    try:
+        batches = _batches(8)
+
+        def run(n_before, path=None, resume=None):
+            if manual:
+                fastrnn.manual_seed(3)
+            seed = None if manual else 0
+            model = _LM(seed)
+            opt = Adam(model.parameters(), lr=0.02)
+            sched = ReduceLROnPlateau(opt, factor=0.5, patience=0)
+            if resume is not None:
+                load_checkpoint(resume, model, opt, scheduler=sched)
+            loss_fn = CrossEntropyLoss()
+            losses = []
+            for i, (x, y) in enumerate(batches[n_before:]):
+                opt.zero_grad()
+                losses.append(loss_fn(model(x), y))
+                model.backward(loss_fn.backward())
+                opt.step()
+                sched.step(losses[-1])
+                if path is not None and i == 2:
+                    save_checkpoint(path, model, opt, scheduler=sched)
+            late = Dropout(0.5)  # built after the checkpoint: manual_seed sequence continues
+            return losses, model, late.generator.random(3)
+
+        ref_losses, ref_model, ref_late = run(0, path=tmp_path / "c.ckpt")
+        if manual:
+            fastrnn.manual_seed(99)  # resumed process starts elsewhere; the file restores it
+        losses, model, late = run(3, resume=tmp_path / "c.ckpt")
+        assert [float(v) for v in losses] == [float(v) for v in ref_losses[3:]]
+        for (n, p), (_, q) in zip(
+            ref_model.named_parameters(), model.named_parameters(), strict=True
+        ):
+            np.testing.assert_array_equal(p.data, q.data, err_msg=n)
+        if manual:
+            np.testing.assert_array_equal(late, ref_late)
+    finally:
+        fastrnn.set_rng_state(state)
+
+
+def test_generator_and_scheduler_mismatch(tmp_path):
+    model, opt, sched = _setup(0)
+    path = tmp_path / "g.ckpt"
+    save_checkpoint(path, model, opt, scheduler=sched)
+    no_dropout = Sequential(Embedding(V, D), _Identity(), Linear(D, C))
+    with pytest.raises(ValueError, match=r"generators of modules the model does not have: \['1'\]"):
+        load_checkpoint(path, no_dropout)
+    m2, o2, _ = _setup(1)
+    before = m2.state_dict()
+    with pytest.raises(ValueError, match="holds StepLR state, not ExponentialLR"):
+        load_checkpoint(path, m2, o2, scheduler=ExponentialLR(o2, 0.9))
+    with pytest.raises(TypeError, match="scheduler must be a fastrnn"):
+        save_checkpoint(path, m2, o2, scheduler=sched.state_dict())
+    for k, v in m2.state_dict().items():  # nothing was loaded
+        np.testing.assert_array_equal(v, before[k])
+    no_sched = tmp_path / "n.ckpt"
+    save_checkpoint(no_sched, model, opt)
+    with pytest.raises(ValueError, match="holds no scheduler state"):
+        load_checkpoint(no_sched, m2, o2, scheduler=StepLR(o2, 2))
+
+
+class _Identity(Module):
+    def forward(self, x):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def test_version_1_files_still_load(tmp_path):
+    """A file without the scheduler and rng entries (format version 1) loads its parameters."""
+    model = Linear(3, 2, seed=0)
+    path = tmp_path / "v1.ckpt"
+    save_checkpoint(path, model, epoch=2)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["__fastrnn_checkpoint__"][()]))
+    meta["version"] = 1
+    del meta["scheduler"], meta["rng"]
+    arrays["__fastrnn_checkpoint__"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    other = Linear(3, 2, seed=1)
+    assert load_checkpoint(path, other) == {"epoch": 2}
+    np.testing.assert_array_equal(other.weight.data, model.weight.data)
 
 
 def test_round_trip_of_values_and_types(tmp_path):

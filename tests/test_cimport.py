@@ -178,3 +178,38 @@ def test_error_codes_write_nothing(ext, cell):
     h_n[:] = 1
     assert call(T_=0) == 0
     assert not h_n.any()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", list(G))
+def test_calls_stay_inside_the_sizes_they_report(ext, cell, dtype):
+    """reserve and workspace of exactly <cell>_reserve_size / _workspace_size elements suffice:
+    guard elements past their ends survive a training forward, an inference forward and a
+    backward (each cell's _layout is the one place that sizes and offsets come from)."""
+    x, states, w, dy, dstates = _case(cell, dtype, False, seed=3)
+    kind = cell.split("_")[0]
+    relu = cell == "rnn_relu"
+    guard, pad = dtype(-7.25), 64
+    n_reserve, n_work = ext.sizes(kind, T, B, I, H)
+    reserve_buf = np.full(n_reserve + pad, guard, dtype)
+    work_buf = np.full(n_work + pad, guard, dtype)
+    reserve, work = reserve_buf[:n_reserve], work_buf[:n_work]
+    y, h_n, c_n = np.empty((T, B, H), dtype), np.empty((B, H), dtype), np.empty((B, H), dtype)
+    flat_w = [_flat(a) for a in w.values()]
+    h0, c0 = _flat(states["h0"]), _flat(states.get("c0"))
+    bs = np.array([3, 3, 2, 2, 1], np.intc)
+    args = (kind, T, B, I, H, _flat(x), h0, c0, *flat_w, bs)
+    outs = (y.ravel(), h_n.ravel(), c_n.ravel())
+    assert ext.forward(*args, *outs, reserve if n_reserve else None, work, relu, 2) == 0
+    grads = [np.empty(s, dtype) for s in ((T, B, I), (B, H), (B, H), w["w_ih"].shape)]
+    grads += [np.empty(w["w_hh"].shape, dtype), np.empty(G[cell] * H, dtype)]
+    grads.append(np.empty(G[cell] * H, dtype))
+    rc = ext.backward(
+        kind, T, B, I, H, _flat(x), h0, c0, *flat_w[:2], bs, y.ravel(),
+        reserve if n_reserve else None, dy.ravel(), _flat(dstates["h0"]),
+        _flat(dstates.get("c0")), *[g.ravel() for g in grads], work, relu, 2,
+    )  # fmt: skip
+    assert rc == 0
+    assert ext.forward(*args, *outs, None, work, relu, 2) == 0  # inference: workspace only
+    assert (reserve_buf[n_reserve:] == guard).all(), "the reserve overflowed"
+    assert (work_buf[n_work:] == guard).all(), "the workspace overflowed"

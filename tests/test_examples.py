@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import math
 from pathlib import Path
 
@@ -98,8 +99,12 @@ def test_seed_claims(example, tmp_path, capsys):
     # (d): the gradient at t = T is the unit vector itself.
     for norms in summary["d"]["norms"].values():
         assert norms[-1] == pytest.approx(1.0, rel=1e-5)
+    assert set(summary["e"]["token"]) == {"attention", "no attention"}
+    for name in summary["e"]["token"]:
+        assert len(summary["e"]["token"][name]) == len(summary["e"]["lengths"]) == 2
+        assert all(0 <= v <= 1 for v in summary["e"]["token"][name] + summary["e"]["exact"][name])
     out = capsys.readouterr().out
-    for part in ("(a)", "(b)", "(c)", "(d)"):
+    for part in ("(a)", "(b)", "(c)", "(d)", "(e)"):
         assert part in out
     try:
         import matplotlib  # noqa: F401
@@ -107,3 +112,58 @@ def test_seed_claims(example, tmp_path, capsys):
         assert summary["plot"] is None
     else:
         assert Path(summary["plot"]).stat().st_size > 0
+
+
+def test_dates(example, tmp_path, capsys):
+    dates = example("dates")
+    out = tmp_path / "dates.json"
+    summary = dates.main(["--quick", "--json", str(out), "--plot", str(tmp_path / "att.png")])
+    assert 0.0 <= summary["greedy_exact_match"] <= 1.0
+    assert 0.0 <= summary["beam_exact_match"] <= 1.0
+    assert summary["steps"] == 5 and summary["n_test"] == 20
+    written = json.loads(out.read_text())
+    assert {"greedy_exact_match", "beam_exact_match", "train_seconds"} <= set(written)
+    assert written["greedy_exact_match"] == summary["greedy_exact_match"]
+    assert "exact     greedy" in capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert summary["plot"] is None
+    else:
+        assert Path(summary["plot"]).stat().st_size > 0
+
+
+def test_dates_data_are_the_same_date_in_every_format(example):
+    import datetime
+
+    dates = example("dates")
+    d = datetime.date(2026, 11, 29)
+    texts = [dates._fmt(d, k) for k in range(dates.N_FORMATS)]
+    assert texts[:4] == ["29 November 2026", "11/29/26", "Nov 29, 2026", "November 29, 2026"]
+    assert "Sunday, November 29, 2026" in texts
+    # two-digit years: 50-99 are 19xx, 00-49 are 20xx, and every day of the range round-trips
+    for o in range(dates.FIRST.toordinal(), dates.LAST.toordinal() + 1, 97):
+        day = datetime.date.fromordinal(o)
+        us = dates._fmt(day, 1)
+        yy = int(us[-2:])
+        assert (1900 if yy >= 50 else 2000) + yy == day.year
+    rng = np.random.default_rng(0)
+    train, test = dates.split_days(rng)
+    assert not set(train) & set(test) and len(test) == len(train) // 9
+    src, lengths, texts, tgt_in, tgt_out, iso = dates.make_batch(test, rng, 8)
+    assert (tgt_in[0] == dates.BOS).all() and (tgt_out[-1] == dates.EOS).all()
+    for b in range(8):
+        assert dates.decode_text(tgt_out[:-1, b]) == iso[b]
+        assert "".join(dates.SRC_CHARS[i - 1] for i in src[: lengths[b], b]) == texts[b]
+
+
+def test_seed_claims_reversal_task(example):
+    sc = example("seed_claims")
+    rng = np.random.default_rng(0)
+    src, lengths, tgt_in, tgt_out = sc.reversal_batch(rng, 6, 2, 7)
+    assert (tgt_in[0] == sc.BOS_E).all()
+    for b in range(6):
+        n = lengths[b]
+        assert list(tgt_out[:n, b]) == list(src[:n, b][::-1])
+        assert tgt_out[n, b] == sc.EOS_E and (tgt_out[n + 1 :, b] == -100).all()
+        assert list(tgt_in[1 : n + 1, b]) == list(tgt_out[:n, b])

@@ -131,8 +131,16 @@ def test_cross_entropy_errors():
         cross_entropy(x, np.array([0, -1, 1]))
     with pytest.raises(TypeError, match="target must be an integer array"):
         cross_entropy(x, np.array([0.0, 1.0, 2.0]))
-    with pytest.raises(ValueError, match=r"target must have shape logits.shape\[:-1\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"logits of shape \(3, 4\) .* = \(3,\), got a target of shape \(2,\)$",
+    ):
         cross_entropy(x, np.array([0, 1]))
+    # PyTorch's (B, C, T) layout against a (B, T) target: the message says where the class axis goes
+    with pytest.raises(
+        ValueError, match=r"\(2, 4, 5\).*shape \(2, 5\) \(the class axis is the last"
+    ):
+        cross_entropy(np.zeros((2, 4, 5)), np.zeros((2, 5), int))
     with pytest.raises(TypeError, match="logits must be a float32 or float64 array"):
         cross_entropy(x.astype(np.int64), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="logits must have at least one class"):
@@ -181,8 +189,10 @@ def test_mse_module_finite_differences(reduction):
 
 
 def test_mse_errors():
-    with pytest.raises(ValueError, match=r"target must have the input's shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"input has shape \(3,\), target \(4,\)"):
         mse_loss(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match=r"input has shape \(5, 1\), target \(5,\) \(no broad"):
+        mse_loss(np.zeros((5, 1)), np.zeros(5))
     with pytest.raises(TypeError, match="input must be a float32 or float64 array"):
         mse_loss(np.zeros(3, np.int32), np.zeros(3))
     with pytest.raises(TypeError, match="target must be a real numeric array"):

@@ -1,6 +1,7 @@
 """Optimizers against torch.optim, state dicts, validation and in-place behaviour."""
 
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -319,3 +320,154 @@ def test_names_and_defaults_match_torch(name):
             continue
         assert k in sig, k
         assert v == sig[k].default, (k, v, sig[k].default)
+
+
+# -- a parameter whose forward ran but whose gradient was never written -------------------------
+from fastrnn.nn import LSTM, CrossEntropyLoss, Embedding, Linear, Module  # noqa: E402
+from fastrnn.utils import tbptt_chunks  # noqa: E402
+
+
+class _Tagger(Module):
+    """Embedding -> LSTM -> Linear; ``forget`` names children its backward leaves out."""
+
+    def __init__(self, forget=()):
+        super().__init__()
+        self.emb = Embedding(9, 4, seed=0)
+        self.lstm = LSTM(4, 6, seed=1)
+        self.head = Linear(6, 3, seed=2)
+        self.forget = set(forget)
+
+    def forward(self, x, state=None):
+        out, state = self.lstm(self.emb(x), state)
+        return self.head(out), state
+
+    def backward(self, dlogits):
+        dout = self.head.backward(dlogits)
+        if "lstm" in self.forget:
+            return
+        dx, _ = self.lstm.backward(dout)
+        if "emb" not in self.forget:
+            self.emb.backward(dx)
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 9, (7, 2)), rng.integers(0, 3, (7, 2))
+
+
+def _train_step(model, opt, batch, loss_fn=None):
+    loss_fn = loss_fn or CrossEntropyLoss()
+    logits, _ = model(batch[0])
+    loss_fn(logits, batch[1])
+    model.backward(loss_fn.backward())
+    opt.step()
+    opt.zero_grad()
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_step_warns_about_a_forgotten_child(set_to_none):
+    model = _Tagger(forget={"lstm"})
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    before = model.lstm.weight_hh_l0.data.copy()
+    if not set_to_none:  # stale zero gradients: the step would still apply momentum
+        for p in model.parameters():
+            p.grad = np.zeros_like(p.data)
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    with pytest.warns(optim.MissingGradientWarning, match=r"5 parameter\(s\).*LSTM\.weight_ih_l0"):
+        _train_step(model, opt, _batch())
+    if set_to_none:
+        np.testing.assert_array_equal(model.lstm.weight_hh_l0.data, before)  # what it warns of
+    model.forget = {"emb"}
+    with pytest.warns(optim.MissingGradientWarning, match=r"1 parameter\(s\).*Embedding\.weight"):
+        _train_step(model, opt, _batch())
+
+
+def test_legitimate_loops_never_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optim.MissingGradientWarning)
+        # a complete backward, several steps
+        model = _Tagger()
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for i in range(3):
+            _train_step(model, opt, _batch(i))
+        # gradient accumulation: two forward/backward pairs, one step
+        loss_fn = CrossEntropyLoss()
+        for i in range(2):
+            logits, _ = model(_batch(i)[0])
+            loss_fn(logits, _batch(i)[1])
+            model.backward(loss_fn.backward())
+        # ... and a training-mode forward after the backward (e.g. logging), before the step
+        model(_batch(5)[0])
+        opt.step()
+        opt.zero_grad()
+        # truncated BPTT: state carried across chunks, one step per chunk
+        data = np.random.default_rng(1).integers(0, 9, (41, 2))
+        state = None
+        for x, y in zip(tbptt_chunks(data[:-1], 8), tbptt_chunks(data[1:] % 3, 8), strict=True):
+            logits, state = model(x, state)
+            loss_fn(logits, y)
+            model.backward(loss_fn.backward())
+            opt.step()
+            opt.zero_grad()
+        # an eval-mode forward before the step is not a pending backward
+        model.eval()
+        model(_batch()[0])
+        model.train()
+        _train_step(model, opt, _batch())
+        # a step with no forward at all
+        opt.step()
+
+
+@pytest.mark.parametrize("how", ["requires_grad", "not_in_optimizer", "eval"])
+def test_frozen_encoder_never_warns(how):
+    model = _Tagger(forget={"lstm"} if how != "requires_grad" else ())
+    frozen = [model.emb, model.lstm]
+    if how == "requires_grad":
+        for m in frozen:
+            m.requires_grad_(False)
+    params = model.parameters() if how != "not_in_optimizer" else model.head.parameters()
+    opt = optim.Adam(params, lr=0.01)
+    before = [p.data.copy() for m in frozen for p in m.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optim.MissingGradientWarning)
+        for i in range(3):
+            if how == "eval":
+                for m in frozen:
+                    m.eval()
+            _train_step(model, opt, _batch(i))
+    after = [p.data for m in frozen for p in m.parameters()]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if how == "requires_grad":  # the backward ran through them but wrote nothing
+        assert all(p.grad is None for m in frozen for p in m.parameters())
+        assert "requires_grad=False" in repr(model.lstm.weight_ih_l0)
+
+
+def test_user_parameters_written_in_place_never_warn():
+    """A user module's own parameters are never marked: its backward may write them any way."""
+
+    class Scale(Module):
+        def __init__(self):
+            super().__init__()
+            self.s = Parameter(np.ones(3, dtype=np.float32))
+
+        def forward(self, x):
+            self.x = x
+            return x * self.s.data
+
+        def backward(self, dout):
+            np.add(self.s.grad, (dout * self.x).sum(axis=0), out=self.s.grad)
+            return dout * self.s.data
+
+    m = Scale()
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    m.s.grad = np.zeros(3, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optim.MissingGradientWarning)
+        for _ in range(2):
+            m(np.ones((2, 3), dtype=np.float32))
+            m.backward(np.ones((2, 3), dtype=np.float32))
+            opt.step()
+            opt.zero_grad(set_to_none=False)
+    assert not np.array_equal(m.s.data, np.ones(3))

@@ -312,15 +312,6 @@ def test_torch_errors_for_bad_arguments():
         assert str(got.value) == str(want.value)
 
 
-def test_double_backward_raises():
-    _, fm = _pair("lstm")
-    x, _ = _tensors(fm, torch.Generator().manual_seed(7))
-    out, _ = fm(x)
-    (gx,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
-        gx.sum().backward()
-
-
 def test_retain_graph_and_two_backwards():
     tm, fm = _pair("gru", num_layers=2)
     x, _ = _tensors(fm, torch.Generator().manual_seed(8))
@@ -417,6 +408,40 @@ def test_patched_context_restores_only_what_it_patched():
     bare = torch.nn.GRU(I, H)  # a module that is itself an RNN
     assert type(ft.patch(bare)) is ft.GRU
     assert type(ft.unpatch(bare)) is torch.nn.GRU
+
+
+def test_patch_reports_what_it_swapped(caplog):
+    model = torch.nn.Sequential(torch.nn.LSTM(I, H), MyLSTM(I, H), torch.nn.GRUCell(I, H))
+    with caplog.at_level("INFO", logger="fastrnn.torch"):
+        ft.patch(model)
+    assert ft.fastrnn_modules(model) == {"0": "LSTM", "2": "GRUCell"}
+    text = caplog.text
+    assert "0 (LSTM)" in text and "2 (GRUCell)" in text
+    assert "left alone" in text and "1 (MyLSTM)" in text
+    ft.unpatch(model)
+    assert ft.fastrnn_modules(model) == {}
+
+
+def test_patch_warns_when_nothing_to_swap():
+    with pytest.warns(UserWarning, match="nothing to patch in Sequential"):
+        ft.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.warns(UserWarning, match=r"left alone: \(model\) \(MyLSTM\)"):
+        ft.patch(MyLSTM(I, H))
+    cell = torch.nn.LSTMCell(I, H)
+    with pytest.warns(UserWarning, match=r"left alone: \(model\) \(LSTMCell\), cells=False"):
+        ft.patch(cell, cells=False)
+    assert type(cell) is torch.nn.LSTMCell
+    with ft.patched(cell) as c:
+        assert type(c) is ft.LSTMCell
+    assert type(cell) is torch.nn.LSTMCell
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        ft.patch({"lstm": torch.nn.LSTM(I, H)})
+    done = ft.patch(torch.nn.LSTM(I, H))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ft.patch(done)  # already patched: nothing new, no warning
 
 
 # -- a real training loop --------------------------------------------------------------------------

@@ -21,8 +21,13 @@
 # * The backward also reads x, h0, c0, the weights, batch_sizes and y of the forward: pass the
 #   same, unmodified. It writes (does not accumulate) dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh;
 #   db_ih == db_hh for an LSTM.
-# * n_threads (>= 1) threads for the kernels' parallel regions; BLAS threads are SciPy's BLAS
-#   settings (threadpoolctl). The functions take and release no GIL and allocate nothing.
+# * n_threads (>= 1) threads for the kernels' parallel region. The GEMMs run on the kernels'
+#   own micro-kernels inside it (SciPy's BLAS, called by each thread on its share, only on a
+#   CPU without AVX2 or when a packed copy cannot be allocated: keep that BLAS single-threaded,
+#   e.g. with threadpoolctl). The functions take and release no GIL. Besides reserve and
+#   workspace, each call allocates (and frees before it returns) one packed copy of the
+#   recurrent and input weights per thread, about (G*H + G*I) elements in all; without the
+#   memory for it the call falls back to BLAS.
 # * Return 0, or -1 for a size out of range or a required NULL pointer, -2 for invalid
 #   batch_sizes; nothing is written on error.
 # * Stable: these signatures and semantics keep working across fastrnn releases; the sizes are

@@ -248,7 +248,8 @@ def time_interleaved(
 
 
 def gemm_peak(dtype=np.float32, threads: int = 1, n: int = 1024, repeats: int = 5) -> float:
-    """GFLOP/s of an n x n x n GEMM through scipy's BLAS (the kernels' BLAS) on ``threads``."""
+    """GFLOP/s of an n x n x n GEMM through scipy's BLAS (OpenBLAS, the kernels' fallback and the
+    yardstick of the report: the kernels' own micro-kernels can exceed it) on ``threads``."""
     from scipy.linalg import blas
 
     from fastrnn._threads import blas_threads

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from fastrnn._random import module_generator
 from fastrnn.nn._checks import (
     as_float_array,
     as_index_array,
@@ -30,10 +31,13 @@ __all__ = ["Dropout", "Embedding", "Linear", "Sequential"]
 
 def _accumulate(p: Parameter, g: np.ndarray) -> None:
     """``p.grad += g`` for a freshly computed ``g`` (adopted without a copy on first use)."""
+    if not p.requires_grad:
+        return
     if p.grad is None:
         p.grad = np.ascontiguousarray(g, dtype=p.data.dtype)
     else:
         p.grad += g
+    p._grad_accumulated()
 
 
 def _no_cache_error(module: Module) -> RuntimeError:
@@ -57,7 +61,8 @@ class Linear(Module):
     dtype : {np.float32, np.float64}, default=np.float32
         Dtype of the parameters and of the outputs; inputs are converted to it.
     seed : int, numpy.random.Generator or None, default=None
-        Seed for the initialisation.
+        Seed for the initialisation. None: the next child of :func:`fastrnn.manual_seed`'s
+        sequence if it was called, else OS entropy.
 
     Attributes
     ----------
@@ -67,6 +72,8 @@ class Linear(Module):
     bias : Parameter of shape (out_features,) or None
         Initialised from the same distribution.
     """
+
+    _marks_parameter_use = True
 
     def __init__(
         self,
@@ -80,7 +87,7 @@ class Linear(Module):
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         dt = check_float_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = module_generator(seed)
         k = 1.0 / math.sqrt(self.in_features)
         w = rng.uniform(-k, k, (self.out_features, self.in_features))
         self.weight = Parameter(w.astype(dt))
@@ -163,12 +170,15 @@ class Embedding(Module):
         count from the end, as in PyTorch.
     dtype : {np.float32, np.float64}, default=np.float32
     seed : int, numpy.random.Generator or None, default=None
+        Seed for the initialisation. None: as for :class:`Linear`.
 
     Attributes
     ----------
     weight : Parameter of shape (num_embeddings, embedding_dim)
         Initialised from :math:`\mathcal{N}(0, 1)`, as PyTorch does.
     """
+
+    _marks_parameter_use = True
 
     def __init__(
         self,
@@ -192,7 +202,7 @@ class Embedding(Module):
             padding_idx = int(padding_idx) % self.num_embeddings
         self.padding_idx = padding_idx
         dt = check_float_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = module_generator(seed)
         w = rng.standard_normal((self.num_embeddings, self.embedding_dim)).astype(dt)
         if padding_idx is not None:
             w[padding_idx] = 0
@@ -242,6 +252,8 @@ class Embedding(Module):
         if dout.shape != expected:
             raise ValueError(f"dout must have shape {expected}, got {dout.shape}")
         self._cache = None
+        if not self.weight.requires_grad:
+            return None
         flat = idx.reshape(-1)
         d2 = dout.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:
@@ -249,7 +261,9 @@ class Embedding(Module):
             flat, d2 = flat[keep], d2[keep]
         if self.weight.grad is None:
             self.weight.grad = np.zeros_like(self.weight.data)
+        self.weight._grad_written = True  # written in place below
         if flat.size == 0:
+            self.weight._grad_accumulated()
             return None
         # Scatter-add of the rows of dout: the sum over repeated indices is a sparse (U, N)
         # one-hot matrix times dout, several times faster than np.add.at for typical batches.
@@ -259,6 +273,7 @@ class Embedding(Module):
             shape=(rows.size, flat.size),
         )
         self.weight.grad[rows] += onehot @ d2
+        self.weight._grad_accumulated()
         return None
 
     def extra_repr(self) -> str:
@@ -278,7 +293,7 @@ class Dropout(Module):
     p : float, default=0.5
         Probability of zeroing an element, in ``[0, 1]``.
     seed : int, numpy.random.Generator or None, default=None
-        Seed of the generator that draws the masks.
+        Seed of the generator that draws the masks. None: as for :class:`Linear`.
 
     Attributes
     ----------
@@ -291,7 +306,7 @@ class Dropout(Module):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
         self.p = float(p)
-        self.generator = np.random.default_rng(seed)
+        self.generator = module_generator(seed)
         self._cache: tuple[np.ndarray | None, float] | None = None
 
     def forward(self, x: Any) -> np.ndarray:

@@ -44,8 +44,15 @@ def _ce_forward(
         raise ValueError(f"logits must have at least one class on the last axis, got {x.shape}")
     t = as_index_array(target, "target")
     if t.shape != x.shape[:-1]:
+        hint = ""
+        if x.ndim >= 3 and t.shape == x.shape[:1] + x.shape[2:]:
+            hint = (
+                " (the class axis is the last one, not the second as in PyTorch: pass "
+                "np.moveaxis(logits, 1, -1))"
+            )
         raise ValueError(
-            f"target must have shape logits.shape[:-1] = {x.shape[:-1]}, got {t.shape}"
+            f"logits of shape {x.shape} (..., C) need a target of shape logits.shape[:-1] = "
+            f"{x.shape[:-1]}, got a target of shape {t.shape}{hint}"
         )
     x2 = x.reshape(-1, n_classes)
     t1 = t.reshape(-1).astype(np.intp, copy=True)
@@ -172,7 +179,20 @@ class CrossEntropyLoss(Module):
         self._cache: tuple | None = None
 
     def forward(self, logits: Any, target: Any) -> _LossValue:
-        """Return the loss of ``logits`` (..., C) against integer ``target`` (...)."""
+        """Return the loss of ``logits`` against integer ``target``.
+
+        Parameters
+        ----------
+        logits : ndarray of shape (..., C), dtype=float32 or float64
+            Any leading axes: (B, C) for one prediction per sequence, (T, B, C) or (B, T, C)
+            for one per step. The class axis is the **last** one.
+        target : ndarray of int, shape logits.shape[:-1]
+            (B,) or (T, B) / (B, T) to match. A mismatch raises ValueError naming both shapes.
+
+        Returns
+        -------
+        loss : scalar of the logits' dtype, or ndarray of shape target.shape with ``"none"``
+        """
         losses, probs, t1, valid, tshape = _ce_forward(logits, target, self.ignore_index)
         loss, scale = _ce_reduce(losses, valid, self.reduction, tshape)
         self._cache = (probs, t1, valid, scale, tshape) if self.training else None
@@ -209,7 +229,10 @@ def _mse_forward(input: Any, target: Any) -> np.ndarray:
     x = as_float_array(input, "input")
     t = as_real_array(target, "target", x.dtype)
     if t.shape != x.shape:
-        raise ValueError(f"target must have the input's shape {x.shape}, got {t.shape}")
+        raise ValueError(
+            f"target must have the input's shape: input has shape {x.shape}, target {t.shape} "
+            "(no broadcasting; reshape one of them)"
+        )
     return x - t
 
 
@@ -276,7 +299,19 @@ class MSELoss(Module):
         self._cache: np.ndarray | None = None
 
     def forward(self, input: Any, target: Any) -> _LossValue:
-        """Return the loss of ``input`` against ``target`` (same shape)."""
+        """Return the loss of ``input`` against ``target``.
+
+        Parameters
+        ----------
+        input : ndarray of any shape, dtype=float32 or float64
+        target : array-like of real numbers, exactly the shape of ``input``
+            No broadcasting: a (B, 1) input against a (B,) target raises ValueError naming
+            both shapes.
+
+        Returns
+        -------
+        loss : scalar of the input's dtype, or ndarray of the input's shape with ``"none"``
+        """
         diff = _mse_forward(input, target)
         loss = _mse_loss_value(diff, self.reduction)
         self._cache = diff if self.training else None

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn._random import module_generator
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
@@ -45,6 +46,8 @@ class RNNBase(Module):
         The cell's own options (:attr:`fastrnn.cells.Cell.options`), each also an attribute of
         the layer.
     """
+
+    _marks_parameter_use = True  # backward writes every parameter's gradient
 
     def __init__(
         self,
@@ -96,12 +99,7 @@ class RNNBase(Module):
         for name, value in cfg.options.items():
             setattr(self, name, value)
         self.backend = cfg.backend
-        try:
-            rng = np.random.default_rng(seed)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(
-                f"seed must be None, an int >= 0 or a numpy.random.Generator, got {seed!r}"
-            ) from exc
+        rng = module_generator(seed)  # seed=None: the next fastrnn.manual_seed child
         # One loop over PyTorch's names fixes the registration order (hence named_parameters()
         # and state_dict() order) and the order of the draws.
         self._flat_weights_names = cfg.weight_names()
@@ -320,9 +318,14 @@ class RNNBase(Module):
         dh = self._as_state(dh, "dh_n", "h", batch)
         dc = self._as_state(dc, "dc_n", "c", batch)
         self._cache = None
-        g = stack_backward(cache, dout, dh, dc, dcs)
-        for name, grad in g.weights.items():
-            self._parameters[name].accumulate_grad(grad)
+
+        def accumulate(layer: int, grads: dict[str, np.ndarray]) -> None:
+            # Layer by layer, from the top one down: a parameter's hooks (the all-reduce of
+            # fastrnn.distributed) run while the layers below are still backpropagating.
+            for name, grad in grads.items():
+                self._parameters[name].accumulate_grad(grad)
+
+        g = stack_backward(cache, dout, dh, dc, dcs, on_layer_grads=accumulate)
         dx, dh0, dc0 = g.dx, g.dh0, g.dc0
         dx = self._from_time_major(dx, unbatched)
         if unbatched:
@@ -385,7 +388,8 @@ class RNN(RNNBase):
     backend : {"cython", "numpy"}, default="cython"
         The Cython kernels (:mod:`fastrnn.functional`) or the NumPy reference.
     seed : int, numpy.random.Generator or None, default=None
-        Seeds the initialisation and, after it, the dropout generator.
+        Seeds the initialisation and, after it, the dropout generator. None: the next child
+        of :func:`fastrnn.manual_seed`'s sequence if it was called, else OS entropy.
 
     Attributes
     ----------

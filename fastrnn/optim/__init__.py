@@ -4,7 +4,7 @@ from fastrnn.optim import lr_scheduler
 from fastrnn.optim.adagrad import Adagrad
 from fastrnn.optim.adam import Adam, AdamW
 from fastrnn.optim.clip import clip_grad_norm_, clip_grad_value_
-from fastrnn.optim.optimizer import Optimizer
+from fastrnn.optim.optimizer import MissingGradientWarning, Optimizer
 from fastrnn.optim.rmsprop import RMSprop
 from fastrnn.optim.sgd import SGD
 
@@ -13,6 +13,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "MissingGradientWarning",
     "Optimizer",
     "RMSprop",
     "clip_grad_norm_",

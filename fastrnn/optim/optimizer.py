@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -17,7 +18,19 @@ import numpy as np
 
 from fastrnn.nn.module import Parameter
 
-__all__ = ["Optimizer"]
+__all__ = ["MissingGradientWarning", "Optimizer"]
+
+
+class MissingGradientWarning(UserWarning):
+    """A parameter's training-mode forward ran, but no gradient was written for it before the step.
+
+    The usual cause is a user-written ``backward`` that forgets to call a child's ``backward``:
+    the step would then skip that child's parameters (or apply a stale gradient). To silence it
+    for a part of the model that is meant to stay fixed, freeze it
+    (``module.requires_grad_(False)``), leave its parameters out of the optimizer, or run it in
+    ``eval()`` mode. ``warnings.simplefilter("error", MissingGradientWarning)`` makes it an error.
+    """
+
 
 ParamsT = Iterable[Parameter] | Iterable[dict[str, Any]]
 
@@ -202,6 +215,13 @@ class Optimizer:
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Update every parameter that has a gradient (those with ``grad is None`` are skipped).
 
+        Before updating, warns (:class:`MissingGradientWarning`) about every parameter, frozen
+        ones (``requires_grad=False``) excepted, that a built-in block's training-mode forward
+        used since the previous step but that received no gradient since then: a ``backward``
+        that forgot a child. Gradient accumulation over several forwards and backwards,
+        truncated BPTT, extra training-mode forwards after a backward, eval-mode forwards and
+        parameters outside the optimizer never trigger it.
+
         Parameters
         ----------
         closure : callable, optional
@@ -212,6 +232,7 @@ class Optimizer:
         The closure's return value, or None.
         """
         loss = closure() if closure is not None else None
+        self._check_gradients_written()
         for group in self.param_groups:
             for p in group["params"]:
                 grad = p.grad
@@ -229,6 +250,26 @@ class Optimizer:
                     data.reshape(-1), grad.reshape(-1), state, group, self._workspace(data)
                 )
         return loss
+
+    def _check_gradients_written(self) -> None:
+        """Warn about parameters used by a forward but given no gradient; reset the marks."""
+        forgotten = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p._used_by is not None and not p._grad_written and p.requires_grad:
+                    forgotten.append(f"{p._used_by} {p.data.shape}")
+                p._used_by = None
+                p._grad_written = False
+        if forgotten:
+            shown = ", ".join(forgotten[:6]) + (", ..." if len(forgotten) > 6 else "")
+            warnings.warn(
+                f"{len(forgotten)} parameter(s) were used by a training-mode forward since the "
+                f"last step but received no gradient: {shown}. Did a backward() forget to call "
+                "this block's backward? (If the block is meant to stay fixed: "
+                "block.requires_grad_(False), leave it out of the optimizer, or block.eval().)",
+                MissingGradientWarning,
+                stacklevel=3,
+            )
 
     def _workspace(self, data: np.ndarray) -> list[np.ndarray]:
         """``_n_work`` flat scratch arrays of ``data``'s size, views of one buffer per dtype."""

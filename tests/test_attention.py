@@ -1,0 +1,211 @@
+"""fastrnn.nn.Attention against an independent PyTorch implementation and finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastrnn.nn import Attention
+from fastrnn.nn.attention import masked_softmax
+
+TOL = {np.float32: 1e-5, np.float64: 1e-10}
+S, B, Q, K, A, T = 7, 4, 5, 6, 3, 3
+LENGTHS = np.array([7, 3, 1, 5])
+
+
+def make(kind: str, dtype, seed: int = 0) -> Attention:
+    q = K if kind == "dot" else Q
+    return Attention(
+        q, K, kind=kind, attn_size=A if kind == "additive" else None, dtype=dtype, seed=seed
+    )
+
+
+def torch_attention(att: Attention, query, memory, lengths):
+    """The same equations written directly in torch: returns (context, weights, leaves)."""
+    torch = pytest.importorskip("torch")
+    td = torch.float64 if att.dtype == np.float64 else torch.float32
+    q = torch.tensor(query, dtype=td, requires_grad=True)
+    m = torch.tensor(memory, dtype=td, requires_grad=True)
+    params = {n: torch.tensor(p.data, requires_grad=True) for n, p in att.named_parameters()}
+    qb = q.unsqueeze(1) if q.dim() == 2 else q.transpose(0, 1)  # (B, T, Q)
+    mb = m.transpose(0, 1)  # (B, S, K)
+    if att.kind == "dot":
+        scores = qb @ mb.transpose(1, 2)
+    elif att.kind == "general":
+        scores = (qb @ params["weight"].T) @ mb.transpose(1, 2)
+    else:
+        keys = mb @ params["w_key"].T + params["bias"]  # (B, S, A)
+        qp = qb @ params["w_query"].T  # (B, T, A)
+        scores = torch.tanh(keys.unsqueeze(1) + qp.unsqueeze(2)) @ params["v"]
+    Sm = memory.shape[0]
+    if lengths is not None:
+        keep = torch.arange(Sm)[None, :] < torch.as_tensor(lengths)[:, None]  # (B, S)
+        scores = scores.masked_fill(~keep[:, None, :], float("-inf"))
+    w = torch.softmax(scores, dim=-1)
+    ctx = w @ mb
+    if q.dim() == 2:
+        return ctx[:, 0], w[:, 0], q, m, params
+    return ctx.transpose(0, 1), w.transpose(0, 1), q, m, params
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+@pytest.mark.parametrize("multi", [False, True], ids=["one-query", "T-queries"])
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "lengths"])
+def test_matches_torch(kind, dtype, multi, masked):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    att = make(kind, dtype)
+    qs = (T, B, att.query_size) if multi else (B, att.query_size)
+    query = rng.standard_normal(qs).astype(dtype)
+    memory = rng.standard_normal((S, B, K)).astype(dtype)
+    lengths = LENGTHS if masked else None
+    ctx, w = att(query, memory, lengths)
+    dctx = rng.standard_normal(ctx.shape).astype(dtype)
+    dw = rng.standard_normal(w.shape).astype(dtype)
+    dq, dm = att.backward(dctx, dw)
+
+    tctx, tw, tq, tm, tparams = torch_attention(att, query, memory, lengths)
+    (tctx * torch.tensor(dctx)).sum().add((tw * torch.tensor(dw)).sum()).backward()
+    tol = TOL[dtype]
+    np.testing.assert_allclose(ctx, tctx.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(w, tw.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dq, tq.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dm, tm.grad.numpy(), rtol=tol, atol=tol)
+    for name, p in att.named_parameters():
+        np.testing.assert_allclose(
+            p.grad, tparams[name].grad.numpy(), rtol=tol, atol=tol, err_msg=name
+        )
+    assert ctx.dtype == w.dtype == dq.dtype == dm.dtype == dtype
+    if masked:  # padded positions: exactly zero weight and zero memory gradient
+        pad = np.arange(S)[None, :] >= LENGTHS[:, None]  # (B, S)
+        assert (w[..., pad] == 0).all()
+        assert (dm.transpose(1, 0, 2)[pad] == 0).all()
+        np.testing.assert_allclose(w.sum(axis=-1), 1, rtol=tol)
+
+
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_finite_differences(kind):
+    """Centred differences in float64 on the query, the memory and every parameter."""
+    rng = np.random.default_rng(2)
+    att = make(kind, np.float64, seed=3)
+    query = rng.standard_normal((2, B, att.query_size))
+    memory = rng.standard_normal((S, B, K))
+    dctx = rng.standard_normal((2, B, K))
+    dw = rng.standard_normal((2, B, S))
+
+    def loss() -> float:
+        ctx, w = att(query, memory, LENGTHS)
+        return float((ctx * dctx).sum() + (w * dw).sum())
+
+    att.zero_grad()
+    att(query, memory, LENGTHS)
+    dq, dm = att.backward(dctx, dw)
+    grads = {"query": dq, "memory": dm}
+    grads.update({n: p.grad.copy() for n, p in att.named_parameters()})
+    arrays = {"query": query, "memory": memory}
+    arrays.update({n: p.data for n, p in att.named_parameters()})
+    eps = 1e-6
+    for name, arr in arrays.items():
+        num = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            old = arr[i]
+            arr[i] = old + eps
+            lp = loss()
+            arr[i] = old - eps
+            lm = loss()
+            arr[i] = old
+            num[i] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+def test_step_api_matches_forward_and_accumulates_memory_gradient():
+    """prepare + several steps + memory_backward = the sum of separate forward/backward calls."""
+    rng = np.random.default_rng(4)
+    att = make("additive", np.float64)
+    memory = rng.standard_normal((S, B, K))
+    qs = rng.standard_normal((3, B, Q))
+    dcs = rng.standard_normal((3, B, K))
+    mem = att.prepare(memory, LENGTHS)
+    total_dq = []
+    for t in range(3):
+        ctx, w, cache = att.step(qs[t], mem, training=True)
+        ctx2, w2 = Attention.forward(att, qs[t], memory, LENGTHS)
+        np.testing.assert_allclose(ctx, ctx2, rtol=1e-14)
+        total_dq.append(att.step_backward(cache, mem, dcs[t]))
+    grads_steps = {n: p.grad.copy() for n, p in att.named_parameters() if p.grad is not None}
+    dm = att.memory_backward(mem)
+    att.zero_grad()
+    ctx, w = att(qs, memory, LENGTHS)  # all three queries at once
+    dq_all, dm_all = att.backward(dcs)
+    np.testing.assert_allclose(np.stack(total_dq), dq_all, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dm, dm_all, rtol=1e-12, atol=1e-14)
+    for n in grads_steps:
+        assert n in ("v", "w_query")
+
+
+def test_masked_softmax_ignores_padded_values():
+    scores = np.array([[1.0, 2.0, np.inf, np.nan]])
+    mask = np.array([[True, True, False, False]])
+    w = masked_softmax(scores, mask)
+    np.testing.assert_allclose(w, [[1 / (1 + np.e), np.e / (1 + np.e), 0, 0]])
+    assert (w[0, 2:] == 0).all()
+
+
+def test_padded_memory_values_are_ignored():
+    att = make("general", np.float64)
+    rng = np.random.default_rng(5)
+    memory = rng.standard_normal((S, B, K))
+    query = rng.standard_normal((B, Q))
+    ctx, w = att(query, memory, LENGTHS)
+    memory[5:, 1] = np.nan  # row 1 has length 3: positions 3.. are padding
+    memory[3:, 1] = 1e300
+    ctx2, w2 = att(query, memory, LENGTHS)
+    np.testing.assert_array_equal(ctx, ctx2)
+    np.testing.assert_array_equal(w, w2)
+
+
+def test_bad_input_is_refused_naming_the_argument():
+    att = make("general", np.float32)
+    mem = np.zeros((S, B, K), np.float32)
+    q = np.zeros((B, Q), np.float32)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Attention(Q, K, kind="bilinear")
+    with pytest.raises(ValueError, match="query_size == key_size"):
+        Attention(Q, K, kind="dot")
+    with pytest.raises(ValueError, match="attn_size is only used"):
+        Attention(Q, K, kind="general", attn_size=3)
+    with pytest.raises(ValueError, match="memory must have shape"):
+        att(q, mem[:, :, :2])
+    with pytest.raises(ValueError, match="query must have shape"):
+        att(q[:2], mem)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        att(q, mem, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        att(q, mem, [8, 1, 2, 3])
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        att(q, mem, [1, 2])
+    with pytest.raises(TypeError, match="lengths must be an integer"):
+        att(q, mem, [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(TypeError, match="query must be a real numeric"):
+        att(q.astype(complex), mem)
+    with pytest.raises(RuntimeError, match="without a training-mode forward"):
+        make("dot", np.float32).backward(np.zeros((B, K)))
+    att(q, mem)
+    with pytest.raises(ValueError, match="dcontext must have"):
+        att.backward(np.zeros((B, K + 1)))
+    att.eval()
+    att(q, mem)
+    with pytest.raises(RuntimeError, match="without a training-mode forward"):
+        att.backward(np.zeros((B, K)))
+
+
+def test_float32_input_to_float64_layer_is_converted():
+    att = make("dot", np.float64)
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((B, K)).astype(np.float32)
+    m = rng.standard_normal((S, B, K)).astype(np.float32)
+    ctx, w = att(q, m)
+    assert ctx.dtype == np.float64
+    ctx2, _ = att(q.astype(np.float64), m.astype(np.float64))
+    np.testing.assert_array_equal(ctx, ctx2)
