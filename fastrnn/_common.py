@@ -25,6 +25,7 @@ __all__ = [
     "Prepared",
     "RNNGrads",
     "as_grad",
+    "cell_states_grad",
     "check_cache",
     "prepare",
 ]
@@ -539,6 +540,20 @@ def check_cache(cache: Any, backend: str, cell: Cell) -> Cache:
             f"{fn} instead"
         )
     return cache
+
+
+def cell_states_grad(cache: Cache, dcs: Any) -> np.ndarray | None:
+    """The validated gradient ``dcs`` of an LSTM's cell states (None means zeros); refused
+    unless the forward ran with ``return_cell_states``."""
+    if dcs is None:
+        return None
+    if not cache.options.get("return_cell_states"):
+        raise ValueError(
+            "dcs is the gradient of the cell states, which only a forward with "
+            "return_cell_states=True returns"
+        )
+    p = cache.prepared
+    return as_grad("dcs", dcs, (p.T, p.B, p.H), p.dtype)
 
 
 def as_grad(name: str, g: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:

@@ -44,7 +44,9 @@ from fastrnn._common import (
     RNNGrads,
     as_grad,
     cell_extras,
+    cell_states_grad,
     check_cache,
+    grads_of,
     prepare,
 )
 from fastrnn._isa import KERNELS as _k
@@ -139,6 +141,12 @@ class _Saved:
     ms: np.ndarray | None = None  # projected LSTM: o * tanh(c_t), (T, B, H)
     hns: np.ndarray | None = None  # GRU: W_hn h_{t-1} + b_hn, (T, B, H)
     rhs: np.ndarray | None = None  # GRU reset-before: r * h_{t-1}, (T, B, H)
+    # the cell's optional operands in kernel row order (keyword -> array), as its kernels take
+    # them, and what they keep: LSTM hds (T, B, H) h_{t-1} * recurrent_mask, cnew (T, B, H)
+    # c_t before zoneout
+    extras: dict[str, np.ndarray] | None = None
+    hds: np.ndarray | None = None
+    cnew: np.ndarray | None = None
 
 
 # A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
@@ -175,6 +183,26 @@ def _empty_backward(
     db = None if p.b_ih is None else np.zeros(p.w_hh.shape[0], p.dtype)
     db_hh = None if db is None else db.copy()
     return [np.zeros_like(p.x), *passed, np.zeros_like(p.w_ih), np.zeros_like(p.w_hh), db, db_hh]
+
+
+def _kernel_extras(p: Prepared, s: _Schedule, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The optional operands among ``names`` that were given, as the kernels take them: masks in
+    kernel row (and time) order, and a zoneout probability (eval) as one (1, B, width) weight
+    that serves every step."""
+    out = {}
+    for name in names:
+        v = p.extra(name)
+        if v is None:
+            continue
+        if isinstance(v, float):
+            width = p.H if name == "zoneout_c" else p.h0.shape[1]
+            v = np.full((1, p.B, width), v, p.dtype)
+        elif name.startswith("zoneout"):
+            v = s.rows(v, 1)
+        elif name == "recurrent_mask":
+            v = s.rows(v, 0)
+        out[name] = v
+    return out
 
 
 def _bias_sum(p: Prepared) -> np.ndarray:
@@ -371,12 +399,30 @@ def lstm_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    w_peephole : array_like of shape (3, H), optional
+        Peephole weights of ``i``, ``f`` and ``o`` (Gers & Schmidhuber):
+        ``a_i += p_i * c_{t-1}``, ``a_f += p_f * c_{t-1}``, ``a_o += p_o * c_t``.
+    ln_ih, ln_hh : array_like of shape (4H,), optional
+    ln_c, ln_c_bias : array_like of shape (H,), optional
+        Layer normalization (all four together); see :func:`fastrnn.reference.lstm_forward`.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent dropout: ``W_hh`` multiplies ``h_{t-1} * recurrent_mask`` at every step (one
+        mask for the whole sequence, e.g. 0 or ``1 / (1 - p)``).
+    zoneout_h, zoneout_c : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = z_t * h_{t-1} + (1 - z_t) * h~_t`` with ``h~_t`` the cell's new value
+        (likewise ``c_t``); in training ``z`` is usually a 0/1 mask (1 keeps the previous
+        value), in eval the probability itself (the expectation).
+    return_cell_states : bool, default=False
+        Also return every step's cell state ``cs``.
 
     Returns
     -------
     y : ndarray of shape (T, B, H), (T, B, P) with ``w_hr``
     h_n : ndarray of shape (B, H), (B, P) with ``w_hr``
     c_n : ndarray of shape (B, H)
+    cs : ndarray of shape (T, B, H)
+        Only with ``return_cell_states``: ``c_t`` at every step, zero past each length. Like
+        ``y``, the backward reads it: do not modify it in place before the backward.
     cache : Cache or None
         Pass to :func:`lstm_backward`.
     """
@@ -384,23 +430,33 @@ def lstm_forward(
                          ln_c_bias=ln_c_bias, recurrent_mask=recurrent_mask,
                          zoneout_h=zoneout_h, zoneout_c=zoneout_c)  # fmt: skip
     p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite, extras)
-    if p.extras or return_cell_states:
+    if p.extra("ln_ih") is not None:
         raise NotImplementedError("TEMPORARY: the feature kernels are being written")
     if p.w_hr is not None:
+        if return_cell_states:
+            raise ValueError("return_cell_states cannot be combined with w_hr (a projection)")
         return _lstm_proj_forward(p, training, reverse)
+    options = {"reverse": reverse, "return_cell_states": bool(return_cell_states)}
     if p.T == 0 or p.B == 0:
         y, h_n, c_n = _empty_forward(p)
-        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse})
-        return y, h_n, c_n, cache if training else None
+        cache = Cache(BACKEND, _LSTM, p, options) if training else None
+        if return_cell_states:
+            return y, h_n, c_n, np.zeros((p.T, p.B, p.H), p.dtype), cache
+        return y, h_n, c_n, cache
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
-    G = p.w_hh.shape[0]
+    G, T, B, H = p.w_hh.shape[0], p.T, p.B, p.H
+    ext = _kernel_extras(p, s, _LSTM_EXTRAS)
     # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
-    steps = p.T if training else _k.lstm.ring_steps(p.T, p.B)
-    gates = np.empty((steps, p.B, G), p.dtype)
-    y = np.empty((p.T, p.B, p.H), p.dtype)
-    cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
-    h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
+    steps = T if training else _k.lstm.ring_steps(T, B)
+    gates = np.empty((steps, B, G), p.dtype)
+    y = np.empty((T, B, H), p.dtype)
+    cs = np.empty((T if training or return_cell_states else 1, B, H), p.dtype)
+    h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
+    if "recurrent_mask" in ext:  # h_{t-1} * mask: every step's (training), else a ring of 2
+        ext["hds"] = np.empty((T if training else min(T, 2), B, H), p.dtype)
+    if "zoneout_c" in ext and training:  # c_t before zoneout, for BPTT
+        ext["cnew"] = np.empty((T, B, H), p.dtype)
     with blas_single_thread():
         _k.lstm.forward(
             xk,
@@ -417,15 +473,24 @@ def lstm_forward(
             c_n,
             training,
             _team(p),
+            cell_states=bool(return_cell_states),
+            **ext,
         )
     cache = None
     if training:
-        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs)
-        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse}, saved)
-    return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
+        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs, extras=ext)
+        cache = Cache(BACKEND, _LSTM, p, options, saved)
+    out = s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0)
+    if return_cell_states:
+        return *out, s.unrows(cs, 1), cache
+    return *out, cache
 
 
-def lstm_backward(cache, dy, dh_n=None, dc_n=None):
+# The LSTM kernels' optional operands, by functional keyword (layer norm aside).
+_LSTM_EXTRAS = ("w_peephole", "recurrent_mask", "zoneout_h", "zoneout_c")
+
+
+def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
     """Backpropagation through time for :func:`lstm_forward`.
 
     Parameters
@@ -435,20 +500,26 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     dy : array_like of shape (T, B, H) or None
     dh_n : array_like of shape (B, H), (B, P) after a forward with ``w_hr``, or None
     dc_n : array_like of shape (B, H) or None
+    dcs : array_like of shape (T, B, H) or None
+        Gradient with respect to ``cs`` (a forward with ``return_cell_states``); None for zeros.
 
     Returns
     -------
     LSTMGrads or LSTMProjGrads
         ``dx`` (T, B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``;
         after a forward with ``w_hr``, an :class:`LSTMProjGrads` with ``dh0`` of shape (B, P)
-        and one more field, ``dw_hr`` (P, H).
+        and one more field, ``dw_hr`` (P, H); after a forward with ``w_peephole``, one more
+        field ``dw_peephole`` (3, H).
     """
     c = check_cache(cache, BACKEND, _LSTM)
     p, d = c.prepared, c.saved
+    dcs = cell_states_grad(c, dcs)
     if p.w_hr is not None:
         return _lstm_proj_backward(c, dy, dh_n, dc_n)
+    wp = p.extra("w_peephole")
     if c.empty:
-        return LSTMGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)}))
+        fields = _empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)})
+        return grads_of(_LSTM, fields, {"dw_peephole": None if wp is None else wp * 0})
     s = d.s
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     G = p.w_hh.shape[0]
@@ -456,6 +527,13 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
+    ext = dict(d.extras)
+    if wp is not None:
+        ext["dw_peephole"] = np.empty_like(wp)
+    if "recurrent_mask" in ext:
+        ext["dm"] = np.empty((p.B, p.H), p.dtype)
+    if dcs is not None:
+        ext["dcs"] = s.rows(dcs, 1)
     with blas_single_thread():
         _k.lstm.backward(
             d.x,
@@ -476,9 +554,11 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
             dw_hh,
             db,
             _team(p),
+            **ext,
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
-    return LSTMGrads(s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh)
+    fields = [s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
+    return grads_of(_LSTM, fields, {"dw_peephole": ext.get("dw_peephole")})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from fastrnn._common import (
     RNNGrads,
     as_grad,
     cell_extras,
+    cell_states_grad,
     check_cache,
     grads_of,
     prepare,
@@ -109,19 +110,6 @@ def _zoneout(p, name, t):
     """Step t's zoneout weights of one state: None (off), a number (eval), or (B, width)."""
     z = p.extra(name)
     return z if z is None or isinstance(z, float) else z[t]
-
-
-def _cell_states_grad(cache, dcs):
-    """The validated gradient of the cell states (LSTM with return_cell_states)."""
-    if dcs is None:
-        return None
-    if not cache.options.get("return_cell_states"):
-        raise ValueError(
-            "dcs is the gradient of the cell states, which only a forward with "
-            "return_cell_states=True returns"
-        )
-    p = cache.prepared
-    return as_grad("dcs", dcs, (p.T, p.B, p.H), p.dtype)
 
 
 def _biases(p):
@@ -301,7 +289,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
     dy = as_grad("dy", dy, (p.T, p.B, R), p.dtype)
     dh = as_grad("dh_n", dh_n, (p.B, R), p.dtype)
     dc = as_grad("dc_n", dc_n, (p.B, H), p.dtype)
-    dcs = _cell_states_grad(cc, dcs)
+    dcs = cell_states_grad(cc, dcs)
     dh = np.zeros((p.B, R), p.dtype) if dh is None else dh.copy()
     dc = np.zeros((p.B, H), p.dtype) if dc is None else dc.copy()
     wp, rmask = p.extra("w_peephole"), p.extra("recurrent_mask")

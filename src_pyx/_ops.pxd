@@ -85,6 +85,18 @@ cdef struct LSTMOps:
     void* dw_hh             # (4H, H), or (4H, P)
     void* dw_hr             # (P, H)
     void* db                # (4H,) gradient of b_ih (and of b_hh)
+    # optional extensions of the cell without a projection (NULL / 0: off)
+    const void* w_peephole  # (3, H) peephole weights of i, f (on c_{t-1}) and o (on c_t)
+    const void* rmask       # (B, H) recurrent dropout: h_{t-1} * rmask enters the W_hh GEMM
+    void* hds               # (T, B, H) h_{t-1} * rmask of every step ((2, B, H) in inference)
+    const void* zoneout_h   # (T, B, H) weight of h_{t-1} in h_t (1: keep it), steps zh_step apart
+    const void* zoneout_c   # (T, B, H) weight of c_{t-1} in c_t, steps zc_step apart
+    Py_ssize_t zh_step      # B * H, or 0: one (B, H) weight for every step (eval's p)
+    Py_ssize_t zc_step
+    void* cnew              # (T, B, H) c_t before zoneout (training with zoneout_c)
+    bint cell_states        # cs keeps all T steps, zero on inactive rows (return_cell_states)
+    const void* dcs         # (T, B, H) gradient of the cell states cs; NULL: zeros
+    void* dw_peephole       # (3, H) gradient of w_peephole
 
 
 cdef struct GRUOps:

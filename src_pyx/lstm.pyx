@@ -86,6 +86,104 @@ cdef inline void _row_backward(const floating* a, const floating* c_prev, const 
         dc[j] = dcj * f
 
 
+cdef inline void _row_forward_ext(floating* a, const floating* c_prev, floating* c,
+                                  floating* c_new, const floating* h_prev, floating* h,
+                                  floating* hd, const floating* wp, const floating* rmask,
+                                  const floating* zh, const floating* zc, Py_ssize_t m,
+                                  Py_ssize_t H) noexcept nogil:
+    """_row_forward with the optional extensions, each off when its pointer is NULL.
+
+    i = sig(a_i + p_i c_prev);  f = sig(a_f + p_f c_prev);  g = tanh(a_g)     (peephole wp)
+    c~ = f c_prev + i g;  o = sig(a_o + p_o c~);  h~ = o tanh(c~)
+    c = zc c_prev + (1 - zc) c~;  h = zh h_prev + (1 - zh) h~                  (zoneout)
+    hd = h rmask: the next step's GEMM input (recurrent dropout);  c_new = c~ (for BPTT)
+    c may be c_prev (inference updates the state in place): c_prev[j] is read before c[j] is
+    written. wp points at unit 0 of the slice in row 0 of the (3, H) weights.
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, cp, cn, hn
+    for j in range(m):
+        cp = c_prev[j]
+        if wp != NULL:
+            i = sigmoid(a[j] + wp[j] * cp)
+            f = sigmoid(a[H + j] + wp[H + j] * cp)
+        else:
+            i = sigmoid(a[j])
+            f = sigmoid(a[H + j])
+        g = tanh_(a[2 * H + j])
+        cn = f * cp + i * g
+        if wp != NULL:
+            o = sigmoid(a[3 * H + j] + wp[2 * H + j] * cn)
+        else:
+            o = sigmoid(a[3 * H + j])
+        a[j] = i
+        a[H + j] = f
+        a[2 * H + j] = g
+        a[3 * H + j] = o
+        hn = o * tanh_(cn)
+        if c_new != NULL:
+            c_new[j] = cn
+        c[j] = cn if zc == NULL else zc[j] * cp + (1 - zc[j]) * cn
+        h[j] = hn if zh == NULL else zh[j] * h_prev[j] + (1 - zh[j]) * hn
+        if hd != NULL:
+            hd[j] = h[j] * rmask[j]
+
+
+cdef inline void _row_backward_ext(const floating* a, const floating* c_prev,
+                                   const floating* c_new, const floating* dy,
+                                   const floating* dcs, floating* dh, floating* dc, floating* da,
+                                   const floating* wp, floating* dwp, const floating* zh,
+                                   const floating* zc, Py_ssize_t m, Py_ssize_t H) noexcept nogil:
+    """_row_backward with the optional extensions of _row_forward_ext (NULL: off).
+
+    dh = dh_t + dy_t;  dc = dc_t + dcs_t                       (dcs: the cell states' gradient)
+    zoneout: the kept part flows to the previous step, dh_keep = zh dh, dc_keep = zc dc, and
+             the rest to the new values, dh~ = (1 - zh) dh, dc~ = (1 - zc) dc
+    da_o = dh~ tanh(c~) o(1-o);  dc~ += dh~ o (1 - tanh(c~)^2) + p_o da_o
+    da_i, da_f, da_g as in _row_backward;  dc_{t-1} = dc_keep + dc~ f + p_i da_i + p_f da_f
+    dwp += [da_i c_prev, da_f c_prev, da_o c~] (accumulated over steps and rows, per unit)
+    dh becomes dh_keep with zoneout (the W_hh GEMM then adds to it), else is left as it was.
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tc, dhj, dcj, cp, dhk, dck, dai, daf, dao
+    for j in range(m):
+        i = a[j]
+        f = a[H + j]
+        g = a[2 * H + j]
+        o = a[3 * H + j]
+        cp = c_prev[j]
+        tc = tanh_(c_new[j])
+        dhj = dh[j] + dy[j]
+        dcj = dc[j] if dcs == NULL else dc[j] + dcs[j]
+        dhk = 0
+        dck = 0
+        if zh != NULL:
+            dhk = zh[j] * dhj
+            dhj = (1 - zh[j]) * dhj
+        if zc != NULL:
+            dck = zc[j] * dcj
+            dcj = (1 - zc[j]) * dcj
+        dao = dhj * tc * dsigmoid(o)
+        dcj = dcj + dhj * o * dtanh(tc)
+        if wp != NULL:
+            dcj = dcj + wp[2 * H + j] * dao
+        dai = dcj * g * dsigmoid(i)
+        daf = dcj * cp * dsigmoid(f)
+        da[j] = dai
+        da[H + j] = daf
+        da[2 * H + j] = dcj * i * dtanh(g)
+        da[3 * H + j] = dao
+        if wp != NULL:
+            dc[j] = dck + (dcj * f + wp[j] * dai + wp[H + j] * daf)
+            dwp[j] += dai * cp
+            dwp[H + j] += daf * cp
+            dwp[2 * H + j] += dao * c_new[j]
+        else:
+            dc[j] = dck + dcj * f
+        if zh != NULL:
+            dh[j] = dhk
+
+
 # --- tier 2: the time loops ---------------------------------------------------------------------
 # Each is one thread's share of the parallel region that run_team opens (_parallel.pxd), called
 # once per thread per kernel call with the cell's operand struct (_ops.pxd), whose pointers it
@@ -111,11 +209,26 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* cs = <floating*> op.cs
     cdef floating* h_n = <floating*> op.h_n
     cdef floating* c_n = <floating*> op.c_n
+    # the optional extensions (NULL: off)
+    cdef const floating* wp = <const floating*> op.w_peephole
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef floating* hds = <floating*> op.hds
+    cdef const floating* zh = <const floating*> op.zoneout_h
+    cdef const floating* zc = <const floating*> op.zoneout_c
+    cdef floating* cnew = <floating*> op.cnew
+    cdef bint ext = wp != NULL or rmask != NULL or zh != NULL or zc != NULL
+    # cs keeps every step (training, or return_cell_states), else one state updated in place
+    cdef bint all_cs = training or op.cell_states
     cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, b, n, j0, j1, m
+    cdef Py_ssize_t t, b, n, j, j0, j1, m
     cdef const floating* h_prev
+    cdef const floating* h_in
     cdef const floating* c_prev
+    cdef const floating* zh_t
+    cdef const floating* zc_t
     cdef floating* c_cur
+    cdef floating* cn_t
+    cdef floating* hd_next
     cdef floating* a_t
     cdef Packed pk, pk_ih
 
@@ -123,9 +236,14 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
     pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
-    if not training:  # one cell-state buffer, updated in place
+    if not all_cs:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+    if rmask != NULL:  # hds[0] = h0 * rmask, read in full by the first step's GEMM
+        for b in range(B):
+            for j in range(b * H + j0, b * H + j1):
+                hds[j] = h0[j] * rmask[j]
+        fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
@@ -136,19 +254,42 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             project_steps(min(tc, T - t) * B, I, H, j0, j1, 4, x + t * B * I, w_ih, bias, a_t,
                           &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        if training:
+        if all_cs:
             c_prev = c0 if t == 0 else cs + (t - 1) * B * H
             c_cur = cs + t * B * H
         else:
             c_prev = cs
             c_cur = cs
+        # recurrent dropout: the GEMM reads h_{t-1} * rmask (hds[t]; inference: a ring of 2)
+        h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
         # a_t[:n, units] += h_{t-1} W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 1, a_t, G, &pk)
-        for b in range(n if m > 0 else 0):
-            _row_forward(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
-                         y + (t * B + b) * H + j0, m, H)
+        recurrent_nt(n, H, j0, j1, 4, h_in, w_hh, <floating> 1, a_t, G, &pk)
+        if ext:
+            zh_t = NULL if zh == NULL else zh + t * op.zh_step
+            zc_t = NULL if zc == NULL else zc + t * op.zc_step
+            cn_t = NULL if cnew == NULL else cnew + t * B * H
+            hd_next = NULL
+            if rmask != NULL and t + 1 < T:
+                hd_next = hds + (t + 1 if training else (t + 1) % 2) * B * H
+            for b in range(n if m > 0 else 0):
+                _row_forward_ext(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
+                                 NULL if cn_t == NULL else cn_t + b * H + j0,
+                                 h_prev + b * H + j0, y + (t * B + b) * H + j0,
+                                 NULL if hd_next == NULL else hd_next + b * H + j0,
+                                 NULL if wp == NULL else wp + j0,
+                                 NULL if rmask == NULL else rmask + b * H + j0,
+                                 NULL if zh_t == NULL else zh_t + b * H + j0,
+                                 NULL if zc_t == NULL else zc_t + b * H + j0, m, H)
+            if training and hd_next != NULL and rank == 0:  # read by the dW_hh GEMM
+                zero_rows(hd_next, n, B, H)
+        else:
+            for b in range(n if m > 0 else 0):
+                _row_forward(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
+                             y + (t * B + b) * H + j0, m, H)
         if rank == 0:
             zero_rows(y + t * B * H, n, B, H)
+            if op.cell_states:
+                zero_rows(c_cur, n, B, H)
         fr_barrier_wait(bar, size)
 
     release(&pk)
@@ -156,7 +297,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
-        if training:
+        if all_cs:
             memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
         else:
             memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
@@ -183,36 +324,81 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* dw_ih = <floating*> op.dw_ih
     cdef floating* dw_hh = <floating*> op.dw_hh
     cdef floating* db = <floating*> op.db
+    # the optional extensions (NULL: off)
+    cdef const floating* wp = <const floating*> op.w_peephole
+    cdef floating* dwp = <floating*> op.dw_peephole
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef const floating* hds = <const floating*> op.hds
+    cdef floating* dm = <floating*> op.dm  # (B, H) workspace of recurrent dropout
+    cdef const floating* zh = <const floating*> op.zoneout_h
+    cdef const floating* zc = <const floating*> op.zoneout_c
+    cdef const floating* cnew = <const floating*> op.cnew
+    cdef const floating* dcs = <const floating*> op.dcs
+    cdef bint ext = wp != NULL or rmask != NULL or zh != NULL or zc != NULL or dcs != NULL
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, m
+    cdef Py_ssize_t t, b, n, o, j, j0, j1, m
     cdef const floating* c_prev
+    cdef const floating* c_new
     cdef floating* da_t
     cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    if dwp != NULL:  # accumulated per unit by the thread that owns it
+        for j in range(3):
+            memset(dwp + j * H + j0, 0, m * sizeof(floating))
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * G
         c_prev = c0 if t == 0 else cs + (t - 1) * B * H
-        for b in range(n if m > 0 else 0):
-            o = t * B + b
-            _row_backward(gates + o * G + j0, c_prev + b * H + j0, cs + o * H + j0,
-                          dy + o * H + j0, dh + b * H + j0, dc + b * H + j0,
-                          da_t + b * G + j0, m, H)
+        if ext:
+            # c_t before zoneout: cnew with zoneout_c, else the carried cs
+            c_new = (cs if cnew == NULL else cnew) + t * B * H
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward_ext(gates + o * G + j0, c_prev + b * H + j0, c_new + b * H + j0,
+                                  dy + o * H + j0,
+                                  NULL if dcs == NULL else dcs + o * H + j0,
+                                  dh + b * H + j0, dc + b * H + j0, da_t + b * G + j0,
+                                  NULL if wp == NULL else wp + j0,
+                                  NULL if dwp == NULL else dwp + j0,
+                                  NULL if zh == NULL else zh + t * op.zh_step + b * H + j0,
+                                  NULL if zc == NULL else zc + t * op.zc_step + b * H + j0,
+                                  m, H)
+        else:
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward(gates + o * G + j0, c_prev + b * H + j0, cs + o * H + j0,
+                              dy + o * H + j0, dh + b * H + j0, dc + b * H + j0,
+                              da_t + b * G + j0, m, H)
         if rank == 0:
             zero_rows(da_t, n, B, G)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dh, &pk)
+        # zoneout_h: + the kept part the gate pass left in dh; recurrent dropout: the GEMM
+        # gives the gradient of h_{t-1} * rmask, so dh_{t-1} = kept + rmask * (da_t W_hh)
+        if rmask == NULL:
+            recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> (zh != NULL), dh, &pk)
+        else:
+            recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dm, &pk)
+            for b in range(n):
+                for j in range(b * H + j0, b * H + j1):
+                    if zh != NULL:
+                        dh[j] = dh[j] + rmask[j] * dm[j]
+                    else:
+                        dh[j] = rmask[j] * dm[j]
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
     release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
-    weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
-    weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    if rmask == NULL:
+        weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
+        weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank,
+                    ISA)
+    else:  # the GEMMs read h_{t-1} * rmask, kept in hds
+        weight_grad(T * B, H, H, 4, dgates, hds, <floating> 0, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 4, dgates, db, size, rank)
     input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
 
@@ -252,7 +438,14 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, ::1] h_n,              # OUT   (B, H)
             floating[:, ::1] c_n,              # OUT   (B, H)
             bint training,
-            int n_threads):
+            int n_threads,
+            const floating[:, ::1] w_peephole=None,     # IN    (3, H)
+            const floating[:, ::1] recurrent_mask=None, # IN    (B, H)
+            floating[:, :, ::1] hds=None,               # OUT   (T, B, H), inference (2, B, H)
+            const floating[:, :, ::1] zoneout_h=None,   # IN    (T, B, H) or (1, B, H)
+            const floating[:, :, ::1] zoneout_c=None,   # IN    (T, B, H) or (1, B, H)
+            floating[:, :, ::1] cnew=None,              # OUT   (T, B, H)
+            bint cell_states=False):
     """LSTM forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
     Parameters
@@ -270,10 +463,29 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     h_n, c_n : ndarray of shape (B, H), written
     training : bool
     n_threads : int
+    w_peephole : ndarray of shape (3, H), optional
+        Peephole weights of i, f (on c_{t-1}) and o (on c_t).
+    recurrent_mask : ndarray of shape (B, H), optional
+        Recurrent dropout: the W_hh GEMM reads h_{t-1} * recurrent_mask; needs ``hds``.
+    hds : ndarray of shape (T, B, H) when training else (2, B, H), optional
+        Written with h_{t-1} * recurrent_mask of every step (what BPTT reads).
+    zoneout_h, zoneout_c : ndarray of shape (T, B, H) or (1, B, H), optional
+        Zoneout: h_t = z h_{t-1} + (1 - z) h~_t (and likewise c_t); (1, B, H) serves every step.
+    cnew : ndarray of shape (T, B, H), optional
+        Written with c_t before zoneout; a training forward with ``zoneout_c`` needs it.
+    cell_states : bool, default=False
+        ``cs`` is (T, B, H) even in inference and gets zeros on the rows past each length.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
         raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
+    if cs.shape[0] < (T if training or cell_states else 1):
+        raise ValueError(f"cs has {cs.shape[0]} steps, fewer than the forward writes")
+    if recurrent_mask is not None and (hds is None
+                                       or hds.shape[0] < (T if training else min(T, 2))):
+        raise ValueError("recurrent_mask needs hds of T steps (training) or 2 (inference)")
+    if zoneout_c is not None and training and cnew is None:
+        raise ValueError("zoneout_c in training needs cnew")
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                           &batch_sizes[0], &y[0, 0, 0])
     o.training = training
@@ -282,6 +494,20 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.cs = &cs[0, 0, 0]
     o.h_n = &h_n[0, 0]
     o.c_n = &c_n[0, 0]
+    o.cell_states = cell_states
+    if w_peephole is not None:
+        o.w_peephole = &w_peephole[0, 0]
+    if recurrent_mask is not None:
+        o.rmask = &recurrent_mask[0, 0]
+        o.hds = &hds[0, 0, 0]
+    if zoneout_h is not None:
+        o.zoneout_h = &zoneout_h[0, 0, 0]
+        o.zh_step = 0 if zoneout_h.shape[0] == 1 else B * H
+    if zoneout_c is not None:
+        o.zoneout_c = &zoneout_c[0, 0, 0]
+        o.zc_step = 0 if zoneout_c.shape[0] == 1 else B * H
+        if training:
+            o.cnew = &cnew[0, 0, 0]
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
 
@@ -303,8 +529,22 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              floating[:, ::1] dw_ih,           # OUT   (G, I)
              floating[:, ::1] dw_hh,           # OUT   (G, H)
              floating[::1] db,                 # OUT   (G,) gradient of b_ih (and of b_hh)
-             int n_threads):
-    """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes."""
+             int n_threads,
+             const floating[:, ::1] w_peephole=None,     # IN    (3, H)
+             floating[:, ::1] dw_peephole=None,          # OUT   (3, H)
+             const floating[:, ::1] recurrent_mask=None, # IN    (B, H)
+             const floating[:, :, ::1] hds=None,         # IN    (T, B, H) from the forward
+             floating[:, ::1] dm=None,                   # OUT   (B, H) workspace
+             const floating[:, :, ::1] zoneout_h=None,   # IN    (T, B, H) or (1, B, H)
+             const floating[:, :, ::1] zoneout_c=None,   # IN    (T, B, H) or (1, B, H)
+             const floating[:, :, ::1] cnew=None,        # IN    (T, B, H) from the forward
+             const floating[:, :, ::1] dcs=None):        # IN    (T, B, H)
+    """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes.
+
+    The optional operands are the forward's (the same arrays), plus ``dw_peephole`` (written,
+    with ``w_peephole``), ``dm`` (a workspace, with ``recurrent_mask``) and ``dcs``, the
+    gradient of the cell states ``cs``.
+    """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                           &batch_sizes[0], &y[0, 0, 0])
@@ -318,6 +558,28 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.dw_ih = &dw_ih[0, 0]
     o.dw_hh = &dw_hh[0, 0]
     o.db = &db[0]
+    if w_peephole is not None:
+        if dw_peephole is None:
+            raise ValueError("w_peephole needs dw_peephole")
+        o.w_peephole = &w_peephole[0, 0]
+        o.dw_peephole = &dw_peephole[0, 0]
+    if recurrent_mask is not None:
+        if hds is None or dm is None:
+            raise ValueError("recurrent_mask needs hds and dm")
+        o.rmask = &recurrent_mask[0, 0]
+        o.hds = <void*> &hds[0, 0, 0]
+        o.dm = &dm[0, 0]
+    if zoneout_h is not None:
+        o.zoneout_h = &zoneout_h[0, 0, 0]
+        o.zh_step = 0 if zoneout_h.shape[0] == 1 else B * H
+    if zoneout_c is not None:
+        if cnew is None:
+            raise ValueError("zoneout_c needs cnew")
+        o.zoneout_c = &zoneout_c[0, 0, 0]
+        o.zc_step = 0 if zoneout_c.shape[0] == 1 else B * H
+        o.cnew = <void*> &cnew[0, 0, 0]
+    if dcs is not None:
+        o.dcs = &dcs[0, 0, 0]
     with nogil:
         run_team(_backward_part[floating], &o, H, n_threads)
 
