@@ -462,6 +462,26 @@ class LSTM(RNNBase):
         As in :class:`RNN`.
     proj_size : int, default=0
         If > 0 (and < hidden_size), project the hidden state to this size.
+    peephole : bool, default=False
+        Peephole connections (Gers & Schmidhuber): :math:`i_t` and :math:`f_t` add
+        :math:`p_i \odot c_{t-1}` and :math:`p_f \odot c_{t-1}` to their pre-activations,
+        :math:`o_t` adds :math:`p_o \odot c_t`, with one ``weight_peephole_l{k}`` per layer and
+        direction.
+    layer_norm : bool, default=False
+        Layer normalization (Ba, Kiros & Hinton) of the input and recurrent pre-activations
+        and of :math:`c_t` before its tanh, with gains and biases as parameters.
+    recurrent_dropout : float, default=0.0
+        Variational dropout on :math:`h_{t-1}` where it enters :math:`W_{hh}` (Gal &
+        Ghahramani): one mask per sequence, layer and direction, the same at every step;
+        training only.
+    zoneout : float or (float, float), default=0.0
+        Zoneout (Krueger et al.): in training each unit of :math:`h_t` (and :math:`c_t`) keeps
+        its previous value with probability ``p_h`` (``p_c``), one draw per step; in eval
+        :math:`h_t = p_h h_{t-1} + (1 - p_h) \tilde h_t`, the expectation. A pair gives
+        ``(p_h, p_c)``.
+    return_cell_states : bool, default=False
+        The forward also returns the last layer's cell state at every step (see
+        :meth:`RNNBase.forward`) and the backward takes its gradient, ``dcs``.
     dtype, backend, seed
         As in :class:`RNN`.
 
@@ -472,6 +492,8 @@ class LSTM(RNNBase):
     weight_hh_l{k} : Parameter of shape (4*hidden_size, R), rows W_hi | W_hf | W_hg | W_ho
     bias_ih_l{k}, bias_hh_l{k} : Parameter of shape (4*hidden_size,)
     weight_hr_l{k} : Parameter of shape (proj_size, hidden_size), only with proj_size > 0
+    weight_peephole_l{k} : Parameter of shape (3, hidden_size), only with peephole
+        Rows p_i | p_f | p_o.
         The reverse direction's parameters end in ``_reverse``. All initialised from
         :math:`\mathcal{U}(-k, k)`, :math:`k = 1/\sqrt{\text{hidden\_size}}`.
     generator : numpy.random.Generator
@@ -494,6 +516,11 @@ class LSTM(RNNBase):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        peephole: bool = False,
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        return_cell_states: bool = False,
         dtype: Any = np.float32,
         backend: str = "cython",
         seed: int | np.random.Generator | None = None,
@@ -508,6 +535,11 @@ class LSTM(RNNBase):
             dropout,
             bidirectional,
             proj_size=proj_size,
+            peephole=peephole,
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
+            return_cell_states=return_cell_states,
             dtype=dtype,
             backend=backend,
             seed=seed,
