@@ -38,7 +38,6 @@ import numpy as np
 from fastrnn._common import (
     Cache,
     GRUGrads,
-    LSTMGrads,
     LSTMProjGrads,
     Prepared,
     RNNGrads,

@@ -169,9 +169,12 @@ def test_lstm_features_finite_differences(reverse):
     def loss(**changed):
         (y, h_n, c_n, cs), _ = _forward(functional, {**case, **changed}, kw, training=False,
                                         **options)  # fmt: skip
-        return (y * up["dy"]).sum() + (h_n * up["dh_n"]).sum() + (c_n * up["dc_n"]).sum() + (
-            cs * up["dcs"]
-        ).sum()
+        return (
+            (y * up["dy"]).sum()
+            + (h_n * up["dh_n"]).sum()
+            + (c_n * up["dc_n"]).sum()
+            + (cs * up["dcs"]).sum()
+        )
 
     _, cache = _forward(functional, case, kw, **options)
     grads = _backward(functional, cache, up)
