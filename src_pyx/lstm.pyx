@@ -439,12 +439,12 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, ::1] c_n,              # OUT   (B, H)
             bint training,
             int n_threads,
-            const floating[:, ::1] w_peephole=None,     # IN    (3, H)
-            const floating[:, ::1] recurrent_mask=None, # IN    (B, H)
-            floating[:, :, ::1] hds=None,               # OUT   (T, B, H), inference (2, B, H)
-            const floating[:, :, ::1] zoneout_h=None,   # IN    (T, B, H) or (1, B, H)
-            const floating[:, :, ::1] zoneout_c=None,   # IN    (T, B, H) or (1, B, H)
-            floating[:, :, ::1] cnew=None,              # OUT   (T, B, H)
+            const floating[:, ::1] w_peephole=None,       # IN    (3, H)
+            const floating[:, ::1] recurrent_mask=None,   # IN    (B, H)
+            floating[:, :, ::1] hds=None,                 # OUT   (T, B, H), inference (2, B, H)
+            const floating[:, :, ::1] zoneout_h=None,     # IN    (T, B, H) or (1, B, H)
+            const floating[:, :, ::1] zoneout_c=None,     # IN    (T, B, H) or (1, B, H)
+            floating[:, :, ::1] cnew=None,                # OUT   (T, B, H)
             bint cell_states=False):
     """LSTM forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
@@ -530,15 +530,15 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              floating[:, ::1] dw_hh,           # OUT   (G, H)
              floating[::1] db,                 # OUT   (G,) gradient of b_ih (and of b_hh)
              int n_threads,
-             const floating[:, ::1] w_peephole=None,     # IN    (3, H)
-             floating[:, ::1] dw_peephole=None,          # OUT   (3, H)
-             const floating[:, ::1] recurrent_mask=None, # IN    (B, H)
-             const floating[:, :, ::1] hds=None,         # IN    (T, B, H) from the forward
-             floating[:, ::1] dm=None,                   # OUT   (B, H) workspace
-             const floating[:, :, ::1] zoneout_h=None,   # IN    (T, B, H) or (1, B, H)
-             const floating[:, :, ::1] zoneout_c=None,   # IN    (T, B, H) or (1, B, H)
-             const floating[:, :, ::1] cnew=None,        # IN    (T, B, H) from the forward
-             const floating[:, :, ::1] dcs=None):        # IN    (T, B, H)
+             const floating[:, ::1] w_peephole=None,      # IN    (3, H)
+             floating[:, ::1] dw_peephole=None,           # OUT   (3, H)
+             const floating[:, ::1] recurrent_mask=None,  # IN    (B, H)
+             const floating[:, :, ::1] hds=None,          # IN    (T, B, H) from the forward
+             floating[:, ::1] dm=None,                    # OUT   (B, H) workspace
+             const floating[:, :, ::1] zoneout_h=None,    # IN    (T, B, H) or (1, B, H)
+             const floating[:, :, ::1] zoneout_c=None,    # IN    (T, B, H) or (1, B, H)
+             const floating[:, :, ::1] cnew=None,         # IN    (T, B, H) from the forward
+             const floating[:, :, ::1] dcs=None):         # IN    (T, B, H)
     """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes.
 
     The optional operands are the forward's (the same arrays), plus ``dw_peephole`` (written,
