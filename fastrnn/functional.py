@@ -454,8 +454,8 @@ def lstm_forward(
     h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
     if "recurrent_mask" in ext:  # h_{t-1} * mask: every step's (training), else a ring of 2
         ext["hds"] = np.empty((T if training else min(T, 2), B, H), p.dtype)
-    if "zoneout_c" in ext and training:  # c_t before zoneout, for BPTT
-        ext["cnew"] = np.empty((T, B, H), p.dtype)
+    if "zoneout_c" in ext:  # c_t before zoneout (every step's for BPTT, else one)
+        ext["cnew"] = np.empty((T if training else 1, B, H), p.dtype)
     with blas_single_thread():
         _k.lstm.forward(
             xk,

@@ -93,7 +93,7 @@ cdef struct LSTMOps:
     const void* zoneout_c   # (T, B, H) weight of c_{t-1} in c_t, steps zc_step apart
     Py_ssize_t zh_step      # B * H, or 0: one (B, H) weight for every step (eval's p)
     Py_ssize_t zc_step
-    void* cnew              # (T, B, H) c_t before zoneout (training with zoneout_c)
+    void* cnew              # (T, B, H) c_t before zoneout, with zoneout_c ((1, B, H) in inference)
     bint cell_states        # cs keeps all T steps, zero on inactive rows (return_cell_states)
     const void* dcs         # (T, B, H) gradient of the cell states cs; NULL: zeros
     void* dw_peephole       # (3, H) gradient of w_peephole

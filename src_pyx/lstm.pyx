@@ -86,102 +86,138 @@ cdef inline void _row_backward(const floating* a, const floating* c_prev, const 
         dc[j] = dcj * f
 
 
-cdef inline void _row_forward_ext(floating* a, const floating* c_prev, floating* c,
-                                  floating* c_new, const floating* h_prev, floating* h,
-                                  floating* hd, const floating* wp, const floating* rmask,
-                                  const floating* zh, const floating* zc, Py_ssize_t m,
-                                  Py_ssize_t H) noexcept nogil:
-    """_row_forward with the optional extensions, each off when its pointer is NULL.
-
-    i = sig(a_i + p_i c_prev);  f = sig(a_f + p_f c_prev);  g = tanh(a_g)     (peephole wp)
-    c~ = f c_prev + i g;  o = sig(a_o + p_o c~);  h~ = o tanh(c~)
-    c = zc c_prev + (1 - zc) c~;  h = zh h_prev + (1 - zh) h~                  (zoneout)
-    hd = h rmask: the next step's GEMM input (recurrent dropout);  c_new = c~ (for BPTT)
-    c may be c_prev (inference updates the state in place): c_prev[j] is read before c[j] is
-    written. wp points at unit 0 of the slice in row 0 of the (3, H) weights.
-    """
+# The optional extensions (peephole, zoneout, recurrent dropout, the cell states' gradient) are
+# separate short passes over the row rather than branches inside one loop: a loop that tests an
+# optional pointer per element is not vectorized (GCC neither unswitches a body this large nor
+# if-converts a load that may be NULL), and the sigmoids and tanhs then run 4-8 times slower.
+# Each pass is branch-free and reads few arrays; the caller picks the passes once per row.
+cdef inline void _row_forward_peephole(floating* a, const floating* c_prev, floating* c,
+                                       floating* h, const floating* wp, Py_ssize_t m,
+                                       Py_ssize_t H) noexcept nogil:
+    """_row_forward with peepholes (wp: the (3, H) weights, offset to the slice's first unit):
+    i = sig(a_i + p_i c_prev), f = sig(a_f + p_f c_prev), c = f c_prev + i g,
+    o = sig(a_o + p_o c), h = o tanh(c)."""
     cdef Py_ssize_t j
-    cdef floating i, f, g, o, cp, cn, hn
+    cdef floating i, f, g, o, cp, cn
     for j in range(m):
         cp = c_prev[j]
-        if wp != NULL:
-            i = sigmoid(a[j] + wp[j] * cp)
-            f = sigmoid(a[H + j] + wp[H + j] * cp)
-        else:
-            i = sigmoid(a[j])
-            f = sigmoid(a[H + j])
+        i = sigmoid(a[j] + wp[j] * cp)
+        f = sigmoid(a[H + j] + wp[H + j] * cp)
         g = tanh_(a[2 * H + j])
         cn = f * cp + i * g
-        if wp != NULL:
-            o = sigmoid(a[3 * H + j] + wp[2 * H + j] * cn)
-        else:
-            o = sigmoid(a[3 * H + j])
+        o = sigmoid(a[3 * H + j] + wp[2 * H + j] * cn)
         a[j] = i
         a[H + j] = f
         a[2 * H + j] = g
         a[3 * H + j] = o
-        hn = o * tanh_(cn)
-        if c_new != NULL:
-            c_new[j] = cn
-        c[j] = cn if zc == NULL else zc[j] * cp + (1 - zc[j]) * cn
-        h[j] = hn if zh == NULL else zh[j] * h_prev[j] + (1 - zh[j]) * hn
-        if hd != NULL:
-            hd[j] = h[j] * rmask[j]
+        c[j] = cn
+        h[j] = o * tanh_(cn)
 
 
-cdef inline void _row_backward_ext(const floating* a, const floating* c_prev,
-                                   const floating* c_new, const floating* dy,
-                                   const floating* dcs, floating* dh, floating* dc, floating* da,
-                                   const floating* wp, floating* dwp, const floating* zh,
-                                   const floating* zc, Py_ssize_t m, Py_ssize_t H) noexcept nogil:
-    """_row_backward with the optional extensions of _row_forward_ext (NULL: off).
+cdef inline void _row_zoneout(floating* v, const floating* v_prev, const floating* v_new,
+                              const floating* z, Py_ssize_t m) noexcept nogil:
+    """Zoneout: v = z v_prev + (1 - z) v_new (v may be v_prev or v_new)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        v[j] = z[j] * v_prev[j] + (1 - z[j]) * v_new[j]
 
-    dh = dh_t + dy_t;  dc = dc_t + dcs_t                       (dcs: the cell states' gradient)
-    zoneout: the kept part flows to the previous step, dh_keep = zh dh, dc_keep = zc dc, and
-             the rest to the new values, dh~ = (1 - zh) dh, dc~ = (1 - zc) dc
-    da_o = dh~ tanh(c~) o(1-o);  dc~ += dh~ o (1 - tanh(c~)^2) + p_o da_o
-    da_i, da_f, da_g as in _row_backward;  dc_{t-1} = dc_keep + dc~ f + p_i da_i + p_f da_f
-    dwp += [da_i c_prev, da_f c_prev, da_o c~] (accumulated over steps and rows, per unit)
-    dh becomes dh_keep with zoneout (the W_hh GEMM then adds to it), else is left as it was.
+
+cdef inline void _row_mul(floating* out, const floating* v, const floating* s,
+                          Py_ssize_t m) noexcept nogil:
+    """out = v s (recurrent dropout: the next step's GEMM input h * mask)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] = v[j] * s[j]
+
+
+cdef inline void _row_backward_split(const floating* dy, const floating* dcs,
+                                     const floating* zh, const floating* zc, floating* dh,
+                                     floating* dc, floating* da, Py_ssize_t m,
+                                     Py_ssize_t H) noexcept nogil:
+    """Split the gradients reaching h_t and c_t (zoneout: a part of each is the previous state):
+
+    dh_t = dh + dy;  dc_t = dc + dcs  (dcs NULL: 0)
+    dh := zh dh_t (the kept part; the W_hh GEMM adds to it);  dh~ = (1 - zh) dh_t
+    dc := zc dc_t (0 without zoneout_c);                     dc~ = (1 - zc) dc_t
+    dh~ and dc~ go to da's o and g slots, where _row_backward_cell reads them.
     """
     cdef Py_ssize_t j
-    cdef floating i, f, g, o, tc, dhj, dcj, cp, dhk, dck, dai, daf, dao
+    cdef floating* th = da + 3 * H
+    cdef floating* tcell = da + 2 * H
     for j in range(m):
-        i = a[j]
-        f = a[H + j]
-        g = a[2 * H + j]
-        o = a[3 * H + j]
-        cp = c_prev[j]
-        tc = tanh_(c_new[j])
-        dhj = dh[j] + dy[j]
-        dcj = dc[j] if dcs == NULL else dc[j] + dcs[j]
-        dhk = 0
-        dck = 0
-        if zh != NULL:
-            dhk = zh[j] * dhj
-            dhj = (1 - zh[j]) * dhj
-        if zc != NULL:
-            dck = zc[j] * dcj
-            dcj = (1 - zc[j]) * dcj
-        dao = dhj * tc * dsigmoid(o)
-        dcj = dcj + dhj * o * dtanh(tc)
-        if wp != NULL:
-            dcj = dcj + wp[2 * H + j] * dao
-        dai = dcj * g * dsigmoid(i)
-        daf = dcj * cp * dsigmoid(f)
-        da[j] = dai
-        da[H + j] = daf
-        da[2 * H + j] = dcj * i * dtanh(g)
-        da[3 * H + j] = dao
-        if wp != NULL:
-            dc[j] = dck + (dcj * f + wp[j] * dai + wp[H + j] * daf)
-            dwp[j] += dai * cp
-            dwp[H + j] += daf * cp
-            dwp[2 * H + j] += dao * c_new[j]
-        else:
-            dc[j] = dck + dcj * f
-        if zh != NULL:
-            dh[j] = dhk
+        th[j] = dh[j] + dy[j]
+    if dcs == NULL:
+        memcpy(tcell, dc, m * sizeof(floating))
+    else:
+        for j in range(m):
+            tcell[j] = dc[j] + dcs[j]
+    if zh != NULL:
+        for j in range(m):
+            dh[j] = zh[j] * th[j]
+            th[j] = (1 - zh[j]) * th[j]
+    if zc != NULL:
+        for j in range(m):
+            dc[j] = zc[j] * tcell[j]
+            tcell[j] = (1 - zc[j]) * tcell[j]
+    else:
+        memset(dc, 0, m * sizeof(floating))
+
+
+cdef inline void _row_backward_cell(const floating* a, const floating* c_prev,
+                                    const floating* c, floating* dc, floating* da,
+                                    const floating* wp, Py_ssize_t m,
+                                    Py_ssize_t H) noexcept nogil:
+    """Gate pre-activation grads da from dh~ (in da's o slot) and dc~ (in its g slot), as
+    _row_backward_split leaves them; dc += dc_{t-1} through the cell. c is c_t before zoneout.
+
+    da_o = dh~ tc o(1-o);  dc~ += dh~ o (1 - tc^2) + p_o da_o    (tc = tanh(c_t))
+    da_i, da_f, da_g as in _row_backward;  dc += dc~ f + p_i da_i + p_f da_f
+    (wp NULL: no peephole terms)
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tc, dhj, dcj, dai, daf, dao
+    if wp == NULL:
+        for j in range(m):
+            i = a[j]
+            f = a[H + j]
+            g = a[2 * H + j]
+            o = a[3 * H + j]
+            tc = tanh_(c[j])
+            dhj = da[3 * H + j]
+            dcj = da[2 * H + j] + dhj * o * dtanh(tc)
+            da[j] = dcj * g * dsigmoid(i)
+            da[H + j] = dcj * c_prev[j] * dsigmoid(f)
+            da[2 * H + j] = dcj * i * dtanh(g)
+            da[3 * H + j] = dhj * tc * dsigmoid(o)
+            dc[j] = dc[j] + dcj * f
+    else:
+        for j in range(m):
+            i = a[j]
+            f = a[H + j]
+            g = a[2 * H + j]
+            o = a[3 * H + j]
+            tc = tanh_(c[j])
+            dhj = da[3 * H + j]
+            dao = dhj * tc * dsigmoid(o)
+            dcj = da[2 * H + j] + dhj * o * dtanh(tc) + wp[2 * H + j] * dao
+            dai = dcj * g * dsigmoid(i)
+            daf = dcj * c_prev[j] * dsigmoid(f)
+            da[j] = dai
+            da[H + j] = daf
+            da[2 * H + j] = dcj * i * dtanh(g)
+            da[3 * H + j] = dao
+            dc[j] = dc[j] + (dcj * f + wp[j] * dai + wp[H + j] * daf)
+
+
+cdef inline void _row_peephole_grad(const floating* da, const floating* c_prev,
+                                    const floating* c, floating* dwp, Py_ssize_t m,
+                                    Py_ssize_t H) noexcept nogil:
+    """dwp += [da_i c_prev, da_f c_prev, da_o c_t] (summed over steps and rows, per unit)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        dwp[j] += da[j] * c_prev[j]
+        dwp[H + j] += da[H + j] * c_prev[j]
+        dwp[2 * H + j] += da[3 * H + j] * c[j]
 
 
 # --- tier 2: the time loops ---------------------------------------------------------------------
@@ -220,9 +256,10 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     # cs keeps every step (training, or return_cell_states), else one state updated in place
     cdef bint all_cs = training or op.cell_states
     cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, b, n, j, j0, j1, m
+    cdef Py_ssize_t t, b, n, o, j, j0, j1, m
     cdef const floating* h_prev
     cdef const floating* h_in
+    cdef floating* cn
     cdef const floating* c_prev
     cdef const floating* zh_t
     cdef const floating* zc_t
@@ -267,19 +304,27 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         if ext:
             zh_t = NULL if zh == NULL else zh + t * op.zh_step
             zc_t = NULL if zc == NULL else zc + t * op.zc_step
-            cn_t = NULL if cnew == NULL else cnew + t * B * H
+            cn_t = NULL if cnew == NULL else cnew + (t if training else 0) * B * H
             hd_next = NULL
             if rmask != NULL and t + 1 < T:
                 hd_next = hds + (t + 1 if training else (t + 1) % 2) * B * H
             for b in range(n if m > 0 else 0):
-                _row_forward_ext(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
-                                 NULL if cn_t == NULL else cn_t + b * H + j0,
-                                 h_prev + b * H + j0, y + (t * B + b) * H + j0,
-                                 NULL if hd_next == NULL else hd_next + b * H + j0,
-                                 NULL if wp == NULL else wp + j0,
-                                 NULL if rmask == NULL else rmask + b * H + j0,
-                                 NULL if zh_t == NULL else zh_t + b * H + j0,
-                                 NULL if zc_t == NULL else zc_t + b * H + j0, m, H)
+                o = t * B + b
+                # c~ goes to cnew (zoneout_c: c_t mixes it with c_{t-1}) or straight to c_t
+                cn = c_cur + b * H + j0 if cn_t == NULL else cn_t + b * H + j0
+                if wp != NULL:
+                    _row_forward_peephole(a_t + b * G + j0, c_prev + b * H + j0, cn,
+                                          y + o * H + j0, wp + j0, m, H)
+                else:
+                    _row_forward(a_t + b * G + j0, c_prev + b * H + j0, cn, y + o * H + j0, m, H)
+                if zc_t != NULL:
+                    _row_zoneout(c_cur + b * H + j0, c_prev + b * H + j0, cn, zc_t + b * H + j0,
+                                 m)
+                if zh_t != NULL:
+                    _row_zoneout(y + o * H + j0, h_prev + b * H + j0, y + o * H + j0,
+                                 zh_t + b * H + j0, m)
+                if hd_next != NULL:
+                    _row_mul(hd_next + b * H + j0, y + o * H + j0, rmask + b * H + j0, m)
             if training and hd_next != NULL and rank == 0:  # read by the dW_hh GEMM
                 zero_rows(hd_next, n, B, H)
         else:
@@ -357,15 +402,16 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
             c_new = (cs if cnew == NULL else cnew) + t * B * H
             for b in range(n if m > 0 else 0):
                 o = t * B + b
-                _row_backward_ext(gates + o * G + j0, c_prev + b * H + j0, c_new + b * H + j0,
-                                  dy + o * H + j0,
-                                  NULL if dcs == NULL else dcs + o * H + j0,
-                                  dh + b * H + j0, dc + b * H + j0, da_t + b * G + j0,
-                                  NULL if wp == NULL else wp + j0,
-                                  NULL if dwp == NULL else dwp + j0,
-                                  NULL if zh == NULL else zh + t * op.zh_step + b * H + j0,
-                                  NULL if zc == NULL else zc + t * op.zc_step + b * H + j0,
-                                  m, H)
+                _row_backward_split(dy + o * H + j0, NULL if dcs == NULL else dcs + o * H + j0,
+                                    NULL if zh == NULL else zh + t * op.zh_step + b * H + j0,
+                                    NULL if zc == NULL else zc + t * op.zc_step + b * H + j0,
+                                    dh + b * H + j0, dc + b * H + j0, da_t + b * G + j0, m, H)
+                _row_backward_cell(gates + o * G + j0, c_prev + b * H + j0, c_new + b * H + j0,
+                                   dc + b * H + j0, da_t + b * G + j0,
+                                   NULL if wp == NULL else wp + j0, m, H)
+                if wp != NULL:
+                    _row_peephole_grad(da_t + b * G + j0, c_prev + b * H + j0,
+                                       c_new + b * H + j0, dwp + j0, m, H)
         else:
             for b in range(n if m > 0 else 0):
                 o = t * B + b
@@ -444,7 +490,7 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, :, ::1] hds=None,                 # OUT   (T, B, H), inference (2, B, H)
             const floating[:, :, ::1] zoneout_h=None,     # IN    (T, B, H) or (1, B, H)
             const floating[:, :, ::1] zoneout_c=None,     # IN    (T, B, H) or (1, B, H)
-            floating[:, :, ::1] cnew=None,                # OUT   (T, B, H)
+            floating[:, :, ::1] cnew=None,                # OUT   (T, B, H), inference (1, B, H)
             bint cell_states=False):
     """LSTM forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
@@ -471,8 +517,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
         Written with h_{t-1} * recurrent_mask of every step (what BPTT reads).
     zoneout_h, zoneout_c : ndarray of shape (T, B, H) or (1, B, H), optional
         Zoneout: h_t = z h_{t-1} + (1 - z) h~_t (and likewise c_t); (1, B, H) serves every step.
-    cnew : ndarray of shape (T, B, H), optional
-        Written with c_t before zoneout; a training forward with ``zoneout_c`` needs it.
+    cnew : ndarray of shape (T, B, H) when training else (1, B, H), optional
+        Written with c_t before zoneout; ``zoneout_c`` needs it.
     cell_states : bool, default=False
         ``cs`` is (T, B, H) even in inference and gets zeros on the rows past each length.
     """
@@ -484,8 +530,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     if recurrent_mask is not None and (hds is None
                                        or hds.shape[0] < (T if training else min(T, 2))):
         raise ValueError("recurrent_mask needs hds of T steps (training) or 2 (inference)")
-    if zoneout_c is not None and training and cnew is None:
-        raise ValueError("zoneout_c in training needs cnew")
+    if zoneout_c is not None and (cnew is None or cnew.shape[0] < (T if training else 1)):
+        raise ValueError("zoneout_c needs cnew of T steps (training) or 1 (inference)")
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                           &batch_sizes[0], &y[0, 0, 0])
     o.training = training
@@ -506,8 +552,7 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     if zoneout_c is not None:
         o.zoneout_c = &zoneout_c[0, 0, 0]
         o.zc_step = 0 if zoneout_c.shape[0] == 1 else B * H
-        if training:
-            o.cnew = &cnew[0, 0, 0]
+        o.cnew = &cnew[0, 0, 0]
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
 
