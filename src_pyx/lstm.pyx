@@ -6,6 +6,14 @@ Gates are PyTorch's i, f, g, o:
     i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g)
     c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
 
+Optional, each off unless its LSTMOps field is set (cell without a projection only):
+    peephole       a_i += p_i * c_{t-1};  a_f += p_f * c_{t-1};  a_o += p_o * c_t
+    recurrent      W_hh multiplies h_{t-1} * mask, one (B, H) mask for all steps
+      dropout
+    zoneout        h_t = zh_t * h_{t-1} + (1 - zh_t) * h~_t, likewise c_t (h~, c~: the values
+                   above); zh_t a 0/1 mask in training, the probability p in inference
+    cell states    every step's c_t kept and returned (zero on inactive rows), dcs its gradient
+
 Rows are sorted by decreasing sequence length; ``batch_sizes[t]`` rows are active at step t. An
 inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semantics).
 """
@@ -429,11 +437,11 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
         else:
             recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dm, &pk)
             for b in range(n):
-                for j in range(b * H + j0, b * H + j1):
-                    if zh != NULL:
+                if zh != NULL:
+                    for j in range(b * H + j0, b * H + j1):
                         dh[j] = dh[j] + rmask[j] * dm[j]
-                    else:
-                        dh[j] = rmask[j] * dm[j]
+                else:
+                    _row_mul(dh + b * H + j0, rmask + b * H + j0, dm + b * H + j0, m)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
     release(&pk)
