@@ -30,7 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,7 @@ class _Saved:
     ms: np.ndarray | None = None  # projected LSTM: o * tanh(c_t), (T, B, H)
     hns: np.ndarray | None = None  # GRU: W_hn h_{t-1} + b_hn, (T, B, H)
     rhs: np.ndarray | None = None  # GRU reset-before: r * h_{t-1}, (T, B, H)
+    noise: dict[str, Any] = field(default_factory=dict)  # GRU: _gru_noise's kernel keywords
 
 
 # A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
@@ -526,6 +527,14 @@ def gru_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent (variational) dropout: ``W_hh (h_{t-1} * recurrent_mask)`` at every step (an
+        inverted-dropout mask, 0 or 1 / (1 - p)); the update ``z * h_{t-1}`` uses the undropped
+        state. Needs ``reset_after=True``.
+    zoneout_h : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * h~_t`` with ``h~_t`` the
+        update above (1 keeps the previous value); a number is every unit's weight (what eval
+        uses: the expectation). Needs ``reset_after=True``.
 
     Returns
     -------
@@ -537,7 +546,7 @@ def gru_forward(
     extras = cell_extras(_GRU, ln_ih=ln_ih, ln_hh=ln_hh, recurrent_mask=recurrent_mask,
                          zoneout_h=zoneout_h, reset_after=reset_after)  # fmt: skip
     p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
-    if p.extras:
+    if p.extra("ln_ih") is not None:
         raise NotImplementedError("TEMPORARY: the feature kernels are being written")
     options = {"reset_after": bool(reset_after), "reverse": reverse}
     if not reset_after:
@@ -548,6 +557,7 @@ def gru_forward(
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    noise = _gru_noise(p, s, training)
     H, G = p.H, p.w_hh.shape[0]
     bias_i = np.zeros(G, p.dtype)
     b_hn = np.zeros(H, p.dtype)
@@ -577,10 +587,11 @@ def gru_forward(
             h_n,
             training,
             _team(p),
+            **noise,
         )
     cache = None
     if training:
-        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns)
+        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns, noise=noise)
         cache = Cache(BACKEND, _GRU, p, options, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
@@ -614,6 +625,9 @@ def gru_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
+    noise = dict(d.noise)
+    if "rmask" in noise:
+        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.gru.backward(
             d.x,
@@ -634,10 +648,30 @@ def gru_backward(cache, dy, dh_n=None):
             db_ih,
             db_hh,
             _team(p),
+            **noise,
         )
     if p.b_ih is None:
         db_ih = db_hh = None
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+def _gru_noise(p: Prepared, s: _Schedule, training: bool) -> dict[str, Any]:
+    """The GRU kernel's keywords for recurrent dropout and zoneout, in kernel row order.
+
+    ``rmask`` with ``hds``, the buffer of the dropped states h_{t-1} * rmask (every step in
+    training, for dW_hh; a ring of two in inference); ``zoneout`` (an array) or ``zoneout_p``
+    (one weight for every unit). Empty without either option.
+    """
+    out: dict[str, Any] = {}
+    rmask, zh = p.extra("recurrent_mask"), p.extra("zoneout_h")
+    if rmask is not None:
+        out["rmask"] = s.rows(rmask, 0)
+        out["hds"] = np.empty((p.T if training else 2, p.B, p.H), p.dtype)
+    if isinstance(zh, float):
+        out["zoneout_p"] = zh
+    elif zh is not None:
+        out["zoneout"] = s.rows(zh, 1)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
