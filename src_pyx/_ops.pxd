@@ -119,8 +119,7 @@ cdef struct GRUOps:
     void* db_hh             # (3H,) (reset after only)
     # recurrent dropout and zoneout of h (reset after only; NULL / 0: off)
     const void* rmask       # (B, H) dropout mask on h_{t-1} before the W_hh GEMM, every step
-    void* hds               # (T, B, H) h_{t-1} * rmask of each step, what dW_hh reads
-                            # (inference: a ring of 2 steps)
+    void* hds               # (T, B, H) h_{t-1} * rmask of each step ((2, B, H) in inference)
     void* dhd               # (B, H) backward workspace with rmask: dgh_t W_hh
     const void* zoneout     # (T, B, H) zoneout weights of h (1: keep h_{t-1}); NULL: zoneout_p
     double zoneout_p        # every unit's weight when zoneout is NULL (eval: p itself); 0: off
