@@ -185,7 +185,10 @@ def _zoneout_pair(value: Any, name: str) -> tuple[float, float]:
 
 
 def _zoneout_one(value: Any, name: str) -> tuple[float]:
-    """Zoneout of a cell whose only state is h: one probability."""
+    """Zoneout of a cell whose only state is h: one probability (or its checked form, a
+    1-tuple: a checker takes what it returns, as fastrnn.torch re-checks a cell's options)."""
+    if isinstance(value, tuple | list) and len(value) == 1:
+        value = value[0]
     return (_probability(value, name),)
 
 
