@@ -1,6 +1,6 @@
 """Time the kernel variants off the plain cells' path against the plain cells: LSTM with a
 projection (``w_hr``, PyTorch's ``proj_size``), GRU with ``reset_after=False``, and the
-options of issue 11 (GRU recurrent dropout and zoneout, ...).
+options of issue 11 (RNN and GRU recurrent dropout and zoneout, ...).
 
     python benchmarks/bench_variants.py                    # 2 threads, float32
     python benchmarks/bench_variants.py --threads 1 --repeat 20
@@ -31,6 +31,10 @@ from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forwa
 #: The variants timed: (cell, options); sizes from the command line (P: proj_size). A variant
 #: named after a cell alone is that cell's plain path, the yardstick of the others.
 VARIANTS = {
+    "rnn": ("rnn", lambda args: {}),
+    "rnn_recurrent_dropout": ("rnn", lambda args: {"recurrent_dropout": 0.25}),
+    "rnn_zoneout": ("rnn", lambda args: {"zoneout": 0.1}),
+    "rnn_rdrop_zoneout": ("rnn", lambda args: {"recurrent_dropout": 0.25, "zoneout": 0.1}),
     "lstm": ("lstm", lambda args: {}),
     "lstm_proj": ("lstm", lambda args: {"proj_size": args.P}),
     "gru": ("gru", lambda args: {}),

@@ -139,7 +139,7 @@ class _Saved:
     ms: np.ndarray | None = None  # projected LSTM: o * tanh(c_t), (T, B, H)
     hns: np.ndarray | None = None  # GRU: W_hn h_{t-1} + b_hn, (T, B, H)
     rhs: np.ndarray | None = None  # GRU reset-before: r * h_{t-1}, (T, B, H)
-    noise: dict[str, Any] = field(default_factory=dict)  # GRU: _gru_noise's kernel keywords
+    noise: dict[str, Any] = field(default_factory=dict)  # RNN, GRU: _noise_keywords(...)
 
 
 # A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
@@ -211,6 +211,8 @@ def rnn_forward(
     lengths=None,
     reverse=False,
     check_finite=False,
+    recurrent_mask=None,
+    zoneout_h=None,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
@@ -237,6 +239,12 @@ def rnn_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent (variational) dropout: ``W_hh (h_{t-1} * recurrent_mask)`` at every step (an
+        inverted-dropout mask, 0 or 1 / (1 - p)).
+    zoneout_h : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * act(...)`` (1 keeps the
+        previous value); a number is every unit's weight (what eval uses: the expectation).
 
     Returns
     -------
@@ -249,7 +257,8 @@ def rnn_forward(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    extras = cell_extras(_RNN, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h)
+    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
     relu = nonlinearity == "relu"
     options = {"nonlinearity": nonlinearity, "reverse": reverse}
     if p.T == 0 or p.B == 0:
@@ -258,13 +267,17 @@ def rnn_forward(
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    noise = _noise_keywords(p, s, training)
+    if training and ("zoneout" in noise or "zoneout_p" in noise):
+        noise["acts"] = np.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
-        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
+        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p),
+                       training, **noise)  # fmt: skip
     cache = None
     if training:
-        cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y))
+        cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y, noise=noise))
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
 
@@ -297,6 +310,9 @@ def rnn_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
+    noise = dict(d.noise)
+    if "rmask" in noise:
+        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.rnn.backward(
             d.x,
@@ -314,6 +330,7 @@ def rnn_backward(cache, dy, dh_n=None):
             db,
             c.options["nonlinearity"] == "relu",
             _team(p),
+            **noise,
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return RNNGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
@@ -557,7 +574,7 @@ def gru_forward(
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
-    noise = _gru_noise(p, s, training)
+    noise = _noise_keywords(p, s, training)
     H, G = p.H, p.w_hh.shape[0]
     bias_i = np.zeros(G, p.dtype)
     b_hn = np.zeros(H, p.dtype)
@@ -655,8 +672,8 @@ def gru_backward(cache, dy, dh_n=None):
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
 
 
-def _gru_noise(p: Prepared, s: _Schedule, training: bool) -> dict[str, Any]:
-    """The GRU kernel's keywords for recurrent dropout and zoneout, in kernel row order.
+def _noise_keywords(p: Prepared, s: _Schedule, training: bool) -> dict[str, Any]:
+    """The RNN and GRU kernels' keywords for recurrent dropout and zoneout, in kernel row order.
 
     ``rmask`` with ``hds``, the buffer of the dropped states h_{t-1} * rmask (every step in
     training, for dW_hh; a ring of two in inference); ``zoneout`` (an array) or ``zoneout_p``

@@ -473,19 +473,20 @@ def test_lengths_need_a_batched_input():
 
 
 # -------------------------------------------------------------------------------------------------
-# GRU recurrent dropout and zoneout (fastrnn.cells.GRU's options, through RNNBase)
+# RNN and GRU recurrent dropout and zoneout (the cells' options, through RNNBase)
 # -------------------------------------------------------------------------------------------------
-def _gru(backend="cython", dtype=np.float64, **kw):
+def _noisy(backend="cython", dtype=np.float64, mode="gru", **kw):
     kw = {"num_layers": 2, "bidirectional": True, "seed": 3, **kw}
-    return fastrnn.nn.rnn.RNNBase("gru", I, H, dtype=dtype, backend=backend, **kw)
+    return fastrnn.nn.rnn.RNNBase(mode, I, H, dtype=dtype, backend=backend, **kw)
 
 
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gru_noise_backends_agree_in_training(dtype):
+def test_noise_backends_agree_in_training(mode, dtype):
     """Same seed, same masks: the kernels and the reference, through every layer and direction."""
     rng = np.random.default_rng(21)
-    a = _gru(dtype=dtype, recurrent_dropout=0.3, zoneout=0.25)
-    b = _gru("numpy", dtype=dtype, recurrent_dropout=0.3, zoneout=0.25)
+    a = _noisy(dtype=dtype, mode=mode, recurrent_dropout=0.3, zoneout=0.25)
+    b = _noisy("numpy", dtype=dtype, mode=mode, recurrent_dropout=0.3, zoneout=0.25)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     state, dstate = _state(a, rng)
     dout = rng.standard_normal((T, B, _out_size(a)))
@@ -497,10 +498,11 @@ def test_gru_noise_backends_agree_in_training(dtype):
             assert_close(ra[4][n], rb[4][n], n, **TOL[dtype])
 
 
-def test_gru_zero_recurrent_dropout_and_zoneout_are_the_plain_layer():
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_zero_recurrent_dropout_and_zoneout_are_the_plain_layer(mode):
     x = np.random.default_rng(22).standard_normal((T, B, I))
-    a = _gru(recurrent_dropout=0.0, zoneout=0.0)
-    b = fastrnn.GRU(I, H, num_layers=2, bidirectional=True, seed=3, dtype=np.float64)
+    a = _noisy(mode=mode, recurrent_dropout=0.0, zoneout=0.0)
+    b = _noisy(mode=mode)
     state = a.generator.bit_generator.state
     ra, rb = (
         run(a, x, None, np.ones((T, B, 2 * H)), None),
@@ -511,26 +513,28 @@ def test_gru_zero_recurrent_dropout_and_zoneout_are_the_plain_layer():
     assert a.generator.bit_generator.state == state  # nothing drawn at p = 0
 
 
-def test_gru_noise_eval_uses_the_expectation():
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_noise_eval_uses_the_expectation(mode):
     """Eval: no recurrent dropout, zoneout h = p h_{t-1} + (1 - p) h~ (Krueger et al.)."""
     x = np.random.default_rng(23).standard_normal((T, B, I))
-    m = _gru(num_layers=1, bidirectional=False, recurrent_dropout=0.4, zoneout=0.3).eval()
+    m = _noisy(mode=mode, num_layers=1, bidirectional=False, recurrent_dropout=0.4, zoneout=0.3)
+    m.eval()
     w = {n: p.data for n, p in m.named_parameters()}
     args = (x, None, w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
+    forward = getattr(fastrnn.reference, f"{mode}_forward")
     y, h_n = m(x, lengths=LENGTHS)
-    want_y, want_h, _ = fastrnn.reference.gru_forward(
-        *args, lengths=LENGTHS, zoneout_h=0.3, training=False
-    )
+    want_y, want_h, _ = forward(*args, lengths=LENGTHS, zoneout_h=0.3, training=False)
     assert_close(y, want_y, "out", **TOL[np.float64])
     assert_close(h_n[0], want_h, "h_n", **TOL[np.float64])
-    plain_y, _, _ = fastrnn.reference.gru_forward(*args, lengths=LENGTHS, training=False)
+    plain_y, _, _ = forward(*args, lengths=LENGTHS, training=False)
     assert not np.allclose(y, plain_y)  # the expectation is not the plain cell
 
 
-def test_gru_noise_is_seeded_and_redrawn_each_forward():
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_noise_is_seeded_and_redrawn_each_forward(mode):
     x = np.random.default_rng(24).standard_normal((T, B, I))
-    a, b = (_gru(recurrent_dropout=0.3, zoneout=0.2, seed=11) for _ in range(2))
-    c = _gru(recurrent_dropout=0.3, zoneout=0.2, seed=12)
+    a, b = (_noisy(mode=mode, recurrent_dropout=0.3, zoneout=0.2, seed=11) for _ in range(2))
+    c = _noisy(mode=mode, recurrent_dropout=0.3, zoneout=0.2, seed=12)
     c.load_state_dict(a.state_dict())
     dout = np.ones((T, B, 2 * H))
     ra, rb = run(a, x, None, dout, None), run(b, x, None, dout, None)
