@@ -1,6 +1,7 @@
 """Time the kernel variants and options against the plain cells: LSTM with a projection
 (``w_hr``, PyTorch's ``proj_size``), GRU with ``reset_after=False``, and the LSTM's peephole,
-recurrent dropout, zoneout and cell-state options, each alone and all together.
+recurrent dropout, zoneout and cell-state options, each alone and all together, and the RNN's
+and GRU's recurrent dropout and zoneout.
 
     python benchmarks/bench_variants.py                    # 2 threads, float32
     python benchmarks/bench_variants.py --threads 1 --repeat 20
@@ -8,7 +9,7 @@ recurrent dropout, zoneout and cell-state options, each alone and all together.
 
 Prints, for each variant, the median and best of ``--repeat`` timings (ms) of a training forward
 and of a training forward + backward, after one warm-up call, and the ratio of the medians to the
-plain cell's (``lstm``, ``gru``). The variants run interleaved (one timing of each in turn,
+plain cell's (``rnn``, ``lstm``, ``gru``). The variants run interleaved (one timing of each in turn,
 ``--repeat`` rounds), so a change of the machine's load reaches them all alike. Builds cannot be
 interleaved in one process: to compare two builds, run this script alternately against each
 (A B A B ...) and compare the medians; on a shared machine, note the load average printed first.
@@ -45,6 +46,10 @@ VARIANTS = {
             "return_cell_states": True,
         },
     ),
+    "rnn": ("rnn", lambda args: {}),
+    "rnn_recurrent_dropout": ("rnn", lambda args: {"recurrent_dropout": 0.25}),
+    "rnn_zoneout": ("rnn", lambda args: {"zoneout": 0.1}),
+    "rnn_rdrop_zoneout": ("rnn", lambda args: {"recurrent_dropout": 0.25, "zoneout": 0.1}),
     "gru": ("gru", lambda args: {}),
     "gru_reset_before": ("gru", lambda args: {"reset_after": False}),
 }

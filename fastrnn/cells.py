@@ -341,6 +341,18 @@ RNN = Cell(
             functional=True,
             doc="the activation, 'tanh' or 'relu'",
         ),
+        Option(
+            "recurrent_dropout",
+            0.0,
+            _probability,
+            doc="variational dropout on h_{t-1}: one mask per sequence for all steps",
+        ),
+        Option(
+            "zoneout",
+            (0.0,),
+            _zoneout_one,
+            doc="probability of keeping each unit of h from the previous step",
+        ),
     ),
     params=_uniform_weights(),
     kernel="rnn",

@@ -30,7 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,7 @@ class _Saved:
     extras: dict[str, np.ndarray] | None = None
     hds: np.ndarray | None = None
     cnew: np.ndarray | None = None
+    noise: dict[str, Any] = field(default_factory=dict)  # RNN, GRU: _noise_keywords(...)
 
 
 # A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
@@ -237,6 +238,8 @@ def rnn_forward(
     lengths=None,
     reverse=False,
     check_finite=False,
+    recurrent_mask=None,
+    zoneout_h=None,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
@@ -263,6 +266,12 @@ def rnn_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent (variational) dropout: ``W_hh (h_{t-1} * recurrent_mask)`` at every step (an
+        inverted-dropout mask, 0 or 1 / (1 - p)).
+    zoneout_h : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * act(...)`` (1 keeps the
+        previous value); a number is every unit's weight (what eval uses: the expectation).
 
     Returns
     -------
@@ -275,7 +284,8 @@ def rnn_forward(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    extras = cell_extras(_RNN, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h)
+    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
     relu = nonlinearity == "relu"
     options = {"nonlinearity": nonlinearity, "reverse": reverse}
     if p.T == 0 or p.B == 0:
@@ -284,13 +294,17 @@ def rnn_forward(
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    noise = _noise_keywords(p, s, training)
+    if training and ("zoneout" in noise or "zoneout_p" in noise):
+        noise["acts"] = np.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
-        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
+        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p),
+                       training, **noise)  # fmt: skip
     cache = None
     if training:
-        cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y))
+        cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y, noise=noise))
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
 
@@ -323,6 +337,9 @@ def rnn_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
+    noise = dict(d.noise)
+    if "rmask" in noise:
+        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.rnn.backward(
             d.x,
@@ -340,6 +357,7 @@ def rnn_backward(cache, dy, dh_n=None):
             db,
             c.options["nonlinearity"] == "relu",
             _team(p),
+            **noise,
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return RNNGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
@@ -605,6 +623,14 @@ def gru_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent (variational) dropout: ``W_hh (h_{t-1} * recurrent_mask)`` at every step (an
+        inverted-dropout mask, 0 or 1 / (1 - p)); the update ``z * h_{t-1}`` uses the undropped
+        state. Needs ``reset_after=True``.
+    zoneout_h : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * h~_t`` with ``h~_t`` the
+        update above (1 keeps the previous value); a number is every unit's weight (what eval
+        uses: the expectation). Needs ``reset_after=True``.
 
     Returns
     -------
@@ -616,7 +642,7 @@ def gru_forward(
     extras = cell_extras(_GRU, ln_ih=ln_ih, ln_hh=ln_hh, recurrent_mask=recurrent_mask,
                          zoneout_h=zoneout_h, reset_after=reset_after)  # fmt: skip
     p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
-    if p.extras:
+    if p.extra("ln_ih") is not None:
         raise NotImplementedError("TEMPORARY: the feature kernels are being written")
     options = {"reset_after": bool(reset_after), "reverse": reverse}
     if not reset_after:
@@ -627,6 +653,7 @@ def gru_forward(
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    noise = _noise_keywords(p, s, training)
     H, G = p.H, p.w_hh.shape[0]
     bias_i = np.zeros(G, p.dtype)
     b_hn = np.zeros(H, p.dtype)
@@ -656,10 +683,11 @@ def gru_forward(
             h_n,
             training,
             _team(p),
+            **noise,
         )
     cache = None
     if training:
-        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns)
+        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns, noise=noise)
         cache = Cache(BACKEND, _GRU, p, options, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
@@ -693,6 +721,9 @@ def gru_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
+    noise = dict(d.noise)
+    if "rmask" in noise:
+        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.gru.backward(
             d.x,
@@ -713,10 +744,30 @@ def gru_backward(cache, dy, dh_n=None):
             db_ih,
             db_hh,
             _team(p),
+            **noise,
         )
     if p.b_ih is None:
         db_ih = db_hh = None
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+def _noise_keywords(p: Prepared, s: _Schedule, training: bool) -> dict[str, Any]:
+    """The RNN and GRU kernels' keywords for recurrent dropout and zoneout, in kernel row order.
+
+    ``rmask`` with ``hds``, the buffer of the dropped states h_{t-1} * rmask (every step in
+    training, for dW_hh; a ring of two in inference); ``zoneout`` (an array) or ``zoneout_p``
+    (one weight for every unit). Empty without either option.
+    """
+    out: dict[str, Any] = {}
+    rmask, zh = p.extra("recurrent_mask"), p.extra("zoneout_h")
+    if rmask is not None:
+        out["rmask"] = s.rows(rmask, 0)
+        out["hds"] = np.empty((p.T if training else 2, p.B, p.H), p.dtype)
+    if isinstance(zh, float):
+        out["zoneout_p"] = zh
+    elif zh is not None:
+        out["zoneout"] = s.rows(zh, 1)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

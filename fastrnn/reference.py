@@ -155,46 +155,63 @@ def rnn_forward(
     lengths=None,
     reverse=False,
     check_finite=False,
+    recurrent_mask=None,
+    zoneout_h=None,
 ):
     """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    extras = cell_extras(_RNN, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h)
+    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
     b_i, b_h = _biases(p)
+    rmask = p.extra("recurrent_mask")
     m = _masks(p.lengths, p.T, p.B, p.dtype)
     act = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
     h = p.h0.copy()
     y = np.zeros((p.T, p.B, p.H), p.dtype)
-    hprev = np.zeros((p.T, p.B, p.H), p.dtype)
+    acts = np.zeros((p.T, p.B, p.H), p.dtype)  # act(...) of each step, before zoneout
+    hprev = np.zeros((p.T, p.B, p.H), p.dtype)  # what W_hh multiplies: h_{t-1} (* rmask)
     for t in _steps(p.T, reverse):
-        hprev[t] = h
-        h_new = act(p.x[t] @ p.w_ih.T + b_i + h @ p.w_hh.T + b_h)
-        h = _keep(m[t], h_new, h)
-        y[t] = _keep(m[t], h_new, 0)
+        hd = h if rmask is None else h * rmask  # recurrent dropout: the same mask every step
+        hprev[t] = hd
+        h_new = act(p.x[t] @ p.w_ih.T + b_i + hd @ p.w_hh.T + b_h)
+        acts[t] = _keep(m[t], h_new, 0)  # as y: nothing of the padding reaches a gradient
+        zh = _zoneout(p, "zoneout_h", t)
+        h_out = h_new if zh is None else zh * h + (1 - zh) * h_new  # zoneout keeps h_{t-1}
+        h = _keep(m[t], h_out, h)
+        y[t] = _keep(m[t], h_out, 0)
     cache = None
     if training:
         options = {"nonlinearity": nonlinearity, "reverse": reverse}
-        cache = Cache(BACKEND, _RNN, p, options, _Saved(m, [y, hprev]))
+        cache = Cache(BACKEND, _RNN, p, options, _Saved(m, [acts, hprev]))
     return y, h, cache
 
 
 def rnn_backward(cache, dy, dh_n=None):
     """BPTT for :func:`rnn_forward`; see :func:`fastrnn.functional.rnn_backward`."""
     c = check_cache(cache, BACKEND, _RNN)
-    p, m, (y, hprev) = c.prepared, c.saved.m, c.saved.steps
+    p, m, (acts, hprev) = c.prepared, c.saved.m, c.saved.steps
+    rmask = p.extra("recurrent_mask")
     dy = as_grad("dy", dy, (p.T, p.B, p.H), p.dtype)
     dh = as_grad("dh_n", dh_n, (p.B, p.H), p.dtype)
     dh = np.zeros((p.B, p.H), p.dtype) if dh is None else dh.copy()
     dg = np.zeros((p.T, p.B, p.H), p.dtype)
     dx = np.zeros_like(p.x)
     for t in reversed(_steps(p.T, c.options["reverse"])):
-        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)  # reaching h_t's new value
+        dht = _keep(m[t], dh + (0 if dy is None else dy[t]), 0)  # reaching h_t
+        zh = _zoneout(p, "zoneout_h", t)
+        dh_keep = 0 if zh is None else zh * dht  # zoneout: part of h_t is h_{t-1}
+        if zh is not None:
+            dht = (1 - zh) * dht  # reaching h_t's new value
         if c.options["nonlinearity"] == "relu":
-            dg[t] = dht * (y[t] > 0)
+            dg[t] = dht * (acts[t] > 0)
         else:
-            dg[t] = dht * (1 - y[t] ** 2)
+            dg[t] = dht * (1 - acts[t] ** 2)
         dx[t] = dg[t] @ p.w_ih
-        dh = _keep(m[t], dg[t] @ p.w_hh, dh)
+        dh_mat = dg[t] @ p.w_hh
+        if rmask is not None:
+            dh_mat = dh_mat * rmask
+        dh = _keep(m[t], dh_keep + dh_mat, dh)
     if p.T == 0:
         return RNNGrads(dx, dh, *_empty_weight_grads(p))
     return RNNGrads(dx, dh, *_weight_grads(p, dg, dg, hprev))

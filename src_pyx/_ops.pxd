@@ -35,6 +35,7 @@ cdef struct RNNOps:
     Py_ssize_t I "I_"       # C name: complex.h defines I
     const int* batch_sizes  # (T,) rows active at each step, non-increasing
     bint use_relu           # relu instead of tanh
+    bint training           # keep what BPTT needs of the options (hds of every step, acts)
     # forward
     const void* x           # (T, B, I)
     const void* h0          # (B, H)
@@ -51,6 +52,13 @@ cdef struct RNNOps:
     void* dw_ih             # (H, I)
     void* dw_hh             # (H, H)
     void* db                # (H,) gradient of b_ih (and of b_hh)
+    # recurrent dropout and zoneout of h (NULL / 0: off), as the GRU's
+    const void* rmask       # (B, H) dropout mask on h_{t-1} before the W_hh GEMM, every step
+    void* hds               # (T, B, H) h_{t-1} * rmask of each step ((2, B, H) in inference)
+    void* dhd               # (B, H) backward workspace with rmask: da_t W_hh
+    const void* zoneout     # (T, B, H) zoneout weights of h (1: keep h_{t-1}); NULL: zoneout_p
+    double zoneout_p        # every unit's weight when zoneout is NULL (eval: p itself); 0: off
+    void* acts              # (T, B, H) act(...) before zoneout, what BPTT reads (training)
 
 
 cdef struct LSTMOps:
@@ -129,3 +137,9 @@ cdef struct GRUOps:
     void* dw_hh             # (3H, H)
     void* db_ih             # (3H,) (reset before: the one bias gradient, db_ih == db_hh)
     void* db_hh             # (3H,) (reset after only)
+    # recurrent dropout and zoneout of h (reset after only; NULL / 0: off)
+    const void* rmask       # (B, H) dropout mask on h_{t-1} before the W_hh GEMM, every step
+    void* hds               # (T, B, H) h_{t-1} * rmask of each step ((2, B, H) in inference)
+    void* dhd               # (B, H) backward workspace with rmask: dgh_t W_hh
+    const void* zoneout     # (T, B, H) zoneout weights of h (1: keep h_{t-1}); NULL: zoneout_p
+    double zoneout_p        # every unit's weight when zoneout is NULL (eval: p itself); 0: off

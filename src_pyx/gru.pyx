@@ -9,6 +9,12 @@ Gates are PyTorch's r, z, n, with the reset gate applied after the hidden matmul
 The kernel receives bias_i = b_ih + [b_hr, b_hz, 0] (folded into the input GEMM) and b_hn apart,
 since b_hn sits inside r * (...). Rows are sorted by decreasing length; ``batch_sizes[t]`` rows
 are active at step t, and inactive rows keep their state and output zeros.
+
+Options of the reset-after cell (GRUOps fields, NULL / 0 off):
+    recurrent dropout (rmask, (B, H)): gh = W_hh (h_{t-1} * rmask) + b_hh; the update
+        z * h_{t-1} uses the undropped state, and dW_hh reads hd_t = h_{t-1} * rmask
+    zoneout (zw, (T, B, H) weights, or one number p):  h_t = zw h_{t-1} + (1 - zw) h~_t
+        with h~_t the cell's update above; y_t = h_t
 """
 
 from cython cimport floating
@@ -86,6 +92,57 @@ cdef inline void _row_backward(const floating* a, const floating* hn, const floa
         dh[j] = dhj * z
 
 
+cdef inline void _row_zoneout(floating* h, const floating* h_prev, const floating* zw,
+                              Py_ssize_t zs, Py_ssize_t m) noexcept nogil:
+    """h := zw h_prev + (1 - zw) h (zoneout; zw[j * zs]: zs 0 for one weight of every unit)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        h[j] = zw[j * zs] * h_prev[j] + (1 - zw[j * zs]) * h[j]
+
+
+cdef inline void _row_backward_zoneout(const floating* a, const floating* hn,
+                                       const floating* h_prev, const floating* dy,
+                                       const floating* zw, Py_ssize_t zs, floating* dh,
+                                       floating* dgi, floating* dgh, Py_ssize_t m,
+                                       Py_ssize_t H) noexcept nogil:
+    """_row_backward through h_t = zw h_{t-1} + (1 - zw) h~_t: the gates see (1 - zw) dh_t,
+    and dh becomes the direct part zw dh_t + z (1 - zw) dh_t of dh_{t-1}."""
+    cdef Py_ssize_t j
+    cdef floating r, z, n, dht, dhj, dn_pre, dr_pre, dz_pre
+    for j in range(m):
+        r = a[j]
+        z = a[H + j]
+        n = a[2 * H + j]
+        dht = dh[j] + dy[j]
+        dhj = (1 - zw[j * zs]) * dht
+        dn_pre = dhj * (1 - z) * dtanh(n)
+        dr_pre = dn_pre * hn[j] * dsigmoid(r)
+        dz_pre = dhj * (h_prev[j] - n) * dsigmoid(z)
+        dgi[j] = dr_pre
+        dgi[H + j] = dz_pre
+        dgi[2 * H + j] = dn_pre
+        dgh[j] = dr_pre
+        dgh[H + j] = dz_pre
+        dgh[2 * H + j] = dn_pre * r
+        dh[j] = zw[j * zs] * dht + dhj * z
+
+
+cdef inline void _row_mul(const floating* a, const floating* b, floating* out,
+                          Py_ssize_t m) noexcept nogil:
+    """out := a * b (the dropped state h * rmask)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] = a[j] * b[j]
+
+
+cdef inline void _row_add_mul(const floating* a, const floating* b, floating* out,
+                              Py_ssize_t m) noexcept nogil:
+    """out += a * b (dh_{t-1} += rmask * dgh_t W_hh)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] += a[j] * b[j]
+
+
 # --- tier 2: the time loops (one parallel region each; see lstm.pyx and _blocks.pxd) ------------
 cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
                         floating* tag) noexcept nogil:
@@ -104,17 +161,32 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* hw = <floating*> op.hw
     cdef floating* y = <floating*> op.y
     cdef floating* h_n = <floating*> op.h_n
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef floating* hds = <floating*> op.hds
+    cdef floating zp = <floating> op.zoneout_p
+    cdef const floating* zw = <const floating*> op.zoneout
+    cdef bint zoneout = zw != NULL or zp != 0
+    cdef Py_ssize_t zs = 1 if zw != NULL else 0  # stride of the zoneout weights (0: just zp)
     cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
+    cdef const floating* h_in
     cdef floating* a_t
     cdef floating* hn_t
+    cdef floating* hd_t
     cdef Packed pk, pk_ih
 
+    if zw == NULL:
+        zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
     pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
+    if rmask != NULL:
+        # hds[0] = h0 * rmask: the first GEMM reads every thread's units
+        for b in range(B if m > 0 else 0):
+            _row_mul(h0 + b * H + j0, rmask + b * H + j0, hds + b * H + j0, m)
+        fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
@@ -126,11 +198,24 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
                           &pk_ih)
         hn_t = hns + t * B * H if training else hns
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        # hw[:n, units] = h_{t-1} W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hw, G, &pk)
+        # the GEMM reads h_{t-1}, or hd_t = h_{t-1} * rmask (training: all steps; inference:
+        # a ring of 2, as step t writes hd_{t+1} while another thread may still read hd_t)
+        h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
+        # hw[:n, units] = h_in W_hh[units]^T, then the gate pass on those units
+        recurrent_nt(n, H, j0, j1, 3, h_in, w_hh, <floating> 0, hw, G, &pk)
         for b in range(n if m > 0 else 0):
             _row_forward(a_t + b * G + j0, hw + b * G + j0, b_hn + j0, h_prev + b * H + j0,
                          hn_t + b * H + j0, y + (t * B + b) * H + j0, m, H)
+        if zoneout:
+            for b in range(n if m > 0 else 0):
+                _row_zoneout(y + (t * B + b) * H + j0, h_prev + b * H + j0,
+                             zw + (t * B + b) * H * zs + j0 * zs, zs, m)
+        if rmask != NULL and t + 1 < T:
+            hd_t = hds + (t + 1 if training else (t + 1) % 2) * B * H
+            for b in range(n if m > 0 else 0):
+                _row_mul(y + (t * B + b) * H + j0, rmask + b * H + j0, hd_t + b * H + j0, m)
+            if training and rank == 0:  # read by the dW_hh GEMM: no uninitialized rows
+                zero_rows(hd_t, n, B, H)
         if rank == 0:
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
@@ -163,34 +248,60 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* dw_hh = <floating*> op.dw_hh
     cdef floating* db_ih = <floating*> op.db_ih
     cdef floating* db_hh = <floating*> op.db_hh
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef const floating* hds = <const floating*> op.hds
+    cdef floating* dhd = <floating*> op.dhd
+    cdef floating zp = <floating> op.zoneout_p
+    cdef const floating* zw = <const floating*> op.zoneout
+    cdef bint zoneout = zw != NULL or zp != 0
+    cdef Py_ssize_t zs = 1 if zw != NULL else 0
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
     cdef Packed pk
 
+    if zw == NULL:
+        zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        for b in range(n if m > 0 else 0):
-            o = t * B + b
-            _row_backward(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
-                          dy + o * H + j0, dh + b * H + j0, dgi + o * G + j0, dgh + o * G + j0,
-                          m, H)
+        if zoneout:
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward_zoneout(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
+                                      dy + o * H + j0, zw + o * H * zs + j0 * zs, zs,
+                                      dh + b * H + j0, dgi + o * G + j0, dgh + o * G + j0, m,
+                                      H)
+        else:
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
+                              dy + o * H + j0, dh + b * H + j0, dgi + o * G + j0,
+                              dgh + o * G + j0, m, H)
         if rank == 0:
             zero_rows(dgi + t * B * G, n, B, G)
             zero_rows(dgh + t * B * G, n, B, G)
         fr_barrier_wait(bar, size)
-        # dh_{t-1}[:n, units] = z * dh_t + dgh_t[:n] W_hh[:, units]   (inactive rows keep dh)
-        recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 1, dh, &pk)
+        # dh_{t-1}[:n, units] = z * dh_t + dgh_t[:n] W_hh[:, units]   (inactive rows keep dh);
+        # with recurrent dropout the GEMM's part reaches hd_t = h_{t-1} * rmask: times rmask
+        if rmask == NULL:
+            recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 1, dh, &pk)
+        else:
+            recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 0, dhd, &pk)
+            for b in range(n if m > 0 else 0):
+                _row_add_mul(dhd + b * H + j0, rmask + b * H + j0, dh + b * H + j0, m)
 
     release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 3, dgi, x, <floating> 0, dw_ih, size, rank, ISA)
-    weight_grad(B, H, H, 3, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
-    weight_grad((T - 1) * B, H, H, 3, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    if rmask == NULL:  # dW_hh = sum_t dgh_t^T h_{t-1}, h_{t-1} from h0 and y
+        weight_grad(B, H, H, 3, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
+        weight_grad((T - 1) * B, H, H, 3, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    else:  # dW_hh = sum_t dgh_t^T hd_t
+        weight_grad(T * B, H, H, 3, dgh, hds, <floating> 0, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 3, dgi, db_ih, size, rank)
     bias_grad(T * B, H, 3, dgh, db_hh, size, rank)
     input_grad(T * B, I, G, dgi, w_ih, dx, size, rank, ISA)
@@ -229,7 +340,11 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, :, ::1] y,             # OUT   (T, B, H)
             floating[:, ::1] h_n,              # OUT   (B, H)
             bint training,
-            int n_threads):
+            int n_threads,
+            rmask=None,                        # IN    (B, H) or None
+            hds=None,                          # OUT   (T, B, H) ((2, B, H) if eval) with rmask
+            zoneout=None,                      # IN    (T, B, H) or None
+            double zoneout_p=0):
     """GRU forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
     Parameters
@@ -249,6 +364,14 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     h_n : ndarray of shape (B, H), written
     training : bool
     n_threads : int
+    rmask : ndarray of shape (B, H) or None
+        Recurrent dropout mask, applied to h_{t-1} before the W_hh GEMM at every step.
+    hds : ndarray of shape (T, B, H) when training else (2, B, H), written; with rmask only
+        (h_{t-1} * rmask of each step, what the backward's dW_hh reads)
+    zoneout : ndarray of shape (T, B, H) or None
+        Zoneout weights of h: h_t = zoneout h_{t-1} + (1 - zoneout) h~_t.
+    zoneout_p : float
+        The one zoneout weight of every unit when zoneout is None (0: no zoneout).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
@@ -262,6 +385,20 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.hns = &hns[0, 0, 0]
     o.hw = &hw[0, 0]
     o.h_n = &h_n[0, 0]
+    cdef const floating[:, ::1] rmask_v
+    cdef floating[:, :, ::1] hds_v
+    cdef const floating[:, :, ::1] zoneout_v
+    if rmask is not None:
+        rmask_v = rmask
+        hds_v = hds
+        if hds_v.shape[0] < (T if training else 2):
+            raise ValueError(f"hds has {hds_v.shape[0]} steps, fewer than the forward writes")
+        o.rmask = &rmask_v[0, 0]
+        o.hds = &hds_v[0, 0, 0]
+    if zoneout is not None:
+        zoneout_v = zoneout
+        o.zoneout = &zoneout_v[0, 0, 0]
+    o.zoneout_p = zoneout_p
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
 
@@ -283,7 +420,12 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              floating[:, ::1] dw_hh,           # OUT   (G, H)
              floating[::1] db_ih,              # OUT   (G,)
              floating[::1] db_hh,              # OUT   (G,)
-             int n_threads):
+             int n_threads,
+             rmask=None,                       # IN    (B, H) or None, as the forward's
+             hds=None,                         # IN    (T, B, H) with rmask, from the forward
+             dhd=None,                         # OUT   (B, H) workspace with rmask
+             zoneout=None,                     # IN    (T, B, H) or None, as the forward's
+             double zoneout_p=0):
     """GRU BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
@@ -299,6 +441,21 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.dw_hh = &dw_hh[0, 0]
     o.db_ih = &db_ih[0]
     o.db_hh = &db_hh[0]
+    cdef const floating[:, ::1] rmask_v
+    cdef const floating[:, :, ::1] hds_v
+    cdef floating[:, ::1] dhd_v
+    cdef const floating[:, :, ::1] zoneout_v
+    if rmask is not None:
+        rmask_v = rmask
+        hds_v = hds
+        dhd_v = dhd
+        o.rmask = &rmask_v[0, 0]
+        o.hds = <void*> &hds_v[0, 0, 0]
+        o.dhd = &dhd_v[0, 0]
+    if zoneout is not None:
+        zoneout_v = zoneout
+        o.zoneout = &zoneout_v[0, 0, 0]
+    o.zoneout_p = zoneout_p
     with nogil:
         run_team(_backward_part[floating], &o, H, n_threads)
 

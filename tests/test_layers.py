@@ -587,3 +587,78 @@ def test_bad_lengths(layer_name, lengths, exc, match):
 def test_lengths_need_a_batched_input():
     with pytest.raises(ValueError, match="lengths needs a batched"):
         fastrnn.GRU(I, H)(np.zeros((T, I)), lengths=[3])
+
+
+# -------------------------------------------------------------------------------------------------
+# RNN and GRU recurrent dropout and zoneout
+# -------------------------------------------------------------------------------------------------
+def _noisy(backend="cython", dtype=np.float64, mode="gru", **kw):
+    kw = {"num_layers": 2, "bidirectional": True, "seed": 3, **kw}
+    cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU}[mode]
+    return cls(I, H, dtype=dtype, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_noise_backends_agree_in_training(mode, dtype):
+    """Same seed, same masks: the kernels and the reference, through every layer and direction."""
+    rng = np.random.default_rng(21)
+    a = _noisy(dtype=dtype, mode=mode, recurrent_dropout=0.3, zoneout=0.25)
+    b = _noisy("numpy", dtype=dtype, mode=mode, recurrent_dropout=0.3, zoneout=0.25)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    state, dstate = _state(a, rng)
+    dout = rng.standard_normal((T, B, _out_size(a)))
+    for lengths in (None, LENGTHS):
+        ra, rb = run(a, x, state, dout, dstate, lengths), run(b, x, state, dout, dstate, lengths)
+        for u, v in zip(_arrays(ra), _arrays(rb), strict=True):
+            assert_close(u, v, "outputs", **TOL[dtype])
+        for n in ra[4]:
+            assert_close(ra[4][n], rb[4][n], n, **TOL[dtype])
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_zero_recurrent_dropout_and_zoneout_are_the_plain_layer(mode):
+    x = np.random.default_rng(22).standard_normal((T, B, I))
+    a = _noisy(mode=mode, recurrent_dropout=0.0, zoneout=0.0)
+    b = _noisy(mode=mode)
+    state = a.generator.bit_generator.state
+    ra, rb = (
+        run(a, x, None, np.ones((T, B, 2 * H)), None),
+        run(b, x, None, np.ones((T, B, 2 * H)), None),
+    )
+    for u, v in zip(_arrays(ra), _arrays(rb), strict=True):
+        assert_close(u, v, "outputs", rtol=0, atol=0)
+    assert a.generator.bit_generator.state == state  # nothing drawn at p = 0
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_noise_eval_uses_the_expectation(mode):
+    """Eval: no recurrent dropout, zoneout h = p h_{t-1} + (1 - p) h~ (Krueger et al.)."""
+    x = np.random.default_rng(23).standard_normal((T, B, I))
+    m = _noisy(mode=mode, num_layers=1, bidirectional=False, recurrent_dropout=0.4, zoneout=0.3)
+    m.eval()
+    w = {n: p.data for n, p in m.named_parameters()}
+    args = (x, None, w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
+    forward = getattr(fastrnn.reference, f"{mode}_forward")
+    y, h_n = m(x, lengths=LENGTHS)
+    want_y, want_h, _ = forward(*args, lengths=LENGTHS, zoneout_h=0.3, training=False)
+    assert_close(y, want_y, "out", **TOL[np.float64])
+    assert_close(h_n[0], want_h, "h_n", **TOL[np.float64])
+    plain_y, _, _ = forward(*args, lengths=LENGTHS, training=False)
+    assert not np.allclose(y, plain_y)  # the expectation is not the plain cell
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_noise_is_seeded_and_redrawn_each_forward(mode):
+    x = np.random.default_rng(24).standard_normal((T, B, I))
+    a, b = (_noisy(mode=mode, recurrent_dropout=0.3, zoneout=0.2, seed=11) for _ in range(2))
+    c = _noisy(mode=mode, recurrent_dropout=0.3, zoneout=0.2, seed=12)
+    c.load_state_dict(a.state_dict())
+    dout = np.ones((T, B, 2 * H))
+    ra, rb = run(a, x, None, dout, None), run(b, x, None, dout, None)
+    for u, v in zip(_arrays(ra), _arrays(rb), strict=True):
+        assert_close(u, v, "same seed", rtol=0, atol=0)
+    assert not np.allclose(ra[0], c(x)[0])  # another seed, other masks
+    assert not np.allclose(ra[0], a(x)[0])  # the generator moved on
+    a.eval()
+    assert not np.allclose(ra[0], a(x)[0])

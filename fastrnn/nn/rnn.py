@@ -384,6 +384,14 @@ class RNN(RNNBase):
         Probability of zeroing each output element of every layer but the last, in training
         mode (inverted dropout; masks drawn from :attr:`generator`).
     bidirectional : bool, default=False
+    recurrent_dropout : float, default=0.0
+        Variational dropout on :math:`h_{t-1}` where it enters :math:`W_{hh}` (Gal &
+        Ghahramani): one mask per sequence, layer and direction, the same at every step;
+        training only.
+    zoneout : float, default=0.0
+        Zoneout (Krueger et al.): in training each unit of :math:`h_t` keeps its previous value
+        with probability ``p``, one draw per step; in eval
+        :math:`h_t = p h_{t-1} + (1 - p) \tilde h_t`, the expectation.
     dtype : {np.float32, np.float64}, default=np.float32
     backend : {"cython", "numpy"}, default="cython"
         The Cython kernels (:mod:`fastrnn.functional`) or the NumPy reference.
@@ -417,6 +425,8 @@ class RNN(RNNBase):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
         dtype: Any = np.float32,
         backend: str = "cython",
         seed: int | np.random.Generator | None = None,
@@ -431,6 +441,8 @@ class RNN(RNNBase):
             dropout,
             bidirectional,
             nonlinearity=nonlinearity,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
             dtype=dtype,
             backend=backend,
             seed=seed,
@@ -571,6 +583,9 @@ class GRU(RNNBase):
         As in :class:`RNN`.
     reset_after : bool, default=True
         Where the reset gate is applied (see above).
+    recurrent_dropout, zoneout
+        As in :class:`RNN` (``reset_after=True`` only); the update :math:`z_t \odot h_{t-1}`
+        uses the undropped state.
     dtype, backend, seed
         As in :class:`RNN`.
 
@@ -597,6 +612,8 @@ class GRU(RNNBase):
         bidirectional: bool = False,
         *,
         reset_after: bool = True,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
         dtype: Any = np.float32,
         backend: str = "cython",
         seed: int | np.random.Generator | None = None,
@@ -611,6 +628,8 @@ class GRU(RNNBase):
             dropout,
             bidirectional,
             reset_after=reset_after,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
             dtype=dtype,
             backend=backend,
             seed=seed,
