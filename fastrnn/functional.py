@@ -853,10 +853,9 @@ def _lstm_ln_forward(p: Prepared, training: bool, reverse: bool, return_cell_sta
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
-    # training keeps every step; inference a ring of projected rows, one (B, G) buffer of the
-    # recurrent rows (the gates are written over it) and one cell state
+    # training keeps every step; inference a ring of projected rows, one step of the rest
     keep = T if training else 1
-    gates = np.empty((keep, B if training else 1, G if training else 1), p.dtype)
+    gates = np.empty((keep, B, G), p.dtype)
     xs = np.empty((T if training else _k.lstm.ring_steps(T, B), B, G), p.dtype)
     hs = np.empty((keep, B, G), p.dtype)
     cn = np.empty((keep, B, H), p.dtype)
@@ -963,7 +962,7 @@ def _gru_ln_forward(p: Prepared, training: bool, options: dict[str, Any]):
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
     keep = T if training else 1
     b_ih, b_hh = _biases(p)
-    gates = np.empty((keep, B if training else 1, G if training else 1), p.dtype)
+    gates = np.empty((keep, B, G), p.dtype)
     xs = np.empty((T if training else _k.gru.ring_steps(T, B), B, G), p.dtype)
     hs = np.empty((keep, B, G), p.dtype)
     hns = np.empty((keep, B, H), p.dtype)

@@ -13,20 +13,82 @@ from _parallel cimport share
 from _blocks cimport wide_block, wide_share
 
 
+# Row sums go in LANES independent partial sums (summed in a fixed order at the end): the C
+# compiler vectorizes them, where one accumulator would be a chain of dependent additions
+# (it may not reorder floating-point sums by itself).
+cdef enum:
+    LANES = 8
+
+
+cdef inline double row_sum(const floating* v, Py_ssize_t n) noexcept nogil:
+    """sum_k v[k], in double."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t k, u, n8 = n - n % LANES
+    cdef double s = 0
+    for u in range(LANES):
+        acc[u] = 0
+    for k in range(0, n8, 8):  # LANES
+        for u in range(LANES):
+            acc[u] += v[k + u]
+    for k in range(n8, n):
+        s += v[k]
+    for u in range(LANES):
+        s += acc[u]
+    return s
+
+
+cdef inline double row_sq_dev(const floating* v, Py_ssize_t n, double mean) noexcept nogil:
+    """sum_k (v[k] - mean)^2, in double."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t k, u, n8 = n - n % LANES
+    cdef double s = 0, d
+    for u in range(LANES):
+        acc[u] = 0
+    for k in range(0, n8, 8):  # LANES
+        for u in range(LANES):
+            d = v[k + u] - mean
+            acc[u] += d * d
+    for k in range(n8, n):
+        d = v[k] - mean
+        s += d * d
+    for u in range(LANES):
+        s += acc[u]
+    return s
+
+
+cdef inline void row_dot2(const floating* a, const floating* g, const floating* h, Py_ssize_t n,
+                          double* s1, double* s2) noexcept nogil:
+    """s1 = sum_k a[k] g[k],  s2 = sum_k a[k] g[k] h[k], in double."""
+    cdef double acc1[LANES]
+    cdef double acc2[LANES]
+    cdef Py_ssize_t k, u, n8 = n - n % LANES
+    cdef double t1 = 0, t2 = 0, p
+    for u in range(LANES):
+        acc1[u] = 0
+        acc2[u] = 0
+    for k in range(0, n8, 8):  # LANES
+        for u in range(LANES):
+            p = <double> a[k + u] * g[k + u]
+            acc1[u] += p
+            acc2[u] += p * h[k + u]
+    for k in range(n8, n):
+        p = <double> a[k] * g[k]
+        t1 += p
+        t2 += p * h[k]
+    for u in range(LANES):
+        t1 += acc1[u]
+        t2 += acc2[u]
+    s1[0] = t1
+    s2[0] = t2
+
+
 cdef inline floating ln_normalize(const floating* v, floating* vhat, Py_ssize_t n,
                                   double eps) noexcept nogil:
     """vhat = (v - mean(v)) * rstd over n entries (vhat may be v); returns rstd."""
     cdef Py_ssize_t k
-    cdef double s = 0, ss = 0, mean, d
-    cdef floating mu, rstd
-    for k in range(n):
-        s += v[k]
-    mean = s / n
-    for k in range(n):
-        d = v[k] - mean
-        ss += d * d
-    mu = <floating> mean
-    rstd = <floating> (1.0 / sqrt(ss / n + eps))
+    cdef double mean = row_sum(v, n) / n
+    cdef floating mu = <floating> mean
+    cdef floating rstd = <floating> (1.0 / sqrt(row_sq_dev(v, n, mean) / n + eps))
     for k in range(n):
         vhat[k] = (v[k] - mu) * rstd
     return rstd
@@ -38,12 +100,9 @@ cdef inline void ln_backward(const floating* dout, const floating* gain, const f
 
     dv may be dout (in place)."""
     cdef Py_ssize_t k
-    cdef double s1 = 0, s2 = 0
-    cdef floating g, m1, m2
-    for k in range(n):
-        g = dout[k] * gain[k]
-        s1 += g
-        s2 += g * vhat[k]
+    cdef double s1, s2
+    cdef floating m1, m2
+    row_dot2(dout, gain, vhat, n, &s1, &s2)
     m1 = <floating> (s1 / n)
     m2 = <floating> (s2 / n)
     for k in range(n):

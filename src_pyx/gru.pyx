@@ -315,25 +315,26 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # by batch rows, a barrier; the backward mirrors them.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* b_ih,
-                                 const floating* b_hh, floating* act, const floating* h_prev,
+                                 const floating* b_hh, floating* a, const floating* h_prev,
                                  floating* hn, floating* h, floating* rstd, Py_ssize_t H,
                                  double eps) noexcept nogil:
-    """One row: hh := vhat of W_hh h_{t-1} (in place); act = [r, z, n] (act may be hh);
-    hn = gh_n (training; NULL: not kept); h = (1-z) n + z h_prev; rstd[1] = the rstd of hh."""
-    cdef Py_ssize_t j
-    cdef floating r, z, n, ghn, rs_h
+    """One row: hh := vhat of W_hh h_{t-1} (in place); a = [r, z, n]; hn = gh_n (hn may be
+    hh + 2H); h = (1-z) n + z h_prev; rstd[1], unless NULL, = the rstd of hh. a must not
+    overlap hh (each loop then has few enough operands for the C compiler to vectorize it)."""
+    cdef Py_ssize_t j, k
+    cdef floating r, z, n, rs_h
     rs_h = ln_normalize(hh, hh, 3 * H, eps)
+    for k in range(3 * H):  # gi
+        a[k] = g_ih[k] * xh[k] + b_ih[k]
+    for j in range(H):  # gh_n
+        hn[j] = g_hh[2 * H + j] * hh[2 * H + j] + b_hh[2 * H + j]
     for j in range(H):
-        r = sigmoid((g_ih[j] * xh[j] + b_ih[j]) + (g_hh[j] * hh[j] + b_hh[j]))
-        z = sigmoid((g_ih[H + j] * xh[H + j] + b_ih[H + j])
-                    + (g_hh[H + j] * hh[H + j] + b_hh[H + j]))
-        ghn = g_hh[2 * H + j] * hh[2 * H + j] + b_hh[2 * H + j]
-        n = tanh_(g_ih[2 * H + j] * xh[2 * H + j] + b_ih[2 * H + j] + r * ghn)
-        act[j] = r
-        act[H + j] = z
-        act[2 * H + j] = n
-        if hn != NULL:
-            hn[j] = ghn
+        r = sigmoid(a[j] + (g_hh[j] * hh[j] + b_hh[j]))
+        z = sigmoid(a[H + j] + (g_hh[H + j] * hh[H + j] + b_hh[H + j]))
+        n = tanh_(a[2 * H + j] + r * hn[j])
+        a[j] = r
+        a[H + j] = z
+        a[2 * H + j] = n
         h[j] = (1 - z) * n + z * h_prev[j]
     if rstd != NULL:
         rstd[1] = rs_h
@@ -410,9 +411,10 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
                 _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
                                 gates + o * G, h_prev + b * H, hns + o * H, y + o * H,
                                 rstd + o * 2, H, eps)
-            else:  # the gates over hs_t
+            else:  # gates: (1, B, G); gh_n over the row's own n block of hs_t
                 _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
-                                hs_t + b * G, h_prev + b * H, NULL, y + o * H, NULL, H, eps)
+                                gates + b * G, h_prev + b * H, hs_t + b * G + 2 * H, y + o * H,
+                                NULL, H, eps)
         if rank == 0:
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
@@ -498,7 +500,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
                const floating[::1] ln_hh,         # IN    (G,)
                double eps,
                const int[::1] batch_sizes,        # IN    (T,) non-increasing
-               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates (training)
+               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
                floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
                floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] hns,           # OUT   (T, B, H) gh_n (training)
@@ -521,7 +523,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
         Gains of LN(W_ih x) and LN(W_hh h).
     eps : float
     batch_sizes : ndarray of shape (T,), dtype=int32
-    gates : ndarray of shape (T, B, 3H), written when training (unused in inference)
+    gates : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written
     xs : ndarray of shape (T, B, 3H), or (>= ring_steps(T, B), B, 3H) in inference, written:
         the normalized W_ih x
     hs : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written: normalized W_hh h
@@ -534,7 +536,8 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < (T if training else 1)
-            or (training and (gates.shape[0] < T or hns.shape[0] < T or rstd.shape[0] < T))):
+            or gates.shape[0] < (T if training else 1)
+            or (training and (hns.shape[0] < T or rstd.shape[0] < T))):
         raise ValueError("a buffer has fewer steps than the forward writes")
     cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                          &batch_sizes[0], &y[0, 0, 0])

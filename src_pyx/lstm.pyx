@@ -17,7 +17,7 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
-from _layernorm cimport gain_grad, ln_backward, ln_backward_rows, ln_normalize
+from _layernorm cimport gain_grad, ln_backward, ln_backward_rows, ln_normalize, row_dot2
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
@@ -339,32 +339,31 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # weight, bias and gain gradients by columns (each column summed in one order: no lock, and the
 # same bits for any thread count).
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
-                                 const floating* g_hh, const floating* bias, floating* act,
+                                 const floating* g_hh, const floating* bias, floating* a,
                                  const floating* c_prev, floating* c, floating* cn,
                                  const floating* g_c, const floating* b_c, floating* h,
                                  floating* rstd, Py_ssize_t H, double eps) noexcept nogil:
-    """One row: hh := LN's vhat of W_hh h_{t-1} (in place); act = [i, f, g, o] (act may be hh);
-    c = f c_prev + i g; cn = vhat of c (cn may be h); h = o tanh(g_c cn + b_c); rstd (3,) or
-    NULL receives the rows' 1/sqrt(var + eps) of xh (untouched), hh and c."""
-    cdef Py_ssize_t j, G = 4 * H
-    cdef floating ai, af, ag, ao, i, f, g, rs_h, rs_c
+    """One row: hh := LN's vhat of W_hh h_{t-1} (in place); a = [i, f, g, o]; c = f c_prev +
+    i g; cn = vhat of c; h = o tanh(g_c cn + b_c); rstd (3,), or NULL, receives the rstd of hh
+    and c (its [1] and [2]). a must not overlap hh, nor cn h: each loop below then has few
+    enough operands for the C compiler to vectorize it."""
+    cdef Py_ssize_t j, k, G = 4 * H
+    cdef floating i, f, g, rs_h, rs_c
     rs_h = ln_normalize(hh, hh, G, eps)
+    for k in range(G):
+        a[k] = g_ih[k] * xh[k] + g_hh[k] * hh[k] + bias[k]
     for j in range(H):
-        ai = g_ih[j] * xh[j] + g_hh[j] * hh[j] + bias[j]
-        af = g_ih[H + j] * xh[H + j] + g_hh[H + j] * hh[H + j] + bias[H + j]
-        ag = g_ih[2 * H + j] * xh[2 * H + j] + g_hh[2 * H + j] * hh[2 * H + j] + bias[2 * H + j]
-        ao = g_ih[3 * H + j] * xh[3 * H + j] + g_hh[3 * H + j] * hh[3 * H + j] + bias[3 * H + j]
-        i = sigmoid(ai)
-        f = sigmoid(af)
-        g = tanh_(ag)
-        act[j] = i
-        act[H + j] = f
-        act[2 * H + j] = g
-        act[3 * H + j] = sigmoid(ao)
+        i = sigmoid(a[j])
+        f = sigmoid(a[H + j])
+        g = tanh_(a[2 * H + j])
+        a[j] = i
+        a[H + j] = f
+        a[2 * H + j] = g
+        a[3 * H + j] = sigmoid(a[3 * H + j])
         c[j] = f * c_prev[j] + i * g
     rs_c = ln_normalize(c, cn, H, eps)
     for j in range(H):
-        h[j] = act[3 * H + j] * tanh_(g_c[j] * cn[j] + b_c[j])
+        h[j] = a[3 * H + j] * tanh_(g_c[j] * cn[j] + b_c[j])
     if rstd != NULL:
         rstd[1] = rs_h
         rstd[2] = rs_c
@@ -373,28 +372,27 @@ cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floatin
 cdef inline void _row_backward_ln(const floating* a, const floating* c_prev, const floating* cn,
                                   const floating* g_c, const floating* b_c, floating rs_c,
                                   const floating* hh, const floating* g_hh, floating rs_h,
-                                  const floating* dy, const floating* dh, floating* dc,
+                                  const floating* dy, floating* dh, floating* dc,
                                   floating* da, floating* du, floating* dgh,
                                   Py_ssize_t H) noexcept nogil:
     """One row's gate grads: da (of the pre-activations, also b's), du (of LN(c)), dgh (of
-    W_hh h_{t-1}); dc becomes dc_{t-1}.
+    W_hh h_{t-1}); dc becomes dc_{t-1}, dh becomes dh_t + dy_t (the GEMM then overwrites it).
 
     dh = dh_t + dy_t;  u = g_c cn + b_c;  du = dh o (1 - tanh(u)^2);  da_o = dh tanh(u) o(1-o)
     dc = dc_t + LN_c backward(du);  da_{i,f,g} as the plain LSTM;  dc_{t-1} = dc f
     dgh = LN_hh backward(da)
     """
     cdef Py_ssize_t j
-    cdef floating i, f, g, o, tu, dhj, duj, dcj, m1, m2
-    cdef double s1 = 0, s2 = 0
+    cdef floating i, f, g, o, tu, dcj, m1, m2
+    cdef double s1, s2
+    for j in range(H):
+        dh[j] += dy[j]
     for j in range(H):
         o = a[3 * H + j]
         tu = tanh_(g_c[j] * cn[j] + b_c[j])
-        dhj = dh[j] + dy[j]
-        duj = dhj * o * dtanh(tu)
-        du[j] = duj
-        da[3 * H + j] = dhj * tu * dsigmoid(o)
-        s1 += duj * g_c[j]
-        s2 += duj * g_c[j] * cn[j]
+        du[j] = dh[j] * o * dtanh(tu)
+        da[3 * H + j] = dh[j] * tu * dsigmoid(o)
+    row_dot2(du, g_c, cn, H, &s1, &s2)
     m1 = <floating> (s1 / H)
     m2 = <floating> (s2 / H)
     for j in range(H):
@@ -486,10 +484,10 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
                 _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + o * G,
                                 c_prev + b * H, c_cur + b * H, cn + o * H, g_c, b_c, y + o * H,
                                 rstd + o * 3, H, eps)
-            else:  # the gates over hs_t, the normalized c in y
-                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, hs_t + b * G,
-                                c_prev + b * H, c_cur + b * H, y + o * H, g_c, b_c, y + o * H,
-                                NULL, H, eps)
+            else:  # gates: (1, B, G); the normalized c over the row's spent hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + b * G,
+                                c_prev + b * H, c_cur + b * H, hs_t + b * G, g_c, b_c,
+                                y + o * H, NULL, H, eps)
         if rank == 0:
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
@@ -589,7 +587,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
                const floating[::1] ln_c_bias,     # IN    (H,)
                double eps,
                const int[::1] batch_sizes,        # IN    (T,) non-increasing
-               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates (training)
+               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
                floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
                floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] cn,            # OUT   (T, B, H) (training)
@@ -616,7 +614,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
         Gain and bias of LN(c).
     eps : float
     batch_sizes : ndarray of shape (T,), dtype=int32
-    gates : ndarray of shape (T, B, 4H), written when training (unused in inference)
+    gates : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written
     xs : ndarray of shape (T, B, 4H), or (>= ring_steps(T, B), B, 4H) in inference, written:
         the normalized W_ih x
     hs : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written: normalized W_hh h
@@ -631,7 +629,8 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t steps = T if training else 1
     if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < steps
-            or (training and (gates.shape[0] < T or cn.shape[0] < T or rstd.shape[0] < T))):
+            or gates.shape[0] < steps
+            or (training and (cn.shape[0] < T or rstd.shape[0] < T))):
         raise ValueError("a buffer has fewer steps than the forward writes")
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                           &batch_sizes[0], &y[0, 0, 0])
