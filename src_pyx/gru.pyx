@@ -19,7 +19,7 @@ from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, 
                       project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
                       release,
                       steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
-from _layernorm cimport gain_grad, ln_backward, ln_backward_rows, ln_normalize
+from _layernorm cimport col_grads, ln_backward, ln_normalize, zero_cols
 from _ops cimport GRUOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
@@ -312,7 +312,8 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 #     n = tanh(gi_n + r * gh_n), h_t = (1 - z) * n + z * h_{t-1}
 # each LN over a row's G features (_layernorm.pxd). The loops are shaped as lstm.pyx's
 # _forward_ln_part says (and for the same reason): the GEMM by units, a barrier, the gate pass
-# by batch rows, a barrier; the backward mirrors them.
+# by batch rows, a barrier; the backward mirrors them (the bias and gain gradients by columns
+# at each step, see lstm.pyx).
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* b_ih,
                                  const floating* b_hh, floating* a, const floating* h_prev,
@@ -450,6 +451,10 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dghh = <floating*> op.dghh
     cdef floating* dgx = <floating*> op.dgx
     cdef floating* dx = <floating*> op.dx
+    cdef floating* db_ih = <floating*> op.db_ih
+    cdef floating* db_hh = <floating*> op.db_hh
+    cdef floating* dln_ih = <floating*> op.dln_ih
+    cdef floating* dln_hh = <floating*> op.dln_hh
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
     cdef const floating* h_prev
@@ -457,36 +462,42 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
 
     thread_units(H, size, rank, &j0, &j1)
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    zero_cols(H, j0, j1, 3, db_ih)
+    zero_cols(H, j0, j1, 3, db_hh)
+    zero_cols(H, j0, j1, 3, dln_ih)
+    zero_cols(H, j0, j1, 3, dln_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
+        o = t * B
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         share(n, size, rank, &b0, &b1)
         for b in range(b0, b1):
-            o = t * B + b
-            _row_backward_ln(gates + o * G, hns + o * H, h_prev + b * H, hs + o * G, g_hh,
-                             rstd[o * 2 + 1], dy + o * H, dh + b * H, dgi + o * G, dgh + o * G,
-                             dghh + o * G, H)
+            _row_backward_ln(gates + (o + b) * G, hns + (o + b) * H, h_prev + b * H,
+                             hs + (o + b) * G, g_hh, rstd[(o + b) * 2 + 1], dy + (o + b) * H,
+                             dh + b * H, dgi + (o + b) * G, dgh + (o + b) * G,
+                             dghh + (o + b) * G, H)
+            # dgx = the input LN's backward of dgi
+            ln_backward(dgi + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 2],
+                        dgx + (o + b) * G, G)
         if rank == 0:
-            zero_rows(dgi + t * B * G, n, B, G)
-            zero_rows(dgh + t * B * G, n, B, G)
-            zero_rows(dghh + t * B * G, n, B, G)
+            zero_rows(dgi + o * G, n, B, G)
+            zero_rows(dgh + o * G, n, B, G)
+            zero_rows(dghh + o * G, n, B, G)
+            zero_rows(dgx + o * G, n, B, G)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = z * dh_t + dghh_t[:n] W_hh[:, units]   (inactive rows keep dh)
-        recurrent_nn(n, H, j0, j1, G, dghh + t * B * G, w_hh, <floating> 1, dh, &pk)
+        recurrent_nn(n, H, j0, j1, G, dghh + o * G, w_hh, <floating> 1, dh, &pk)
+        # this thread's columns of the bias and gain gradients, while the step is in cache
+        col_grads(n, H, j0, j1, 3, dgi + o * G, xs + o * G, db_ih, dln_ih)
+        col_grads(n, H, j0, j1, 3, dgh + o * G, hs + o * G, db_hh, dln_hh)
         fr_barrier_wait(bar, size)
 
+    # The weight and input gradients, as large GEMMs over all T*B rows.
     release(&pk)
-    # dgx = the input LN's backward of dgi, by rows; then the gradients by columns
-    ln_backward_rows(T, B, batch_sizes, G, dgi, g_ih, xs, rstd, 2, dgx, size, rank)
-    fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 3, dgx, x, <floating> 0, <floating*> op.dw_ih, size, rank, ISA)
     weight_grad(B, H, H, 3, dghh, h0, <floating> 0, <floating*> op.dw_hh, size, rank, ISA)
     weight_grad((T - 1) * B, H, H, 3, dghh + B * G, y, <floating> 1, <floating*> op.dw_hh, size,
                 rank, ISA)
-    bias_grad(T * B, H, 3, dgi, <floating*> op.db_ih, size, rank)
-    bias_grad(T * B, H, 3, dgh, <floating*> op.db_hh, size, rank)
-    gain_grad(T, B, batch_sizes, H, 3, dgi, xs, <floating*> op.dln_ih, size, rank)
-    gain_grad(T, B, batch_sizes, H, 3, dgh, hs, <floating*> op.dln_hh, size, rank)
     input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
 
 

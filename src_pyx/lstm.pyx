@@ -17,7 +17,7 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
-from _layernorm cimport gain_grad, ln_backward, ln_backward_rows, ln_normalize, row_dot2
+from _layernorm cimport col_grads, ln_backward, ln_normalize, row_dot2, zero_cols
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
@@ -335,9 +335,9 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # by batch rows (share() of the step's active rows), and a barrier before the next GEMM reads h_t.
 # W_ih x is projected per chunk of steps by units, then normalized by rows (one more barrier per
 # chunk). The backward mirrors it: the gate grads by rows with the LN backward of c and of W_hh h,
-# a barrier, dh by units, a barrier; after the loop the input LN's backward by rows, then the
-# weight, bias and gain gradients by columns (each column summed in one order: no lock, and the
-# same bits for any thread count).
+# and of both input LNs, a barrier, dh by units and the bias and gain gradients of the thread's
+# units (col_grads: each column summed in one order, so no lock and the same bits for any thread
+# count), a barrier; after the loop the weight gradients and dx as large GEMMs.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* bias, floating* a,
                                  const floating* c_prev, floating* c, floating* cn,
@@ -383,8 +383,7 @@ cdef inline void _row_backward_ln(const floating* a, const floating* c_prev, con
     dgh = LN_hh backward(da)
     """
     cdef Py_ssize_t j
-    cdef floating i, f, g, o, tu, dcj, m1, m2
-    cdef double s1, s2
+    cdef floating i, f, g, o, tu, dcj, m1, m2, s1, s2
     for j in range(H):
         dh[j] += dy[j]
     for j in range(H):
@@ -393,8 +392,8 @@ cdef inline void _row_backward_ln(const floating* a, const floating* c_prev, con
         du[j] = dh[j] * o * dtanh(tu)
         da[3 * H + j] = dh[j] * tu * dsigmoid(o)
     row_dot2(du, g_c, cn, H, &s1, &s2)
-    m1 = <floating> (s1 / H)
-    m2 = <floating> (s2 / H)
+    m1 = s1 / H
+    m2 = s2 / H
     for j in range(H):
         i = a[j]
         f = a[H + j]
@@ -535,6 +534,10 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dw_ih = <floating*> op.dw_ih
     cdef floating* dw_hh = <floating*> op.dw_hh
     cdef floating* db = <floating*> op.db
+    cdef floating* dln_ih = <floating*> op.dln_ih
+    cdef floating* dln_hh = <floating*> op.dln_hh
+    cdef floating* dln_c = <floating*> op.dln_c
+    cdef floating* dln_c_bias = <floating*> op.dln_c_bias
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
     cdef const floating* c_prev
@@ -542,36 +545,42 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
 
     thread_units(H, size, rank, &j0, &j1)
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    zero_cols(H, j0, j1, 4, db)
+    zero_cols(H, j0, j1, 4, dln_ih)
+    zero_cols(H, j0, j1, 4, dln_hh)
+    zero_cols(H, j0, j1, 1, dln_c)
+    zero_cols(H, j0, j1, 1, dln_c_bias)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
+        o = t * B
         c_prev = c0 if t == 0 else cs + (t - 1) * B * H
         share(n, size, rank, &b0, &b1)
         for b in range(b0, b1):
-            o = t * B + b
-            _row_backward_ln(gates + o * G, c_prev + b * H, cn + o * H, g_c, b_c,
-                             rstd[o * 3 + 2], hs + o * G, g_hh, rstd[o * 3 + 1], dy + o * H,
-                             dh + b * H, dc + b * H, dgates + o * G, du + o * H, dgh + o * G, H)
+            _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
+                             rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
+                             rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
+                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
+            # dgx = the input LN's backward of da
+            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
+                        dgx + (o + b) * G, G)
         if rank == 0:
-            zero_rows(dgates + t * B * G, n, B, G)
-            zero_rows(dgh + t * B * G, n, B, G)
-            zero_rows(du + t * B * H, n, B, H)
+            zero_rows(dgates + o * G, n, B, G)
+            zero_rows(dgx + o * G, n, B, G)
+            zero_rows(dgh + o * G, n, B, G)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = dgh_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 0, dh, &pk)
+        recurrent_nn(n, H, j0, j1, G, dgh + o * G, w_hh, <floating> 0, dh, &pk)
+        # this thread's columns of the bias and gain gradients, while the step is in cache
+        col_grads(n, H, j0, j1, 4, dgates + o * G, xs + o * G, db, dln_ih)
+        col_grads(n, H, j0, j1, 4, dgates + o * G, hs + o * G, <floating*> NULL, dln_hh)
+        col_grads(n, H, j0, j1, 1, du + o * H, cn + o * H, dln_c_bias, dln_c)
         fr_barrier_wait(bar, size)
 
+    # The weight and input gradients, as large GEMMs over all T*B rows.
     release(&pk)
-    # dgx = the input LN's backward of da, by rows; then the gradients by columns
-    ln_backward_rows(T, B, batch_sizes, G, dgates, g_ih, xs, rstd, 3, dgx, size, rank)
-    fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 4, dgx, x, <floating> 0, dw_ih, size, rank, ISA)
     weight_grad(B, H, H, 4, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
     weight_grad((T - 1) * B, H, H, 4, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
-    bias_grad(T * B, H, 4, dgates, db, size, rank)
-    gain_grad(T, B, batch_sizes, H, 4, dgates, xs, <floating*> op.dln_ih, size, rank)
-    gain_grad(T, B, batch_sizes, H, 4, dgates, hs, <floating*> op.dln_hh, size, rank)
-    gain_grad(T, B, batch_sizes, H, 1, du, cn, <floating*> op.dln_c, size, rank)
-    bias_grad(T * B, H, 1, du, <floating*> op.dln_c_bias, size, rank)
     input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
 
 
