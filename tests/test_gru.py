@@ -7,11 +7,23 @@ Gate order r, z, n, with the reset gate applied *after* the hidden matmul (PyTor
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     h' = (1 - z) * n + z * h
 
-Every other property (gradients, lengths, layouts, PyTorch parity) is in ``test_functional.py``.
+Every other property of the plain cell (gradients, lengths, layouts, PyTorch parity) is in
+``test_functional.py``; the layer-normalized GRU's are at the end of this file.
 """
 
 import numpy as np
-from conftest import SPEC_BY_NAME, TOL, assert_close, make_case
+import pytest
+from conftest import (
+    LN_CASES,
+    SPEC_BY_NAME,
+    TOL,
+    assert_close,
+    check_layer_norm_empty,
+    check_layer_norm_finite_differences,
+    check_layer_norm_matches_reference,
+    check_layer_norm_threads_bitwise,
+    make_case,
+)
 
 SPEC = SPEC_BY_NAME["gru"]
 
@@ -53,3 +65,29 @@ def test_gru_reset_gate_is_applied_after_the_hidden_matmul(backend, rng):
     y_before, _ = _gru_reference(case, reset_after=False)
     # The two variants really differ on this case, so matching the first test is meaningful.
     assert not np.allclose(fwd.y, y_before, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer normalization (Ba, Kiros & Hinton 2016): gi = LN(W_ih x) + b_ih, gh = LN(W_hh h) + b_hh,
+# then the GRU above. The Cython kernels against the reference (fastrnn.reference.gru_forward
+# states the equations) and against finite differences; the cases are conftest's LN_CASES.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case_id", list(LN_CASES))
+def test_gru_layer_norm_matches_reference(case_id, dtype, rng):
+    check_layer_norm_matches_reference(SPEC, LN_CASES[case_id], dtype, rng)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gru_layer_norm_finite_differences(reverse, rng):
+    """Every gradient of the Cython layer-norm GRU, float64 central differences."""
+    check_layer_norm_finite_differences(SPEC, reverse, rng)
+
+
+def test_gru_layer_norm_threads_bitwise(rng):
+    """One or two threads (rows and columns shared differently) give the same bits."""
+    check_layer_norm_threads_bitwise(SPEC, rng)
+
+
+def test_gru_layer_norm_empty(rng):
+    """T == 0: the initial state passes through and every layer-norm gradient is zero."""
+    check_layer_norm_empty(SPEC, rng)

@@ -6,11 +6,23 @@ Gate order i, f, g, o (PyTorch's ``nn.LSTM``)::
     c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
     h_t = sigmoid(o) * tanh(c_t)
 
-Every other property (gradients, lengths, layouts, PyTorch parity) is in ``test_functional.py``.
+Every other property of the plain cell (gradients, lengths, layouts, PyTorch parity) is in
+``test_functional.py``; the layer-normalized LSTM's are at the end of this file.
 """
 
 import numpy as np
-from conftest import SPEC_BY_NAME, TOL, assert_close, make_case
+import pytest
+from conftest import (
+    LN_CASES,
+    SPEC_BY_NAME,
+    TOL,
+    assert_close,
+    check_layer_norm_empty,
+    check_layer_norm_finite_differences,
+    check_layer_norm_matches_reference,
+    check_layer_norm_threads_bitwise,
+    make_case,
+)
 
 SPEC = SPEC_BY_NAME["lstm"]
 
@@ -55,3 +67,29 @@ def test_lstm_gate_order(backend):
     assert np.isclose(run(2, 30.0)[1], 0.25 + 0.5)  # g = 1: c = 0.25 + 0.5 * 1
     h_closed, _ = run(3, -30.0)  # o shut: h = 0
     assert abs(h_closed) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer normalization (Ba, Kiros & Hinton 2016): a = LN(W_ih x) + LN(W_hh h) + b_ih + b_hh,
+# h = o * tanh(LN(c)). The Cython kernels against the reference (fastrnn.reference.lstm_forward
+# states the equations) and against finite differences; the cases are conftest's LN_CASES.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case_id", list(LN_CASES))
+def test_lstm_layer_norm_matches_reference(case_id, dtype, rng):
+    check_layer_norm_matches_reference(SPEC, LN_CASES[case_id], dtype, rng)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_layer_norm_finite_differences(reverse, rng):
+    """Every gradient of the Cython layer-norm LSTM, float64 central differences."""
+    check_layer_norm_finite_differences(SPEC, reverse, rng)
+
+
+def test_lstm_layer_norm_threads_bitwise(rng):
+    """One or two threads (rows and columns shared differently) give the same bits."""
+    check_layer_norm_threads_bitwise(SPEC, rng)
+
+
+def test_lstm_layer_norm_empty(rng):
+    """T == 0: the initial states pass through and every parameter gradient is zero."""
+    check_layer_norm_empty(SPEC, rng)
