@@ -1,6 +1,7 @@
 # Layer normalization (Ba, Kiros & Hinton 2016) for the cell kernels, header-only.
 #
-# LN(v; gain, bias) = gain * vhat + bias,  vhat = (v - mean(v)) * rstd,  rstd = 1 / sqrt(var(v) + eps)
+# LN(v; gain, bias) = gain * vhat + bias,  vhat = (v - mean(v)) * rstd,
+# rstd = 1 / sqrt(var(v) + eps)
 # over the n features of one row, as fastrnn.reference._layer_norm computes it (two passes: the
 # mean, then the mean of the squared deviations). A row is always summed by one thread in one
 # order, and so is each column of the gain gradients (col_grads): results do not depend on the

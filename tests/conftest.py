@@ -280,10 +280,12 @@ def make_layer_norm(spec: CellSpec, rng, H, dtype=np.float64) -> dict:
     return {k: v.astype(dtype) for k, v in ln.items()}
 
 
-def extra_numerical_grads(spec: CellSpec, backend: str, case: Case, extra: dict,
-                          eps=FD_EPS, **kw) -> dict:
+def extra_numerical_grads(
+    spec: CellSpec, backend: str, case: Case, extra: dict, eps=FD_EPS, **kw
+) -> dict:
     """Central differences of ``weighted_loss`` w.r.t. every input of ``case`` and every array
     of ``extra`` (keyword operands such as layer-norm gains), keyed as the grads' fields."""
+
     def loss(c, e):
         return weighted_loss(spec.forward_case(backend, c, training=False, **e, **kw), case)
 

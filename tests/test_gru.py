@@ -23,6 +23,7 @@ from conftest import (
     check_layer_norm_matches_reference,
     check_layer_norm_threads_bitwise,
     make_case,
+    make_layer_norm,
 )
 
 SPEC = SPEC_BY_NAME["gru"]
@@ -91,3 +92,11 @@ def test_gru_layer_norm_threads_bitwise(rng):
 def test_gru_layer_norm_empty(rng):
     """T == 0: the initial state passes through and every layer-norm gradient is zero."""
     check_layer_norm_empty(SPEC, rng)
+
+
+def test_gru_layer_norm_refuses_what_its_kernel_does_not_run(rng):
+    """The Cython layer-norm GRU names the operand it cannot combine (the reference can)."""
+    case = make_case(SPEC, rng, 3, 2, 2, 4)
+    ln = make_layer_norm(SPEC, rng, 4)
+    with pytest.raises(ValueError, match="ln_ih .* cannot be combined with zoneout_h"):
+        SPEC.forward_case("cython", case, zoneout_h=0.5, **ln)

@@ -22,6 +22,7 @@ from conftest import (
     check_layer_norm_matches_reference,
     check_layer_norm_threads_bitwise,
     make_case,
+    make_layer_norm,
 )
 
 SPEC = SPEC_BY_NAME["lstm"]
@@ -93,3 +94,13 @@ def test_lstm_layer_norm_threads_bitwise(rng):
 def test_lstm_layer_norm_empty(rng):
     """T == 0: the initial states pass through and every parameter gradient is zero."""
     check_layer_norm_empty(SPEC, rng)
+
+
+def test_lstm_layer_norm_refuses_what_its_kernel_does_not_run(rng):
+    """The Cython layer-norm LSTM names the operand it cannot combine (the reference can)."""
+    case = make_case(SPEC, rng, 3, 2, 2, 4)
+    ln = make_layer_norm(SPEC, rng, 4)
+    with pytest.raises(ValueError, match="ln_ih .* cannot be combined with w_peephole"):
+        SPEC.forward_case("cython", case, w_peephole=np.zeros((3, 4)), **ln)
+    with pytest.raises(ValueError, match="cannot be combined with return_cell_states"):
+        SPEC.forward_case("cython", case, return_cell_states=True, **ln)
