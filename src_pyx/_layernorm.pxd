@@ -11,74 +11,41 @@ from cython cimport floating
 from libc.math cimport sqrt
 
 
-# Row sums go in LANES independent partial sums of the element type, added in a fixed order at
-# the end: the C compiler vectorizes them, where one accumulator would be a chain of dependent
-# additions (it may not reorder floating-point sums by itself). Each lane adds n / LANES terms,
-# about what NumPy's pairwise sum of a row adds in sequence.
-cdef enum:
-    LANES = 16
+cdef extern from "_layernorm.h" nogil:
+    # Row sums in 16 lanes (see _layernorm.h): vectorized, one fixed order per row.
+    float fr_row_sum_f(const float* v, Py_ssize_t n)
+    double fr_row_sum_d(const double* v, Py_ssize_t n)
+    float fr_row_sq_dev_f(const float* v, Py_ssize_t n, float mean)
+    double fr_row_sq_dev_d(const double* v, Py_ssize_t n, double mean)
+    void fr_row_dot2_f(const float* a, const float* g, const float* h, Py_ssize_t n, float* s1,
+                       float* s2)
+    void fr_row_dot2_d(const double* a, const double* g, const double* h, Py_ssize_t n,
+                       double* s1, double* s2)
 
 
 cdef inline floating row_sum(const floating* v, Py_ssize_t n) noexcept nogil:
     """sum_k v[k]"""
-    cdef floating acc[LANES]
-    cdef Py_ssize_t k, u, nl = n - n % LANES
-    cdef floating s = 0
-    for u in range(LANES):
-        acc[u] = 0
-    for k in range(0, nl, 16):  # LANES
-        for u in range(LANES):
-            acc[u] += v[k + u]
-    for u in range(LANES):
-        s += acc[u]
-    for k in range(nl, n):
-        s += v[k]
-    return s
+    if floating is float:
+        return fr_row_sum_f(v, n)
+    else:
+        return fr_row_sum_d(v, n)
 
 
 cdef inline floating row_sq_dev(const floating* v, Py_ssize_t n, floating mean) noexcept nogil:
     """sum_k (v[k] - mean)^2"""
-    cdef floating acc[LANES]
-    cdef Py_ssize_t k, u, nl = n - n % LANES
-    cdef floating s = 0, d
-    for u in range(LANES):
-        acc[u] = 0
-    for k in range(0, nl, 16):  # LANES
-        for u in range(LANES):
-            d = v[k + u] - mean
-            acc[u] += d * d
-    for u in range(LANES):
-        s += acc[u]
-    for k in range(nl, n):
-        d = v[k] - mean
-        s += d * d
-    return s
+    if floating is float:
+        return fr_row_sq_dev_f(v, n, mean)
+    else:
+        return fr_row_sq_dev_d(v, n, mean)
 
 
 cdef inline void row_dot2(const floating* a, const floating* g, const floating* h, Py_ssize_t n,
                           floating* s1, floating* s2) noexcept nogil:
     """s1 = sum_k a[k] g[k],  s2 = sum_k a[k] g[k] h[k]"""
-    cdef floating acc1[LANES]
-    cdef floating acc2[LANES]
-    cdef Py_ssize_t k, u, nl = n - n % LANES
-    cdef floating t1 = 0, t2 = 0, p
-    for u in range(LANES):
-        acc1[u] = 0
-        acc2[u] = 0
-    for k in range(0, nl, 16):  # LANES
-        for u in range(LANES):
-            p = a[k + u] * g[k + u]
-            acc1[u] += p
-            acc2[u] += p * h[k + u]
-    for u in range(LANES):
-        t1 += acc1[u]
-        t2 += acc2[u]
-    for k in range(nl, n):
-        p = a[k] * g[k]
-        t1 += p
-        t2 += p * h[k]
-    s1[0] = t1
-    s2[0] = t2
+    if floating is float:
+        fr_row_dot2_f(a, g, h, n, s1, s2)
+    else:
+        fr_row_dot2_d(a, g, h, n, s1, s2)
 
 
 cdef inline floating ln_normalize(const floating* v, floating* vhat, Py_ssize_t n,
