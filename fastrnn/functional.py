@@ -377,6 +377,14 @@ def lstm_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    ln_ih, ln_hh : array_like of shape (4H,), optional
+        Layer normalization (Ba, Kiros & Hinton 2016), given together with ``ln_c`` and
+        ``ln_c_bias``: ``a = LN(W_ih x_t; ln_ih) + LN(W_hh h_{t-1}; ln_hh) + b_ih + b_hh`` and
+        ``h_t = o * tanh(LN(c_t; ln_c, ln_c_bias))``, where ``LN(v; g, b) = g * (v - mean) /
+        sqrt(var + 1e-5) + b`` over each row's features (``fastrnn.reference.LN_EPS``). The
+        backward returns their gradients as ``dln_ih``, ``dln_hh``, ``dln_c``, ``dln_c_bias``.
+    ln_c, ln_c_bias : array_like of shape (H,), optional
+        Gain and bias of the cell state's layer norm.
 
     Returns
     -------
@@ -536,6 +544,11 @@ def gru_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    ln_ih, ln_hh : array_like of shape (3H,), optional
+        Layer normalization (Ba, Kiros & Hinton 2016), given together:
+        ``gi = LN(W_ih x_t; ln_ih) + b_ih`` and ``gh = LN(W_hh h_{t-1}; ln_hh) + b_hh``, then the
+        gates above from ``gi`` and ``gh``; ``LN(v; g) = g * (v - mean) / sqrt(var + 1e-5)`` over
+        each row's 3H features. The backward returns ``dln_ih`` and ``dln_hh``.
 
     Returns
     -------
