@@ -1,7 +1,7 @@
 """Time the kernel variants and options against the plain cells: LSTM with a projection
 (``w_hr``, PyTorch's ``proj_size``), GRU with ``reset_after=False``, and the LSTM's peephole,
-recurrent dropout, zoneout and cell-state options, each alone and all together, and the RNN's
-and GRU's recurrent dropout and zoneout.
+recurrent dropout, zoneout and cell-state options, each alone and all together, the RNN's and
+GRU's recurrent dropout and zoneout, and the layer-normalized LSTM and GRU.
 
     python benchmarks/bench_variants.py                    # 2 threads, float32
     python benchmarks/bench_variants.py --threads 1 --repeat 20
@@ -33,6 +33,7 @@ from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forwa
 VARIANTS = {
     "lstm": ("lstm", lambda args: {}),
     "lstm_proj": ("lstm", lambda args: {"proj_size": args.P}),
+    "lstm_layer_norm": ("lstm", lambda args: {"layer_norm": True}),
     "lstm_peephole": ("lstm", lambda args: {"peephole": True}),
     "lstm_recurrent_dropout": ("lstm", lambda args: {"recurrent_dropout": 0.25}),
     "lstm_zoneout": ("lstm", lambda args: {"zoneout": (0.1, 0.05)}),
@@ -52,6 +53,10 @@ VARIANTS = {
     "rnn_rdrop_zoneout": ("rnn", lambda args: {"recurrent_dropout": 0.25, "zoneout": 0.1}),
     "gru": ("gru", lambda args: {}),
     "gru_reset_before": ("gru", lambda args: {"reset_after": False}),
+    "gru_layer_norm": ("gru", lambda args: {"layer_norm": True}),
+    "gru_recurrent_dropout": ("gru", lambda args: {"recurrent_dropout": 0.25}),
+    "gru_zoneout": ("gru", lambda args: {"zoneout": 0.1}),
+    "gru_rdrop_zoneout": ("gru", lambda args: {"recurrent_dropout": 0.25, "zoneout": 0.1}),
 }
 
 
@@ -96,7 +101,7 @@ def main(argv=None):
     ap.add_argument("--H", type=int, default=256)
     ap.add_argument("--P", type=int, default=128)
     ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), help="variants to time")
+    ap.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = ap.parse_args(argv)
     fastrnn.set_num_threads(args.threads)
     dtype = np.dtype(args.dtype).type
@@ -105,19 +110,21 @@ def main(argv=None):
         f"T={args.T} B={args.B} I={args.I} H={args.H} P={args.P}  "
         f"load={os.getloadavg()[0]:.2f}"
     )
-    names = args.only or list(VARIANTS)
-    fns = {}
-    for name in names:
+    fns, plain = {}, {}
+    for name in args.only:
         cell, options = VARIANTS[name]
         cfg = StackConfig(cell, args.I, args.H, **options(args))
         a = _inputs(cfg, args.T, args.B, dtype)
+        plain.setdefault(cell, name)
         for what, fn in (("fwd", _forward), ("fwd+bwd", _forward_backward)):
             fns[name, what] = functools.partial(fn, cfg, a)
-    results = _time_interleaved(fns, args.repeat)
-    for (name, what), (med, best) in results.items():
-        base = results.get((VARIANTS[name][0], what))
-        ratio = f"  x{med / base[0]:.2f} of {VARIANTS[name][0]}" if base else ""
-        print(f"{name:22s} {what:8s} median {med:8.2f} ms  best {best:8.2f} ms{ratio}")
+    times = _time_interleaved(fns, args.repeat)
+    for (name, what), (med, best) in times.items():
+        base = times[plain[VARIANTS[name][0]], what][0]
+        print(
+            f"{name:22s} {what:8s} median {med:8.2f} ms  best {best:8.2f} ms  "
+            f"{med / base:5.2f} x plain"
+        )
 
 
 if __name__ == "__main__":

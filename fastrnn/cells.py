@@ -390,6 +390,8 @@ LSTM = Cell(
             "layer_norm",
             False,
             _bool,
+            # the layer-norm kernels (lstm.pyx's *_ln_part) do not run these yet
+            conflicts=("peephole", "recurrent_dropout", "zoneout", "return_cell_states"),
             doc="layer-normalise the input and recurrent pre-activations and the cell (Ba et al.)",
         ),
         Option(
@@ -479,6 +481,8 @@ GRU = Cell(
             "layer_norm",
             False,
             _bool,
+            # the layer-norm kernels (gru.pyx's *_ln_part) do not run these yet
+            conflicts=("recurrent_dropout", "zoneout"),
             doc="layer-normalise the input and recurrent pre-activations (Ba et al.)",
         ),
         Option(

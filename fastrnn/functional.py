@@ -53,6 +53,7 @@ from fastrnn._threads import blas_single_thread, get_num_threads
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
+from fastrnn.reference import LN_EPS
 
 __all__ = [
     "gru_backward",
@@ -147,6 +148,10 @@ class _Saved:
     hds: np.ndarray | None = None
     cnew: np.ndarray | None = None
     noise: dict[str, Any] = field(default_factory=dict)  # RNN, GRU: _noise_keywords(...)
+    xs: np.ndarray | None = None  # layer norm: normalized W_ih x, (T, B, G)
+    hs: np.ndarray | None = None  # layer norm: normalized W_hh h_{t-1}, (T, B, G)
+    cn: np.ndarray | None = None  # LSTM layer norm: normalized c_t, (T, B, H)
+    rstd: np.ndarray | None = None  # layer norm: 1/sqrt(var + eps) of each row, (T, B, 3 or 2)
 
 
 # A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
@@ -420,8 +425,13 @@ def lstm_forward(
         Peephole weights of ``i``, ``f`` and ``o`` (Gers & Schmidhuber):
         ``a_i += p_i * c_{t-1}``, ``a_f += p_f * c_{t-1}``, ``a_o += p_o * c_t``.
     ln_ih, ln_hh : array_like of shape (4H,), optional
+        Layer normalization (Ba, Kiros & Hinton 2016), given together with ``ln_c`` and
+        ``ln_c_bias``: ``a = LN(W_ih x_t; ln_ih) + LN(W_hh h_{t-1}; ln_hh) + b_ih + b_hh`` and
+        ``h_t = o * tanh(LN(c_t; ln_c, ln_c_bias))``, where ``LN(v; g, b) = g * (v - mean) /
+        sqrt(var + 1e-5) + b`` over each row's features (``fastrnn.reference.LN_EPS``). The
+        backward returns their gradients as ``dln_ih``, ``dln_hh``, ``dln_c``, ``dln_c_bias``.
     ln_c, ln_c_bias : array_like of shape (H,), optional
-        Layer normalization (all four together); see :func:`fastrnn.reference.lstm_forward`.
+        Gain and bias of the cell state's layer norm.
     recurrent_mask : array_like of shape (B, H), optional
         Recurrent dropout: ``W_hh`` multiplies ``h_{t-1} * recurrent_mask`` at every step (one
         mask for the whole sequence, e.g. 0 or ``1 / (1 - p)``).
@@ -448,7 +458,7 @@ def lstm_forward(
                          zoneout_h=zoneout_h, zoneout_c=zoneout_c)  # fmt: skip
     p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite, extras)
     if p.extra("ln_ih") is not None:
-        raise NotImplementedError("TEMPORARY: the feature kernels are being written")
+        return _lstm_ln_forward(p, training, reverse, return_cell_states)
     if p.w_hr is not None:
         if return_cell_states:
             raise ValueError("return_cell_states cannot be combined with w_hr (a projection)")
@@ -533,6 +543,8 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
     dcs = cell_states_grad(c, dcs)
     if p.w_hr is not None:
         return _lstm_proj_backward(c, dy, dh_n, dc_n)
+    if p.extra("ln_ih") is not None:
+        return _lstm_ln_backward(c, dy, dh_n, dc_n)
     wp = p.extra("w_peephole")
     if c.empty:
         fields = _empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)})
@@ -623,6 +635,11 @@ def gru_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    ln_ih, ln_hh : array_like of shape (3H,), optional
+        Layer normalization (Ba, Kiros & Hinton 2016), given together:
+        ``gi = LN(W_ih x_t; ln_ih) + b_ih`` and ``gh = LN(W_hh h_{t-1}; ln_hh) + b_hh``, then the
+        gates above from ``gi`` and ``gh``; ``LN(v; g) = g * (v - mean) / sqrt(var + 1e-5)`` over
+        each row's 3H features. The backward returns ``dln_ih`` and ``dln_hh``.
     recurrent_mask : array_like of shape (B, H), optional
         Recurrent (variational) dropout: ``W_hh (h_{t-1} * recurrent_mask)`` at every step (an
         inverted-dropout mask, 0 or 1 / (1 - p)); the update ``z * h_{t-1}`` uses the undropped
@@ -642,9 +659,9 @@ def gru_forward(
     extras = cell_extras(_GRU, ln_ih=ln_ih, ln_hh=ln_hh, recurrent_mask=recurrent_mask,
                          zoneout_h=zoneout_h, reset_after=reset_after)  # fmt: skip
     p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
-    if p.extra("ln_ih") is not None:
-        raise NotImplementedError("TEMPORARY: the feature kernels are being written")
     options = {"reset_after": bool(reset_after), "reverse": reverse}
+    if p.extra("ln_ih") is not None:
+        return _gru_ln_forward(p, training, options)
     if not reset_after:
         return _gru_reset_before_forward(p, training, options)
     if p.T == 0 or p.B == 0:
@@ -711,6 +728,8 @@ def gru_backward(cache, dy, dh_n=None):
     p, d = c.prepared, c.saved
     if not c.options["reset_after"]:
         return _gru_reset_before_backward(c, dy, dh_n)
+    if p.extra("ln_ih") is not None:
+        return _gru_ln_backward(c, dy, dh_n)
     if c.empty:
         return GRUGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
     s = d.s
@@ -938,3 +957,234 @@ def _gru_reset_before_backward(c: Cache, dy: Any, dh_n: Any) -> GRUGrads:
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer normalization (Ba, Kiros & Hinton 2016), LSTM and GRU: LN(v; g, b) = g * vhat + b over
+# each row's features, vhat = (v - mean) / sqrt(var + LN_EPS); see reference.lstm_forward.
+# ---------------------------------------------------------------------------------------------
+def _ln_only(p: Prepared, cell_name: str, return_cell_states: bool = False) -> None:
+    """Refuse, naming both, an operand the layer-norm kernels do not combine with."""
+    others = [k for k, v in (p.extras or {}).items() if v is not None and not k.startswith("ln_")]
+    if return_cell_states:
+        others.append("return_cell_states")
+    if others:
+        raise ValueError(
+            f"{cell_name}: ln_ih (layer normalization) cannot be combined with {others[0]} in "
+            "the Cython kernels yet; use fastrnn.reference for this combination"
+        )
+
+
+def _ln_grads_empty(p: Prepared, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {"d" + k: np.zeros_like(p.extra(k)) for k in names}
+
+
+def _lstm_ln_forward(p: Prepared, training: bool, reverse: bool, return_cell_states: bool):
+    _ln_only(p, "lstm_forward", return_cell_states)
+    if p.T == 0 or p.B == 0:
+        y, h_n, c_n = _empty_forward(p)
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse})
+        return y, h_n, c_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B, reverse)
+    xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
+    T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
+    # training keeps every step; inference a ring of projected rows, one step of the rest
+    keep = T if training else 1
+    gates = np.empty((keep, B, G), p.dtype)
+    xs = np.empty((T if training else _k.lstm.ring_steps(T, B), B, G), p.dtype)
+    hs = np.empty((keep, B, G), p.dtype)
+    cn = np.empty((keep, B, H), p.dtype)
+    rstd = np.empty((keep, B, 3), p.dtype)
+    y = np.empty((T, B, H), p.dtype)
+    cs = np.empty((keep, B, H), p.dtype)
+    h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
+    x = p.extra
+    with blas_single_thread():
+        _k.lstm.forward_ln(
+            xk,
+            h0k,
+            c0k,
+            p.w_ih,
+            p.w_hh,
+            _bias_sum(p),
+            x("ln_ih"),
+            x("ln_hh"),
+            x("ln_c"),
+            x("ln_c_bias"),
+            LN_EPS,
+            s.batch_sizes,
+            gates,
+            xs,
+            hs,
+            cn,
+            rstd,
+            y,
+            cs,
+            h_n,
+            c_n,
+            training,
+            _team(p),
+        )
+    cache = None
+    if training:
+        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs, xs=xs, hs=hs, cn=cn, rstd=rstd)
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse}, saved)
+    return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
+
+
+def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
+    p, d = c.prepared, c.saved
+    names = ("ln_ih", "ln_hh", "ln_c", "ln_c_bias")
+    if c.empty:
+        fields = _empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)})
+        return grads_of(_LSTM, fields, _ln_grads_empty(p, names))
+    s = d.s
+    dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
+    T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
+    dgates, dgx, dgh = (np.empty((T, B, G), p.dtype) for _ in range(3))
+    du = np.empty((T, B, H), p.dtype)
+    dx = np.empty((T, B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db = np.empty(G, p.dtype)
+    dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
+    x = p.extra
+    with blas_single_thread():
+        _k.lstm.backward_ln(
+            d.x,
+            d.h0,
+            d.c0,
+            p.w_ih,
+            p.w_hh,
+            x("ln_ih"),
+            x("ln_hh"),
+            x("ln_c"),
+            x("ln_c_bias"),
+            s.batch_sizes,
+            d.gates,
+            d.xs,
+            d.hs,
+            d.cn,
+            d.rstd,
+            d.y,
+            d.cs,
+            dyk,
+            dh,
+            dc,
+            dgates,
+            dgx,
+            dgh,
+            du,
+            dx,
+            dw_ih,
+            dw_hh,
+            db,
+            *dln.values(),
+            _team(p),
+        )
+    db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
+    fields = [s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
+    return grads_of(_LSTM, fields, dln)
+
+
+def _gru_ln_forward(p: Prepared, training: bool, options: dict[str, Any]):
+    _ln_only(p, "gru_forward")
+    if p.T == 0 or p.B == 0:
+        y, h_n, _ = _empty_forward(p)
+        cache = Cache(BACKEND, _GRU, p, options)
+        return y, h_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B, options["reverse"])
+    xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
+    keep = T if training else 1
+    b_ih, b_hh = _biases(p)
+    gates = np.empty((keep, B, G), p.dtype)
+    xs = np.empty((T if training else _k.gru.ring_steps(T, B), B, G), p.dtype)
+    hs = np.empty((keep, B, G), p.dtype)
+    hns = np.empty((keep, B, H), p.dtype)
+    rstd = np.empty((keep, B, 2), p.dtype)
+    y = np.empty((T, B, H), p.dtype)
+    h_n = np.empty((B, H), p.dtype)
+    with blas_single_thread():
+        _k.gru.forward_ln(
+            xk,
+            h0k,
+            p.w_ih,
+            p.w_hh,
+            b_ih,
+            b_hh,
+            p.extra("ln_ih"),
+            p.extra("ln_hh"),
+            LN_EPS,
+            s.batch_sizes,
+            gates,
+            xs,
+            hs,
+            hns,
+            rstd,
+            y,
+            h_n,
+            training,
+            _team(p),
+        )
+    cache = None
+    if training:
+        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns, xs=xs, hs=hs, rstd=rstd)
+        cache = Cache(BACKEND, _GRU, p, options, saved)
+    return s.unrows(y, 1), s.unrows(h_n, 0), cache
+
+
+def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
+    p, d = c.prepared, c.saved
+    names = ("ln_ih", "ln_hh")
+    if c.empty:
+        fields = _empty_backward(p, dy, {"dh_n": (dh_n, p.H)})
+        return grads_of(_GRU, fields, _ln_grads_empty(p, names))
+    s = d.s
+    dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
+    T, B, G = p.T, p.B, p.w_hh.shape[0]
+    dgi, dgh, dghh, dgx = (np.empty((T, B, G), p.dtype) for _ in range(4))
+    dx = np.empty((T, B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
+    dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
+    with blas_single_thread():
+        _k.gru.backward_ln(
+            d.x,
+            d.h0,
+            p.w_ih,
+            p.w_hh,
+            p.extra("ln_ih"),
+            p.extra("ln_hh"),
+            s.batch_sizes,
+            d.gates,
+            d.xs,
+            d.hs,
+            d.hns,
+            d.rstd,
+            d.y,
+            dyk,
+            dh,
+            dgi,
+            dgh,
+            dghh,
+            dgx,
+            dx,
+            dw_ih,
+            dw_hh,
+            db_ih,
+            db_hh,
+            *dln.values(),
+            _team(p),
+        )
+    if p.b_ih is None:
+        db_ih = db_hh = None
+    fields = [s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh]
+    return grads_of(_GRU, fields, dln)
+
+
+def _biases(p: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """b_ih and b_hh, zeros without biases."""
+    if p.b_ih is None:
+        zero = np.zeros(p.w_hh.shape[0], p.dtype)
+        return zero, zero
+    return p.b_ih, p.b_hh

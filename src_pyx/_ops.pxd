@@ -105,6 +105,23 @@ cdef struct LSTMOps:
     bint cell_states        # cs keeps all T steps, zero on inactive rows (return_cell_states)
     const void* dcs         # (T, B, H) gradient of the cell states cs; NULL: zeros
     void* dw_peephole       # (3, H) gradient of w_peephole
+    # layer normalization (lstm.pyx's _forward_ln_part / _backward_ln_part); ln_ih NULL: off
+    double ln_eps           # the epsilon of every layer norm
+    const void* ln_ih       # (4H,) gain of LN(W_ih x)
+    const void* ln_hh       # (4H,) gain of LN(W_hh h)
+    const void* ln_c        # (H,) gain of LN(c)
+    const void* ln_c_bias   # (H,) bias of LN(c)
+    void* xs                # (T, B, 4H) normalized W_ih x (inference: a ring like gates)
+    void* hs                # (T, B, 4H) normalized W_hh h ((1, B, 4H) in inference)
+    void* cn                # (T, B, H) normalized c_t (training only)
+    void* rstd              # (T, B, 3) 1/sqrt(var + eps) of the rows of xs, hs, cn (training)
+    void* dgx               # (T, B, 4H) workspace: gradient of W_ih x
+    void* dgh               # (T, B, 4H) workspace: gradient of W_hh h
+    void* du                # (T, B, H) workspace: gradient of LN(c)
+    void* dln_ih            # (4H,)
+    void* dln_hh            # (4H,)
+    void* dln_c             # (H,)
+    void* dln_c_bias        # (H,)
 
 
 cdef struct GRUOps:
@@ -143,3 +160,16 @@ cdef struct GRUOps:
     void* dhd               # (B, H) backward workspace with rmask: dgh_t W_hh
     const void* zoneout     # (T, B, H) zoneout weights of h (1: keep h_{t-1}); NULL: zoneout_p
     double zoneout_p        # every unit's weight when zoneout is NULL (eval: p itself); 0: off
+    # layer normalization (gru.pyx's _forward_ln_part / _backward_ln_part); ln_ih NULL: off.
+    # With it, bias is b_ih (3H,), bias_hh is b_hh (3H,) and b_hn is unused.
+    double ln_eps           # the epsilon of both layer norms
+    const void* ln_ih       # (3H,) gain of LN(W_ih x)
+    const void* ln_hh       # (3H,) gain of LN(W_hh h)
+    const void* bias_hh     # (3H,) b_hh
+    void* xs                # (T, B, 3H) normalized W_ih x (inference: a ring like gates)
+    void* hs                # (T, B, 3H) normalized W_hh h ((1, B, 3H) in inference)
+    void* rstd              # (T, B, 2) 1/sqrt(var + eps) of the rows of xs, hs (training)
+    void* dgx               # (T, B, 3H) workspace: gradient of W_ih x
+    void* dghh              # (T, B, 3H) workspace: gradient of W_hh h
+    void* dln_ih            # (3H,)
+    void* dln_hh            # (3H,)

@@ -22,10 +22,12 @@ from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt, pack_nt_k,
-                      project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, release,
+                      project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
+                      release,
                       steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
+from _layernorm cimport col_grads, ln_backward, ln_normalize, zero_cols
 from _ops cimport GRUOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -458,6 +460,324 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.zoneout_p = zoneout_p
     with nogil:
         run_team(_backward_part[floating], &o, H, n_threads)
+
+
+# --- layer-normalized GRU (Ba, Kiros & Hinton 2016) ----------------------------------------------
+# Legend as above:
+#     gi = LN(W_ih x_t; g_ih) + b_ih,  gh = LN(W_hh h_{t-1}; g_hh) + b_hh      (B, G)
+#     then PyTorch's GRU: r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z),
+#     n = tanh(gi_n + r * gh_n), h_t = (1 - z) * n + z * h_{t-1}
+# each LN over a row's G features (_layernorm.pxd). The loops are shaped as lstm.pyx's
+# _forward_ln_part says (and for the same reason): the GEMM by units, a barrier, the gate pass
+# by batch rows, a barrier; the backward mirrors them (the bias and gain gradients by columns
+# at each step, see lstm.pyx).
+cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
+                                 const floating* g_hh, const floating* b_ih,
+                                 const floating* b_hh, floating* a, const floating* h_prev,
+                                 floating* hn, floating* h, floating* rstd, Py_ssize_t H,
+                                 double eps) noexcept nogil:
+    """One row: hh := vhat of W_hh h_{t-1} (in place); a = [r, z, n]; hn = gh_n (hn may be
+    hh + 2H); h = (1-z) n + z h_prev; rstd[1], unless NULL, = the rstd of hh. a must not
+    overlap hh (each loop then has few enough operands for the C compiler to vectorize it)."""
+    cdef Py_ssize_t j, k
+    cdef floating r, z, n, rs_h
+    rs_h = ln_normalize(hh, hh, 3 * H, eps)
+    for k in range(3 * H):  # gi
+        a[k] = g_ih[k] * xh[k] + b_ih[k]
+    for j in range(H):  # gh_n
+        hn[j] = g_hh[2 * H + j] * hh[2 * H + j] + b_hh[2 * H + j]
+    for j in range(H):
+        r = sigmoid(a[j] + (g_hh[j] * hh[j] + b_hh[j]))
+        z = sigmoid(a[H + j] + (g_hh[H + j] * hh[H + j] + b_hh[H + j]))
+        n = tanh_(a[2 * H + j] + r * hn[j])
+        a[j] = r
+        a[H + j] = z
+        a[2 * H + j] = n
+        h[j] = (1 - z) * n + z * h_prev[j]
+    if rstd != NULL:
+        rstd[1] = rs_h
+
+
+cdef inline void _row_backward_ln(const floating* a, const floating* hn, const floating* h_prev,
+                                  const floating* hh, const floating* g_hh, floating rs_h,
+                                  const floating* dy, floating* dh, floating* dgi, floating* dgh,
+                                  floating* dghh, Py_ssize_t H) noexcept nogil:
+    """One row's gate grads as the plain GRU's (dgi of gi, dgh of gh; dh becomes the direct
+    part z * dh_t of dh_{t-1}), then dghh = LN_hh backward(dgh), the gradient of W_hh h_{t-1}."""
+    _row_backward(a, hn, h_prev, dy, dh, dgi, dgh, H, H)
+    ln_backward(dgh, g_hh, hh, rs_h, dghh, 3 * H)
+
+
+cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                           floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef double eps = op.ln_eps
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* b_ih = <const floating*> op.bias
+    cdef const floating* b_hh = <const floating*> op.bias_hh
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* xs = <floating*> op.xs
+    cdef floating* hs = <floating*> op.hs
+    cdef floating* hns = <floating*> op.hns
+    cdef floating* rstd = <floating*> op.rstd
+    cdef floating* y = <floating*> op.y
+    cdef floating* h_n = <floating*> op.h_n
+    cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
+    cdef Py_ssize_t t, b, n, j0, j1, m, r, r0, r1, b0, b1, R, o
+    cdef floating rs
+    cdef const floating* h_prev
+    cdef floating* xs_t
+    cdef floating* hs_t
+    cdef Packed pk, pk_ih
+
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
+    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
+
+    for t in range(T):
+        n = batch_sizes[t]
+        xs_t = xs + (t if training else t % tc) * B * G
+        if t % tc == 0:
+            # xs[t'] = vhat of W_ih x[t'] for the next tc steps: the GEMM by units, the LN by rows
+            R = min(tc, T - t) * B
+            recurrent_nt_k(R, H, I, j0, j1, 3, x + t * B * I, w_ih, <floating> 0, xs_t, G,
+                           &pk_ih)
+            fr_barrier_wait(bar, size)
+            share(R, size, rank, &r0, &r1)
+            for r in range(r0, r1):
+                rs = ln_normalize(xs_t + r * G, xs_t + r * G, G, eps)
+                if training:
+                    rstd[(t * B + r) * 2] = rs
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        hs_t = hs + t * B * G if training else hs
+        # hs_t[:n, units] = h_{t-1} W_hh[units]^T; then the gate pass on this thread's rows
+        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hs_t, G, &pk)
+        fr_barrier_wait(bar, size)
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            o = t * B + b
+            if training:
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
+                                gates + o * G, h_prev + b * H, hns + o * H, y + o * H,
+                                rstd + o * 2, H, eps)
+            else:  # gates: (1, B, G); gh_n over the row's own n block of hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
+                                gates + b * G, h_prev + b * H, hs_t + b * G + 2 * H, y + o * H,
+                                NULL, H, eps)
+        if rank == 0:
+            zero_rows(y + t * B * H, n, B, H)
+        fr_barrier_wait(bar, size)
+
+    release(&pk)
+    release(&pk_ih)
+    for b in range(B if m > 0 else 0):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
+
+
+cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                            floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* xs = <const floating*> op.xs
+    cdef const floating* hs = <const floating*> op.hs
+    cdef const floating* hns = <const floating*> op.hns
+    cdef const floating* rstd = <const floating*> op.rstd
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dgi = <floating*> op.dgi
+    cdef floating* dgh = <floating*> op.dgh
+    cdef floating* dghh = <floating*> op.dghh
+    cdef floating* dgx = <floating*> op.dgx
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* db_ih = <floating*> op.db_ih
+    cdef floating* db_hh = <floating*> op.db_hh
+    cdef floating* dln_ih = <floating*> op.dln_ih
+    cdef floating* dln_hh = <floating*> op.dln_hh
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef const floating* h_prev
+    cdef Packed pk
+
+    thread_units(H, size, rank, &j0, &j1)
+    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    zero_cols(H, j0, j1, 3, db_ih)
+    zero_cols(H, j0, j1, 3, db_hh)
+    zero_cols(H, j0, j1, 3, dln_ih)
+    zero_cols(H, j0, j1, 3, dln_hh)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        o = t * B
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            _row_backward_ln(gates + (o + b) * G, hns + (o + b) * H, h_prev + b * H,
+                             hs + (o + b) * G, g_hh, rstd[(o + b) * 2 + 1], dy + (o + b) * H,
+                             dh + b * H, dgi + (o + b) * G, dgh + (o + b) * G,
+                             dghh + (o + b) * G, H)
+            # dgx = the input LN's backward of dgi
+            ln_backward(dgi + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 2],
+                        dgx + (o + b) * G, G)
+        if rank == 0:
+            zero_rows(dgi + o * G, n, B, G)
+            zero_rows(dgh + o * G, n, B, G)
+            zero_rows(dghh + o * G, n, B, G)
+            zero_rows(dgx + o * G, n, B, G)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = z * dh_t + dghh_t[:n] W_hh[:, units]   (inactive rows keep dh)
+        recurrent_nn(n, H, j0, j1, G, dghh + o * G, w_hh, <floating> 1, dh, &pk)
+        # this thread's columns of the bias and gain gradients, while the step is in cache
+        col_grads(n, H, j0, j1, 3, dgi + o * G, xs + o * G, db_ih, dln_ih)
+        col_grads(n, H, j0, j1, 3, dgh + o * G, hs + o * G, db_hh, dln_hh)
+        fr_barrier_wait(bar, size)
+
+    # The weight and input gradients, as large GEMMs over all T*B rows.
+    release(&pk)
+    weight_grad(T * B, I, H, 3, dgx, x, <floating> 0, <floating*> op.dw_ih, size, rank, ISA)
+    weight_grad(B, H, H, 3, dghh, h0, <floating> 0, <floating*> op.dw_hh, size, rank, ISA)
+    weight_grad((T - 1) * B, H, H, 3, dghh + B * G, y, <floating> 1, <floating*> op.dw_hh, size,
+                rank, ISA)
+    input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
+
+
+def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
+               const floating[:, ::1] h0,         # IN    (B, H)
+               const floating[:, ::1] w_ih,       # IN    (G, I)
+               const floating[:, ::1] w_hh,       # IN    (G, H)
+               const floating[::1] b_ih,          # IN    (G,)
+               const floating[::1] b_hh,          # IN    (G,)
+               const floating[::1] ln_ih,         # IN    (G,)
+               const floating[::1] ln_hh,         # IN    (G,)
+               double eps,
+               const int[::1] batch_sizes,        # IN    (T,) non-increasing
+               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
+               floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
+               floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
+               floating[:, :, ::1] hns,           # OUT   (T, B, H) gh_n (training)
+               floating[:, :, ::1] rstd,          # OUT   (T, B, 2) (training)
+               floating[:, :, ::1] y,             # OUT   (T, B, H)
+               floating[:, ::1] h_n,              # OUT   (B, H)
+               bint training,
+               int n_threads):
+    """Layer-normalized GRU forward over all T steps (T, B >= 1).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (3H, I)
+    w_hh : ndarray of shape (3H, H)
+    b_ih, b_hh : ndarray of shape (3H,)
+        Added after the layer norms (zeros without biases).
+    ln_ih, ln_hh : ndarray of shape (3H,)
+        Gains of LN(W_ih x) and LN(W_hh h).
+    eps : float
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written
+    xs : ndarray of shape (T, B, 3H), or (>= ring_steps(T, B), B, 3H) in inference, written:
+        the normalized W_ih x
+    hs : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written: normalized W_hh h
+    hns : ndarray of shape (T, B, H), written when training: LN(W_hh h)_n + b_hn
+    rstd : ndarray of shape (T, B, 2), written when training: 1/sqrt(var + eps) of each row
+    y : ndarray of shape (T, B, H), written
+    h_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < (T if training else 1)
+            or gates.shape[0] < (T if training else 1)
+            or (training and (hns.shape[0] < T or rstd.shape[0] < T))):
+        raise ValueError("a buffer has fewer steps than the forward writes")
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.training = training
+    o.bias = &b_ih[0]
+    o.bias_hh = &b_hh[0]
+    o.ln_eps = eps
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.gates = &gates[0, 0, 0]
+    o.xs = &xs[0, 0, 0]
+    o.hs = &hs[0, 0, 0]
+    o.hns = &hns[0, 0, 0]
+    o.rstd = &rstd[0, 0, 0]
+    o.h_n = &h_n[0, 0]
+    with nogil:
+        run_team(_forward_ln_part[floating], &o, H, n_threads)
+
+
+def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
+                const floating[:, ::1] h0,        # IN    (B, H)
+                const floating[:, ::1] w_ih,      # IN    (G, I)
+                const floating[:, ::1] w_hh,      # IN    (G, H)
+                const floating[::1] ln_ih,        # IN    (G,)
+                const floating[::1] ln_hh,        # IN    (G,)
+                const int[::1] batch_sizes,       # IN    (T,)
+                const floating[:, :, ::1] gates,  # IN    (T, B, G) from a training forward_ln
+                const floating[:, :, ::1] xs,     # IN    (T, B, G)
+                const floating[:, :, ::1] hs,     # IN    (T, B, G)
+                const floating[:, :, ::1] hns,    # IN    (T, B, H)
+                const floating[:, :, ::1] rstd,   # IN    (T, B, 2)
+                const floating[:, :, ::1] y,      # IN    (T, B, H)
+                const floating[:, :, ::1] dy,     # IN    (T, B, H)
+                floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+                floating[:, :, ::1] dgi,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgh,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dghh,         # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgx,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dx,           # OUT   (T, B, I)
+                floating[:, ::1] dw_ih,           # OUT   (G, I)
+                floating[:, ::1] dw_hh,           # OUT   (G, H)
+                floating[::1] db_ih,              # OUT   (G,)
+                floating[::1] db_hh,              # OUT   (G,)
+                floating[::1] dln_ih,             # OUT   (G,)
+                floating[::1] dln_hh,             # OUT   (G,)
+                int n_threads):
+    """Layer-normalized GRU BPTT over all T steps (T, B >= 1); see forward_ln for shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.gates = <void*> &gates[0, 0, 0]
+    o.xs = <void*> &xs[0, 0, 0]
+    o.hs = <void*> &hs[0, 0, 0]
+    o.hns = <void*> &hns[0, 0, 0]
+    o.rstd = <void*> &rstd[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dgi = &dgi[0, 0, 0]
+    o.dgh = &dgh[0, 0, 0]
+    o.dghh = &dghh[0, 0, 0]
+    o.dgx = &dgx[0, 0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db_ih = &db_ih[0]
+    o.db_hh = &db_hh[0]
+    o.dln_ih = &dln_ih[0]
+    o.dln_hh = &dln_hh[0]
+    with nogil:
+        run_team(_backward_ln_part[floating], &o, H, n_threads)
 
 
 # --- GRU with the reset gate applied before the hidden matmul (reset_after=False) ---------------

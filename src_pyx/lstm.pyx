@@ -25,8 +25,9 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
+from _layernorm cimport col_grads, ln_backward, ln_normalize, row_dot2, zero_cols
 from _ops cimport LSTMOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -635,6 +636,411 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
         o.dcs = &dcs[0, 0, 0]
     with nogil:
         run_team(_backward_part[floating], &o, H, n_threads)
+
+
+# --- layer-normalized LSTM (Ba, Kiros & Hinton 2016) ---------------------------------------------
+# Legend as above:
+#     a_t = LN(W_ih x_t; g_ih) + LN(W_hh h_{t-1}; g_hh) + b_ih + b_hh       (B, G)
+#     c_t = f * c_{t-1} + i * g;  h_t = o * tanh(LN(c_t; g_c, b_c))
+# each LN over a row's G (or H) features (_layernorm.pxd).
+#
+# Not a branch of _forward_part: a row's layer norm needs all G of its pre-activations (and all H
+# of its c_t), while the plain gate pass gives each thread a slice of units. So a step has two
+# phases: the recurrent GEMM by units into hs_t (as the plain loop), a barrier, then the gate pass
+# by batch rows (share() of the step's active rows), and a barrier before the next GEMM reads h_t.
+# W_ih x is projected per chunk of steps by units, then normalized by rows (one more barrier per
+# chunk). The backward mirrors it: the gate grads by rows with the LN backward of c and of W_hh h,
+# and of both input LNs, a barrier, dh by units and the bias and gain gradients of the thread's
+# units (col_grads: each column summed in one order, so no lock and the same bits for any thread
+# count), a barrier; after the loop the weight gradients and dx as large GEMMs.
+cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
+                                 const floating* g_hh, const floating* bias, floating* a,
+                                 const floating* c_prev, floating* c, floating* cn,
+                                 const floating* g_c, const floating* b_c, floating* h,
+                                 floating* rstd, Py_ssize_t H, double eps) noexcept nogil:
+    """One row: hh := LN's vhat of W_hh h_{t-1} (in place); a = [i, f, g, o]; c = f c_prev +
+    i g; cn = vhat of c; h = o tanh(g_c cn + b_c); rstd (3,), or NULL, receives the rstd of hh
+    and c (its [1] and [2]). a must not overlap hh, nor cn h: each loop below then has few
+    enough operands for the C compiler to vectorize it."""
+    cdef Py_ssize_t j, k, G = 4 * H
+    cdef floating i, f, g, rs_h, rs_c
+    rs_h = ln_normalize(hh, hh, G, eps)
+    for k in range(G):
+        a[k] = g_ih[k] * xh[k] + g_hh[k] * hh[k] + bias[k]
+    for j in range(H):
+        i = sigmoid(a[j])
+        f = sigmoid(a[H + j])
+        g = tanh_(a[2 * H + j])
+        a[j] = i
+        a[H + j] = f
+        a[2 * H + j] = g
+        a[3 * H + j] = sigmoid(a[3 * H + j])
+        c[j] = f * c_prev[j] + i * g
+    rs_c = ln_normalize(c, cn, H, eps)
+    for j in range(H):
+        h[j] = a[3 * H + j] * tanh_(g_c[j] * cn[j] + b_c[j])
+    if rstd != NULL:
+        rstd[1] = rs_h
+        rstd[2] = rs_c
+
+
+cdef inline void _row_backward_ln(const floating* a, const floating* c_prev, const floating* cn,
+                                  const floating* g_c, const floating* b_c, floating rs_c,
+                                  const floating* hh, const floating* g_hh, floating rs_h,
+                                  const floating* dy, floating* dh, floating* dc,
+                                  floating* da, floating* du, floating* dgh,
+                                  Py_ssize_t H) noexcept nogil:
+    """One row's gate grads: da (of the pre-activations, also b's), du (of LN(c)), dgh (of
+    W_hh h_{t-1}); dc becomes dc_{t-1}, dh becomes dh_t + dy_t (the GEMM then overwrites it).
+
+    dh = dh_t + dy_t;  u = g_c cn + b_c;  du = dh o (1 - tanh(u)^2);  da_o = dh tanh(u) o(1-o)
+    dc = dc_t + LN_c backward(du);  da_{i,f,g} as the plain LSTM;  dc_{t-1} = dc f
+    dgh = LN_hh backward(da)
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tu, dcj, m1, m2, s1, s2
+    for j in range(H):
+        dh[j] += dy[j]
+    for j in range(H):
+        o = a[3 * H + j]
+        tu = tanh_(g_c[j] * cn[j] + b_c[j])
+        du[j] = dh[j] * o * dtanh(tu)
+        da[3 * H + j] = dh[j] * tu * dsigmoid(o)
+    row_dot2(du, g_c, cn, H, &s1, &s2)
+    m1 = s1 / H
+    m2 = s2 / H
+    for j in range(H):
+        i = a[j]
+        f = a[H + j]
+        g = a[2 * H + j]
+        dcj = dc[j] + rs_c * (du[j] * g_c[j] - m1 - cn[j] * m2)
+        da[j] = dcj * g * dsigmoid(i)
+        da[H + j] = dcj * c_prev[j] * dsigmoid(f)
+        da[2 * H + j] = dcj * i * dtanh(g)
+        dc[j] = dcj * f
+    ln_backward(da, g_hh, hh, rs_h, dgh, 4 * H)
+
+
+cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                           floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef double eps = op.ln_eps
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* bias = <const floating*> op.bias
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef const floating* g_c = <const floating*> op.ln_c
+    cdef const floating* b_c = <const floating*> op.ln_c_bias
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* xs = <floating*> op.xs
+    cdef floating* hs = <floating*> op.hs
+    cdef floating* cn = <floating*> op.cn
+    cdef floating* rstd = <floating*> op.rstd
+    cdef floating* y = <floating*> op.y
+    cdef floating* cs = <floating*> op.cs
+    cdef floating* h_n = <floating*> op.h_n
+    cdef floating* c_n = <floating*> op.c_n
+    cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
+    cdef Py_ssize_t t, b, n, j0, j1, m, r, r0, r1, b0, b1, R, o
+    cdef floating rs
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef floating* c_cur
+    cdef floating* xs_t
+    cdef floating* hs_t
+    cdef Packed pk, pk_ih
+
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
+    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
+    if not training:  # one cell-state buffer, updated in place (published by the first barrier)
+        for b in range(B):
+            memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+
+    for t in range(T):
+        n = batch_sizes[t]
+        xs_t = xs + (t if training else t % tc) * B * G
+        if t % tc == 0:
+            # xs[t'] = vhat of W_ih x[t'] for the next tc steps: the GEMM by units, the LN by rows
+            R = min(tc, T - t) * B
+            recurrent_nt_k(R, H, I, j0, j1, 4, x + t * B * I, w_ih, <floating> 0, xs_t, G,
+                           &pk_ih)
+            fr_barrier_wait(bar, size)
+            share(R, size, rank, &r0, &r1)
+            for r in range(r0, r1):
+                rs = ln_normalize(xs_t + r * G, xs_t + r * G, G, eps)
+                if training:
+                    rstd[(t * B + r) * 3] = rs
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        if training:
+            hs_t = hs + t * B * G
+            c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+            c_cur = cs + t * B * H
+        else:
+            hs_t = hs
+            c_prev = cs
+            c_cur = cs
+        # hs_t[:n, units] = h_{t-1} W_hh[units]^T; then the gate pass on this thread's rows
+        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 0, hs_t, G, &pk)
+        fr_barrier_wait(bar, size)
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            o = t * B + b
+            if training:
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + o * G,
+                                c_prev + b * H, c_cur + b * H, cn + o * H, g_c, b_c, y + o * H,
+                                rstd + o * 3, H, eps)
+            else:  # gates: (1, B, G); the normalized c over the row's spent hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + b * G,
+                                c_prev + b * H, c_cur + b * H, hs_t + b * G, g_c, b_c,
+                                y + o * H, NULL, H, eps)
+        if rank == 0:
+            zero_rows(y + t * B * H, n, B, H)
+        fr_barrier_wait(bar, size)
+
+    release(&pk)
+    release(&pk_ih)
+    for b in range(B if m > 0 else 0):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
+        if training:
+            memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
+        else:
+            memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
+
+
+cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                            floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef const floating* g_c = <const floating*> op.ln_c
+    cdef const floating* b_c = <const floating*> op.ln_c_bias
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* xs = <const floating*> op.xs
+    cdef const floating* hs = <const floating*> op.hs
+    cdef const floating* cn = <const floating*> op.cn
+    cdef const floating* rstd = <const floating*> op.rstd
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* cs = <const floating*> op.cs
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dc = <floating*> op.dc
+    cdef floating* dgates = <floating*> op.dgates
+    cdef floating* dgx = <floating*> op.dgx
+    cdef floating* dgh = <floating*> op.dgh
+    cdef floating* du = <floating*> op.du
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* dw_ih = <floating*> op.dw_ih
+    cdef floating* dw_hh = <floating*> op.dw_hh
+    cdef floating* db = <floating*> op.db
+    cdef floating* dln_ih = <floating*> op.dln_ih
+    cdef floating* dln_hh = <floating*> op.dln_hh
+    cdef floating* dln_c = <floating*> op.dln_c
+    cdef floating* dln_c_bias = <floating*> op.dln_c_bias
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef const floating* c_prev
+    cdef Packed pk
+
+    thread_units(H, size, rank, &j0, &j1)
+    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    zero_cols(H, j0, j1, 4, db)
+    zero_cols(H, j0, j1, 4, dln_ih)
+    zero_cols(H, j0, j1, 4, dln_hh)
+    zero_cols(H, j0, j1, 1, dln_c)
+    zero_cols(H, j0, j1, 1, dln_c_bias)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        o = t * B
+        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
+                             rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
+                             rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
+                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
+            # dgx = the input LN's backward of da
+            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
+                        dgx + (o + b) * G, G)
+        if rank == 0:
+            zero_rows(dgates + o * G, n, B, G)
+            zero_rows(dgx + o * G, n, B, G)
+            zero_rows(dgh + o * G, n, B, G)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = dgh_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
+        recurrent_nn(n, H, j0, j1, G, dgh + o * G, w_hh, <floating> 0, dh, &pk)
+        # this thread's columns of the bias and gain gradients, while the step is in cache
+        col_grads(n, H, j0, j1, 4, dgates + o * G, xs + o * G, db, dln_ih)
+        col_grads(n, H, j0, j1, 4, dgates + o * G, hs + o * G, <floating*> NULL, dln_hh)
+        col_grads(n, H, j0, j1, 1, du + o * H, cn + o * H, dln_c_bias, dln_c)
+        fr_barrier_wait(bar, size)
+
+    # The weight and input gradients, as large GEMMs over all T*B rows.
+    release(&pk)
+    weight_grad(T * B, I, H, 4, dgx, x, <floating> 0, dw_ih, size, rank, ISA)
+    weight_grad(B, H, H, 4, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
+    weight_grad((T - 1) * B, H, H, 4, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
+
+
+def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
+               const floating[:, ::1] h0,         # IN    (B, H)
+               const floating[:, ::1] c0,         # IN    (B, H)
+               const floating[:, ::1] w_ih,       # IN    (G, I)
+               const floating[:, ::1] w_hh,       # IN    (G, H)
+               const floating[::1] bias,          # IN    (G,) b_ih + b_hh
+               const floating[::1] ln_ih,         # IN    (G,)
+               const floating[::1] ln_hh,         # IN    (G,)
+               const floating[::1] ln_c,          # IN    (H,)
+               const floating[::1] ln_c_bias,     # IN    (H,)
+               double eps,
+               const int[::1] batch_sizes,        # IN    (T,) non-increasing
+               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
+               floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
+               floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
+               floating[:, :, ::1] cn,            # OUT   (T, B, H) (training)
+               floating[:, :, ::1] rstd,          # OUT   (T, B, 3) (training)
+               floating[:, :, ::1] y,             # OUT   (T, B, H)
+               floating[:, :, ::1] cs,            # OUT   (T, B, H) or (1, B, H) in inference
+               floating[:, ::1] h_n,              # OUT   (B, H)
+               floating[:, ::1] c_n,              # OUT   (B, H)
+               bint training,
+               int n_threads):
+    """Layer-normalized LSTM forward over all T steps (T, B >= 1).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0, c0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (4H, I)
+    w_hh : ndarray of shape (4H, H)
+    bias : ndarray of shape (4H,)
+        b_ih + b_hh (added after the layer norms).
+    ln_ih, ln_hh : ndarray of shape (4H,)
+        Gains of LN(W_ih x) and LN(W_hh h).
+    ln_c, ln_c_bias : ndarray of shape (H,)
+        Gain and bias of LN(c).
+    eps : float
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written
+    xs : ndarray of shape (T, B, 4H), or (>= ring_steps(T, B), B, 4H) in inference, written:
+        the normalized W_ih x
+    hs : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written: normalized W_hh h
+    cn : ndarray of shape (T, B, H), written when training: the normalized c_t
+    rstd : ndarray of shape (T, B, 3), written when training: 1/sqrt(var + eps) of each row
+    y : ndarray of shape (T, B, H), written
+    cs : ndarray of shape (T, B, H) when training else (1, B, H), written
+    h_n, c_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef Py_ssize_t steps = T if training else 1
+    if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < steps
+            or gates.shape[0] < steps
+            or (training and (cn.shape[0] < T or rstd.shape[0] < T))):
+        raise ValueError("a buffer has fewer steps than the forward writes")
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.training = training
+    o.bias = &bias[0]
+    o.ln_eps = eps
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.ln_c = &ln_c[0]
+    o.ln_c_bias = &ln_c_bias[0]
+    o.gates = &gates[0, 0, 0]
+    o.xs = &xs[0, 0, 0]
+    o.hs = &hs[0, 0, 0]
+    o.cn = &cn[0, 0, 0]
+    o.rstd = &rstd[0, 0, 0]
+    o.cs = &cs[0, 0, 0]
+    o.h_n = &h_n[0, 0]
+    o.c_n = &c_n[0, 0]
+    with nogil:
+        run_team(_forward_ln_part[floating], &o, H, n_threads)
+
+
+def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
+                const floating[:, ::1] h0,        # IN    (B, H)
+                const floating[:, ::1] c0,        # IN    (B, H)
+                const floating[:, ::1] w_ih,      # IN    (G, I)
+                const floating[:, ::1] w_hh,      # IN    (G, H)
+                const floating[::1] ln_ih,        # IN    (G,)
+                const floating[::1] ln_hh,        # IN    (G,)
+                const floating[::1] ln_c,         # IN    (H,)
+                const floating[::1] ln_c_bias,    # IN    (H,)
+                const int[::1] batch_sizes,       # IN    (T,)
+                const floating[:, :, ::1] gates,  # IN    (T, B, G) from a training forward_ln
+                const floating[:, :, ::1] xs,     # IN    (T, B, G)
+                const floating[:, :, ::1] hs,     # IN    (T, B, G)
+                const floating[:, :, ::1] cn,     # IN    (T, B, H)
+                const floating[:, :, ::1] rstd,   # IN    (T, B, 3)
+                const floating[:, :, ::1] y,      # IN    (T, B, H)
+                const floating[:, :, ::1] cs,     # IN    (T, B, H)
+                const floating[:, :, ::1] dy,     # IN    (T, B, H)
+                floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+                floating[:, ::1] dc,              # INOUT (B, H) dc_n in, dc0 out
+                floating[:, :, ::1] dgates,       # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgx,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgh,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] du,           # OUT   (T, B, H) workspace
+                floating[:, :, ::1] dx,           # OUT   (T, B, I)
+                floating[:, ::1] dw_ih,           # OUT   (G, I)
+                floating[:, ::1] dw_hh,           # OUT   (G, H)
+                floating[::1] db,                 # OUT   (G,) gradient of b_ih (and of b_hh)
+                floating[::1] dln_ih,             # OUT   (G,)
+                floating[::1] dln_hh,             # OUT   (G,)
+                floating[::1] dln_c,              # OUT   (H,)
+                floating[::1] dln_c_bias,         # OUT   (H,)
+                int n_threads):
+    """Layer-normalized LSTM BPTT over all T steps (T, B >= 1); see forward_ln for shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.ln_c = &ln_c[0]
+    o.ln_c_bias = &ln_c_bias[0]
+    o.gates = <void*> &gates[0, 0, 0]
+    o.xs = <void*> &xs[0, 0, 0]
+    o.hs = <void*> &hs[0, 0, 0]
+    o.cn = <void*> &cn[0, 0, 0]
+    o.rstd = <void*> &rstd[0, 0, 0]
+    o.cs = <void*> &cs[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dc = &dc[0, 0]
+    o.dgates = &dgates[0, 0, 0]
+    o.dgx = &dgx[0, 0, 0]
+    o.dgh = &dgh[0, 0, 0]
+    o.du = &du[0, 0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db = &db[0]
+    o.dln_ih = &dln_ih[0]
+    o.dln_hh = &dln_hh[0]
+    o.dln_c = &dln_c[0]
+    o.dln_c_bias = &dln_c_bias[0]
+    with nogil:
+        run_team(_backward_ln_part[floating], &o, H, n_threads)
 
 
 # --- LSTM with a projection (proj_size P > 0) ----------------------------------------------------

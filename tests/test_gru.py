@@ -8,7 +8,8 @@ Gate order r, z, n, with the reset gate applied *after* the hidden matmul (PyTor
     h' = (1 - z) * n + z * h
 
 The plain cell's other properties (gradients, lengths, layouts, PyTorch parity) are in
-``test_functional.py``; the GRU's options (recurrent dropout, zoneout) are tested here.
+``test_functional.py``; the GRU's options (recurrent dropout, zoneout) are tested here, and the
+layer-normalized GRU at the end of this file.
 """
 
 from dataclasses import replace
@@ -17,12 +18,18 @@ import numpy as np
 import pytest
 from conftest import (
     FD_TOL,
+    LN_CASES,
     SPEC_BY_NAME,
     TOL,
     assert_close,
     assert_forward_close,
     assert_grads_close,
+    check_layer_norm_empty,
+    check_layer_norm_finite_differences,
+    check_layer_norm_matches_reference,
+    check_layer_norm_threads_bitwise,
     make_case,
+    make_layer_norm,
     numerical_grads,
 )
 
@@ -182,3 +189,37 @@ def test_gru_noise_is_bitwise_equal_on_one_and_two_threads(dtype_, rng):
     half = len(runs) // 2
     for a, b in zip(runs[:half], runs[half:], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer normalization (Ba, Kiros & Hinton 2016): gi = LN(W_ih x) + b_ih, gh = LN(W_hh h) + b_hh,
+# then the GRU above. The Cython kernels against the reference (fastrnn.reference.gru_forward
+# states the equations) and against finite differences; the cases are conftest's LN_CASES.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case_id", list(LN_CASES))
+def test_gru_layer_norm_matches_reference(case_id, dtype, rng):
+    check_layer_norm_matches_reference(SPEC, LN_CASES[case_id], dtype, rng)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gru_layer_norm_finite_differences(reverse, rng):
+    """Every gradient of the Cython layer-norm GRU, float64 central differences."""
+    check_layer_norm_finite_differences(SPEC, reverse, rng)
+
+
+def test_gru_layer_norm_threads_bitwise(rng):
+    """One or two threads (rows and columns shared differently) give the same bits."""
+    check_layer_norm_threads_bitwise(SPEC, rng)
+
+
+def test_gru_layer_norm_empty(rng):
+    """T == 0: the initial state passes through and every layer-norm gradient is zero."""
+    check_layer_norm_empty(SPEC, rng)
+
+
+def test_gru_layer_norm_refuses_what_its_kernel_does_not_run(rng):
+    """The Cython layer-norm GRU names the operand it cannot combine (the reference can)."""
+    case = make_case(SPEC, rng, 3, 2, 2, 4)
+    ln = make_layer_norm(SPEC, rng, 4)
+    with pytest.raises(ValueError, match="ln_ih .* cannot be combined with zoneout_h"):
+        SPEC.forward_case("cython", case, zoneout_h=0.5, **ln)

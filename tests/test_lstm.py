@@ -9,12 +9,26 @@ Gate order i, f, g, o (PyTorch's ``nn.LSTM``)::
 Every other property of the plain cell (gradients, lengths, layouts, PyTorch parity) is in
 ``test_functional.py``. The kernels' optional features (peephole, recurrent dropout, zoneout,
 every step's cell state) are tested below against ``fastrnn.reference``, whose equations are
-their spec, and by float64 finite differences through the Cython path.
+their spec, and by float64 finite differences through the Cython path; the layer-normalized
+LSTM's at the end of this file.
 """
 
 import numpy as np
 import pytest
-from conftest import FD_EPS, FD_TOL, SPEC_BY_NAME, TOL, assert_close, make_case
+from conftest import (
+    FD_EPS,
+    FD_TOL,
+    LN_CASES,
+    SPEC_BY_NAME,
+    TOL,
+    assert_close,
+    check_layer_norm_empty,
+    check_layer_norm_finite_differences,
+    check_layer_norm_matches_reference,
+    check_layer_norm_threads_bitwise,
+    make_case,
+    make_layer_norm,
+)
 
 import fastrnn
 from fastrnn import functional, reference
@@ -266,3 +280,39 @@ def test_lstm_feature_errors(rng):
         _forward(functional, case, {"zoneout_h": np.full((3, 2, 4), 2.0)})
     with pytest.raises(ValueError, match="recurrent_mask"):
         _forward(functional, case, {"recurrent_mask": np.ones((3, 4))})
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer normalization (Ba, Kiros & Hinton 2016): a = LN(W_ih x) + LN(W_hh h) + b_ih + b_hh,
+# h = o * tanh(LN(c)). The Cython kernels against the reference (fastrnn.reference.lstm_forward
+# states the equations) and against finite differences; the cases are conftest's LN_CASES.
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case_id", list(LN_CASES))
+def test_lstm_layer_norm_matches_reference(case_id, dtype, rng):
+    check_layer_norm_matches_reference(SPEC, LN_CASES[case_id], dtype, rng)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_layer_norm_finite_differences(reverse, rng):
+    """Every gradient of the Cython layer-norm LSTM, float64 central differences."""
+    check_layer_norm_finite_differences(SPEC, reverse, rng)
+
+
+def test_lstm_layer_norm_threads_bitwise(rng):
+    """One or two threads (rows and columns shared differently) give the same bits."""
+    check_layer_norm_threads_bitwise(SPEC, rng)
+
+
+def test_lstm_layer_norm_empty(rng):
+    """T == 0: the initial states pass through and every parameter gradient is zero."""
+    check_layer_norm_empty(SPEC, rng)
+
+
+def test_lstm_layer_norm_refuses_what_its_kernel_does_not_run(rng):
+    """The Cython layer-norm LSTM names the operand it cannot combine (the reference can)."""
+    case = make_case(SPEC, rng, 3, 2, 2, 4)
+    ln = make_layer_norm(SPEC, rng, 4)
+    with pytest.raises(ValueError, match="ln_ih .* cannot be combined with w_peephole"):
+        SPEC.forward_case("cython", case, w_peephole=np.zeros((3, 4)), **ln)
+    with pytest.raises(ValueError, match="cannot be combined with return_cell_states"):
+        SPEC.forward_case("cython", case, return_cell_states=True, **ln)

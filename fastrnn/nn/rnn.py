@@ -583,6 +583,14 @@ class GRU(RNNBase):
         As in :class:`RNN`.
     reset_after : bool, default=True
         Where the reset gate is applied (see above).
+    layer_norm : bool, default=False
+        Layer normalization (Ba, Kiros & Hinton 2016) of the input and recurrent
+        pre-activations: :math:`g_i = \mathrm{LN}(W_{ih} x_t; \gamma_{ih}) + b_{ih}`,
+        :math:`g_h = \mathrm{LN}(W_{hh} h_{t-1}; \gamma_{hh}) + b_{hh}`, then the gates above
+        from :math:`g_i` and :math:`g_h`, where :math:`\mathrm{LN}(v; \gamma) = \gamma \odot
+        (v - \mu(v)) / \sqrt{\sigma^2(v) + 10^{-5}}` over each row's 3H features. Adds the
+        gains ``ln_weight_ih_l{k}`` and ``ln_weight_hh_l{k}`` (3H,), initialised to ones
+        (``reset_after=True`` only; not combined with recurrent dropout or zoneout).
     recurrent_dropout, zoneout
         As in :class:`RNN` (``reset_after=True`` only); the update :math:`z_t \odot h_{t-1}`
         uses the undropped state.
@@ -612,6 +620,7 @@ class GRU(RNNBase):
         bidirectional: bool = False,
         *,
         reset_after: bool = True,
+        layer_norm: bool = False,
         recurrent_dropout: float = 0.0,
         zoneout: float = 0.0,
         dtype: Any = np.float32,
@@ -628,6 +637,7 @@ class GRU(RNNBase):
             dropout,
             bidirectional,
             reset_after=reset_after,
+            layer_norm=layer_norm,
             recurrent_dropout=recurrent_dropout,
             zoneout=zoneout,
             dtype=dtype,
