@@ -3,8 +3,8 @@
 The loss is ``<y, dy> + <h_n, dh_n> (+ <c_n, dc_n>)``, so its gradient is what
 ``stack_backward(cache, dy, dh_n, dc_n)`` returns; central differences in float64 check every
 input, initial state and weight of a 2-layer bidirectional stack with variable lengths, on both
-backends, including the LSTM projection, GRU ``reset_after=False`` and (with a re-seeded
-generator, so that every forward draws the same masks) dropout.
+backends, including the LSTM projection, GRU ``reset_after=False``, layer normalization and (with
+a re-seeded generator, so that every forward draws the same masks) dropout.
 """
 
 import numpy as np
@@ -23,6 +23,8 @@ CONFIGS = {
     "lstm_proj": {"cell": "lstm", "proj_size": 1},
     "gru": {"cell": "gru"},
     "gru_reset_before": {"cell": "gru", "reset_after": False},
+    "lstm_layer_norm": {"cell": "lstm", "layer_norm": True},
+    "gru_layer_norm": {"cell": "gru", "layer_norm": True},
 }
 
 
@@ -159,6 +161,17 @@ def test_stack_dtype_follows_the_functional_rule():
         ({"cell": "elman"}, "cell must be"),
         ({"proj_size": 1, "cell": "gru"}, "proj_size is only supported for LSTM"),
         ({"nonlinearity": "gelu"}, "nonlinearity"),
+        # combinations the layer-norm kernels do not run: refused naming both options
+        ({"cell": "lstm", "layer_norm": True, "peephole": True}, "layer_norm=True .* peephole"),
+        ({"cell": "lstm", "layer_norm": True, "zoneout": 0.1}, "layer_norm=True .* zoneout"),
+        (
+            {"cell": "lstm", "layer_norm": True, "return_cell_states": True},
+            "layer_norm=True .* return_cell_states",
+        ),
+        (
+            {"cell": "gru", "layer_norm": True, "recurrent_dropout": 0.2},
+            "layer_norm=True .* recurrent_dropout",
+        ),
     ],
 )
 def test_config_validation(kwargs, match):
