@@ -112,7 +112,13 @@ _LAYER_NORM = (
 
 #: The ONNX translation of every cell of the registry, keyed by the :class:`fastrnn.cells.Cell`.
 ONNX_CELLS: Mapping[cells.Cell, OnnxCell] = {
-    cells.RNN: OnnxCell("RNN", ("h",), rules={"nonlinearity": _rnn_activation}),
+    cells.RNN: OnnxCell(
+        "RNN",
+        ("h",),
+        rules={"nonlinearity": _rnn_activation},
+        refused={"zoneout": _ZONEOUT},
+        ignored=("recurrent_dropout",),
+    ),
     cells.LSTM: OnnxCell(
         "LSTM",
         ("i", "o", "f", "g"),
