@@ -480,8 +480,21 @@ class LSTM(RNNBase):
         :math:`o_t` adds :math:`p_o \odot c_t`, with one ``weight_peephole_l{k}`` per layer and
         direction.
     layer_norm : bool, default=False
-        Layer normalization (Ba, Kiros & Hinton) of the input and recurrent pre-activations
-        and of :math:`c_t` before its tanh, with gains and biases as parameters.
+        Layer normalization (Ba, Kiros & Hinton 2016) of the input and recurrent
+        pre-activations and of :math:`c_t` before its tanh:
+
+        .. math::
+            \begin{array}{ll}
+            a_t = \mathrm{LN}(W_{ih} x_t; \gamma_{ih}) + \mathrm{LN}(W_{hh} h_{t-1};
+            \gamma_{hh}) + b_{ih} + b_{hh} \\
+            h_t = o_t \odot \tanh(\mathrm{LN}(c_t; \gamma_c, \beta_c))
+            \end{array}
+
+        with :math:`\mathrm{LN}(v; \gamma, \beta) = \gamma \odot (v - \mu(v)) /
+        \sqrt{\sigma^2(v) + 10^{-5}} + \beta` over each row's features (4H or H), the gates
+        and :math:`c_t` as above. Adds the gains ``ln_weight_ih_l{k}``, ``ln_weight_hh_l{k}``
+        (4H,), ``ln_weight_c_l{k}`` (H,), initialised to ones, and the bias ``ln_bias_c_l{k}``
+        (H,), zeros. Not combined with peephole, recurrent dropout, zoneout or cell states.
     recurrent_dropout : float, default=0.0
         Variational dropout on :math:`h_{t-1}` where it enters :math:`W_{hh}` (Gal &
         Ghahramani): one mask per sequence, layer and direction, the same at every step;
@@ -493,7 +506,7 @@ class LSTM(RNNBase):
         ``(p_h, p_c)``.
     return_cell_states : bool, default=False
         The forward also returns the last layer's cell state at every step (see
-        :meth:`RNNBase.forward`) and the backward takes its gradient, ``dcs``.
+        :meth:`RNNBase.forward`) and the backward takes its gradient, ``dcell_states``.
     dtype, backend, seed
         As in :class:`RNN`.
 
