@@ -330,14 +330,16 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # each LN over a row's G (or H) features (_layernorm.pxd).
 #
 # Not a branch of _forward_part: a row's layer norm needs all G of its pre-activations (and all H
-# of its c_t), while the plain gate pass gives each thread a slice of units. So a step has two
-# phases: the recurrent GEMM by units into hs_t (as the plain loop), a barrier, then the gate pass
-# by batch rows (share() of the step's active rows), and a barrier before the next GEMM reads h_t.
-# W_ih x is projected per chunk of steps by units, then normalized by rows (one more barrier per
-# chunk). The backward mirrors it: the gate grads by rows with the LN backward of c and of W_hh h,
-# and of both input LNs, a barrier, dh by units and the bias and gain gradients of the thread's
-# units (col_grads: each column summed in one order, so no lock and the same bits for any thread
-# count), a barrier; after the loop the weight gradients and dx as large GEMMs.
+# of its c_t), while the plain gate pass gives each thread a slice of units. The forward is cut by
+# batch rows instead: thread r owns rows [b0, b1) at every step and computes their W_ih x_t and
+# W_hh h_{t-1} over all G columns (each thread packs all of W_ih and W_hh), their layer norms and
+# gates. A row's recurrence then never reads another thread's rows: no barrier at all in the
+# loop. (Each output element of the micro-kernels is the same sum in the same order for any
+# number of rows per call, so the bits do not depend on the team size.) The backward keeps the
+# plain cut for its GEMM, dh_{t-1} = dgh_t W_hh, by units: the gate grads by rows with the LN
+# backward of c, of W_hh h and of W_ih x, a barrier, dh and the bias and gain gradients of the
+# thread's units (col_grads: each column summed in one order, so no lock and the same bits for
+# any thread count), a barrier; after the loop the weight gradients and dx as large GEMMs.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* bias, floating* a,
                                  const floating* c_prev, floating* c, floating* cn,
@@ -432,74 +434,70 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* cs = <floating*> op.cs
     cdef floating* h_n = <floating*> op.h_n
     cdef floating* c_n = <floating*> op.c_n
-    cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, b, n, j0, j1, m, r, r0, r1, b0, b1, R, o
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n, b0, b1, e, o, k
     cdef floating rs
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef floating* c_cur
     cdef floating* xs_t
     cdef floating* hs_t
+    cdef floating* a_t
     cdef Packed pk, pk_ih
 
-    thread_units(H, size, rank, &j0, &j1)
-    m = j1 - j0
-    pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
-    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
-    if not training:  # one cell-state buffer, updated in place (published by the first barrier)
-        for b in range(B):
-            memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+    # this thread's batch rows [b0, b1), the same at every step, and all of W_hh and W_ih
+    share(B, size, rank, &b0, &b1)
+    if b1 <= b0:
+        return
+    pack_nt(&pk, ISA, H, 0, H, 4, w_hh)
+    pack_nt_k(&pk_ih, ISA, H, I, 0, H, 4, w_ih)
+    if not training:  # one cell-state buffer, updated in place
+        memcpy(cs + b0 * H, c0 + b0 * H, (b1 - b0) * H * sizeof(floating))
 
     for t in range(T):
         n = batch_sizes[t]
-        xs_t = xs + (t if training else t % tc) * B * G
-        if t % tc == 0:
-            # xs[t'] = vhat of W_ih x[t'] for the next tc steps: the GEMM by units, the LN by rows
-            R = min(tc, T - t) * B
-            recurrent_nt_k(R, H, I, j0, j1, 4, x + t * B * I, w_ih, <floating> 0, xs_t, G,
-                           &pk_ih)
-            fr_barrier_wait(bar, size)
-            share(R, size, rank, &r0, &r1)
-            for r in range(r0, r1):
-                rs = ln_normalize(xs_t + r * G, xs_t + r * G, G, eps)
-                if training:
-                    rstd[(t * B + r) * 3] = rs
+        e = min(b1, n)  # active rows [b0, e)
+        o = t * B if training else 0
+        xs_t = xs + o * G
+        hs_t = hs + o * G
+        a_t = gates + o * G
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         if training:
-            hs_t = hs + t * B * G
             c_prev = c0 if t == 0 else cs + (t - 1) * B * H
             c_cur = cs + t * B * H
         else:
-            hs_t = hs
             c_prev = cs
             c_cur = cs
-        # hs_t[:n, units] = h_{t-1} W_hh[units]^T; then the gate pass on this thread's rows
-        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 0, hs_t, G, &pk)
-        fr_barrier_wait(bar, size)
-        share(n, size, rank, &b0, &b1)
-        for b in range(b0, b1):
-            o = t * B + b
+        if e > b0:
+            # xs_t, hs_t [b0:e] = x_t W_ih^T, h_{t-1} W_hh^T; then each row's layer norms and gates
+            recurrent_nt_k(e - b0, H, I, 0, H, 4, x + (t * B + b0) * I, w_ih, <floating> 0,
+                           xs_t + b0 * G, G, &pk_ih)
+            recurrent_nt(e - b0, H, 0, H, 4, h_prev + b0 * H, w_hh, <floating> 0, hs_t + b0 * G,
+                         G, &pk)
+        for b in range(b0, e):
+            rs = ln_normalize(xs_t + b * G, xs_t + b * G, G, eps)
             if training:
-                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + o * G,
-                                c_prev + b * H, c_cur + b * H, cn + o * H, g_c, b_c, y + o * H,
-                                rstd + o * 3, H, eps)
-            else:  # gates: (1, B, G); the normalized c over the row's spent hs_t
-                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + b * G,
+                rstd[(o + b) * 3] = rs
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, a_t + b * G,
+                                c_prev + b * H, c_cur + b * H, cn + (o + b) * H, g_c, b_c,
+                                y + (t * B + b) * H, rstd + (o + b) * 3, H, eps)
+            else:  # the normalized c over the row's spent hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, a_t + b * G,
                                 c_prev + b * H, c_cur + b * H, hs_t + b * G, g_c, b_c,
-                                y + o * H, NULL, H, eps)
-        if rank == 0:
-            zero_rows(y + t * B * H, n, B, H)
-        fr_barrier_wait(bar, size)
+                                y + (t * B + b) * H, NULL, H, eps)
+        for b in range(max(e, b0), b1):
+            for k in range(H):
+                y[(t * B + b) * H + k] = 0
 
     release(&pk)
     release(&pk_ih)
-    for b in range(B if m > 0 else 0):
+    for b in range(b0, b1):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
+        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
         if training:
-            memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
+            memcpy(c_n + b * H, cs + (t * B + b) * H, H * sizeof(floating))
         else:
-            memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
+            memcpy(c_n + b * H, cs + b * H, H * sizeof(floating))
 
 
 cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
@@ -597,7 +595,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
                double eps,
                const int[::1] batch_sizes,        # IN    (T,) non-increasing
                floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
-               floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
+               floating[:, :, ::1] xs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] cn,            # OUT   (T, B, H) (training)
                floating[:, :, ::1] rstd,          # OUT   (T, B, 3) (training)
@@ -624,8 +622,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     eps : float
     batch_sizes : ndarray of shape (T,), dtype=int32
     gates : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written
-    xs : ndarray of shape (T, B, 4H), or (>= ring_steps(T, B), B, 4H) in inference, written:
-        the normalized W_ih x
+    xs : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written: the normalized W_ih x
     hs : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written: normalized W_hh h
     cn : ndarray of shape (T, B, H), written when training: the normalized c_t
     rstd : ndarray of shape (T, B, 3), written when training: 1/sqrt(var + eps) of each row
@@ -637,8 +634,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t steps = T if training else 1
-    if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < steps
-            or gates.shape[0] < steps
+    if (xs.shape[0] < steps or hs.shape[0] < steps or gates.shape[0] < steps
             or (training and (cn.shape[0] < T or rstd.shape[0] < T))):
         raise ValueError("a buffer has fewer steps than the forward writes")
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
