@@ -311,8 +311,7 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 #     then PyTorch's GRU: r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z),
 #     n = tanh(gi_n + r * gh_n), h_t = (1 - z) * n + z * h_{t-1}
 # each LN over a row's G features (_layernorm.pxd). The loops are cut as lstm.pyx's layer-norm
-# loops say (and for the same reason): the forward by batch rows, with no barrier; the backward's
-# gate pass by rows, its GEMM and the bias and gain gradients by units, two barriers a step.
+# loops say (and for the same reason): by batch rows, with no barrier in the time loop.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* b_ih,
                                  const floating* b_hh, floating* a, const floating* h_prev,
@@ -453,22 +452,19 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dln_ih = <floating*> op.dln_ih
     cdef floating* dln_hh = <floating*> op.dln_hh
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e
     cdef const floating* h_prev
     cdef Packed pk
 
-    thread_units(H, size, rank, &j0, &j1)
-    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
-    zero_cols(H, j0, j1, 3, db_ih)
-    zero_cols(H, j0, j1, 3, db_hh)
-    zero_cols(H, j0, j1, 3, dln_ih)
-    zero_cols(H, j0, j1, 3, dln_hh)
+    # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
+    share(B, size, rank, &b0, &b1)
+    pack_nn(&pk, ISA, H, 0, H, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
+        e = max(b0, min(b1, n))  # active rows [b0, e)
         o = t * B
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        share(n, size, rank, &b0, &b1)
-        for b in range(b0, b1):
+        for b in range(b0, e):
             _row_backward_ln(gates + (o + b) * G, hns + (o + b) * H, h_prev + b * H,
                              hs + (o + b) * G, g_hh, rstd[(o + b) * 2 + 1], dy + (o + b) * H,
                              dh + b * H, dgi + (o + b) * G, dgh + (o + b) * G,
@@ -476,21 +472,29 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
             # dgx = the input LN's backward of dgi
             ln_backward(dgi + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 2],
                         dgx + (o + b) * G, G)
-        if rank == 0:
-            zero_rows(dgi + o * G, n, B, G)
-            zero_rows(dgh + o * G, n, B, G)
-            zero_rows(dghh + o * G, n, B, G)
-            zero_rows(dgx + o * G, n, B, G)
-        fr_barrier_wait(bar, size)
-        # dh_{t-1}[:n, units] = z * dh_t + dghh_t[:n] W_hh[:, units]   (inactive rows keep dh)
-        recurrent_nn(n, H, j0, j1, G, dghh + o * G, w_hh, <floating> 1, dh, &pk)
-        # this thread's columns of the bias and gain gradients, while the step is in cache
+        zero_rows(dgi + o * G, e, b1, G)
+        zero_rows(dgh + o * G, e, b1, G)
+        zero_rows(dghh + o * G, e, b1, G)
+        zero_rows(dgx + o * G, e, b1, G)
+        # dh_{t-1}[b0:e] = z * dh_t + dghh_t[b0:e] W_hh   (inactive rows keep dh)
+        recurrent_nn(e - b0, H, 0, H, G, dghh + (o + b0) * G, w_hh, <floating> 1, dh + b0 * H,
+                     &pk)
+    release(&pk)
+    fr_barrier_wait(bar, size)
+
+    # this thread's columns of the bias and gain gradients, each summed in one order
+    thread_units(H, size, rank, &j0, &j1)
+    zero_cols(H, j0, j1, 3, db_ih)
+    zero_cols(H, j0, j1, 3, db_hh)
+    zero_cols(H, j0, j1, 3, dln_ih)
+    zero_cols(H, j0, j1, 3, dln_hh)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        o = t * B
         col_grads(n, H, j0, j1, 3, dgi + o * G, xs + o * G, db_ih, dln_ih)
         col_grads(n, H, j0, j1, 3, dgh + o * G, hs + o * G, db_hh, dln_hh)
-        fr_barrier_wait(bar, size)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
-    release(&pk)
     weight_grad(T * B, I, H, 3, dgx, x, <floating> 0, <floating*> op.dw_ih, size, rank, ISA)
     weight_grad(B, H, H, 3, dghh, h0, <floating> 0, <floating*> op.dw_hh, size, rank, ISA)
     weight_grad((T - 1) * B, H, H, 3, dghh + B * G, y, <floating> 1, <floating*> op.dw_hh, size,

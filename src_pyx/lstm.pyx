@@ -17,7 +17,7 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
-from _layernorm cimport col_grads, ln_backward, ln_normalize, row_dot2, zero_cols
+from _layernorm cimport col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, zero_cols
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
@@ -335,11 +335,11 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # W_hh h_{t-1} over all G columns (each thread packs all of W_ih and W_hh), their layer norms and
 # gates. A row's recurrence then never reads another thread's rows: no barrier at all in the
 # loop. (Each output element of the micro-kernels is the same sum in the same order for any
-# number of rows per call, so the bits do not depend on the team size.) The backward keeps the
-# plain cut for its GEMM, dh_{t-1} = dgh_t W_hh, by units: the gate grads by rows with the LN
-# backward of c, of W_hh h and of W_ih x, a barrier, dh and the bias and gain gradients of the
-# thread's units (col_grads: each column summed in one order, so no lock and the same bits for
-# any thread count), a barrier; after the loop the weight gradients and dx as large GEMMs.
+# number of rows per call, so the bits do not depend on the team size.) The backward is cut the
+# same way: a row's gate grads (with the LN backward of c, W_hh h and W_ih x) and its
+# dh_{t-1} = dgh_t W_hh need no other row. After the loop, one barrier, then the bias and gain
+# gradients by columns (col_grads: each column summed by one thread in one order, so no lock
+# and the same bits for any thread count), and the weight gradients and dx as large GEMMs.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* bias, floating* a,
                                  const floating* c_prev, floating* c, floating* cn,
@@ -537,12 +537,36 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dln_c = <floating*> op.dln_c
     cdef floating* dln_c_bias = <floating*> op.dln_c_bias
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e
     cdef const floating* c_prev
     cdef Packed pk
 
+    # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
+    share(B, size, rank, &b0, &b1)
+    pack_nn(&pk, ISA, H, 0, H, G, w_hh)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        e = max(b0, min(b1, n))  # active rows [b0, e)
+        o = t * B
+        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+        for b in range(b0, e):
+            _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
+                             rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
+                             rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
+                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
+            # dgx = the input LN's backward of da
+            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
+                        dgx + (o + b) * G, G)
+        zero_rows(dgates + o * G, e, b1, G)
+        zero_rows(dgx + o * G, e, b1, G)
+        zero_rows(dgh + o * G, e, b1, G)
+        # dh_{t-1}[b0:e] = dgh_t[b0:e] W_hh   (inactive rows keep the dh they carry)
+        recurrent_nn(e - b0, H, 0, H, G, dgh + (o + b0) * G, w_hh, <floating> 0, dh + b0 * H, &pk)
+    release(&pk)
+    fr_barrier_wait(bar, size)
+
+    # this thread's columns of the bias and gain gradients, each summed in one order
     thread_units(H, size, rank, &j0, &j1)
-    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     zero_cols(H, j0, j1, 4, db)
     zero_cols(H, j0, j1, 4, dln_ih)
     zero_cols(H, j0, j1, 4, dln_hh)
@@ -551,31 +575,10 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         o = t * B
-        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
-        share(n, size, rank, &b0, &b1)
-        for b in range(b0, b1):
-            _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
-                             rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
-                             rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
-                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
-            # dgx = the input LN's backward of da
-            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
-                        dgx + (o + b) * G, G)
-        if rank == 0:
-            zero_rows(dgates + o * G, n, B, G)
-            zero_rows(dgx + o * G, n, B, G)
-            zero_rows(dgh + o * G, n, B, G)
-        fr_barrier_wait(bar, size)
-        # dh_{t-1}[:n, units] = dgh_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, G, dgh + o * G, w_hh, <floating> 0, dh, &pk)
-        # this thread's columns of the bias and gain gradients, while the step is in cache
-        col_grads(n, H, j0, j1, 4, dgates + o * G, xs + o * G, db, dln_ih)
-        col_grads(n, H, j0, j1, 4, dgates + o * G, hs + o * G, <floating*> NULL, dln_hh)
+        col_grads2(n, H, j0, j1, 4, dgates + o * G, xs + o * G, hs + o * G, db, dln_ih, dln_hh)
         col_grads(n, H, j0, j1, 1, du + o * H, cn + o * H, dln_c_bias, dln_c)
-        fr_barrier_wait(bar, size)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
-    release(&pk)
     weight_grad(T * B, I, H, 4, dgx, x, <floating> 0, dw_ih, size, rank, ISA)
     weight_grad(B, H, H, 4, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
     weight_grad((T - 1) * B, H, H, 4, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
