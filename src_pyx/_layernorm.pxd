@@ -10,6 +10,33 @@
 from cython cimport floating
 from libc.math cimport sqrt
 
+from _blocks cimport Packed
+from _parallel cimport share
+
+
+# The layer-norm loops cut the batch rows among threads (lstm.pyx says why), in whole blocks of
+# ROW_BLOCK rows.
+cdef enum:
+    ROW_BLOCK = 8
+
+
+cdef inline void share_rows(Py_ssize_t B, int size, int rank, Py_ssize_t* b0,
+                            Py_ssize_t* b1) noexcept nogil:
+    """[b0, b1): rank's batch rows, whole blocks of ROW_BLOCK rows."""
+    cdef Py_ssize_t lo, hi
+    share((B + ROW_BLOCK - 1) // ROW_BLOCK, size, rank, &lo, &hi)
+    b0[0] = min(lo * ROW_BLOCK, B)
+    b1[0] = min(hi * ROW_BLOCK, B)
+
+
+cdef inline Py_ssize_t run_end(Py_ssize_t r, Py_ssize_t e, const Packed* pk) noexcept nogil:
+    """Where the GEMM call over rows [r, e) that starts at r ends: at e on the micro-kernels (an
+    output row is the same sum in the same order whatever rows share the call), else at the end
+    of r's block, so that BLAS sees the same call shapes whatever the team size."""
+    if pk.data != NULL:
+        return e
+    return min(e, (r // ROW_BLOCK + 1) * ROW_BLOCK)
+
 
 cdef extern from "_layernorm.h" nogil:
     # Row sums in 16 lanes (see _layernorm.h): vectorized, one fixed order per row.

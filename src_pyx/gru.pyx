@@ -19,9 +19,10 @@ from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, 
                       project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
                       release,
                       steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
-from _layernorm cimport col_grads, ln_backward, ln_normalize, zero_cols
+from _layernorm cimport (col_grads, ln_backward, ln_normalize, run_end, share_rows,
+                         zero_cols)
 from _ops cimport GRUOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -372,7 +373,7 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* y = <floating*> op.y
     cdef floating* h_n = <floating*> op.h_n
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, b0, b1, e, o, k
+    cdef Py_ssize_t t, b, n, b0, b1, e, o, k, r, r1
     cdef floating rs
     cdef const floating* h_prev
     cdef floating* xs_t
@@ -381,7 +382,7 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef Packed pk, pk_ih
 
     # this thread's batch rows [b0, b1), the same at every step, and all of W_hh and W_ih
-    share(B, size, rank, &b0, &b1)
+    share_rows(B, size, rank, &b0, &b1)
     if b1 <= b0:
         return
     pack_nt(&pk, ISA, H, 0, H, 3, w_hh)
@@ -395,12 +396,19 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
         hs_t = hs + o * G
         a_t = gates + o * G
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        if e > b0:
-            # xs_t, hs_t [b0:e] = x_t W_ih^T, h_{t-1} W_hh^T; then each row's layer norms and gates
-            recurrent_nt_k(e - b0, H, I, 0, H, 3, x + (t * B + b0) * I, w_ih, <floating> 0,
-                           xs_t + b0 * G, G, &pk_ih)
-            recurrent_nt(e - b0, H, 0, H, 3, h_prev + b0 * H, w_hh, <floating> 0, hs_t + b0 * G,
-                         G, &pk)
+        # xs_t, hs_t [b0:e] = x_t W_ih^T, h_{t-1} W_hh^T; then each row's layer norms and gates
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk_ih)
+            recurrent_nt_k(r1 - r, H, I, 0, H, 3, x + (t * B + r) * I, w_ih, <floating> 0,
+                           xs_t + r * G, G, &pk_ih)
+            r = r1
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nt(r1 - r, H, 0, H, 3, h_prev + r * H, w_hh, <floating> 0, hs_t + r * G, G,
+                         &pk)
+            r = r1
         for b in range(b0, e):
             rs = ln_normalize(xs_t + b * G, xs_t + b * G, G, eps)
             if training:
@@ -452,12 +460,12 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dln_ih = <floating*> op.dln_ih
     cdef floating* dln_hh = <floating*> op.dln_hh
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e, r, r1
     cdef const floating* h_prev
     cdef Packed pk
 
     # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
-    share(B, size, rank, &b0, &b1)
+    share_rows(B, size, rank, &b0, &b1)
     pack_nn(&pk, ISA, H, 0, H, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -477,8 +485,12 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
         zero_rows(dghh + o * G, e, b1, G)
         zero_rows(dgx + o * G, e, b1, G)
         # dh_{t-1}[b0:e] = z * dh_t + dghh_t[b0:e] W_hh   (inactive rows keep dh)
-        recurrent_nn(e - b0, H, 0, H, G, dghh + (o + b0) * G, w_hh, <floating> 1, dh + b0 * H,
-                     &pk)
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nn(r1 - r, H, 0, H, G, dghh + (o + r) * G, w_hh, <floating> 1, dh + r * H,
+                         &pk)
+            r = r1
     release(&pk)
     fr_barrier_wait(bar, size)
 

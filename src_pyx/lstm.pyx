@@ -17,9 +17,10 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
-from _layernorm cimport col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, zero_cols
+from _layernorm cimport (col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, run_end,
+                         share_rows, zero_cols)
 from _ops cimport LSTMOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -435,7 +436,7 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* h_n = <floating*> op.h_n
     cdef floating* c_n = <floating*> op.c_n
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, b0, b1, e, o, k
+    cdef Py_ssize_t t, b, n, b0, b1, e, o, k, r, r1
     cdef floating rs
     cdef const floating* h_prev
     cdef const floating* c_prev
@@ -446,7 +447,7 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef Packed pk, pk_ih
 
     # this thread's batch rows [b0, b1), the same at every step, and all of W_hh and W_ih
-    share(B, size, rank, &b0, &b1)
+    share_rows(B, size, rank, &b0, &b1)
     if b1 <= b0:
         return
     pack_nt(&pk, ISA, H, 0, H, 4, w_hh)
@@ -468,12 +469,19 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
         else:
             c_prev = cs
             c_cur = cs
-        if e > b0:
-            # xs_t, hs_t [b0:e] = x_t W_ih^T, h_{t-1} W_hh^T; then each row's layer norms and gates
-            recurrent_nt_k(e - b0, H, I, 0, H, 4, x + (t * B + b0) * I, w_ih, <floating> 0,
-                           xs_t + b0 * G, G, &pk_ih)
-            recurrent_nt(e - b0, H, 0, H, 4, h_prev + b0 * H, w_hh, <floating> 0, hs_t + b0 * G,
-                         G, &pk)
+        # xs_t, hs_t [b0:e] = x_t W_ih^T, h_{t-1} W_hh^T; then each row's layer norms and gates
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk_ih)
+            recurrent_nt_k(r1 - r, H, I, 0, H, 4, x + (t * B + r) * I, w_ih, <floating> 0,
+                           xs_t + r * G, G, &pk_ih)
+            r = r1
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nt(r1 - r, H, 0, H, 4, h_prev + r * H, w_hh, <floating> 0, hs_t + r * G, G,
+                         &pk)
+            r = r1
         for b in range(b0, e):
             rs = ln_normalize(xs_t + b * G, xs_t + b * G, G, eps)
             if training:
@@ -537,12 +545,12 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dln_c = <floating*> op.dln_c
     cdef floating* dln_c_bias = <floating*> op.dln_c_bias
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e, r, r1
     cdef const floating* c_prev
     cdef Packed pk
 
     # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
-    share(B, size, rank, &b0, &b1)
+    share_rows(B, size, rank, &b0, &b1)
     pack_nn(&pk, ISA, H, 0, H, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -561,7 +569,11 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
         zero_rows(dgx + o * G, e, b1, G)
         zero_rows(dgh + o * G, e, b1, G)
         # dh_{t-1}[b0:e] = dgh_t[b0:e] W_hh   (inactive rows keep the dh they carry)
-        recurrent_nn(e - b0, H, 0, H, G, dgh + (o + b0) * G, w_hh, <floating> 0, dh + b0 * H, &pk)
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nn(r1 - r, H, 0, H, G, dgh + (o + r) * G, w_hh, <floating> 0, dh + r * H, &pk)
+            r = r1
     release(&pk)
     fr_barrier_wait(bar, size)
 
