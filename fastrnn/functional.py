@@ -1003,10 +1003,10 @@ def _lstm_ln_forward(p: Prepared, training: bool, reverse: bool, return_cell_sta
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
-    # training keeps every step; inference a ring of projected rows, one step of the rest
+    # training keeps every step; inference one
     keep = T if training else 1
     gates = np.empty((keep, B, G), p.dtype)
-    xs = np.empty((T if training else _k.lstm.ring_steps(T, B), B, G), p.dtype)
+    xs = np.empty((keep, B, G), p.dtype)
     hs = np.empty((keep, B, G), p.dtype)
     cn = np.empty((keep, B, H), p.dtype)
     rstd = np.empty((keep, B, 3), p.dtype)
@@ -1113,7 +1113,7 @@ def _gru_ln_forward(p: Prepared, training: bool, options: dict[str, Any]):
     keep = T if training else 1
     b_ih, b_hh = _biases(p)
     gates = np.empty((keep, B, G), p.dtype)
-    xs = np.empty((T if training else _k.gru.ring_steps(T, B), B, G), p.dtype)
+    xs = np.empty((keep, B, G), p.dtype)
     hs = np.empty((keep, B, G), p.dtype)
     hns = np.empty((keep, B, H), p.dtype)
     rstd = np.empty((keep, B, 2), p.dtype)

@@ -10,6 +10,33 @@
 from cython cimport floating
 from libc.math cimport sqrt
 
+from _blocks cimport Packed
+from _parallel cimport share
+
+
+# The layer-norm loops cut the batch rows among threads (lstm.pyx says why), in whole blocks of
+# ROW_BLOCK rows.
+cdef enum:
+    ROW_BLOCK = 8
+
+
+cdef inline void share_rows(Py_ssize_t B, int size, int rank, Py_ssize_t* b0,
+                            Py_ssize_t* b1) noexcept nogil:
+    """[b0, b1): rank's batch rows, whole blocks of ROW_BLOCK rows."""
+    cdef Py_ssize_t lo, hi
+    share((B + ROW_BLOCK - 1) // ROW_BLOCK, size, rank, &lo, &hi)
+    b0[0] = min(lo * ROW_BLOCK, B)
+    b1[0] = min(hi * ROW_BLOCK, B)
+
+
+cdef inline Py_ssize_t run_end(Py_ssize_t r, Py_ssize_t e, const Packed* pk) noexcept nogil:
+    """Where the GEMM call over rows [r, e) that starts at r ends: at e on the micro-kernels (an
+    output row is the same sum in the same order whatever rows share the call), else at the end
+    of r's block, so that BLAS sees the same call shapes whatever the team size."""
+    if pk.data != NULL:
+        return e
+    return min(e, (r // ROW_BLOCK + 1) * ROW_BLOCK)
+
 
 cdef extern from "_layernorm.h" nogil:
     # Row sums in 16 lanes (see _layernorm.h): vectorized, one fixed order per row.
@@ -78,7 +105,7 @@ cdef inline void col_grads(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t
                            floating* db, floating* dgain) noexcept nogil:
     """For the gate columns c = g*H + [j0, j1) of one step's n rows (dg and vhat are (n, G),
     G = n_gates * H): dgain[c] += sum_b dg[b, c] vhat[b, c], and db[c] += sum_b dg[b, c] unless
-    db is NULL. Called by the thread that owns units [j0, j1) at every step, from the last step
+    db is NULL. Called by the thread that owns units [j0, j1) for every step, from the last step
     to the first: each column is summed by one thread in one order, whatever the team size."""
     cdef Py_ssize_t G = n_gates * H, m = j1 - j0
     cdef Py_ssize_t b, k, o
@@ -91,6 +118,25 @@ cdef inline void col_grads(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t
                     db[g * H + j0 + k] += dg[o + k]
             for k in range(m):
                 dgain[g * H + j0 + k] += dg[o + k] * vhat[o + k]
+
+
+cdef inline void col_grads2(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
+                            int n_gates, const floating* dg, const floating* v1,
+                            const floating* v2, floating* db, floating* dgain1,
+                            floating* dgain2) noexcept nogil:
+    """col_grads of one dg against two normalized inputs in one pass: db[c] += sum_b dg[b, c],
+    dgain1[c] += sum_b dg[b, c] v1[b, c], dgain2[c] += sum_b dg[b, c] v2[b, c]."""
+    cdef Py_ssize_t G = n_gates * H, m = j1 - j0
+    cdef Py_ssize_t b, k, o, c
+    cdef int g
+    for b in range(n):
+        for g in range(n_gates):
+            o = b * G + g * H + j0
+            c = g * H + j0
+            for k in range(m):
+                db[c + k] += dg[o + k]
+                dgain1[c + k] += dg[o + k] * v1[o + k]
+                dgain2[c + k] += dg[o + k] * v2[o + k]
 
 
 cdef inline void zero_cols(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, int n_gates,

@@ -25,9 +25,10 @@ from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, 
                       project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
                       release,
                       steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
-from _layernorm cimport col_grads, ln_backward, ln_normalize, zero_cols
+from _layernorm cimport (col_grads, ln_backward, ln_normalize, run_end, share_rows,
+                         zero_cols)
 from _ops cimport GRUOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -467,10 +468,8 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 #     gi = LN(W_ih x_t; g_ih) + b_ih,  gh = LN(W_hh h_{t-1}; g_hh) + b_hh      (B, G)
 #     then PyTorch's GRU: r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z),
 #     n = tanh(gi_n + r * gh_n), h_t = (1 - z) * n + z * h_{t-1}
-# each LN over a row's G features (_layernorm.pxd). The loops are shaped as lstm.pyx's
-# _forward_ln_part says (and for the same reason): the GEMM by units, a barrier, the gate pass
-# by batch rows, a barrier; the backward mirrors them (the bias and gain gradients by columns
-# at each step, see lstm.pyx).
+# each LN over a row's G features (_layernorm.pxd). The loops are cut as lstm.pyx's layer-norm
+# loops say (and for the same reason): by batch rows, with no barrier in the time loop.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* b_ih,
                                  const floating* b_hh, floating* a, const floating* h_prev,
@@ -530,58 +529,63 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* rstd = <floating*> op.rstd
     cdef floating* y = <floating*> op.y
     cdef floating* h_n = <floating*> op.h_n
-    cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, b, n, j0, j1, m, r, r0, r1, b0, b1, R, o
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t t, b, n, b0, b1, e, o, k, r, r1
     cdef floating rs
     cdef const floating* h_prev
     cdef floating* xs_t
     cdef floating* hs_t
+    cdef floating* a_t
     cdef Packed pk, pk_ih
 
-    thread_units(H, size, rank, &j0, &j1)
-    m = j1 - j0
-    pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
-    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
+    # this thread's batch rows [b0, b1), the same at every step, and all of W_hh and W_ih
+    share_rows(B, size, rank, &b0, &b1)
+    if b1 <= b0:
+        return
+    pack_nt(&pk, ISA, H, 0, H, 3, w_hh)
+    pack_nt_k(&pk_ih, ISA, H, I, 0, H, 3, w_ih)
 
     for t in range(T):
         n = batch_sizes[t]
-        xs_t = xs + (t if training else t % tc) * B * G
-        if t % tc == 0:
-            # xs[t'] = vhat of W_ih x[t'] for the next tc steps: the GEMM by units, the LN by rows
-            R = min(tc, T - t) * B
-            recurrent_nt_k(R, H, I, j0, j1, 3, x + t * B * I, w_ih, <floating> 0, xs_t, G,
-                           &pk_ih)
-            fr_barrier_wait(bar, size)
-            share(R, size, rank, &r0, &r1)
-            for r in range(r0, r1):
-                rs = ln_normalize(xs_t + r * G, xs_t + r * G, G, eps)
-                if training:
-                    rstd[(t * B + r) * 2] = rs
+        e = min(b1, n)  # active rows [b0, e)
+        o = t * B if training else 0
+        xs_t = xs + o * G
+        hs_t = hs + o * G
+        a_t = gates + o * G
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        hs_t = hs + t * B * G if training else hs
-        # hs_t[:n, units] = h_{t-1} W_hh[units]^T; then the gate pass on this thread's rows
-        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hs_t, G, &pk)
-        fr_barrier_wait(bar, size)
-        share(n, size, rank, &b0, &b1)
-        for b in range(b0, b1):
-            o = t * B + b
+        # xs_t, hs_t [b0:e] = x_t W_ih^T, h_{t-1} W_hh^T; then each row's layer norms and gates
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk_ih)
+            recurrent_nt_k(r1 - r, H, I, 0, H, 3, x + (t * B + r) * I, w_ih, <floating> 0,
+                           xs_t + r * G, G, &pk_ih)
+            r = r1
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nt(r1 - r, H, 0, H, 3, h_prev + r * H, w_hh, <floating> 0, hs_t + r * G, G,
+                         &pk)
+            r = r1
+        for b in range(b0, e):
+            rs = ln_normalize(xs_t + b * G, xs_t + b * G, G, eps)
             if training:
-                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
-                                gates + o * G, h_prev + b * H, hns + o * H, y + o * H,
-                                rstd + o * 2, H, eps)
-            else:  # gates: (1, B, G); gh_n over the row's own n block of hs_t
-                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
-                                gates + b * G, h_prev + b * H, hs_t + b * G + 2 * H, y + o * H,
-                                NULL, H, eps)
-        if rank == 0:
-            zero_rows(y + t * B * H, n, B, H)
-        fr_barrier_wait(bar, size)
+                rstd[(o + b) * 2] = rs
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh, a_t + b * G,
+                                h_prev + b * H, hns + (o + b) * H, y + (t * B + b) * H,
+                                rstd + (o + b) * 2, H, eps)
+            else:  # gh_n over the row's own n block of hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh, a_t + b * G,
+                                h_prev + b * H, hs_t + b * G + 2 * H, y + (t * B + b) * H, NULL,
+                                H, eps)
+        for b in range(max(e, b0), b1):
+            for k in range(H):
+                y[(t * B + b) * H + k] = 0
 
     release(&pk)
     release(&pk_ih)
-    for b in range(B if m > 0 else 0):
+    for b in range(b0, b1):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
+        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
 
 
 cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
@@ -613,22 +617,19 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dln_ih = <floating*> op.dln_ih
     cdef floating* dln_hh = <floating*> op.dln_hh
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e, r, r1
     cdef const floating* h_prev
     cdef Packed pk
 
-    thread_units(H, size, rank, &j0, &j1)
-    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
-    zero_cols(H, j0, j1, 3, db_ih)
-    zero_cols(H, j0, j1, 3, db_hh)
-    zero_cols(H, j0, j1, 3, dln_ih)
-    zero_cols(H, j0, j1, 3, dln_hh)
+    # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
+    share_rows(B, size, rank, &b0, &b1)
+    pack_nn(&pk, ISA, H, 0, H, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
+        e = max(b0, min(b1, n))  # active rows [b0, e)
         o = t * B
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        share(n, size, rank, &b0, &b1)
-        for b in range(b0, b1):
+        for b in range(b0, e):
             _row_backward_ln(gates + (o + b) * G, hns + (o + b) * H, h_prev + b * H,
                              hs + (o + b) * G, g_hh, rstd[(o + b) * 2 + 1], dy + (o + b) * H,
                              dh + b * H, dgi + (o + b) * G, dgh + (o + b) * G,
@@ -636,21 +637,33 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
             # dgx = the input LN's backward of dgi
             ln_backward(dgi + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 2],
                         dgx + (o + b) * G, G)
-        if rank == 0:
-            zero_rows(dgi + o * G, n, B, G)
-            zero_rows(dgh + o * G, n, B, G)
-            zero_rows(dghh + o * G, n, B, G)
-            zero_rows(dgx + o * G, n, B, G)
-        fr_barrier_wait(bar, size)
-        # dh_{t-1}[:n, units] = z * dh_t + dghh_t[:n] W_hh[:, units]   (inactive rows keep dh)
-        recurrent_nn(n, H, j0, j1, G, dghh + o * G, w_hh, <floating> 1, dh, &pk)
-        # this thread's columns of the bias and gain gradients, while the step is in cache
+        zero_rows(dgi + o * G, e, b1, G)
+        zero_rows(dgh + o * G, e, b1, G)
+        zero_rows(dghh + o * G, e, b1, G)
+        zero_rows(dgx + o * G, e, b1, G)
+        # dh_{t-1}[b0:e] = z * dh_t + dghh_t[b0:e] W_hh   (inactive rows keep dh)
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nn(r1 - r, H, 0, H, G, dghh + (o + r) * G, w_hh, <floating> 1, dh + r * H,
+                         &pk)
+            r = r1
+    release(&pk)
+    fr_barrier_wait(bar, size)
+
+    # this thread's columns of the bias and gain gradients, each summed in one order
+    thread_units(H, size, rank, &j0, &j1)
+    zero_cols(H, j0, j1, 3, db_ih)
+    zero_cols(H, j0, j1, 3, db_hh)
+    zero_cols(H, j0, j1, 3, dln_ih)
+    zero_cols(H, j0, j1, 3, dln_hh)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        o = t * B
         col_grads(n, H, j0, j1, 3, dgi + o * G, xs + o * G, db_ih, dln_ih)
         col_grads(n, H, j0, j1, 3, dgh + o * G, hs + o * G, db_hh, dln_hh)
-        fr_barrier_wait(bar, size)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
-    release(&pk)
     weight_grad(T * B, I, H, 3, dgx, x, <floating> 0, <floating*> op.dw_ih, size, rank, ISA)
     weight_grad(B, H, H, 3, dghh, h0, <floating> 0, <floating*> op.dw_hh, size, rank, ISA)
     weight_grad((T - 1) * B, H, H, 3, dghh + B * G, y, <floating> 1, <floating*> op.dw_hh, size,
@@ -669,7 +682,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
                double eps,
                const int[::1] batch_sizes,        # IN    (T,) non-increasing
                floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
-               floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
+               floating[:, :, ::1] xs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] hns,           # OUT   (T, B, H) gh_n (training)
                floating[:, :, ::1] rstd,          # OUT   (T, B, 2) (training)
@@ -692,8 +705,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     eps : float
     batch_sizes : ndarray of shape (T,), dtype=int32
     gates : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written
-    xs : ndarray of shape (T, B, 3H), or (>= ring_steps(T, B), B, 3H) in inference, written:
-        the normalized W_ih x
+    xs : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written: the normalized W_ih x
     hs : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written: normalized W_hh h
     hns : ndarray of shape (T, B, H), written when training: LN(W_hh h)_n + b_hn
     rstd : ndarray of shape (T, B, 2), written when training: 1/sqrt(var + eps) of each row
@@ -703,8 +715,8 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     n_threads : int
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
-    if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < (T if training else 1)
-            or gates.shape[0] < (T if training else 1)
+    cdef Py_ssize_t steps = T if training else 1
+    if (xs.shape[0] < steps or hs.shape[0] < steps or gates.shape[0] < steps
             or (training and (hns.shape[0] < T or rstd.shape[0] < T))):
         raise ValueError("a buffer has fewer steps than the forward writes")
     cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],

@@ -25,9 +25,10 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
-from _layernorm cimport col_grads, ln_backward, ln_normalize, row_dot2, zero_cols
+from _layernorm cimport (col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, run_end,
+                         share_rows, zero_cols)
 from _ops cimport LSTMOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -645,14 +646,16 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # each LN over a row's G (or H) features (_layernorm.pxd).
 #
 # Not a branch of _forward_part: a row's layer norm needs all G of its pre-activations (and all H
-# of its c_t), while the plain gate pass gives each thread a slice of units. So a step has two
-# phases: the recurrent GEMM by units into hs_t (as the plain loop), a barrier, then the gate pass
-# by batch rows (share() of the step's active rows), and a barrier before the next GEMM reads h_t.
-# W_ih x is projected per chunk of steps by units, then normalized by rows (one more barrier per
-# chunk). The backward mirrors it: the gate grads by rows with the LN backward of c and of W_hh h,
-# and of both input LNs, a barrier, dh by units and the bias and gain gradients of the thread's
-# units (col_grads: each column summed in one order, so no lock and the same bits for any thread
-# count), a barrier; after the loop the weight gradients and dx as large GEMMs.
+# of its c_t), while the plain gate pass gives each thread a slice of units. The forward is cut by
+# batch rows instead: thread r owns rows [b0, b1) at every step and computes their W_ih x_t and
+# W_hh h_{t-1} over all G columns (each thread packs all of W_ih and W_hh), their layer norms and
+# gates. A row's recurrence then never reads another thread's rows: no barrier at all in the
+# loop. (Each output element of the micro-kernels is the same sum in the same order for any
+# number of rows per call, so the bits do not depend on the team size.) The backward is cut the
+# same way: a row's gate grads (with the LN backward of c, W_hh h and W_ih x) and its
+# dh_{t-1} = dgh_t W_hh need no other row. After the loop, one barrier, then the bias and gain
+# gradients by columns (col_grads: each column summed by one thread in one order, so no lock
+# and the same bits for any thread count), and the weight gradients and dx as large GEMMs.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* bias, floating* a,
                                  const floating* c_prev, floating* c, floating* cn,
@@ -747,74 +750,77 @@ cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* cs = <floating*> op.cs
     cdef floating* h_n = <floating*> op.h_n
     cdef floating* c_n = <floating*> op.c_n
-    cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, b, n, j0, j1, m, r, r0, r1, b0, b1, R, o
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n, b0, b1, e, o, k, r, r1
     cdef floating rs
     cdef const floating* h_prev
     cdef const floating* c_prev
     cdef floating* c_cur
     cdef floating* xs_t
     cdef floating* hs_t
+    cdef floating* a_t
     cdef Packed pk, pk_ih
 
-    thread_units(H, size, rank, &j0, &j1)
-    m = j1 - j0
-    pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
-    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
-    if not training:  # one cell-state buffer, updated in place (published by the first barrier)
-        for b in range(B):
-            memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+    # this thread's batch rows [b0, b1), the same at every step, and all of W_hh and W_ih
+    share_rows(B, size, rank, &b0, &b1)
+    if b1 <= b0:
+        return
+    pack_nt(&pk, ISA, H, 0, H, 4, w_hh)
+    pack_nt_k(&pk_ih, ISA, H, I, 0, H, 4, w_ih)
+    if not training:  # one cell-state buffer, updated in place
+        memcpy(cs + b0 * H, c0 + b0 * H, (b1 - b0) * H * sizeof(floating))
 
     for t in range(T):
         n = batch_sizes[t]
-        xs_t = xs + (t if training else t % tc) * B * G
-        if t % tc == 0:
-            # xs[t'] = vhat of W_ih x[t'] for the next tc steps: the GEMM by units, the LN by rows
-            R = min(tc, T - t) * B
-            recurrent_nt_k(R, H, I, j0, j1, 4, x + t * B * I, w_ih, <floating> 0, xs_t, G,
-                           &pk_ih)
-            fr_barrier_wait(bar, size)
-            share(R, size, rank, &r0, &r1)
-            for r in range(r0, r1):
-                rs = ln_normalize(xs_t + r * G, xs_t + r * G, G, eps)
-                if training:
-                    rstd[(t * B + r) * 3] = rs
+        e = min(b1, n)  # active rows [b0, e)
+        o = t * B if training else 0
+        xs_t = xs + o * G
+        hs_t = hs + o * G
+        a_t = gates + o * G
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         if training:
-            hs_t = hs + t * B * G
             c_prev = c0 if t == 0 else cs + (t - 1) * B * H
             c_cur = cs + t * B * H
         else:
-            hs_t = hs
             c_prev = cs
             c_cur = cs
-        # hs_t[:n, units] = h_{t-1} W_hh[units]^T; then the gate pass on this thread's rows
-        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 0, hs_t, G, &pk)
-        fr_barrier_wait(bar, size)
-        share(n, size, rank, &b0, &b1)
-        for b in range(b0, b1):
-            o = t * B + b
+        # xs_t, hs_t [b0:e] = x_t W_ih^T, h_{t-1} W_hh^T; then each row's layer norms and gates
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk_ih)
+            recurrent_nt_k(r1 - r, H, I, 0, H, 4, x + (t * B + r) * I, w_ih, <floating> 0,
+                           xs_t + r * G, G, &pk_ih)
+            r = r1
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nt(r1 - r, H, 0, H, 4, h_prev + r * H, w_hh, <floating> 0, hs_t + r * G, G,
+                         &pk)
+            r = r1
+        for b in range(b0, e):
+            rs = ln_normalize(xs_t + b * G, xs_t + b * G, G, eps)
             if training:
-                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + o * G,
-                                c_prev + b * H, c_cur + b * H, cn + o * H, g_c, b_c, y + o * H,
-                                rstd + o * 3, H, eps)
-            else:  # gates: (1, B, G); the normalized c over the row's spent hs_t
-                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + b * G,
+                rstd[(o + b) * 3] = rs
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, a_t + b * G,
+                                c_prev + b * H, c_cur + b * H, cn + (o + b) * H, g_c, b_c,
+                                y + (t * B + b) * H, rstd + (o + b) * 3, H, eps)
+            else:  # the normalized c over the row's spent hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, a_t + b * G,
                                 c_prev + b * H, c_cur + b * H, hs_t + b * G, g_c, b_c,
-                                y + o * H, NULL, H, eps)
-        if rank == 0:
-            zero_rows(y + t * B * H, n, B, H)
-        fr_barrier_wait(bar, size)
+                                y + (t * B + b) * H, NULL, H, eps)
+        for b in range(max(e, b0), b1):
+            for k in range(H):
+                y[(t * B + b) * H + k] = 0
 
     release(&pk)
     release(&pk_ih)
-    for b in range(B if m > 0 else 0):
+    for b in range(b0, b1):
         t = last_step(batch_sizes, T, b)
-        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
+        memcpy(h_n + b * H, y + (t * B + b) * H, H * sizeof(floating))
         if training:
-            memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
+            memcpy(c_n + b * H, cs + (t * B + b) * H, H * sizeof(floating))
         else:
-            memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
+            memcpy(c_n + b * H, cs + b * H, H * sizeof(floating))
 
 
 cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
@@ -854,12 +860,40 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef floating* dln_c = <floating*> op.dln_c
     cdef floating* dln_c_bias = <floating*> op.dln_c_bias
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e, r, r1
     cdef const floating* c_prev
     cdef Packed pk
 
+    # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
+    share_rows(B, size, rank, &b0, &b1)
+    pack_nn(&pk, ISA, H, 0, H, G, w_hh)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        e = max(b0, min(b1, n))  # active rows [b0, e)
+        o = t * B
+        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+        for b in range(b0, e):
+            _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
+                             rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
+                             rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
+                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
+            # dgx = the input LN's backward of da
+            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
+                        dgx + (o + b) * G, G)
+        zero_rows(dgates + o * G, e, b1, G)
+        zero_rows(dgx + o * G, e, b1, G)
+        zero_rows(dgh + o * G, e, b1, G)
+        # dh_{t-1}[b0:e] = dgh_t[b0:e] W_hh   (inactive rows keep the dh they carry)
+        r = b0
+        while r < e:
+            r1 = run_end(r, e, &pk)
+            recurrent_nn(r1 - r, H, 0, H, G, dgh + (o + r) * G, w_hh, <floating> 0, dh + r * H, &pk)
+            r = r1
+    release(&pk)
+    fr_barrier_wait(bar, size)
+
+    # this thread's columns of the bias and gain gradients, each summed in one order
     thread_units(H, size, rank, &j0, &j1)
-    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     zero_cols(H, j0, j1, 4, db)
     zero_cols(H, j0, j1, 4, dln_ih)
     zero_cols(H, j0, j1, 4, dln_hh)
@@ -868,31 +902,10 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         o = t * B
-        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
-        share(n, size, rank, &b0, &b1)
-        for b in range(b0, b1):
-            _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
-                             rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
-                             rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
-                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
-            # dgx = the input LN's backward of da
-            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
-                        dgx + (o + b) * G, G)
-        if rank == 0:
-            zero_rows(dgates + o * G, n, B, G)
-            zero_rows(dgx + o * G, n, B, G)
-            zero_rows(dgh + o * G, n, B, G)
-        fr_barrier_wait(bar, size)
-        # dh_{t-1}[:n, units] = dgh_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, G, dgh + o * G, w_hh, <floating> 0, dh, &pk)
-        # this thread's columns of the bias and gain gradients, while the step is in cache
-        col_grads(n, H, j0, j1, 4, dgates + o * G, xs + o * G, db, dln_ih)
-        col_grads(n, H, j0, j1, 4, dgates + o * G, hs + o * G, <floating*> NULL, dln_hh)
+        col_grads2(n, H, j0, j1, 4, dgates + o * G, xs + o * G, hs + o * G, db, dln_ih, dln_hh)
         col_grads(n, H, j0, j1, 1, du + o * H, cn + o * H, dln_c_bias, dln_c)
-        fr_barrier_wait(bar, size)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
-    release(&pk)
     weight_grad(T * B, I, H, 4, dgx, x, <floating> 0, dw_ih, size, rank, ISA)
     weight_grad(B, H, H, 4, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
     weight_grad((T - 1) * B, H, H, 4, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
@@ -912,7 +925,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
                double eps,
                const int[::1] batch_sizes,        # IN    (T,) non-increasing
                floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
-               floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
+               floating[:, :, ::1] xs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
                floating[:, :, ::1] cn,            # OUT   (T, B, H) (training)
                floating[:, :, ::1] rstd,          # OUT   (T, B, 3) (training)
@@ -939,8 +952,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     eps : float
     batch_sizes : ndarray of shape (T,), dtype=int32
     gates : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written
-    xs : ndarray of shape (T, B, 4H), or (>= ring_steps(T, B), B, 4H) in inference, written:
-        the normalized W_ih x
+    xs : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written: the normalized W_ih x
     hs : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written: normalized W_hh h
     cn : ndarray of shape (T, B, H), written when training: the normalized c_t
     rstd : ndarray of shape (T, B, 3), written when training: 1/sqrt(var + eps) of each row
@@ -952,8 +964,7 @@ def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef Py_ssize_t steps = T if training else 1
-    if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < steps
-            or gates.shape[0] < steps
+    if (xs.shape[0] < steps or hs.shape[0] < steps or gates.shape[0] < steps
             or (training and (cn.shape[0] < T or rstd.shape[0] < T))):
         raise ValueError("a buffer has fewer steps than the forward writes")
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],

@@ -365,19 +365,24 @@ def check_layer_norm_finite_differences(spec: CellSpec, reverse: bool, rng) -> N
         assert_close(getattr(grads, name), g, name, **FD_TOL)
 
 
-def check_layer_norm_threads_bitwise(spec: CellSpec, rng) -> None:
-    """One or two threads (batch rows and hidden units shared differently) give the same bits."""
-    case = make_case(spec, rng, 9, 6, 8, 136, np.float32, lengths="random")
+def check_layer_norm_threads_bitwise(spec: CellSpec, rng, isa: str) -> None:
+    """One or two threads (batch rows and hidden units shared differently) give the same bits,
+    on the instruction set ``isa`` (``"blas"``: every GEMM through BLAS)."""
+    from fastrnn import _isa
+
+    case = make_case(spec, rng, 9, 19, 8, 136, np.float32, lengths="random")
     ln = make_layer_norm(spec, rng, 136, np.float32)
-    before = fastrnn.get_num_threads()
+    before, isa_before = fastrnn.get_num_threads(), _isa.get_isa()
     out = []
     try:
+        _isa.set_isa(isa)
         for n in (1, 2):
             fastrnn.set_num_threads(n)
             fwd = spec.forward_case("cython", case, **ln)
             out.append((fwd, spec.backward_case("cython", fwd.cache, case)))
     finally:
         fastrnn.set_num_threads(before)
+        _isa.set_isa(isa_before)
     (f1, g1), (f2, g2) = out
     for name in spec.output_names():
         np.testing.assert_array_equal(getattr(f1, name), getattr(f2, name), err_msg=name)

@@ -34,6 +34,7 @@ from conftest import (
 )
 
 import fastrnn
+from fastrnn._isa import available_isas
 
 SPEC = SPEC_BY_NAME["gru"]
 
@@ -216,9 +217,10 @@ def test_gru_layer_norm_finite_differences(reverse, rng):
     check_layer_norm_finite_differences(SPEC, reverse, rng)
 
 
-def test_gru_layer_norm_threads_bitwise(rng):
+@pytest.mark.parametrize("isa", available_isas())
+def test_gru_layer_norm_threads_bitwise(rng, isa):
     """One or two threads (rows and columns shared differently) give the same bits."""
-    check_layer_norm_threads_bitwise(SPEC, rng)
+    check_layer_norm_threads_bitwise(SPEC, rng, isa)
 
 
 def test_gru_layer_norm_empty(rng):

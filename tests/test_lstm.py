@@ -32,6 +32,7 @@ from conftest import (
 
 import fastrnn
 from fastrnn import functional, reference
+from fastrnn._isa import available_isas
 
 SPEC = SPEC_BY_NAME["lstm"]
 
@@ -298,9 +299,10 @@ def test_lstm_layer_norm_finite_differences(reverse, rng):
     check_layer_norm_finite_differences(SPEC, reverse, rng)
 
 
-def test_lstm_layer_norm_threads_bitwise(rng):
+@pytest.mark.parametrize("isa", available_isas())
+def test_lstm_layer_norm_threads_bitwise(rng, isa):
     """One or two threads (rows and columns shared differently) give the same bits."""
-    check_layer_norm_threads_bitwise(SPEC, rng)
+    check_layer_norm_threads_bitwise(SPEC, rng, isa)
 
 
 def test_lstm_layer_norm_empty(rng):
