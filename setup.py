@@ -8,6 +8,8 @@
   that sanitizer; run Python with ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)`` and
   ``ASAN_OPTIONS=detect_leaks=0`` (.ci/debug-build does).
 * ``FASTRNN_NO_OPENMP=1`` builds without OpenMP; so does a compiler that fails the probe.
+* ``FASTRNN_BUILD_JOBS``: how many extensions compile at once (default: the CPUs this process may
+  use); ``build_ext -j N`` on the command line overrides it.
 * ``FASTRNN_VARIANTS``: the cell kernels are also compiled for newer x86-64 levels, as modules
   ``fastrnn._kernels.<cell>_<isa>`` that ``fastrnn._isa`` picks at import when the CPU runs them
   (the gate loops and copies then use the wider vectors). Default ``avx512,avx2`` on x86-64
@@ -204,7 +206,29 @@ for isa, flags in _variants():
         for cell in CELLS
     ]
 
+
+def _jobs():
+    """Parallel compile jobs: FASTRNN_BUILD_JOBS, or the CPUs this process may run on."""
+    value = os.environ.get("FASTRNN_BUILD_JOBS", "")
+    if value:
+        try:
+            jobs = int(value)
+        except ValueError:
+            jobs = 0
+        if jobs < 1:
+            raise SystemExit(f"FASTRNN_BUILD_JOBS must be a positive integer, got {value!r}")
+        return jobs
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+JOBS = _jobs()
+
 setup(
+    # compile the extensions in parallel (pip and PEP 517 builds pass no -j)
+    options={"build_ext": {"parallel": JOBS}},
     ext_modules=cythonize(
         extensions,
         # "." finds fastrnn/_kernels/<cell>.pxd: the C API of module fastrnn._kernels.<cell>
@@ -212,5 +236,6 @@ setup(
         # The C that Cython writes depends on the directives: keep the debug build's apart.
         build_dir="build/cython-debug" if DEBUG else "build/cython",
         compiler_directives=directives,
+        nthreads=JOBS if JOBS > 1 and sys.platform == "linux" else 0,  # fork, not spawn
     ),
 )
