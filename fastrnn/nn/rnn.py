@@ -316,6 +316,85 @@ class RNNBase(Module):
             dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, dh0 if dc0 is None else (dh0, dc0)
 
+    # -- streaming -----------------------------------------------------------------------------
+    def step(self, x: Any, state: Any = None) -> tuple[np.ndarray, State]:
+        """Advance every layer by one time step (or a short chunk of steps), for streaming.
+
+        Feeding a sequence through ``step`` piece by piece, each call given the state the
+        previous one returned, gives the outputs and final state of one :meth:`forward` over
+        the whole sequence, bit for bit. ``step`` is inference: it applies no dropout and keeps
+        nothing for :meth:`backward`, in training mode too. It skips what a step does not need
+        (``lengths``, the direction split, the stack's re-validation of every weight), so a
+        call with B = 1 costs little more than its arithmetic.
+
+        Parameters
+        ----------
+        x : array_like of shape (B, input_size), or a chunk (K, B, input_size)
+            One step of a batch of streams, or K steps, time-major ((B, K, input_size) with
+            ``batch_first``). Converted to the layer's dtype.
+        state : array_like of shape (L, B, R), a tuple ``(h, c)`` for LSTM, or None
+            The state the previous call returned (``h``: (L, B, R), ``c``: (L, B, H)); None
+            (or a None member of the LSTM tuple) for zeros, the start of the streams.
+
+        Returns
+        -------
+        y : ndarray of shape (B, R), or (K, B, R) for a chunk ((B, K, R) with batch_first)
+            The last layer's output at the step(s).
+        state : ndarray of shape (L, B, R), or a tuple ``(h, c)`` for LSTM
+            The state after the last step; pass it to the next call.
+
+        Raises
+        ------
+        ValueError
+            For a bidirectional layer (its reverse direction starts from the end of the
+            sequence, which a stream has not seen), or when a shape is wrong (naming it).
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}.step needs a unidirectional layer: the reverse direction "
+                "of a bidirectional layer reads each sequence from its end, which a stream has "
+                "not seen yet; call forward on whole sequences instead"
+            )
+        dt = self.dtype
+        x = as_real_array(x, "x", dt)
+        if x.ndim == 2:
+            xt = x[None]
+        elif x.ndim == 3:
+            xt = x.transpose(1, 0, 2) if self.batch_first else x
+        else:
+            raise ValueError(
+                "x must be 2-D (B, input_size) for one step or 3-D (K, B, input_size) for a "
+                f"chunk ((B, K, input_size) with batch_first); got shape {x.shape}"
+            )
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have input_size={self.input_size} features in its last axis, "
+                f"got shape {x.shape}"
+            )
+        batch = xt.shape[1]
+        h0, c0 = self._split_state(state, "state")
+        init = [
+            self._as_state(h0, "h", "h", batch),
+            self._as_state(c0, "c", "c", batch),
+        ][: len(self._config.spec.states)]
+        cfg = self._config
+        fwd, _ = cfg.spec.functions(cfg.backend)
+        options = cfg.spec.functional_options(cfg.options)
+        params = cfg.params()
+        inp = xt
+        finals: list[list[np.ndarray]] = [[] for _ in init]
+        for layer in range(cfg.num_layers):
+            kw = {p.arg: self._parameters[f"{p.name}_l{layer}"].data for p in params}
+            states = [None if s is None else s[layer] for s in init]
+            inp, *outs, _ = fwd(inp, *states, training=False, **kw, **options)
+            for f, s in zip(finals, outs, strict=True):
+                f.append(s)
+        h_n, *others = (np.stack(f) for f in finals)
+        y = inp[0] if x.ndim == 2 else inp
+        if x.ndim == 3 and self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n if not others else (h_n, others[0])
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults = self._config.spec.option_defaults()
