@@ -37,7 +37,7 @@ from fastrnn.nn.module import Module
 from fastrnn.optim.lr_scheduler import LRScheduler
 from fastrnn.optim.optimizer import Optimizer
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "read_extra", "save_checkpoint"]
 
 FORMAT = "fastrnn-checkpoint"
 #: Version 2 added the scheduler and the generator states; version 1 files still load.
@@ -421,3 +421,24 @@ def load_checkpoint(
         set_rng_state(seed_state)
     model.load_state_dict(saved)
     return extra
+
+
+def read_extra(path: PathLike) -> dict[str, Any]:
+    """The ``extra`` values of a checkpoint, without loading it into a model.
+
+    For what must be known before the model is built: the sizes it was saved with, its
+    vocabulary. Checks the file as :func:`load_checkpoint` does (``ValueError`` for a file
+    that is not a fastrnn checkpoint).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict
+        The keyword arguments ``save_checkpoint`` was given as ``**extra``.
+    """
+    meta, arrays = _read(os.fspath(path))
+    extra = _decode(meta.get("extra", {"__dict__": []}), arrays)
+    return dict(extra) if isinstance(extra, dict) else {}
