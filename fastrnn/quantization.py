@@ -321,8 +321,18 @@ class QuantizedRNNBase(_QuantizedModule):
                 gx = w_ih.matmul(xin.reshape(T * B, -1), bx).reshape(T, B, -1)
                 y = np.empty((T, B, H), np.float32)
                 c = None if c0 is None else c0[idx].copy()
-                q.forward(gx, w_hh.data, w_hh.colsum, w_hh.scale, b_hn,
-                          np.ascontiguousarray(h0[idx]), c, y, self._code, get_num_threads())
+                q.forward(
+                    gx,
+                    w_hh.data,
+                    w_hh.colsum,
+                    w_hh.scale,
+                    b_hn,
+                    np.ascontiguousarray(h0[idx]),
+                    c,
+                    y,
+                    self._code,
+                    get_num_threads(),
+                )
                 hs.append(y[-1])
                 if c is not None:
                     cs.append(c)

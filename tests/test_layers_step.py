@@ -9,9 +9,11 @@ import fastrnn
 from fastrnn.cells import CELLS
 
 # every cell and variant of the registry, with and without the LSTM projection
-VARIANTS = [
-    (cell, dict(options)) for cell in CELLS.values() for options in cell.variants.values()
-] + [(CELLS["lstm"], {"proj_size": 3})] + [(CELLS["gru"], {"reset_after": False})]
+VARIANTS = (
+    [(cell, dict(options)) for cell in CELLS.values() for options in cell.variants.values()]
+    + [(CELLS["lstm"], {"proj_size": 3})]
+    + [(CELLS["gru"], {"reset_after": False})]
+)
 
 
 def _layer(cell, options, dtype, num_layers, **kw):
