@@ -8,8 +8,10 @@ integers (AVX-512 VNNI's ``vpdpbusd`` where the CPU has it, portable C elsewhere
 integers, the same float32 epilogue, so the two agree bit for bit), and keeps the biases and
 the gate math in float32. Outputs are float32.
 
-Inference only: a quantized model has no parameters to train, ``backward`` raises, and an
-optimizer cannot be built over it. Its int8 weights, scales and biases are saved and loaded by
+Inference only: a quantized module has no parameters to train (an optimizer built over the
+model does not see it) and its ``backward`` raises ``RuntimeError``; ``train()`` only sets the
+flag (so that code which switches a model between modes keeps working), and the forward is the
+same in either mode (no dropout). Its int8 weights, scales and biases are saved and loaded by
 :mod:`fastrnn.checkpoint` like parameters (about 4x smaller than float32 on disk and in
 memory).
 
@@ -166,14 +168,6 @@ class _QuantizedModule(Module):
             "backward. Train the float32 model and quantize it afterwards."
         )
 
-    def train(self, mode: bool = True) -> Module:
-        if mode:
-            raise RuntimeError(
-                f"{type(self).__name__} is a quantized module, for inference only: it cannot "
-                "be put in training mode. Train the float32 model and quantize it afterwards."
-            )
-        return super().train(False)
-
 
 class QuantizedLinear(_QuantizedModule):
     """:class:`~fastrnn.nn.Linear` with an int8 weight (per-output-channel scales).
@@ -233,6 +227,16 @@ def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
             return None, "reset_after=False is not quantized"
         return 3, ""
     return None, f"{cfg.spec.title} is not quantized"
+
+
+# Multiply-adds of one step's recurrent GEMM, B * G * H * H, below which the loop runs on one
+# thread: a step of B = 1, H = 256 (LSTM, 2.6e5) took 49 us on one thread and 245 us on two
+# (median, shared 2-core machine): the per-step barrier costs more than the split saves.
+_MIN_STEP_WORK_TEAM = 1 << 20
+
+
+def _team(B: int, G: int, H: int, n: int) -> int:
+    return 1 if B * G * H < _MIN_STEP_WORK_TEAM else n
 
 
 class QuantizedRNNBase(_QuantizedModule):
@@ -331,7 +335,7 @@ class QuantizedRNNBase(_QuantizedModule):
                     c,
                     y,
                     self._code,
-                    get_num_threads(),
+                    _team(B, len(bx), H, get_num_threads()),
                 )
                 hs.append(y[-1])
                 if c is not None:
