@@ -72,3 +72,12 @@ def test_plot_without_matplotlib(tmp_path, capsys, monkeypatch):
 def test_bad_arguments(bad):
     with pytest.raises(SystemExit):
         main(bad)
+
+
+def test_inference_mode_runs(capsys):
+    from fastrnn.bench.__main__ import main
+
+    argv = ["--inference", "--cells", "lstm,gru", "--configs", "4x2x8x16", "--repeats", "1"]
+    assert main([*argv, "--min-time", "0.001", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "fastrnn-int8" in out and "lstm 4x2x8x16" in out and "Streaming step" in out
