@@ -321,11 +321,20 @@ class QuantizedRNNBase(_QuantizedModule):
             outs = []
             for d, (w_ih, w_hh, bx, b_hn) in enumerate(dirs):
                 idx = layer * D + d
-                xin = inp[::-1] if d else inp
-                gx = w_ih.matmul(xin.reshape(T * B, -1), bx).reshape(T, B, -1)
+                xin = np.ascontiguousarray(inp[::-1] if d else inp).reshape(T * B, -1)
+                xq = np.empty((T * B, w_ih.Kp), np.uint8)
+                xs = np.empty(T * B, np.float32)
+                q.quantize_rows(xin, xq, xs)
+                gx = np.empty((T, B, w_ih.Np), np.float32)
                 y = np.empty((T, B, H), np.float32)
                 c = None if c0 is None else c0[idx].copy()
                 q.forward(
+                    xq,
+                    xs,
+                    w_ih.data,
+                    w_ih.colsum,
+                    w_ih.scale,
+                    bx,
                     gx,
                     w_hh.data,
                     w_hh.colsum,

@@ -99,9 +99,15 @@ cdef enum:
 
 
 cdef struct QOps:
-    Py_ssize_t T, B, H, Hp, NG
+    Py_ssize_t T, B, H, Hp, NG, Ip
     int cell
-    const float* gx         # (T, B, NG * Hp) W_ih x_t + biases, from gemm
+    const uint8_t* xq       # (T * B, Ip) x quantized per row (quantize_rows)
+    const float* xs         # (T * B,) its row scales
+    const int8_t* w_ih      # packed (NG * Hp outputs, Ip inputs)
+    const int32_t* cs_ih    # (NG * Hp,)
+    const float* sw_ih      # (NG * Hp,)
+    const float* bias       # (NG * Hp,) b_ih + b_hh (GRU: + [b_hr, b_hz, 0])
+    float* gx               # (T, B, NG * Hp) W_ih x_t + bias, written by the team
     const int8_t* w_hh      # packed (NG * Hp outputs, Hp inputs)
     const int32_t* cs_hh    # (NG * Hp,)
     const float* sw_hh      # (NG * Hp,)
@@ -130,6 +136,10 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
     thread_units(H, size, rank, &j0, &j1)
     nb0 = j0 // 16
     nb1 = (j1 + 15) // 16
+    # gx = W_ih x + bias for all T * B rows, this thread's gate columns (only it reads them)
+    for g in range(NG if j1 > j0 else 0):
+        fr_qgemm(ISA, T * B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, op.Ip // 4, op.xq,
+                 op.Ip, op.xs, op.w_ih, op.cs_ih, op.sw_ih, op.bias, op.gx, W, 0)
     for t in range(T):
         h_prev = op.h0 if t == 0 else op.y + (t - 1) * B * H
         # every thread quantizes all of h_{t-1} (B * H values) and computes its gate columns
@@ -168,7 +178,13 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
     free(hs)
 
 
-def forward(const float[:, :, ::1] gx,     # IN    (T, B, NG * Hp)
+def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
+            const float[::1] xs,           # IN    (T * B,)
+            const int8_t[::1] w_ih,        # IN    packed (NG * Hp, Ip)
+            const int32_t[::1] cs_ih,      # IN    (NG * Hp,)
+            const float[::1] sw_ih,        # IN    (NG * Hp,)
+            const float[::1] bias,         # IN    (NG * Hp,)
+            float[:, :, ::1] gx,           # OUT   (T, B, NG * Hp) workspace
             const int8_t[::1] w_hh,        # IN    packed (NG * Hp, Hp)
             const int32_t[::1] cs_hh,      # IN    (NG * Hp,)
             const float[::1] sw_hh,        # IN    (NG * Hp,)
@@ -178,18 +194,26 @@ def forward(const float[:, :, ::1] gx,     # IN    (T, B, NG * Hp)
             float[:, :, ::1] y,            # OUT   (T, B, H)
             int cell,                      # 0 RNN tanh, 1 RNN relu, 2 LSTM, 3 GRU
             int n_threads):
-    """The recurrence of a quantized layer over T >= 1 steps, the input part gx precomputed."""
+    """A quantized layer over T >= 1 steps: the input GEMM of all steps, then the recurrence."""
     cdef QOps o
     cdef float[:, ::1] cv
     cdef const float[::1] bv
     cdef Py_ssize_t T = y.shape[0], B = y.shape[1], H = y.shape[2]
     cdef Py_ssize_t NG = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     cdef Py_ssize_t Hp = (H + 15) // 16 * 16
-    if gx.shape[2] != NG * Hp or cs_hh.shape[0] != NG * Hp:
-        raise ValueError("gx and the packed weight must have NG * Hp columns")
+    if (gx.shape[0] != T or gx.shape[1] != B or gx.shape[2] != NG * Hp
+            or cs_hh.shape[0] != NG * Hp or cs_ih.shape[0] != NG * Hp
+            or xq.shape[0] != T * B or xq.shape[1] % 4 != 0 or bias.shape[0] != NG * Hp):
+        raise ValueError("quant.forward: operands of inconsistent shapes")
     gh = bytearray(B * NG * Hp * sizeof(float))
     cdef float[::1] ghv = memoryview(gh).cast("B").cast("f")
-    o.T, o.B, o.H, o.Hp, o.NG, o.cell = T, B, H, Hp, NG, cell
+    o.T, o.B, o.H, o.Hp, o.NG, o.Ip, o.cell = T, B, H, Hp, NG, xq.shape[1], cell
+    o.xq = &xq[0, 0]
+    o.xs = &xs[0]
+    o.w_ih = &w_ih[0]
+    o.cs_ih = &cs_ih[0]
+    o.sw_ih = &sw_ih[0]
+    o.bias = &bias[0]
     o.gx = &gx[0, 0, 0]
     o.w_hh = &w_hh[0]
     o.cs_hh = &cs_hh[0]
