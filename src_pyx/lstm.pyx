@@ -17,6 +17,7 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
+from _prepack cimport take_prepacked
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
@@ -118,11 +119,14 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* c_cur
     cdef floating* a_t
     cdef Packed pk, pk_ih
+    cdef bint own
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
-    pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
-    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
+    own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
+    if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
+        pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
+        pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
     if not training:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
@@ -151,8 +155,9 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
 
-    release(&pk)
-    release(&pk_ih)
+    if own:
+        release(&pk)
+        release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -252,7 +257,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, ::1] h_n,              # OUT   (B, H)
             floating[:, ::1] c_n,              # OUT   (B, H)
             bint training,
-            int n_threads):
+            int n_threads,
+            PackedWeights prepacked=None):
     """LSTM forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
     Parameters
@@ -270,6 +276,9 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     h_n, c_n : ndarray of shape (B, H), written
     training : bool
     n_threads : int
+    prepacked : PackedWeights, optional
+        ``prepack(w_ih, w_hh, G, n)`` of exactly these weights: used when it was packed for
+        this call's team, else the call packs its own.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
@@ -282,6 +291,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.cs = &cs[0, 0, 0]
     o.h_n = &h_n[0, 0]
     o.c_n = &c_n[0, 0]
+    if prepacked is not None:  # from prepack(w_ih, w_hh, ...) of these weights
+        o.prepacked = &prepacked.pp
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
 
@@ -747,3 +758,4 @@ cdef int lstm_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t 
     o.dw_ih = dw_ih
     o.dw_hh = dw_hh
     return _c_backward(&o, dh_n, dc_n, reserve, db_ih, db_hh, workspace, n_threads)
+include "_prepack.pxi"
