@@ -154,6 +154,18 @@ def _team(p: Prepared) -> int:
     return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
 
 
+def _prepacked(module: Any, p: Prepared, packs: dict | None, n: int) -> Any:
+    """The weights of ``p`` packed for a forward of ``module`` on ``n`` threads, from ``packs``
+    (packed and stored there on a miss); None without ``packs``."""
+    if packs is None:
+        return None
+    key = (module.__name__, p.dtype.char, n)
+    packed = packs.get(key)
+    if packed is None:
+        packed = packs[key] = module.prepack(p.w_ih, p.w_hh, p.w_hh.shape[0] // p.H, n)
+    return packed
+
+
 def _empty_forward(p: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """T == 0 or B == 0: nothing to compute."""
     y = np.zeros((p.T, p.B, p.H), p.dtype)
@@ -209,6 +221,7 @@ def rnn_forward(
     lengths=None,
     reverse=False,
     check_finite=False,
+    packs=None,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
@@ -235,6 +248,12 @@ def rnn_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    packs : dict, optional
+        A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
+        kernels' packed copy of the two weights is stored in it on the first call and reused
+        by the later ones, which then skip packing (the same bits). Nothing checks that the
+        weights are still those packed: clear it after changing them. Ignored by the LSTM
+        with ``w_hr`` and the ``reset_after=False`` GRU, which pack per call.
 
     Returns
     -------
@@ -259,7 +278,20 @@ def rnn_forward(
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
-        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p))
+        n = _team(p)
+        _k.rnn.forward(
+            xk,
+            h0k,
+            p.w_ih,
+            p.w_hh,
+            _bias_sum(p),
+            s.batch_sizes,
+            y,
+            h_n,
+            relu,
+            n,
+            _prepacked(_k.rnn, p, packs, n),
+        )
     cache = None
     if training:
         cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y))
@@ -334,6 +366,7 @@ def lstm_forward(
     w_hr=None,
     reverse=False,
     check_finite=False,
+    packs=None,
 ):
     """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
 
@@ -361,6 +394,12 @@ def lstm_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    packs : dict, optional
+        A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
+        kernels' packed copy of the two weights is stored in it on the first call and reused
+        by the later ones, which then skip packing (the same bits). Nothing checks that the
+        weights are still those packed: clear it after changing them. Ignored by the LSTM
+        with ``w_hr`` and the ``reset_after=False`` GRU, which pack per call.
 
     Returns
     -------
@@ -387,6 +426,7 @@ def lstm_forward(
     cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
     h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
+        n = _team(p)
         _k.lstm.forward(
             xk,
             h0k,
@@ -401,7 +441,8 @@ def lstm_forward(
             h_n,
             c_n,
             training,
-            _team(p),
+            n,
+            _prepacked(_k.lstm, p, packs, n),
         )
     cache = None
     if training:
@@ -482,6 +523,7 @@ def gru_forward(
     reset_after=True,
     reverse=False,
     check_finite=False,
+    packs=None,
 ):
     """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
 
@@ -507,6 +549,12 @@ def gru_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    packs : dict, optional
+        A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
+        kernels' packed copy of the two weights is stored in it on the first call and reused
+        by the later ones, which then skip packing (the same bits). Nothing checks that the
+        weights are still those packed: clear it after changing them. Ignored by the LSTM
+        with ``w_hr`` and the ``reset_after=False`` GRU, which pack per call.
 
     Returns
     -------
@@ -539,6 +587,7 @@ def gru_forward(
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
     with blas_single_thread():
+        n = _team(p)
         _k.gru.forward(
             xk,
             h0k,
@@ -553,7 +602,8 @@ def gru_forward(
             y,
             h_n,
             training,
-            _team(p),
+            n,
+            _prepacked(_k.gru, p, packs, n),
         )
     cache = None
     if training:

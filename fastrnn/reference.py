@@ -111,6 +111,7 @@ def rnn_forward(
     lengths=None,
     reverse=False,
     check_finite=False,
+    packs=None,  # the kernels' packed weights (fastrnn.functional); nothing to pack here
 ):
     """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
     if nonlinearity not in ("tanh", "relu"):
@@ -174,6 +175,7 @@ def lstm_forward(
     w_hr=None,
     reverse=False,
     check_finite=False,
+    packs=None,  # the kernels' packed weights (fastrnn.functional); nothing to pack here
 ):
     """LSTM over a whole sequence; see :func:`fastrnn.functional.lstm_forward`."""
     p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
@@ -264,6 +266,7 @@ def gru_forward(
     reset_after=True,
     reverse=False,
     check_finite=False,
+    packs=None,  # the kernels' packed weights (fastrnn.functional); nothing to pack here
 ):
     """GRU over a whole sequence; see :func:`fastrnn.functional.gru_forward`."""
     p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)

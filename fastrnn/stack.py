@@ -429,6 +429,7 @@ def stack_forward(
     lengths: Any = None,
     training: bool = True,
     generator: np.random.Generator | None = None,
+    packs: Mapping[str, dict] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, StackCache | None]:
     """Run a stack of recurrent layers over a time-major batch.
 
@@ -451,6 +452,10 @@ def stack_forward(
     generator : numpy.random.Generator, optional
         Draws the dropout masks (only used when training with ``dropout > 0`` and more than one
         layer); a fresh unseeded one when None.
+    packs : mapping of str to dict, optional
+        By parameter-name suffix (``"_l0"``, ``"_l0_reverse"``, ...), the ``packs`` dict of
+        each layer and direction's functional forward: the kernels' packed weights, kept
+        between calls (the caller empties a dict when that layer's weights change).
 
     Returns
     -------
@@ -490,6 +495,8 @@ def stack_forward(
             idx, sfx = layer * D + direction, _suffix(layer, direction)
             states = [None if s is None else s[idx] for s in init]
             kw = {p.arg: w[p.name + sfx] for p in params}
+            if packs is not None:
+                kw["packs"] = packs[sfx]
             # -> (y, *final states, cache)
             return fwd(
                 inp,

@@ -43,6 +43,7 @@ cdef class PackedWeights:
         free(self.pp.hh)
         free(self.pp.ih)
 
+
 def prepack(const floating[:, ::1] w_ih,   # IN  (G, I)
             const floating[:, ::1] w_hh,   # IN  (G, H)
             int n_gates,

@@ -29,6 +29,16 @@ from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forwa
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
+
+class _PackCache(dict):
+    """suffix -> (w_ih Parameter, w_hh Parameter, their versions, packs dict): the kernels'
+    packed weights of each layer and direction. Copies and pickles start empty (the packed
+    buffers are the kernels' own objects, re-made on the next forward)."""
+
+    def __reduce__(self):
+        return (_PackCache, ())
+
+
 #: What forward returns as the final state (and backward as the initial-state gradient):
 #: one array, or a tuple (h, c) for LSTM.
 State = np.ndarray | tuple[np.ndarray, np.ndarray]
@@ -138,7 +148,36 @@ class RNNBase(Module):
         return 0 if self._cache is None else self._cache[0].nbytes
 
     def flatten_parameters(self) -> None:
-        """No-op, for drop-in use of code written for PyTorch (the weights are always flat)."""
+        """Drop the weights packed for the kernels: the next forward re-packs them.
+
+        The layer packs its weights once and re-packs them only when they change through
+        fastrnn (``p.data = new``, an optimizer step, ``load_state_dict``, a checkpoint load).
+        Call this after writing into a parameter's ``data`` in place by hand. (PyTorch's name;
+        code written for PyTorch that calls it keeps working.)
+        """
+        self.__dict__["_packed"] = _PackCache()
+
+    def _weight_packs(self) -> dict[str, dict] | None:
+        """The ``packs`` dict of each layer and direction, emptied where a weight changed."""
+        if self.backend != "cython":
+            return None
+        cache = self.__dict__.get("_packed")
+        if cache is None:
+            cache = self.__dict__["_packed"] = _PackCache()
+        out = {}
+        for names in self._all_weights:
+            sfx = names[0][len("weight_ih") :]
+            w_ih, w_hh = self._parameters["weight_ih" + sfx], self._parameters["weight_hh" + sfx]
+            entry = cache.get(sfx)
+            if (
+                entry is None
+                or entry[0] is not w_ih
+                or entry[1] is not w_hh
+                or entry[2] != (w_ih._version, w_hh._version)
+            ):
+                entry = cache[sfx] = (w_ih, w_hh, (w_ih._version, w_hh._version), {})
+            out[sfx] = entry[3]
+        return out
 
     # -- forward / backward --------------------------------------------------------------------
     def _state_shape(self, batch: int | None, which: str) -> tuple[int, ...]:
@@ -242,6 +281,7 @@ class RNNBase(Module):
             lengths=lengths,
             training=self.training,
             generator=self.generator,
+            packs=self._weight_packs(),
         )
         self._cache = (cache, y.shape, unbatched) if self.training else None
         if unbatched:
@@ -383,8 +423,11 @@ class RNNBase(Module):
         params = cfg.params()
         inp = xt
         finals: list[list[np.ndarray]] = [[] for _ in init]
+        packs = self._weight_packs()
         for layer in range(cfg.num_layers):
             kw = {p.arg: self._parameters[f"{p.name}_l{layer}"].data for p in params}
+            if packs is not None:
+                kw["packs"] = packs[f"_l{layer}"]
             states = [None if s is None else s[layer] for s in init]
             inp, *outs, _ = fwd(inp, *states, training=False, **kw, **options)
             for f, s in zip(finals, outs, strict=True):

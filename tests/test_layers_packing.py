@@ -1,0 +1,148 @@
+"""Weights packed once: layers reuse their kernels' packed weights between calls and never
+compute with stale ones after a change through fastrnn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import functional as F
+from fastrnn.optim import SGD, Adam
+
+CLASSES = [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU]
+
+
+def _fresh(layer, x):
+    """The forward of a new layer with a copy of ``layer``'s weights (nothing packed yet)."""
+    other = type(layer)(layer.input_size, layer.hidden_size, num_layers=layer.num_layers, seed=99)
+    other.load_state_dict({k: v.copy() for k, v in layer.state_dict().items()})
+    return other.eval()(x)[0]
+
+
+def _packed_objects(layer):
+    return [obj for entry in layer._packed.values() for obj in entry[3].values()]
+
+
+def _x(seed=0, I=6):
+    return np.random.default_rng(seed).standard_normal((5, 3, I)).astype(np.float32)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_packed_once_and_reused(cls):
+    layer = cls(6, 32, num_layers=2, seed=0).eval()
+    x = _x()
+    y1 = layer(x)[0]
+    first = _packed_objects(layer)
+    assert len(first) == 2  # one per layer
+    y2 = layer(x)[0]
+    assert [id(o) for o in _packed_objects(layer)] == [id(o) for o in first]  # not re-packed
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(y1, _fresh(layer, x))
+    layer.step(x[0])  # the step shares them
+    assert [id(o) for o in _packed_objects(layer)] == [id(o) for o in first]
+
+
+def test_functional_packs_give_the_same_bits():
+    rng = np.random.default_rng(1)
+    H, I = 24, 7
+    w_ih = rng.standard_normal((4 * H, I)).astype(np.float32)
+    w_hh = rng.standard_normal((4 * H, H)).astype(np.float32)
+    x = rng.standard_normal((6, 2, I)).astype(np.float32)
+    packs: dict = {}
+    a = F.lstm_forward(x, None, None, w_ih, w_hh, training=False, packs=packs)[0]
+    assert len(packs) == 1
+    b = F.lstm_forward(x, None, None, w_ih, w_hh, training=False, packs=packs)[0]
+    c = F.lstm_forward(x, None, None, w_ih, w_hh, training=False)[0]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def _change_by_optimizer(layer, x):
+    layer.train()
+    y, _ = layer(x)
+    layer.backward(np.ones_like(y))
+    Adam(layer.parameters(), lr=0.1).step()
+    layer.eval()
+
+
+def _change_by_sgd(layer, x):
+    layer.train()
+    y, _ = layer(x)
+    layer.backward(np.ones_like(y))
+    SGD(layer.parameters(), lr=0.5).step()
+    layer.eval()
+
+
+def _change_by_load_state_dict(layer, x):
+    layer.load_state_dict({k: v * 0.5 for k, v in layer.state_dict().items()})
+
+
+def _change_by_assignment(layer, x):
+    for p in layer.parameters():
+        p.data = p.data[::-1].copy()
+
+
+def _change_in_place_then_flatten(layer, x):
+    for p in layer.parameters():
+        p.data *= -1.0
+    layer.flatten_parameters()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _change_by_optimizer,
+        _change_by_sgd,
+        _change_by_load_state_dict,
+        _change_by_assignment,
+        _change_in_place_then_flatten,
+    ],
+    ids=lambda f: f.__name__[len("_change_by_") :] if "by" in f.__name__ else "flatten",
+)
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_never_stale(cls, change):
+    layer = cls(6, 32, num_layers=2, seed=0).eval()
+    x = _x()
+    before = layer(x)[0]
+    layer.step(x[0])
+    change(layer, x)
+    after = layer(x)[0]
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, _fresh(layer, x))
+    y, _ = layer.step(x)
+    np.testing.assert_array_equal(y, after)
+
+
+def test_never_stale_after_a_checkpoint_load(tmp_path):
+    layer = fastrnn.LSTM(6, 32, seed=0).eval()
+    x = _x()
+    other = fastrnn.LSTM(6, 32, seed=5).eval()
+    fastrnn.save_checkpoint(tmp_path / "c.npz", other)
+    layer(x)  # packs layer's own weights
+    fastrnn.load_checkpoint(tmp_path / "c.npz", layer)
+    np.testing.assert_array_equal(layer(x)[0], other(x)[0])
+
+
+def test_in_place_edit_then_flatten_parameters():
+    """The documented contract: after an in-place write by hand, flatten_parameters() (until
+    then a forward may mix the packed old weights with the new ones read in place)."""
+    layer = fastrnn.GRU(6, 32, seed=0).eval()
+    x = _x()
+    before = layer(x)[0]
+    layer.weight_hh_l0.data *= 0.0
+    layer.flatten_parameters()
+    assert not np.array_equal(layer(x)[0], before)
+    np.testing.assert_array_equal(layer(x)[0], _fresh(layer, x))
+
+
+def test_copies_and_pickles_start_without_packed_weights():
+    import copy
+    import pickle
+
+    layer = fastrnn.LSTM(6, 32, seed=0).eval()
+    x = _x()
+    y = layer(x)[0]
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert not other._packed
+        np.testing.assert_array_equal(other(x)[0], y)
