@@ -146,3 +146,45 @@ def test_copies_and_pickles_start_without_packed_weights():
     for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         assert not other._packed
         np.testing.assert_array_equal(other(x)[0], y)
+
+
+def test_fastrnn_torch_never_stale():
+    torch = pytest.importorskip("torch")
+    import fastrnn.torch as ft
+
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(6, 32, num_layers=2).eval()
+    model = ft.patch(torch.nn.Sequential(torch.nn.LSTM(6, 32, num_layers=2))).eval()
+    model[0].load_state_dict(ref.state_dict())
+    x = torch.from_numpy(_x())
+
+    def check():
+        with torch.no_grad():
+            got = model(x)[0]
+            want = ref(x)[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+    check()
+    check()  # packed weights reused
+    # an optimizer step on both (version counters move)
+    for m in (model[0], ref):
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        m(x)[0].sum().backward()
+        opt.step()
+    check()
+    # load_state_dict and an in-place write through the tensor
+    with torch.no_grad():
+        for p, q in zip(model[0].parameters(), ref.parameters(), strict=True):
+            p.mul_(-1.0)
+            q.mul_(-1.0)
+    check()
+    new = {k: v * 0.5 for k, v in ref.state_dict().items()}
+    ref.load_state_dict(new)
+    model[0].load_state_dict(new)
+    check()
+    # through .data torch counts nothing: clear_packed() is the documented remedy
+    for p, q in zip(model[0].parameters(), ref.parameters(), strict=True):
+        p.data.mul_(2.0)
+        q.data.mul_(2.0)
+    ft.clear_packed()
+    check()
