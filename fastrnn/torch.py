@@ -529,10 +529,10 @@ def _prepare_cell(m: Any, input: Any, hx: Any):
 
 
 # The kernels' packed weights of the no-grad path (stack_forward's packs), by id of the
-# weight_ih tensor, held weakly (the entry goes with the tensor): reused while torch's version counters of weight_ih and weight_hh and their
-# storage stay the same. torch counts every in-place write through a tensor (optimizer steps,
-# copy_, load_state_dict, a module's .to()); a write through ``p.data`` is not counted: call
-# clear_packed() after one.
+# weight_ih tensor, held weakly (the entry goes with the tensor): reused while torch's version
+# counters of weight_ih and weight_hh and their storage stay the same. torch counts every
+# in-place write through a tensor (optimizer steps, copy_, load_state_dict); a write through
+# ``p.data`` is not counted: call clear_packed() after one.
 _PACKS: dict[int, tuple] = {}  # id(weight_ih) -> (weakref to it, weight_hh, state, packs)
 
 
