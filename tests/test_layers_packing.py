@@ -188,3 +188,14 @@ def test_fastrnn_torch_never_stale():
         q.data.mul_(2.0)
     ft.clear_packed()
     check()
+
+
+def test_training_mode_packs_per_call():
+    """Training code edits weights in place (finite differences): no packed copy is kept."""
+    layer = fastrnn.LSTM(6, 32, seed=0)  # training mode
+    x = _x()
+    before = layer(x)[0]
+    layer.weight_ih_l0.data[0, 0] += 1.0
+    after = layer(x)[0]
+    assert not np.array_equal(before, after)
+    assert not layer.__dict__.get("_packed")

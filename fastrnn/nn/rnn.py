@@ -150,15 +150,19 @@ class RNNBase(Module):
     def flatten_parameters(self) -> None:
         """Drop the weights packed for the kernels: the next forward re-packs them.
 
-        The layer packs its weights once and re-packs them only when they change through
-        fastrnn (``p.data = new``, an optimizer step, ``load_state_dict``, a checkpoint load).
-        Call this after writing into a parameter's ``data`` in place by hand. (PyTorch's name;
+        In eval mode the layer packs its weights once and re-packs them only when they change
+        through fastrnn (``p.data = new``, an optimizer step, ``load_state_dict``, a checkpoint
+        load); training-mode forwards pack per call. Call this after writing into a
+        parameter's ``data`` in place by hand, before the next eval-mode call. (PyTorch's name;
         code written for PyTorch that calls it keeps working.)
         """
         self.__dict__["_packed"] = _PackCache()
 
     def _weight_packs(self) -> dict[str, dict] | None:
-        """The ``packs`` dict of each layer and direction, emptied where a weight changed."""
+        """The ``packs`` dict of each layer and direction, emptied where a weight changed.
+
+        Used by eval-mode forwards and steps only: training code edits weights in place more
+        often (initialisation, finite differences), and its weights change at every step."""
         if self.backend != "cython":
             return None
         cache = self.__dict__.get("_packed")
@@ -281,7 +285,7 @@ class RNNBase(Module):
             lengths=lengths,
             training=self.training,
             generator=self.generator,
-            packs=self._weight_packs(),
+            packs=None if self.training else self._weight_packs(),
         )
         self._cache = (cache, y.shape, unbatched) if self.training else None
         if unbatched:
@@ -423,7 +427,7 @@ class RNNBase(Module):
         params = cfg.params()
         inp = xt
         finals: list[list[np.ndarray]] = [[] for _ in init]
-        packs = self._weight_packs()
+        packs = None if self.training else self._weight_packs()
         for layer in range(cfg.num_layers):
             kw = {p.arg: self._parameters[f"{p.name}_l{layer}"].data for p in params}
             if packs is not None:
