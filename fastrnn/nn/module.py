@@ -40,10 +40,10 @@ class Parameter:
     ----------
     data : ndarray
         The current value. Layers in eval mode keep their weights packed for the kernels
-        between calls and re-pack them after ``p.data = new``, an optimizer step, ``load_state_dict`` or a
-        checkpoint load; after writing into ``p.data`` in place yourself
-        (``p.data[...] = v``, ``p.data *= 2``), call the layer's ``flatten_parameters()``
-        before its next eval-mode call.
+        between calls and re-pack them after ``p.data = new``, an optimizer step,
+        ``load_state_dict`` or a checkpoint load; after writing into ``p.data`` in place
+        yourself (``p.data[...] = v``, ``p.data *= 2``), call the layer's
+        ``flatten_parameters()`` before its next eval-mode call.
     grad : ndarray or None
         The accumulated gradient, same shape and dtype as ``data``; ``None`` until a backward pass
         writes one (or after ``zero_grad(set_to_none=True)``). Write it by assignment
