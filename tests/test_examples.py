@@ -87,7 +87,8 @@ def test_digits(example, capsys):
     summary = example("digits").main(["--quick", "--epochs", "1"])
     assert summary["n_train"] + summary["n_test"] == 300
     assert 0.0 <= summary["test_accuracy"] <= 1.0
-    assert "test" in capsys.readouterr().out
+    assert 0.0 <= summary["test_accuracy_int8"] <= 1.0
+    assert "int8 weights" in capsys.readouterr().out
 
 
 def test_seed_claims(example, tmp_path, capsys):
