@@ -2,7 +2,9 @@
 
 Times, interleaved (A B C D A B C D ...), in eval mode:
 
-* ``fastrnn``: the float32 layer (``fastrnn.LSTM(...).eval()`` and so on);
+* ``fastrnn``: the float32 layer (``fastrnn.LSTM(...).eval()`` and so on), weights packed once;
+* ``fastrnn-repack``: the same, re-packing its weights at every call (``flatten_parameters()``
+  before each), as every call did before the weights were kept packed;
 * ``fastrnn-int8``: the same layer through :func:`fastrnn.quantize_dynamic`;
 * ``torch``: ``torch.nn.LSTM`` with the same weights under ``torch.inference_mode()``;
 * ``torch-int8``: ``torch.ao.quantization.quantize_dynamic`` of it (qint8);
@@ -29,7 +31,7 @@ def _layers(cell: str, I: int, H: int, torch):
     cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
     f32 = cls(I, H, seed=0).eval()
     q = fastrnn.quantize_dynamic(f32)
-    out = {"fastrnn": f32, "fastrnn-int8": q}
+    out = {"fastrnn": f32, "fastrnn-repack": f32, "fastrnn-int8": q}
     if torch is not None:
         tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
         t = tcls(I, H).eval()
@@ -52,6 +54,13 @@ def _calls(layers, x, torch):
                     m(xt)
 
             fns[name] = run
+        elif name == "fastrnn-repack":
+
+            def repack(m=m):
+                m.flatten_parameters()
+                m(x)
+
+            fns[name] = repack
         else:
             fns[name] = lambda m=m: m(x)
     return fns
@@ -116,8 +125,14 @@ def main(argv=None) -> int:
         q = fastrnn.quantize_dynamic(lstm)
         x1 = rng.standard_normal((1, 256)).astype(np.float32)
         s32, s8 = lstm.step(x1)[1], q.step(x1)[1]
+
+        def repack_step():
+            lstm.flatten_parameters()
+            lstm.step(x1, s32)
+
         fns = {
             "fastrnn": lambda: lstm.step(x1, s32),
+            "fastrnn-repack": repack_step,
             "fastrnn-int8": lambda: q.step(x1, s8),
         }
         if torch is not None:
