@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--train-steps", type=int, default=3, help="without --checkpoint: steps of a quick model"
     )
+    ap.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="also report the validation loss of the model and of its int8 version "
+        "(fastrnn.quantize_dynamic) on the text it was trained on",
+    )
     return ap.parse_args(argv)
 
 
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                     str(path),
                 ]
             )
-        model, chars, _ = load_model(path)
+        model, chars, saved = load_model(path)
     t0 = time.perf_counter()
     text = generate(
         model, chars, args.prime, args.length, args.temperature, np.random.default_rng(args.seed)
@@ -109,6 +115,13 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(text)
     print(f"\n{args.length} characters in {seconds:.3f} s ({summary['ms_per_char']:.3f} ms/char)")
+    if args.evaluate:
+        ids, _ = char_lm.load_text(Path(saved["data"]), saved["quick"])
+        val = ids[-int(len(ids) * saved["val_frac"]) :]
+        for name, m in (("float32", model), ("int8", fastrnn.quantize_dynamic(model))):
+            loss = char_lm.evaluate(m, val, char_lm.EVAL_BATCH, char_lm.EVAL_CHUNK)
+            summary[f"val_loss_{name}"] = loss
+            print(f"validation loss {name}: {loss:.4f} nats/char")
     return summary
 
 

@@ -187,5 +187,6 @@ def test_generate_streams_what_char_lm_samples(example, tmp_path, capsys):
 
 
 def test_generate_trains_a_quick_model_without_a_checkpoint(example):
-    summary = example("generate").main(["--length", "5", "--train-steps", "1"])
+    summary = example("generate").main(["--length", "5", "--train-steps", "1", "--evaluate"])
     assert len(summary["text"]) == len("ROMEO:\n") + 5
+    assert abs(summary["val_loss_int8"] - summary["val_loss_float32"]) < 0.03
