@@ -417,19 +417,30 @@ class RNNBase(Module):
             )
         batch = xt.shape[1]
         h0, c0 = self._split_state(state, "state")
-        init = [
-            self._as_state(h0, "h", "h", batch),
-            self._as_state(c0, "c", "c", batch),
-        ][: len(self._config.spec.states)]
-        cfg = self._config
-        fwd, _ = cfg.spec.functions(cfg.backend)
-        options = cfg.spec.functional_options(cfg.options)
-        params = cfg.params()
+        plan = self.__dict__.get("_step_plan")
+        if plan is None:  # what does not change from call to call
+            cfg = self._config
+            args = [(p.arg, p.name) for p in cfg.params()]
+            plan = self.__dict__["_step_plan"] = (
+                cfg.spec.functions(cfg.backend)[0],
+                cfg.spec.functional_options(cfg.options),
+                [[(a, f"{n}_l{k}") for a, n in args] for k in range(cfg.num_layers)],
+                {w: cfg.state_width(w) for w in cfg.spec.states},
+            )
+        fwd, options, layer_args, widths = plan
+        init = []
+        for given, which in zip((h0, c0), widths, strict=False):
+            want = (self.num_layers, batch, widths[which])
+            if type(given) is np.ndarray and given.dtype == dt and given.shape == want:
+                init.append(given)  # the previous call's state: nothing to check or convert
+            else:
+                init.append(self._as_state(given, which, which, batch))
         inp = xt
         finals: list[list[np.ndarray]] = [[] for _ in init]
         packs = None if self.training else self._weight_packs()
-        for layer in range(cfg.num_layers):
-            kw = {p.arg: self._parameters[f"{p.name}_l{layer}"].data for p in params}
+        params = self._parameters
+        for layer, names in enumerate(layer_args):
+            kw = {a: params[n].data for a, n in names}
             if packs is not None:
                 kw["packs"] = packs[f"_l{layer}"]
             states = [None if s is None else s[layer] for s in init]
