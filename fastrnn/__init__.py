@@ -21,8 +21,8 @@ Public entry points:
 
 Optional modules, imported by name only (never by ``import fastrnn`` nor listed in
 ``__all__``, so that ``from fastrnn import *`` imports no optional dependency):
-:mod:`fastrnn.torch` (torch), :mod:`fastrnn.distributed` (mpi4py), :mod:`fastrnn.bench`,
-:mod:`fastrnn.demo`.
+:mod:`fastrnn.torch` (torch), :mod:`fastrnn.distributed` (mpi4py), :mod:`fastrnn.onnx`
+(onnx: export to ONNX's RNN/LSTM/GRU operators), :mod:`fastrnn.bench`, :mod:`fastrnn.demo`.
 """
 
 import os

@@ -7,11 +7,12 @@ and refuse exactly the same inputs with the same messages.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastrnn.cells import Cell
+from fastrnn.cells import LSTM, Cell, GRUGrads, LSTMGrads, RNNGrads
 
 __all__ = [
     "as_array",
@@ -24,43 +25,10 @@ __all__ = [
     "Prepared",
     "RNNGrads",
     "as_grad",
+    "cell_states_grad",
     "check_cache",
     "prepare",
 ]
-
-
-class RNNGrads(NamedTuple):
-    """Gradients returned by ``rnn_backward`` (and ``gru_backward``, as :class:`GRUGrads`)."""
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dw_ih: np.ndarray
-    dw_hh: np.ndarray
-    db_ih: np.ndarray | None
-    db_hh: np.ndarray | None
-
-
-class GRUGrads(NamedTuple):
-    """Gradients returned by ``gru_backward``."""
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dw_ih: np.ndarray
-    dw_hh: np.ndarray
-    db_ih: np.ndarray | None
-    db_hh: np.ndarray | None
-
-
-class LSTMGrads(NamedTuple):
-    """Gradients returned by ``lstm_backward``."""
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dc0: np.ndarray
-    dw_ih: np.ndarray
-    dw_hh: np.ndarray
-    db_ih: np.ndarray | None
-    db_hh: np.ndarray | None
 
 
 class LSTMProjGrads(NamedTuple):
@@ -77,6 +45,26 @@ class LSTMProjGrads(NamedTuple):
     db_ih: np.ndarray | None
     db_hh: np.ndarray | None
     dw_hr: np.ndarray
+
+
+_GRADS_TYPES: dict[tuple[Cell, tuple[str, ...]], type] = {(LSTM, ("dw_hr",)): LSTMProjGrads}
+
+
+def grads_of(cell: Cell, fields: list[Any], extra: dict[str, Any]) -> tuple:
+    """The backward's result: the cell's :attr:`~fastrnn.cells.Cell.grads` fields, then the
+    gradients in ``extra`` that are not None (those of the optional parameters the forward
+    had: ``dw_hr``, ``dw_peephole``, ``dln_ih``, ...), as one NamedTuple type per combination."""
+    names = tuple(k for k, v in extra.items() if v is not None)
+    if not names:
+        return cell.grads(*fields)
+    key = (cell, names)
+    if key not in _GRADS_TYPES:
+        base = cell.grads
+        _GRADS_TYPES[key] = NamedTuple(  # type: ignore[misc]
+            f"{base.__name__}_{'_'.join(n[1:] for n in names)}",
+            [(f, np.ndarray) for f in (*base._fields, *names)],
+        )
+    return _GRADS_TYPES[key](*fields, *(extra[n] for n in names))
 
 
 def nbytes_of(*objs: Any) -> int:
@@ -172,6 +160,8 @@ class Cache:
 
 def as_array(name: str, a: Any) -> np.ndarray:
     """``np.asarray(a)``, refusing masked arrays and naming the argument for ragged sequences."""
+    if type(a) is np.ndarray:  # not a subclass (masked arrays are one)
+        return a
     if isinstance(a, np.ma.MaskedArray):  # np.asarray would drop the mask silently
         raise TypeError(
             f"{name} is a masked array, whose mask fastrnn would ignore; pass "
@@ -189,6 +179,8 @@ def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
     """The float dtype an argument asks for (None for integers), refusing unsupported kinds."""
     # ndarrays answer directly; anything else (lists, torch tensors, ...) as np.asarray reads it
     dt = a.dtype if isinstance(a, (np.ndarray, np.generic)) else as_array(name, a).dtype
+    if dt is _F32 or dt is _F64:  # the common case, without the checks below
+        return dt
     if dt.kind == "f":
         if dt.itemsize > 8:
             raise TypeError(
@@ -203,6 +195,8 @@ def _float_dtype_of(name: str, a: Any) -> np.dtype | None:
         f"integers are converted), got dtype {dt}"
     )
 
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 #: Largest integer magnitude below which every integer is exact in each computation dtype.
 _EXACT_INT = {np.dtype(np.float32): 2**24, np.dtype(np.float64): 2**53}
@@ -222,6 +216,8 @@ def check_exact_integers(name: str, arr: np.ndarray, dtype: np.dtype) -> None:
 
 def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``arr`` as a C-contiguous array of ``dtype``; integers only when the conversion is exact."""
+    if type(arr) is np.ndarray and arr.dtype is dtype and arr.flags.c_contiguous:
+        return arr  # already what the kernels take (the common case: no copy, no checks)
     check_exact_integers(name, arr, dtype)
     try:
         return np.ascontiguousarray(arr, dtype=dtype)
@@ -232,7 +228,7 @@ def _convert(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _to_array(name: str, a: Any, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    arr = as_array(name, a)
+    arr = a if type(a) is np.ndarray else as_array(name, a)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     return _convert(name, arr, dtype)
@@ -257,6 +253,8 @@ BLAS_INT_MAX = 2**31 - 1
 
 
 def _check_blas_limits(T: int, B: int, I: int, H: int, G: int, R: int) -> None:
+    if max(T * B, G * H, I, R) <= BLAS_INT_MAX:  # every call but the refused ones
+        return
     for value, what in (
         (T * B, f"x has T * B = {T} * {B} = {T * B} rows (the input GEMM's row count)"),
         (G * H, f"w_hh has {G} * hidden_size = {G * H} rows"),
@@ -289,9 +287,51 @@ class Prepared(NamedTuple):
     # LSTM projection (P, H), or None. With it h0/y/h_n have P = w_hr.shape[0] columns and
     # w_hh is (4H, P); H stays the cell size.
     w_hr: np.ndarray | None = None
+    # The cell's optional operands (peephole and layer-norm weights, recurrent-dropout and
+    # zoneout masks), by functional keyword: arrays in the computation dtype, or a float where
+    # the operand takes one (zoneout in eval). Absent keys were not given.
+    extras: dict[str, Any] | None = None
+
+    def extra(self, name: str) -> Any:
+        """The optional operand ``name``, or None when it was not given."""
+        return None if self.extras is None else self.extras.get(name)
 
 
-def _shape_of(name: str, a: Any, ndim: int, what: str) -> tuple[int, ...]:
+class Extra(NamedTuple):
+    """How :func:`prepare` checks one optional operand of a cell.
+
+    ``weight``: a parameter, which decides the computation dtype like the other weights (masks
+    do not: they are converted to it). ``unit``: a number in [0, 1] may stand for the whole
+    array, and an array's values must lie in [0, 1] (zoneout).
+    """
+
+    value: Any
+    shape: tuple[int | str, ...]  # sizes, or "T", "B", "H", "R" (width of h), "GH"
+    weight: bool = True
+    unit: bool = False
+
+
+def _prepare_extra(name: str, e: Extra, dtype: np.dtype, sizes: dict[str, int]) -> Any:
+    e = e._replace(shape=tuple(sizes[d] if isinstance(d, str) else d for d in e.shape))
+    if e.unit and not isinstance(e.value, np.ndarray) and np.ndim(e.value) == 0:
+        v = e.value
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
+            raise ValueError(f"{name} must be a number in [0, 1] or an array of shape "
+                             f"{e.shape}, got {v!r}")  # fmt: skip
+        return float(v)
+    _float_dtype_of(name, e.value)
+    arr = _to_array(name, e.value, dtype, e.shape)
+    if e.unit and arr.size and not (arr.min() >= 0 and arr.max() <= 1):
+        raise ValueError(f"{name} must hold values in [0, 1] (1: keep the previous value)")
+    return arr
+
+
+def _shape_of(name: str, a: Any, ndim: int, what: str, G: int = 0) -> tuple[int, ...]:
+    """``a``'s shape, which must have ``ndim`` axes; ``what`` (formatted with ``G`` only when
+    an error is raised, to keep the common case cheap) names the shape expected."""
+    if type(a) is np.ndarray and a.ndim == ndim:
+        return a.shape
+    what = what.format(G=G)
     if a is None:
         raise TypeError(f"{name} is required, got None")
     try:
@@ -339,6 +379,7 @@ def prepare(
     lengths: Any = None,
     w_hr: Any = None,
     check_finite: bool = False,
+    extras: dict[str, Extra] | None = None,
 ) -> Prepared:
     """Validate the operands of a ``<cell>_forward`` call and make them C-contiguous.
 
@@ -350,13 +391,14 @@ def prepare(
     ``check_finite``, a NaN or infinity in any operand raises ``ValueError`` naming it.
 
     ``w_hr`` (LSTM only) is a projection of shape (P, H): then ``w_hh`` is (4H, P) and ``h0`` is
-    (B, P), while ``c0`` stays (B, H).
+    (B, P), while ``c0`` stays (B, H). ``extras`` are the cell's optional operands (None values
+    are dropped), checked as :class:`Extra` says.
     """
     G = cell.G
     T, B, I = _shape_of("x", x, 3, "(T, B, input_size)")
-    GH, I_w = _shape_of("w_ih", w_ih, 2, f"({G} * hidden_size, input_size)")
+    GH, I_w = _shape_of("w_ih", w_ih, 2, "({G} * hidden_size, input_size)", G)
     if w_hr is None:
-        GH2, H = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, hidden_size)")
+        GH2, H = _shape_of("w_hh", w_hh, 2, "({G} * hidden_size, hidden_size)", G)
         if H < 1:
             raise ValueError(f"w_hh must have hidden_size >= 1 columns, got shape {(GH2, H)}")
         if GH2 != G * H:
@@ -373,7 +415,7 @@ def prepare(
             raise ValueError(
                 f"w_hr must have shape (proj_size >= 1, hidden_size >= 1), got {(R, H)}"
             )
-        w_hh_shape = _shape_of("w_hh", w_hh, 2, f"({G} * hidden_size, proj_size)")
+        w_hh_shape = _shape_of("w_hh", w_hh, 2, "({G} * hidden_size, proj_size)", G)
         if w_hh_shape != (G * H, R):
             raise ValueError(
                 f"w_hh must have shape ({G} * hidden_size, proj_size) = ({G * H}, {R}) with a "
@@ -404,10 +446,15 @@ def prepare(
         "b_hh": b_hh,
         "w_hr": w_hr,
     }
-    dtype = np.dtype(np.float32)
+    extras = {k: e for k, e in (extras or {}).items() if e.value is not None}
+    operands.update({k: e.value for k, e in extras.items() if e.weight})
+    dtype = _F32
     for name, a in operands.items():
-        if a is not None and _float_dtype_of(name, a) == np.float64:
-            dtype = np.dtype(np.float64)
+        if a is None:
+            continue
+        dt = a.dtype if type(a) is np.ndarray else None
+        if dt is _F64 or (dt is not _F32 and _float_dtype_of(name, a) is _F64):
+            dtype = _F64
 
     xa = _convert("x", as_array("x", x), dtype)
     w_ih_a = _convert("w_ih", as_array("w_ih", w_ih), dtype)
@@ -420,11 +467,71 @@ def prepare(
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
     w_hr_a = None if w_hr is None else _convert("w_hr", as_array("w_hr", w_hr), dtype)
     lens = check_lengths(lengths, T, B)
+    sizes = {"T": T, "B": B, "H": H, "R": R, "GH": G * H}
+    extra_a = {k: _prepare_extra(k, e, dtype, sizes) for k, e in extras.items()}
     if check_finite:
         for name, a in (("x", xa), ("h0", h0a), ("c0", c0a), ("w_ih", w_ih_a), ("w_hh", w_hh_a),
                         ("b_ih", b_ih_a), ("b_hh", b_hh_a), ("w_hr", w_hr_a)):  # fmt: skip
             _check_finite(name, a)
-    return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H, w_hr_a)
+        for name, a in extra_a.items():
+            if isinstance(a, np.ndarray):
+                _check_finite(name, a)
+    return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H, w_hr_a,
+                    extra_a or None)  # fmt: skip
+
+
+def cell_extras(
+    cell: Cell,
+    w_hr: Any = None,
+    *,
+    w_peephole: Any = None,
+    ln_ih: Any = None,
+    ln_hh: Any = None,
+    ln_c: Any = None,
+    ln_c_bias: Any = None,
+    recurrent_mask: Any = None,
+    zoneout_h: Any = None,
+    zoneout_c: Any = None,
+    reset_after: bool = True,
+) -> dict[str, Extra]:
+    """The optional operands of an LSTM or GRU forward, as :func:`prepare` checks them.
+
+    Refuses, naming both, a combination the kernels do not run: any of these with a projection
+    (``w_hr``) or with ``reset_after=False``; layer-norm gains given in part.
+    """
+    given = {
+        "w_peephole": w_peephole,
+        "ln_ih": ln_ih,
+        "ln_hh": ln_hh,
+        "ln_c": ln_c,
+        "ln_c_bias": ln_c_bias,
+        "recurrent_mask": recurrent_mask,
+        "zoneout_h": zoneout_h,
+        "zoneout_c": zoneout_c,
+    }
+    present = [k for k, v in given.items() if v is not None]
+    if present and w_hr is not None:
+        raise ValueError(f"{present[0]} cannot be combined with w_hr (a projection)")
+    if present and not reset_after:
+        raise ValueError(f"{present[0]} cannot be combined with reset_after=False")
+    ln_names = ("ln_ih", "ln_hh", "ln_c", "ln_c_bias") if "c" in cell.states else ("ln_ih", "ln_hh")
+    ln_given = [k for k in ln_names if given[k] is not None]
+    if ln_given and len(ln_given) != len(ln_names):
+        missing = [k for k in ln_names if given[k] is None]
+        raise ValueError(
+            f"layer normalization needs all of {', '.join(ln_names)}; got {', '.join(ln_given)} "
+            f"without {', '.join(missing)}"
+        )
+    return {
+        "w_peephole": Extra(w_peephole, (3, "H")),
+        "ln_ih": Extra(ln_ih, ("GH",)),
+        "ln_hh": Extra(ln_hh, ("GH",)),
+        "ln_c": Extra(ln_c, ("H",)),
+        "ln_c_bias": Extra(ln_c_bias, ("H",)),
+        "recurrent_mask": Extra(recurrent_mask, ("B", "R"), weight=False),
+        "zoneout_h": Extra(zoneout_h, ("T", "B", "R"), weight=False, unit=True),
+        "zoneout_c": Extra(zoneout_c, ("T", "B", "H"), weight=False, unit=True),
+    }
 
 
 def check_cache(cache: Any, backend: str, cell: Cell) -> Cache:
@@ -451,6 +558,20 @@ def check_cache(cache: Any, backend: str, cell: Cell) -> Cache:
             f"{fn} instead"
         )
     return cache
+
+
+def cell_states_grad(cache: Cache, dcs: Any) -> np.ndarray | None:
+    """The validated gradient ``dcs`` of an LSTM's cell states (None means zeros); refused
+    unless the forward ran with ``return_cell_states``."""
+    if dcs is None:
+        return None
+    if not cache.options.get("return_cell_states"):
+        raise ValueError(
+            "dcs is the gradient of the cell states, which only a forward with "
+            "return_cell_states=True returns"
+        )
+    p = cache.prepared
+    return as_grad("dcs", dcs, (p.T, p.B, p.H), p.dtype)
 
 
 def as_grad(name: str, g: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | None:

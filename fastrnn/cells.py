@@ -24,12 +24,61 @@ import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-__all__ = ["CELLS", "GRU", "LSTM", "RNN", "Cell", "Option", "Param", "get_cell"]
+if TYPE_CHECKING:
+    from numpy import ndarray
+
+__all__ = [
+    "CELLS",
+    "GRU",
+    "LSTM",
+    "RNN",
+    "Cell",
+    "GRUGrads",
+    "LSTMGrads",
+    "Option",
+    "Param",
+    "RNNGrads",
+    "get_cell",
+]
 
 #: The functional module of each backend.
 BACKENDS = {"cython": "fastrnn.functional", "numpy": "fastrnn.reference"}
+
+
+class RNNGrads(NamedTuple):
+    """Gradients returned by ``rnn_backward`` (and ``gru_backward``, as :class:`GRUGrads`)."""
+
+    dx: ndarray
+    dh0: ndarray
+    dw_ih: ndarray
+    dw_hh: ndarray
+    db_ih: ndarray | None
+    db_hh: ndarray | None
+
+
+class GRUGrads(NamedTuple):
+    """Gradients returned by ``gru_backward``."""
+
+    dx: ndarray
+    dh0: ndarray
+    dw_ih: ndarray
+    dw_hh: ndarray
+    db_ih: ndarray | None
+    db_hh: ndarray | None
+
+
+class LSTMGrads(NamedTuple):
+    """Gradients returned by ``lstm_backward``."""
+
+    dx: ndarray
+    dh0: ndarray
+    dc0: ndarray
+    dw_ih: ndarray
+    dw_hh: ndarray
+    db_ih: ndarray | None
+    db_hh: ndarray | None
 
 
 @dataclass(frozen=True)
@@ -88,6 +137,9 @@ class Option:
         Whether the functional forward takes it as a keyword of the same name (an option that
         only adds a parameter, such as ``proj_size``, does not).
     doc : str
+    conflicts : tuple of str
+        Options of the same cell that this one cannot be combined with: setting both away from
+        their defaults raises ``ValueError`` naming both.
     """
 
     name: str
@@ -95,6 +147,7 @@ class Option:
     check: Callable[[Any, str], Any]
     functional: bool = False
     doc: str = ""
+    conflicts: tuple[str, ...] = ()
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -109,6 +162,33 @@ def _nonnegative_int(value: Any, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value}")
     return int(value)
+
+
+def _probability(value: Any, name: str) -> float:
+    """A probability in [0, 1) (1 would drop or freeze every unit)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _zoneout_pair(value: Any, name: str) -> tuple[float, float]:
+    """LSTM zoneout: one probability for h and c, or a pair (p_h, p_c)."""
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be a probability or a pair (p_h, p_c), got {value!r}")
+        return (
+            _probability(value[0], f"{name}[0] (p_h)"),
+            _probability(value[1], f"{name}[1] (p_c)"),
+        )
+    p = _probability(value, name)
+    return (p, p)
+
+
+def _zoneout_one(value: Any, name: str) -> tuple[float]:
+    """Zoneout of a cell whose only state is h: one probability (or a 1-tuple of it)."""
+    if isinstance(value, tuple | list) and len(value) == 1:
+        value = value[0]
+    return (_probability(value, name),)
 
 
 def _nonlinearity(value: Any, name: str) -> str:
@@ -128,7 +208,7 @@ def _uniform_weights(extra: tuple[Param, ...] = ()) -> tuple[Param, ...]:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per cell: equal and hashed by identity
 class Cell:
     """One recurrent cell: everything but its arithmetic.
 
@@ -150,6 +230,10 @@ class Cell:
         In PyTorch's ``_flat_weights_names`` order within a layer and direction.
     kernel : str
         The compiled module ``fastrnn._kernels.<kernel>``.
+    grads : type
+        The NamedTuple of the backward's gradients (``dx``, ``dh0`` [, ``dc0``], ``dw_ih``,
+        ``dw_hh``, ``db_ih``, ``db_hh``); a forward with optional parameters returns a
+        NamedTuple with their gradients as further fields.
     variants : mapping of str to mapping
         Named option presets that the tests and benchmarks iterate over.
     """
@@ -161,6 +245,7 @@ class Cell:
     options: tuple[Option, ...]
     params: tuple[Param, ...]
     kernel: str
+    grads: type
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
@@ -179,6 +264,14 @@ class Cell:
     def option_defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
 
+    def is_default(self, name: str, value: Any) -> bool:
+        """Whether ``value`` of this cell's option ``name`` means its default."""
+        option = next(o for o in self.options if o.name == name)
+        try:
+            return option.check(value, name) == option.default
+        except (TypeError, ValueError):
+            return False
+
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Every option of this cell, validated, defaults filled in, in declaration order.
 
@@ -191,7 +284,7 @@ class Cell:
             if name in own:
                 continue
             takers = [c for c in CELLS.values() if any(o.name == name for o in c.options)]
-            if takers and all(options[name] == c.option_defaults()[name] for c in takers):
+            if takers and all(c.is_default(name, options[name]) for c in takers):
                 continue  # another cell's option at its default (PyTorch's proj_size=0)
             if takers:
                 raise ValueError(
@@ -204,10 +297,18 @@ class Cell:
                 f"unknown option {name!r} for {self.title} (options of the cells: "
                 f"{', '.join(known)})"
             )
-        return {
+        values = {
             o.name: o.check(options[o.name], o.name) if o.name in options else o.default
             for o in self.options
         }
+        for o in self.options:
+            for other in o.conflicts:
+                if values[o.name] != o.default and values[other] != own[other].default:
+                    raise ValueError(
+                        f"{self.title}: {o.name}={values[o.name]!r} cannot be combined with "
+                        f"{other}={values[other]!r}"
+                    )
+        return values
 
     def functional_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The options that the functional forward takes as keywords."""
@@ -240,9 +341,22 @@ RNN = Cell(
             functional=True,
             doc="the activation, 'tanh' or 'relu'",
         ),
+        Option(
+            "recurrent_dropout",
+            0.0,
+            _probability,
+            doc="variational dropout on h_{t-1}: one mask per sequence for all steps",
+        ),
+        Option(
+            "zoneout",
+            (0.0,),
+            _zoneout_one,
+            doc="probability of keeping each unit of h from the previous step",
+        ),
     ),
     params=_uniform_weights(),
     kernel="rnn",
+    grads=RNNGrads,
     variants=MappingProxyType(
         {
             "rnn_tanh": MappingProxyType({"nonlinearity": "tanh"}),
@@ -250,6 +364,8 @@ RNN = Cell(
         }
     ),
 )
+
+_LSTM_FEATURES = ("peephole", "layer_norm", "recurrent_dropout", "zoneout", "return_cell_states")
 
 LSTM = Cell(
     name="lstm",
@@ -261,7 +377,41 @@ LSTM = Cell(
             "proj_size",
             0,
             _nonnegative_int,
+            conflicts=_LSTM_FEATURES,
             doc="project h to this many features (< hidden_size), 0 for none",
+        ),
+        Option(
+            "peephole",
+            False,
+            _bool,
+            doc="i and f see c_{t-1}, o sees c_t, through per-unit weights (Gers & Schmidhuber)",
+        ),
+        Option(
+            "layer_norm",
+            False,
+            _bool,
+            # the layer-norm kernels (lstm.pyx's *_ln_part) do not run these yet
+            conflicts=("peephole", "recurrent_dropout", "zoneout", "return_cell_states"),
+            doc="layer-normalise the input and recurrent pre-activations and the cell (Ba et al.)",
+        ),
+        Option(
+            "recurrent_dropout",
+            0.0,
+            _probability,
+            doc="variational dropout on h_{t-1}, one mask per sequence (Gal & Ghahramani)",
+        ),
+        Option(
+            "zoneout",
+            (0.0, 0.0),
+            _zoneout_pair,
+            doc="probability of keeping each unit of h and c from the last step (Krueger et al.)",
+        ),
+        Option(
+            "return_cell_states",
+            False,
+            _bool,
+            functional=True,
+            doc="also return the cell state c_t of every step",
         ),
     ),
     params=_uniform_weights(
@@ -272,9 +422,44 @@ LSTM = Cell(
                 lambda s: (s.options["proj_size"], s.H),
                 lambda options, bias: options["proj_size"] > 0,
             ),
+            Param(
+                "weight_peephole",
+                "w_peephole",
+                lambda s: (3, s.H),
+                lambda options, bias: options["peephole"],
+            ),
+            Param(
+                "ln_weight_ih",
+                "ln_ih",
+                lambda s: (s.G * s.H,),
+                lambda options, bias: options["layer_norm"],
+                init="ones",
+            ),
+            Param(
+                "ln_weight_hh",
+                "ln_hh",
+                lambda s: (s.G * s.H,),
+                lambda options, bias: options["layer_norm"],
+                init="ones",
+            ),
+            Param(
+                "ln_weight_c",
+                "ln_c",
+                lambda s: (s.H,),
+                lambda options, bias: options["layer_norm"],
+                init="ones",
+            ),
+            Param(
+                "ln_bias_c",
+                "ln_c_bias",
+                lambda s: (s.H,),
+                lambda options, bias: options["layer_norm"],
+                init="zeros",
+            ),
         )
     ),
     kernel="lstm",
+    grads=LSTMGrads,
     variants=MappingProxyType({"lstm": MappingProxyType({})}),
 )
 
@@ -289,11 +474,50 @@ GRU = Cell(
             True,
             _bool,
             functional=True,
+            conflicts=("layer_norm", "recurrent_dropout", "zoneout"),
             doc="apply the reset gate after the hidden matmul (PyTorch) or before it",
         ),
+        Option(
+            "layer_norm",
+            False,
+            _bool,
+            # the layer-norm kernels (gru.pyx's *_ln_part) do not run these yet
+            conflicts=("recurrent_dropout", "zoneout"),
+            doc="layer-normalise the input and recurrent pre-activations (Ba et al.)",
+        ),
+        Option(
+            "recurrent_dropout",
+            0.0,
+            _probability,
+            doc="variational dropout on h_{t-1}: one mask per sequence for all steps",
+        ),
+        Option(
+            "zoneout",
+            (0.0,),
+            _zoneout_one,
+            doc="probability of keeping each unit of h from the previous step",
+        ),
     ),
-    params=_uniform_weights(),
+    params=_uniform_weights(
+        (
+            Param(
+                "ln_weight_ih",
+                "ln_ih",
+                lambda s: (s.G * s.H,),
+                lambda options, bias: options["layer_norm"],
+                init="ones",
+            ),
+            Param(
+                "ln_weight_hh",
+                "ln_hh",
+                lambda s: (s.G * s.H,),
+                lambda options, bias: options["layer_norm"],
+                init="ones",
+            ),
+        )
+    ),
     kernel="gru",
+    grads=GRUGrads,
     variants=MappingProxyType({"gru": MappingProxyType({})}),
 )
 

@@ -13,7 +13,7 @@ Guarantees:
   read-only); they are never modified.
 * The computation runs in float64 if any floating-point operand is float64, else in float32.
   float16 operands are converted, and so are integer operands whose every value is exact in
-  the computation dtype (|v| <= 2**24 for float32, 2**53 for float64; others raise
+  the computation dtype (``|v| <= 2**24`` for float32, ``2**53`` for float64; others raise
   ``ValueError``); complex, boolean, object, string and extended-precision arrays are refused.
 * Sizes beyond the 32-bit BLAS (T * B, G * H or I above 2**31 - 1) raise ``ValueError`` before
   anything is allocated; an allocation that fails raises ``MemoryError``.
@@ -30,7 +30,8 @@ Guarantees:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,12 +39,14 @@ import numpy as np
 from fastrnn._common import (
     Cache,
     GRUGrads,
-    LSTMGrads,
     LSTMProjGrads,
     Prepared,
     RNNGrads,
     as_grad,
+    cell_extras,
+    cell_states_grad,
     check_cache,
+    grads_of,
     prepare,
 )
 from fastrnn._isa import KERNELS as _k
@@ -51,6 +54,7 @@ from fastrnn._threads import blas_single_thread, get_num_threads
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
+from fastrnn.reference import LN_EPS
 
 __all__ = [
     "gru_backward",
@@ -62,6 +66,15 @@ __all__ = [
 ]
 
 BACKEND = "cython"
+
+
+@functools.lru_cache(maxsize=64)
+def _full_batch(T: int, B: int) -> np.ndarray:
+    """``batch_sizes`` of a batch without lengths (B at every step), read-only and shared: the
+    kernels take it as ``const int[::1]``."""
+    a = np.full(T, B, dtype=np.intc)
+    a.flags.writeable = False
+    return a
 
 
 class _Schedule:
@@ -80,13 +93,13 @@ class _Schedule:
         # caller's step that row b reads at kernel step t (None: identity).
         self.flip = reverse and lengths is None
         self.steps = None
+        if lengths is None:  # every row runs all T steps: the common case, kept short
+            self.order = self.inverse = None
+            self.batch_sizes = _full_batch(T, B)
+            return
         if reverse and lengths is not None:
             t = np.arange(T)[:, None]
             self.steps = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
-        if lengths is None:
-            self.order = self.inverse = None
-            self.batch_sizes = np.full(T, B, dtype=np.intc)
-            return
         order = np.argsort(-lengths, kind="stable")
         sorted_lengths = lengths[order]
         # batch_sizes[t] = #{b : lengths[b] > t}
@@ -138,11 +151,27 @@ class _Saved:
     ms: np.ndarray | None = None  # projected LSTM: o * tanh(c_t), (T, B, H)
     hns: np.ndarray | None = None  # GRU: W_hn h_{t-1} + b_hn, (T, B, H)
     rhs: np.ndarray | None = None  # GRU reset-before: r * h_{t-1}, (T, B, H)
+    # the cell's optional operands in kernel row order (keyword -> array), as its kernels take
+    # them, and what they keep: LSTM hds (T, B, H) h_{t-1} * recurrent_mask, cnew (T, B, H)
+    # c_t before zoneout
+    extras: dict[str, np.ndarray] | None = None
+    hds: np.ndarray | None = None
+    cnew: np.ndarray | None = None
+    noise: dict[str, Any] = field(default_factory=dict)  # RNN, GRU: _noise_keywords(...)
+    xs: np.ndarray | None = None  # layer norm: normalized W_ih x, (T, B, G)
+    hs: np.ndarray | None = None  # layer norm: normalized W_hh h_{t-1}, (T, B, G)
+    cn: np.ndarray | None = None  # LSTM layer norm: normalized c_t, (T, B, H)
+    rstd: np.ndarray | None = None  # layer norm: 1/sqrt(var + eps) of each row, (T, B, 3 or 2)
 
 
-# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds:
-# below it the per-step barrier and the extra BLAS calls cost more than the split saves.
-_MIN_WORK_PER_THREAD = 1 << 16
+# A thread's share of one step's recurrent GEMM should be at least this many multiply-adds
+# (about 30-70 us of arithmetic on one core): below it the per-step barrier costs more than the
+# split saves. On a machine whose vCPUs are shared, a thread that reaches the barrier first
+# waits for the other vCPU to be scheduled again, so the threshold is set for the median, not
+# for the best case: at 1 << 16 the 2-thread RNN longseq forward (T=1000 B=16 H=128, 2.6e5
+# multiply-adds a step) had a median 5x its minimum on the development machine, and one thread
+# was faster in the median (benchmarks/bench_team.py compares the rule with fixed teams).
+_MIN_WORK_PER_THREAD = 1 << 20
 
 
 def _team(p: Prepared) -> int:
@@ -188,6 +217,26 @@ def _empty_backward(
     return [np.zeros_like(p.x), *passed, np.zeros_like(p.w_ih), np.zeros_like(p.w_hh), db, db_hh]
 
 
+def _kernel_extras(p: Prepared, s: _Schedule, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The optional operands among ``names`` that were given, as the kernels take them: masks in
+    kernel row (and time) order, and a zoneout probability (eval) as one (1, B, width) weight
+    that serves every step."""
+    out = {}
+    for name in names:
+        v = p.extra(name)
+        if v is None:
+            continue
+        if isinstance(v, float):
+            width = p.H if name == "zoneout_c" else p.h0.shape[1]
+            v = np.full((1, p.B, width), v, p.dtype)
+        elif name.startswith("zoneout"):
+            v = s.rows(v, 1)
+        elif name == "recurrent_mask":
+            v = s.rows(v, 0)
+        out[name] = v
+    return out
+
+
 def _bias_sum(p: Prepared) -> np.ndarray:
     if p.b_ih is None:
         return np.zeros(p.w_hh.shape[0], p.dtype)
@@ -221,6 +270,8 @@ def rnn_forward(
     lengths=None,
     reverse=False,
     check_finite=False,
+    recurrent_mask=None,
+    zoneout_h=None,
     packs=None,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
@@ -248,12 +299,19 @@ def rnn_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent (variational) dropout: ``W_hh (h_{t-1} * recurrent_mask)`` at every step (an
+        inverted-dropout mask, 0 or 1 / (1 - p)).
+    zoneout_h : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * act(...)`` (1 keeps the
+        previous value); a number is every unit's weight (what eval uses: the expectation).
     packs : dict, optional
         A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
         kernels' packed copy of the two weights is stored in it on the first call and reused
         by the later ones, which then skip packing (the same bits). Nothing checks that the
         weights are still those packed: clear it after changing them. Ignored by the LSTM
-        with ``w_hr`` and the ``reset_after=False`` GRU, which pack per call.
+        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
+        (``ln_ih``), which pack per call.
 
     Returns
     -------
@@ -266,7 +324,8 @@ def rnn_forward(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    extras = cell_extras(_RNN, recurrent_mask=recurrent_mask, zoneout_h=zoneout_h)
+    p = prepare(_RNN, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
     relu = nonlinearity == "relu"
     options = {"nonlinearity": nonlinearity, "reverse": reverse}
     if p.T == 0 or p.B == 0:
@@ -275,26 +334,18 @@ def rnn_forward(
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    noise = _noise_keywords(p, s, training)
+    if training and ("zoneout" in noise or "zoneout_p" in noise):
+        noise["acts"] = np.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         n = _team(p)
-        _k.rnn.forward(
-            xk,
-            h0k,
-            p.w_ih,
-            p.w_hh,
-            _bias_sum(p),
-            s.batch_sizes,
-            y,
-            h_n,
-            relu,
-            n,
-            _prepacked(_k.rnn, p, packs, n),
-        )
+        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, n,
+                       training, **noise, prepacked=_prepacked(_k.rnn, p, packs, n))  # fmt: skip
     cache = None
     if training:
-        cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y))
+        cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y, noise=noise))
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
 
@@ -327,6 +378,9 @@ def rnn_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
+    noise = dict(d.noise)
+    if "rmask" in noise:
+        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.rnn.backward(
             d.x,
@@ -344,6 +398,7 @@ def rnn_backward(cache, dy, dh_n=None):
             db,
             c.options["nonlinearity"] == "relu",
             _team(p),
+            **noise,
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return RNNGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
@@ -366,6 +421,15 @@ def lstm_forward(
     w_hr=None,
     reverse=False,
     check_finite=False,
+    w_peephole=None,
+    ln_ih=None,
+    ln_hh=None,
+    ln_c=None,
+    ln_c_bias=None,
+    recurrent_mask=None,
+    zoneout_h=None,
+    zoneout_c=None,
+    return_cell_states=False,
     packs=None,
 ):
     """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
@@ -394,37 +458,76 @@ def lstm_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    w_peephole : array_like of shape (3, H), optional
+        Peephole weights of ``i``, ``f`` and ``o`` (Gers & Schmidhuber):
+        ``a_i += p_i * c_{t-1}``, ``a_f += p_f * c_{t-1}``, ``a_o += p_o * c_t``.
+    ln_ih, ln_hh : array_like of shape (4H,), optional
+        Layer normalization (Ba, Kiros & Hinton 2016), given together with ``ln_c`` and
+        ``ln_c_bias``: ``a = LN(W_ih x_t; ln_ih) + LN(W_hh h_{t-1}; ln_hh) + b_ih + b_hh`` and
+        ``h_t = o * tanh(LN(c_t; ln_c, ln_c_bias))``, where ``LN(v; g, b) = g * (v - mean) /
+        sqrt(var + 1e-5) + b`` over each row's features (``fastrnn.reference.LN_EPS``). The
+        backward returns their gradients as ``dln_ih``, ``dln_hh``, ``dln_c``, ``dln_c_bias``.
+    ln_c, ln_c_bias : array_like of shape (H,), optional
+        Gain and bias of the cell state's layer norm.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent dropout: ``W_hh`` multiplies ``h_{t-1} * recurrent_mask`` at every step (one
+        mask for the whole sequence, e.g. 0 or ``1 / (1 - p)``).
+    zoneout_h, zoneout_c : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = z_t * h_{t-1} + (1 - z_t) * h~_t`` with ``h~_t`` the cell's new value
+        (likewise ``c_t``); in training ``z`` is usually a 0/1 mask (1 keeps the previous
+        value), in eval the probability itself (the expectation).
+    return_cell_states : bool, default=False
+        Also return every step's cell state ``cs``.
     packs : dict, optional
         A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
         kernels' packed copy of the two weights is stored in it on the first call and reused
         by the later ones, which then skip packing (the same bits). Nothing checks that the
         weights are still those packed: clear it after changing them. Ignored by the LSTM
-        with ``w_hr`` and the ``reset_after=False`` GRU, which pack per call.
+        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
+        (``ln_ih``), which pack per call.
 
     Returns
     -------
     y : ndarray of shape (T, B, H), (T, B, P) with ``w_hr``
     h_n : ndarray of shape (B, H), (B, P) with ``w_hr``
     c_n : ndarray of shape (B, H)
+    cs : ndarray of shape (T, B, H)
+        Only with ``return_cell_states``: ``c_t`` at every step, zero past each length. Like
+        ``y``, the backward reads it: do not modify it in place before the backward.
     cache : Cache or None
         Pass to :func:`lstm_backward`.
     """
-    p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite=check_finite)
+    extras = cell_extras(_LSTM, w_hr, w_peephole=w_peephole, ln_ih=ln_ih, ln_hh=ln_hh, ln_c=ln_c,
+                         ln_c_bias=ln_c_bias, recurrent_mask=recurrent_mask,
+                         zoneout_h=zoneout_h, zoneout_c=zoneout_c)  # fmt: skip
+    p = prepare(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr, check_finite, extras)
+    if p.extra("ln_ih") is not None:
+        return _lstm_ln_forward(p, training, reverse, return_cell_states)
     if p.w_hr is not None:
+        if return_cell_states:
+            raise ValueError("return_cell_states cannot be combined with w_hr (a projection)")
         return _lstm_proj_forward(p, training, reverse)
+    options = {"reverse": reverse, "return_cell_states": bool(return_cell_states)}
     if p.T == 0 or p.B == 0:
         y, h_n, c_n = _empty_forward(p)
-        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse})
-        return y, h_n, c_n, cache if training else None
+        cache = Cache(BACKEND, _LSTM, p, options) if training else None
+        if return_cell_states:
+            return y, h_n, c_n, np.zeros((p.T, p.B, p.H), p.dtype), cache
+        return y, h_n, c_n, cache
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
-    G = p.w_hh.shape[0]
+    G, T, B, H = p.w_hh.shape[0], p.T, p.B, p.H
+    ext = _kernel_extras(p, s, _LSTM_EXTRAS)
     # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
-    steps = p.T if training else _k.lstm.ring_steps(p.T, p.B)
-    gates = np.empty((steps, p.B, G), p.dtype)
-    y = np.empty((p.T, p.B, p.H), p.dtype)
-    cs = np.empty((p.T if training else 1, p.B, p.H), p.dtype)
-    h_n, c_n = np.empty((p.B, p.H), p.dtype), np.empty((p.B, p.H), p.dtype)
+    steps = T if training else _k.lstm.ring_steps(T, B)
+    gates = np.empty((steps, B, G), p.dtype)
+    y = np.empty((T, B, H), p.dtype)
+    cs = np.empty((T if training or return_cell_states else 1, B, H), p.dtype)
+    h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
+    if "recurrent_mask" in ext:  # h_{t-1} * mask: every step's (training), else a ring of 2
+        ext["hds"] = np.empty((T if training else min(T, 2), B, H), p.dtype)
+    if "zoneout_c" in ext:  # c_t before zoneout (every step's for BPTT, else one)
+        ext["cnew"] = np.empty((T if training else 1, B, H), p.dtype)
     with blas_single_thread():
         n = _team(p)
         _k.lstm.forward(
@@ -442,16 +545,25 @@ def lstm_forward(
             c_n,
             training,
             n,
-            _prepacked(_k.lstm, p, packs, n),
+            cell_states=bool(return_cell_states),
+            **ext,
+            prepacked=_prepacked(_k.lstm, p, packs, n),
         )
     cache = None
     if training:
-        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs)
-        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse}, saved)
-    return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
+        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs, extras=ext)
+        cache = Cache(BACKEND, _LSTM, p, options, saved)
+    out = s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0)
+    if return_cell_states:
+        return *out, s.unrows(cs, 1), cache
+    return *out, cache
 
 
-def lstm_backward(cache, dy, dh_n=None, dc_n=None):
+# The LSTM kernels' optional operands, by functional keyword (layer norm aside).
+_LSTM_EXTRAS = ("w_peephole", "recurrent_mask", "zoneout_h", "zoneout_c")
+
+
+def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
     """Backpropagation through time for :func:`lstm_forward`.
 
     Parameters
@@ -461,20 +573,28 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     dy : array_like of shape (T, B, H) or None
     dh_n : array_like of shape (B, H), (B, P) after a forward with ``w_hr``, or None
     dc_n : array_like of shape (B, H) or None
+    dcs : array_like of shape (T, B, H) or None
+        Gradient with respect to ``cs`` (a forward with ``return_cell_states``); None for zeros.
 
     Returns
     -------
     LSTMGrads or LSTMProjGrads
         ``dx`` (T, B, I), ``dh0``, ``dc0`` (B, H), ``dw_ih``, ``dw_hh``, ``db_ih``, ``db_hh``;
         after a forward with ``w_hr``, an :class:`LSTMProjGrads` with ``dh0`` of shape (B, P)
-        and one more field, ``dw_hr`` (P, H).
+        and one more field, ``dw_hr`` (P, H); after a forward with ``w_peephole``, one more
+        field ``dw_peephole`` (3, H).
     """
     c = check_cache(cache, BACKEND, _LSTM)
     p, d = c.prepared, c.saved
+    dcs = cell_states_grad(c, dcs)
     if p.w_hr is not None:
         return _lstm_proj_backward(c, dy, dh_n, dc_n)
+    if p.extra("ln_ih") is not None:
+        return _lstm_ln_backward(c, dy, dh_n, dc_n)
+    wp = p.extra("w_peephole")
     if c.empty:
-        return LSTMGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)}))
+        fields = _empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)})
+        return grads_of(_LSTM, fields, {"dw_peephole": None if wp is None else wp * 0})
     s = d.s
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     G = p.w_hh.shape[0]
@@ -482,6 +602,13 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
+    ext = dict(d.extras)
+    if wp is not None:
+        ext["dw_peephole"] = np.empty_like(wp)
+    if "recurrent_mask" in ext:
+        ext["dm"] = np.empty((p.B, p.H), p.dtype)
+    if dcs is not None:
+        ext["dcs"] = s.rows(dcs, 1)
     with blas_single_thread():
         _k.lstm.backward(
             d.x,
@@ -502,9 +629,11 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None):
             dw_hh,
             db,
             _team(p),
+            **ext,
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
-    return LSTMGrads(s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh)
+    fields = [s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
+    return grads_of(_LSTM, fields, {"dw_peephole": ext.get("dw_peephole")})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +652,10 @@ def gru_forward(
     reset_after=True,
     reverse=False,
     check_finite=False,
+    ln_ih=None,
+    ln_hh=None,
+    recurrent_mask=None,
+    zoneout_h=None,
     packs=None,
 ):
     """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
@@ -549,12 +682,26 @@ def gru_forward(
         Raise ``ValueError`` naming the operand if any input, state, weight or bias holds a NaN
         or an infinity (two extra passes over each). Without it, NaN and infinities propagate
         through the arithmetic as IEEE 754 says; they are never dropped.
+    ln_ih, ln_hh : array_like of shape (3H,), optional
+        Layer normalization (Ba, Kiros & Hinton 2016), given together:
+        ``gi = LN(W_ih x_t; ln_ih) + b_ih`` and ``gh = LN(W_hh h_{t-1}; ln_hh) + b_hh``, then the
+        gates above from ``gi`` and ``gh``; ``LN(v; g) = g * (v - mean) / sqrt(var + 1e-5)`` over
+        each row's 3H features. The backward returns ``dln_ih`` and ``dln_hh``.
+    recurrent_mask : array_like of shape (B, H), optional
+        Recurrent (variational) dropout: ``W_hh (h_{t-1} * recurrent_mask)`` at every step (an
+        inverted-dropout mask, 0 or 1 / (1 - p)); the update ``z * h_{t-1}`` uses the undropped
+        state. Needs ``reset_after=True``.
+    zoneout_h : array_like of shape (T, B, H), or float in [0, 1], optional
+        Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * h~_t`` with ``h~_t`` the
+        update above (1 keeps the previous value); a number is every unit's weight (what eval
+        uses: the expectation). Needs ``reset_after=True``.
     packs : dict, optional
         A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
         kernels' packed copy of the two weights is stored in it on the first call and reused
         by the later ones, which then skip packing (the same bits). Nothing checks that the
         weights are still those packed: clear it after changing them. Ignored by the LSTM
-        with ``w_hr`` and the ``reset_after=False`` GRU, which pack per call.
+        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
+        (``ln_ih``), which pack per call.
 
     Returns
     -------
@@ -563,8 +710,12 @@ def gru_forward(
     cache : Cache or None
         Pass to :func:`gru_backward`.
     """
-    p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, check_finite=check_finite)
+    extras = cell_extras(_GRU, ln_ih=ln_ih, ln_hh=ln_hh, recurrent_mask=recurrent_mask,
+                         zoneout_h=zoneout_h, reset_after=reset_after)  # fmt: skip
+    p = prepare(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, None, check_finite, extras)
     options = {"reset_after": bool(reset_after), "reverse": reverse}
+    if p.extra("ln_ih") is not None:
+        return _gru_ln_forward(p, training, options)
     if not reset_after:
         return _gru_reset_before_forward(p, training, options)
     if p.T == 0 or p.B == 0:
@@ -573,6 +724,7 @@ def gru_forward(
         return y, h_n, cache if training else None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    noise = _noise_keywords(p, s, training)
     H, G = p.H, p.w_hh.shape[0]
     bias_i = np.zeros(G, p.dtype)
     b_hn = np.zeros(H, p.dtype)
@@ -603,11 +755,12 @@ def gru_forward(
             h_n,
             training,
             n,
-            _prepacked(_k.gru, p, packs, n),
+            **noise,
+            prepacked=_prepacked(_k.gru, p, packs, n),
         )
     cache = None
     if training:
-        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns)
+        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns, noise=noise)
         cache = Cache(BACKEND, _GRU, p, options, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
 
@@ -631,6 +784,8 @@ def gru_backward(cache, dy, dh_n=None):
     p, d = c.prepared, c.saved
     if not c.options["reset_after"]:
         return _gru_reset_before_backward(c, dy, dh_n)
+    if p.extra("ln_ih") is not None:
+        return _gru_ln_backward(c, dy, dh_n)
     if c.empty:
         return GRUGrads(*_empty_backward(p, dy, {"dh_n": (dh_n, p.H)}))
     s = d.s
@@ -641,6 +796,9 @@ def gru_backward(cache, dy, dh_n=None):
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
+    noise = dict(d.noise)
+    if "rmask" in noise:
+        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.gru.backward(
             d.x,
@@ -661,10 +819,30 @@ def gru_backward(cache, dy, dh_n=None):
             db_ih,
             db_hh,
             _team(p),
+            **noise,
         )
     if p.b_ih is None:
         db_ih = db_hh = None
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+def _noise_keywords(p: Prepared, s: _Schedule, training: bool) -> dict[str, Any]:
+    """The RNN and GRU kernels' keywords for recurrent dropout and zoneout, in kernel row order.
+
+    ``rmask`` with ``hds``, the buffer of the dropped states h_{t-1} * rmask (every step in
+    training, for dW_hh; a ring of two in inference); ``zoneout`` (an array) or ``zoneout_p``
+    (one weight for every unit). Empty without either option.
+    """
+    out: dict[str, Any] = {}
+    rmask, zh = p.extra("recurrent_mask"), p.extra("zoneout_h")
+    if rmask is not None:
+        out["rmask"] = s.rows(rmask, 0)
+        out["hds"] = np.empty((p.T if training else 2, p.B, p.H), p.dtype)
+    if isinstance(zh, float):
+        out["zoneout_p"] = zh
+    elif zh is not None:
+        out["zoneout"] = s.rows(zh, 1)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -835,3 +1013,234 @@ def _gru_reset_before_backward(c: Cache, dy: Any, dh_n: Any) -> GRUGrads:
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer normalization (Ba, Kiros & Hinton 2016), LSTM and GRU: LN(v; g, b) = g * vhat + b over
+# each row's features, vhat = (v - mean) / sqrt(var + LN_EPS); see reference.lstm_forward.
+# ---------------------------------------------------------------------------------------------
+def _ln_only(p: Prepared, cell_name: str, return_cell_states: bool = False) -> None:
+    """Refuse, naming both, an operand the layer-norm kernels do not combine with."""
+    others = [k for k, v in (p.extras or {}).items() if v is not None and not k.startswith("ln_")]
+    if return_cell_states:
+        others.append("return_cell_states")
+    if others:
+        raise ValueError(
+            f"{cell_name}: ln_ih (layer normalization) cannot be combined with {others[0]} in "
+            "the Cython kernels yet; use fastrnn.reference for this combination"
+        )
+
+
+def _ln_grads_empty(p: Prepared, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {"d" + k: np.zeros_like(p.extra(k)) for k in names}
+
+
+def _lstm_ln_forward(p: Prepared, training: bool, reverse: bool, return_cell_states: bool):
+    _ln_only(p, "lstm_forward", return_cell_states)
+    if p.T == 0 or p.B == 0:
+        y, h_n, c_n = _empty_forward(p)
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse})
+        return y, h_n, c_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B, reverse)
+    xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
+    T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
+    # training keeps every step; inference a ring of projected rows, one step of the rest
+    keep = T if training else 1
+    gates = np.empty((keep, B, G), p.dtype)
+    xs = np.empty((T if training else _k.lstm.ring_steps(T, B), B, G), p.dtype)
+    hs = np.empty((keep, B, G), p.dtype)
+    cn = np.empty((keep, B, H), p.dtype)
+    rstd = np.empty((keep, B, 3), p.dtype)
+    y = np.empty((T, B, H), p.dtype)
+    cs = np.empty((keep, B, H), p.dtype)
+    h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
+    x = p.extra
+    with blas_single_thread():
+        _k.lstm.forward_ln(
+            xk,
+            h0k,
+            c0k,
+            p.w_ih,
+            p.w_hh,
+            _bias_sum(p),
+            x("ln_ih"),
+            x("ln_hh"),
+            x("ln_c"),
+            x("ln_c_bias"),
+            LN_EPS,
+            s.batch_sizes,
+            gates,
+            xs,
+            hs,
+            cn,
+            rstd,
+            y,
+            cs,
+            h_n,
+            c_n,
+            training,
+            _team(p),
+        )
+    cache = None
+    if training:
+        saved = _Saved(s, xk, h0k, y, c0=c0k, gates=gates, cs=cs, xs=xs, hs=hs, cn=cn, rstd=rstd)
+        cache = Cache(BACKEND, _LSTM, p, {"reverse": reverse}, saved)
+    return s.unrows(y, 1), s.unrows(h_n, 0), s.unrows(c_n, 0), cache
+
+
+def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
+    p, d = c.prepared, c.saved
+    names = ("ln_ih", "ln_hh", "ln_c", "ln_c_bias")
+    if c.empty:
+        fields = _empty_backward(p, dy, {"dh_n": (dh_n, p.H), "dc_n": (dc_n, p.H)})
+        return grads_of(_LSTM, fields, _ln_grads_empty(p, names))
+    s = d.s
+    dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
+    T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
+    dgates, dgx, dgh = (np.empty((T, B, G), p.dtype) for _ in range(3))
+    du = np.empty((T, B, H), p.dtype)
+    dx = np.empty((T, B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db = np.empty(G, p.dtype)
+    dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
+    x = p.extra
+    with blas_single_thread():
+        _k.lstm.backward_ln(
+            d.x,
+            d.h0,
+            d.c0,
+            p.w_ih,
+            p.w_hh,
+            x("ln_ih"),
+            x("ln_hh"),
+            x("ln_c"),
+            x("ln_c_bias"),
+            s.batch_sizes,
+            d.gates,
+            d.xs,
+            d.hs,
+            d.cn,
+            d.rstd,
+            d.y,
+            d.cs,
+            dyk,
+            dh,
+            dc,
+            dgates,
+            dgx,
+            dgh,
+            du,
+            dx,
+            dw_ih,
+            dw_hh,
+            db,
+            *dln.values(),
+            _team(p),
+        )
+    db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
+    fields = [s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
+    return grads_of(_LSTM, fields, dln)
+
+
+def _gru_ln_forward(p: Prepared, training: bool, options: dict[str, Any]):
+    _ln_only(p, "gru_forward")
+    if p.T == 0 or p.B == 0:
+        y, h_n, _ = _empty_forward(p)
+        cache = Cache(BACKEND, _GRU, p, options)
+        return y, h_n, cache if training else None
+    s = _Schedule(p.lengths, p.T, p.B, options["reverse"])
+    xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
+    T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
+    keep = T if training else 1
+    b_ih, b_hh = _biases(p)
+    gates = np.empty((keep, B, G), p.dtype)
+    xs = np.empty((T if training else _k.gru.ring_steps(T, B), B, G), p.dtype)
+    hs = np.empty((keep, B, G), p.dtype)
+    hns = np.empty((keep, B, H), p.dtype)
+    rstd = np.empty((keep, B, 2), p.dtype)
+    y = np.empty((T, B, H), p.dtype)
+    h_n = np.empty((B, H), p.dtype)
+    with blas_single_thread():
+        _k.gru.forward_ln(
+            xk,
+            h0k,
+            p.w_ih,
+            p.w_hh,
+            b_ih,
+            b_hh,
+            p.extra("ln_ih"),
+            p.extra("ln_hh"),
+            LN_EPS,
+            s.batch_sizes,
+            gates,
+            xs,
+            hs,
+            hns,
+            rstd,
+            y,
+            h_n,
+            training,
+            _team(p),
+        )
+    cache = None
+    if training:
+        saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns, xs=xs, hs=hs, rstd=rstd)
+        cache = Cache(BACKEND, _GRU, p, options, saved)
+    return s.unrows(y, 1), s.unrows(h_n, 0), cache
+
+
+def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
+    p, d = c.prepared, c.saved
+    names = ("ln_ih", "ln_hh")
+    if c.empty:
+        fields = _empty_backward(p, dy, {"dh_n": (dh_n, p.H)})
+        return grads_of(_GRU, fields, _ln_grads_empty(p, names))
+    s = d.s
+    dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
+    T, B, G = p.T, p.B, p.w_hh.shape[0]
+    dgi, dgh, dghh, dgx = (np.empty((T, B, G), p.dtype) for _ in range(4))
+    dx = np.empty((T, B, p.I), p.dtype)
+    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
+    dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
+    with blas_single_thread():
+        _k.gru.backward_ln(
+            d.x,
+            d.h0,
+            p.w_ih,
+            p.w_hh,
+            p.extra("ln_ih"),
+            p.extra("ln_hh"),
+            s.batch_sizes,
+            d.gates,
+            d.xs,
+            d.hs,
+            d.hns,
+            d.rstd,
+            d.y,
+            dyk,
+            dh,
+            dgi,
+            dgh,
+            dghh,
+            dgx,
+            dx,
+            dw_ih,
+            dw_hh,
+            db_ih,
+            db_hh,
+            *dln.values(),
+            _team(p),
+        )
+    if p.b_ih is None:
+        db_ih = db_hh = None
+    fields = [s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh]
+    return grads_of(_GRU, fields, dln)
+
+
+def _biases(p: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    """b_ih and b_hh, zeros without biases."""
+    if p.b_ih is None:
+        zero = np.zeros(p.w_hh.shape[0], p.dtype)
+        return zero, zero
+    return p.b_ih, p.b_hh

@@ -341,7 +341,7 @@ def _check_state(name: str, a: Any, shape: tuple[int, ...] | None) -> Any:
 # the reverse direction of a layer run at once on two Python threads, each of its kernel calls
 # capped at its share (n // 2 and n - n // 2): the caller runs direction 0 while one worker
 # thread runs direction 1. Results are bitwise those of the one-after-the-other path (the
-# kernels' blocking does not depend on the thread count; tests/test_bidirectional_concurrency.py).
+# kernels' blocking does not depend on the thread count; tests/test_stack_concurrency.py).
 #
 # None: at once when the rule below says it pays; True: at once whenever two threads are
 # allowed; False: one after the other (tests and benchmarks/bench_bidirectional.py set these).
@@ -450,8 +450,10 @@ def stack_forward(
     training : bool, default=True
         Keep what :func:`stack_backward` needs and apply dropout; False returns ``cache=None``.
     generator : numpy.random.Generator, optional
-        Draws the dropout masks (only used when training with ``dropout > 0`` and more than one
-        layer); a fresh unseeded one when None.
+        Draws the masks of training: dropout between layers (``dropout > 0`` and more than one
+        layer), recurrent dropout (one ``(B, R)`` mask per layer and direction) and zoneout
+        (one mask per step, layer and direction and state), in that order per layer, direction
+        0 first; a fresh unseeded one when None.
     packs : mapping of str to dict, optional
         By parameter-name suffix (``"_l0"``, ``"_l0_reverse"``, ...), the ``packs`` dict of
         each layer and direction's functional forward: the kernels' packed weights, kept
@@ -464,6 +466,9 @@ def stack_forward(
         the functional API's rule (float64 if any operand is float64).
     h_n : ndarray of shape (L*D, B, R)
     c_n : ndarray of shape (L*D, B, hidden_size), or None for RNN and GRU
+    cell_states : ndarray of shape (T, B, D*hidden_size)
+        Only with the LSTM option ``return_cell_states``: the last layer's cell state at every
+        step (directions concatenated as in ``y``; zero past each sequence's end).
     cache : StackCache or None
     """
     cfg = config
@@ -479,25 +484,29 @@ def stack_forward(
     w = _weights_dict(cfg, weights)
     lengths = check_lengths(lengths, T, B)
     drop = training and cfg.dropout > 0 and cfg.num_layers > 1
-    if drop and generator is None:
-        generator = np.random.default_rng()
 
     fwd, _ = cfg.spec.functions(cfg.backend)
     params = cfg.params()
     options = cfg.spec.functional_options(cfg.options)
+    want_cs = cfg.options.get("return_cell_states", False)
+    if training and generator is None and _draws(cfg):
+        generator = np.random.default_rng()
+    dtype = _dtype_of(x, w)
     D, S = cfg.num_directions, len(cfg.spec.states)
     inp: Any = x
     finals: list[list[np.ndarray]] = [[] for _ in range(S)]  # [state][layer * D + direction]
-    caches, masks = [], []
+    caches, masks, cell_states = [], [], []
     for layer in range(cfg.num_layers):
+        # drawn here, in order, never on the direction threads: the same bits every run
+        noise = [_noise(cfg, T, B, training, generator, dtype) for _ in range(D)]
 
-        def run(direction: int, layer: int = layer, inp: Any = inp) -> tuple:
+        def run(direction: int, layer: int = layer, inp: Any = inp, noise=noise) -> tuple:
             idx, sfx = layer * D + direction, _suffix(layer, direction)
             states = [None if s is None else s[idx] for s in init]
             kw = {p.arg: w[p.name + sfx] for p in params}
             if packs is not None:
                 kw["packs"] = packs[sfx]
-            # -> (y, *final states, cache)
+            # -> (y, *final states, [cell states], cache)
             return fwd(
                 inp,
                 *states,
@@ -506,15 +515,18 @@ def stack_forward(
                 reverse=bool(direction),
                 **kw,
                 **options,
+                **noise[direction],
             )
 
         outs, layer_caches = [], []
         split = _direction_split(cfg, T, B, layer)
-        for y, *states, cache in _each_direction(D, split, run):
+        for y, *rest in _each_direction(D, split, run):
             outs.append(y)
-            for i, s in enumerate(states):
-                finals[i].append(s)
-            layer_caches.append(cache)
+            for i in range(S):
+                finals[i].append(rest[i])
+            if want_cs and layer == cfg.num_layers - 1:
+                cell_states.append(rest[S])
+            layer_caches.append(rest[-1])
         out = outs[0] if D == 1 else np.concatenate(outs, axis=2)
         mask = None
         if drop and layer < cfg.num_layers - 1:
@@ -529,7 +541,61 @@ def stack_forward(
     y = inp
     h_n, *others = (np.stack(f) for f in finals)
     cache = StackCache(cfg, caches, masks, y.dtype, (T, B)) if training else None
-    return y, h_n, others[0] if others else None, cache
+    c_n = others[0] if others else None
+    if want_cs:
+        cs = cell_states[0] if D == 1 else np.concatenate(cell_states, axis=2)
+        return y, h_n, c_n, cs, cache
+    return y, h_n, c_n, cache
+
+
+def _draws(cfg: StackConfig) -> bool:
+    """Whether a training forward of ``cfg`` draws random masks."""
+    zoneout = cfg.options.get("zoneout", ())
+    return (
+        (cfg.dropout > 0 and cfg.num_layers > 1)
+        or cfg.options.get("recurrent_dropout", 0.0) > 0
+        or any(p > 0 for p in zoneout)
+    )
+
+
+def _dtype_of(x: Any, weights: Mapping[str, Any]) -> np.dtype:
+    """The computation dtype by the functional API's rule: float64 if any operand is."""
+    for a in (x, *weights.values()):
+        if np.asarray(a).dtype == np.float64:
+            return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def _noise(
+    cfg: StackConfig,
+    T: int,
+    B: int,
+    training: bool,
+    generator: np.random.Generator | None,
+    dtype: np.dtype,
+) -> dict[str, Any]:
+    """The functional keywords of one layer and direction for recurrent dropout and zoneout.
+
+    Recurrent dropout (training only): ``recurrent_mask``, a (B, R) inverted-dropout mask
+    (0, or 1 / (1 - p)) shared by every step. Zoneout: ``zoneout_h`` (and ``zoneout_c``), in
+    training a (T, B, width) array of 0/1, 1 where the unit keeps its previous value, drawn
+    with probability p; in eval the probability p itself (the expectation, as the paper does).
+    """
+    out: dict[str, Any] = {}
+    p = cfg.options.get("recurrent_dropout", 0.0)
+    if training and p > 0:
+        keep = generator.random((B, cfg.output_size), dtype=dtype) >= p
+        out["recurrent_mask"] = keep.astype(dtype) / dtype.type(1.0 - p)
+    zoneout = cfg.options.get("zoneout", ())
+    if any(q > 0 for q in zoneout):
+        for state, q in zip(cfg.spec.states, zoneout, strict=True):
+            if training:
+                width = cfg.state_width(state)
+                z = (generator.random((T, B, width), dtype=dtype) < q).astype(dtype)
+            else:
+                z = q
+            out[f"zoneout_{state}"] = z
+    return out
 
 
 def _states(cfg: StackConfig, batch: int, given: Mapping[str, tuple[str, Any]]) -> list[Any]:
@@ -550,6 +616,7 @@ def stack_backward(
     dy: Any,
     dh_n: Any = None,
     dc_n: Any = None,
+    dcs: Any = None,
     *,
     on_layer_grads: Callable[[int, dict[str, np.ndarray]], None] | None = None,
 ) -> StackGrads:
@@ -564,6 +631,9 @@ def stack_backward(
     dh_n : array_like of shape (L*D, B, R) or None
     dc_n : array_like of shape (L*D, B, hidden_size) or None
         LSTM only.
+    dcs : array_like of shape (T, B, D*hidden_size) or None
+        Gradient with respect to ``cell_states`` (LSTM with ``return_cell_states``); None for
+        zeros.
     on_layer_grads : callable, optional
         ``on_layer_grads(layer, grads)`` as soon as a layer's weight gradients are final
         (``grads``: name -> gradient, both directions), from the top layer down; the layers
@@ -587,6 +657,18 @@ def stack_backward(
     if dy is not None and np.shape(dy) != (T, B, D * R):
         raise ValueError(f"dy must have the shape of y, {(T, B, D * R)}, got {np.shape(dy)}")
     upstream = _states(cfg, B, {"h": ("dh_n", dh_n), "c": ("dc_n", dc_n)})
+    want_cs = cfg.options.get("return_cell_states", False)
+    if dcs is not None:
+        H = cfg.hidden_size
+        if not want_cs:
+            raise ValueError(
+                "dcs is the gradient of the cell states, which only a forward "
+                "with return_cell_states=True returns"
+            )
+        if np.shape(dcs) != (T, B, D * H):
+            raise ValueError(
+                f"dcs must have the shape of cell_states, {(T, B, D * H)}, got {np.shape(dcs)}"
+            )
 
     _, bwd = cfg.spec.functions(cfg.backend)
     params = cfg.params()
@@ -600,7 +682,11 @@ def stack_backward(
             idx = layer * D + direction
             dy_d = None if dout is None else dout[:, :, direction * R : (direction + 1) * R]
             d_n = [None if u is None else u[idx] for u in upstream]
-            return bwd(cache.caches[layer][direction], dy_d, *d_n)
+            kw = {}
+            if want_cs and layer == cfg.num_layers - 1 and dcs is not None:
+                H = cfg.hidden_size
+                kw["dcs"] = dcs[:, :, direction * H : (direction + 1) * H]
+            return bwd(cache.caches[layer][direction], dy_d, *d_n, **kw)
 
         dinp, n_before = None, len(grads)
         split = _direction_split(cfg, T, B, layer)

@@ -497,8 +497,10 @@ def _prepare_cell(m: Any, input: Any, hx: Any):
     if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
         return None
     for option in m._cell.options:  # a value fastrnn refuses: torch raises its own error
+        if not hasattr(m, option.name):
+            continue  # an option torch's cell does not have
         try:
-            option.check(getattr(m, option.name, option.default), option.name)
+            option.check(getattr(m, option.name), option.name)
         except (TypeError, ValueError):
             return None
     if hx is None:

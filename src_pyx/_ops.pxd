@@ -36,6 +36,7 @@ cdef struct RNNOps:
     const int* batch_sizes  # (T,) rows active at each step, non-increasing
     bint use_relu           # relu instead of tanh
     const void* prepacked   # a Prepacked (_prepack.pxd) of W_ih, W_hh; NULL: pack per call
+    bint training           # keep what BPTT needs of the options (hds of every step, acts)
     # forward
     const void* x           # (T, B, I)
     const void* h0          # (B, H)
@@ -52,6 +53,13 @@ cdef struct RNNOps:
     void* dw_ih             # (H, I)
     void* dw_hh             # (H, H)
     void* db                # (H,) gradient of b_ih (and of b_hh)
+    # recurrent dropout and zoneout of h (NULL / 0: off), as the GRU's
+    const void* rmask       # (B, H) dropout mask on h_{t-1} before the W_hh GEMM, every step
+    void* hds               # (T, B, H) h_{t-1} * rmask of each step ((2, B, H) in inference)
+    void* dhd               # (B, H) backward workspace with rmask: da_t W_hh
+    const void* zoneout     # (T, B, H) zoneout weights of h (1: keep h_{t-1}); NULL: zoneout_p
+    double zoneout_p        # every unit's weight when zoneout is NULL (eval: p itself); 0: off
+    void* acts              # (T, B, H) act(...) before zoneout, what BPTT reads (training)
 
 
 cdef struct LSTMOps:
@@ -87,6 +95,35 @@ cdef struct LSTMOps:
     void* dw_hh             # (4H, H), or (4H, P)
     void* dw_hr             # (P, H)
     void* db                # (4H,) gradient of b_ih (and of b_hh)
+    # optional extensions of the cell without a projection (NULL / 0: off)
+    const void* w_peephole  # (3, H) peephole weights of i, f (on c_{t-1}) and o (on c_t)
+    const void* rmask       # (B, H) recurrent dropout: h_{t-1} * rmask enters the W_hh GEMM
+    void* hds               # (T, B, H) h_{t-1} * rmask of every step ((2, B, H) in inference)
+    const void* zoneout_h   # (T, B, H) weight of h_{t-1} in h_t (1: keep it), steps zh_step apart
+    const void* zoneout_c   # (T, B, H) weight of c_{t-1} in c_t, steps zc_step apart
+    Py_ssize_t zh_step      # B * H, or 0: one (B, H) weight for every step (eval's p)
+    Py_ssize_t zc_step
+    void* cnew              # (T, B, H) c_t before zoneout, with zoneout_c ((1, B, H) in inference)
+    bint cell_states        # cs keeps all T steps, zero on inactive rows (return_cell_states)
+    const void* dcs         # (T, B, H) gradient of the cell states cs; NULL: zeros
+    void* dw_peephole       # (3, H) gradient of w_peephole
+    # layer normalization (lstm.pyx's _forward_ln_part / _backward_ln_part); ln_ih NULL: off
+    double ln_eps           # the epsilon of every layer norm
+    const void* ln_ih       # (4H,) gain of LN(W_ih x)
+    const void* ln_hh       # (4H,) gain of LN(W_hh h)
+    const void* ln_c        # (H,) gain of LN(c)
+    const void* ln_c_bias   # (H,) bias of LN(c)
+    void* xs                # (T, B, 4H) normalized W_ih x (inference: a ring like gates)
+    void* hs                # (T, B, 4H) normalized W_hh h ((1, B, 4H) in inference)
+    void* cn                # (T, B, H) normalized c_t (training only)
+    void* rstd              # (T, B, 3) 1/sqrt(var + eps) of the rows of xs, hs, cn (training)
+    void* dgx               # (T, B, 4H) workspace: gradient of W_ih x
+    void* dgh               # (T, B, 4H) workspace: gradient of W_hh h
+    void* du                # (T, B, H) workspace: gradient of LN(c)
+    void* dln_ih            # (4H,)
+    void* dln_hh            # (4H,)
+    void* dln_c             # (H,)
+    void* dln_c_bias        # (H,)
 
 
 cdef struct GRUOps:
@@ -120,3 +157,22 @@ cdef struct GRUOps:
     void* dw_hh             # (3H, H)
     void* db_ih             # (3H,) (reset before: the one bias gradient, db_ih == db_hh)
     void* db_hh             # (3H,) (reset after only)
+    # recurrent dropout and zoneout of h (reset after only; NULL / 0: off)
+    const void* rmask       # (B, H) dropout mask on h_{t-1} before the W_hh GEMM, every step
+    void* hds               # (T, B, H) h_{t-1} * rmask of each step ((2, B, H) in inference)
+    void* dhd               # (B, H) backward workspace with rmask: dgh_t W_hh
+    const void* zoneout     # (T, B, H) zoneout weights of h (1: keep h_{t-1}); NULL: zoneout_p
+    double zoneout_p        # every unit's weight when zoneout is NULL (eval: p itself); 0: off
+    # layer normalization (gru.pyx's _forward_ln_part / _backward_ln_part); ln_ih NULL: off.
+    # With it, bias is b_ih (3H,), bias_hh is b_hh (3H,) and b_hn is unused.
+    double ln_eps           # the epsilon of both layer norms
+    const void* ln_ih       # (3H,) gain of LN(W_ih x)
+    const void* ln_hh       # (3H,) gain of LN(W_hh h)
+    const void* bias_hh     # (3H,) b_hh
+    void* xs                # (T, B, 3H) normalized W_ih x (inference: a ring like gates)
+    void* hs                # (T, B, 3H) normalized W_hh h ((1, B, 3H) in inference)
+    void* rstd              # (T, B, 2) 1/sqrt(var + eps) of the rows of xs, hs (training)
+    void* dgx               # (T, B, 3H) workspace: gradient of W_ih x
+    void* dghh              # (T, B, 3H) workspace: gradient of W_hh h
+    void* dln_ih            # (3H,)
+    void* dln_hh            # (3H,)

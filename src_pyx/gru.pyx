@@ -9,6 +9,12 @@ Gates are PyTorch's r, z, n, with the reset gate applied after the hidden matmul
 The kernel receives bias_i = b_ih + [b_hr, b_hz, 0] (folded into the input GEMM) and b_hn apart,
 since b_hn sits inside r * (...). Rows are sorted by decreasing length; ``batch_sizes[t]`` rows
 are active at step t, and inactive rows keep their state and output zeros.
+
+Options of the reset-after cell (GRUOps fields, NULL / 0 off):
+    recurrent dropout (rmask, (B, H)): gh = W_hh (h_{t-1} * rmask) + b_hh; the update
+        z * h_{t-1} uses the undropped state, and dW_hh reads hd_t = h_{t-1} * rmask
+    zoneout (zw, (T, B, H) weights, or one number p):  h_t = zw h_{t-1} + (1 - zw) h~_t
+        with h~_t the cell's update above; y_t = h_t
 """
 
 from cython cimport floating
@@ -16,11 +22,13 @@ from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt, pack_nt_k,
-                      project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, release,
+                      project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
+                      release,
                       steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
 from _prepack cimport take_prepacked
+from _layernorm cimport col_grads, ln_backward, ln_normalize, zero_cols
 from _ops cimport GRUOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -87,6 +95,57 @@ cdef inline void _row_backward(const floating* a, const floating* hn, const floa
         dh[j] = dhj * z
 
 
+cdef inline void _row_zoneout(floating* h, const floating* h_prev, const floating* zw,
+                              Py_ssize_t zs, Py_ssize_t m) noexcept nogil:
+    """h := zw h_prev + (1 - zw) h (zoneout; zw[j * zs]: zs 0 for one weight of every unit)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        h[j] = zw[j * zs] * h_prev[j] + (1 - zw[j * zs]) * h[j]
+
+
+cdef inline void _row_backward_zoneout(const floating* a, const floating* hn,
+                                       const floating* h_prev, const floating* dy,
+                                       const floating* zw, Py_ssize_t zs, floating* dh,
+                                       floating* dgi, floating* dgh, Py_ssize_t m,
+                                       Py_ssize_t H) noexcept nogil:
+    """_row_backward through h_t = zw h_{t-1} + (1 - zw) h~_t: the gates see (1 - zw) dh_t,
+    and dh becomes the direct part zw dh_t + z (1 - zw) dh_t of dh_{t-1}."""
+    cdef Py_ssize_t j
+    cdef floating r, z, n, dht, dhj, dn_pre, dr_pre, dz_pre
+    for j in range(m):
+        r = a[j]
+        z = a[H + j]
+        n = a[2 * H + j]
+        dht = dh[j] + dy[j]
+        dhj = (1 - zw[j * zs]) * dht
+        dn_pre = dhj * (1 - z) * dtanh(n)
+        dr_pre = dn_pre * hn[j] * dsigmoid(r)
+        dz_pre = dhj * (h_prev[j] - n) * dsigmoid(z)
+        dgi[j] = dr_pre
+        dgi[H + j] = dz_pre
+        dgi[2 * H + j] = dn_pre
+        dgh[j] = dr_pre
+        dgh[H + j] = dz_pre
+        dgh[2 * H + j] = dn_pre * r
+        dh[j] = zw[j * zs] * dht + dhj * z
+
+
+cdef inline void _row_mul(const floating* a, const floating* b, floating* out,
+                          Py_ssize_t m) noexcept nogil:
+    """out := a * b (the dropped state h * rmask)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] = a[j] * b[j]
+
+
+cdef inline void _row_add_mul(const floating* a, const floating* b, floating* out,
+                              Py_ssize_t m) noexcept nogil:
+    """out += a * b (dh_{t-1} += rmask * dgh_t W_hh)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] += a[j] * b[j]
+
+
 # --- tier 2: the time loops (one parallel region each; see lstm.pyx and _blocks.pxd) ------------
 cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
                         floating* tag) noexcept nogil:
@@ -105,20 +164,35 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* hw = <floating*> op.hw
     cdef floating* y = <floating*> op.y
     cdef floating* h_n = <floating*> op.h_n
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef floating* hds = <floating*> op.hds
+    cdef floating zp = <floating> op.zoneout_p
+    cdef const floating* zw = <const floating*> op.zoneout
+    cdef bint zoneout = zw != NULL or zp != 0
+    cdef Py_ssize_t zs = 1 if zw != NULL else 0  # stride of the zoneout weights (0: just zp)
     cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
     cdef Py_ssize_t t, b, n, j0, j1, m
     cdef const floating* h_prev
+    cdef const floating* h_in
     cdef floating* a_t
     cdef floating* hn_t
+    cdef floating* hd_t
     cdef Packed pk, pk_ih
     cdef bint own
 
+    if zw == NULL:
+        zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
         pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
         pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
+    if rmask != NULL:
+        # hds[0] = h0 * rmask: the first GEMM reads every thread's units
+        for b in range(B if m > 0 else 0):
+            _row_mul(h0 + b * H + j0, rmask + b * H + j0, hds + b * H + j0, m)
+        fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
@@ -130,11 +204,24 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
                           &pk_ih)
         hn_t = hns + t * B * H if training else hns
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        # hw[:n, units] = h_{t-1} W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hw, G, &pk)
+        # the GEMM reads h_{t-1}, or hd_t = h_{t-1} * rmask (training: all steps; inference:
+        # a ring of 2, as step t writes hd_{t+1} while another thread may still read hd_t)
+        h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
+        # hw[:n, units] = h_in W_hh[units]^T, then the gate pass on those units
+        recurrent_nt(n, H, j0, j1, 3, h_in, w_hh, <floating> 0, hw, G, &pk)
         for b in range(n if m > 0 else 0):
             _row_forward(a_t + b * G + j0, hw + b * G + j0, b_hn + j0, h_prev + b * H + j0,
                          hn_t + b * H + j0, y + (t * B + b) * H + j0, m, H)
+        if zoneout:
+            for b in range(n if m > 0 else 0):
+                _row_zoneout(y + (t * B + b) * H + j0, h_prev + b * H + j0,
+                             zw + (t * B + b) * H * zs + j0 * zs, zs, m)
+        if rmask != NULL and t + 1 < T:
+            hd_t = hds + (t + 1 if training else (t + 1) % 2) * B * H
+            for b in range(n if m > 0 else 0):
+                _row_mul(y + (t * B + b) * H + j0, rmask + b * H + j0, hd_t + b * H + j0, m)
+            if training and rank == 0:  # read by the dW_hh GEMM: no uninitialized rows
+                zero_rows(hd_t, n, B, H)
         if rank == 0:
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
@@ -168,34 +255,60 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* dw_hh = <floating*> op.dw_hh
     cdef floating* db_ih = <floating*> op.db_ih
     cdef floating* db_hh = <floating*> op.db_hh
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef const floating* hds = <const floating*> op.hds
+    cdef floating* dhd = <floating*> op.dhd
+    cdef floating zp = <floating> op.zoneout_p
+    cdef const floating* zw = <const floating*> op.zoneout
+    cdef bint zoneout = zw != NULL or zp != 0
+    cdef Py_ssize_t zs = 1 if zw != NULL else 0
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
     cdef Packed pk
 
+    if zw == NULL:
+        zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        for b in range(n if m > 0 else 0):
-            o = t * B + b
-            _row_backward(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
-                          dy + o * H + j0, dh + b * H + j0, dgi + o * G + j0, dgh + o * G + j0,
-                          m, H)
+        if zoneout:
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward_zoneout(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
+                                      dy + o * H + j0, zw + o * H * zs + j0 * zs, zs,
+                                      dh + b * H + j0, dgi + o * G + j0, dgh + o * G + j0, m,
+                                      H)
+        else:
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
+                              dy + o * H + j0, dh + b * H + j0, dgi + o * G + j0,
+                              dgh + o * G + j0, m, H)
         if rank == 0:
             zero_rows(dgi + t * B * G, n, B, G)
             zero_rows(dgh + t * B * G, n, B, G)
         fr_barrier_wait(bar, size)
-        # dh_{t-1}[:n, units] = z * dh_t + dgh_t[:n] W_hh[:, units]   (inactive rows keep dh)
-        recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 1, dh, &pk)
+        # dh_{t-1}[:n, units] = z * dh_t + dgh_t[:n] W_hh[:, units]   (inactive rows keep dh);
+        # with recurrent dropout the GEMM's part reaches hd_t = h_{t-1} * rmask: times rmask
+        if rmask == NULL:
+            recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 1, dh, &pk)
+        else:
+            recurrent_nn(n, H, j0, j1, G, dgh + t * B * G, w_hh, <floating> 0, dhd, &pk)
+            for b in range(n if m > 0 else 0):
+                _row_add_mul(dhd + b * H + j0, rmask + b * H + j0, dh + b * H + j0, m)
 
     release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 3, dgi, x, <floating> 0, dw_ih, size, rank, ISA)
-    weight_grad(B, H, H, 3, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
-    weight_grad((T - 1) * B, H, H, 3, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    if rmask == NULL:  # dW_hh = sum_t dgh_t^T h_{t-1}, h_{t-1} from h0 and y
+        weight_grad(B, H, H, 3, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
+        weight_grad((T - 1) * B, H, H, 3, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    else:  # dW_hh = sum_t dgh_t^T hd_t
+        weight_grad(T * B, H, H, 3, dgh, hds, <floating> 0, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 3, dgi, db_ih, size, rank)
     bias_grad(T * B, H, 3, dgh, db_hh, size, rank)
     input_grad(T * B, I, G, dgi, w_ih, dx, size, rank, ISA)
@@ -235,6 +348,10 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, ::1] h_n,              # OUT   (B, H)
             bint training,
             int n_threads,
+            rmask=None,                        # IN    (B, H) or None
+            hds=None,                          # OUT   (T, B, H) ((2, B, H) if eval) with rmask
+            zoneout=None,                      # IN    (T, B, H) or None
+            double zoneout_p=0,
             PackedWeights prepacked=None):
     """GRU forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
@@ -255,6 +372,14 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     h_n : ndarray of shape (B, H), written
     training : bool
     n_threads : int
+    rmask : ndarray of shape (B, H) or None
+        Recurrent dropout mask, applied to h_{t-1} before the W_hh GEMM at every step.
+    hds : ndarray of shape (T, B, H) when training else (2, B, H), written; with rmask only
+        (h_{t-1} * rmask of each step, what the backward's dW_hh reads)
+    zoneout : ndarray of shape (T, B, H) or None
+        Zoneout weights of h: h_t = zoneout h_{t-1} + (1 - zoneout) h~_t.
+    zoneout_p : float
+        The one zoneout weight of every unit when zoneout is None (0: no zoneout).
     prepacked : PackedWeights, optional
         ``prepack(w_ih, w_hh, G, n)`` of exactly these weights: used when it was packed for
         this call's team, else the call packs its own.
@@ -273,6 +398,20 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.h_n = &h_n[0, 0]
     if prepacked is not None:  # from prepack(w_ih, w_hh, ...) of these weights
         o.prepacked = &prepacked.pp
+    cdef const floating[:, ::1] rmask_v
+    cdef floating[:, :, ::1] hds_v
+    cdef const floating[:, :, ::1] zoneout_v
+    if rmask is not None:
+        rmask_v = rmask
+        hds_v = hds
+        if hds_v.shape[0] < (T if training else 2):
+            raise ValueError(f"hds has {hds_v.shape[0]} steps, fewer than the forward writes")
+        o.rmask = &rmask_v[0, 0]
+        o.hds = &hds_v[0, 0, 0]
+    if zoneout is not None:
+        zoneout_v = zoneout
+        o.zoneout = &zoneout_v[0, 0, 0]
+    o.zoneout_p = zoneout_p
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
 
@@ -294,7 +433,12 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              floating[:, ::1] dw_hh,           # OUT   (G, H)
              floating[::1] db_ih,              # OUT   (G,)
              floating[::1] db_hh,              # OUT   (G,)
-             int n_threads):
+             int n_threads,
+             rmask=None,                       # IN    (B, H) or None, as the forward's
+             hds=None,                         # IN    (T, B, H) with rmask, from the forward
+             dhd=None,                         # OUT   (B, H) workspace with rmask
+             zoneout=None,                     # IN    (T, B, H) or None, as the forward's
+             double zoneout_p=0):
     """GRU BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
@@ -310,8 +454,341 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.dw_hh = &dw_hh[0, 0]
     o.db_ih = &db_ih[0]
     o.db_hh = &db_hh[0]
+    cdef const floating[:, ::1] rmask_v
+    cdef const floating[:, :, ::1] hds_v
+    cdef floating[:, ::1] dhd_v
+    cdef const floating[:, :, ::1] zoneout_v
+    if rmask is not None:
+        rmask_v = rmask
+        hds_v = hds
+        dhd_v = dhd
+        o.rmask = &rmask_v[0, 0]
+        o.hds = <void*> &hds_v[0, 0, 0]
+        o.dhd = &dhd_v[0, 0]
+    if zoneout is not None:
+        zoneout_v = zoneout
+        o.zoneout = &zoneout_v[0, 0, 0]
+    o.zoneout_p = zoneout_p
     with nogil:
         run_team(_backward_part[floating], &o, H, n_threads)
+
+
+# --- layer-normalized GRU (Ba, Kiros & Hinton 2016) ----------------------------------------------
+# Legend as above:
+#     gi = LN(W_ih x_t; g_ih) + b_ih,  gh = LN(W_hh h_{t-1}; g_hh) + b_hh      (B, G)
+#     then PyTorch's GRU: r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z),
+#     n = tanh(gi_n + r * gh_n), h_t = (1 - z) * n + z * h_{t-1}
+# each LN over a row's G features (_layernorm.pxd). The loops are shaped as lstm.pyx's
+# _forward_ln_part says (and for the same reason): the GEMM by units, a barrier, the gate pass
+# by batch rows, a barrier; the backward mirrors them (the bias and gain gradients by columns
+# at each step, see lstm.pyx).
+cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
+                                 const floating* g_hh, const floating* b_ih,
+                                 const floating* b_hh, floating* a, const floating* h_prev,
+                                 floating* hn, floating* h, floating* rstd, Py_ssize_t H,
+                                 double eps) noexcept nogil:
+    """One row: hh := vhat of W_hh h_{t-1} (in place); a = [r, z, n]; hn = gh_n (hn may be
+    hh + 2H); h = (1-z) n + z h_prev; rstd[1], unless NULL, = the rstd of hh. a must not
+    overlap hh (each loop then has few enough operands for the C compiler to vectorize it)."""
+    cdef Py_ssize_t j, k
+    cdef floating r, z, n, rs_h
+    rs_h = ln_normalize(hh, hh, 3 * H, eps)
+    for k in range(3 * H):  # gi
+        a[k] = g_ih[k] * xh[k] + b_ih[k]
+    for j in range(H):  # gh_n
+        hn[j] = g_hh[2 * H + j] * hh[2 * H + j] + b_hh[2 * H + j]
+    for j in range(H):
+        r = sigmoid(a[j] + (g_hh[j] * hh[j] + b_hh[j]))
+        z = sigmoid(a[H + j] + (g_hh[H + j] * hh[H + j] + b_hh[H + j]))
+        n = tanh_(a[2 * H + j] + r * hn[j])
+        a[j] = r
+        a[H + j] = z
+        a[2 * H + j] = n
+        h[j] = (1 - z) * n + z * h_prev[j]
+    if rstd != NULL:
+        rstd[1] = rs_h
+
+
+cdef inline void _row_backward_ln(const floating* a, const floating* hn, const floating* h_prev,
+                                  const floating* hh, const floating* g_hh, floating rs_h,
+                                  const floating* dy, floating* dh, floating* dgi, floating* dgh,
+                                  floating* dghh, Py_ssize_t H) noexcept nogil:
+    """One row's gate grads as the plain GRU's (dgi of gi, dgh of gh; dh becomes the direct
+    part z * dh_t of dh_{t-1}), then dghh = LN_hh backward(dgh), the gradient of W_hh h_{t-1}."""
+    _row_backward(a, hn, h_prev, dy, dh, dgi, dgh, H, H)
+    ln_backward(dgh, g_hh, hh, rs_h, dghh, 3 * H)
+
+
+cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                           floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef double eps = op.ln_eps
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* b_ih = <const floating*> op.bias
+    cdef const floating* b_hh = <const floating*> op.bias_hh
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* xs = <floating*> op.xs
+    cdef floating* hs = <floating*> op.hs
+    cdef floating* hns = <floating*> op.hns
+    cdef floating* rstd = <floating*> op.rstd
+    cdef floating* y = <floating*> op.y
+    cdef floating* h_n = <floating*> op.h_n
+    cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
+    cdef Py_ssize_t t, b, n, j0, j1, m, r, r0, r1, b0, b1, R, o
+    cdef floating rs
+    cdef const floating* h_prev
+    cdef floating* xs_t
+    cdef floating* hs_t
+    cdef Packed pk, pk_ih
+
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
+    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
+
+    for t in range(T):
+        n = batch_sizes[t]
+        xs_t = xs + (t if training else t % tc) * B * G
+        if t % tc == 0:
+            # xs[t'] = vhat of W_ih x[t'] for the next tc steps: the GEMM by units, the LN by rows
+            R = min(tc, T - t) * B
+            recurrent_nt_k(R, H, I, j0, j1, 3, x + t * B * I, w_ih, <floating> 0, xs_t, G,
+                           &pk_ih)
+            fr_barrier_wait(bar, size)
+            share(R, size, rank, &r0, &r1)
+            for r in range(r0, r1):
+                rs = ln_normalize(xs_t + r * G, xs_t + r * G, G, eps)
+                if training:
+                    rstd[(t * B + r) * 2] = rs
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        hs_t = hs + t * B * G if training else hs
+        # hs_t[:n, units] = h_{t-1} W_hh[units]^T; then the gate pass on this thread's rows
+        recurrent_nt(n, H, j0, j1, 3, h_prev, w_hh, <floating> 0, hs_t, G, &pk)
+        fr_barrier_wait(bar, size)
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            o = t * B + b
+            if training:
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
+                                gates + o * G, h_prev + b * H, hns + o * H, y + o * H,
+                                rstd + o * 2, H, eps)
+            else:  # gates: (1, B, G); gh_n over the row's own n block of hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, b_ih, b_hh,
+                                gates + b * G, h_prev + b * H, hs_t + b * G + 2 * H, y + o * H,
+                                NULL, H, eps)
+        if rank == 0:
+            zero_rows(y + t * B * H, n, B, H)
+        fr_barrier_wait(bar, size)
+
+    release(&pk)
+    release(&pk_ih)
+    for b in range(B if m > 0 else 0):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
+
+
+cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                            floating* tag) noexcept nogil:
+    cdef const GRUOps* op = <const GRUOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* xs = <const floating*> op.xs
+    cdef const floating* hs = <const floating*> op.hs
+    cdef const floating* hns = <const floating*> op.hns
+    cdef const floating* rstd = <const floating*> op.rstd
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dgi = <floating*> op.dgi
+    cdef floating* dgh = <floating*> op.dgh
+    cdef floating* dghh = <floating*> op.dghh
+    cdef floating* dgx = <floating*> op.dgx
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* db_ih = <floating*> op.db_ih
+    cdef floating* db_hh = <floating*> op.db_hh
+    cdef floating* dln_ih = <floating*> op.dln_ih
+    cdef floating* dln_hh = <floating*> op.dln_hh
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef const floating* h_prev
+    cdef Packed pk
+
+    thread_units(H, size, rank, &j0, &j1)
+    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    zero_cols(H, j0, j1, 3, db_ih)
+    zero_cols(H, j0, j1, 3, db_hh)
+    zero_cols(H, j0, j1, 3, dln_ih)
+    zero_cols(H, j0, j1, 3, dln_hh)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        o = t * B
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            _row_backward_ln(gates + (o + b) * G, hns + (o + b) * H, h_prev + b * H,
+                             hs + (o + b) * G, g_hh, rstd[(o + b) * 2 + 1], dy + (o + b) * H,
+                             dh + b * H, dgi + (o + b) * G, dgh + (o + b) * G,
+                             dghh + (o + b) * G, H)
+            # dgx = the input LN's backward of dgi
+            ln_backward(dgi + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 2],
+                        dgx + (o + b) * G, G)
+        if rank == 0:
+            zero_rows(dgi + o * G, n, B, G)
+            zero_rows(dgh + o * G, n, B, G)
+            zero_rows(dghh + o * G, n, B, G)
+            zero_rows(dgx + o * G, n, B, G)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = z * dh_t + dghh_t[:n] W_hh[:, units]   (inactive rows keep dh)
+        recurrent_nn(n, H, j0, j1, G, dghh + o * G, w_hh, <floating> 1, dh, &pk)
+        # this thread's columns of the bias and gain gradients, while the step is in cache
+        col_grads(n, H, j0, j1, 3, dgi + o * G, xs + o * G, db_ih, dln_ih)
+        col_grads(n, H, j0, j1, 3, dgh + o * G, hs + o * G, db_hh, dln_hh)
+        fr_barrier_wait(bar, size)
+
+    # The weight and input gradients, as large GEMMs over all T*B rows.
+    release(&pk)
+    weight_grad(T * B, I, H, 3, dgx, x, <floating> 0, <floating*> op.dw_ih, size, rank, ISA)
+    weight_grad(B, H, H, 3, dghh, h0, <floating> 0, <floating*> op.dw_hh, size, rank, ISA)
+    weight_grad((T - 1) * B, H, H, 3, dghh + B * G, y, <floating> 1, <floating*> op.dw_hh, size,
+                rank, ISA)
+    input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
+
+
+def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
+               const floating[:, ::1] h0,         # IN    (B, H)
+               const floating[:, ::1] w_ih,       # IN    (G, I)
+               const floating[:, ::1] w_hh,       # IN    (G, H)
+               const floating[::1] b_ih,          # IN    (G,)
+               const floating[::1] b_hh,          # IN    (G,)
+               const floating[::1] ln_ih,         # IN    (G,)
+               const floating[::1] ln_hh,         # IN    (G,)
+               double eps,
+               const int[::1] batch_sizes,        # IN    (T,) non-increasing
+               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
+               floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
+               floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
+               floating[:, :, ::1] hns,           # OUT   (T, B, H) gh_n (training)
+               floating[:, :, ::1] rstd,          # OUT   (T, B, 2) (training)
+               floating[:, :, ::1] y,             # OUT   (T, B, H)
+               floating[:, ::1] h_n,              # OUT   (B, H)
+               bint training,
+               int n_threads):
+    """Layer-normalized GRU forward over all T steps (T, B >= 1).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (3H, I)
+    w_hh : ndarray of shape (3H, H)
+    b_ih, b_hh : ndarray of shape (3H,)
+        Added after the layer norms (zeros without biases).
+    ln_ih, ln_hh : ndarray of shape (3H,)
+        Gains of LN(W_ih x) and LN(W_hh h).
+    eps : float
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written
+    xs : ndarray of shape (T, B, 3H), or (>= ring_steps(T, B), B, 3H) in inference, written:
+        the normalized W_ih x
+    hs : ndarray of shape (T, B, 3H), or (1, B, 3H) in inference, written: normalized W_hh h
+    hns : ndarray of shape (T, B, H), written when training: LN(W_hh h)_n + b_hn
+    rstd : ndarray of shape (T, B, 2), written when training: 1/sqrt(var + eps) of each row
+    y : ndarray of shape (T, B, H), written
+    h_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < (T if training else 1)
+            or gates.shape[0] < (T if training else 1)
+            or (training and (hns.shape[0] < T or rstd.shape[0] < T))):
+        raise ValueError("a buffer has fewer steps than the forward writes")
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.training = training
+    o.bias = &b_ih[0]
+    o.bias_hh = &b_hh[0]
+    o.ln_eps = eps
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.gates = &gates[0, 0, 0]
+    o.xs = &xs[0, 0, 0]
+    o.hs = &hs[0, 0, 0]
+    o.hns = &hns[0, 0, 0]
+    o.rstd = &rstd[0, 0, 0]
+    o.h_n = &h_n[0, 0]
+    with nogil:
+        run_team(_forward_ln_part[floating], &o, H, n_threads)
+
+
+def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
+                const floating[:, ::1] h0,        # IN    (B, H)
+                const floating[:, ::1] w_ih,      # IN    (G, I)
+                const floating[:, ::1] w_hh,      # IN    (G, H)
+                const floating[::1] ln_ih,        # IN    (G,)
+                const floating[::1] ln_hh,        # IN    (G,)
+                const int[::1] batch_sizes,       # IN    (T,)
+                const floating[:, :, ::1] gates,  # IN    (T, B, G) from a training forward_ln
+                const floating[:, :, ::1] xs,     # IN    (T, B, G)
+                const floating[:, :, ::1] hs,     # IN    (T, B, G)
+                const floating[:, :, ::1] hns,    # IN    (T, B, H)
+                const floating[:, :, ::1] rstd,   # IN    (T, B, 2)
+                const floating[:, :, ::1] y,      # IN    (T, B, H)
+                const floating[:, :, ::1] dy,     # IN    (T, B, H)
+                floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+                floating[:, :, ::1] dgi,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgh,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dghh,         # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgx,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dx,           # OUT   (T, B, I)
+                floating[:, ::1] dw_ih,           # OUT   (G, I)
+                floating[:, ::1] dw_hh,           # OUT   (G, H)
+                floating[::1] db_ih,              # OUT   (G,)
+                floating[::1] db_hh,              # OUT   (G,)
+                floating[::1] dln_ih,             # OUT   (G,)
+                floating[::1] dln_hh,             # OUT   (G,)
+                int n_threads):
+    """Layer-normalized GRU BPTT over all T steps (T, B >= 1); see forward_ln for shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                         &batch_sizes[0], &y[0, 0, 0])
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.gates = <void*> &gates[0, 0, 0]
+    o.xs = <void*> &xs[0, 0, 0]
+    o.hs = <void*> &hs[0, 0, 0]
+    o.hns = <void*> &hns[0, 0, 0]
+    o.rstd = <void*> &rstd[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dgi = &dgi[0, 0, 0]
+    o.dgh = &dgh[0, 0, 0]
+    o.dghh = &dghh[0, 0, 0]
+    o.dgx = &dgx[0, 0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db_ih = &db_ih[0]
+    o.db_hh = &db_hh[0]
+    o.dln_ih = &dln_ih[0]
+    o.dln_hh = &dln_hh[0]
+    with nogil:
+        run_team(_backward_ln_part[floating], &o, H, n_threads)
 
 
 # --- GRU with the reset gate applied before the hidden matmul (reset_after=False) ---------------

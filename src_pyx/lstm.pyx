@@ -6,6 +6,14 @@ Gates are PyTorch's i, f, g, o:
     i, f, o = sigmoid(a_i, a_f, a_o);  g = tanh(a_g)
     c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
 
+Optional, each off unless its LSTMOps field is set (cell without a projection only):
+    peephole       a_i += p_i * c_{t-1};  a_f += p_f * c_{t-1};  a_o += p_o * c_t
+    recurrent      W_hh multiplies h_{t-1} * mask, one (B, H) mask for all steps
+      dropout
+    zoneout        h_t = zh_t * h_{t-1} + (1 - zh_t) * h~_t, likewise c_t (h~, c~: the values
+                   above); zh_t a 0/1 mask in training, the probability p in inference
+    cell states    every step's c_t kept and returned (zero on inactive rows), dcs its gradient
+
 Rows are sorted by decreasing sequence length; ``batch_sizes[t]`` rows are active at step t. An
 inactive row keeps its state and outputs zeros (PyTorch's packed-sequence semantics).
 """
@@ -18,8 +26,9 @@ from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, 
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       steps_per_chunk, thread_units, weight_grad)
 from _prepack cimport take_prepacked
+from _layernorm cimport col_grads, ln_backward, ln_normalize, row_dot2, zero_cols
 from _ops cimport LSTMOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team, share
 from _rgemm cimport fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -87,6 +96,140 @@ cdef inline void _row_backward(const floating* a, const floating* c_prev, const 
         dc[j] = dcj * f
 
 
+# The optional extensions (peephole, zoneout, recurrent dropout, the cell states' gradient) are
+# separate short passes over the row rather than branches inside one loop: a loop that tests an
+# optional pointer per element is not vectorized (GCC neither unswitches a body this large nor
+# if-converts a load that may be NULL), and the sigmoids and tanhs then run 4-8 times slower.
+# Each pass is branch-free and reads few arrays; the caller picks the passes once per row.
+cdef inline void _row_forward_peephole(floating* a, const floating* c_prev, floating* c,
+                                       floating* h, const floating* wp, Py_ssize_t m,
+                                       Py_ssize_t H) noexcept nogil:
+    """_row_forward with peepholes (wp: the (3, H) weights, offset to the slice's first unit):
+    i = sig(a_i + p_i c_prev), f = sig(a_f + p_f c_prev), c = f c_prev + i g,
+    o = sig(a_o + p_o c), h = o tanh(c)."""
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, cp, cn
+    for j in range(m):
+        cp = c_prev[j]
+        i = sigmoid(a[j] + wp[j] * cp)
+        f = sigmoid(a[H + j] + wp[H + j] * cp)
+        g = tanh_(a[2 * H + j])
+        cn = f * cp + i * g
+        o = sigmoid(a[3 * H + j] + wp[2 * H + j] * cn)
+        a[j] = i
+        a[H + j] = f
+        a[2 * H + j] = g
+        a[3 * H + j] = o
+        c[j] = cn
+        h[j] = o * tanh_(cn)
+
+
+cdef inline void _row_zoneout(floating* v, const floating* v_prev, const floating* v_new,
+                              const floating* z, Py_ssize_t m) noexcept nogil:
+    """Zoneout: v = z v_prev + (1 - z) v_new (v may be v_prev or v_new)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        v[j] = z[j] * v_prev[j] + (1 - z[j]) * v_new[j]
+
+
+cdef inline void _row_mul(floating* out, const floating* v, const floating* s,
+                          Py_ssize_t m) noexcept nogil:
+    """out = v s (recurrent dropout: the next step's GEMM input h * mask)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] = v[j] * s[j]
+
+
+cdef inline void _row_backward_split(const floating* dy, const floating* dcs,
+                                     const floating* zh, const floating* zc, floating* dh,
+                                     floating* dc, floating* da, Py_ssize_t m,
+                                     Py_ssize_t H) noexcept nogil:
+    """Split the gradients reaching h_t and c_t (zoneout: a part of each is the previous state):
+
+    dh_t = dh + dy;  dc_t = dc + dcs  (dcs NULL: 0)
+    dh := zh dh_t (the kept part; the W_hh GEMM adds to it);  dh~ = (1 - zh) dh_t
+    dc := zc dc_t (0 without zoneout_c);                     dc~ = (1 - zc) dc_t
+    dh~ and dc~ go to da's o and g slots, where _row_backward_cell reads them.
+    """
+    cdef Py_ssize_t j
+    cdef floating* th = da + 3 * H
+    cdef floating* tcell = da + 2 * H
+    for j in range(m):
+        th[j] = dh[j] + dy[j]
+    if dcs == NULL:
+        memcpy(tcell, dc, m * sizeof(floating))
+    else:
+        for j in range(m):
+            tcell[j] = dc[j] + dcs[j]
+    if zh != NULL:
+        for j in range(m):
+            dh[j] = zh[j] * th[j]
+            th[j] = (1 - zh[j]) * th[j]
+    if zc != NULL:
+        for j in range(m):
+            dc[j] = zc[j] * tcell[j]
+            tcell[j] = (1 - zc[j]) * tcell[j]
+    else:
+        memset(dc, 0, m * sizeof(floating))
+
+
+cdef inline void _row_backward_cell(const floating* a, const floating* c_prev,
+                                    const floating* c, floating* dc, floating* da,
+                                    const floating* wp, Py_ssize_t m,
+                                    Py_ssize_t H) noexcept nogil:
+    """Gate pre-activation grads da from dh~ (in da's o slot) and dc~ (in its g slot), as
+    _row_backward_split leaves them; dc += dc_{t-1} through the cell. c is c_t before zoneout.
+
+    da_o = dh~ tc o(1-o);  dc~ += dh~ o (1 - tc^2) + p_o da_o    (tc = tanh(c_t))
+    da_i, da_f, da_g as in _row_backward;  dc += dc~ f + p_i da_i + p_f da_f
+    (wp NULL: no peephole terms)
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tc, dhj, dcj, dai, daf, dao
+    if wp == NULL:
+        for j in range(m):
+            i = a[j]
+            f = a[H + j]
+            g = a[2 * H + j]
+            o = a[3 * H + j]
+            tc = tanh_(c[j])
+            dhj = da[3 * H + j]
+            dcj = da[2 * H + j] + dhj * o * dtanh(tc)
+            da[j] = dcj * g * dsigmoid(i)
+            da[H + j] = dcj * c_prev[j] * dsigmoid(f)
+            da[2 * H + j] = dcj * i * dtanh(g)
+            da[3 * H + j] = dhj * tc * dsigmoid(o)
+            dc[j] = dc[j] + dcj * f
+    else:
+        for j in range(m):
+            i = a[j]
+            f = a[H + j]
+            g = a[2 * H + j]
+            o = a[3 * H + j]
+            tc = tanh_(c[j])
+            dhj = da[3 * H + j]
+            dao = dhj * tc * dsigmoid(o)
+            dcj = da[2 * H + j] + dhj * o * dtanh(tc) + wp[2 * H + j] * dao
+            dai = dcj * g * dsigmoid(i)
+            daf = dcj * c_prev[j] * dsigmoid(f)
+            da[j] = dai
+            da[H + j] = daf
+            da[2 * H + j] = dcj * i * dtanh(g)
+            da[3 * H + j] = dao
+            dc[j] = dc[j] + (dcj * f + wp[j] * dai + wp[H + j] * daf)
+
+
+cdef inline void _row_peephole_grad(const floating* da, const floating* c_prev,
+                                    const floating* c, floating* dwp, Py_ssize_t m,
+                                    Py_ssize_t H) noexcept nogil:
+    """dwp += [da_i c_prev, da_f c_prev, da_o c_t] (summed over steps and rows, per unit)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        dwp[j] += da[j] * c_prev[j]
+        dwp[H + j] += da[H + j] * c_prev[j]
+        dwp[2 * H + j] += da[3 * H + j] * c[j]
+
+
 # --- tier 2: the time loops ---------------------------------------------------------------------
 # Each is one thread's share of the parallel region that run_team opens (_parallel.pxd), called
 # once per thread per kernel call with the cell's operand struct (_ops.pxd), whose pointers it
@@ -112,11 +255,27 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* cs = <floating*> op.cs
     cdef floating* h_n = <floating*> op.h_n
     cdef floating* c_n = <floating*> op.c_n
+    # the optional extensions (NULL: off)
+    cdef const floating* wp = <const floating*> op.w_peephole
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef floating* hds = <floating*> op.hds
+    cdef const floating* zh = <const floating*> op.zoneout_h
+    cdef const floating* zc = <const floating*> op.zoneout_c
+    cdef floating* cnew = <floating*> op.cnew
+    cdef bint ext = wp != NULL or rmask != NULL or zh != NULL or zc != NULL
+    # cs keeps every step (training, or return_cell_states), else one state updated in place
+    cdef bint all_cs = training or op.cell_states
     cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, b, n, j0, j1, m
+    cdef Py_ssize_t t, b, n, o, j, j0, j1, m
     cdef const floating* h_prev
+    cdef const floating* h_in
+    cdef floating* cn
     cdef const floating* c_prev
+    cdef const floating* zh_t
+    cdef const floating* zc_t
     cdef floating* c_cur
+    cdef floating* cn_t
+    cdef floating* hd_next
     cdef floating* a_t
     cdef Packed pk, pk_ih
     cdef bint own
@@ -127,9 +286,14 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
         pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
         pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
-    if not training:  # one cell-state buffer, updated in place
+    if not all_cs:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+    if rmask != NULL:  # hds[0] = h0 * rmask, read in full by the first step's GEMM
+        for b in range(B):
+            for j in range(b * H + j0, b * H + j1):
+                hds[j] = h0[j] * rmask[j]
+        fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
@@ -140,19 +304,50 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             project_steps(min(tc, T - t) * B, I, H, j0, j1, 4, x + t * B * I, w_ih, bias, a_t,
                           &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        if training:
+        if all_cs:
             c_prev = c0 if t == 0 else cs + (t - 1) * B * H
             c_cur = cs + t * B * H
         else:
             c_prev = cs
             c_cur = cs
+        # recurrent dropout: the GEMM reads h_{t-1} * rmask (hds[t]; inference: a ring of 2)
+        h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
         # a_t[:n, units] += h_{t-1} W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 1, a_t, G, &pk)
-        for b in range(n if m > 0 else 0):
-            _row_forward(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
-                         y + (t * B + b) * H + j0, m, H)
+        recurrent_nt(n, H, j0, j1, 4, h_in, w_hh, <floating> 1, a_t, G, &pk)
+        if ext:
+            zh_t = NULL if zh == NULL else zh + t * op.zh_step
+            zc_t = NULL if zc == NULL else zc + t * op.zc_step
+            cn_t = NULL if cnew == NULL else cnew + (t if training else 0) * B * H
+            hd_next = NULL
+            if rmask != NULL and t + 1 < T:
+                hd_next = hds + (t + 1 if training else (t + 1) % 2) * B * H
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                # c~ goes to cnew (zoneout_c: c_t mixes it with c_{t-1}) or straight to c_t
+                cn = c_cur + b * H + j0 if cn_t == NULL else cn_t + b * H + j0
+                if wp != NULL:
+                    _row_forward_peephole(a_t + b * G + j0, c_prev + b * H + j0, cn,
+                                          y + o * H + j0, wp + j0, m, H)
+                else:
+                    _row_forward(a_t + b * G + j0, c_prev + b * H + j0, cn, y + o * H + j0, m, H)
+                if zc_t != NULL:
+                    _row_zoneout(c_cur + b * H + j0, c_prev + b * H + j0, cn, zc_t + b * H + j0,
+                                 m)
+                if zh_t != NULL:
+                    _row_zoneout(y + o * H + j0, h_prev + b * H + j0, y + o * H + j0,
+                                 zh_t + b * H + j0, m)
+                if hd_next != NULL:
+                    _row_mul(hd_next + b * H + j0, y + o * H + j0, rmask + b * H + j0, m)
+            if training and hd_next != NULL and rank == 0:  # read by the dW_hh GEMM
+                zero_rows(hd_next, n, B, H)
+        else:
+            for b in range(n if m > 0 else 0):
+                _row_forward(a_t + b * G + j0, c_prev + b * H + j0, c_cur + b * H + j0,
+                             y + (t * B + b) * H + j0, m, H)
         if rank == 0:
             zero_rows(y + t * B * H, n, B, H)
+            if op.cell_states:
+                zero_rows(c_cur, n, B, H)
         fr_barrier_wait(bar, size)
 
     if own:
@@ -161,7 +356,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
-        if training:
+        if all_cs:
             memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
         else:
             memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
@@ -188,36 +383,82 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* dw_ih = <floating*> op.dw_ih
     cdef floating* dw_hh = <floating*> op.dw_hh
     cdef floating* db = <floating*> op.db
+    # the optional extensions (NULL: off)
+    cdef const floating* wp = <const floating*> op.w_peephole
+    cdef floating* dwp = <floating*> op.dw_peephole
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef const floating* hds = <const floating*> op.hds
+    cdef floating* dm = <floating*> op.dm  # (B, H) workspace of recurrent dropout
+    cdef const floating* zh = <const floating*> op.zoneout_h
+    cdef const floating* zc = <const floating*> op.zoneout_c
+    cdef const floating* cnew = <const floating*> op.cnew
+    cdef const floating* dcs = <const floating*> op.dcs
+    cdef bint ext = wp != NULL or rmask != NULL or zh != NULL or zc != NULL or dcs != NULL
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, m
+    cdef Py_ssize_t t, b, n, o, j, j0, j1, m
     cdef const floating* c_prev
+    cdef const floating* c_new
     cdef floating* da_t
     cdef Packed pk
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    if dwp != NULL:  # accumulated per unit by the thread that owns it
+        for j in range(3):
+            memset(dwp + j * H + j0, 0, m * sizeof(floating))
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * G
         c_prev = c0 if t == 0 else cs + (t - 1) * B * H
-        for b in range(n if m > 0 else 0):
-            o = t * B + b
-            _row_backward(gates + o * G + j0, c_prev + b * H + j0, cs + o * H + j0,
-                          dy + o * H + j0, dh + b * H + j0, dc + b * H + j0,
-                          da_t + b * G + j0, m, H)
+        if ext:
+            # c_t before zoneout: cnew with zoneout_c, else the carried cs
+            c_new = (cs if cnew == NULL else cnew) + t * B * H
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward_split(dy + o * H + j0, NULL if dcs == NULL else dcs + o * H + j0,
+                                    NULL if zh == NULL else zh + t * op.zh_step + b * H + j0,
+                                    NULL if zc == NULL else zc + t * op.zc_step + b * H + j0,
+                                    dh + b * H + j0, dc + b * H + j0, da_t + b * G + j0, m, H)
+                _row_backward_cell(gates + o * G + j0, c_prev + b * H + j0, c_new + b * H + j0,
+                                   dc + b * H + j0, da_t + b * G + j0,
+                                   NULL if wp == NULL else wp + j0, m, H)
+                if wp != NULL:
+                    _row_peephole_grad(da_t + b * G + j0, c_prev + b * H + j0,
+                                       c_new + b * H + j0, dwp + j0, m, H)
+        else:
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward(gates + o * G + j0, c_prev + b * H + j0, cs + o * H + j0,
+                              dy + o * H + j0, dh + b * H + j0, dc + b * H + j0,
+                              da_t + b * G + j0, m, H)
         if rank == 0:
             zero_rows(da_t, n, B, G)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dh, &pk)
+        # zoneout_h: + the kept part the gate pass left in dh; recurrent dropout: the GEMM
+        # gives the gradient of h_{t-1} * rmask, so dh_{t-1} = kept + rmask * (da_t W_hh)
+        if rmask == NULL:
+            recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> (zh != NULL), dh, &pk)
+        else:
+            recurrent_nn(n, H, j0, j1, G, da_t, w_hh, <floating> 0, dm, &pk)
+            for b in range(n):
+                if zh != NULL:
+                    for j in range(b * H + j0, b * H + j1):
+                        dh[j] = dh[j] + rmask[j] * dm[j]
+                else:
+                    _row_mul(dh + b * H + j0, rmask + b * H + j0, dm + b * H + j0, m)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
     release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
-    weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
-    weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    if rmask == NULL:
+        weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
+        weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank,
+                    ISA)
+    else:  # the GEMMs read h_{t-1} * rmask, kept in hds
+        weight_grad(T * B, H, H, 4, dgates, hds, <floating> 0, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 4, dgates, db, size, rank)
     input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
 
@@ -258,6 +499,13 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, ::1] c_n,              # OUT   (B, H)
             bint training,
             int n_threads,
+            const floating[:, ::1] w_peephole=None,       # IN    (3, H)
+            const floating[:, ::1] recurrent_mask=None,   # IN    (B, H)
+            floating[:, :, ::1] hds=None,                 # OUT   (T, B, H), inference (2, B, H)
+            const floating[:, :, ::1] zoneout_h=None,     # IN    (T, B, H) or (1, B, H)
+            const floating[:, :, ::1] zoneout_c=None,     # IN    (T, B, H) or (1, B, H)
+            floating[:, :, ::1] cnew=None,                # OUT   (T, B, H), inference (1, B, H)
+            bint cell_states=False,
             PackedWeights prepacked=None):
     """LSTM forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
@@ -276,6 +524,18 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     h_n, c_n : ndarray of shape (B, H), written
     training : bool
     n_threads : int
+    w_peephole : ndarray of shape (3, H), optional
+        Peephole weights of i, f (on c_{t-1}) and o (on c_t).
+    recurrent_mask : ndarray of shape (B, H), optional
+        Recurrent dropout: the W_hh GEMM reads h_{t-1} * recurrent_mask; needs ``hds``.
+    hds : ndarray of shape (T, B, H) when training else (2, B, H), optional
+        Written with h_{t-1} * recurrent_mask of every step (what BPTT reads).
+    zoneout_h, zoneout_c : ndarray of shape (T, B, H) or (1, B, H), optional
+        Zoneout: h_t = z h_{t-1} + (1 - z) h~_t (and likewise c_t); (1, B, H) serves every step.
+    cnew : ndarray of shape (T, B, H) when training else (1, B, H), optional
+        Written with c_t before zoneout; ``zoneout_c`` needs it.
+    cell_states : bool, default=False
+        ``cs`` is (T, B, H) even in inference and gets zeros on the rows past each length.
     prepacked : PackedWeights, optional
         ``prepack(w_ih, w_hh, G, n)`` of exactly these weights: used when it was packed for
         this call's team, else the call packs its own.
@@ -283,6 +543,13 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
         raise ValueError(f"gates has {gates.shape[0]} steps, fewer than the forward writes")
+    if cs.shape[0] < (T if training or cell_states else 1):
+        raise ValueError(f"cs has {cs.shape[0]} steps, fewer than the forward writes")
+    if recurrent_mask is not None and (hds is None
+                                       or hds.shape[0] < (T if training else min(T, 2))):
+        raise ValueError("recurrent_mask needs hds of T steps (training) or 2 (inference)")
+    if zoneout_c is not None and (cnew is None or cnew.shape[0] < (T if training else 1)):
+        raise ValueError("zoneout_c needs cnew of T steps (training) or 1 (inference)")
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                           &batch_sizes[0], &y[0, 0, 0])
     o.training = training
@@ -293,6 +560,19 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.c_n = &c_n[0, 0]
     if prepacked is not None:  # from prepack(w_ih, w_hh, ...) of these weights
         o.prepacked = &prepacked.pp
+    o.cell_states = cell_states
+    if w_peephole is not None:
+        o.w_peephole = &w_peephole[0, 0]
+    if recurrent_mask is not None:
+        o.rmask = &recurrent_mask[0, 0]
+        o.hds = &hds[0, 0, 0]
+    if zoneout_h is not None:
+        o.zoneout_h = &zoneout_h[0, 0, 0]
+        o.zh_step = 0 if zoneout_h.shape[0] == 1 else B * H
+    if zoneout_c is not None:
+        o.zoneout_c = &zoneout_c[0, 0, 0]
+        o.zc_step = 0 if zoneout_c.shape[0] == 1 else B * H
+        o.cnew = &cnew[0, 0, 0]
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
 
@@ -314,8 +594,22 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              floating[:, ::1] dw_ih,           # OUT   (G, I)
              floating[:, ::1] dw_hh,           # OUT   (G, H)
              floating[::1] db,                 # OUT   (G,) gradient of b_ih (and of b_hh)
-             int n_threads):
-    """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes."""
+             int n_threads,
+             const floating[:, ::1] w_peephole=None,      # IN    (3, H)
+             floating[:, ::1] dw_peephole=None,           # OUT   (3, H)
+             const floating[:, ::1] recurrent_mask=None,  # IN    (B, H)
+             const floating[:, :, ::1] hds=None,          # IN    (T, B, H) from the forward
+             floating[:, ::1] dm=None,                    # OUT   (B, H) workspace
+             const floating[:, :, ::1] zoneout_h=None,    # IN    (T, B, H) or (1, B, H)
+             const floating[:, :, ::1] zoneout_c=None,    # IN    (T, B, H) or (1, B, H)
+             const floating[:, :, ::1] cnew=None,         # IN    (T, B, H) from the forward
+             const floating[:, :, ::1] dcs=None):         # IN    (T, B, H)
+    """LSTM BPTT over all T steps (T, B >= 1); see forward for the shapes.
+
+    The optional operands are the forward's (the same arrays), plus ``dw_peephole`` (written,
+    with ``w_peephole``), ``dm`` (a workspace, with ``recurrent_mask``) and ``dcs``, the
+    gradient of the cell states ``cs``.
+    """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                           &batch_sizes[0], &y[0, 0, 0])
@@ -329,8 +623,435 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.dw_ih = &dw_ih[0, 0]
     o.dw_hh = &dw_hh[0, 0]
     o.db = &db[0]
+    if w_peephole is not None:
+        if dw_peephole is None:
+            raise ValueError("w_peephole needs dw_peephole")
+        o.w_peephole = &w_peephole[0, 0]
+        o.dw_peephole = &dw_peephole[0, 0]
+    if recurrent_mask is not None:
+        if hds is None or dm is None:
+            raise ValueError("recurrent_mask needs hds and dm")
+        o.rmask = &recurrent_mask[0, 0]
+        o.hds = <void*> &hds[0, 0, 0]
+        o.dm = &dm[0, 0]
+    if zoneout_h is not None:
+        o.zoneout_h = &zoneout_h[0, 0, 0]
+        o.zh_step = 0 if zoneout_h.shape[0] == 1 else B * H
+    if zoneout_c is not None:
+        if cnew is None:
+            raise ValueError("zoneout_c needs cnew")
+        o.zoneout_c = &zoneout_c[0, 0, 0]
+        o.zc_step = 0 if zoneout_c.shape[0] == 1 else B * H
+        o.cnew = <void*> &cnew[0, 0, 0]
+    if dcs is not None:
+        o.dcs = &dcs[0, 0, 0]
     with nogil:
         run_team(_backward_part[floating], &o, H, n_threads)
+
+
+# --- layer-normalized LSTM (Ba, Kiros & Hinton 2016) ---------------------------------------------
+# Legend as above:
+#     a_t = LN(W_ih x_t; g_ih) + LN(W_hh h_{t-1}; g_hh) + b_ih + b_hh       (B, G)
+#     c_t = f * c_{t-1} + i * g;  h_t = o * tanh(LN(c_t; g_c, b_c))
+# each LN over a row's G (or H) features (_layernorm.pxd).
+#
+# Not a branch of _forward_part: a row's layer norm needs all G of its pre-activations (and all H
+# of its c_t), while the plain gate pass gives each thread a slice of units. So a step has two
+# phases: the recurrent GEMM by units into hs_t (as the plain loop), a barrier, then the gate pass
+# by batch rows (share() of the step's active rows), and a barrier before the next GEMM reads h_t.
+# W_ih x is projected per chunk of steps by units, then normalized by rows (one more barrier per
+# chunk). The backward mirrors it: the gate grads by rows with the LN backward of c and of W_hh h,
+# and of both input LNs, a barrier, dh by units and the bias and gain gradients of the thread's
+# units (col_grads: each column summed in one order, so no lock and the same bits for any thread
+# count), a barrier; after the loop the weight gradients and dx as large GEMMs.
+cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
+                                 const floating* g_hh, const floating* bias, floating* a,
+                                 const floating* c_prev, floating* c, floating* cn,
+                                 const floating* g_c, const floating* b_c, floating* h,
+                                 floating* rstd, Py_ssize_t H, double eps) noexcept nogil:
+    """One row: hh := LN's vhat of W_hh h_{t-1} (in place); a = [i, f, g, o]; c = f c_prev +
+    i g; cn = vhat of c; h = o tanh(g_c cn + b_c); rstd (3,), or NULL, receives the rstd of hh
+    and c (its [1] and [2]). a must not overlap hh, nor cn h: each loop below then has few
+    enough operands for the C compiler to vectorize it."""
+    cdef Py_ssize_t j, k, G = 4 * H
+    cdef floating i, f, g, rs_h, rs_c
+    rs_h = ln_normalize(hh, hh, G, eps)
+    for k in range(G):
+        a[k] = g_ih[k] * xh[k] + g_hh[k] * hh[k] + bias[k]
+    for j in range(H):
+        i = sigmoid(a[j])
+        f = sigmoid(a[H + j])
+        g = tanh_(a[2 * H + j])
+        a[j] = i
+        a[H + j] = f
+        a[2 * H + j] = g
+        a[3 * H + j] = sigmoid(a[3 * H + j])
+        c[j] = f * c_prev[j] + i * g
+    rs_c = ln_normalize(c, cn, H, eps)
+    for j in range(H):
+        h[j] = a[3 * H + j] * tanh_(g_c[j] * cn[j] + b_c[j])
+    if rstd != NULL:
+        rstd[1] = rs_h
+        rstd[2] = rs_c
+
+
+cdef inline void _row_backward_ln(const floating* a, const floating* c_prev, const floating* cn,
+                                  const floating* g_c, const floating* b_c, floating rs_c,
+                                  const floating* hh, const floating* g_hh, floating rs_h,
+                                  const floating* dy, floating* dh, floating* dc,
+                                  floating* da, floating* du, floating* dgh,
+                                  Py_ssize_t H) noexcept nogil:
+    """One row's gate grads: da (of the pre-activations, also b's), du (of LN(c)), dgh (of
+    W_hh h_{t-1}); dc becomes dc_{t-1}, dh becomes dh_t + dy_t (the GEMM then overwrites it).
+
+    dh = dh_t + dy_t;  u = g_c cn + b_c;  du = dh o (1 - tanh(u)^2);  da_o = dh tanh(u) o(1-o)
+    dc = dc_t + LN_c backward(du);  da_{i,f,g} as the plain LSTM;  dc_{t-1} = dc f
+    dgh = LN_hh backward(da)
+    """
+    cdef Py_ssize_t j
+    cdef floating i, f, g, o, tu, dcj, m1, m2, s1, s2
+    for j in range(H):
+        dh[j] += dy[j]
+    for j in range(H):
+        o = a[3 * H + j]
+        tu = tanh_(g_c[j] * cn[j] + b_c[j])
+        du[j] = dh[j] * o * dtanh(tu)
+        da[3 * H + j] = dh[j] * tu * dsigmoid(o)
+    row_dot2(du, g_c, cn, H, &s1, &s2)
+    m1 = s1 / H
+    m2 = s2 / H
+    for j in range(H):
+        i = a[j]
+        f = a[H + j]
+        g = a[2 * H + j]
+        dcj = dc[j] + rs_c * (du[j] * g_c[j] - m1 - cn[j] * m2)
+        da[j] = dcj * g * dsigmoid(i)
+        da[H + j] = dcj * c_prev[j] * dsigmoid(f)
+        da[2 * H + j] = dcj * i * dtanh(g)
+        dc[j] = dcj * f
+    ln_backward(da, g_hh, hh, rs_h, dgh, 4 * H)
+
+
+cdef void _forward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                           floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef bint training = op.training
+    cdef double eps = op.ln_eps
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* bias = <const floating*> op.bias
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef const floating* g_c = <const floating*> op.ln_c
+    cdef const floating* b_c = <const floating*> op.ln_c_bias
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* xs = <floating*> op.xs
+    cdef floating* hs = <floating*> op.hs
+    cdef floating* cn = <floating*> op.cn
+    cdef floating* rstd = <floating*> op.rstd
+    cdef floating* y = <floating*> op.y
+    cdef floating* cs = <floating*> op.cs
+    cdef floating* h_n = <floating*> op.h_n
+    cdef floating* c_n = <floating*> op.c_n
+    cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
+    cdef Py_ssize_t t, b, n, j0, j1, m, r, r0, r1, b0, b1, R, o
+    cdef floating rs
+    cdef const floating* h_prev
+    cdef const floating* c_prev
+    cdef floating* c_cur
+    cdef floating* xs_t
+    cdef floating* hs_t
+    cdef Packed pk, pk_ih
+
+    thread_units(H, size, rank, &j0, &j1)
+    m = j1 - j0
+    pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
+    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
+    if not training:  # one cell-state buffer, updated in place (published by the first barrier)
+        for b in range(B):
+            memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
+
+    for t in range(T):
+        n = batch_sizes[t]
+        xs_t = xs + (t if training else t % tc) * B * G
+        if t % tc == 0:
+            # xs[t'] = vhat of W_ih x[t'] for the next tc steps: the GEMM by units, the LN by rows
+            R = min(tc, T - t) * B
+            recurrent_nt_k(R, H, I, j0, j1, 4, x + t * B * I, w_ih, <floating> 0, xs_t, G,
+                           &pk_ih)
+            fr_barrier_wait(bar, size)
+            share(R, size, rank, &r0, &r1)
+            for r in range(r0, r1):
+                rs = ln_normalize(xs_t + r * G, xs_t + r * G, G, eps)
+                if training:
+                    rstd[(t * B + r) * 3] = rs
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        if training:
+            hs_t = hs + t * B * G
+            c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+            c_cur = cs + t * B * H
+        else:
+            hs_t = hs
+            c_prev = cs
+            c_cur = cs
+        # hs_t[:n, units] = h_{t-1} W_hh[units]^T; then the gate pass on this thread's rows
+        recurrent_nt(n, H, j0, j1, 4, h_prev, w_hh, <floating> 0, hs_t, G, &pk)
+        fr_barrier_wait(bar, size)
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            o = t * B + b
+            if training:
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + o * G,
+                                c_prev + b * H, c_cur + b * H, cn + o * H, g_c, b_c, y + o * H,
+                                rstd + o * 3, H, eps)
+            else:  # gates: (1, B, G); the normalized c over the row's spent hs_t
+                _row_forward_ln(xs_t + b * G, hs_t + b * G, g_ih, g_hh, bias, gates + b * G,
+                                c_prev + b * H, c_cur + b * H, hs_t + b * G, g_c, b_c,
+                                y + o * H, NULL, H, eps)
+        if rank == 0:
+            zero_rows(y + t * B * H, n, B, H)
+        fr_barrier_wait(bar, size)
+
+    release(&pk)
+    release(&pk_ih)
+    for b in range(B if m > 0 else 0):
+        t = last_step(batch_sizes, T, b)
+        memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
+        if training:
+            memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
+        else:
+            memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
+
+
+cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank,
+                            floating* tag) noexcept nogil:
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const int* batch_sizes = op.batch_sizes
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* c0 = <const floating*> op.c0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* g_ih = <const floating*> op.ln_ih
+    cdef const floating* g_hh = <const floating*> op.ln_hh
+    cdef const floating* g_c = <const floating*> op.ln_c
+    cdef const floating* b_c = <const floating*> op.ln_c_bias
+    cdef const floating* gates = <const floating*> op.gates
+    cdef const floating* xs = <const floating*> op.xs
+    cdef const floating* hs = <const floating*> op.hs
+    cdef const floating* cn = <const floating*> op.cn
+    cdef const floating* rstd = <const floating*> op.rstd
+    cdef const floating* y = <const floating*> op.y
+    cdef const floating* cs = <const floating*> op.cs
+    cdef const floating* dy = <const floating*> op.dy
+    cdef floating* dh = <floating*> op.dh
+    cdef floating* dc = <floating*> op.dc
+    cdef floating* dgates = <floating*> op.dgates
+    cdef floating* dgx = <floating*> op.dgx
+    cdef floating* dgh = <floating*> op.dgh
+    cdef floating* du = <floating*> op.du
+    cdef floating* dx = <floating*> op.dx
+    cdef floating* dw_ih = <floating*> op.dw_ih
+    cdef floating* dw_hh = <floating*> op.dw_hh
+    cdef floating* db = <floating*> op.db
+    cdef floating* dln_ih = <floating*> op.dln_ih
+    cdef floating* dln_hh = <floating*> op.dln_hh
+    cdef floating* dln_c = <floating*> op.dln_c
+    cdef floating* dln_c_bias = <floating*> op.dln_c_bias
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1
+    cdef const floating* c_prev
+    cdef Packed pk
+
+    thread_units(H, size, rank, &j0, &j1)
+    pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
+    zero_cols(H, j0, j1, 4, db)
+    zero_cols(H, j0, j1, 4, dln_ih)
+    zero_cols(H, j0, j1, 4, dln_hh)
+    zero_cols(H, j0, j1, 1, dln_c)
+    zero_cols(H, j0, j1, 1, dln_c_bias)
+    for t in range(T - 1, -1, -1):
+        n = batch_sizes[t]
+        o = t * B
+        c_prev = c0 if t == 0 else cs + (t - 1) * B * H
+        share(n, size, rank, &b0, &b1)
+        for b in range(b0, b1):
+            _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
+                             rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
+                             rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
+                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
+            # dgx = the input LN's backward of da
+            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
+                        dgx + (o + b) * G, G)
+        if rank == 0:
+            zero_rows(dgates + o * G, n, B, G)
+            zero_rows(dgx + o * G, n, B, G)
+            zero_rows(dgh + o * G, n, B, G)
+        fr_barrier_wait(bar, size)
+        # dh_{t-1}[:n, units] = dgh_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
+        recurrent_nn(n, H, j0, j1, G, dgh + o * G, w_hh, <floating> 0, dh, &pk)
+        # this thread's columns of the bias and gain gradients, while the step is in cache
+        col_grads(n, H, j0, j1, 4, dgates + o * G, xs + o * G, db, dln_ih)
+        col_grads(n, H, j0, j1, 4, dgates + o * G, hs + o * G, <floating*> NULL, dln_hh)
+        col_grads(n, H, j0, j1, 1, du + o * H, cn + o * H, dln_c_bias, dln_c)
+        fr_barrier_wait(bar, size)
+
+    # The weight and input gradients, as large GEMMs over all T*B rows.
+    release(&pk)
+    weight_grad(T * B, I, H, 4, dgx, x, <floating> 0, dw_ih, size, rank, ISA)
+    weight_grad(B, H, H, 4, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
+    weight_grad((T - 1) * B, H, H, 4, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
+
+
+def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
+               const floating[:, ::1] h0,         # IN    (B, H)
+               const floating[:, ::1] c0,         # IN    (B, H)
+               const floating[:, ::1] w_ih,       # IN    (G, I)
+               const floating[:, ::1] w_hh,       # IN    (G, H)
+               const floating[::1] bias,          # IN    (G,) b_ih + b_hh
+               const floating[::1] ln_ih,         # IN    (G,)
+               const floating[::1] ln_hh,         # IN    (G,)
+               const floating[::1] ln_c,          # IN    (H,)
+               const floating[::1] ln_c_bias,     # IN    (H,)
+               double eps,
+               const int[::1] batch_sizes,        # IN    (T,) non-increasing
+               floating[:, :, ::1] gates,         # OUT   (T, B, G) activated gates ((1, B, G))
+               floating[:, :, ::1] xs,            # OUT   (T, B, G) (inference: a ring)
+               floating[:, :, ::1] hs,            # OUT   (T, B, G) ((1, B, G) in inference)
+               floating[:, :, ::1] cn,            # OUT   (T, B, H) (training)
+               floating[:, :, ::1] rstd,          # OUT   (T, B, 3) (training)
+               floating[:, :, ::1] y,             # OUT   (T, B, H)
+               floating[:, :, ::1] cs,            # OUT   (T, B, H) or (1, B, H) in inference
+               floating[:, ::1] h_n,              # OUT   (B, H)
+               floating[:, ::1] c_n,              # OUT   (B, H)
+               bint training,
+               int n_threads):
+    """Layer-normalized LSTM forward over all T steps (T, B >= 1).
+
+    Parameters
+    ----------
+    x : ndarray of shape (T, B, I), dtype=float32 or float64
+    h0, c0 : ndarray of shape (B, H)
+    w_ih : ndarray of shape (4H, I)
+    w_hh : ndarray of shape (4H, H)
+    bias : ndarray of shape (4H,)
+        b_ih + b_hh (added after the layer norms).
+    ln_ih, ln_hh : ndarray of shape (4H,)
+        Gains of LN(W_ih x) and LN(W_hh h).
+    ln_c, ln_c_bias : ndarray of shape (H,)
+        Gain and bias of LN(c).
+    eps : float
+    batch_sizes : ndarray of shape (T,), dtype=int32
+    gates : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written
+    xs : ndarray of shape (T, B, 4H), or (>= ring_steps(T, B), B, 4H) in inference, written:
+        the normalized W_ih x
+    hs : ndarray of shape (T, B, 4H), or (1, B, 4H) in inference, written: normalized W_hh h
+    cn : ndarray of shape (T, B, H), written when training: the normalized c_t
+    rstd : ndarray of shape (T, B, 3), written when training: 1/sqrt(var + eps) of each row
+    y : ndarray of shape (T, B, H), written
+    cs : ndarray of shape (T, B, H) when training else (1, B, H), written
+    h_n, c_n : ndarray of shape (B, H), written
+    training : bool
+    n_threads : int
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef Py_ssize_t steps = T if training else 1
+    if (xs.shape[0] < (T if training else ring_steps(T, B)) or hs.shape[0] < steps
+            or gates.shape[0] < steps
+            or (training and (cn.shape[0] < T or rstd.shape[0] < T))):
+        raise ValueError("a buffer has fewer steps than the forward writes")
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.training = training
+    o.bias = &bias[0]
+    o.ln_eps = eps
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.ln_c = &ln_c[0]
+    o.ln_c_bias = &ln_c_bias[0]
+    o.gates = &gates[0, 0, 0]
+    o.xs = &xs[0, 0, 0]
+    o.hs = &hs[0, 0, 0]
+    o.cn = &cn[0, 0, 0]
+    o.rstd = &rstd[0, 0, 0]
+    o.cs = &cs[0, 0, 0]
+    o.h_n = &h_n[0, 0]
+    o.c_n = &c_n[0, 0]
+    with nogil:
+        run_team(_forward_ln_part[floating], &o, H, n_threads)
+
+
+def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
+                const floating[:, ::1] h0,        # IN    (B, H)
+                const floating[:, ::1] c0,        # IN    (B, H)
+                const floating[:, ::1] w_ih,      # IN    (G, I)
+                const floating[:, ::1] w_hh,      # IN    (G, H)
+                const floating[::1] ln_ih,        # IN    (G,)
+                const floating[::1] ln_hh,        # IN    (G,)
+                const floating[::1] ln_c,         # IN    (H,)
+                const floating[::1] ln_c_bias,    # IN    (H,)
+                const int[::1] batch_sizes,       # IN    (T,)
+                const floating[:, :, ::1] gates,  # IN    (T, B, G) from a training forward_ln
+                const floating[:, :, ::1] xs,     # IN    (T, B, G)
+                const floating[:, :, ::1] hs,     # IN    (T, B, G)
+                const floating[:, :, ::1] cn,     # IN    (T, B, H)
+                const floating[:, :, ::1] rstd,   # IN    (T, B, 3)
+                const floating[:, :, ::1] y,      # IN    (T, B, H)
+                const floating[:, :, ::1] cs,     # IN    (T, B, H)
+                const floating[:, :, ::1] dy,     # IN    (T, B, H)
+                floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
+                floating[:, ::1] dc,              # INOUT (B, H) dc_n in, dc0 out
+                floating[:, :, ::1] dgates,       # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgx,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] dgh,          # OUT   (T, B, G) workspace
+                floating[:, :, ::1] du,           # OUT   (T, B, H) workspace
+                floating[:, :, ::1] dx,           # OUT   (T, B, I)
+                floating[:, ::1] dw_ih,           # OUT   (G, I)
+                floating[:, ::1] dw_hh,           # OUT   (G, H)
+                floating[::1] db,                 # OUT   (G,) gradient of b_ih (and of b_hh)
+                floating[::1] dln_ih,             # OUT   (G,)
+                floating[::1] dln_hh,             # OUT   (G,)
+                floating[::1] dln_c,              # OUT   (H,)
+                floating[::1] dln_c_bias,         # OUT   (H,)
+                int n_threads):
+    """Layer-normalized LSTM BPTT over all T steps (T, B >= 1); see forward_ln for shapes."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
+                          &batch_sizes[0], &y[0, 0, 0])
+    o.ln_ih = &ln_ih[0]
+    o.ln_hh = &ln_hh[0]
+    o.ln_c = &ln_c[0]
+    o.ln_c_bias = &ln_c_bias[0]
+    o.gates = <void*> &gates[0, 0, 0]
+    o.xs = <void*> &xs[0, 0, 0]
+    o.hs = <void*> &hs[0, 0, 0]
+    o.cn = <void*> &cn[0, 0, 0]
+    o.rstd = <void*> &rstd[0, 0, 0]
+    o.cs = <void*> &cs[0, 0, 0]
+    o.dy = &dy[0, 0, 0]
+    o.dh = &dh[0, 0]
+    o.dc = &dc[0, 0]
+    o.dgates = &dgates[0, 0, 0]
+    o.dgx = &dgx[0, 0, 0]
+    o.dgh = &dgh[0, 0, 0]
+    o.du = &du[0, 0, 0]
+    o.dx = &dx[0, 0, 0]
+    o.dw_ih = &dw_ih[0, 0]
+    o.dw_hh = &dw_hh[0, 0]
+    o.db = &db[0]
+    o.dln_ih = &dln_ih[0]
+    o.dln_hh = &dln_hh[0]
+    o.dln_c = &dln_c[0]
+    o.dln_c_bias = &dln_c_bias[0]
+    with nogil:
+        run_team(_backward_ln_part[floating], &o, H, n_threads)
 
 
 # --- LSTM with a projection (proj_size P > 0) ----------------------------------------------------

@@ -6,6 +6,11 @@ Legend: T steps, B batch rows, I input size, H hidden size (G = H: one gate bloc
 The outputs y double as the pre-activation workspace: y[t] holds W_ih x_t + b until step t adds
 the recurrent term and applies act in place. Rows are sorted by decreasing length;
 ``batch_sizes[t]`` rows are active at step t, and inactive rows output zeros.
+
+Options (RNNOps fields, NULL / 0 off):
+    recurrent dropout (rmask, (B, H)): W_hh (h_{t-1} * rmask); dW_hh reads hd_t = h_{t-1} * rmask
+    zoneout (zw, (T, B, H) weights, or one number p):  h_t = zw h_{t-1} + (1 - zw) a_t with
+        a_t = act(...) above; a training forward keeps a_t in acts, since y_t is no longer a_t
 """
 
 from cython cimport floating
@@ -68,6 +73,46 @@ cdef inline void _row_backward(const floating* h, const floating* dy, const floa
             da[j] = (dh[j] + dy[j]) * dtanh(h[j])
 
 
+cdef inline void _row_backward_zoneout(const floating* a, const floating* dy, const floating* zw,
+                                       Py_ssize_t zs, floating* dh, floating* da, Py_ssize_t m,
+                                       bint use_relu) noexcept nogil:
+    """_row_backward through h_t = zw h_{t-1} + (1 - zw) a_t: da = (1 - zw) dh_t act'(a_t), and
+    dh becomes the direct part zw dh_t of dh_{t-1} (zw[j * zs]: zs 0 for one weight)."""
+    cdef Py_ssize_t j
+    cdef floating dht
+    for j in range(m):
+        dht = dh[j] + dy[j]
+        if use_relu:
+            da[j] = (1 - zw[j * zs]) * dht * drelu(a[j])
+        else:
+            da[j] = (1 - zw[j * zs]) * dht * dtanh(a[j])
+        dh[j] = zw[j * zs] * dht
+
+
+cdef inline void _row_zoneout(floating* h, const floating* h_prev, const floating* zw,
+                              Py_ssize_t zs, Py_ssize_t m) noexcept nogil:
+    """h := zw h_prev + (1 - zw) h (zoneout; zw[j * zs]: zs 0 for one weight of every unit)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        h[j] = zw[j * zs] * h_prev[j] + (1 - zw[j * zs]) * h[j]
+
+
+cdef inline void _row_mul(const floating* a, const floating* b, floating* out,
+                          Py_ssize_t m) noexcept nogil:
+    """out := a * b (the dropped state h * rmask)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] = a[j] * b[j]
+
+
+cdef inline void _row_add_mul(const floating* a, const floating* b, floating* out,
+                              Py_ssize_t m) noexcept nogil:
+    """out += a * b (dh_{t-1} += rmask * da_t W_hh)."""
+    cdef Py_ssize_t j
+    for j in range(m):
+        out[j] += a[j] * b[j]
+
+
 # --- tier 2: the time loops (one parallel region each; see lstm.pyx and _blocks.pxd) ------------
 cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
                         floating* tag) noexcept nogil:
@@ -82,19 +127,36 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef const floating* bias = <const floating*> op.bias
     cdef floating* y = <floating*> op.y
     cdef floating* h_n = <floating*> op.h_n
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef floating* hds = <floating*> op.hds
+    cdef floating* acts = <floating*> op.acts
+    cdef floating zp = <floating> op.zoneout_p
+    cdef const floating* zw = <const floating*> op.zoneout
+    cdef bint zoneout = zw != NULL or zp != 0
+    cdef Py_ssize_t zs = 1 if zw != NULL else 0  # stride of the zoneout weights (0: just zp)
+    cdef bint training = op.training
     cdef Py_ssize_t tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, b, n, j0, j1, m
+    cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef const floating* h_prev
+    cdef const floating* h_in
     cdef floating* y_t
+    cdef floating* hd_t
     cdef Packed pk, pk_ih
     cdef bint own
 
+    if zw == NULL:
+        zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
         pack_nt(&pk, ISA, H, j0, j1, 1, w_hh)
         pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 1, w_ih)
+    if rmask != NULL:
+        # hds[0] = h0 * rmask: the first GEMM reads every thread's units
+        for b in range(B if m > 0 else 0):
+            _row_mul(h0 + b * H + j0, rmask + b * H + j0, hds + b * H + j0, m)
+        fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
@@ -104,13 +166,28 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             project_steps(min(tc, T - t) * B, I, H, j0, j1, 1, x + t * B * I, w_ih, bias, y_t,
                           &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
-        # y_t[:n, units] += h_{t-1} W_hh[units]^T, then the activation on those units
-        recurrent_nt(n, H, j0, j1, 1, h_prev, w_hh, <floating> 1, y_t, H, &pk)
+        # the GEMM reads h_{t-1}, or hd_t = h_{t-1} * rmask (training: all steps; inference:
+        # a ring of 2, as step t writes hd_{t+1} while another thread may still read hd_t)
+        h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
+        # y_t[:n, units] += h_in W_hh[units]^T, then the activation on those units
+        recurrent_nt(n, H, j0, j1, 1, h_in, w_hh, <floating> 1, y_t, H, &pk)
         if m == H:
             _row_forward(y_t, n * H, use_relu)
         else:
             for b in range(n if m > 0 else 0):
                 _row_forward(y_t + b * H + j0, m, use_relu)
+        if zoneout:  # y_t = zw h_{t-1} + (1 - zw) a_t, a_t kept for BPTT in training
+            for b in range(n if m > 0 else 0):
+                o = (t * B + b) * H + j0
+                if acts != NULL:
+                    memcpy(acts + o, y + o, m * sizeof(floating))
+                _row_zoneout(y + o, h_prev + b * H + j0, zw + o * zs, zs, m)
+        if rmask != NULL and t + 1 < T:
+            hd_t = hds + (t + 1 if training else (t + 1) % 2) * B * H
+            for b in range(n if m > 0 else 0):
+                _row_mul(y_t + b * H + j0, rmask + b * H + j0, hd_t + b * H + j0, m)
+            if training and rank == 0:  # read by the dW_hh GEMM: no uninitialized rows
+                zero_rows(hd_t, n, B, H)
         # inactive rows output zeros: each thread clears its own columns, which it projected
         for b in range(n, B if m > 0 else n):
             memset(y_t + b * H + j0, 0, m * sizeof(floating))
@@ -142,17 +219,32 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* dw_ih = <floating*> op.dw_ih
     cdef floating* dw_hh = <floating*> op.dw_hh
     cdef floating* db = <floating*> op.db
+    cdef const floating* rmask = <const floating*> op.rmask
+    cdef const floating* hds = <const floating*> op.hds
+    cdef floating* dhd = <floating*> op.dhd
+    cdef const floating* acts = <const floating*> op.acts
+    cdef floating zp = <floating> op.zoneout_p
+    cdef const floating* zw = <const floating*> op.zoneout
+    cdef bint zoneout = zw != NULL or zp != 0
+    cdef Py_ssize_t zs = 1 if zw != NULL else 0
     cdef Py_ssize_t t, b, n, o, j0, j1, m
     cdef floating* da_t
     cdef Packed pk
 
+    if zw == NULL:
+        zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, H, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
         da_t = dgates + t * B * H
-        if m == H:
+        if zoneout:  # da from a_t (acts); dh := zw dh_t, the direct part of dh_{t-1}
+            for b in range(n if m > 0 else 0):
+                o = t * B + b
+                _row_backward_zoneout(acts + o * H + j0, dy + o * H + j0, zw + (o * H + j0) * zs,
+                                      zs, dh + b * H + j0, da_t + b * H + j0, m, use_relu)
+        elif m == H:
             _row_backward(y + t * B * H, dy + t * B * H, dh, da_t, n * H, use_relu)
         else:
             for b in range(n if m > 0 else 0):
@@ -162,14 +254,27 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
         if rank == 0:
             zero_rows(da_t, n, B, H)
         fr_barrier_wait(bar, size)
-        # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
-        recurrent_nn(n, H, j0, j1, H, da_t, w_hh, <floating> 0, dh, &pk)
+        # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry),
+        # plus zoneout's direct part, the GEMM's part times rmask with recurrent dropout
+        if rmask == NULL:
+            recurrent_nn(n, H, j0, j1, H, da_t, w_hh, <floating> zoneout, dh, &pk)
+        else:
+            recurrent_nn(n, H, j0, j1, H, da_t, w_hh, <floating> 0, dhd, &pk)
+            for b in range(n if m > 0 else 0):
+                if zoneout:
+                    _row_add_mul(dhd + b * H + j0, rmask + b * H + j0, dh + b * H + j0, m)
+                else:
+                    _row_mul(dhd + b * H + j0, rmask + b * H + j0, dh + b * H + j0, m)
 
     release(&pk)
     fr_barrier_wait(bar, size)
     weight_grad(T * B, I, H, 1, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
-    weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
-    weight_grad((T - 1) * B, H, H, 1, dgates + B * H, y, <floating> 1, dw_hh, size, rank, ISA)
+    if rmask == NULL:  # dW_hh = sum_t da_t^T h_{t-1}, h_{t-1} from h0 and y
+        weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
+        weight_grad((T - 1) * B, H, H, 1, dgates + B * H, y, <floating> 1, dw_hh, size, rank,
+                    ISA)
+    else:  # dW_hh = sum_t da_t^T hd_t
+        weight_grad(T * B, H, H, 1, dgates, hds, <floating> 0, dw_hh, size, rank, ISA)
     bias_grad(T * B, H, 1, dgates, db, size, rank)
     input_grad(T * B, I, H, dgates, w_ih, dx, size, rank, ISA)
 
@@ -205,6 +310,12 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             floating[:, ::1] h_n,              # OUT   (B, H)
             bint use_relu,
             int n_threads,
+            bint training=True,
+            rmask=None,                        # IN    (B, H) or None
+            hds=None,                          # OUT   (T, B, H) ((2, B, H) if eval) with rmask
+            zoneout=None,                      # IN    (T, B, H) or None
+            double zoneout_p=0,
+            acts=None,                         # OUT   (T, B, H) with zoneout in training
             PackedWeights prepacked=None):
     """Elman RNN forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
@@ -221,6 +332,16 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     use_relu : bool
         relu instead of tanh.
     n_threads : int
+    training : bool
+        Keep what BPTT needs of the options (hds of every step, acts); the plain cell keeps y.
+    rmask : ndarray of shape (B, H) or None
+        Recurrent dropout mask, applied to h_{t-1} before the W_hh GEMM at every step.
+    hds : ndarray of shape (T, B, H) when training else (2, B, H), written; with rmask only
+    zoneout : ndarray of shape (T, B, H) or None
+        Zoneout weights of h: h_t = zoneout h_{t-1} + (1 - zoneout) act(...).
+    zoneout_p : float
+        The one zoneout weight of every unit when zoneout is None (0: no zoneout).
+    acts : ndarray of shape (T, B, H), written; with zoneout in training only
     prepacked : PackedWeights, optional
         ``prepack(w_ih, w_hh, G, n)`` of exactly these weights: used when it was packed for
         this call's team, else the call packs its own.
@@ -232,6 +353,24 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.h_n = &h_n[0, 0]
     if prepacked is not None:  # from prepack(w_ih, w_hh, ...) of these weights
         o.prepacked = &prepacked.pp
+    o.training = training
+    cdef const floating[:, ::1] rmask_v
+    cdef floating[:, :, ::1] hds_v, acts_v
+    cdef const floating[:, :, ::1] zoneout_v
+    if rmask is not None:
+        rmask_v = rmask
+        hds_v = hds
+        if hds_v.shape[0] < (T if training else 2):
+            raise ValueError(f"hds has {hds_v.shape[0]} steps, fewer than the forward writes")
+        o.rmask = &rmask_v[0, 0]
+        o.hds = &hds_v[0, 0, 0]
+    if zoneout is not None:
+        zoneout_v = zoneout
+        o.zoneout = &zoneout_v[0, 0, 0]
+    o.zoneout_p = zoneout_p
+    if training and (zoneout is not None or zoneout_p != 0):
+        acts_v = acts
+        o.acts = &acts_v[0, 0, 0]
     with nogil:
         run_team(_forward_part[floating], &o, H, n_threads)
 
@@ -250,7 +389,13 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
              floating[:, ::1] dw_hh,           # OUT   (H, H)
              floating[::1] db,                 # OUT   (H,) gradient of b_ih (and of b_hh)
              bint use_relu,
-             int n_threads):
+             int n_threads,
+             rmask=None,                       # IN    (B, H) or None, as the forward's
+             hds=None,                         # IN    (T, B, H) with rmask, from the forward
+             dhd=None,                         # OUT   (B, H) workspace with rmask
+             zoneout=None,                     # IN    (T, B, H) or None, as the forward's
+             double zoneout_p=0,
+             acts=None):                       # IN    (T, B, H) with zoneout, from the forward
     """Elman RNN BPTT over all T steps (T, B >= 1); see forward for the shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef RNNOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
@@ -262,6 +407,23 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.dw_ih = &dw_ih[0, 0]
     o.dw_hh = &dw_hh[0, 0]
     o.db = &db[0]
+    cdef const floating[:, ::1] rmask_v
+    cdef const floating[:, :, ::1] hds_v, zoneout_v, acts_v
+    cdef floating[:, ::1] dhd_v
+    if rmask is not None:
+        rmask_v = rmask
+        hds_v = hds
+        dhd_v = dhd
+        o.rmask = &rmask_v[0, 0]
+        o.hds = <void*> &hds_v[0, 0, 0]
+        o.dhd = &dhd_v[0, 0]
+    if zoneout is not None:
+        zoneout_v = zoneout
+        o.zoneout = &zoneout_v[0, 0, 0]
+    o.zoneout_p = zoneout_p
+    if zoneout is not None or zoneout_p != 0:
+        acts_v = acts
+        o.acts = <void*> &acts_v[0, 0, 0]
     with nogil:
         run_team(_backward_part[floating], &o, H, n_threads)
 

@@ -9,6 +9,9 @@ here. Backends are named as the layers name them (DESIGN.md): ``"cython"`` is
 ``fastrnn.functional`` and ``"numpy"`` is ``fastrnn.reference``. Importing the registry imports
 fastrnn, so an unbuilt tree fails at collection with fastrnn's message saying what to run.
 
+``numeric_grad`` is the one central-difference helper of the whole suite (the functional API,
+the stack, the nn blocks, attention, seq2seq and the losses all use it).
+
 Sizes follow the kernels' legend T, B, H, G, except that the input size is called ``D`` in code
 (ruff's E741 rejects the name ``I``).
 """
@@ -22,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
+import fastrnn
 from fastrnn.cells import BACKENDS as _BACKEND_MODULES
 from fastrnn.cells import CELLS
 
@@ -265,6 +269,133 @@ def make_case(
     )
 
 
+def make_layer_norm(spec: CellSpec, rng, H, dtype=np.float64) -> dict:
+    """Layer-norm operands of ``spec`` (LSTM or GRU) as functional keywords: gains near 1 (and,
+    for the LSTM's cell, a bias near 0), so that a wrong gain or bias shows in every output."""
+    G = spec.G * H
+    ln = {
+        "ln_ih": 1 + 0.2 * rng.standard_normal(G),
+        "ln_hh": 1 + 0.2 * rng.standard_normal(G),
+    }
+    if spec.has_c:
+        ln["ln_c"] = 1 + 0.2 * rng.standard_normal(H)
+        ln["ln_c_bias"] = 0.2 * rng.standard_normal(H)
+    return {k: v.astype(dtype) for k, v in ln.items()}
+
+
+def extra_numerical_grads(
+    spec: CellSpec, backend: str, case: Case, extra: dict, eps=FD_EPS, **kw
+) -> dict:
+    """Central differences of ``weighted_loss`` w.r.t. every input of ``case`` and every array
+    of ``extra`` (keyword operands such as layer-norm gains), keyed as the grads' fields."""
+
+    def loss(c, e):
+        return weighted_loss(spec.forward_case(backend, c, training=False, **e, **kw), case)
+
+    grads = {}
+    names = [(n, False) for n in spec.input_names(bias=case.b_ih is not None)]
+    names += [(n, True) for n in extra]
+    for name, is_extra in names:
+        base = extra[name] if is_extra else getattr(case, name)
+        g = np.zeros_like(base, dtype=np.float64)
+        for idx in np.ndindex(base.shape):
+            vals = []
+            for sign in (1.0, -1.0):
+                a = base.copy()
+                a[idx] += sign * eps
+                if is_extra:
+                    vals.append(loss(case, {**extra, name: a}))
+                else:
+                    vals.append(loss(case.replace(**{name: a}), extra))
+            g[idx] = (vals[0] - vals[1]) / (2 * eps)
+        grads["d" + name] = g
+    return grads
+
+
+# --- layer normalization (LSTM and GRU; tests in test_lstm.py and test_gru.py) ----------------
+# (T, B, D, H, lengths, reverse, bias): B = 1, H not a multiple of 16, lengths, reverse, no bias,
+# and one size with more than one block of units.
+LN_CASES = {
+    "plain": (4, 3, 2, 5, None, False, True),
+    "lengths_reverse": (5, 4, 3, 7, "random", True, True),
+    "lengths": (6, 4, 3, 18, "random", False, True),
+    "b1_nobias": (3, 1, 2, 20, None, False, False),
+    "wide": (7, 5, 6, 70, "random", False, True),
+}
+
+# float64: TOL. float32: the float32 kernels against the float64 reference. A layer norm's
+# backward subtracts row means from terms of the same size (dv = rstd (dvhat - mean(dvhat) -
+# vhat mean(dvhat vhat))), so float32 gradients lose digits to cancellation: the reference's
+# own float32 gradients differ from its float64 ones by up to ~4e-5 (relative to 1 + |g|) on
+# these sizes, more than TOL's 1e-5, and the kernels' by no more.
+LN_TOL = {np.float64: TOL[np.float64], np.float32: {"rtol": 1e-4, "atol": 1e-4}}
+
+
+def check_layer_norm_matches_reference(spec: CellSpec, sizes, dtype, rng) -> None:
+    """The Cython layer-norm forward and backward against the reference (float64 on the same
+    values); the inference forward against the training forward, bit for bit."""
+    T, B, D, H, lengths, reverse, bias = sizes
+    case = make_case(spec, rng, T, B, D, H, dtype, bias=bias, lengths=lengths)
+    ln = make_layer_norm(spec, rng, H, dtype)
+    case64 = case.astype(np.float64)
+    ln64 = {k: v.astype(np.float64) for k, v in ln.items()}
+    ref = spec.forward_case("numpy", case64, reverse=reverse, **ln64)
+    got = spec.forward_case("cython", case, reverse=reverse, **ln)
+    assert_forward_close(spec, got, ref, **LN_TOL[dtype])
+    g_ref = spec.backward_case("numpy", ref.cache, case64)
+    g_got = spec.backward_case("cython", got.cache, case)
+    assert g_got._fields == g_ref._fields
+    for name in g_ref._fields:
+        assert_close(getattr(g_got, name), getattr(g_ref, name), name, **LN_TOL[dtype])
+    inf = spec.forward_case("cython", case, reverse=reverse, training=False, **ln)
+    assert inf.cache is None
+    for name in spec.output_names():
+        np.testing.assert_array_equal(getattr(inf, name), getattr(got, name), err_msg=name)
+
+
+def check_layer_norm_finite_differences(spec: CellSpec, reverse: bool, rng) -> None:
+    """Every gradient of the Cython layer-norm cell against float64 central differences."""
+    case = make_case(spec, rng, 4, 3, 2, 5, lengths=np.array([4, 2, 3]))
+    ln = make_layer_norm(spec, rng, 5)
+    fwd = spec.forward_case("cython", case, reverse=reverse, **ln)
+    grads = spec.backward_case("cython", fwd.cache, case)
+    num = extra_numerical_grads(spec, "cython", case, ln, reverse=reverse)
+    assert set(num) == set(grads._fields)
+    for name, g in num.items():
+        assert_close(getattr(grads, name), g, name, **FD_TOL)
+
+
+def check_layer_norm_threads_bitwise(spec: CellSpec, rng) -> None:
+    """One or two threads (batch rows and hidden units shared differently) give the same bits."""
+    case = make_case(spec, rng, 9, 6, 8, 136, np.float32, lengths="random")
+    ln = make_layer_norm(spec, rng, 136, np.float32)
+    before = fastrnn.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            fastrnn.set_num_threads(n)
+            fwd = spec.forward_case("cython", case, **ln)
+            out.append((fwd, spec.backward_case("cython", fwd.cache, case)))
+    finally:
+        fastrnn.set_num_threads(before)
+    (f1, g1), (f2, g2) = out
+    for name in spec.output_names():
+        np.testing.assert_array_equal(getattr(f1, name), getattr(f2, name), err_msg=name)
+    for name in g1._fields:
+        np.testing.assert_array_equal(getattr(g1, name), getattr(g2, name), err_msg=name)
+
+
+def check_layer_norm_empty(spec: CellSpec, rng) -> None:
+    """T == 0: the initial states pass through and every layer-norm gradient is zero."""
+    case = make_case(spec, rng, 0, 2, 3, 4)
+    ln = make_layer_norm(spec, rng, 4)
+    fwd = spec.forward_case("cython", case, **ln)
+    np.testing.assert_array_equal(fwd.h_n, case.h0)
+    g = spec.backward_case("cython", fwd.cache, case)
+    for name, v in ln.items():
+        np.testing.assert_array_equal(getattr(g, "d" + name), np.zeros_like(v))
+
+
 def weighted_loss(fwd: Forward, case: Case) -> float:
     """``sum(y*dy) + sum(h_n*dh_n) (+ sum(c_n*dc_n))``: its gradient is backward(dy, dh_n, dc_n)."""
     loss = np.sum(fwd.y * case.dy) + np.sum(fwd.h_n * case.dh_n)
@@ -273,22 +404,56 @@ def weighted_loss(fwd: Forward, case: Case) -> float:
     return float(loss)
 
 
+def numeric_grad(f, a: np.ndarray, eps: float = FD_EPS, indices=None) -> np.ndarray:
+    """Central differences ``(f(a + eps) - f(a - eps)) / (2 eps)``, one entry of ``a`` at a time.
+
+    Parameters
+    ----------
+    f : callable
+        ``f() -> float``, reading ``a`` (directly or through a parameter, layer or case that
+        holds it).
+    a : ndarray
+        The array differentiated against. Each entry is perturbed in place and restored, so
+        ``a`` holds its original values when this returns (and if ``f`` raises).
+    eps : float
+        The step.
+    indices : iterable of tuple of int, optional
+        The entries to differentiate against (default: every entry of ``a``).
+
+    Returns
+    -------
+    ndarray of dtype float64
+        Of ``a.shape`` when ``indices`` is None, else of shape ``(len(indices),)`` in their order.
+    """
+    if indices is None:
+        out = np.zeros(a.shape, dtype=np.float64)
+        indices = list(np.ndindex(a.shape))
+        keys = indices
+    else:
+        indices = [tuple(i) for i in indices]
+        out = np.zeros(len(indices), dtype=np.float64)
+        keys = range(len(indices))
+    for key, idx in zip(keys, indices, strict=True):
+        old = a[idx]
+        try:
+            a[idx] = old + eps
+            f_plus = f()
+            a[idx] = old - eps
+            f_minus = f()
+        finally:
+            a[idx] = old
+        out[key] = (f_plus - f_minus) / (2 * eps)
+    return out
+
+
 def numerical_grads(spec: CellSpec, backend: str, case: Case, eps=FD_EPS) -> dict:
     """Central differences of ``weighted_loss`` w.r.t. every differentiable input of ``case``."""
-    grads = {}
-    for name in spec.input_names(bias=case.b_ih is not None):
-        base = getattr(case, name)
-        g = np.zeros_like(base, dtype=np.float64)
-        for idx in np.ndindex(base.shape):
-            vals = []
-            for sign in (1.0, -1.0):
-                a = base.copy()
-                a[idx] += sign * eps
-                fwd = spec.forward_case(backend, case.replace(**{name: a}), training=False)
-                vals.append(weighted_loss(fwd, case))
-            g[idx] = (vals[0] - vals[1]) / (2 * eps)
-        grads["d" + name] = g
-    return grads
+
+    def loss() -> float:
+        return weighted_loss(spec.forward_case(backend, case, training=False), case)
+
+    names = spec.input_names(bias=case.b_ih is not None)
+    return {"d" + n: numeric_grad(loss, getattr(case, n), eps) for n in names}
 
 
 def assert_close(actual, desired, name, **tol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import numeric_grad
 
 from fastrnn.nn import Attention
 from fastrnn.nn.attention import masked_softmax
@@ -105,17 +106,8 @@ def test_finite_differences(kind):
     grads.update({n: p.grad.copy() for n, p in att.named_parameters()})
     arrays = {"query": query, "memory": memory}
     arrays.update({n: p.data for n, p in att.named_parameters()})
-    eps = 1e-6
     for name, arr in arrays.items():
-        num = np.zeros_like(arr)
-        for i in np.ndindex(arr.shape):
-            old = arr[i]
-            arr[i] = old + eps
-            lp = loss()
-            arr[i] = old - eps
-            lm = loss()
-            arr[i] = old
-            num[i] = (lp - lm) / (2 * eps)
+        num = numeric_grad(loss, arr)
         np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
 
 

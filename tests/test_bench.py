@@ -1,4 +1,4 @@
-"""Smoke test of ``python -m fastrnn.bench``: tiny shapes, a few milliseconds of timing."""
+"""fastrnn/bench: ``python -m fastrnn.bench`` on tiny shapes, a few milliseconds of timing."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ TINY = ["--configs", "6x2x4x16,3x1x3x8", "--repeats", "2", "--min-time", "0.0005
 TINY += ["--gemm-n", "64", "--threads", "1", "-q"]
 
 
+@pytest.mark.slow
 def test_report_table_and_json(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main([*TINY, "--quick", "--impls", "fastrnn,numpy", "--json", str(out)]) == 0
@@ -53,6 +54,7 @@ def test_implementations_agree_on_the_same_inputs():
         np.testing.assert_allclose(y, ys["numpy"], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"
@@ -81,3 +83,61 @@ def test_inference_mode_runs(capsys):
     assert main([*argv, "--min-time", "0.001", "--no-torch"]) == 0
     out = capsys.readouterr().out
     assert "fastrnn-int8" in out and "lstm 4x2x8x16" in out and "Streaming step" in out
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("T", [1, 5])
+def test_plain_numpy_matches_the_reference(cell, T):
+    from fastrnn import reference
+    from fastrnn.bench.plain_numpy import PlainNumpy
+
+    p = bench.make_problem(cell, (T, 3, 4, 6), np.float64, seed=T)
+    fwd, bwd = bench.CELLS[cell].functions("numpy")
+    states = (None,) * len(bench.CELLS[cell].states)
+    out = fwd(p.x, *states, p.w_ih, p.w_hh, p.b_ih, p.b_hh)
+    ref = bwd(out[-1], p.dy)
+    m = PlainNumpy(cell, p.x, p.w_ih, p.w_hh, p.b_ih, p.b_hh)
+    for _ in range(2):  # buffers reused: a second call gives the same numbers
+        np.testing.assert_allclose(m.forward(training=True), out[0], rtol=1e-12, atol=1e-13)
+        grads = m.backward(p.dy)
+        for got, want in zip(
+            grads, (ref.dx, ref.dw_ih, ref.dw_hh, ref.db_ih, ref.db_hh), strict=True
+        ):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+    assert reference.BACKEND == "numpy"
+
+
+def test_deepbench_problems_cap_steps_and_keep_deepbench_names():
+    probs = bench.deepbench_problems(("training", "inference"), max_steps=30)
+    assert len(probs) == len(bench.DEEPBENCH["training"]) + len(bench.DEEPBENCH["inference"])
+    for (cell, name, (T, B, I, H), mode), (c, h, b, t) in zip(
+        probs, bench.DEEPBENCH["training"] + bench.DEEPBENCH["inference"], strict=True
+    ):
+        assert (cell, I, H, B, T) == (c, h, h, b, min(t, 30))
+        assert name.endswith(f"H{h}B{b}T{t}")
+        assert mode == ("fwdbwd" if name.startswith("train") else "fwd")
+    uncapped = bench.deepbench_problems(("inference",), max_steps=0)
+    assert max(s[2][0] for s in uncapped) == 1500
+    with pytest.raises(ValueError, match="unknown DeepBench set"):
+        bench.deepbench_problems(("serving",))
+
+
+def test_deepbench_cli_runs_every_problem_of_a_set(capsys, monkeypatch):
+    # shrink the set so that the smoke test takes milliseconds
+    monkeypatch.setitem(bench.DEEPBENCH, "inference", (("gru", 16, 1, 3), ("rnn", 8, 2, 80)))
+    argv = ["--deepbench", "inference", "--deepbench-steps", "4", "--repeats", "2"]
+    argv += ["--min-time", "0.0005", "--settle", "0", "--gemm-n", "64", "--threads", "1", "-q"]
+    assert main([*argv, "--impls", "fastrnn,np-plain"]) == 0
+    out = capsys.readouterr().out
+    assert "infer:H16B1T3" in out and "infer:H8B2T80" in out
+    assert "# infer    1 thread  np-plain" in out and "over 2 problems" in out
+
+
+def test_summarize_geometric_mean():
+    rows = [
+        bench.Result(
+            "lstm", "train:a", (1, 1, 1, 1), "fwdbwd", "float32", 2, "torch", 2, 2, 1, 1, ratio=r
+        )  # fmt: skip
+        for r in (1.0, 4.0)
+    ]
+    assert "torch      2.00x (1.00x) over 2 problems" in bench.summarize(rows)

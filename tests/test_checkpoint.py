@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, bit-identical resume, atomic writes, damaged and foreign files."""
+"""fastrnn/checkpoint.py: round trip, bit-identical resume, atomic writes, damaged files."""
 
 import json
 import os
@@ -347,3 +347,94 @@ def test_read_extra_without_a_model(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a fastrnn checkpoint"):
         read_extra(tmp_path / "bad.npz")
+
+
+# -------------------------------------------------------------------------------------------------
+# damaged checkpoints: pickled, malformed and missing entries, path errors
+# -------------------------------------------------------------------------------------------------
+@pytest.fixture
+def saved_checkpoint(tmp_path):
+    model = Linear(3, 2, seed=0)
+    path = tmp_path / "good.ckpt"
+    save_checkpoint(path, model, epoch=1)
+    with np.load(path, allow_pickle=False) as z:
+        entries = {k: z[k] for k in z.files}
+    return model, tmp_path, entries
+
+
+def _tamper(entries, **changes):
+    out = dict(entries)
+    meta = json.loads(str(out["__fastrnn_checkpoint__"]))
+    for k, v in changes.items():
+        if k == "meta":
+            v(meta)
+        else:
+            out[k] = v
+    out["__fastrnn_checkpoint__"] = np.array(json.dumps(meta))
+    return out
+
+
+CHECKPOINT_BAD = [
+    # (id, entries -> entries, message pattern); none may unpickle or load anything
+    (
+        "pickled_object_entry",
+        lambda e: {**e, "model/weight": np.array([None] * 6, dtype=object).reshape(2, 3)},
+        r"entry 'model/weight' cannot be read",
+    ),
+    (
+        "marker_not_json",
+        lambda e: {**e, "__fastrnn_checkpoint__": np.array("{not json")},
+        r"not a fastrnn checkpoint",
+    ),
+    (
+        "marker_not_a_string",
+        lambda e: {**e, "__fastrnn_checkpoint__": np.arange(3)},
+        r"is not a string",
+    ),
+    (
+        "marker_without_model",
+        lambda e: _tamper(e, meta=lambda m: m.pop("model")),
+        r"malformed metadata",
+    ),
+    (
+        "dangling_array_reference",
+        lambda e: _tamper(e, meta=lambda m: m.update(extra={"__array__": "missing"})),
+        r"malformed metadata",
+    ),
+    (
+        "complex_parameter",
+        lambda e: {**e, "model/weight": e["model/weight"].astype(np.complex128)},
+        r"weight: dtype complex128 .* not a real number type",
+    ),
+    (
+        "missing_parameter",
+        lambda e: {k: v for k, v in e.items() if k != "model/bias"},
+        r"malformed metadata|bias",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "damage,pattern", [(f, p) for _, f, p in CHECKPOINT_BAD], ids=[i for i, _, _ in CHECKPOINT_BAD]
+)
+def test_damaged_checkpoint_is_refused_and_model_untouched(saved_checkpoint, damage, pattern):
+    _, tmp_path, entries = saved_checkpoint
+    path = tmp_path / "bad.ckpt"
+    with open(path, "wb") as f:
+        np.savez(f, allow_pickle=True, **damage(entries))
+    model = Linear(3, 2, seed=1)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=pattern):
+        load_checkpoint(path, model)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_checkpoint_path_errors(saved_checkpoint):
+    model, tmp_path, _ = saved_checkpoint
+    with pytest.raises(IsADirectoryError):
+        load_checkpoint(tmp_path, model)
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.ckpt: not a fastrnn checkpoint"):
+        load_checkpoint(empty, model)

@@ -43,6 +43,9 @@ SETUP = textwrap.dedent(
     """
 )
 
+# Compiling the extension takes 10-20 s: the inner loop (-m "not slow") skips this file.
+pytestmark = pytest.mark.slow
+
 
 def _compiler() -> str | None:
     cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"

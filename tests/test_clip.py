@@ -1,4 +1,4 @@
-"""clip_grad_norm_ and clip_grad_value_ against torch.nn.utils, and non-finite behaviour."""
+"""fastrnn/optim/clip.py: clip_grad_norm_ / clip_grad_value_ against torch, non-finite norms."""
 
 import math
 import warnings

@@ -1,4 +1,6 @@
-"""Concurrency: calls from several Python threads give exactly their single-thread results.
+"""fastrnn/functional.py and reference.py called from several Python threads at once.
+
+Concurrency: calls from several Python threads give exactly their single-thread results.
 
 The functional API keeps no state between calls except the process-wide thread count
 (``fastrnn.set_num_threads``): each call validates its operands, allocates its own outputs and

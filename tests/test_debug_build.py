@@ -1,4 +1,4 @@
-"""Which build of the kernels is this, and do its checks fire?
+"""setup.py's debug build (fastrnn._kernels._build): which build is this, do its checks fire?
 
 ``fastrnn._kernels._build.CONFIG`` is read from the C preprocessor of the build itself. The debug
 CI step (.ci/debug-build) builds with ``FASTRNN_DEBUG_CYTHON=1 FASTRNN_SANITIZE=address`` in a

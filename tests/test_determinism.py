@@ -1,4 +1,6 @@
-"""Determinism: same inputs and weights give the same bits, call after call and run after run.
+"""fastrnn/functional.py (the kernels) and reference.py: the same inputs give the same bits.
+
+Determinism: same inputs and weights give the same bits, call after call and run after run.
 
 What is guaranteed (README, "Determinism"), for one build on one machine:
 
@@ -6,8 +8,8 @@ What is guaranteed (README, "Determinism"), for one build on one machine:
   gradients, whatever the memory addresses and alignment of the operands;
 * ``fastrnn.set_num_threads`` changes no bit (tests/test_threads.py: the gate passes split the
   batch rows, never a sum);
-* the BLAS thread count may change the last bits of the large weight-gradient GEMMs (OpenBLAS
-  splits their long T*B reduction differently): results stay within rounding, checked here.
+* the caller's BLAS thread count changes no bit: each kernel call runs scipy's BLAS on one
+  thread and restores the caller's count afterwards (fastrnn/_threads.py), checked here.
 """
 
 import hashlib
@@ -19,7 +21,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import SPECS, TOL, assert_forward_close, assert_grads_close, make_case
+from conftest import SPECS, assert_forward_close, assert_grads_close, make_case
+
+from fastrnn import _threads
 
 # (T, B, I, H): a tiny case, and one large enough for threaded BLAS and the OpenMP gate pass.
 SHAPES = [(5, 3, 4, 6), (8, 64, 32, 128)]
@@ -84,6 +88,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fresh_processes_give_the_same_bits():
     here = _all_digests()
     tests = os.path.dirname(os.path.abspath(__file__))
@@ -102,16 +107,35 @@ def test_fresh_processes_give_the_same_bits():
     assert there == here
 
 
-def test_blas_thread_count_changes_results_only_within_rounding():
+def test_blas_thread_count_changes_no_bit(monkeypatch):
+    """The caller's BLAS thread count (1, 2 or 4) changes no bit: every kernel call sets scipy's
+    BLAS to one thread while it runs (``fastrnn._threads.blas_single_thread``) and restores the
+    caller's count afterwards. The spy on the setter shows the switch happens, so this fails if a
+    kernel call ever runs the caller's threaded BLAS."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    for _, spec, case in _cases():
+    if not _threads.blas_info()["controlled"]:
+        pytest.skip("the BLAS behind scipy is not OpenBLAS: its thread count is not controlled")
+    calls = []
+    real_set = _threads._blas.set
+
+    def spy(n):
+        calls.append(n)
+        real_set(n)
+
+    monkeypatch.setattr(_threads._blas, "set", spy)
+    for name, spec, case in _cases():
         results = []
-        for n in (1, 2):
+        for n in (1, 2, 4):
             with threadpoolctl.threadpool_limits(limits=n, user_api="blas"):
+                assert _threads.blas_info()["num_threads"] == n
+                calls.clear()
                 fwd = spec.forward_case("cython", case)
-                results.append((fwd, spec.backward_case("cython", fwd.cache, case)))
-        tol = TOL[case.x.dtype.type]
-        (f1, g1), (f2, g2) = results
-        assert_forward_close(spec, f2, f1, **tol)
-        # weight gradients sum T*B products: allow rounding of that many terms
-        assert_grads_close(spec, g2, g1, rtol=tol["rtol"] * 100, atol=tol["atol"] * 100)
+                grads = spec.backward_case("cython", fwd.cache, case)
+                # one switch to 1 and one restore per call when the caller runs n > 1 threads
+                assert calls == ([] if n == 1 else [1, n, 1, n]), (name, n, calls)
+                assert _threads.blas_info()["num_threads"] == n, name
+            results.append((fwd, grads))
+        (f1, g1), *others = results
+        for fwd, grads in others:
+            assert_forward_close(spec, fwd, f1, rtol=0, atol=0)
+            assert_grads_close(spec, grads, g1, rtol=0, atol=0)

@@ -26,6 +26,9 @@ from fastrnn import distributed as dist
 from fastrnn.nn import Embedding, Linear
 from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
 
+# Each test starts MPI or torch.distributed processes: the inner loop (-m "not slow") skips them.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 CELLS = ("lstm", "gru", "rnn")

@@ -82,6 +82,7 @@ def test_forecast_data_follow_the_documented_model(example):
     assert np.corrcoef(r[1:], r[:-1])[0, 1] < 0
 
 
+@pytest.mark.slow
 def test_digits(example, capsys):
     pytest.importorskip("sklearn")
     summary = example("digits").main(["--quick", "--epochs", "1"])
@@ -91,6 +92,7 @@ def test_digits(example, capsys):
     assert "int8 weights" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_seed_claims(example, tmp_path, capsys):
     summary = example("seed_claims").main(
         ["--quick", "--steps", "3", "--plot", str(tmp_path / "claims.png")]
@@ -115,6 +117,7 @@ def test_seed_claims(example, tmp_path, capsys):
         assert Path(summary["plot"]).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_dates(example, tmp_path, capsys):
     dates = example("dates")
     out = tmp_path / "dates.json"

@@ -1,7 +1,8 @@
-"""Parity with PyTorch (1 layer, 1 direction) on the same weights, when torch is installed.
+"""fastrnn/functional.py and reference.py against PyTorch (1 layer, 1 direction), same weights.
 
-Outputs, final states, dx, dh0 (dc0) and every parameter gradient, in float32 and float64, on both
-backends; variable lengths against ``pack_padded_sequence(enforce_sorted=False)``.
+Skipped when torch is not installed. Outputs, final states, dx, dh0 (dc0) and every parameter
+gradient, in float32 and float64, on both backends; variable lengths against
+``pack_padded_sequence(enforce_sorted=False)``.
 """
 
 import numpy as np

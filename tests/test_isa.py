@@ -4,10 +4,12 @@ Each path this CPU runs -- the AVX-512 and AVX2 micro-kernels with their compile
 the gate loops, and the portable BLAS path -- must agree with the NumPy reference on shapes that
 exercise every tile and panel edge: batch sizes that are not a multiple of the 8 / 6 / 4 / 2-row
 tiles, hidden sizes that leave partial 16 / 32-column panels, variable lengths (the active batch
-shrinks step by step), one and two threads.
+shrinks step by step), one and two threads. And ``import fastrnn`` from a source tree whose
+kernels are not built fails with _isa's message saying what to run.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -46,6 +48,7 @@ def _run(spec, backend, case):
     return fwd, spec.backward_case(backend, fwd.cache, case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -111,18 +114,21 @@ def _child_isa(value):
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_environment_variable_picks_the_isa():
     done = _child_isa("blas")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "blas"
 
 
+@pytest.mark.slow
 def test_bad_environment_variable_warns():
     done = _child_isa("altivec")
     assert done.returncode != 0
     assert "FASTRNN_ISA ignored" in done.stderr and "isa must be one of" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_packed_weights_do_not_leak():
     """Each kernel call packs W_hh into buffers that it frees (RSS stays flat)."""
     code = textwrap.dedent(
@@ -201,6 +207,7 @@ def _variant_run(variant, backend, a):
     return [np.asarray(v) for v in (*fwd, *grads) if v is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -275,3 +282,40 @@ def test_inference_ring_matches_training_forward(isa, spec, restore_isa):
         infer = spec.forward_case("cython", case, training=False)
         for name in spec.output_names():
             np.testing.assert_array_equal(getattr(infer, name), getattr(train, name), name)
+
+
+# -------------------------------------------------------------------------------------------------
+# import fastrnn from a source tree whose kernels are not built: a clear error (_isa's message)
+# -------------------------------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_unbuilt_checkout_says_what_to_run(tmp_path):
+    """A copy of the Python sources without the compiled extensions, imported from its root."""
+    shutil.copytree(
+        os.path.join(ROOT, "fastrnn"),
+        tmp_path / "fastrnn",
+        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"),
+    )
+    shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path / "setup.py")
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastrnn"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fastrnn's compiled kernels (rnn, lstm, gru) are not built")
+    assert "python setup.py build_ext --inplace" in last
+    assert str(tmp_path) in last
+
+
+@pytest.mark.slow
+def test_built_tree_imports():
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastrnn._kernels.lstm, fastrnn; print(fastrnn.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == os.path.join(ROOT, "fastrnn", "__init__.py")

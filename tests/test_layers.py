@@ -1,5 +1,5 @@
 """fastrnn.RNN / LSTM / GRU: behaviour, invariants and errors (PyTorch parity is in
-``test_layers_torch.py``, finite differences through whole stacks in ``test_stack.py``).
+``test_nn_rnn_torch.py``, finite differences through whole stacks in ``test_stack.py``).
 """
 
 import warnings
@@ -381,6 +381,123 @@ def test_dropout_with_one_layer_warns():
 
 
 # -------------------------------------------------------------------------------------------------
+# LSTM options: peephole, recurrent dropout, zoneout, every step's cell state
+# -------------------------------------------------------------------------------------------------
+LSTM_FEATURES = {
+    "peephole": True,
+    "recurrent_dropout": 0.3,
+    "zoneout": (0.2, 0.4),
+    "return_cell_states": True,
+}
+
+
+def _lstm(**kw):
+    return fastrnn.LSTM(I, H, **{"dtype": np.float64, "seed": 0, **kw})
+
+
+def _run_lstm(m, x, dout, lengths=None, dcs=None):
+    """Forward + backward of an LSTM layer (with or without cell states): outputs, input grads
+    and parameter grads (reset first)."""
+    m.zero_grad()
+    out, (h_n, c_n), *cs = m(x, lengths=lengths)
+    dx, (dh0, dc0) = m.backward(dout, dcell_states=dcs)
+    grads = {n: p.grad.copy() for n, p in m.named_parameters()}
+    return [out, h_n, c_n, *cs, dx, dh0, dc0], grads
+
+
+def test_lstm_zero_peephole_weights_is_the_plain_layer():
+    rng = np.random.default_rng(20)
+    plain = _lstm(num_layers=2, bidirectional=True)
+    peep = _lstm(num_layers=2, bidirectional=True, peephole=True)
+    for name, p in peep.named_parameters():
+        p.data[...] = 0 if "peephole" in name else getattr(plain, name).data
+    x = rng.standard_normal((T, B, I))
+    dout = rng.standard_normal((T, B, 2 * H))
+    for lengths in (None, LENGTHS):
+        (a, ga), (b, gb) = _run_lstm(peep, x, dout, lengths), _run_lstm(plain, x, dout, lengths)
+        for u, v in zip(a, b, strict=True):
+            assert_close(u, v, "outputs", rtol=1e-12, atol=1e-12)
+        for name, g in gb.items():
+            assert_close(ga[name], g, name, rtol=1e-12, atol=1e-12)
+        assert np.abs(ga["weight_peephole_l0"]).max() > 0  # the zero weights still learn
+
+
+@pytest.mark.parametrize(
+    "kw", [{"zoneout": 0.0}, {"zoneout": (0.0, 0.0)}, {"recurrent_dropout": 0.0}], ids=str
+)
+def test_lstm_zero_zoneout_and_recurrent_dropout_are_the_plain_layer(kw):
+    rng = np.random.default_rng(21)
+    a, b = _lstm(num_layers=2, **kw), _lstm(num_layers=2)
+    x, dout = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, H))
+    state = a.generator.bit_generator.state
+    (ra, ga), (rb, gb) = _run_lstm(a, x, dout, LENGTHS), _run_lstm(b, x, dout, LENGTHS)
+    for u, v in zip(ra, rb, strict=True):
+        assert_close(u, v, "outputs", rtol=0, atol=0)
+    for name, g in gb.items():
+        assert_close(ga[name], g, name, rtol=0, atol=0)
+    assert a.generator.bit_generator.state == state  # nothing drawn at p = 0
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_lstm_eval_uses_the_expectation(backend):
+    """eval: recurrent dropout is the identity and zoneout mixes the previous and the new state
+    with its probability, h_t = p h_{t-1} + (1 - p) h~_t (Krueger et al.)."""
+    rng = np.random.default_rng(22)
+    m = _lstm(zoneout=(0.3, 0.2), recurrent_dropout=0.4, backend=backend).eval()
+    x = rng.standard_normal((T, B, I))
+    out, (h_n, c_n) = m(x, lengths=LENGTHS)
+    w = [p.data for _, p in m.named_parameters()]
+    y, h, c, _ = fastrnn.reference.lstm_forward(
+        x, None, None, *w, training=False, lengths=LENGTHS, zoneout_h=0.3, zoneout_c=0.2
+    )
+    for u, v, name in ((out, y, "out"), (h_n[0], h, "h_n"), (c_n[0], c, "c_n")):
+        assert_close(u, v, name, **TOL[np.float64])
+    plain, _ = _lstm(backend=backend).eval()(x, lengths=LENGTHS)
+    assert not np.allclose(out, plain)  # the expectation is not the plain cell
+
+
+@pytest.mark.parametrize("kw", [{"recurrent_dropout": 0.3}, {"zoneout": 0.3}], ids=str)
+def test_lstm_recurrent_dropout_and_zoneout_masks_are_seeded(kw):
+    rng = np.random.default_rng(23)
+    x, dout = rng.standard_normal((T, B, I)), rng.standard_normal((T, B, H))
+    a, b, c = _lstm(seed=11, **kw), _lstm(seed=11, **kw), _lstm(seed=12, **kw)
+    c.load_state_dict(a.state_dict())  # same weights: only the masks differ
+    (ra, ga), (rb, gb) = _run_lstm(a, x, dout), _run_lstm(b, x, dout)
+    for u, v in zip(ra, rb, strict=True):
+        assert_close(u, v, "same seed", rtol=0, atol=0)
+    for name, g in gb.items():
+        assert_close(ga[name], g, name, rtol=0, atol=0)
+    assert not np.allclose(c(x)[0], ra[0])  # another seed: other masks
+    assert not np.allclose(a(x)[0], ra[0])  # the generator moved on: new masks
+    a.eval()
+    assert_close(a(x)[0], a(x)[0], "eval", rtol=0, atol=0)  # eval draws nothing
+
+
+def test_lstm_features_cython_and_numpy_backends_agree(dtype):
+    """Every option at once with layers, directions, lengths and batch_first: the layers draw
+    the masks, so the same seed gives both backends the same ones."""
+    rng = np.random.default_rng(24)
+    kw = {"num_layers": 2, "bidirectional": True, "batch_first": True, "dtype": dtype}
+    a = _lstm(**LSTM_FEATURES, **kw)
+    b = _lstm(**LSTM_FEATURES, **kw, backend="numpy")
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    dout, dcs = rng.standard_normal((B, T, 2 * H)), rng.standard_normal((B, T, 2 * H))
+    for lengths in (None, LENGTHS):
+        (ra, ga), (rb, gb) = (
+            _run_lstm(a, x, dout, lengths, dcs),
+            _run_lstm(b, x, dout, lengths, dcs),
+        )
+        assert len(ra) == 7
+        for u, v in zip(ra, rb, strict=True):
+            assert u.dtype == dtype
+            assert_close(u, v, "outputs", **TOL[dtype])
+        for name, g in gb.items():
+            assert_close(ga[name], g, name, **TOL[dtype])
+        if lengths is not None:  # cell states are zero past each sequence's end
+            assert not ra[3][1, LENGTHS[1] :].any()
+
+
+# -------------------------------------------------------------------------------------------------
 # errors
 # -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
@@ -470,3 +587,78 @@ def test_bad_lengths(layer_name, lengths, exc, match):
 def test_lengths_need_a_batched_input():
     with pytest.raises(ValueError, match="lengths needs a batched"):
         fastrnn.GRU(I, H)(np.zeros((T, I)), lengths=[3])
+
+
+# -------------------------------------------------------------------------------------------------
+# RNN and GRU recurrent dropout and zoneout
+# -------------------------------------------------------------------------------------------------
+def _noisy(backend="cython", dtype=np.float64, mode="gru", **kw):
+    kw = {"num_layers": 2, "bidirectional": True, "seed": 3, **kw}
+    cls = {"rnn": fastrnn.RNN, "gru": fastrnn.GRU}[mode]
+    return cls(I, H, dtype=dtype, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_noise_backends_agree_in_training(mode, dtype):
+    """Same seed, same masks: the kernels and the reference, through every layer and direction."""
+    rng = np.random.default_rng(21)
+    a = _noisy(dtype=dtype, mode=mode, recurrent_dropout=0.3, zoneout=0.25)
+    b = _noisy("numpy", dtype=dtype, mode=mode, recurrent_dropout=0.3, zoneout=0.25)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    state, dstate = _state(a, rng)
+    dout = rng.standard_normal((T, B, _out_size(a)))
+    for lengths in (None, LENGTHS):
+        ra, rb = run(a, x, state, dout, dstate, lengths), run(b, x, state, dout, dstate, lengths)
+        for u, v in zip(_arrays(ra), _arrays(rb), strict=True):
+            assert_close(u, v, "outputs", **TOL[dtype])
+        for n in ra[4]:
+            assert_close(ra[4][n], rb[4][n], n, **TOL[dtype])
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_zero_recurrent_dropout_and_zoneout_are_the_plain_layer(mode):
+    x = np.random.default_rng(22).standard_normal((T, B, I))
+    a = _noisy(mode=mode, recurrent_dropout=0.0, zoneout=0.0)
+    b = _noisy(mode=mode)
+    state = a.generator.bit_generator.state
+    ra, rb = (
+        run(a, x, None, np.ones((T, B, 2 * H)), None),
+        run(b, x, None, np.ones((T, B, 2 * H)), None),
+    )
+    for u, v in zip(_arrays(ra), _arrays(rb), strict=True):
+        assert_close(u, v, "outputs", rtol=0, atol=0)
+    assert a.generator.bit_generator.state == state  # nothing drawn at p = 0
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_noise_eval_uses_the_expectation(mode):
+    """Eval: no recurrent dropout, zoneout h = p h_{t-1} + (1 - p) h~ (Krueger et al.)."""
+    x = np.random.default_rng(23).standard_normal((T, B, I))
+    m = _noisy(mode=mode, num_layers=1, bidirectional=False, recurrent_dropout=0.4, zoneout=0.3)
+    m.eval()
+    w = {n: p.data for n, p in m.named_parameters()}
+    args = (x, None, w["weight_ih_l0"], w["weight_hh_l0"], w["bias_ih_l0"], w["bias_hh_l0"])
+    forward = getattr(fastrnn.reference, f"{mode}_forward")
+    y, h_n = m(x, lengths=LENGTHS)
+    want_y, want_h, _ = forward(*args, lengths=LENGTHS, zoneout_h=0.3, training=False)
+    assert_close(y, want_y, "out", **TOL[np.float64])
+    assert_close(h_n[0], want_h, "h_n", **TOL[np.float64])
+    plain_y, _, _ = forward(*args, lengths=LENGTHS, training=False)
+    assert not np.allclose(y, plain_y)  # the expectation is not the plain cell
+
+
+@pytest.mark.parametrize("mode", ["rnn", "gru"])
+def test_noise_is_seeded_and_redrawn_each_forward(mode):
+    x = np.random.default_rng(24).standard_normal((T, B, I))
+    a, b = (_noisy(mode=mode, recurrent_dropout=0.3, zoneout=0.2, seed=11) for _ in range(2))
+    c = _noisy(mode=mode, recurrent_dropout=0.3, zoneout=0.2, seed=12)
+    c.load_state_dict(a.state_dict())
+    dout = np.ones((T, B, 2 * H))
+    ra, rb = run(a, x, None, dout, None), run(b, x, None, dout, None)
+    for u, v in zip(_arrays(ra), _arrays(rb), strict=True):
+        assert_close(u, v, "same seed", rtol=0, atol=0)
+    assert not np.allclose(ra[0], c(x)[0])  # another seed, other masks
+    assert not np.allclose(ra[0], a(x)[0])  # the generator moved on
+    a.eval()
+    assert not np.allclose(ra[0], a(x)[0])

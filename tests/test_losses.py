@@ -1,27 +1,14 @@
-"""CrossEntropyLoss and MSELoss: PyTorch, finite differences, stability, errors."""
+"""fastrnn/nn/losses.py: CrossEntropyLoss, MSELoss vs PyTorch, finite differences, errors."""
 
 import numpy as np
 import pytest
+from conftest import numeric_grad
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastrnn.nn import CrossEntropyLoss, MSELoss, cross_entropy, mse_loss
 
 REDUCTIONS = ["mean", "sum", "none"]
-
-
-def numerical_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def _targets(rng, shape, n_classes, ignore_index=-100):
@@ -73,7 +60,7 @@ def test_cross_entropy_module_finite_differences(reduction):
 
     crit(logits, target)
     grad = crit.backward(weights)
-    np.testing.assert_allclose(grad, numerical_grad(f, logits), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(grad, numeric_grad(f, logits), rtol=1e-6, atol=1e-9)
     assert not grad[1, 1].any()  # ignored position
     with pytest.raises(RuntimeError, match="without a training-mode forward"):
         crit.backward()
@@ -185,7 +172,7 @@ def test_mse_module_finite_differences(reduction):
         return float(np.sum(mse_loss(x, t, reduction=reduction)[0] * weights))
 
     crit(x, t)
-    np.testing.assert_allclose(crit.backward(weights), numerical_grad(f, x), rtol=1e-6)
+    np.testing.assert_allclose(crit.backward(weights), numeric_grad(f, x), rtol=1e-6)
 
 
 def test_mse_errors():

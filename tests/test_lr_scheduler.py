@@ -1,4 +1,4 @@
-"""Learning-rate schedulers against torch.optim.lr_scheduler."""
+"""fastrnn/optim/lr_scheduler.py: learning-rate schedulers against torch.optim.lr_scheduler."""
 
 import math
 

@@ -1,4 +1,6 @@
-"""Memory: no leak over many calls, inference keeps nothing, the training cache's size is known.
+"""fastrnn/functional.py and _common.Cache: no leak, inference keeps nothing, cache size known.
+
+Memory: no leak over many calls, inference keeps nothing, the training cache's size is known.
 
 * RSS (resident set size, from /proc/self/statm) is read after a warm-up and after 10,000
   rounds of training forward + backward + inference forward of each cell on small shapes; it may
@@ -51,6 +53,7 @@ def _one_round(spec, backend, case):
     assert spec.forward_case(backend, case, training=False).cache is None
 
 
+@pytest.mark.slow
 @needs_plain_malloc
 @pytest.mark.parametrize("spec", CELL_SPECS, ids=lambda s: s.cell)  # relu: tanh's code path
 @pytest.mark.parametrize("backend,rounds", [("cython", 10_000), ("numpy", 500)])

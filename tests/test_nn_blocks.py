@@ -1,26 +1,12 @@
-"""Linear, Embedding, Dropout, Sequential: finite differences, PyTorch, statistics, errors."""
+"""fastrnn/nn/blocks.py: Linear, Embedding, Dropout, Sequential (FD, PyTorch, statistics)."""
 
 import numpy as np
 import pytest
+from conftest import numeric_grad
 
 from fastrnn.nn import Dropout, Embedding, Linear, Module, Parameter, Sequential
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-10}
-
-
-def numerical_grad(f, a, eps=1e-6):
-    """Central differences of the scalar function ``f()`` with respect to array ``a`` (in place)."""
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 # -- Linear ------------------------------------------------------------------------------------
@@ -50,11 +36,11 @@ def test_linear_gradients_finite_differences(bias, lead):
     y = lin(x)
     assert y.shape == (*lead, 3)
     dx = lin.backward(dout)
-    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-8)
-    w_grad = numerical_grad(loss, lin.weight.data)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    w_grad = numeric_grad(loss, lin.weight.data)
     np.testing.assert_allclose(lin.weight.grad, w_grad, rtol=1e-6, atol=1e-8)
     if bias:
-        b_grad = numerical_grad(loss, lin.bias.data)
+        b_grad = numeric_grad(loss, lin.bias.data)
         np.testing.assert_allclose(lin.bias.grad, b_grad, rtol=1e-6, atol=1e-8)
     else:
         assert lin.bias is None and [n for n, _ in lin.named_parameters()] == ["weight"]
@@ -148,7 +134,7 @@ def test_embedding_gradient_finite_differences(padding_idx):
 
     emb.train()(idx)
     assert emb.backward(dout) is None
-    expected = numerical_grad(loss, emb.weight.data)
+    expected = numeric_grad(loss, emb.weight.data)
     if padding_idx is not None:
         expected[padding_idx] = 0
     np.testing.assert_allclose(emb.weight.grad, expected, rtol=1e-6, atol=1e-8)

@@ -1,4 +1,4 @@
-"""Optimizers against torch.optim, state dicts, validation and in-place behaviour."""
+"""fastrnn/optim: optimizers against torch.optim, state dicts, validation and in-place behaviour."""
 
 import tracemalloc
 import warnings

@@ -1,4 +1,4 @@
-"""fastrnn.manual_seed: one seed for every module built after it, in one process and across two."""
+"""fastrnn/_random.py: manual_seed seeds every module built after it, in one or two processes."""
 
 import subprocess
 import sys
@@ -151,6 +151,7 @@ def _run(seed):
     return res.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_bits():
     a, b = _run("0"), _run("0")
     assert len(a.split()) == 6

@@ -7,6 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import numeric_grad
 
 from fastrnn.cells import CELLS
 from fastrnn.nn import AttentionDecoder, Seq2Seq
@@ -138,16 +139,14 @@ def test_finite_differences(attention):
         )
         model.backward(G) if model(src, LENGTHS, tgt_in) is not None else None
         pick = np.random.default_rng(3)
+
+        def loss() -> float:
+            return float((model(src, LENGTHS, tgt_in) * G).sum())  # noqa: B023 (called at once)
+
         for name, p in model.named_parameters():
-            for _ in range(3):
-                i = tuple(pick.integers(0, n) for n in p.shape)
-                old = p.data[i]
-                p.data[i] = old + 1e-6
-                lp = float((model(src, LENGTHS, tgt_in) * G).sum())
-                p.data[i] = old - 1e-6
-                lm = float((model(src, LENGTHS, tgt_in) * G).sum())
-                p.data[i] = old
-                num = (lp - lm) / 2e-6
+            picks = [tuple(pick.integers(0, n) for n in p.shape) for _ in range(3)]
+            nums = numeric_grad(loss, p.data, indices=picks)
+            for i, num in zip(picks, nums, strict=True):
                 assert p.grad[i] == pytest.approx(num, rel=1e-5, abs=1e-8), (backend, name, i)
         model._cache = None
 

@@ -3,13 +3,13 @@
 The loss is ``<y, dy> + <h_n, dh_n> (+ <c_n, dc_n>)``, so its gradient is what
 ``stack_backward(cache, dy, dh_n, dc_n)`` returns; central differences in float64 check every
 input, initial state and weight of a 2-layer bidirectional stack with variable lengths, on both
-backends, including the LSTM projection, GRU ``reset_after=False`` and (with a re-seeded
-generator, so that every forward draws the same masks) dropout.
+backends, including the LSTM projection, GRU ``reset_after=False``, layer normalization and (with
+a re-seeded generator, so that every forward draws the same masks) dropout.
 """
 
 import numpy as np
 import pytest
-from conftest import FD_EPS, FD_TOL, assert_close
+from conftest import FD_TOL, assert_close, numeric_grad
 
 from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
 
@@ -23,6 +23,8 @@ CONFIGS = {
     "lstm_proj": {"cell": "lstm", "proj_size": 1},
     "gru": {"cell": "gru"},
     "gru_reset_before": {"cell": "gru", "reset_after": False},
+    "lstm_layer_norm": {"cell": "lstm", "layer_norm": True},
+    "gru_layer_norm": {"cell": "gru", "layer_norm": True},
 }
 
 
@@ -81,15 +83,7 @@ def _check_fd(cfg, seed=None):
     got = {"x": g.dx, "h0": g.dh0, "c0": g.dc0, **g.weights}
     assert list(g.weights) == cfg.weight_names()
     for name, base in inputs.items():
-        num = np.zeros_like(base)
-        for idx in np.ndindex(base.shape):
-            vals = []
-            for sign in (1, -1):
-                a = dict(inputs)
-                a[name] = base.copy()
-                a[name][idx] += sign * FD_EPS
-                vals.append(_loss(cfg, a, up, seed))
-            num[idx] = (vals[0] - vals[1]) / (2 * FD_EPS)
+        num = numeric_grad(lambda: _loss(cfg, inputs, up, seed), base)
         assert_close(got[name], num, name, **FD_TOL)
 
 
@@ -167,6 +161,17 @@ def test_stack_dtype_follows_the_functional_rule():
         ({"cell": "elman"}, "cell must be"),
         ({"proj_size": 1, "cell": "gru"}, "proj_size is only supported for LSTM"),
         ({"nonlinearity": "gelu"}, "nonlinearity"),
+        # combinations the layer-norm kernels do not run: refused naming both options
+        ({"cell": "lstm", "layer_norm": True, "peephole": True}, "layer_norm=True .* peephole"),
+        ({"cell": "lstm", "layer_norm": True, "zoneout": 0.1}, "layer_norm=True .* zoneout"),
+        (
+            {"cell": "lstm", "layer_norm": True, "return_cell_states": True},
+            "layer_norm=True .* return_cell_states",
+        ),
+        (
+            {"cell": "gru", "layer_norm": True, "recurrent_dropout": 0.2},
+            "layer_norm=True .* recurrent_dropout",
+        ),
     ],
 )
 def test_config_validation(kwargs, match):

@@ -1,4 +1,6 @@
-"""Thread count: the multi-threaded gate passes give the same numbers as one thread.
+"""fastrnn/_threads.py: set_num_threads, and multi-threaded kernels give the one-thread bits.
+
+Thread count: the multi-threaded gate passes give the same numbers as one thread.
 
 The kernels split each step's GEMM and gate pass over hidden-unit blocks among their threads
 (src_pyx/_blocks.pxd) once a step is large enough (``_team`` in fastrnn/functional.py); the
@@ -11,6 +13,9 @@ import pytest
 from conftest import SPECS, TOL, assert_forward_close, assert_grads_close, make_case
 
 import fastrnn
+from fastrnn import functional
+from fastrnn._common import prepare
+from fastrnn.cells import CELLS
 
 
 @pytest.fixture
@@ -20,10 +25,15 @@ def restore_threads():
     fastrnn.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
-def test_thread_count_does_not_change_results(spec, with_lengths, restore_threads, rng):
-    T, B, D, H = 4, 40, 3, 256  # 4 unit blocks, enough work per step: up to 4 threads
+def test_thread_count_does_not_change_results(
+    spec, with_lengths, restore_threads, rng, monkeypatch
+):
+    # every thread count really splits the step: the team rule would give the RNN only 2
+    monkeypatch.setattr(functional, "_MIN_WORK_PER_THREAD", 1)
+    T, B, D, H = 4, 40, 3, 256  # 4 unit blocks: up to 4 threads
     lengths = "random" if with_lengths else None
     case = make_case(spec, rng, T, B, D, H, np.float64, lengths=lengths)
     results = []
@@ -52,3 +62,24 @@ def test_set_num_threads_none_restores_default(restore_threads):
     assert fastrnn.get_num_threads() == 1
     fastrnn.set_num_threads(None)
     assert fastrnn.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize(
+    ("cell", "B", "H", "n", "expected"),
+    [
+        ("rnn", 16, 128, 2, 1),  # longseq RNN: 2.6e5 multiply-adds a step, too short to split
+        ("lstm", 16, 128, 2, 1),  # 1.0e6: one thread's worth
+        ("lstm", 32, 256, 2, 2),  # medium LSTM: 8.4e6
+        ("lstm", 32, 256, 8, 8),  # ... 8 threads' worth
+        ("gru", 1, 64, 2, 1),  # small
+        ("lstm", 4096, 32, 4, 2),  # work for 16, but H // 16 = 2: two threads at most
+    ],
+)
+def test_team_takes_a_thread_per_share_of_step_work(cell, B, H, n, expected, restore_threads):
+    c = CELLS[cell]
+    x = np.zeros((2, B, 8), np.float32)
+    w_ih = np.zeros((c.G * H, 8), np.float32)
+    w_hh = np.zeros((c.G * H, H), np.float32)
+    fastrnn.set_num_threads(n)
+    p = prepare(c, x, None, None, w_ih, w_hh, None, None)
+    assert functional._team(p) == expected

@@ -142,6 +142,7 @@ def _gradgrad_fn(m, states, packed, reseed=None):
     return fn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
 def test_gradgradcheck_every_option(case):
     cell, (layers, bi, bias, bf, packed, with_states) = case
@@ -154,6 +155,7 @@ def test_gradgradcheck_every_option(case):
     assert torch.autograd.gradgradcheck(fn, (x, *states, *params), fast_mode=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["gru", "lstm_proj"])
 def test_gradgradcheck_with_dropout(cell):
     """The recomputation applies the forward's own dropout masks."""
@@ -244,6 +246,7 @@ def test_torch_func_transforms_match_torch(cell):
     _close(flat(got[1]), flat(got[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm_proj", "gru"])
 def test_gradcheck_forward_ad_and_batched_grad(cell):
     """gradcheck's forward-mode, batched (vmap) and double-backward checks, all at once."""

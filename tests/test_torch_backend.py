@@ -131,6 +131,7 @@ def test_import_fastrnn_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_import_without_torch_says_how_to_install():
     code = (
         "import sys; sys.modules['torch'] = None\n"
@@ -160,6 +161,7 @@ def test_positional_constructor_arguments_are_torch_ones():
 
 
 # -- torch's numbers -------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=["float32", "float64"])
 @pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
 def test_matches_torch(case, dtype):
@@ -258,6 +260,7 @@ def _gradcheck(m, case_packed, with_states, fast_mode, seed=0, reseed=None):
     assert torch.autograd.gradcheck(fn, (x, *states, *params), fast_mode=fast_mode)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", GRID, ids=[_id(c) for c in GRID])
 def test_gradcheck_every_option(case):
     """Fast-mode gradcheck (random projections of the Jacobian) on every combination."""
@@ -266,6 +269,7 @@ def test_gradcheck_every_option(case):
     _gradcheck(fm, packed, with_states, fast_mode=True, seed=zlib.crc32(_id(case).encode()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("everything", [True, False], ids=["all_options", "no_options"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck_full_jacobian(cell, everything):

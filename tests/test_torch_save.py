@@ -1,4 +1,4 @@
-"""Whole-model pickles of patched models: they name torch's classes and load without fastrnn."""
+"""fastrnn/torch.py: pickles of patched models name torch's classes, load without fastrnn."""
 
 import copy
 import io
@@ -84,6 +84,7 @@ def test_saved_file_is_torch_own():
         assert type(pickle.loads(data)["lstm"]) is torch.nn.LSTM
 
 
+@pytest.mark.slow
 def test_loads_without_fastrnn_as_torch_modules(tmp_path):
     model = ft.patch(_model())
     want = [o.detach() for o in _outputs(model)]

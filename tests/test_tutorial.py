@@ -48,6 +48,7 @@ def _run_script(code: str, directory: Path) -> str:
     return res.stdout
 
 
+@pytest.mark.slow
 def test_tutorial_runs_and_gives_the_same_output_in_two_processes(tmp_path):
     blocks = _python_blocks(TUTORIAL.read_text())
     assert len(blocks) >= 7  # seed, data, model, training, evaluation, checkpoint, generation
@@ -74,6 +75,7 @@ def test_tutorial_runs_and_gives_the_same_output_in_two_processes(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.slow
 def test_readme_model_section_runs(tmp_path):
     section = _section(README.read_text(), "Writing your own model")
     blocks = _python_blocks(section)

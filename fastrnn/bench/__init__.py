@@ -4,13 +4,15 @@
 the pieces are importable for other scripts and for ``benchmarks/``:
 
 * :data:`CONFIGS` -- the standard shapes (T, B, I, H);
+* :data:`DEEPBENCH`, :func:`deepbench_problems`, :func:`run_deepbench` -- DeepBench's problems;
 * :func:`make_problem` -- inputs, weights and a dense upstream gradient for one cell and shape;
 * :func:`implementations` -- one zero-argument callable per implementation and mode, all on the
-  same arrays (PyTorch gets a copy of the same weights);
+  same arrays (PyTorch gets a copy of the same weights): fastrnn, the NumPy reference, the plain
+  NumPy loop of :mod:`fastrnn.bench.plain_numpy` and torch;
 * :func:`gemm_peak` -- GEMM throughput of scipy's BLAS (the one the kernels call) at a thread
   count, the yardstick for the kernels' GFLOP/s;
 * :func:`run` -- everything above, interleaved, into a list of result rows;
-* :func:`format_table`, :func:`write_json`, :func:`write_plot`.
+* :func:`format_table`, :func:`summarize`, :func:`write_json`, :func:`write_plot`.
 
 FLOPs count only the GEMMs, as DESIGN.md's "know the limit" does: a forward is
 ``2 T B (I + H) G H`` (G = 1, 4, 3 for RNN, LSTM, GRU), and forward + backward is 3 times that.
@@ -33,6 +35,11 @@ from fastrnn.cells import CELLS as _CELLS
 __all__ = [
     "CELLS",
     "CONFIGS",
+    "DEEPBENCH",
+    "DEEPBENCH_MAX_STEPS",
+    "deepbench_problems",
+    "run_deepbench",
+    "summarize",
     "MODES",
     "Problem",
     "Result",
@@ -54,11 +61,50 @@ CONFIGS = {
     "large": (100, 64, 512, 512),
     "longseq": (1000, 16, 64, 128),
 }
+#: A subset of DeepBench's RNN problems (baidu-research/DeepBench, ``code/kernels/rnn_problems.h``:
+#: hidden size, batch, steps, cell; the input size equals the hidden size), as
+#: ``(cell, H, B, T)``. "training" problems are timed forward + backward, "inference" ones as an
+#: inference forward. The subset keeps every cell and the shapes the issue tracker quotes, and
+#: leaves out the largest (H = 2560 to 4096), which would take minutes per call on 2 cores;
+#: T is capped at run time (:data:`DEEPBENCH_MAX_STEPS`).
+DEEPBENCH = {
+    "training": (
+        ("rnn", 1760, 16, 50),
+        ("rnn", 1760, 64, 50),
+        ("lstm", 512, 16, 25),
+        ("lstm", 512, 64, 25),
+        ("lstm", 1024, 32, 25),
+        ("lstm", 2048, 32, 25),
+        ("lstm", 1536, 8, 50),
+        ("lstm", 256, 16, 150),
+        ("gru", 512, 32, 1),
+        ("gru", 1024, 32, 1500),
+        ("gru", 1536, 32, 187),
+    ),
+    "inference": (
+        ("lstm", 512, 1, 25),
+        ("lstm", 512, 4, 25),
+        ("lstm", 1024, 1, 25),
+        ("lstm", 1536, 2, 50),
+        ("lstm", 256, 1, 150),
+        ("gru", 512, 1, 1),
+        ("gru", 512, 4, 1),
+        ("gru", 1024, 1, 1500),
+        ("gru", 2048, 2, 187),
+        ("rnn", 32, 1, 672),
+        ("rnn", 64, 1, 96),
+    ),
+}
+#: Steps beyond which a DeepBench problem is cut (the per-step cost does not change with T; the
+#: time of the longest GRU problems, 1500 steps, would).
+DEEPBENCH_MAX_STEPS = 50
 #: The cells timed, from the registry (:data:`fastrnn.cells.CELLS`).
 CELLS = _CELLS
 #: "fwd": an inference forward; "fwdbwd": a training forward plus BPTT with a dense dy.
 MODES = ("fwd", "fwdbwd")
-IMPLS = ("fastrnn", "numpy", "torch")
+#: "numpy" is fastrnn.reference (the readable oracle); "np-plain" is
+#: :class:`fastrnn.bench.plain_numpy.PlainNumpy` (what a careful NumPy programmer writes for speed).
+IMPLS = ("fastrnn", "numpy", "np-plain", "torch")
 
 
 def torch_or_none():
@@ -136,6 +182,23 @@ def _functional_pair(mod, p: Problem) -> dict[str, Callable[[], object]]:
     return {"fwd": forward, "fwdbwd": forward_backward}
 
 
+def _plain_numpy_pair(p: Problem) -> dict[str, Callable[[], object]]:
+    """fwd / fwdbwd closures over :class:`~fastrnn.bench.plain_numpy.PlainNumpy` (buffers
+    allocated once, here)."""
+    from fastrnn.bench.plain_numpy import PlainNumpy
+
+    m = PlainNumpy(p.cell, p.x, p.w_ih, p.w_hh, p.b_ih, p.b_hh)
+
+    def forward():
+        return m.forward(training=False)
+
+    def forward_backward():
+        m.forward(training=True)
+        return m.backward(p.dy)
+
+    return {"fwd": forward, "fwdbwd": forward_backward}
+
+
 def _torch_pair(torch, p: Problem) -> dict[str, Callable[[], object]]:
     """fwd / fwdbwd closures over torch.nn.RNN/LSTM/GRU holding the same weights."""
     T, B, I, H = p.shape
@@ -177,6 +240,8 @@ def implementations(p: Problem, impls: Sequence[str] = IMPLS) -> dict[str, dict[
             from fastrnn import reference
 
             out[name] = _functional_pair(reference, p)
+        elif name == "np-plain":
+            out[name] = _plain_numpy_pair(p)
         elif name == "torch":
             torch = torch_or_none()
             if torch is not None:
@@ -324,6 +389,90 @@ def run(
     return rows, peaks
 
 
+def deepbench_problems(
+    sets: Sequence[str] = tuple(DEEPBENCH), max_steps: int = DEEPBENCH_MAX_STEPS
+) -> list[tuple[str, str, tuple[int, int, int, int], str]]:
+    """``(cell, name, (T, B, I, H), mode)`` of each DeepBench problem in ``sets``, T capped at
+    ``max_steps`` (0: no cap). Names read ``<set>:H<h>B<b>T<t>``, with DeepBench's own T."""
+    out = []
+    for set_name in sets:
+        if set_name not in DEEPBENCH:
+            raise ValueError(
+                f"unknown DeepBench set {set_name!r}: use {', '.join(DEEPBENCH)} or all"
+            )
+        mode = "fwdbwd" if set_name == "training" else "fwd"
+        for cell, H, B, T in DEEPBENCH[set_name]:
+            steps = min(T, max_steps) if max_steps > 0 else T
+            name = f"{set_name[:5]}:H{H}B{B}T{T}"
+            out.append((cell, name, (steps, B, H, H), mode))
+    return out
+
+
+def run_deepbench(
+    sets: Sequence[str] = tuple(DEEPBENCH),
+    impls: Sequence[str] = ("fastrnn", "torch"),
+    dtype=np.float32,
+    threads: Sequence[int] = (1,),
+    repeats: int = 5,
+    min_time: float = 0.1,
+    gemm_n: int = 1024,
+    max_steps: int = DEEPBENCH_MAX_STEPS,
+    progress: Callable[[str], None] | None = None,
+    settle: float = SETTLE,
+) -> tuple[list[Result], dict[int, float]]:
+    """:func:`run` over DeepBench's problems (:func:`deepbench_problems`): training ones forward +
+    backward, inference ones as an inference forward. Rows' ``config`` is the problem's name."""
+    import fastrnn
+    from fastrnn._threads import blas_threads
+
+    torch = torch_or_none() if "torch" in impls else None
+    peaks: dict[int, float] = {}
+    rows: list[Result] = []
+    before = fastrnn.get_num_threads()
+    torch_before = None if torch is None else torch.get_num_threads()
+    try:
+        for n_threads in threads:
+            fastrnn.set_num_threads(n_threads)
+            if torch is not None:
+                torch.set_num_threads(n_threads)
+            peaks[n_threads] = gemm_peak(dtype, n_threads, gemm_n)
+            for cell, name, shape, mode in deepbench_problems(sets, max_steps):
+                if progress:
+                    progress(f"{cell} {name} {mode} T={shape[0]} threads={n_threads}")
+                p = make_problem(cell, shape, dtype)
+                fns = implementations(p, impls)
+                with blas_threads(n_threads, "numpy"):
+                    times = time_interleaved(
+                        {k: v[mode] for k, v in fns.items()}, repeats, min_time, settle
+                    )
+                rows.extend(_rows(cell, name, shape, mode, p.dtype, n_threads, times,
+                                  peaks[n_threads]))  # fmt: skip
+    finally:
+        fastrnn.set_num_threads(before)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
+    return rows, peaks
+
+
+def summarize(rows: Sequence[Result]) -> str:
+    """Per group of rows (DeepBench set, or mode) and thread count, each implementation's
+    geometric mean and smallest ``x fastrnn`` (its median time / fastrnn's)."""
+    groups: dict[tuple[str, int, str], list[float]] = {}
+    for r in rows:
+        if r.impl == "fastrnn" or r.ratio is None:
+            continue
+        group = r.config.split(":")[0] if ":" in r.config else r.mode
+        groups.setdefault((group, r.threads, r.impl), []).append(r.ratio)
+    lines = ["# x fastrnn per group: geometric mean (smallest) over its rows"]
+    for (group, n, impl), ratios in groups.items():
+        gmean = float(np.exp(np.mean(np.log(ratios))))
+        lines.append(
+            f"# {group:8s} {n} thread{'s' if n > 1 else ' '} {impl:8s} {gmean:6.2f}x "
+            f"({min(ratios):.2f}x) over {len(ratios)} problems"
+        )
+    return "\n".join(lines)
+
+
 def _rows(cell, config, shape, mode, dtype, n_threads, times, peak) -> list[Result]:
     f = flops(cell, shape, mode)
     out = []
@@ -391,8 +540,9 @@ def format_table(rows: Sequence[Result], peaks: dict[int, float], env: dict | No
     for n, peak in peaks.items():
         lines.append(f"# GEMM peak ({n} thread{'s' if n > 1 else ''}): {peak:.1f} GFLOP/s")
     lines.append("# x fastrnn = median time / fastrnn's median time (> 1: fastrnn is faster)")
+    w = max([8, *(len(r.config) for r in rows)])
     head = (
-        f"{'cell':5s} {'config':8s} {'mode':6s} {'thr':>3s} {'impl':8s} {'median ms':>10s} "
+        f"{'cell':5s} {'config':{w}s} {'mode':6s} {'thr':>3s} {'impl':8s} {'median ms':>10s} "
         f"{'min ms':>10s} {'x fastrnn':>9s} {'GFLOP/s':>8s} {'% GEMM':>7s}"
     )
     lines.append(head)
@@ -401,7 +551,7 @@ def format_table(rows: Sequence[Result], peaks: dict[int, float], env: dict | No
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
         share = "" if r.gemm_share is None else f"{100 * r.gemm_share:.0f}%"
         lines.append(
-            f"{r.cell:5s} {r.config:8s} {r.mode:6s} {r.threads:3d} {r.impl:8s} "
+            f"{r.cell:5s} {r.config:{w}s} {r.mode:6s} {r.threads:3d} {r.impl:8s} "
             f"{r.median_ms:10.3f} {r.min_ms:10.3f} {ratio:>9s} {r.gflops:8.1f} {share:>7s}"
         )
     return "\n".join(lines)

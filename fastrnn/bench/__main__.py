@@ -6,6 +6,8 @@ Examples::
     python -m fastrnn.bench --threads 1,2 --json out.json  # every cell and standard shape
     python -m fastrnn.bench --cells lstm --configs large,64x8x32x32 --modes fwdbwd
     python -m fastrnn.bench --dtype float64 --configs medium --plot f64.png
+    python -m fastrnn.bench --deepbench --threads 2       # DeepBench's problems vs torch
+    python -m fastrnn.bench --deepbench inference --impls fastrnn,np-plain,torch
 
 PyTorch is imported before fastrnn's kernels: both then share one OpenMP runtime and one
 OMP_WAIT_POLICY (fastrnn sets PASSIVE unless the environment chose one), which the header of
@@ -22,12 +24,16 @@ import numpy as np
 from fastrnn.bench import (
     CELLS,
     CONFIGS,
+    DEEPBENCH,
+    DEEPBENCH_MAX_STEPS,
     IMPLS,
     MODES,
     environment,
     format_table,
     parse_config,
     run,
+    run_deepbench,
+    summarize,
     torch_or_none,
     write_json,
     write_plot,
@@ -91,7 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "or TxBxIxH shapes (default: all names)",
     )
     p.add_argument("--modes", type=_csv(MODES), default=list(MODES), help="fwd,fwdbwd")
-    p.add_argument("--impls", type=_csv(IMPLS), default=list(IMPLS), help="fastrnn,numpy,torch")
+    p.add_argument(
+        "--impls",
+        type=_csv(IMPLS),
+        default=None,
+        help=f"{','.join(IMPLS)} (numpy: fastrnn.reference; np-plain: a plain NumPy loop with "
+        "preallocated buffers; default: all, fastrnn,torch with --deepbench)",
+    )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument(
         "--threads",
@@ -115,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0.2 s; 0.1 s with --quick)",
     )
     p.add_argument("--gemm-n", type=int, default=None, help="size of the GEMM-peak probe")
+    p.add_argument(
+        "--deepbench",
+        nargs="?",
+        const="all",
+        choices=(*DEEPBENCH, "all"),
+        help="time DeepBench's RNN problems (training: forward + backward; inference: forward; "
+        "input size = hidden size) instead of --cells/--configs/--modes",
+    )
+    p.add_argument(
+        "--deepbench-steps",
+        type=int,
+        default=DEEPBENCH_MAX_STEPS,
+        help=f"cap on a DeepBench problem's T (default {DEEPBENCH_MAX_STEPS}; 0: DeepBench's own)",
+    )
     p.add_argument("--quick", action="store_true", help="small + medium, few repeats (< 1 min)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--plot", metavar="PATH", help="also write a PNG bar chart (needs matplotlib)")
@@ -139,6 +165,8 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.impls is None:
+        args.impls = ["fastrnn", "torch"] if args.deepbench else list(IMPLS)
     if "torch" in args.impls:
         torch_or_none()  # load torch (and its OpenMP runtime) before fastrnn's kernels
     import fastrnn
@@ -157,6 +185,21 @@ def main(argv=None) -> int:
         if not args.quiet:
             print(f"... {msg}", file=sys.stderr, flush=True)
 
+    if args.deepbench:
+        sets = tuple(DEEPBENCH) if args.deepbench == "all" else (args.deepbench,)
+        rows, peaks = run_deepbench(
+            sets,
+            args.impls,
+            dtype,
+            threads,
+            repeats=args.repeats or 5,
+            min_time=min_time,
+            settle=settle,
+            gemm_n=gemm_n,
+            max_steps=args.deepbench_steps,
+            progress=progress,
+        )
+        return _report(args, rows, peaks, dtype)
     rows, peaks = run(
         args.cells,
         configs,
@@ -170,8 +213,13 @@ def main(argv=None) -> int:
         gemm_n=gemm_n,
         progress=progress,
     )
+    return _report(args, rows, peaks, dtype)
+
+
+def _report(args, rows, peaks, dtype) -> int:
     env = environment(peaks, dtype)
     print(format_table(rows, peaks, env))
+    print(summarize(rows))
     if args.json:
         write_json(args.json, rows, peaks, env)
     if args.plot:

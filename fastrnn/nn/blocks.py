@@ -219,7 +219,7 @@ class Embedding(Module):
 
         Returns
         -------
-        out : ndarray of shape (*indices.shape, embedding_dim), dtype of the layer
+        out : ndarray of shape indices.shape + (embedding_dim,), dtype of the layer
         """
         idx = as_index_array(indices, "indices")
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
@@ -237,7 +237,7 @@ class Embedding(Module):
 
         Parameters
         ----------
-        dout : array-like of shape (*indices.shape, embedding_dim)
+        dout : array-like of shape indices.shape + (embedding_dim,)
 
         Returns
         -------

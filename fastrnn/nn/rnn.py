@@ -247,6 +247,10 @@ class RNNBase(Module):
         h_n : ndarray of shape (L*D, B, R)
             Final hidden state of every layer and direction (index ``layer * D + direction``);
             for LSTM the first member of the tuple ``(h_n, c_n)``, with ``c_n`` (L*D, B, H).
+        cell_states : ndarray of shape (T, B, D*H), or (B, T, D*H) with batch_first
+            Only for an LSTM built with ``return_cell_states=True`` (a third result): the last
+            layer's cell state c_t at every step, directions concatenated as in ``out``, zero
+            past each sequence's end.
 
         Raises
         ------
@@ -276,7 +280,7 @@ class RNNBase(Module):
         h0, c0 = self._split_state(hx, "hx")
         h0 = self._as_state(h0, "h0", "h", batch)
         c0 = self._as_state(c0, "c0", "c", batch)
-        y, h_n, c_n, cache = stack_forward(
+        y, h_n, c_n, *cs, cache = stack_forward(
             self._config,
             xt,
             h0,
@@ -288,14 +292,35 @@ class RNNBase(Module):
             packs=None if self.training else self._weight_packs(),
         )
         self._cache = (cache, y.shape, unbatched) if self.training else None
+        y, *cs = (self._from_time_major(a, unbatched) for a in (y, *cs))
         if unbatched:
-            y, h_n = y[:, 0], h_n[:, 0]
+            h_n = h_n[:, 0]
             c_n = None if c_n is None else c_n[:, 0]
-        elif self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, h_n if c_n is None else (h_n, c_n)
+        return (y, h_n if c_n is None else (h_n, c_n), *cs)
 
-    def backward(self, dout: Any, dstate: Any = None) -> tuple[np.ndarray, State]:
+    def _from_time_major(self, a: np.ndarray, unbatched: bool) -> np.ndarray:
+        """A (T, B, F) result in the caller's layout: (T, F) unbatched, (B, T, F) batch-first."""
+        if unbatched:
+            return a[:, 0]
+        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+
+    def _to_time_major(self, name: str, g: Any, width: int) -> np.ndarray | None:
+        """A gradient of a (T, B, width) result, validated in the caller's layout, time-major."""
+        if g is None:
+            return None
+        cache, y_shape, unbatched = self._cache
+        T, B = y_shape[0], y_shape[1]
+        g = as_real_array(g, name, self.dtype)
+        want = (T, width) if unbatched else (B, T, width) if self.batch_first else (T, B, width)
+        if g.shape != want:
+            raise ValueError(f"{name} must have the forward output's shape {want}, got {g.shape}")
+        if unbatched:
+            return g[:, None, :]
+        return g.transpose(1, 0, 2) if self.batch_first else g
+
+    def backward(
+        self, dout: Any, dstate: Any = None, dcell_states: Any = None
+    ) -> tuple[np.ndarray, State]:
         """Backpropagate through the last training-mode forward.
 
         Accumulates the gradient of every parameter into its ``.grad`` and returns the gradients
@@ -307,6 +332,8 @@ class RNNBase(Module):
             Gradient with respect to ``out`` (same shape, unbatched included); None for zeros.
         dstate : array_like of shape (L*D, B, R), a tuple ``(dh_n, dc_n)`` for LSTM, or None
             Gradient with respect to the final states; None (or a None member) for zeros.
+        dcell_states : array_like of shape (T, B, D*H), (B, T, D*H) with batch_first, or None
+            LSTM with ``return_cell_states=True``: gradient with respect to ``cell_states``.
 
         Returns
         -------
@@ -322,24 +349,15 @@ class RNNBase(Module):
         if self._cache is None:
             raise _no_cache_error(self)
         cache, y_shape, unbatched = self._cache
-        dt = self.dtype
         batch = None if unbatched else y_shape[1]
-        if dout is not None:
-            dout = as_real_array(dout, "dout", dt)
-            if unbatched:
-                want = (y_shape[0], y_shape[2])
-            elif self.batch_first:
-                want = (y_shape[1], y_shape[0], y_shape[2])
-            else:
-                want = y_shape
-            if dout.shape != want:
-                raise ValueError(
-                    f"dout must have the forward output's shape {want}, got {dout.shape}"
-                )
-            if unbatched:
-                dout = dout[:, None, :]
-            elif self.batch_first:
-                dout = dout.transpose(1, 0, 2)
+        dout = self._to_time_major("dout", dout, y_shape[2])
+        D = self._config.num_directions
+        dcs = self._to_time_major("dcell_states", dcell_states, D * self.hidden_size)
+        if dcs is not None and not self._config.options.get("return_cell_states"):
+            raise ValueError(
+                "dcell_states is the gradient of the cell states, which only a layer built "
+                "with return_cell_states=True returns"
+            )
         dh, dc = self._split_state(dstate, "dstate")
         dh = self._as_state(dh, "dh_n", "h", batch)
         dc = self._as_state(dc, "dc_n", "c", batch)
@@ -351,13 +369,12 @@ class RNNBase(Module):
             for name, grad in grads.items():
                 self._parameters[name].accumulate_grad(grad)
 
-        g = stack_backward(cache, dout, dh, dc, on_layer_grads=accumulate)
+        g = stack_backward(cache, dout, dh, dc, dcs, on_layer_grads=accumulate)
         dx, dh0, dc0 = g.dx, g.dh0, g.dc0
+        dx = self._from_time_major(dx, unbatched)
         if unbatched:
-            dx, dh0 = dx[:, 0], dh0[:, 0]
+            dh0 = dh0[:, 0]
             dc0 = None if dc0 is None else dc0[:, 0]
-        elif self.batch_first:
-            dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, dh0 if dc0 is None else (dh0, dc0)
 
     # -- streaming -----------------------------------------------------------------------------
@@ -504,6 +521,14 @@ class RNN(RNNBase):
         Probability of zeroing each output element of every layer but the last, in training
         mode (inverted dropout; masks drawn from :attr:`generator`).
     bidirectional : bool, default=False
+    recurrent_dropout : float, default=0.0
+        Variational dropout on :math:`h_{t-1}` where it enters :math:`W_{hh}` (Gal &
+        Ghahramani): one mask per sequence, layer and direction, the same at every step;
+        training only.
+    zoneout : float, default=0.0
+        Zoneout (Krueger et al.): in training each unit of :math:`h_t` keeps its previous value
+        with probability ``p``, one draw per step; in eval
+        :math:`h_t = p h_{t-1} + (1 - p) \tilde h_t`, the expectation.
     dtype : {np.float32, np.float64}, default=np.float32
     backend : {"cython", "numpy"}, default="cython"
         The Cython kernels (:mod:`fastrnn.functional`) or the NumPy reference.
@@ -537,6 +562,8 @@ class RNN(RNNBase):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
         dtype: Any = np.float32,
         backend: str = "cython",
         seed: int | np.random.Generator | None = None,
@@ -551,6 +578,8 @@ class RNN(RNNBase):
             dropout,
             bidirectional,
             nonlinearity=nonlinearity,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
             dtype=dtype,
             backend=backend,
             seed=seed,
@@ -582,6 +611,26 @@ class LSTM(RNNBase):
         As in :class:`RNN`.
     proj_size : int, default=0
         If > 0 (and < hidden_size), project the hidden state to this size.
+    peephole : bool, default=False
+        Peephole connections (Gers & Schmidhuber): :math:`i_t` and :math:`f_t` add
+        :math:`p_i \odot c_{t-1}` and :math:`p_f \odot c_{t-1}` to their pre-activations,
+        :math:`o_t` adds :math:`p_o \odot c_t`, with one ``weight_peephole_l{k}`` per layer and
+        direction.
+    layer_norm : bool, default=False
+        Layer normalization (Ba, Kiros & Hinton) of the input and recurrent pre-activations
+        and of :math:`c_t` before its tanh, with gains and biases as parameters.
+    recurrent_dropout : float, default=0.0
+        Variational dropout on :math:`h_{t-1}` where it enters :math:`W_{hh}` (Gal &
+        Ghahramani): one mask per sequence, layer and direction, the same at every step;
+        training only.
+    zoneout : float or (float, float), default=0.0
+        Zoneout (Krueger et al.): in training each unit of :math:`h_t` (and :math:`c_t`) keeps
+        its previous value with probability ``p_h`` (``p_c``), one draw per step; in eval
+        :math:`h_t = p_h h_{t-1} + (1 - p_h) \tilde h_t`, the expectation. A pair gives
+        ``(p_h, p_c)``.
+    return_cell_states : bool, default=False
+        The forward also returns the last layer's cell state at every step (see
+        :meth:`RNNBase.forward`) and the backward takes its gradient, ``dcs``.
     dtype, backend, seed
         As in :class:`RNN`.
 
@@ -592,6 +641,8 @@ class LSTM(RNNBase):
     weight_hh_l{k} : Parameter of shape (4*hidden_size, R), rows W_hi | W_hf | W_hg | W_ho
     bias_ih_l{k}, bias_hh_l{k} : Parameter of shape (4*hidden_size,)
     weight_hr_l{k} : Parameter of shape (proj_size, hidden_size), only with proj_size > 0
+    weight_peephole_l{k} : Parameter of shape (3, hidden_size), only with peephole
+        Rows p_i | p_f | p_o.
         The reverse direction's parameters end in ``_reverse``. All initialised from
         :math:`\mathcal{U}(-k, k)`, :math:`k = 1/\sqrt{\text{hidden\_size}}`.
     generator : numpy.random.Generator
@@ -614,6 +665,11 @@ class LSTM(RNNBase):
         bidirectional: bool = False,
         proj_size: int = 0,
         *,
+        peephole: bool = False,
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float | tuple[float, float] = 0.0,
+        return_cell_states: bool = False,
         dtype: Any = np.float32,
         backend: str = "cython",
         seed: int | np.random.Generator | None = None,
@@ -628,6 +684,11 @@ class LSTM(RNNBase):
             dropout,
             bidirectional,
             proj_size=proj_size,
+            peephole=peephole,
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
+            return_cell_states=return_cell_states,
             dtype=dtype,
             backend=backend,
             seed=seed,
@@ -659,6 +720,17 @@ class GRU(RNNBase):
         As in :class:`RNN`.
     reset_after : bool, default=True
         Where the reset gate is applied (see above).
+    layer_norm : bool, default=False
+        Layer normalization (Ba, Kiros & Hinton 2016) of the input and recurrent
+        pre-activations: :math:`g_i = \mathrm{LN}(W_{ih} x_t; \gamma_{ih}) + b_{ih}`,
+        :math:`g_h = \mathrm{LN}(W_{hh} h_{t-1}; \gamma_{hh}) + b_{hh}`, then the gates above
+        from :math:`g_i` and :math:`g_h`, where :math:`\mathrm{LN}(v; \gamma) = \gamma \odot
+        (v - \mu(v)) / \sqrt{\sigma^2(v) + 10^{-5}}` over each row's 3H features. Adds the
+        gains ``ln_weight_ih_l{k}`` and ``ln_weight_hh_l{k}`` (3H,), initialised to ones
+        (``reset_after=True`` only; not combined with recurrent dropout or zoneout).
+    recurrent_dropout, zoneout
+        As in :class:`RNN` (``reset_after=True`` only); the update :math:`z_t \odot h_{t-1}`
+        uses the undropped state.
     dtype, backend, seed
         As in :class:`RNN`.
 
@@ -685,6 +757,9 @@ class GRU(RNNBase):
         bidirectional: bool = False,
         *,
         reset_after: bool = True,
+        layer_norm: bool = False,
+        recurrent_dropout: float = 0.0,
+        zoneout: float = 0.0,
         dtype: Any = np.float32,
         backend: str = "cython",
         seed: int | np.random.Generator | None = None,
@@ -699,6 +774,9 @@ class GRU(RNNBase):
             dropout,
             bidirectional,
             reset_after=reset_after,
+            layer_norm=layer_norm,
+            recurrent_dropout=recurrent_dropout,
+            zoneout=zoneout,
             dtype=dtype,
             backend=backend,
             seed=seed,

@@ -1,4 +1,4 @@
-"""PyTorch parity of the layers: fastrnn.RNN/LSTM/GRU against torch.nn.RNN/LSTM/GRU.
+"""fastrnn/nn/rnn.py (the RNN/LSTM/GRU layers) against torch.nn.RNN/LSTM/GRU: PyTorch parity.
 
 The same ``state_dict`` (torch's, loaded into fastrnn as torch tensors) on a grid of every cell x
 {1, 3} layers x {uni, bi}directional x {bias, no bias} x {time-major, batch_first} x {no

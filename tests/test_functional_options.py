@@ -1,4 +1,6 @@
-"""The functional API's keyword extensions: ``reverse=``, LSTM ``w_hr=`` and GRU ``reset_after=``.
+"""fastrnn/functional.py and reference.py: the keyword options (reverse, w_hr, reset_after).
+
+The options: ``reverse=`` on every cell, the LSTM projection ``w_hr=`` and GRU ``reset_after=``.
 
 Same oracles as ``test_functional.py`` (finite differences in float64 on both backends, Cython vs
 reference, an independent invariant), applied to each extension, alone and combined with
@@ -10,7 +12,6 @@ import dataclasses
 import numpy as np
 import pytest
 from conftest import (
-    FD_EPS,
     FD_TOL,
     SPEC_BY_NAME,
     SPECS,
@@ -19,6 +20,7 @@ from conftest import (
     assert_grads_close,
     backend_module,
     make_case,
+    numeric_grad,
     numerical_grads,
 )
 
@@ -154,15 +156,7 @@ def test_projection_gradients_match_finite_differences(backend, bias, with_lengt
         if a[name] is None:
             assert getattr(grads, "d" + name) is None
             continue
-        num = np.zeros_like(a[name])
-        for idx in np.ndindex(a[name].shape):
-            vals = []
-            for sign in (1, -1):
-                b = dict(a)
-                b[name] = a[name].copy()
-                b[name][idx] += sign * FD_EPS
-                vals.append(_proj_loss(backend, b, **kw))
-            num[idx] = (vals[0] - vals[1]) / (2 * FD_EPS)
+        num = numeric_grad(lambda: _proj_loss(backend, a, **kw), a[name])
         assert_close(getattr(grads, "d" + name), num, "d" + name, **FD_TOL)
 
 

@@ -1,4 +1,4 @@
-"""fastrnn.stack: the two directions of a bidirectional layer run at once, with the same bits.
+"""fastrnn/stack.py: the two directions of a bidirectional layer run at once, with the same bits.
 
 With ``fastrnn.get_num_threads() >= 2`` the stack runs direction 1 of each bidirectional layer
 on a worker thread while the calling thread runs direction 0, each kernel call capped at its

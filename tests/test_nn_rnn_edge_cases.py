@@ -1,10 +1,10 @@
-"""fastrnn.RNN / LSTM / GRU under bad input, threads, repetition and NaN.
+"""fastrnn/nn/rnn.py (the RNN / LSTM / GRU layers) under bad input, threads, repetition and NaN.
 
 tests/test_layers.py covers the common errors (constructor arguments, input size and rank,
 state shapes, lengths, backward without a forward). This file adds, for every layer kind:
 
 * refused dtypes and values of the input, the states and the upstream gradients, each a Python
-  exception naming the argument (the functional API's rules: tests/test_bad_input.py);
+  exception naming the argument (the functional API's rules: tests/test_common.py);
 * the backward protocol: one backward per training forward; none after an eval forward, or
   after a forward that raised;
 * zero-size batches and sequences, forward and backward;
@@ -292,6 +292,7 @@ def test_cache_nbytes(cls, cell):
     assert m2.cache_nbytes == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux RSS")
 @pytest.mark.skipif(_build.CONFIG["asan"], reason="ASan's quarantine grows RSS by design")
 def test_layer_rss_does_not_grow(layer_name):
