@@ -17,9 +17,9 @@ memory).
 
 What is quantized: :class:`~fastrnn.RNN` (tanh, relu), :class:`~fastrnn.LSTM` and
 :class:`~fastrnn.GRU` (PyTorch's reset-after GRU), and :class:`~fastrnn.nn.Linear`. Layers the
-integer kernels do not cover (an LSTM with ``proj_size``, a reset-before GRU, the NumPy
-backend) keep their float32 weights and run the float32 kernels; their ``repr`` says
-``float32`` and why.
+integer kernels do not cover (an LSTM with ``proj_size``, ``peephole`` or
+``return_cell_states``, a reset-before GRU, layer norm, zoneout, the NumPy backend) keep
+their float32 weights and run the float32 kernels; their ``repr`` says ``float32`` and why.
 
 ``FASTRNN_QUANT_ISA=c`` (or :func:`set_quantized_isa`) forces the portable path.
 """
@@ -216,6 +216,17 @@ def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
     if cfg.backend != "cython":
         return None, "the numpy backend"
     name = cfg.spec.name
+    # issue 11's cell features the integer kernels do not compute (recurrent dropout acts in
+    # training only, so an eval-mode int8 layer is the same function without it)
+    opts = cfg.options
+    for option, on in (
+        ("peephole", opts.get("peephole", False)),
+        ("layer_norm", opts.get("layer_norm", False)),
+        ("zoneout", any(q > 0 for q in opts.get("zoneout", ()))),
+        ("return_cell_states", opts.get("return_cell_states", False)),
+    ):
+        if on:
+            return None, f"{option} is not quantized"
     if name == "rnn":
         return (0 if cfg.options["nonlinearity"] == "tanh" else 1), ""
     if name == "lstm":

@@ -199,3 +199,101 @@ def test_training_mode_packs_per_call():
     after = layer(x)[0]
     assert not np.array_equal(before, after)
     assert not layer.__dict__.get("_packed")
+
+
+# the cell features of issue 11 beside prepacked weights: the plain kernels' feature options
+# (peephole, recurrent dropout, zoneout) take the packed weights; the layer-normalized loops
+# ignore ``packs`` and pack per call, so they can never read stale panels
+FEATURES = [
+    ("lstm", {"w_peephole": (3, None)}),
+    ("lstm", {"recurrent_mask": (None, None)}),
+    ("lstm", {"zoneout_h": 0.25, "zoneout_c": 0.5}),
+    ("gru", {"recurrent_mask": (None, None)}),
+    ("gru", {"zoneout_h": 0.3}),
+    ("rnn", {"recurrent_mask": (None, None)}),
+    ("rnn", {"zoneout_h": 0.3}),
+]
+
+
+def _feature_call(cell, features, rng, H=24, I=7, B=2, T=6):
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    w_ih = rng.standard_normal((G * H, I)).astype(np.float32) * 0.3
+    w_hh = rng.standard_normal((G * H, H)).astype(np.float32) * 0.3
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    kw = {}
+    for name, value in features.items():
+        if name == "recurrent_mask":  # an inverted-dropout mask, 0 or 2
+            value = (rng.random((B, H)) >= 0.5).astype(np.float32) * 2
+        elif isinstance(value, tuple):
+            value = rng.standard_normal((value[0], H)).astype(np.float32)
+        kw[name] = value
+    fwd = getattr(F, f"{cell}_forward")
+    states = (None, None) if cell == "lstm" else (None,)
+
+    def run(packs=None):
+        return fwd(x, *states, w_ih, w_hh, training=False, packs=packs, **kw)[0]
+
+    return run, w_ih, w_hh
+
+
+@pytest.mark.parametrize(("cell", "features"), FEATURES, ids=lambda v: str(v))
+def test_feature_options_with_packs_give_the_same_bits(cell, features):
+    run, _, w_hh = _feature_call(cell, features, np.random.default_rng(2))
+    packs: dict = {}
+    a = run(packs)
+    assert len(packs) == 1  # these paths take the prepacked weights
+    np.testing.assert_array_equal(a, run(packs))
+    np.testing.assert_array_equal(a, run())
+    w_hh *= 0.5  # changed in place, the dict emptied as documented: packed afresh
+    packs.clear()
+    b = run(packs)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(b, run())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layer_norm_ignores_packs_and_is_never_stale(cell):
+    rng = np.random.default_rng(3)
+    H = 24
+    G = 4 if cell == "lstm" else 3
+    ln = {"ln_ih": rng.random(G * H).astype(np.float32) + 0.5}
+    ln["ln_hh"] = rng.random(G * H).astype(np.float32) + 0.5
+    if cell == "lstm":
+        ln["ln_c"] = rng.random(H).astype(np.float32) + 0.5
+        ln["ln_c_bias"] = rng.standard_normal(H).astype(np.float32)
+    run, w_ih, w_hh = _feature_call(cell, ln, rng, H=H)
+    packs: dict = {}
+    a = run(packs)
+    assert packs == {}  # the layer-norm loops pack per call
+    np.testing.assert_array_equal(a, run())
+    # changed in place without emptying the dict: still the new weights, nothing was kept
+    w_hh *= -1.0
+    w_ih *= 0.5
+    b = run(packs)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(b, run())
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (fastrnn.LSTM, {"peephole": True}),
+        (fastrnn.LSTM, {"layer_norm": True}),
+        (fastrnn.LSTM, {"zoneout": 0.3, "recurrent_dropout": 0.2}),
+        (fastrnn.GRU, {"layer_norm": True}),
+        (fastrnn.GRU, {"zoneout": 0.3}),
+        (fastrnn.RNN, {"zoneout": 0.3}),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+def test_feature_layers_never_stale(cls, options):
+    layer = cls(6, 32, num_layers=2, seed=0, **options).eval()
+    x = _x()
+    before = layer(x)[0]
+    np.testing.assert_array_equal(layer(x)[0], before)  # reused (or re-packed) the same bits
+    _change_by_optimizer(layer, x)  # a training forward and backward with the features, Adam
+    after = layer(x)[0]
+    assert not np.array_equal(before, after)
+    fresh = cls(6, 32, num_layers=2, seed=99, **options)
+    fresh.load_state_dict({k: v.copy() for k, v in layer.state_dict().items()})
+    np.testing.assert_array_equal(after, fresh.eval()(x)[0])

@@ -116,3 +116,36 @@ def test_step_state_type_is_checked():
         fastrnn.LSTM(4, 6, seed=0).step(np.zeros((1, 4)), np.zeros((1, 1, 6)))
     with pytest.raises(TypeError, match="one array"):
         fastrnn.GRU(4, 6, seed=0).step(np.zeros((1, 4)), (np.zeros((1, 1, 6)),))
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (fastrnn.LSTM, {"peephole": True}),
+        (fastrnn.LSTM, {"layer_norm": True}),
+        (fastrnn.LSTM, {"zoneout": (0.3, 0.1)}),
+        (fastrnn.LSTM, {"recurrent_dropout": 0.3}),
+        (fastrnn.LSTM, {"return_cell_states": True}),
+        (fastrnn.GRU, {"layer_norm": True}),
+        (fastrnn.GRU, {"zoneout": 0.2, "recurrent_dropout": 0.2}),
+        (fastrnn.RNN, {"zoneout": 0.2, "recurrent_dropout": 0.2}),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_steps_of_the_cell_features_equal_eval_forward(cls, options, mode):
+    """step is eval's forward with every cell feature: zoneout's expectation, no recurrent
+    dropout, and the cell states of return_cell_states left to the state's c."""
+    rng = np.random.default_rng(4)
+    layer = cls(5, 7, num_layers=2, seed=3, **options)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    state0 = _random_state(layer, rng, 3)
+    y_full, s_full = layer.eval()(x, state0)[:2]
+    if mode == "train":
+        layer.train()
+    state, ys = state0, []
+    for t in range(6):
+        y, state = layer.step(x[t], state)
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(state, s_full)

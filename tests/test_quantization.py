@@ -181,6 +181,14 @@ def test_bidirectional_and_batch_first():
         (fastrnn.LSTM(4, 8, proj_size=3, seed=0), "proj_size"),
         (fastrnn.GRU(4, 8, reset_after=False, seed=0), "reset_after=False"),
         (fastrnn.LSTM(4, 8, backend="numpy", seed=0), "numpy"),
+        # issue 11's cell features: never int8 math that silently leaves the feature out
+        (fastrnn.LSTM(4, 8, peephole=True, seed=0), "peephole"),
+        (fastrnn.LSTM(4, 8, layer_norm=True, seed=0), "layer_norm"),
+        (fastrnn.GRU(4, 8, layer_norm=True, seed=0), "layer_norm"),
+        (fastrnn.LSTM(4, 8, zoneout=(0.2, 0.0), seed=0), "zoneout"),
+        (fastrnn.GRU(4, 8, zoneout=0.2, seed=0), "zoneout"),
+        (fastrnn.RNN(4, 8, zoneout=0.2, seed=0), "zoneout"),
+        (fastrnn.LSTM(4, 8, return_cell_states=True, seed=0), "return_cell_states"),
     ],
 )
 def test_uncovered_variants_run_float32_and_say_so(layer, why):
@@ -188,6 +196,16 @@ def test_uncovered_variants_run_float32_and_say_so(layer, why):
     assert not q.quantized and "float32" in repr(q) and why in repr(q)
     x = np.random.default_rng(7).standard_normal((3, 2, 4)).astype(np.float32)
     np.testing.assert_array_equal(q(x)[0], layer.eval()(x)[0])
+
+
+def test_recurrent_dropout_alone_is_quantized():
+    # recurrent dropout acts in training only: the eval-mode function is the plain cell's
+    layer = fastrnn.LSTM(4, 8, recurrent_dropout=0.3, seed=0).eval()
+    plain = fastrnn.LSTM(4, 8, seed=0).eval()
+    x = np.random.default_rng(8).standard_normal((3, 2, 4)).astype(np.float32)
+    q = quantize_dynamic(layer)
+    assert q.quantized
+    np.testing.assert_array_equal(q(x)[0], quantize_dynamic(plain)(x)[0])
 
 
 def test_inference_only():

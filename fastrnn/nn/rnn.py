@@ -25,7 +25,7 @@ from fastrnn.cells import Cell
 from fastrnn.nn._checks import as_real_array, check_float_dtype
 from fastrnn.nn.blocks import _no_cache_error
 from fastrnn.nn.module import Module, Parameter
-from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
+from fastrnn.stack import StackConfig, _noise, default_init, stack_backward, stack_forward
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
@@ -384,7 +384,8 @@ class RNNBase(Module):
         Feeding a sequence through ``step`` piece by piece, each call given the state the
         previous one returned, gives the outputs and final state of one :meth:`forward` over
         the whole sequence, bit for bit. ``step`` is inference: it applies no dropout and keeps
-        nothing for :meth:`backward`, in training mode too. It skips what a step does not need
+        nothing for :meth:`backward`, in training mode too: zoneout acts as in eval (its
+        expectation) and recurrent dropout not at all. It skips what a step does not need
         (``lengths``, the direction split, the stack's re-validation of every weight), so a
         call with B = 1 costs little more than its arithmetic.
 
@@ -440,7 +441,16 @@ class RNNBase(Module):
             args = [(p.arg, p.name) for p in cfg.params()]
             plan = self.__dict__["_step_plan"] = (
                 cfg.spec.functions(cfg.backend)[0],
-                cfg.spec.functional_options(cfg.options),
+                # eval's options: the expectation of zoneout, no recurrent dropout mask; the
+                # cell states of return_cell_states are not a step's output (c is in the state)
+                {
+                    **{
+                        k: v
+                        for k, v in cfg.spec.functional_options(cfg.options).items()
+                        if k != "return_cell_states"
+                    },
+                    **_noise(cfg, 0, 0, False, None, np.dtype(dt)),
+                },
                 [[(a, f"{n}_l{k}") for a, n in args] for k in range(cfg.num_layers)],
                 {w: cfg.state_width(w) for w in cfg.spec.states},
             )
