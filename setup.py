@@ -199,6 +199,9 @@ def _variant_source(cell, isa):
 
 modules = CELLS + ["_blas_check", "_build"]
 extensions = [_extension(name, f"src_pyx/{name}.pyx") for name in modules]
+# int8 inference (fastrnn.quantization): no FMA contraction, so that its VNNI and portable paths
+# round their float epilogues alike
+extensions.append(_extension("quant", "src_pyx/quant.pyx", ["-ffp-contract=off"]))
 for isa, flags in _variants():
     extensions += [
         # -Wno-unused-function: the C API (exported by the portable modules only) is unused here

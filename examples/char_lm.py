@@ -194,6 +194,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="data-parallel over MPI: launch with mpiexec -n N (or srun); needs fastrnn[mpi]",
     )
     ap.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="write the trained model to this checkpoint (examples/generate.py reads it)",
+    )
+    ap.add_argument(
         "--quick",
         action="store_true",
         help="tiny model on the first 20,000 characters (a smoke test)",
@@ -366,6 +372,16 @@ def main(argv: list[str] | None = None) -> dict:
     if comm is not None:
         summary["allreduce_bytes_per_step"] = comm_bytes
         summary["comm_share"] = comm_seconds / train_seconds
+    if rank == 0 and args.save is not None:
+        fastrnn.save_checkpoint(
+            args.save,
+            model,
+            chars="".join(chars),
+            sizes={"embed": args.embed, "hidden": args.hidden, "layers": args.layers},
+            quick=args.quick,
+            data=str(args.data),
+            val_frac=args.val_frac,
+        )
     if rank == 0:
         print_summary(summary, args, len(train_ids), len(val_ids), len(chars))
     return summary

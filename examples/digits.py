@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "train_accuracy": accuracy(model, x_train, y_train),
         "test_accuracy": accuracy(model, x_test, y_test),
+        # the same model with int8 weights (fastrnn.quantize_dynamic), inference only
+        "test_accuracy_int8": accuracy(fastrnn.quantize_dynamic(model), x_test, y_test),
         "train_loss": losses[-1],
         "n_train": len(y_train),
         "n_test": len(y_test),
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"accuracy  train {100 * summary['train_accuracy']:.1f}%, "
-        f"test {100 * summary['test_accuracy']:.1f}%"
+        f"test {100 * summary['test_accuracy']:.1f}% "
+        f"(int8 weights: {100 * summary['test_accuracy_int8']:.1f}%)"
     )
     print(f"time      {summary['seconds']:.1f} s")
     return summary

@@ -44,6 +44,7 @@ from fastrnn import (  # noqa: E402,F401
     functional,
     nn,
     optim,
+    quantization,
     reference,
     stack,
     utils,
@@ -74,6 +75,7 @@ from fastrnn.optim import (  # noqa: E402
     clip_grad_norm_,
     clip_grad_value_,
 )
+from fastrnn.quantization import quantize_dynamic  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -108,6 +110,8 @@ __all__ = [
     "manual_seed",
     "nn",
     "optim",
+    "quantization",
+    "quantize_dynamic",
     "reference",
     "save_checkpoint",
     "set_isa",

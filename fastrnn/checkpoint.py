@@ -37,7 +37,7 @@ from fastrnn.nn.module import Module
 from fastrnn.optim.lr_scheduler import LRScheduler
 from fastrnn.optim.optimizer import Optimizer
 
-__all__ = ["load_checkpoint", "save_checkpoint"]
+__all__ = ["load_checkpoint", "read_extra", "save_checkpoint"]
 
 FORMAT = "fastrnn-checkpoint"
 #: Version 2 added the scheduler and the generator states; version 1 files still load.
@@ -142,6 +142,16 @@ def _generators(model: Module) -> dict[str, np.random.Generator]:
     }
 
 
+def _buffers(model: Module) -> dict[str, tuple[Module, str, np.ndarray]]:
+    """The non-parameter arrays of the model's quantized modules (``_buffers``: int8 weights
+    and their scales, see :mod:`fastrnn.quantization`) by dotted name."""
+    out = {}
+    for prefix, m in model.named_modules():
+        for k, arr in (getattr(m, "_buffers", None) or {}).items():
+            out[f"{prefix}.{k}" if prefix else k] = (m, k, arr)
+    return out
+
+
 def _check_scheduler(scheduler: Any) -> LRScheduler | None:
     if scheduler is not None and not isinstance(scheduler, LRScheduler):
         raise TypeError(
@@ -203,10 +213,17 @@ def save_checkpoint(
     for name, p in model.named_parameters():
         arrays[f"model/{name}"] = p.data
         names.append(name)
+    buffers = _buffers(model)
+    for name, (_, _, arr) in buffers.items():
+        arrays[f"buffers/{name}"] = arr
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "model": {"class": type(model).__name__, "parameters": names},
+        "model": {
+            "class": type(model).__name__,
+            "parameters": names,
+            **({"buffers": list(buffers)} if buffers else {}),
+        },
         "optimizer": None,
         "scheduler": None,
         "rng": {
@@ -374,6 +391,7 @@ def load_checkpoint(
     try:
         names = list(meta["model"]["parameters"])
         saved = {name: arrays[f"model/{name}"] for name in names}
+        saved_buffers = {n: arrays[f"buffers/{n}"] for n in meta["model"].get("buffers", [])}
         extra = _decode(meta["extra"], arrays)
         opt_meta = meta["optimizer"]
         opt_state = None if opt_meta is None else _decode(opt_meta["state"], arrays)
@@ -385,6 +403,21 @@ def load_checkpoint(
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: corrupt checkpoint: malformed metadata ({exc!r})") from exc
     _check_model(path, model, saved)
+    buffers = _buffers(model)
+    if set(buffers) != set(saved_buffers):
+        raise ValueError(
+            f"{path}: checkpoint does not match {type(model).__name__}: quantized arrays "
+            f"missing from the file: {sorted(set(buffers) - set(saved_buffers))}; not in the "
+            f"model: {sorted(set(saved_buffers) - set(buffers))} (load a quantized checkpoint "
+            "into the result of fastrnn.quantize_dynamic on a model of the same structure)"
+        )
+    for name, (_, _, arr) in buffers.items():
+        got = saved_buffers[name]
+        if got.shape != arr.shape or got.dtype != arr.dtype:
+            raise ValueError(
+                f"{path}: {name}: {got.dtype} {got.shape} in the file, {arr.dtype} {arr.shape} "
+                "in the model"
+            )
     _check_scheduler(scheduler)
     if scheduler is not None:
         if sched_meta is None:
@@ -420,4 +453,30 @@ def load_checkpoint(
     if seed_state is not None:
         set_rng_state(seed_state)
     model.load_state_dict(saved)
+    by_module: dict[int, tuple[Module, dict[str, np.ndarray]]] = {}
+    for name, (m, k, _) in buffers.items():
+        by_module.setdefault(id(m), (m, {}))[1][k] = saved_buffers[name]
+    for m, values in by_module.values():
+        m._set_buffers(values)  # re-packs the quantized weights
     return extra
+
+
+def read_extra(path: PathLike) -> dict[str, Any]:
+    """The ``extra`` values of a checkpoint, without loading it into a model.
+
+    For what must be known before the model is built: the sizes it was saved with, its
+    vocabulary. Checks the file as :func:`load_checkpoint` does (``ValueError`` for a file
+    that is not a fastrnn checkpoint).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    dict
+        The keyword arguments ``save_checkpoint`` was given as ``**extra``.
+    """
+    meta, arrays = _read(os.fspath(path))
+    extra = _decode(meta.get("extra", {"__dict__": []}), arrays)
+    return dict(extra) if isinstance(extra, dict) else {}

@@ -410,6 +410,7 @@ class DistributedDataParallel(Module):
         if broadcast_parameters and self.world_size > 1:
             for p in params:
                 c.Bcast(p.data, root=0)
+                p._bump_version()
         object.__setattr__(self, "_buckets", None)  # laid out after the first backward
         object.__setattr__(self, "_sync", True)
         object.__setattr__(self, "stats", {})

@@ -183,6 +183,18 @@ def _team(p: Prepared) -> int:
     return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
 
 
+def _prepacked(module: Any, p: Prepared, packs: dict | None, n: int) -> Any:
+    """The weights of ``p`` packed for a forward of ``module`` on ``n`` threads, from ``packs``
+    (packed and stored there on a miss); None without ``packs``."""
+    if packs is None:
+        return None
+    key = (module.__name__, p.dtype.char, n)
+    packed = packs.get(key)
+    if packed is None:
+        packed = packs[key] = module.prepack(p.w_ih, p.w_hh, p.w_hh.shape[0] // p.H, n)
+    return packed
+
+
 def _empty_forward(p: Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """T == 0 or B == 0: nothing to compute."""
     y = np.zeros((p.T, p.B, p.H), p.dtype)
@@ -260,6 +272,7 @@ def rnn_forward(
     check_finite=False,
     recurrent_mask=None,
     zoneout_h=None,
+    packs=None,
 ):
     """Elman RNN over a whole sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``.
 
@@ -292,6 +305,13 @@ def rnn_forward(
     zoneout_h : array_like of shape (T, B, H), or float in [0, 1], optional
         Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * act(...)`` (1 keeps the
         previous value); a number is every unit's weight (what eval uses: the expectation).
+    packs : dict, optional
+        A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
+        kernels' packed copy of the two weights is stored in it on the first call and reused
+        by the later ones, which then skip packing (the same bits). Nothing checks that the
+        weights are still those packed: clear it after changing them. Ignored by the LSTM
+        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
+        (``ln_ih``), which pack per call.
 
     Returns
     -------
@@ -320,8 +340,9 @@ def rnn_forward(
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
-        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, _team(p),
-                       training, **noise)  # fmt: skip
+        n = _team(p)
+        _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, n,
+                       training, **noise, prepacked=_prepacked(_k.rnn, p, packs, n))  # fmt: skip
     cache = None
     if training:
         cache = Cache(BACKEND, _RNN, p, options, _Saved(s, xk, h0k, y, noise=noise))
@@ -409,6 +430,7 @@ def lstm_forward(
     zoneout_h=None,
     zoneout_c=None,
     return_cell_states=False,
+    packs=None,
 ):
     """LSTM over a whole sequence, PyTorch's gates i, f, g, o.
 
@@ -456,6 +478,13 @@ def lstm_forward(
         value), in eval the probability itself (the expectation).
     return_cell_states : bool, default=False
         Also return every step's cell state ``cs``.
+    packs : dict, optional
+        A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
+        kernels' packed copy of the two weights is stored in it on the first call and reused
+        by the later ones, which then skip packing (the same bits). Nothing checks that the
+        weights are still those packed: clear it after changing them. Ignored by the LSTM
+        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
+        (``ln_ih``), which pack per call.
 
     Returns
     -------
@@ -500,6 +529,7 @@ def lstm_forward(
     if "zoneout_c" in ext:  # c_t before zoneout (every step's for BPTT, else one)
         ext["cnew"] = np.empty((T if training else 1, B, H), p.dtype)
     with blas_single_thread():
+        n = _team(p)
         _k.lstm.forward(
             xk,
             h0k,
@@ -514,9 +544,10 @@ def lstm_forward(
             h_n,
             c_n,
             training,
-            _team(p),
+            n,
             cell_states=bool(return_cell_states),
             **ext,
+            prepacked=_prepacked(_k.lstm, p, packs, n),
         )
     cache = None
     if training:
@@ -625,6 +656,7 @@ def gru_forward(
     ln_hh=None,
     recurrent_mask=None,
     zoneout_h=None,
+    packs=None,
 ):
     """GRU over a whole sequence, PyTorch's gates r, z, n (reset applied after the matmul).
 
@@ -663,6 +695,13 @@ def gru_forward(
         Zoneout: ``h_t = zoneout_h[t] * h_{t-1} + (1 - zoneout_h[t]) * h~_t`` with ``h~_t`` the
         update above (1 keeps the previous value); a number is every unit's weight (what eval
         uses: the expectation). Needs ``reset_after=True``.
+    packs : dict, optional
+        A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
+        kernels' packed copy of the two weights is stored in it on the first call and reused
+        by the later ones, which then skip packing (the same bits). Nothing checks that the
+        weights are still those packed: clear it after changing them. Ignored by the LSTM
+        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
+        (``ln_ih``), which pack per call.
 
     Returns
     -------
@@ -700,6 +739,7 @@ def gru_forward(
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
     with blas_single_thread():
+        n = _team(p)
         _k.gru.forward(
             xk,
             h0k,
@@ -714,8 +754,9 @@ def gru_forward(
             y,
             h_n,
             training,
-            _team(p),
+            n,
             **noise,
+            prepacked=_prepacked(_k.gru, p, packs, n),
         )
     cache = None
     if training:

@@ -157,6 +157,7 @@ def rnn_forward(
     check_finite=False,
     recurrent_mask=None,
     zoneout_h=None,
+    packs=None,  # the kernels' packed weights (fastrnn.functional); nothing to pack here
 ):
     """Elman RNN over a whole sequence; see :func:`fastrnn.functional.rnn_forward`."""
     if nonlinearity not in ("tanh", "relu"):
@@ -244,6 +245,7 @@ def lstm_forward(
     zoneout_h=None,
     zoneout_c=None,
     return_cell_states=False,
+    packs=None,  # the kernels' packed weights (fastrnn.functional); nothing to pack here
 ):
     """LSTM over a whole sequence; see :func:`fastrnn.functional.lstm_forward`."""
     extras = cell_extras(_LSTM, w_hr, w_peephole=w_peephole, ln_ih=ln_ih, ln_hh=ln_hh, ln_c=ln_c,
@@ -396,6 +398,7 @@ def gru_forward(
     ln_hh=None,
     recurrent_mask=None,
     zoneout_h=None,
+    packs=None,  # the kernels' packed weights (fastrnn.functional); nothing to pack here
 ):
     """GRU over a whole sequence; see :func:`fastrnn.functional.gru_forward`."""
     extras = cell_extras(_GRU, ln_ih=ln_ih, ln_hh=ln_hh, recurrent_mask=recurrent_mask,

@@ -429,6 +429,7 @@ def stack_forward(
     lengths: Any = None,
     training: bool = True,
     generator: np.random.Generator | None = None,
+    packs: Mapping[str, dict] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, StackCache | None]:
     """Run a stack of recurrent layers over a time-major batch.
 
@@ -453,6 +454,10 @@ def stack_forward(
         layer), recurrent dropout (one ``(B, R)`` mask per layer and direction) and zoneout
         (one mask per step, layer and direction and state), in that order per layer, direction
         0 first; a fresh unseeded one when None.
+    packs : mapping of str to dict, optional
+        By parameter-name suffix (``"_l0"``, ``"_l0_reverse"``, ...), the ``packs`` dict of
+        each layer and direction's functional forward: the kernels' packed weights, kept
+        between calls (the caller empties a dict when that layer's weights change).
 
     Returns
     -------
@@ -499,6 +504,8 @@ def stack_forward(
             idx, sfx = layer * D + direction, _suffix(layer, direction)
             states = [None if s is None else s[idx] for s in init]
             kw = {p.arg: w[p.name + sfx] for p in params}
+            if packs is not None:
+                kw["packs"] = packs[sfx]
             # -> (y, *final states, [cell states], cache)
             return fwd(
                 inp,

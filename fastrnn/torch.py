@@ -74,6 +74,7 @@ import functools
 import logging
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,6 +103,7 @@ __all__ = [
     "GRUCell",
     "LSTMCell",
     "RNNCell",
+    "clear_packed",
     "fastrnn_modules",
     "load",
     "patch",
@@ -528,6 +530,40 @@ def _prepare_cell(m: Any, input: Any, hx: Any):
     return x.unsqueeze(0), h0, c0, weights, batched
 
 
+# The kernels' packed weights of the no-grad path (stack_forward's packs), by id of the
+# weight_ih tensor, held weakly (the entry goes with the tensor): reused while torch's version
+# counters of weight_ih and weight_hh and their storage stay the same. torch counts every
+# in-place write through a tensor (optimizer steps, copy_, load_state_dict); a write through
+# ``p.data`` is not counted: call clear_packed() after one.
+_PACKS: dict[int, tuple] = {}  # id(weight_ih) -> (weakref to it, weight_hh, state, packs)
+
+
+def clear_packed() -> None:
+    """Forget the weights fastrnn packed for the kernels; the next forwards re-pack them.
+
+    Needed only after writing a parameter in place through ``p.data`` (which torch's version
+    counter does not see); every other change of a parameter is seen.
+    """
+    _PACKS.clear()
+
+
+def _packs(cfg, weights) -> dict[str, dict]:
+    by_name = dict(zip(cfg.weight_names(), weights, strict=True))
+    out = {}
+    for layer in range(cfg.num_layers):
+        for d in range(cfg.num_directions):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w_ih, w_hh = by_name["weight_ih" + sfx], by_name["weight_hh" + sfx]
+            state = (w_ih._version, w_hh._version, w_ih.data_ptr(), w_hh.data_ptr())
+            key = id(w_ih)
+            entry = _PACKS.get(key)
+            if entry is None or entry[0]() is not w_ih or entry[1] is not w_hh or entry[2] != state:
+                ref = weakref.ref(w_ih, lambda _, key=key: _PACKS.pop(key, None))
+                entry = _PACKS[key] = (ref, w_hh, state, {})
+            out[sfx] = entry[3]
+    return out
+
+
 def _compute(cfg, lengths, seed, drop, x, h0, c0, weights) -> tuple[torch.Tensor, ...]:
     """``(y, h_n[, c_n])`` of the stack: one autograd node when a gradient may be asked for."""
     inputs = [x, h0, c0, *weights]
@@ -543,6 +579,7 @@ def _compute(cfg, lengths, seed, drop, x, h0, c0, weights) -> tuple[torch.Tensor
         lengths=lengths,
         training=drop,  # dropout needs the training path; nothing else does
         generator=None if seed is None else np.random.default_rng(seed),
+        packs=_packs(cfg, weights),
     )
     return tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)
 

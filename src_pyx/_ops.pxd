@@ -35,6 +35,7 @@ cdef struct RNNOps:
     Py_ssize_t I "I_"       # C name: complex.h defines I
     const int* batch_sizes  # (T,) rows active at each step, non-increasing
     bint use_relu           # relu instead of tanh
+    const void* prepacked   # a Prepacked (_prepack.pxd) of W_ih, W_hh; NULL: pack per call
     bint training           # keep what BPTT needs of the options (hds of every step, acts)
     # forward
     const void* x           # (T, B, I)
@@ -67,6 +68,7 @@ cdef struct LSTMOps:
     Py_ssize_t P            # projection size; 0 without a projection
     const int* batch_sizes  # (T,)
     bint training           # keep what BPTT needs (else: a ring of gates, one cell state)
+    const void* prepacked   # a Prepacked (_prepack.pxd) of W_ih, W_hh; NULL: pack per call
     # forward
     const void* x           # (T, B, I)
     const void* h0          # (B, H), or (B, P) with a projection
@@ -129,6 +131,7 @@ cdef struct GRUOps:
     Py_ssize_t I "I_"       # C name: complex.h defines I
     const int* batch_sizes  # (T,)
     bint training           # keep what BPTT needs
+    const void* prepacked   # a Prepacked (_prepack.pxd) of W_ih, W_hh; NULL: pack per call
     # forward (reset after the hidden matmul: bias = b_ih + [b_hr, b_hz, 0] and b_hn apart;
     # reset before: bias = b_ih + b_hh and b_hn NULL)
     const void* x           # (T, B, I)

@@ -27,6 +27,7 @@ from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, 
                       steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
 from _layernorm cimport (col_grads, ln_backward, ln_normalize, run_end, share_rows,
                          zero_cols)
+from _prepack cimport take_prepacked
 from _ops cimport GRUOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
@@ -178,13 +179,16 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* hn_t
     cdef floating* hd_t
     cdef Packed pk, pk_ih
+    cdef bint own
 
     if zw == NULL:
         zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
-    pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
-    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
+    own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
+    if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
+        pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
+        pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
     if rmask != NULL:
         # hds[0] = h0 * rmask: the first GEMM reads every thread's units
         for b in range(B if m > 0 else 0):
@@ -223,8 +227,9 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             zero_rows(y + t * B * H, n, B, H)
         fr_barrier_wait(bar, size)
 
-    release(&pk)
-    release(&pk_ih)
+    if own:
+        release(&pk)
+        release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -347,7 +352,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             rmask=None,                        # IN    (B, H) or None
             hds=None,                          # OUT   (T, B, H) ((2, B, H) if eval) with rmask
             zoneout=None,                      # IN    (T, B, H) or None
-            double zoneout_p=0):
+            double zoneout_p=0,
+            PackedWeights prepacked=None):
     """GRU forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
     Parameters
@@ -375,6 +381,9 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
         Zoneout weights of h: h_t = zoneout h_{t-1} + (1 - zoneout) h~_t.
     zoneout_p : float
         The one zoneout weight of every unit when zoneout is None (0: no zoneout).
+    prepacked : PackedWeights, optional
+        ``prepack(w_ih, w_hh, G, n)`` of exactly these weights: used when it was packed for
+        this call's team, else the call packs its own.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
@@ -388,6 +397,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.hns = &hns[0, 0, 0]
     o.hw = &hw[0, 0]
     o.h_n = &h_n[0, 0]
+    if prepacked is not None:  # from prepack(w_ih, w_hh, ...) of these weights
+        o.prepacked = &prepacked.pp
     cdef const floating[:, ::1] rmask_v
     cdef floating[:, :, ::1] hds_v
     cdef const floating[:, :, ::1] zoneout_v
@@ -1190,3 +1201,4 @@ cdef int gru_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
     o.dw_ih = dw_ih
     o.dw_hh = dw_hh
     return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)
+include "_prepack.pxi"

@@ -27,6 +27,7 @@ from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, 
                       steps_per_chunk, thread_units, weight_grad)
 from _layernorm cimport (col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, run_end,
                          share_rows, zero_cols)
+from _prepack cimport take_prepacked
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
@@ -278,11 +279,14 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* hd_next
     cdef floating* a_t
     cdef Packed pk, pk_ih
+    cdef bint own
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
-    pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
-    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
+    own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
+    if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
+        pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
+        pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
     if not all_cs:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
@@ -347,8 +351,9 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
                 zero_rows(c_cur, n, B, H)
         fr_barrier_wait(bar, size)
 
-    release(&pk)
-    release(&pk_ih)
+    if own:
+        release(&pk)
+        release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -501,7 +506,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             const floating[:, :, ::1] zoneout_h=None,     # IN    (T, B, H) or (1, B, H)
             const floating[:, :, ::1] zoneout_c=None,     # IN    (T, B, H) or (1, B, H)
             floating[:, :, ::1] cnew=None,                # OUT   (T, B, H), inference (1, B, H)
-            bint cell_states=False):
+            bint cell_states=False,
+            PackedWeights prepacked=None):
     """LSTM forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
     Parameters
@@ -531,6 +537,9 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
         Written with c_t before zoneout; ``zoneout_c`` needs it.
     cell_states : bool, default=False
         ``cs`` is (T, B, H) even in inference and gets zeros on the rows past each length.
+    prepacked : PackedWeights, optional
+        ``prepack(w_ih, w_hh, G, n)`` of exactly these weights: used when it was packed for
+        this call's team, else the call packs its own.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     if gates.shape[0] < (T if training else ring_steps(T, B)):
@@ -550,6 +559,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     o.cs = &cs[0, 0, 0]
     o.h_n = &h_n[0, 0]
     o.c_n = &c_n[0, 0]
+    if prepacked is not None:  # from prepack(w_ih, w_hh, ...) of these weights
+        o.prepacked = &prepacked.pp
     o.cell_states = cell_states
     if w_peephole is not None:
         o.w_peephole = &w_peephole[0, 0]
@@ -1479,3 +1490,4 @@ cdef int lstm_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t 
     o.dw_ih = dw_ih
     o.dw_hh = dw_hh
     return _c_backward(&o, dh_n, dc_n, reserve, db_ih, db_hh, workspace, n_threads)
+include "_prepack.pxi"

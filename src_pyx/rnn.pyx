@@ -20,6 +20,7 @@ from _activations cimport drelu, dtanh, relu, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, pack_nn, pack_nt, pack_nt_k, project_steps,
                       recurrent_nn, recurrent_nt, release, steps_per_chunk, thread_units,
                       weight_grad)
+from _prepack cimport take_prepacked
 from _ops cimport RNNOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_cpu_level, fr_rgemm_pick
@@ -141,13 +142,16 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* y_t
     cdef floating* hd_t
     cdef Packed pk, pk_ih
+    cdef bint own
 
     if zw == NULL:
         zw = &zp
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
-    pack_nt(&pk, ISA, H, j0, j1, 1, w_hh)
-    pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 1, w_ih)
+    own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
+    if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
+        pack_nt(&pk, ISA, H, j0, j1, 1, w_hh)
+        pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 1, w_ih)
     if rmask != NULL:
         # hds[0] = h0 * rmask: the first GEMM reads every thread's units
         for b in range(B if m > 0 else 0):
@@ -189,8 +193,9 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             memset(y_t + b * H + j0, 0, m * sizeof(floating))
         fr_barrier_wait(bar, size)
 
-    release(&pk)
-    release(&pk_ih)
+    if own:
+        release(&pk)
+        release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))
@@ -310,7 +315,8 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
             hds=None,                          # OUT   (T, B, H) ((2, B, H) if eval) with rmask
             zoneout=None,                      # IN    (T, B, H) or None
             double zoneout_p=0,
-            acts=None):                        # OUT   (T, B, H) with zoneout in training
+            acts=None,                         # OUT   (T, B, H) with zoneout in training
+            PackedWeights prepacked=None):
     """Elman RNN forward over all T steps (T, B >= 1; arrays validated by fastrnn.functional).
 
     Parameters
@@ -336,12 +342,17 @@ def forward(const floating[:, :, ::1] x,       # IN    (T, B, I)
     zoneout_p : float
         The one zoneout weight of every unit when zoneout is None (0: no zoneout).
     acts : ndarray of shape (T, B, H), written; with zoneout in training only
+    prepacked : PackedWeights, optional
+        ``prepack(w_ih, w_hh, G, n)`` of exactly these weights: used when it was packed for
+        this call's team, else the call packs its own.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef RNNOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                          &batch_sizes[0], &y[0, 0, 0], use_relu)
     o.bias = &bias[0]
     o.h_n = &h_n[0, 0]
+    if prepacked is not None:  # from prepack(w_ih, w_hh, ...) of these weights
+        o.prepacked = &prepacked.pp
     o.training = training
     cdef const floating[:, ::1] rmask_v
     cdef floating[:, :, ::1] hds_v, acts_v
@@ -522,3 +533,4 @@ cdef int rnn_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
     o.dw_ih = dw_ih
     o.dw_hh = dw_hh
     return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)
+include "_prepack.pxi"

@@ -76,6 +76,15 @@ def test_bad_arguments(bad):
         main(bad)
 
 
+def test_inference_mode_runs(capsys):
+    from fastrnn.bench.__main__ import main
+
+    argv = ["--inference", "--cells", "lstm,gru", "--configs", "4x2x8x16", "--repeats", "1"]
+    assert main([*argv, "--min-time", "0.001", "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "fastrnn-int8" in out and "lstm 4x2x8x16" in out and "Streaming step" in out
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("T", [1, 5])
 def test_plain_numpy_matches_the_reference(cell, T):

@@ -337,6 +337,18 @@ def test_mismatched_model_or_optimizer(tmp_path):
         load_checkpoint(no_opt, _model(0), Adam(_model(0).parameters()))
 
 
+def test_read_extra_without_a_model(tmp_path):
+    import fastrnn
+    from fastrnn.checkpoint import read_extra
+
+    path = tmp_path / "c.npz"
+    fastrnn.save_checkpoint(path, fastrnn.nn.Linear(2, 3, seed=0), sizes={"h": 4}, chars="ab")
+    assert read_extra(path) == {"sizes": {"h": 4}, "chars": "ab"}
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a fastrnn checkpoint"):
+        read_extra(tmp_path / "bad.npz")
+
+
 # -------------------------------------------------------------------------------------------------
 # damaged checkpoints: pickled, malformed and missing entries, path errors
 # -------------------------------------------------------------------------------------------------

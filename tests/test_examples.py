@@ -88,7 +88,8 @@ def test_digits(example, capsys):
     summary = example("digits").main(["--quick", "--epochs", "1"])
     assert summary["n_train"] + summary["n_test"] == 300
     assert 0.0 <= summary["test_accuracy"] <= 1.0
-    assert "test" in capsys.readouterr().out
+    assert 0.0 <= summary["test_accuracy_int8"] <= 1.0
+    assert "int8 weights" in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -170,3 +171,25 @@ def test_seed_claims_reversal_task(example):
         assert list(tgt_out[:n, b]) == list(src[:n, b][::-1])
         assert tgt_out[n, b] == sc.EOS_E and (tgt_out[n + 1 :, b] == -100).all()
         assert list(tgt_in[1 : n + 1, b]) == list(tgt_out[:n, b])
+
+
+def test_generate_streams_what_char_lm_samples(example, tmp_path, capsys):
+    """generate.py's LSTM.step loop samples the text char_lm.py's whole-forward loop samples."""
+    char_lm = example("char_lm")
+    path = tmp_path / "model.npz"
+    char_lm.main(["--quick", "--steps", "3", "--sample-len", "1", "--save", str(path)])
+    gen = example("generate")
+    summary = gen.main(["--checkpoint", str(path), "--length", "40", "--seed", "5"])
+    assert len(summary["text"]) == len("ROMEO:\n") + 40
+    assert summary["ms_per_char"] > 0
+    model, chars, extra = gen.load_model(path)
+    assert extra["quick"] is True
+    expected = char_lm.sample(model, chars, "ROMEO:\n", 40, 0.8, np.random.default_rng(5))
+    assert summary["text"] == expected
+    assert "ms/char" in capsys.readouterr().out
+
+
+def test_generate_trains_a_quick_model_without_a_checkpoint(example):
+    summary = example("generate").main(["--length", "5", "--train-steps", "1", "--evaluate"])
+    assert len(summary["text"]) == len("ROMEO:\n") + 5
+    assert abs(summary["val_loss_int8"] - summary["val_loss_float32"]) < 0.03

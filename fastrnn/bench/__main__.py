@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--inference" in argv:  # its own options: fastrnn.bench.inference
+        from fastrnn.bench import inference
+
+        return inference.main([a for a in argv if a != "--inference"])
     args = build_parser().parse_args(argv)
     if args.plot:
         try:

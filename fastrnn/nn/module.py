@@ -39,7 +39,11 @@ class Parameter:
     Attributes
     ----------
     data : ndarray
-        The current value.
+        The current value. Layers in eval mode keep their weights packed for the kernels
+        between calls and re-pack them after ``p.data = new``, an optimizer step,
+        ``load_state_dict`` or a checkpoint load; after writing into ``p.data`` in place
+        yourself (``p.data[...] = v``, ``p.data *= 2``), call the layer's
+        ``flatten_parameters()`` before its next eval-mode call.
     grad : ndarray or None
         The accumulated gradient, same shape and dtype as ``data``; ``None`` until a backward pass
         writes one (or after ``zero_grad(set_to_none=True)``). Write it by assignment
@@ -50,11 +54,12 @@ class Parameter:
     """
 
     __slots__ = (
+        "_data",
         "_grad",
         "_grad_written",
         "_post_accumulate_grad_hooks",
         "_used_by",
-        "data",
+        "_version",
         "requires_grad",
     )
 
@@ -62,6 +67,7 @@ class Parameter:
         data = np.asarray(data)
         if data.dtype not in (np.float32, np.float64):
             raise TypeError(f"Parameter data must be float32 or float64, got dtype {data.dtype}")
+        self._version = 0
         self.data = np.ascontiguousarray(data)
         self.requires_grad = bool(requires_grad)
         self._grad: np.ndarray | None = None
@@ -70,6 +76,21 @@ class Parameter:
         self._used_by: str | None = None
         self._grad_written = False
         self._post_accumulate_grad_hooks: dict[int, Callable[[Parameter], None]] | None = None
+
+    @property
+    def data(self) -> np.ndarray:
+        """The current value."""
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._data = value
+        self._version += 1
+
+    def _bump_version(self) -> None:
+        """Say that ``data`` changed in place: layers re-pack their weights before their next
+        forward (optimizers, ``load_state_dict`` and checkpoint loads call it)."""
+        self._version += 1
 
     @property
     def grad(self) -> np.ndarray | None:
@@ -346,6 +367,7 @@ class Module:
             raise ValueError(f"load_state_dict for {type(self).__name__}: " + "; ".join(bad))
         for k, v in values.items():
             params[k].data[...] = v
+            params[k]._bump_version()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.forward(*args, **kwargs)

@@ -25,9 +25,19 @@ from fastrnn.cells import Cell
 from fastrnn.nn._checks import as_real_array, check_float_dtype
 from fastrnn.nn.blocks import _no_cache_error
 from fastrnn.nn.module import Module, Parameter
-from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
+from fastrnn.stack import StackConfig, _noise, default_init, stack_backward, stack_forward
 
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
+
+
+class _PackCache(dict):
+    """suffix -> (w_ih Parameter, w_hh Parameter, their versions, packs dict): the kernels'
+    packed weights of each layer and direction. Copies and pickles start empty (the packed
+    buffers are the kernels' own objects, re-made on the next forward)."""
+
+    def __reduce__(self):
+        return (_PackCache, ())
+
 
 #: What forward returns as the final state (and backward as the initial-state gradient):
 #: one array, or a tuple (h, c) for LSTM.
@@ -138,7 +148,40 @@ class RNNBase(Module):
         return 0 if self._cache is None else self._cache[0].nbytes
 
     def flatten_parameters(self) -> None:
-        """No-op, for drop-in use of code written for PyTorch (the weights are always flat)."""
+        """Drop the weights packed for the kernels: the next forward re-packs them.
+
+        In eval mode the layer packs its weights once and re-packs them only when they change
+        through fastrnn (``p.data = new``, an optimizer step, ``load_state_dict``, a checkpoint
+        load); training-mode forwards pack per call. Call this after writing into a
+        parameter's ``data`` in place by hand, before the next eval-mode call. (PyTorch's name;
+        code written for PyTorch that calls it keeps working.)
+        """
+        self.__dict__["_packed"] = _PackCache()
+
+    def _weight_packs(self) -> dict[str, dict] | None:
+        """The ``packs`` dict of each layer and direction, emptied where a weight changed.
+
+        Used by eval-mode forwards and steps only: training code edits weights in place more
+        often (initialisation, finite differences), and its weights change at every step."""
+        if self.backend != "cython":
+            return None
+        cache = self.__dict__.get("_packed")
+        if cache is None:
+            cache = self.__dict__["_packed"] = _PackCache()
+        out = {}
+        for names in self._all_weights:
+            sfx = names[0][len("weight_ih") :]
+            w_ih, w_hh = self._parameters["weight_ih" + sfx], self._parameters["weight_hh" + sfx]
+            entry = cache.get(sfx)
+            if (
+                entry is None
+                or entry[0] is not w_ih
+                or entry[1] is not w_hh
+                or entry[2] != (w_ih._version, w_hh._version)
+            ):
+                entry = cache[sfx] = (w_ih, w_hh, (w_ih._version, w_hh._version), {})
+            out[sfx] = entry[3]
+        return out
 
     # -- forward / backward --------------------------------------------------------------------
     def _state_shape(self, batch: int | None, which: str) -> tuple[int, ...]:
@@ -246,6 +289,7 @@ class RNNBase(Module):
             lengths=lengths,
             training=self.training,
             generator=self.generator,
+            packs=None if self.training else self._weight_packs(),
         )
         self._cache = (cache, y.shape, unbatched) if self.training else None
         y, *cs = (self._from_time_major(a, unbatched) for a in (y, *cs))
@@ -332,6 +376,109 @@ class RNNBase(Module):
             dh0 = dh0[:, 0]
             dc0 = None if dc0 is None else dc0[:, 0]
         return dx, dh0 if dc0 is None else (dh0, dc0)
+
+    # -- streaming -----------------------------------------------------------------------------
+    def step(self, x: Any, state: Any = None) -> tuple[np.ndarray, State]:
+        """Advance every layer by one time step (or a short chunk of steps), for streaming.
+
+        Feeding a sequence through ``step`` piece by piece, each call given the state the
+        previous one returned, gives the outputs and final state of one :meth:`forward` over
+        the whole sequence, bit for bit. ``step`` is inference: it applies no dropout and keeps
+        nothing for :meth:`backward`, in training mode too: zoneout acts as in eval (its
+        expectation) and recurrent dropout not at all. It skips what a step does not need
+        (``lengths``, the direction split, the stack's re-validation of every weight), so a
+        call with B = 1 costs little more than its arithmetic.
+
+        Parameters
+        ----------
+        x : array_like of shape (B, input_size), or a chunk (K, B, input_size)
+            One step of a batch of streams, or K steps, time-major ((B, K, input_size) with
+            ``batch_first``). Converted to the layer's dtype.
+        state : array_like of shape (L, B, R), a tuple ``(h, c)`` for LSTM, or None
+            The state the previous call returned (``h``: (L, B, R), ``c``: (L, B, H)); None
+            (or a None member of the LSTM tuple) for zeros, the start of the streams.
+
+        Returns
+        -------
+        y : ndarray of shape (B, R), or (K, B, R) for a chunk ((B, K, R) with batch_first)
+            The last layer's output at the step(s).
+        state : ndarray of shape (L, B, R), or a tuple ``(h, c)`` for LSTM
+            The state after the last step; pass it to the next call.
+
+        Raises
+        ------
+        ValueError
+            For a bidirectional layer (its reverse direction starts from the end of the
+            sequence, which a stream has not seen), or when a shape is wrong (naming it).
+        """
+        if self.bidirectional:
+            raise ValueError(
+                f"{type(self).__name__}.step needs a unidirectional layer: the reverse direction "
+                "of a bidirectional layer reads each sequence from its end, which a stream has "
+                "not seen yet; call forward on whole sequences instead"
+            )
+        dt = self.dtype
+        x = as_real_array(x, "x", dt)
+        if x.ndim == 2:
+            xt = x[None]
+        elif x.ndim == 3:
+            xt = x.transpose(1, 0, 2) if self.batch_first else x
+        else:
+            raise ValueError(
+                "x must be 2-D (B, input_size) for one step or 3-D (K, B, input_size) for a "
+                f"chunk ((B, K, input_size) with batch_first); got shape {x.shape}"
+            )
+        if x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have input_size={self.input_size} features in its last axis, "
+                f"got shape {x.shape}"
+            )
+        batch = xt.shape[1]
+        h0, c0 = self._split_state(state, "state")
+        plan = self.__dict__.get("_step_plan")
+        if plan is None:  # what does not change from call to call
+            cfg = self._config
+            args = [(p.arg, p.name) for p in cfg.params()]
+            plan = self.__dict__["_step_plan"] = (
+                cfg.spec.functions(cfg.backend)[0],
+                # eval's options: the expectation of zoneout, no recurrent dropout mask; the
+                # cell states of return_cell_states are not a step's output (c is in the state)
+                {
+                    **{
+                        k: v
+                        for k, v in cfg.spec.functional_options(cfg.options).items()
+                        if k != "return_cell_states"
+                    },
+                    **_noise(cfg, 0, 0, False, None, np.dtype(dt)),
+                },
+                [[(a, f"{n}_l{k}") for a, n in args] for k in range(cfg.num_layers)],
+                {w: cfg.state_width(w) for w in cfg.spec.states},
+            )
+        fwd, options, layer_args, widths = plan
+        init = []
+        for given, which in zip((h0, c0), widths, strict=False):
+            want = (self.num_layers, batch, widths[which])
+            if type(given) is np.ndarray and given.dtype == dt and given.shape == want:
+                init.append(given)  # the previous call's state: nothing to check or convert
+            else:
+                init.append(self._as_state(given, which, which, batch))
+        inp = xt
+        finals: list[list[np.ndarray]] = [[] for _ in init]
+        packs = None if self.training else self._weight_packs()
+        params = self._parameters
+        for layer, names in enumerate(layer_args):
+            kw = {a: params[n].data for a, n in names}
+            if packs is not None:
+                kw["packs"] = packs[f"_l{layer}"]
+            states = [None if s is None else s[layer] for s in init]
+            inp, *outs, _ = fwd(inp, *states, training=False, **kw, **options)
+            for f, s in zip(finals, outs, strict=True):
+                f.append(s)
+        h_n, *others = (np.stack(f) for f in finals)
+        y = inp[0] if x.ndim == 2 else inp
+        if x.ndim == 3 and self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n if not others else (h_n, others[0])
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -249,6 +249,7 @@ class Optimizer:
                 self._update(
                     data.reshape(-1), grad.reshape(-1), state, group, self._workspace(data)
                 )
+                p._bump_version()  # packed copies of it (the layers') are stale now
         return loss
 
     def _check_gradients_written(self) -> None:

@@ -1,0 +1,479 @@
+"""int8 dynamic quantization for inference: :func:`quantize_dynamic` (PyTorch's name).
+
+A quantized layer keeps each weight matrix as int8 with one float32 scale per output channel
+(a row of ``W``: ``w ~ scale[n] * q[n, k]``, ``scale = max|W[n]| / 127``), packed once for the
+integer GEMMs (``src_pyx/_qgemm.h``). At each call it quantizes the activations on the fly,
+one scale per row (each step's ``x_t`` and ``h_{t-1}`` of each sequence), runs the GEMMs in
+integers (AVX-512 VNNI's ``vpdpbusd`` where the CPU has it, portable C elsewhere: the same
+integers, the same float32 epilogue, so the two agree bit for bit), and keeps the biases and
+the gate math in float32. Outputs are float32.
+
+Inference only: a quantized module has no parameters to train (an optimizer built over the
+model does not see it) and its ``backward`` raises ``RuntimeError``; ``train()`` only sets the
+flag (so that code which switches a model between modes keeps working), and the forward is the
+same in either mode (no dropout). Its int8 weights, scales and biases are saved and loaded by
+:mod:`fastrnn.checkpoint` like parameters (about 4x smaller than float32 on disk and in
+memory).
+
+What is quantized: :class:`~fastrnn.RNN` (tanh, relu), :class:`~fastrnn.LSTM` and
+:class:`~fastrnn.GRU` (PyTorch's reset-after GRU), and :class:`~fastrnn.nn.Linear`. Layers the
+integer kernels do not cover (an LSTM with ``proj_size``, ``peephole`` or
+``return_cell_states``, a reset-before GRU, layer norm, zoneout, the NumPy backend) keep
+their float32 weights and run the float32 kernels; their ``repr`` says ``float32`` and why.
+
+``FASTRNN_QUANT_ISA=c`` (or :func:`set_quantized_isa`) forces the portable path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+
+from fastrnn.nn.blocks import Linear
+from fastrnn.nn.module import Module
+from fastrnn.nn.rnn import RNNBase
+
+__all__ = [
+    "QuantizedLinear",
+    "QuantizedRNNBase",
+    "get_quantized_isa",
+    "quantize_dynamic",
+    "set_quantized_isa",
+]
+
+
+def _kernels():
+    from fastrnn._kernels import quant
+
+    return quant
+
+
+def set_quantized_isa(isa: str) -> None:
+    """Choose the integer GEMMs: ``"vnni"`` (AVX-512 VNNI) or ``"c"`` (portable).
+
+    Raises
+    ------
+    ValueError
+        For another name, or ``"vnni"`` on a CPU without AVX-512 VNNI.
+    """
+    q = _kernels()
+    if isa not in ("vnni", "c"):
+        raise ValueError(f"isa must be 'vnni' or 'c', got {isa!r}")
+    if isa == "vnni" and not q.vnni_available():
+        raise ValueError("isa='vnni' needs a CPU with AVX-512 VNNI; this one has none")
+    q._set_isa(1 if isa == "vnni" else 0)
+
+
+def get_quantized_isa() -> str:
+    """``"vnni"`` or ``"c"``: the integer GEMMs in use."""
+    return "vnni" if _kernels()._get_isa() == 1 else "c"
+
+
+def _init_isa() -> None:
+    env = os.environ.get("FASTRNN_QUANT_ISA", "").strip().lower()
+    if env:
+        set_quantized_isa(env)
+
+
+_init_isa_done = False
+
+
+def _ensure_isa() -> None:
+    global _init_isa_done
+    if not _init_isa_done:
+        _init_isa()
+        _init_isa_done = True
+
+
+def _round16(n: int) -> int:
+    return (n + 15) // 16 * 16
+
+
+def _quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 rows and their float32 scales: ``w ~ scale[:, None] * q``."""
+    w = np.asarray(w, np.float64)
+    amax = np.abs(w).max(axis=1) if w.shape[1] else np.zeros(w.shape[0])
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+class _Packed:
+    """One int8 weight (N, K) packed for the kernels, N padded to Np (per-gate with ``gates``)."""
+
+    __slots__ = ("K", "Kp", "N", "Np", "colsum", "data", "scale")
+
+    def __init__(self, q: np.ndarray, scale: np.ndarray, gates: int = 1, pad_k: int | None = None):
+        N, K = q.shape
+        H = N // gates
+        Hp = _round16(H)
+        Kp = pad_k if pad_k is not None else (K + 3) // 4 * 4
+        # each gate's H rows padded to Hp (zeros), K padded to Kp (zeros)
+        qp = np.zeros((gates * Hp, Kp), np.int8)
+        sp = np.zeros(gates * Hp, np.float32)
+        for g in range(gates):
+            qp[g * Hp : g * Hp + H, :K] = q[g * H : (g + 1) * H]
+            sp[g * Hp : g * Hp + H] = scale[g * H : (g + 1) * H]
+        self.N, self.K, self.Np, self.Kp = N, K, gates * Hp, Kp
+        self.data = np.empty(self.Np * Kp, np.int8)
+        self.colsum = np.empty(self.Np, np.int32)
+        _kernels().pack(qp, self.data, self.colsum)
+        self.scale = sp
+
+    def matmul(self, x: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """``(M, K)`` float32 rows -> ``(M, Np)`` float32: x quantized per row, then the GEMM."""
+        q = _kernels()
+        M = x.shape[0]
+        xq = np.empty((M, self.Kp), np.uint8)
+        xs = np.empty(M, np.float32)
+        q.quantize_rows(np.ascontiguousarray(x, np.float32), xq, xs)
+        out = np.empty((M, self.Np), np.float32)
+        q.gemm(xq, xs, self.data, self.colsum, self.scale, bias, out)
+        return out
+
+
+def _pad_gates(v: np.ndarray, gates: int) -> np.ndarray:
+    H = v.shape[0] // gates
+    Hp = _round16(H)
+    out = np.zeros(gates * Hp, np.float32)
+    for g in range(gates):
+        out[g * Hp : g * Hp + H] = v[g * H : (g + 1) * H]
+    return out
+
+
+class _QuantizedModule(Module):
+    """What the quantized modules share: int8 state as ``_buffers``, saved by checkpoints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "_buffers", {})
+
+    def named_buffers(self, prefix: str = ""):
+        for name, arr in self._buffers.items():
+            yield prefix + name, arr
+
+    def _set_buffers(self, arrays: dict[str, np.ndarray]) -> None:
+        self._buffers.update(arrays)
+        self._repack()
+
+    def _repack(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"{type(self).__name__} is a quantized module, for inference only: it has no "
+            "backward. Train the float32 model and quantize it afterwards."
+        )
+
+
+class QuantizedLinear(_QuantizedModule):
+    """:class:`~fastrnn.nn.Linear` with an int8 weight (per-output-channel scales).
+
+    Built by :func:`quantize_dynamic`; ``y = x W^T + b`` with x quantized per row.
+    """
+
+    def __init__(self, linear: Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        q, s = _quantize_weight(linear.weight.data)
+        buffers = {"weight_int8": q, "weight_scale": s}
+        if linear.bias is not None:
+            buffers["bias"] = linear.bias.data.astype(np.float32)
+        self._set_buffers(buffers)
+        self.training = False
+
+    def _repack(self) -> None:
+        b = self._buffers
+        self._packed = _Packed(b["weight_int8"], b["weight_scale"])
+        bias = b.get("bias")
+        self._bias = None
+        if bias is not None:
+            self._bias = np.zeros(self._packed.Np, np.float32)
+            self._bias[: self.out_features] = bias
+
+    def forward(self, x: Any) -> np.ndarray:
+        """``x`` (..., in_features) -> float32 (..., out_features)."""
+        _ensure_isa()
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x must have shape (..., in_features={self.in_features}), got {x.shape}"
+            )
+        lead = x.shape[:-1]
+        y = self._packed.matmul(x.reshape(-1, self.in_features), self._bias)
+        return np.ascontiguousarray(y[:, : self.out_features]).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+# cell name -> kernel code, for the cells (and options) the integer kernels cover
+def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
+    cfg = layer._config
+    if cfg.backend != "cython":
+        return None, "the numpy backend"
+    name = cfg.spec.name
+    # issue 11's cell features the integer kernels do not compute (recurrent dropout acts in
+    # training only, so an eval-mode int8 layer is the same function without it)
+    opts = cfg.options
+    for option, on in (
+        ("peephole", opts.get("peephole", False)),
+        ("layer_norm", opts.get("layer_norm", False)),
+        ("zoneout", any(q > 0 for q in opts.get("zoneout", ()))),
+        ("return_cell_states", opts.get("return_cell_states", False)),
+    ):
+        if on:
+            return None, f"{option} is not quantized"
+    if name == "rnn":
+        return (0 if cfg.options["nonlinearity"] == "tanh" else 1), ""
+    if name == "lstm":
+        if cfg.options["proj_size"]:
+            return None, "proj_size is not quantized"
+        return 2, ""
+    if name == "gru":
+        if not cfg.options["reset_after"]:
+            return None, "reset_after=False is not quantized"
+        return 3, ""
+    return None, f"{cfg.spec.title} is not quantized"
+
+
+# Multiply-adds of one step's recurrent GEMM, B * G * H * H, below which the loop runs on one
+# thread: a step of B = 1, H = 256 (LSTM, 2.6e5) took 49 us on one thread and 245 us on two
+# (median, shared 2-core machine): the per-step barrier costs more than the split saves.
+_MIN_STEP_WORK_TEAM = 1 << 20
+
+
+def _team(B: int, G: int, H: int, n: int) -> int:
+    return 1 if B * G * H < _MIN_STEP_WORK_TEAM else n
+
+
+class QuantizedRNNBase(_QuantizedModule):
+    """An RNN/LSTM/GRU with int8 weights, built by :func:`quantize_dynamic`.
+
+    ``forward(x, hx)`` and ``step(x, state)`` as the float layer's (:meth:`fastrnn.RNN.forward`,
+    :meth:`fastrnn.RNN.step`) but for ``lengths``; outputs are float32.
+    """
+
+    def __init__(self, layer: RNNBase) -> None:
+        super().__init__()
+        code, why = _cell_code(layer)
+        self._float = None
+        self._code = code
+        self._why = why
+        self._cls = type(layer).__name__
+        self.batch_first = layer.batch_first
+        self.input_size, self.hidden_size = layer.input_size, layer.hidden_size
+        self.num_layers, self.bidirectional = layer.num_layers, layer.bidirectional
+        self._config = layer._config
+        self.training = False
+        if code is None:  # float32 kernels, float32 weights (a copy, in eval mode)
+            self._float = copy.deepcopy(layer).eval()
+            self._float.requires_grad_(False)
+            return
+        buffers: dict[str, np.ndarray] = {}
+        for name in layer._flat_weights_names:
+            w = layer._parameters[name].data
+            if name.startswith("weight_"):
+                q, s = _quantize_weight(w)
+                buffers[name + "_int8"] = q
+                buffers[name + "_scale"] = s
+            else:
+                buffers[name] = w.astype(np.float32)
+        self._set_buffers(buffers)
+
+    def _repack(self) -> None:
+        cfg, b = self._config, self._buffers
+        G = cfg.spec.G
+        self._layers = []
+        for layer in range(cfg.num_layers):
+            dirs = []
+            for d in range(cfg.num_directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                H = cfg.hidden_size
+                Hp = _round16(H)
+                w_ih = _Packed(b["weight_ih" + sfx + "_int8"], b["weight_ih" + sfx + "_scale"], G)
+                w_hh = _Packed(
+                    b["weight_hh" + sfx + "_int8"], b["weight_hh" + sfx + "_scale"], G, pad_k=Hp
+                )
+                if cfg.bias:
+                    b_ih, b_hh = b["bias_ih" + sfx], b["bias_hh" + sfx]
+                else:
+                    b_ih = b_hh = np.zeros(G * H, np.float32)
+                b_hn = None
+                if self._code == 3:  # GRU: b_hn stays inside r * (W_hn h + b_hn)
+                    bx = b_ih.copy()
+                    bx[: 2 * H] += b_hh[: 2 * H]
+                    b_hn = np.zeros(Hp, np.float32)
+                    b_hn[:H] = b_hh[2 * H :]
+                else:
+                    bx = b_ih + b_hh
+                dirs.append((w_ih, w_hh, _pad_gates(bx, G), b_hn))
+            self._layers.append(dirs)
+
+    @property
+    def quantized(self) -> bool:
+        """Whether this layer runs the int8 kernels (else float32, see ``repr``)."""
+        return self._float is None
+
+    def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None):
+        """x (T, B, I) float32 contiguous; h0, c0 (L*D, B, H) -> y, h_n, c_n."""
+        from fastrnn._threads import get_num_threads
+
+        q = _kernels()
+        cfg = self._config
+        T, B, _ = x.shape
+        H, D = cfg.hidden_size, cfg.num_directions
+        hs, cs = [], []
+        inp = x
+        for layer, dirs in enumerate(self._layers):
+            outs = []
+            for d, (w_ih, w_hh, bx, b_hn) in enumerate(dirs):
+                idx = layer * D + d
+                xin = np.ascontiguousarray(inp[::-1] if d else inp).reshape(T * B, -1)
+                xq = np.empty((T * B, w_ih.Kp), np.uint8)
+                xs = np.empty(T * B, np.float32)
+                q.quantize_rows(xin, xq, xs)
+                gx = np.empty((T, B, w_ih.Np), np.float32)
+                y = np.empty((T, B, H), np.float32)
+                c = None if c0 is None else c0[idx].copy()
+                q.forward(
+                    xq,
+                    xs,
+                    w_ih.data,
+                    w_ih.colsum,
+                    w_ih.scale,
+                    bx,
+                    gx,
+                    w_hh.data,
+                    w_hh.colsum,
+                    w_hh.scale,
+                    b_hn,
+                    np.ascontiguousarray(h0[idx]),
+                    c,
+                    y,
+                    self._code,
+                    _team(B, len(bx), H, get_num_threads()),
+                )
+                hs.append(y[-1])
+                if c is not None:
+                    cs.append(c)
+                outs.append(y[::-1] if d else y)
+            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
+        return inp, np.stack(hs), (np.stack(cs) if c0 is not None else None)
+
+    def _states(self, hx: Any, B: int) -> tuple[np.ndarray, np.ndarray | None]:
+        cfg = self._config
+        LD = cfg.num_layers * cfg.num_directions
+        lstm = len(cfg.spec.states) == 2
+        h, c = (hx if hx is not None else (None, None)) if lstm else (hx, None)
+        out = []
+        for name, a in (("h", h), ("c", c))[: 2 if lstm else 1]:
+            if a is None:
+                out.append(np.zeros((LD, B, cfg.hidden_size), np.float32))
+                continue
+            a = np.asarray(a, np.float32)
+            if a.shape != (LD, B, cfg.hidden_size):
+                raise ValueError(
+                    f"{name} must have shape (num_layers * num_directions, batch, size) = "
+                    f"{(LD, B, cfg.hidden_size)}, got {a.shape}"
+                )
+            out.append(a)
+        return out[0], (out[1] if lstm else None)
+
+    def forward(self, x: Any, hx: Any = None, *, lengths: Any = None):
+        """As the float layer's forward, in float32 with int8 weights (no ``lengths``)."""
+        if self._float is not None:
+            return self._float(x, hx, lengths=lengths)
+        if lengths is not None:
+            raise ValueError("a quantized layer does not take lengths; run the float layer")
+        _ensure_isa()
+        x = np.asarray(x, np.float32)
+        if x.ndim != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have shape (T, B, input_size={self.input_size}) "
+                f"((B, T, input_size) with batch_first), got {x.shape}"
+            )
+        xt = x.transpose(1, 0, 2) if self.batch_first else x
+        T, B = xt.shape[:2]
+        h0, c0 = self._states(hx, B)
+        if T == 0 or B == 0:
+            y = np.zeros((T, B, self.hidden_size * self._config.num_directions), np.float32)
+            h_n, c_n = h0.copy(), None if c0 is None else c0.copy()
+        else:
+            y, h_n, c_n = self._run(np.ascontiguousarray(xt), h0, c0)
+        if self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, h_n if c_n is None else (h_n, c_n)
+
+    def step(self, x: Any, state: Any = None):
+        """One step (B, I) or a chunk (K, B, I) from ``state``: see :meth:`fastrnn.RNN.step`."""
+        if self._float is not None:
+            return self._float.step(x, state)
+        if self.bidirectional:
+            raise ValueError(f"{self._cls}.step needs a unidirectional layer")
+        x = np.asarray(x, np.float32)
+        if x.ndim == 2:
+            y, s = self.forward(x[:, None] if self.batch_first else x[None], state)
+            return (y[:, 0] if self.batch_first else y[0]), s
+        return self.forward(x, state)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self._float is not None:
+            return s + f", float32 ({self._why})"
+        return s + ", int8"
+
+    def __repr__(self) -> str:
+        return f"Quantized{self._cls}({self.extra_repr()})"
+
+
+def quantize_dynamic(model: Module, *, inplace: bool = False) -> Module:
+    """A copy of ``model`` whose recurrent and Linear layers run on int8 weights.
+
+    PyTorch's ``torch.ao.quantization.quantize_dynamic`` for fastrnn models: every
+    :class:`~fastrnn.RNN`, :class:`~fastrnn.LSTM`, :class:`~fastrnn.GRU` and
+    :class:`~fastrnn.nn.Linear` (``model`` itself or any descendant) is replaced by a
+    quantized module (module docstring); other modules are kept (copied).
+
+    Parameters
+    ----------
+    model : Module
+    inplace : bool, default=False
+        Replace the layers in ``model`` itself instead of a copy.
+
+    Returns
+    -------
+    Module
+        In eval mode, for inference only. Save and load it with
+        :func:`fastrnn.save_checkpoint` / :func:`fastrnn.load_checkpoint` (load into the
+        result of ``quantize_dynamic`` on a model of the same structure).
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a fastrnn Module, got {type(model).__name__}")
+    _ensure_isa()
+    if not inplace:
+        model = copy.deepcopy(model)
+    converted = _convert(model)
+    if converted is not None:
+        return converted
+    model.eval()
+    return model
+
+
+def _convert(m: Module) -> Module | None:
+    if isinstance(m, RNNBase):
+        return QuantizedRNNBase(m)
+    if isinstance(m, Linear):
+        return QuantizedLinear(m)
+    for name, child in list(m._modules.items()):
+        new = _convert(child)
+        if new is not None:
+            setattr(m, name, new)
+    return None

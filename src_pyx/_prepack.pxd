@@ -1,0 +1,32 @@
+# Weights packed once for the forward's micro-kernels and reused between calls, header-only.
+#
+# Each thread of a forward's team packs its columns of W_hh and W_ih (_blocks.pxd: pack_nt,
+# pack_nt_k) at the start of every call: 2 MB for an LSTM with I = H = 256, which costs more
+# than one step's arithmetic. A Prepacked holds those panels for every rank of a team of
+# `size` threads, packed by the cell module's prepack() (_prepack.pxi) with the same calls;
+# the forward's `prepacked` operand (NULL: pack per call) hands them to the loop, which uses
+# them when they were packed for its ISA, element size and team size, and packs its own
+# otherwise. Same panels, same arithmetic: the results are bitwise those of a per-call pack.
+
+from _blocks cimport Packed
+
+
+cdef struct Prepacked:
+    int isa          # micro-kernels they were packed for (the module's ISA then)
+    int size         # team size (0 until packed)
+    size_t elem      # sizeof(float) or sizeof(double)
+    int capacity     # slots in hh / ih
+    Packed* hh       # [capacity] rank r's panels of W_hh
+    Packed* ih       # [capacity] rank r's panels of W_ih
+
+
+cdef inline bint take_prepacked(const void* p, int isa, size_t elem, int size, int rank,
+                                Packed* pk, Packed* pk_ih) noexcept nogil:
+    """Copy rank's panels into pk / pk_ih if p fits this call (then the caller must not
+    release them); False: the caller packs its own."""
+    cdef const Prepacked* pp = <const Prepacked*> p
+    if pp == NULL or pp.isa != isa or pp.elem != elem or pp.size != size:
+        return False
+    pk[0] = pp.hh[rank]
+    pk_ih[0] = pp.ih[rank]
+    return True

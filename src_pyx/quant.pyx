@@ -1,0 +1,234 @@
+"""int8 dynamic quantization: the GEMMs of fastrnn.quantize_dynamic's layers (inference only).
+
+Legend: T steps, B batch rows, I input size, H hidden size, NG gate blocks (1 RNN, 4 LSTM,
+3 GRU), Hp = H rounded up to 16 (each gate block is padded to Hp outputs, so that a 16-wide
+block of outputs never straddles two gates), Ip = I rounded up to 4.
+
+Weights are int8 with one scale per output channel (row of W), packed once (_qgemm.h); an
+activation row (x_t of one sequence, h_{t-1} of one sequence) is quantized on the fly with one
+scale per row; the integer GEMM runs on AVX-512 VNNI (vpdpbusd) or portable C, and everything
+else (scales, biases, the gate math) is float32:
+    gx[t, b] = W_ih x_t + b_ih (+ b_hh but b_hn for the GRU)      all T*B rows at once
+    gh[b]    = W_hh h_{t-1}                                       per step
+    then the cell's gate pass of fastrnn.functional, on float32.
+"""
+
+from libc.stdint cimport int8_t, int32_t, uint8_t
+from libc.stdlib cimport free, malloc
+
+from _activations cimport sigmoid, tanh_
+from _parallel cimport fr_barrier, fr_barrier_wait, run_team
+from _blocks cimport thread_units
+
+cdef extern from "_qgemm.h" nogil:
+    int fr_qgemm_vnni_ok()
+    void fr_quantize_rows(Py_ssize_t M, Py_ssize_t K, const float* a, Py_ssize_t lda,
+                          Py_ssize_t Kp, uint8_t* q, float* s)
+    void fr_qpack(Py_ssize_t N, Py_ssize_t K, const int8_t* w, int8_t* p, int32_t* colsum)
+    void fr_qgemm(int isa, Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1, Py_ssize_t Kq,
+                  const uint8_t* a, Py_ssize_t lda, const float* sa, const int8_t* p,
+                  const int32_t* colsum, const float* sw, const float* bias, float* c,
+                  Py_ssize_t ldc, int add)
+
+# 1: AVX-512 VNNI, 0: portable C. Read by the kernels, written by _set_isa (fastrnn.quantization).
+cdef int ISA = fr_qgemm_vnni_ok()
+
+
+def vnni_available():
+    """Whether this CPU runs the AVX-512 VNNI path."""
+    return bool(fr_qgemm_vnni_ok())
+
+
+def _set_isa(int isa):
+    """1: AVX-512 VNNI (the caller checks vnni_available()), 0: portable C."""
+    global ISA
+    ISA = isa
+
+
+def _get_isa():
+    return ISA
+
+
+# --- packing and quantizing ----------------------------------------------------------------------
+def pack(const int8_t[:, ::1] w,      # IN  (N, K)
+         int8_t[::1] packed,          # OUT (ceil(N/16) * 16 * ceil(K/4) * 4,)
+         int32_t[::1] colsum):        # OUT (ceil(N/16) * 16,)
+    """Pack an int8 weight (N, K) for the GEMMs and write its column sums."""
+    with nogil:
+        fr_qpack(w.shape[0], w.shape[1], &w[0, 0], &packed[0], &colsum[0])
+
+
+def quantize_rows(const float[:, ::1] a,   # IN  (M, K)
+                  uint8_t[:, ::1] q,       # OUT (M, Kp), Kp >= K a multiple of 4
+                  float[::1] s):           # OUT (M,)
+    """Quantize each row of a to u8 (symmetric, + 128) with its own scale max|row| / 127."""
+    if a.shape[0] == 0:
+        return
+    with nogil:
+        fr_quantize_rows(a.shape[0], a.shape[1], &a[0, 0], a.shape[1], q.shape[1], &q[0, 0],
+                         &s[0])
+
+
+def gemm(const uint8_t[:, ::1] a,      # IN  (M, Kp) from quantize_rows
+         const float[::1] sa,          # IN  (M,)
+         const int8_t[::1] packed,     # IN  from pack, N outputs padded to Np
+         const int32_t[::1] colsum,    # IN  (Np,)
+         const float[::1] sw,          # IN  (Np,) per-output scales (0 for padding)
+         bias,                         # IN  (Np,) float32 or None
+         float[:, ::1] c):             # OUT (M, Np)
+    """c = (sa sw) * (a - 128) @ w^T + bias over the packed weight (a Linear layer)."""
+    cdef const float[::1] b
+    cdef const float* bp = NULL
+    cdef Py_ssize_t M = a.shape[0], Kq = a.shape[1] // 4, NB = c.shape[1] // 16
+    if bias is not None:
+        b = bias
+        bp = &b[0]
+    if M == 0:
+        return
+    with nogil:
+        fr_qgemm(ISA, M, 0, NB, Kq, &a[0, 0], a.shape[1], &sa[0], &packed[0], &colsum[0],
+                 &sw[0], bp, &c[0, 0], c.shape[1], 0)
+
+
+# --- the recurrent loop --------------------------------------------------------------------------
+cdef enum:
+    CELL_RNN_TANH = 0
+    CELL_RNN_RELU = 1
+    CELL_LSTM = 2
+    CELL_GRU = 3
+
+
+cdef struct QOps:
+    Py_ssize_t T, B, H, Hp, NG, Ip
+    int cell
+    const uint8_t* xq       # (T * B, Ip) x quantized per row (quantize_rows)
+    const float* xs         # (T * B,) its row scales
+    const int8_t* w_ih      # packed (NG * Hp outputs, Ip inputs)
+    const int32_t* cs_ih    # (NG * Hp,)
+    const float* sw_ih      # (NG * Hp,)
+    const float* bias       # (NG * Hp,) b_ih + b_hh (GRU: + [b_hr, b_hz, 0])
+    float* gx               # (T, B, NG * Hp) W_ih x_t + bias, written by the team
+    const int8_t* w_hh      # packed (NG * Hp outputs, Hp inputs)
+    const int32_t* cs_hh    # (NG * Hp,)
+    const float* sw_hh      # (NG * Hp,)
+    const float* b_hn       # (Hp,) GRU: b_hn (inside r * (.)); NULL otherwise
+    const float* h0         # (B, H)
+    const float* c0         # (B, H) LSTM
+    float* gh               # (B, NG * Hp) workspace
+    float* c                # (B, H) LSTM cell state, updated in place
+    float* y                # (T, B, H)
+
+
+cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
+                     float* tag) noexcept nogil:
+    cdef const QOps* op = <const QOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, H = op.H, Hp = op.Hp, NG = op.NG
+    cdef Py_ssize_t W = NG * Hp, Kq = Hp // 4
+    cdef Py_ssize_t t, b, j, g, j0, j1, nb0, nb1
+    cdef const float* h_prev
+    cdef const float* ax
+    cdef float* ah
+    cdef float* h
+    cdef float* cc
+    cdef float i_, f_, g_, o_, r_, z_, n_
+    cdef uint8_t* hq = <uint8_t*> malloc(B * Hp)
+    cdef float* hs = <float*> malloc(B * sizeof(float))
+    thread_units(H, size, rank, &j0, &j1)
+    nb0 = j0 // 16
+    nb1 = (j1 + 15) // 16
+    # gx = W_ih x + bias for all T * B rows, this thread's gate columns (only it reads them)
+    for g in range(NG if j1 > j0 else 0):
+        fr_qgemm(ISA, T * B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, op.Ip // 4, op.xq,
+                 op.Ip, op.xs, op.w_ih, op.cs_ih, op.sw_ih, op.bias, op.gx, W, 0)
+    for t in range(T):
+        h_prev = op.h0 if t == 0 else op.y + (t - 1) * B * H
+        # every thread quantizes all of h_{t-1} (B * H values) and computes its gate columns
+        fr_quantize_rows(B, H, h_prev, H, Hp, hq, hs)
+        for g in range(NG if j1 > j0 else 0):
+            fr_qgemm(ISA, B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, Kq, hq, Hp, hs,
+                     op.w_hh, op.cs_hh, op.sw_hh, NULL, op.gh, W, 0)
+        for b in range(B):
+            ax = op.gx + (t * B + b) * W
+            ah = op.gh + b * W
+            h = op.y + (t * B + b) * H
+            hp = h_prev + b * H
+            if op.cell == CELL_LSTM:
+                cc = op.c + b * H
+                for j in range(j0, j1):
+                    i_ = sigmoid(ax[j] + ah[j])
+                    f_ = sigmoid(ax[Hp + j] + ah[Hp + j])
+                    g_ = tanh_(ax[2 * Hp + j] + ah[2 * Hp + j])
+                    o_ = sigmoid(ax[3 * Hp + j] + ah[3 * Hp + j])
+                    cc[j] = f_ * cc[j] + i_ * g_
+                    h[j] = o_ * tanh_(cc[j])
+            elif op.cell == CELL_GRU:
+                for j in range(j0, j1):
+                    r_ = sigmoid(ax[j] + ah[j])
+                    z_ = sigmoid(ax[Hp + j] + ah[Hp + j])
+                    n_ = tanh_(ax[2 * Hp + j] + r_ * (ah[2 * Hp + j] + op.b_hn[j]))
+                    h[j] = (1 - z_) * n_ + z_ * hp[j]
+            elif op.cell == CELL_RNN_TANH:
+                for j in range(j0, j1):
+                    h[j] = tanh_(ax[j] + ah[j])
+            else:
+                for j in range(j0, j1):
+                    h[j] = max(ax[j] + ah[j], <float> 0)
+        fr_barrier_wait(bar, size)
+    free(hq)
+    free(hs)
+
+
+def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
+            const float[::1] xs,           # IN    (T * B,)
+            const int8_t[::1] w_ih,        # IN    packed (NG * Hp, Ip)
+            const int32_t[::1] cs_ih,      # IN    (NG * Hp,)
+            const float[::1] sw_ih,        # IN    (NG * Hp,)
+            const float[::1] bias,         # IN    (NG * Hp,)
+            float[:, :, ::1] gx,           # OUT   (T, B, NG * Hp) workspace
+            const int8_t[::1] w_hh,        # IN    packed (NG * Hp, Hp)
+            const int32_t[::1] cs_hh,      # IN    (NG * Hp,)
+            const float[::1] sw_hh,        # IN    (NG * Hp,)
+            b_hn,                          # IN    (Hp,) float32, GRU only, else None
+            const float[:, ::1] h0,        # IN    (B, H)
+            c,                             # INOUT (B, H) float32: c0 in, c_n out (LSTM); None
+            float[:, :, ::1] y,            # OUT   (T, B, H)
+            int cell,                      # 0 RNN tanh, 1 RNN relu, 2 LSTM, 3 GRU
+            int n_threads):
+    """A quantized layer over T >= 1 steps: the input GEMM of all steps, then the recurrence."""
+    cdef QOps o
+    cdef float[:, ::1] cv
+    cdef const float[::1] bv
+    cdef Py_ssize_t T = y.shape[0], B = y.shape[1], H = y.shape[2]
+    cdef Py_ssize_t NG = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+    cdef Py_ssize_t Hp = (H + 15) // 16 * 16
+    if (gx.shape[0] != T or gx.shape[1] != B or gx.shape[2] != NG * Hp
+            or cs_hh.shape[0] != NG * Hp or cs_ih.shape[0] != NG * Hp
+            or xq.shape[0] != T * B or xq.shape[1] % 4 != 0 or bias.shape[0] != NG * Hp):
+        raise ValueError("quant.forward: operands of inconsistent shapes")
+    gh = bytearray(B * NG * Hp * sizeof(float))
+    cdef float[::1] ghv = memoryview(gh).cast("B").cast("f")
+    o.T, o.B, o.H, o.Hp, o.NG, o.Ip, o.cell = T, B, H, Hp, NG, xq.shape[1], cell
+    o.xq = &xq[0, 0]
+    o.xs = &xs[0]
+    o.w_ih = &w_ih[0]
+    o.cs_ih = &cs_ih[0]
+    o.sw_ih = &sw_ih[0]
+    o.bias = &bias[0]
+    o.gx = &gx[0, 0, 0]
+    o.w_hh = &w_hh[0]
+    o.cs_hh = &cs_hh[0]
+    o.sw_hh = &sw_hh[0]
+    o.b_hn = NULL
+    o.c0 = NULL
+    o.c = NULL
+    if b_hn is not None:
+        bv = b_hn
+        o.b_hn = &bv[0]
+    if c is not None:
+        cv = c
+        o.c = &cv[0, 0]
+    o.h0 = &h0[0, 0]
+    o.gh = &ghv[0]
+    o.y = &y[0, 0, 0]
+    with nogil:
+        run_team(_loop_part, &o, H, n_threads)

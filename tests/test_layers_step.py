@@ -1,0 +1,151 @@
+"""RNNBase.step: streaming a sequence step by step (or chunk by chunk) equals one forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.cells import CELLS
+
+# every cell and variant of the registry, with and without the LSTM projection
+VARIANTS = (
+    [(cell, dict(options)) for cell in CELLS.values() for options in cell.variants.values()]
+    + [(CELLS["lstm"], {"proj_size": 3})]
+    + [(CELLS["gru"], {"reset_after": False})]
+)
+
+
+def _layer(cell, options, dtype, num_layers, **kw):
+    cls = getattr(fastrnn, cell.title)
+    return cls(5, 7, num_layers=num_layers, dtype=dtype, seed=3, **options, **kw).eval()
+
+
+def _random_state(layer, rng, B):
+    shapes = layer._config.state_shapes(B)
+    states = [rng.standard_normal(shapes[s]).astype(layer.dtype) for s in layer._config.spec.states]
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+def _assert_state_equal(a, b):
+    if isinstance(a, tuple):
+        assert len(a) == len(b)
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_array_equal(u, v)
+    else:
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("num_layers", [1, 3])
+@pytest.mark.parametrize(("cell", "options"), VARIANTS, ids=lambda v: getattr(v, "name", str(v)))
+def test_steps_equal_forward_bit_for_bit(cell, options, dtype, num_layers):
+    rng = np.random.default_rng(0)
+    layer = _layer(cell, options, dtype, num_layers)
+    T, B = 9, 4
+    x = rng.standard_normal((T, B, 5)).astype(dtype)
+    state0 = _random_state(layer, rng, B)
+    y_full, s_full = layer(x, state0)
+
+    # one step at a time
+    state, ys = state0, []
+    for t in range(T):
+        y, state = layer.step(x[t], state)
+        assert y.shape == y_full.shape[1:] and y.dtype == dtype
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(state, s_full)
+
+    # chunks of uneven sizes (K = 1, 3, 5)
+    state, ys = state0, []
+    for a, b in [(0, 1), (1, 4), (4, 9)]:
+        y, state = layer.step(x[a:b], state)
+        ys.append(y)
+    np.testing.assert_array_equal(np.concatenate(ys), y_full)
+    _assert_state_equal(state, s_full)
+
+
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_step_from_zero_state_and_batch_first(cell):
+    rng = np.random.default_rng(1)
+    layer = getattr(fastrnn, cell.title)(5, 7, num_layers=2, batch_first=True, seed=0)
+    x = rng.standard_normal((3, 6, 5)).astype(np.float32)  # (B, T, I)
+    y_full, s_full = layer.eval()(x)
+    y1, s = layer.step(x[:, :2])  # a batch-first chunk
+    y2, s = layer.step(x[:, 2], s)  # one step: (B, I)
+    y3, s = layer.step(x[:, 3:], s)
+    np.testing.assert_array_equal(np.concatenate([y1, y2[:, None], y3], axis=1), y_full)
+    _assert_state_equal(s, s_full)
+
+
+def test_step_in_training_mode_applies_no_dropout_and_keeps_nothing():
+    layer = fastrnn.LSTM(4, 6, num_layers=2, dropout=0.5, seed=0)
+    x = np.random.default_rng(2).standard_normal((5, 2, 4)).astype(np.float32)
+    layer.train()
+    y, _ = layer.step(x)
+    assert layer._cache is None
+    with pytest.raises(RuntimeError):
+        layer.backward(np.ones_like(y))
+    y_eval, _ = layer.eval()(x)
+    np.testing.assert_array_equal(y, y_eval)
+
+
+def test_step_refuses_bidirectional():
+    layer = fastrnn.GRU(4, 6, bidirectional=True, seed=0)
+    with pytest.raises(ValueError, match="unidirectional"):
+        layer.step(np.zeros((2, 4), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("x", "state", "match"),
+    [
+        (np.zeros(4), None, "x must be 2-D"),
+        (np.zeros((2, 3)), None, "input_size=4"),
+        (np.zeros((2, 4)), (np.zeros((2, 2, 6)), None), r"h must have shape .*\(1, 2, 6\)"),
+        (np.zeros((2, 4)), (None, np.zeros((1, 3, 6))), r"c must have shape"),
+    ],
+)
+def test_step_bad_input(x, state, match):
+    layer = fastrnn.LSTM(4, 6, seed=0)
+    with pytest.raises(ValueError, match=match):
+        layer.step(x, state)
+
+
+def test_step_state_type_is_checked():
+    with pytest.raises(TypeError, match="tuple"):
+        fastrnn.LSTM(4, 6, seed=0).step(np.zeros((1, 4)), np.zeros((1, 1, 6)))
+    with pytest.raises(TypeError, match="one array"):
+        fastrnn.GRU(4, 6, seed=0).step(np.zeros((1, 4)), (np.zeros((1, 1, 6)),))
+
+
+@pytest.mark.parametrize(
+    ("cls", "options"),
+    [
+        (fastrnn.LSTM, {"peephole": True}),
+        (fastrnn.LSTM, {"layer_norm": True}),
+        (fastrnn.LSTM, {"zoneout": (0.3, 0.1)}),
+        (fastrnn.LSTM, {"recurrent_dropout": 0.3}),
+        (fastrnn.LSTM, {"return_cell_states": True}),
+        (fastrnn.GRU, {"layer_norm": True}),
+        (fastrnn.GRU, {"zoneout": 0.2, "recurrent_dropout": 0.2}),
+        (fastrnn.RNN, {"zoneout": 0.2, "recurrent_dropout": 0.2}),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_steps_of_the_cell_features_equal_eval_forward(cls, options, mode):
+    """step is eval's forward with every cell feature: zoneout's expectation, no recurrent
+    dropout, and the cell states of return_cell_states left to the state's c."""
+    rng = np.random.default_rng(4)
+    layer = cls(5, 7, num_layers=2, seed=3, **options)
+    x = rng.standard_normal((6, 3, 5)).astype(np.float32)
+    state0 = _random_state(layer, rng, 3)
+    y_full, s_full = layer.eval()(x, state0)[:2]
+    if mode == "train":
+        layer.train()
+    state, ys = state0, []
+    for t in range(6):
+        y, state = layer.step(x[t], state)
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(state, s_full)

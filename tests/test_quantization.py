@@ -1,0 +1,260 @@
+"""fastrnn.quantization: int8 layers against a NumPy oracle of the same integer math, the
+VNNI and portable paths against each other, checkpoints, and the inference-only contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn._kernels import quant
+from fastrnn.quantization import (
+    QuantizedLinear,
+    QuantizedRNNBase,
+    get_quantized_isa,
+    quantize_dynamic,
+    set_quantized_isa,
+)
+
+ISAS = ["c"] + (["vnni"] if quant.vnni_available() else [])
+CELLS = [
+    (fastrnn.RNN, {"nonlinearity": "tanh"}),
+    (fastrnn.RNN, {"nonlinearity": "relu"}),
+    (fastrnn.LSTM, {}),
+    (fastrnn.GRU, {}),
+]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = get_quantized_isa()
+    set_quantized_isa(request.param)
+    yield request.param
+    set_quantized_isa(before)
+
+
+# --- a NumPy oracle of the quantized arithmetic ---------------------------------------------------
+def _q_weight(w):
+    amax = np.abs(w.astype(np.float64)).max(axis=1)
+    s = np.where(amax > 0, amax / 127.0, 1.0)
+    return np.clip(np.rint(w / s[:, None]), -127, 127).astype(np.int64), s.astype(np.float32)
+
+
+def _q_matmul(x, w):
+    """x (M, K) float32 quantized per row, times int8 w^T (per-row scales), in float32."""
+    qw, sw = _q_weight(w)
+    amax = np.abs(x).max(axis=1).astype(np.float32)
+    sa = np.where(amax > 0, amax / np.float32(127), np.float32(1))
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    qa = np.clip(np.rint(x * inv[:, None]), -127, 127).astype(np.int64)
+    return (sa[:, None] * sw[None, :]).astype(np.float32) * (qa @ qw.T).astype(np.float32)
+
+
+def _sig(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def _oracle(layer, x, h0, c0):
+    """The quantized layer's math in NumPy (float64 gate math), one direction per layer."""
+    cfg = layer._config
+    p = {n: layer._parameters[n].data for n in layer._flat_weights_names}
+    H, name = cfg.hidden_size, cfg.spec.name
+    inp = x
+    for k in range(cfg.num_layers):
+        sfx = f"_l{k}"
+        w_ih, w_hh = p["weight_ih" + sfx], p["weight_hh" + sfx]
+        b_ih, b_hh = p["bias_ih" + sfx], p["bias_hh" + sfx]
+        T, B, _ = inp.shape
+        gx = _q_matmul(inp.reshape(T * B, -1), w_ih).reshape(T, B, -1) + b_ih
+        h, c = h0[k], None if c0 is None else c0[k]
+        ys = []
+        for t in range(T):
+            gh = _q_matmul(h, w_hh)
+            if name == "lstm":
+                a = gx[t] + b_hh + gh
+                i, f, g, o = (
+                    _sig(a[:, :H]),
+                    _sig(a[:, H : 2 * H]),
+                    np.tanh(a[:, 2 * H : 3 * H]),
+                    _sig(a[:, 3 * H :]),
+                )
+                c = f * c + i * g
+                h = o * np.tanh(c)
+            elif name == "gru":
+                r = _sig(gx[t][:, :H] + b_hh[:H] + gh[:, :H])
+                z = _sig(gx[t][:, H : 2 * H] + b_hh[H : 2 * H] + gh[:, H : 2 * H])
+                n = np.tanh(gx[t][:, 2 * H :] + r * (gh[:, 2 * H :] + b_hh[2 * H :]))
+                h = (1 - z) * n + z * h
+            else:
+                a = gx[t] + b_hh + gh
+                h = np.tanh(a) if cfg.options["nonlinearity"] == "tanh" else np.maximum(a, 0)
+            h = h.astype(np.float32)
+            ys.append(h)
+        inp = np.stack(ys)
+    return inp
+
+
+@pytest.mark.parametrize(("cls", "options"), CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_quantized_layer_matches_the_integer_oracle_and_float32(cls, options, isa):
+    rng = np.random.default_rng(0)
+    layer = cls(20, 40, num_layers=2, seed=1, **options).eval()
+    x = rng.standard_normal((6, 3, 20)).astype(np.float32)
+    h0 = (0.5 * rng.standard_normal((2, 3, 40))).astype(np.float32)
+    c0 = (0.5 * rng.standard_normal((2, 3, 40))).astype(np.float32) if cls is fastrnn.LSTM else None
+    q = quantize_dynamic(layer)
+    assert isinstance(q, QuantizedRNNBase) and q.quantized and "int8" in repr(q)
+    y, _ = q(x, h0 if c0 is None else (h0, c0))
+    assert y.dtype == np.float32
+    # the oracle rounds x * (127 / amax) the same way, so the only differences are the float
+    # order of the gate math (float64 there): a few ulps, amplified by an occasional rounding
+    # flip of a quantized h in later steps
+    np.testing.assert_allclose(y, _oracle(layer, x, h0, c0), atol=2e-3)
+    y32, _ = layer(x, h0 if c0 is None else (h0, c0))
+    assert np.abs(y - y32).max() < 0.03 * max(1.0, np.abs(y32).max())
+
+
+@pytest.mark.skipif(len(ISAS) < 2, reason="this CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize(("cls", "options"), CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_vnni_and_portable_paths_agree_bit_for_bit(cls, options):
+    rng = np.random.default_rng(2)
+    q = quantize_dynamic(cls(37, 70, num_layers=2, bidirectional=True, seed=3, **options))
+    x = rng.standard_normal((9, 5, 37)).astype(np.float32)
+    before = get_quantized_isa()
+    try:
+        set_quantized_isa("vnni")
+        a = q(x)[0]
+        set_quantized_isa("c")
+        b = q(x)[0]
+    finally:
+        set_quantized_isa(before)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_linear(isa):
+    rng = np.random.default_rng(4)
+    lin = fastrnn.nn.Linear(33, 21, seed=0)
+    q = quantize_dynamic(lin)
+    assert isinstance(q, QuantizedLinear)
+    x = rng.standard_normal((4, 5, 33)).astype(np.float32)
+    y = q(x)
+    assert y.shape == (4, 5, 21)
+    expected = _q_matmul(x.reshape(20, 33), lin.weight.data) + lin.bias.data
+    np.testing.assert_allclose(y.reshape(20, 21), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="in_features=33"):
+        q(np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN])
+def test_step_equals_forward(cls):
+    rng = np.random.default_rng(5)
+    q = quantize_dynamic(cls(8, 24, num_layers=2, seed=0))
+    x = rng.standard_normal((5, 2, 8)).astype(np.float32)
+    y_full, s_full = q(x)
+    s, ys = None, []
+    for t in range(5):
+        y, s = q.step(x[t], s)
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    for a, b in zip(
+        s if isinstance(s, tuple) else (s,),
+        s_full if isinstance(s, tuple) else (s_full,),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bidirectional_and_batch_first():
+    rng = np.random.default_rng(6)
+    layer = fastrnn.GRU(6, 16, bidirectional=True, batch_first=True, seed=0).eval()
+    q = quantize_dynamic(layer)
+    x = rng.standard_normal((3, 7, 6)).astype(np.float32)
+    y, h = q(x)
+    y32, h32 = layer(x)
+    assert y.shape == y32.shape and h.shape == h32.shape
+    assert np.abs(y - y32).max() < 0.03
+    assert np.abs(h - h32).max() < 0.03
+
+
+@pytest.mark.parametrize(
+    ("layer", "why"),
+    [
+        (fastrnn.LSTM(4, 8, proj_size=3, seed=0), "proj_size"),
+        (fastrnn.GRU(4, 8, reset_after=False, seed=0), "reset_after=False"),
+        (fastrnn.LSTM(4, 8, backend="numpy", seed=0), "numpy"),
+        # issue 11's cell features: never int8 math that silently leaves the feature out
+        (fastrnn.LSTM(4, 8, peephole=True, seed=0), "peephole"),
+        (fastrnn.LSTM(4, 8, layer_norm=True, seed=0), "layer_norm"),
+        (fastrnn.GRU(4, 8, layer_norm=True, seed=0), "layer_norm"),
+        (fastrnn.LSTM(4, 8, zoneout=(0.2, 0.0), seed=0), "zoneout"),
+        (fastrnn.GRU(4, 8, zoneout=0.2, seed=0), "zoneout"),
+        (fastrnn.RNN(4, 8, zoneout=0.2, seed=0), "zoneout"),
+        (fastrnn.LSTM(4, 8, return_cell_states=True, seed=0), "return_cell_states"),
+    ],
+)
+def test_uncovered_variants_run_float32_and_say_so(layer, why):
+    q = quantize_dynamic(layer)
+    assert not q.quantized and "float32" in repr(q) and why in repr(q)
+    x = np.random.default_rng(7).standard_normal((3, 2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(q(x)[0], layer.eval()(x)[0])
+
+
+def test_recurrent_dropout_alone_is_quantized():
+    # recurrent dropout acts in training only: the eval-mode function is the plain cell's
+    layer = fastrnn.LSTM(4, 8, recurrent_dropout=0.3, seed=0).eval()
+    plain = fastrnn.LSTM(4, 8, seed=0).eval()
+    x = np.random.default_rng(8).standard_normal((3, 2, 4)).astype(np.float32)
+    q = quantize_dynamic(layer)
+    assert q.quantized
+    np.testing.assert_array_equal(q(x)[0], quantize_dynamic(plain)(x)[0])
+
+
+def test_inference_only():
+    q = quantize_dynamic(fastrnn.LSTM(4, 8, seed=0))
+    with pytest.raises(RuntimeError, match="inference only"):
+        q.backward(np.zeros((1, 1, 8), np.float32))
+    q.train()  # only the flag: the forward is the same, the backward still raises
+    with pytest.raises(RuntimeError, match="inference only"):
+        q.backward(np.zeros((1, 1, 8), np.float32))
+    assert list(q.parameters()) == []
+    with pytest.raises(ValueError, match="lengths"):
+        q(np.zeros((2, 1, 4), np.float32), lengths=[1])
+
+
+def test_original_model_untouched_and_nested_modules():
+    model = fastrnn.nn.Sequential(fastrnn.nn.Linear(4, 6, seed=0), fastrnn.nn.Linear(6, 2, seed=1))
+    q = quantize_dynamic(model)
+    assert all(isinstance(m, QuantizedLinear) for m in q.children())
+    assert all(isinstance(m, fastrnn.nn.Linear) for m in model.children())
+
+
+def test_checkpoint_round_trip_and_size(tmp_path):
+    rng = np.random.default_rng(8)
+    model = fastrnn.nn.Sequential(fastrnn.LSTM(64, 128, num_layers=2, seed=0))
+    q = quantize_dynamic(model)
+    path = tmp_path / "q.npz"
+    fastrnn.save_checkpoint(path, q)
+    other = quantize_dynamic(fastrnn.nn.Sequential(fastrnn.LSTM(64, 128, num_layers=2, seed=9)))
+    x = rng.standard_normal((4, 2, 64)).astype(np.float32)
+    assert not np.array_equal(other(x)[0], q(x)[0])
+    fastrnn.load_checkpoint(path, other)
+    np.testing.assert_array_equal(other(x)[0], q(x)[0])
+    # 4x smaller: int8 weights and one float32 scale per row (biases stay float32)
+    f32 = sum(p.data.nbytes for p in model.parameters())
+    i8 = sum(a.nbytes for m in q.modules() for a in getattr(m, "_buffers", {}).values())
+    assert f32 / i8 > 3.5
+    fpath = tmp_path / "f.npz"
+    fastrnn.save_checkpoint(fpath, model)
+    assert fpath.stat().st_size / path.stat().st_size > 3.5
+    # a float model cannot take a quantized checkpoint, nor the reverse
+    with pytest.raises(ValueError, match="does not match"):
+        fastrnn.load_checkpoint(path, model)
+    with pytest.raises(ValueError):
+        fastrnn.load_checkpoint(fpath, other)
+
+
+def test_isa_choice_is_checked():
+    with pytest.raises(ValueError, match="'vnni' or 'c'"):
+        set_quantized_isa("avx2")
+    if not quant.vnni_available():
+        with pytest.raises(ValueError, match="VNNI"):
+            set_quantized_isa("vnni")
