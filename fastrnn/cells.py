@@ -328,6 +328,30 @@ def backend_module(backend: str) -> ModuleType:
     return importlib.import_module(BACKENDS[backend])
 
 
+def _when(option: str) -> Callable[[Mapping[str, Any], bool], bool]:
+    """A :attr:`Param.when` that is true when ``option`` is set."""
+    return lambda options, bias: bool(options[option])
+
+
+#: Options and parameters that several cells share (one object each, in every cell using it).
+_RECURRENT_DROPOUT = Option(
+    "recurrent_dropout",
+    0.0,
+    _probability,
+    doc="variational dropout on h_{t-1}, one mask per sequence (Gal & Ghahramani)",
+)
+_ZONEOUT_H = Option(
+    "zoneout",
+    (0.0,),
+    _zoneout_one,
+    doc="probability of keeping each unit of h from the last step (Krueger et al.)",
+)
+_LN_GAINS = (
+    Param("ln_weight_ih", "ln_ih", lambda s: (s.G * s.H,), _when("layer_norm"), init="ones"),
+    Param("ln_weight_hh", "ln_hh", lambda s: (s.G * s.H,), _when("layer_norm"), init="ones"),
+)
+
+
 RNN = Cell(
     name="rnn",
     title="RNN",
@@ -341,18 +365,8 @@ RNN = Cell(
             functional=True,
             doc="the activation, 'tanh' or 'relu'",
         ),
-        Option(
-            "recurrent_dropout",
-            0.0,
-            _probability,
-            doc="variational dropout on h_{t-1}: one mask per sequence for all steps",
-        ),
-        Option(
-            "zoneout",
-            (0.0,),
-            _zoneout_one,
-            doc="probability of keeping each unit of h from the previous step",
-        ),
+        _RECURRENT_DROPOUT,
+        _ZONEOUT_H,
     ),
     params=_uniform_weights(),
     kernel="rnn",
@@ -394,12 +408,7 @@ LSTM = Cell(
             conflicts=("peephole", "recurrent_dropout", "zoneout", "return_cell_states"),
             doc="layer-normalise the input and recurrent pre-activations and the cell (Ba et al.)",
         ),
-        Option(
-            "recurrent_dropout",
-            0.0,
-            _probability,
-            doc="variational dropout on h_{t-1}, one mask per sequence (Gal & Ghahramani)",
-        ),
+        _RECURRENT_DROPOUT,
         Option(
             "zoneout",
             (0.0, 0.0),
@@ -416,46 +425,11 @@ LSTM = Cell(
     ),
     params=_uniform_weights(
         (
-            Param(
-                "weight_hr",
-                "w_hr",
-                lambda s: (s.options["proj_size"], s.H),
-                lambda options, bias: options["proj_size"] > 0,
-            ),
-            Param(
-                "weight_peephole",
-                "w_peephole",
-                lambda s: (3, s.H),
-                lambda options, bias: options["peephole"],
-            ),
-            Param(
-                "ln_weight_ih",
-                "ln_ih",
-                lambda s: (s.G * s.H,),
-                lambda options, bias: options["layer_norm"],
-                init="ones",
-            ),
-            Param(
-                "ln_weight_hh",
-                "ln_hh",
-                lambda s: (s.G * s.H,),
-                lambda options, bias: options["layer_norm"],
-                init="ones",
-            ),
-            Param(
-                "ln_weight_c",
-                "ln_c",
-                lambda s: (s.H,),
-                lambda options, bias: options["layer_norm"],
-                init="ones",
-            ),
-            Param(
-                "ln_bias_c",
-                "ln_c_bias",
-                lambda s: (s.H,),
-                lambda options, bias: options["layer_norm"],
-                init="zeros",
-            ),
+            Param("weight_hr", "w_hr", lambda s: (s.options["proj_size"], s.H), _when("proj_size")),
+            Param("weight_peephole", "w_peephole", lambda s: (3, s.H), _when("peephole")),
+            *_LN_GAINS,
+            Param("ln_weight_c", "ln_c", lambda s: (s.H,), _when("layer_norm"), init="ones"),
+            Param("ln_bias_c", "ln_c_bias", lambda s: (s.H,), _when("layer_norm"), init="zeros"),
         )
     ),
     kernel="lstm",
@@ -485,37 +459,10 @@ GRU = Cell(
             conflicts=("recurrent_dropout", "zoneout"),
             doc="layer-normalise the input and recurrent pre-activations (Ba et al.)",
         ),
-        Option(
-            "recurrent_dropout",
-            0.0,
-            _probability,
-            doc="variational dropout on h_{t-1}: one mask per sequence for all steps",
-        ),
-        Option(
-            "zoneout",
-            (0.0,),
-            _zoneout_one,
-            doc="probability of keeping each unit of h from the previous step",
-        ),
+        _RECURRENT_DROPOUT,
+        _ZONEOUT_H,
     ),
-    params=_uniform_weights(
-        (
-            Param(
-                "ln_weight_ih",
-                "ln_ih",
-                lambda s: (s.G * s.H,),
-                lambda options, bias: options["layer_norm"],
-                init="ones",
-            ),
-            Param(
-                "ln_weight_hh",
-                "ln_hh",
-                lambda s: (s.G * s.H,),
-                lambda options, bias: options["layer_norm"],
-                init="ones",
-            ),
-        )
-    ),
+    params=_uniform_weights(_LN_GAINS),
     kernel="gru",
     grads=GRUGrads,
     variants=MappingProxyType({"gru": MappingProxyType({})}),
