@@ -1,5 +1,5 @@
 # Helpers of the stable C API (the tier-4 functions at the end of rnn.pyx, lstm.pyx, gru.pyx,
-# declared for other extensions in fastrnn/_kernels/{rnn,lstm,gru}.pxd), header-only. The
+# declared for other extensions in fastrnn/capi/{rnn,lstm,gru}.pxd), header-only. The
 # calls themselves are written once, in _capi.pxi, which each cell includes.
 #
 # The C API takes raw pointers from code that has no Python layer in front of it, so it checks

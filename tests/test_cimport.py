@@ -1,4 +1,4 @@
-"""The stable C API (fastrnn/_kernels/{rnn,lstm,gru}.pxd) from another Cython extension.
+"""The stable C API (fastrnn/capi/{rnn,lstm,gru}.pxd) from another Cython extension.
 
 Compiles ``tests/cimport_ext/use_fastrnn.pyx`` -- a stand-in for another project's extension that
 ``cimport``s the kernels -- with Cython and setuptools in a temporary directory, the include path

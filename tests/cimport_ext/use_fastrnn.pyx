@@ -1,15 +1,15 @@
 # A stand-in for another project's Cython extension: it cimports fastrnn's stable C API
-# (fastrnn/_kernels/{rnn,lstm,gru}.pxd) and calls it on buffers it is given. Built at test time
+# (fastrnn/capi/{rnn,lstm,gru}.pxd) and calls it on buffers it is given. Built at test time
 # by tests/test_cimport.py, never as part of fastrnn.
 
 from cython cimport floating
 
-from fastrnn._kernels.gru cimport (gru_backward_f32, gru_backward_f64, gru_forward_f32,
-                                   gru_forward_f64, gru_reserve_size, gru_workspace_size)
-from fastrnn._kernels.lstm cimport (lstm_backward_f32, lstm_backward_f64, lstm_forward_f32,
-                                    lstm_forward_f64, lstm_reserve_size, lstm_workspace_size)
-from fastrnn._kernels.rnn cimport (rnn_backward_f32, rnn_backward_f64, rnn_forward_f32,
-                                   rnn_forward_f64, rnn_reserve_size, rnn_workspace_size)
+from fastrnn.capi.gru cimport (gru_backward_f32, gru_backward_f64, gru_forward_f32,
+                               gru_forward_f64, gru_reserve_size, gru_workspace_size)
+from fastrnn.capi.lstm cimport (lstm_backward_f32, lstm_backward_f64, lstm_forward_f32,
+                                lstm_forward_f64, lstm_reserve_size, lstm_workspace_size)
+from fastrnn.capi.rnn cimport (rnn_backward_f32, rnn_backward_f64, rnn_forward_f32,
+                               rnn_forward_f64, rnn_reserve_size, rnn_workspace_size)
 
 
 cdef inline floating* _p(floating[::1] a) noexcept nogil:
