@@ -109,6 +109,8 @@ def _rank_size(comm: Any) -> tuple[int, int]:
 
 # -- a failing rank stops every rank ---------------------------------------------------------
 _installed_comm: Any = None
+# How long a failing rank waits, after printing why, before it aborts the job.
+_ABORT_GRACE_SECONDS = 0.5
 
 
 def _abort_excepthook(exc_type: type, exc: BaseException, tb: Any) -> None:
@@ -124,6 +126,10 @@ def _abort_excepthook(exc_type: type, exc: BaseException, tb: Any) -> None:
     )
     sys.stderr.flush()
     if size > 1:
+        # MPI_Abort races the launcher's forwarding of this rank's stderr: seen in CI, mpiexec
+        # (hydra) killed the job before the message above reached its output. A short pause
+        # lets the launcher forward it first.
+        time.sleep(_ABORT_GRACE_SECONDS)
         comm.Abort(1)  # the launcher (mpiexec, srun) kills every rank of the job
     sys.__excepthook__(exc_type, exc, tb)  # pragma: no cover - single rank
 
