@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastrnn.cells import LSTM, Cell, GRUGrads, LSTMGrads, RNNGrads
+from fastrnn.cells import LSTM, Cell, GRUGrads, LSTMGrads, RNNGrads, Sizes
 
 __all__ = [
     "as_array",
@@ -306,13 +308,21 @@ class Extra(NamedTuple):
     """
 
     value: Any
-    shape: tuple[int | str, ...]  # sizes, or "T", "B", "H", "R" (width of h), "GH"
+    # sizes, or "T", "B", "H", "R" (width of h); or a registry Param's shape function
+    shape: tuple[int | str, ...] | Callable[[Sizes], tuple[int, ...]]
     weight: bool = True
     unit: bool = False
 
 
+_NO_OPTIONS = MappingProxyType({})  # the Param shapes of extras read no option
+
+
 def _prepare_extra(name: str, e: Extra, dtype: np.dtype, sizes: dict[str, int]) -> Any:
-    e = e._replace(shape=tuple(sizes[d] if isinstance(d, str) else d for d in e.shape))
+    if callable(e.shape):
+        dims = Sizes(sizes["G"], sizes["H"], sizes["R"], sizes["I"], _NO_OPTIONS)
+        e = e._replace(shape=tuple(e.shape(dims)))
+    else:
+        e = e._replace(shape=tuple(sizes[d] if isinstance(d, str) else d for d in e.shape))
     if e.unit and not isinstance(e.value, np.ndarray) and np.ndim(e.value) == 0:
         v = e.value
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
@@ -467,7 +477,7 @@ def prepare(
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
     w_hr_a = None if w_hr is None else _convert("w_hr", as_array("w_hr", w_hr), dtype)
     lens = check_lengths(lengths, T, B)
-    sizes = {"T": T, "B": B, "H": H, "R": R, "GH": G * H}
+    sizes = {"T": T, "B": B, "H": H, "R": R, "G": G, "I": I}
     extra_a = {k: _prepare_extra(k, e, dtype, sizes) for k, e in extras.items()}
     if check_finite:
         for name, a in (("x", xa), ("h0", h0a), ("c0", c0a), ("w_ih", w_ih_a), ("w_hh", w_hh_a),
@@ -480,58 +490,57 @@ def prepare(
                     extra_a or None)  # fmt: skip
 
 
+#: The functional keywords of the parameters :func:`prepare` checks itself.
+_CORE_ARGS = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+
+
 def cell_extras(
     cell: Cell,
     w_hr: Any = None,
     *,
-    w_peephole: Any = None,
-    ln_ih: Any = None,
-    ln_hh: Any = None,
-    ln_c: Any = None,
-    ln_c_bias: Any = None,
     recurrent_mask: Any = None,
     zoneout_h: Any = None,
     zoneout_c: Any = None,
     reset_after: bool = True,
+    **weights: Any,
 ) -> dict[str, Extra]:
-    """The optional operands of an LSTM or GRU forward, as :func:`prepare` checks them.
+    """The optional operands of a forward, as :func:`prepare` checks them.
 
-    Refuses, naming both, a combination the kernels do not run: any of these with a projection
-    (``w_hr``) or with ``reset_after=False``; layer-norm gains given in part.
+    ``weights`` are the cell's optional parameters by their functional keyword (``w_peephole``,
+    ``ln_ih``, ...): the registry's :class:`~fastrnn.cells.Param` entries beyond the four that
+    every cell has and the projection, with the shapes the registry gives them. Refuses, naming
+    both, a combination the kernels do not run: any of these with a projection (``w_hr``) or
+    with ``reset_after=False``; and the parameters of one option given in part.
     """
-    given = {
-        "w_peephole": w_peephole,
-        "ln_ih": ln_ih,
-        "ln_hh": ln_hh,
-        "ln_c": ln_c,
-        "ln_c_bias": ln_c_bias,
-        "recurrent_mask": recurrent_mask,
-        "zoneout_h": zoneout_h,
-        "zoneout_c": zoneout_c,
-    }
+    optional = [p for p in cell.params if p.arg not in _CORE_ARGS]
+    unknown = sorted(set(weights) - {p.arg for p in optional})
+    if unknown:
+        raise TypeError(f"{cell.name}_forward got an unexpected keyword argument {unknown[0]!r}")
+    given = {p.arg: weights.get(p.arg) for p in optional}
+    given.update(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c)
     present = [k for k, v in given.items() if v is not None]
     if present and w_hr is not None:
         raise ValueError(f"{present[0]} cannot be combined with w_hr (a projection)")
     if present and not reset_after:
         raise ValueError(f"{present[0]} cannot be combined with reset_after=False")
-    ln_names = ("ln_ih", "ln_hh", "ln_c", "ln_c_bias") if "c" in cell.states else ("ln_ih", "ln_hh")
-    ln_given = [k for k in ln_names if given[k] is not None]
-    if ln_given and len(ln_given) != len(ln_names):
-        missing = [k for k in ln_names if given[k] is None]
-        raise ValueError(
-            f"layer normalization needs all of {', '.join(ln_names)}; got {', '.join(ln_given)} "
-            f"without {', '.join(missing)}"
-        )
-    return {
-        "w_peephole": Extra(w_peephole, (3, "H")),
-        "ln_ih": Extra(ln_ih, ("GH",)),
-        "ln_hh": Extra(ln_hh, ("GH",)),
-        "ln_c": Extra(ln_c, ("H",)),
-        "ln_c_bias": Extra(ln_c_bias, ("H",)),
-        "recurrent_mask": Extra(recurrent_mask, ("B", "R"), weight=False),
-        "zoneout_h": Extra(zoneout_h, ("T", "B", "R"), weight=False, unit=True),
-        "zoneout_c": Extra(zoneout_c, ("T", "B", "H"), weight=False, unit=True),
-    }
+    if zoneout_c is not None and "c" not in cell.states:
+        raise ValueError(f"zoneout_c is only for a cell with a cell state, not {cell.title}")
+    by_option: dict[str | None, list[str]] = {}
+    for p in optional:
+        by_option.setdefault(p.option, []).append(p.arg)
+    for option, names in by_option.items():
+        part = [k for k in names if given[k] is not None]
+        if part and len(part) != len(names):
+            missing = [k for k in names if given[k] is None]
+            raise ValueError(
+                f"{option} needs all of {', '.join(names)}; got {', '.join(part)} "
+                f"without {', '.join(missing)}"
+            )
+    extras = {p.arg: Extra(given[p.arg], p.shape) for p in optional}
+    extras["recurrent_mask"] = Extra(recurrent_mask, ("B", "R"), weight=False)
+    extras["zoneout_h"] = Extra(zoneout_h, ("T", "B", "R"), weight=False, unit=True)
+    extras["zoneout_c"] = Extra(zoneout_c, ("T", "B", "H"), weight=False, unit=True)
+    return extras
 
 
 def check_cache(cache: Any, backend: str, cell: Cell) -> Cache:

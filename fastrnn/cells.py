@@ -106,16 +106,28 @@ class Param:
     shape : callable
         ``Sizes -> tuple`` of ints.
     when : callable, optional
-        ``(options, bias) -> bool``: whether the layer has it (default: always).
+        ``(options, bias) -> bool``: whether the layer has it (default: always, or while
+        ``option`` is set).
     init : {"uniform", "zeros", "ones"}
         ``"uniform"`` is PyTorch's U(-1/sqrt(H), 1/sqrt(H)).
+    option : str, optional
+        The cell option that brings this parameter (``"peephole"``): the layer has it while
+        the option is set, and the functional forward takes every parameter of one option
+        together or none of them.
     """
 
     name: str
     arg: str
     shape: Callable[[Sizes], tuple[int, ...]]
-    when: Callable[[Mapping[str, Any], bool], bool] = lambda options, bias: True
+    when: Callable[[Mapping[str, Any], bool], bool] | None = None
     init: str = "uniform"
+    option: str | None = None
+
+    def present(self, options: Mapping[str, Any], bias: bool) -> bool:
+        """Whether a layer with these (checked) ``options`` and ``bias`` has this parameter."""
+        if self.option is not None:
+            return bool(options[self.option])
+        return True if self.when is None else self.when(options, bias)
 
 
 def _with_bias(options: Mapping[str, Any], bias: bool) -> bool:
@@ -140,6 +152,9 @@ class Option:
     conflicts : tuple of str
         Options of the same cell that this one cannot be combined with: setting both away from
         their defaults raises ``ValueError`` naming both.
+    example : object or callable, optional
+        A value that turns the option on, or ``hidden_size -> value``: what
+        ``python -m fastrnn.bench --variants`` times against the plain cell.
     """
 
     name: str
@@ -148,6 +163,11 @@ class Option:
     functional: bool = False
     doc: str = ""
     conflicts: tuple[str, ...] = ()
+    example: Any = None
+
+    def example_for(self, hidden_size: int) -> Any:
+        """:attr:`example` for a layer of ``hidden_size`` (None: the option has none)."""
+        return self.example(hidden_size) if callable(self.example) else self.example
 
 
 def _bool(value: Any, name: str) -> bool:
@@ -328,27 +348,24 @@ def backend_module(backend: str) -> ModuleType:
     return importlib.import_module(BACKENDS[backend])
 
 
-def _when(option: str) -> Callable[[Mapping[str, Any], bool], bool]:
-    """A :attr:`Param.when` that is true when ``option`` is set."""
-    return lambda options, bias: bool(options[option])
-
-
 #: Options and parameters that several cells share (one object each, in every cell using it).
 _RECURRENT_DROPOUT = Option(
     "recurrent_dropout",
     0.0,
     _probability,
     doc="variational dropout on h_{t-1}, one mask per sequence (Gal & Ghahramani)",
+    example=0.25,
 )
 _ZONEOUT_H = Option(
     "zoneout",
     (0.0,),
     _zoneout_one,
     doc="probability of keeping each unit of h from the last step (Krueger et al.)",
+    example=0.1,
 )
 _LN_GAINS = (
-    Param("ln_weight_ih", "ln_ih", lambda s: (s.G * s.H,), _when("layer_norm"), init="ones"),
-    Param("ln_weight_hh", "ln_hh", lambda s: (s.G * s.H,), _when("layer_norm"), init="ones"),
+    Param("ln_weight_ih", "ln_ih", lambda s: (s.G * s.H,), init="ones", option="layer_norm"),
+    Param("ln_weight_hh", "ln_hh", lambda s: (s.G * s.H,), init="ones", option="layer_norm"),
 )
 
 
@@ -364,6 +381,7 @@ RNN = Cell(
             _nonlinearity,
             functional=True,
             doc="the activation, 'tanh' or 'relu'",
+            example="relu",
         ),
         _RECURRENT_DROPOUT,
         _ZONEOUT_H,
@@ -393,12 +411,14 @@ LSTM = Cell(
             _nonnegative_int,
             conflicts=_LSTM_FEATURES,
             doc="project h to this many features (< hidden_size), 0 for none",
+            example=lambda hidden_size: max(1, hidden_size // 2),
         ),
         Option(
             "peephole",
             False,
             _bool,
             doc="i and f see c_{t-1}, o sees c_t, through per-unit weights (Gers & Schmidhuber)",
+            example=True,
         ),
         Option(
             "layer_norm",
@@ -407,6 +427,7 @@ LSTM = Cell(
             # the layer-norm kernels (lstm.pyx's *_ln_part) do not run these yet
             conflicts=("peephole", "recurrent_dropout", "zoneout", "return_cell_states"),
             doc="layer-normalise the input and recurrent pre-activations and the cell (Ba et al.)",
+            example=True,
         ),
         _RECURRENT_DROPOUT,
         Option(
@@ -414,6 +435,7 @@ LSTM = Cell(
             (0.0, 0.0),
             _zoneout_pair,
             doc="probability of keeping each unit of h and c from the last step (Krueger et al.)",
+            example=(0.1, 0.05),
         ),
         Option(
             "return_cell_states",
@@ -421,15 +443,16 @@ LSTM = Cell(
             _bool,
             functional=True,
             doc="also return the cell state c_t of every step",
+            example=True,
         ),
     ),
     params=_uniform_weights(
         (
-            Param("weight_hr", "w_hr", lambda s: (s.options["proj_size"], s.H), _when("proj_size")),
-            Param("weight_peephole", "w_peephole", lambda s: (3, s.H), _when("peephole")),
+            Param("weight_hr", "w_hr", lambda s: (s.options["proj_size"], s.H), option="proj_size"),
+            Param("weight_peephole", "w_peephole", lambda s: (3, s.H), option="peephole"),
             *_LN_GAINS,
-            Param("ln_weight_c", "ln_c", lambda s: (s.H,), _when("layer_norm"), init="ones"),
-            Param("ln_bias_c", "ln_c_bias", lambda s: (s.H,), _when("layer_norm"), init="zeros"),
+            Param("ln_weight_c", "ln_c", lambda s: (s.H,), init="ones", option="layer_norm"),
+            Param("ln_bias_c", "ln_c_bias", lambda s: (s.H,), init="zeros", option="layer_norm"),
         )
     ),
     kernel="lstm",
@@ -450,6 +473,7 @@ GRU = Cell(
             functional=True,
             conflicts=("layer_norm", "recurrent_dropout", "zoneout"),
             doc="apply the reset gate after the hidden matmul (PyTorch) or before it",
+            example=False,
         ),
         Option(
             "layer_norm",
@@ -458,6 +482,7 @@ GRU = Cell(
             # the layer-norm kernels (gru.pyx's *_ln_part) do not run these yet
             conflicts=("recurrent_dropout", "zoneout"),
             doc="layer-normalise the input and recurrent pre-activations (Ba et al.)",
+            example=True,
         ),
         _RECURRENT_DROPOUT,
         _ZONEOUT_H,

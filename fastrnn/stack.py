@@ -216,7 +216,7 @@ class StackConfig:
 
     def params(self) -> tuple[Param, ...]:
         """The cell's parameters that this configuration has, in PyTorch's order."""
-        return tuple(p for p in self.spec.params if p.when(self.options, self.bias))
+        return tuple(p for p in self.spec.params if p.present(self.options, self.bias))
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every weight's PyTorch name and shape, in PyTorch's ``_flat_weights_names`` order.

@@ -10,6 +10,7 @@ import pytest
 
 from fastrnn import bench
 from fastrnn.bench.__main__ import main
+from fastrnn.cells import CELLS
 
 TINY = ["--configs", "6x2x4x16,3x1x3x8", "--repeats", "2", "--min-time", "0.0005"]
 TINY += ["--gemm-n", "64", "--threads", "1", "-q"]
@@ -141,3 +142,39 @@ def test_summarize_geometric_mean():
         for r in (1.0, 4.0)
     ]
     assert "torch      2.00x (1.00x) over 2 problems" in bench.summarize(rows)
+
+
+def test_variants_come_from_the_registry():
+    """Every option with an example is timed alone; "+all" is a combination the cell takes."""
+    from fastrnn.bench.variants import variants
+
+    for cell in CELLS.values():
+        found = variants(cell, 16)
+        assert next(iter(found)) == cell.name and found[cell.name] == {}
+        for o in cell.options:
+            assert found[f"{cell.name}+{o.name}"] == {o.name: o.example_for(16)}
+        combined = found[f"{cell.name}+all"]
+        assert len(combined) >= 2
+        cell.check_options(combined)  # raises if the cell refused the combination
+    lstm = variants(CELLS["lstm"], 16)["lstm+all"]
+    assert set(lstm) == {"peephole", "recurrent_dropout", "zoneout", "return_cell_states"}
+
+
+def test_variants_mode_runs(capsys):
+    from fastrnn.bench.__main__ import main
+
+    argv = ["--variants", "--cells", "lstm,gru", "--configs", "4x2x8x16", "--repeats", "1"]
+    assert main([*argv, "--min-time", "0.001", "--settle", "0", "-q"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lstm+peephole", "lstm+layer_norm", "lstm+all", "gru+zoneout", "gru+all"):
+        assert name in out
+    assert "lstm: proj_size=8" in out
+
+
+@pytest.mark.parametrize("bad", [["--cells", "elman"], ["--configs", "huge"], ["--threads", "0"]])
+def test_variants_mode_bad_arguments(bad, capsys):
+    from fastrnn.bench.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--variants", *bad])
+    assert "--" in capsys.readouterr().err

@@ -748,3 +748,24 @@ def test_fuzz_backends_agree_on_messy_input(spec_name, data):
 
 def test_blas_limit_is_int32_max():
     assert BLAS_INT_MAX == np.iinfo(np.int32).max
+
+
+def test_option_parameters_come_together(backend, rng):
+    """The parameters one option brings (the registry's ``Param.option``) are given together:
+    part of them raises ``ValueError`` naming the option and what is missing, with the shapes
+    the registry gives them."""
+    from fastrnn.cells import backend_module
+
+    mod = backend_module(backend)
+    T, B, I, H = 3, 2, 4, 5
+    x = rng.standard_normal((T, B, I))
+    w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H))
+    gains = {"ln_ih": np.ones(4 * H), "ln_hh": np.ones(4 * H), "ln_c": np.ones(H)}
+    with pytest.raises(ValueError, match=r"layer_norm needs all of .* without ln_c_bias"):
+        mod.lstm_forward(x, None, None, w_ih, w_hh, None, None, **gains)
+    with pytest.raises(ValueError, match=r"\bw_peephole\b.*\(3, 5\)"):
+        mod.lstm_forward(x, None, None, w_ih, w_hh, None, None, w_peephole=np.zeros((3, H + 1)))
+    y, *_ = mod.lstm_forward(
+        x, None, None, w_ih, w_hh, None, None, **gains, ln_c_bias=np.zeros(H), training=False
+    )
+    assert y.shape == (T, B, H)

@@ -8,6 +8,8 @@ Examples::
     python -m fastrnn.bench --dtype float64 --configs medium --plot f64.png
     python -m fastrnn.bench --deepbench --threads 2       # DeepBench's problems vs torch
     python -m fastrnn.bench --deepbench inference --impls fastrnn,np-plain,torch
+    python -m fastrnn.bench --variants                    # each cell option vs the plain cell
+    python -m fastrnn.bench --inference                   # serving: packed, int8, step
 
 PyTorch is imported before fastrnn's kernels: both then share one OpenMP runtime and one
 OMP_WAIT_POLICY (fastrnn sets PASSIVE unless the environment chose one), which the header of
@@ -154,6 +156,10 @@ def main(argv=None) -> int:
         from fastrnn.bench import inference
 
         return inference.main([a for a in argv if a != "--inference"])
+    if "--variants" in argv:  # its own options: fastrnn.bench.variants
+        from fastrnn.bench import variants
+
+        return variants.main([a for a in argv if a != "--variants"])
     args = build_parser().parse_args(argv)
     if args.plot:
         try:
