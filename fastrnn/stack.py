@@ -566,6 +566,24 @@ def _dtype_of(x: Any, weights: Mapping[str, Any]) -> np.dtype:
     return np.dtype(np.float32)
 
 
+def _bernoulli(
+    generator: np.random.Generator, shape: tuple[int, ...], p: float, dtype: np.dtype
+) -> np.ndarray:
+    """An array of 0/1 in ``dtype``, 1 with probability ``p`` rounded to a multiple of 2**-16.
+
+    Zoneout draws T*B*width of these per layer and direction: 16 random bits per element, four
+    from each 64-bit draw, make the draw 2-3x faster than a float per element (the draw, not the
+    kernel, was most of zoneout's cost at the medium shape).
+    """
+    n = math.prod(shape)
+    words = generator.integers(0, _U64_MAX, size=(n + 3) // 4, dtype=np.uint64, endpoint=True)
+    bits = words.view(np.uint16)[:n]
+    return (bits < round(p * 65536)).astype(dtype).reshape(shape)
+
+
+_U64_MAX = np.iinfo(np.uint64).max
+
+
 def _noise(
     cfg: StackConfig,
     T: int,
@@ -579,7 +597,8 @@ def _noise(
     Recurrent dropout (training only): ``recurrent_mask``, a (B, R) inverted-dropout mask
     (0, or 1 / (1 - p)) shared by every step. Zoneout: ``zoneout_h`` (and ``zoneout_c``), in
     training a (T, B, width) array of 0/1, 1 where the unit keeps its previous value, drawn
-    with probability p; in eval the probability p itself (the expectation, as the paper does).
+    with probability p (rounded to a multiple of 2**-16: :func:`_bernoulli`); in eval the
+    probability p itself (the expectation, as the paper does).
     """
     out: dict[str, Any] = {}
     p = cfg.options.get("recurrent_dropout", 0.0)
@@ -590,8 +609,7 @@ def _noise(
     if any(q > 0 for q in zoneout):
         for state, q in zip(cfg.spec.states, zoneout, strict=True):
             if training:
-                width = cfg.state_width(state)
-                z = (generator.random((T, B, width), dtype=dtype) < q).astype(dtype)
+                z = _bernoulli(generator, (T, B, cfg.state_width(state)), q, dtype)
             else:
                 z = q
             out[f"zoneout_{state}"] = z

@@ -177,3 +177,20 @@ def test_stack_dtype_follows_the_functional_rule():
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         StackConfig(**{"cell": "rnn", "input_size": 2, "hidden_size": 3, **kwargs})
+
+
+@pytest.mark.parametrize("p", [0.0, 0.05, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zoneout_masks_keep_units_with_probability_p(p, dtype):
+    """The training masks of zoneout: 0/1 in the layer's dtype, the shape asked (also when
+    T*B*width is not a multiple of 4), a fraction of ones within 4 standard errors of p."""
+    from fastrnn.stack import _bernoulli
+
+    shape = (37, 11, 13)
+    z = _bernoulli(np.random.default_rng(5), shape, p, np.dtype(dtype))
+    assert z.shape == shape and z.dtype == dtype
+    assert set(np.unique(z)) <= {0.0, 1.0}
+    n = z.size
+    assert abs(z.mean() - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-12
+    again = _bernoulli(np.random.default_rng(5), shape, p, np.dtype(dtype))
+    np.testing.assert_array_equal(z, again)
