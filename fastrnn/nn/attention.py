@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -42,7 +43,7 @@ import numpy as np
 
 from fastrnn._threads import blas_threads
 from fastrnn.nn._checks import as_real_array, check_float_dtype, check_positive_int
-from fastrnn.nn.blocks import _no_cache_error
+from fastrnn.nn.blocks import _accumulate, _no_cache_error
 from fastrnn.nn.module import Module, Parameter
 
 __all__ = ["KINDS", "Attention", "AttentionMemory", "masked_softmax"]
@@ -52,6 +53,8 @@ KINDS = ("dot", "general", "additive")
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+# Whether this Python thread runs inside a method wrapped by _one_blas_thread.
+_inside = threading.local()
 
 
 def _one_blas_thread(method: _F) -> _F:
@@ -66,8 +69,14 @@ def _one_blas_thread(method: _F) -> _F:
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with blas_threads(1, "numpy"):
+        if getattr(_inside, "active", False):  # called by another wrapped method: already on one
             return method(*args, **kwargs)
+        _inside.active = True
+        try:
+            with blas_threads(1, "numpy"):
+                return method(*args, **kwargs)
+        finally:
+            _inside.active = False
 
     return wrapper  # type: ignore[return-value]
 
@@ -309,8 +318,8 @@ class Attention(Module):
         if dk is not None:
             # keys = m W_k^T + b  =>  dW_k = sum dkeys^T m,  db = sum dkeys,  dm += dkeys W_k
             A = self.attn_size
-            self.w_key.accumulate_grad(dk.reshape(-1, A).T @ mem.memory.reshape(-1, self.key_size))
-            self.bias.accumulate_grad(dk.reshape(-1, A).sum(axis=0))
+            _accumulate(self.w_key, dk.reshape(-1, A).T @ mem.memory.reshape(-1, self.key_size))
+            _accumulate(self.bias, dk.reshape(-1, A).sum(axis=0))
             dm += dk @ self.w_key.data
         mem.grads.clear()
         return out
@@ -345,6 +354,14 @@ class Attention(Module):
                 f"query must have shape (B, query_size) = ({B}, {self.query_size}) or "
                 f"(T, B, query_size), got {q.shape}"
             )
+        keep = self.training if training is None else training
+        return self._step(q, mem, keep)
+
+    def _step(
+        self, q: np.ndarray, mem: AttentionMemory, keep: bool, ctx_out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[Any, ...] | None]:
+        """:meth:`step` of a validated query (B, Q) or (T, B, Q) of the layer's dtype; a single
+        query's context is written into ``ctx_out`` (B, K) when given (a decoder's buffer)."""
         single = q.ndim == 2
         qb = q[:, None, :] if single else q.transpose(1, 0, 2)  # (B, T, Q)
         m = mem.memory  # (B, S, K)
@@ -359,9 +376,11 @@ class Attention(Module):
             p = qb if self.kind == "dot" else qb @ self.weight.data.T  # (B, T, K)
             scores = p @ m.transpose(0, 2, 1)  # e_s = p . m_s: (B, T, S)
         w = masked_softmax(scores, mem.mask)
-        ctx = w @ m  # (B, T, K)
-        keep = self.training if training is None else training
         cache = (qb, p, z, w, single) if keep else None
+        if single and ctx_out is not None:
+            np.matmul(w, m, out=ctx_out[:, None, :])
+            return ctx_out, w[:, 0], cache
+        ctx = w @ m  # (B, T, K)
         if single:
             return ctx[:, 0], w[:, 0], cache
         return ctx.transpose(1, 0, 2), w.transpose(1, 0, 2), cache
@@ -390,21 +409,34 @@ class Attention(Module):
         """
         if cache is None:
             raise TypeError("cache is None: step() was called with training=False")
-        qb, p, z, w, single = cache
+        w, single = cache[3:]
         dt = self.dtype
         want_c = (w.shape[0], self.key_size) if single else (w.shape[1], w.shape[0], self.key_size)
         want_w = (w.shape[0], w.shape[2]) if single else (w.shape[1], w.shape[0], w.shape[2])
         dc = as_real_array(dcontext, "dcontext", dt)
         if dc.shape != want_c:
             raise ValueError(f"dcontext must have the context's shape {want_c}, got {dc.shape}")
-        dcb = dc[:, None, :] if single else dc.transpose(1, 0, 2)  # (B, T, K)
-        m = mem.memory
-        # context = w @ m  =>  dw = dcontext @ m^T,  dm = w^T @ dcontext
-        dw = dcb @ m.transpose(0, 2, 1)  # (B, T, S)
+        dwx = None
         if dweights is not None:
             dwx = as_real_array(dweights, "dweights", dt)
             if dwx.shape != want_w:
                 raise ValueError(f"dweights must have the weights' shape {want_w}, got {dwx.shape}")
+        return self._step_backward(cache, mem, dc, dwx)
+
+    def _step_backward(
+        self,
+        cache: tuple[Any, ...],
+        mem: AttentionMemory,
+        dc: np.ndarray,
+        dwx: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """:meth:`step_backward` of validated gradients (the layer's dtype, the step's shapes)."""
+        qb, p, z, w, single = cache
+        dcb = dc[:, None, :] if single else dc.transpose(1, 0, 2)  # (B, T, K)
+        m = mem.memory
+        # context = w @ m  =>  dw = dcontext @ m^T,  dm = w^T @ dcontext
+        dw = dcb @ m.transpose(0, 2, 1)  # (B, T, S)
+        if dwx is not None:
             dw += dwx[:, None, :] if single else dwx.transpose(1, 0, 2)
         # dm = w^T @ dcontext, deferred to memory_backward (one GEMM for every step)
         lhs, rhs = [w], [dcb]
@@ -412,12 +444,12 @@ class Attention(Module):
         if self.kind == "additive":
             # e = z @ v,  z = tanh(pre)  =>  dv = sum de z,  dpre = de v (1 - z^2)
             A = self.attn_size
-            self.v.accumulate_grad(de.reshape(-1) @ z.reshape(-1, A))
+            _accumulate(self.v, de.reshape(-1) @ z.reshape(-1, A))
             dpre = de[..., None] * self.v.data
             dpre *= 1 - z * z  # (B, T, S, A)
             dqp = dpre.sum(axis=2)  # (B, T, A)
             dkeys = dpre.sum(axis=1)  # (B, S, A)
-            self.w_query.accumulate_grad(dqp.reshape(-1, A).T @ qb.reshape(-1, self.query_size))
+            _accumulate(self.w_query, dqp.reshape(-1, A).T @ qb.reshape(-1, self.query_size))
             dq = dqp @ self.w_query.data
             _add_grad(mem.grads, "keys", dkeys)
         else:
@@ -428,7 +460,7 @@ class Attention(Module):
             if self.kind == "dot":
                 dq = dp
             else:  # p = q W_a^T  =>  dq = dp W_a,  dW_a = dp^T q
-                self.weight.accumulate_grad(
+                _accumulate(self.weight, 
                     dp.reshape(-1, self.key_size).T @ qb.reshape(-1, self.query_size)
                 )
                 dq = dp @ self.weight.data
