@@ -41,7 +41,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from fastrnn._threads import blas_threads
+from fastrnn._kernels import attention as _kernel
+from fastrnn._threads import blas_single_thread, blas_threads
 from fastrnn.nn._checks import as_real_array, check_float_dtype, check_positive_int
 from fastrnn.nn.blocks import _accumulate, _no_cache_error
 from fastrnn.nn.module import Module, Parameter
@@ -119,16 +120,25 @@ class AttentionMemory(NamedTuple):
     Attributes
     ----------
     memory : ndarray of shape (B, S, K)
-        Batch-major copy of the memory, zero at padded positions.
+        Batch-major copy of the memory: for ``"additive"`` a contiguous one, zero at padded
+        positions; for ``"dot"`` and ``"general"`` a view of ``time_major``.
     mask : ndarray of bool, shape (B, 1, S), or None
-        True at the real positions (None when every position is real).
+        ``"additive"``: True at the real positions (None when every position is real);
+        None for the other scores, which read ``lengths``.
     lengths : ndarray of int, shape (B,), or None
+        Real positions of each row; None when every position is real (``"additive"`` only:
+        the other scores always have it).
     keys : ndarray of shape (B, S, A) or None
         :math:`W_k m_s + b` for ``"additive"``, else None.
     grads : dict
         What :meth:`Attention.step_backward` leaves for :meth:`Attention.memory_backward`: the
         factors of the memory's gradient (``"left"``, ``"right"``) and, for ``"additive"``, the
         keys' gradient (``"keys"``).
+    time_major : ndarray of shape (S, B, K) or None
+        ``"dot"`` and ``"general"``: a C-contiguous copy of the memory in the layout the
+        encoder wrote it, which the compiled kernels (``fastrnn._kernels.attention``) read in
+        place, only each row's real positions (padded ones keep whatever values they had and
+        are never read). None for ``"additive"``.
     """
 
     memory: np.ndarray
@@ -136,9 +146,15 @@ class AttentionMemory(NamedTuple):
     lengths: np.ndarray | None
     keys: np.ndarray | None
     grads: dict[str, np.ndarray]
+    time_major: np.ndarray | None = None
 
     def repeat(self, n: int) -> AttentionMemory:
         """Each batch row repeated ``n`` times in a row (for beam search; no gradients)."""
+        if self.time_major is not None:
+            mt = np.repeat(self.time_major, n, axis=1)
+            return AttentionMemory(
+                mt.transpose(1, 0, 2), None, np.repeat(self.lengths, n), None, {}, mt
+            )
         return AttentionMemory(
             np.repeat(self.memory, n, axis=0),
             None if self.mask is None else np.repeat(self.mask, n, axis=0),
@@ -274,6 +290,13 @@ class Attention(Module):
         if S == 0:
             raise ValueError("memory must have at least one position (S >= 1), got S = 0")
         lens = _check_lengths(lengths, S, B)
+        if self.kind != "additive":
+            # the kernels read the time-major memory in place: a plain copy (none when the
+            # conversion already made one), no transposition, no zeroing of padded positions
+            fresh = m is not memory and m.flags.owndata and m.flags.c_contiguous
+            mt = m if fresh else np.array(m, order="C", copy=True)
+            lens = np.full(B, S, np.intp) if lens is None else lens
+            return AttentionMemory(mt.transpose(1, 0, 2), None, lens, None, {}, mt)
         mb = np.ascontiguousarray(m.transpose(1, 0, 2))
         if mb is m or np.shares_memory(mb, m):
             mb = mb.copy()
@@ -311,7 +334,11 @@ class Attention(Module):
         if left:
             lhs = np.concatenate(left, axis=1) if len(left) > 1 else left[0]  # (B, n, S)
             rhs = np.concatenate(right, axis=1) if len(right) > 1 else right[0]  # (B, n, K)
-            np.matmul(lhs.transpose(0, 2, 1), rhs, out=dm)
+            if mem.time_major is not None:  # the kernel: each row's real positions only
+                with blas_single_thread():
+                    _kernel.memory_grad(mem.lengths, lhs, rhs, out)
+            else:
+                np.matmul(lhs.transpose(0, 2, 1), rhs, out=dm)
         else:
             dm[...] = 0
         dk = mem.grads.get("keys")
@@ -371,16 +398,21 @@ class Attention(Module):
             z = np.tanh(mem.keys[:, None, :, :] + qp[:, :, None, :])  # (B, T, S, A)
             p = None
             scores = z @ self.v.data  # (B, T, S)
+            w = masked_softmax(scores, mem.mask)
+            ctx = w @ m  # (B, T, K)
         else:
+            # e_s = p . m_s,  w = softmax over the real positions,  ctx = w @ m: the kernel
             z = None
             p = qb if self.kind == "dot" else qb @ self.weight.data.T  # (B, T, K)
-            scores = p @ m.transpose(0, 2, 1)  # e_s = p . m_s: (B, T, S)
-        w = masked_softmax(scores, mem.mask)
+            p = np.ascontiguousarray(p)
+            w = np.empty((*p.shape[:2], m.shape[1]), p.dtype)
+            ctx = np.empty(p.shape, p.dtype)
+            with blas_single_thread():
+                _kernel.forward(mem.time_major, mem.lengths, p, w, ctx)
         cache = (qb, p, z, w, single) if keep else None
         if single and ctx_out is not None:
-            np.matmul(w, m, out=ctx_out[:, None, :])
+            ctx_out[...] = ctx[:, 0]
             return ctx_out, w[:, 0], cache
-        ctx = w @ m  # (B, T, K)
         if single:
             return ctx[:, 0], w[:, 0], cache
         return ctx.transpose(1, 0, 2), w.transpose(1, 0, 2), cache
@@ -434,13 +466,23 @@ class Attention(Module):
         qb, p, z, w, single = cache
         dcb = dc[:, None, :] if single else dc.transpose(1, 0, 2)  # (B, T, K)
         m = mem.memory
-        # context = w @ m  =>  dw = dcontext @ m^T,  dm = w^T @ dcontext
-        dw = dcb @ m.transpose(0, 2, 1)  # (B, T, S)
-        if dwx is not None:
-            dw += dwx[:, None, :] if single else dwx.transpose(1, 0, 2)
+        dwb = None if dwx is None else (dwx[:, None, :] if single else dwx.transpose(1, 0, 2))
+        if self.kind == "additive":
+            # context = w @ m  =>  dw = dcontext @ m^T,  dm = w^T @ dcontext
+            dw = dcb @ m.transpose(0, 2, 1)  # (B, T, S)
+            if dwb is not None:
+                dw += dwb
+            de = _softmax_backward(w, dw)  # (B, T, S), zero at padded positions
+        else:
+            # the same, and dp = de @ m, by the kernel
+            dcb = np.ascontiguousarray(dcb)
+            de = np.empty_like(w)
+            dp = np.empty_like(p)
+            dwb = None if dwb is None else np.ascontiguousarray(dwb)
+            with blas_single_thread():
+                _kernel.backward(mem.time_major, mem.lengths, w, dcb, dwb, de, dp)
         # dm = w^T @ dcontext, deferred to memory_backward (one GEMM for every step)
         lhs, rhs = [w], [dcb]
-        de = _softmax_backward(w, dw)  # (B, T, S), zero at padded positions
         if self.kind == "additive":
             # e = z @ v,  z = tanh(pre)  =>  dv = sum de z,  dpre = de v (1 - z^2)
             A = self.attn_size
@@ -453,15 +495,14 @@ class Attention(Module):
             dq = dqp @ self.w_query.data
             _add_grad(mem.grads, "keys", dkeys)
         else:
-            # e = p @ m^T  =>  dp = de @ m,  dm += de^T @ p
-            dp = de @ m  # (B, T, K)
+            # e = p @ m^T  =>  dp = de @ m (above),  dm += de^T @ p
             lhs.append(de)  # dm += de^T @ p
             rhs.append(p)
             if self.kind == "dot":
                 dq = dp
             else:  # p = q W_a^T  =>  dq = dp W_a,  dW_a = dp^T q
-                _accumulate(self.weight, 
-                    dp.reshape(-1, self.key_size).T @ qb.reshape(-1, self.query_size)
+                _accumulate(
+                    self.weight, dp.reshape(-1, self.key_size).T @ qb.reshape(-1, self.query_size)
                 )
                 dq = dp @ self.weight.data
         # zero at padded positions: w = de = 0 there

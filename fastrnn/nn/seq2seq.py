@@ -424,7 +424,9 @@ class AttentionDecoder(Module):
         # (T, B, E): every input token is known with teacher forcing
         emb = np.take(self.embedding.weight.data, y, axis=0)
         for t in range(T):
-            state, a, cache = self._advance(emb[t], state, feed, mem, training, packs, us[t], hts[t])
+            state, a, cache = self._advance(
+                emb[t], state, feed, mem, training, packs, us[t], hts[t]
+            )
             feed = hts[t]
             if weights is not None:
                 weights[t] = a
