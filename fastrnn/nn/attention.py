@@ -394,7 +394,7 @@ class Attention(Module):
         m = mem.memory  # (B, S, K)
         if self.kind == "additive":
             # z = tanh(W_q q + (W_k m_s + b)),  e_s = v . z_s
-            qp = qb @ self.w_query.data.T  # (B, T, A)
+            qp = _rows_matmul(qb, self.w_query.data.T)  # (B, T, A)
             z = np.tanh(mem.keys[:, None, :, :] + qp[:, :, None, :])  # (B, T, S, A)
             p = None
             scores = z @ self.v.data  # (B, T, S)
@@ -403,7 +403,7 @@ class Attention(Module):
         else:
             # e_s = p . m_s,  w = softmax over the real positions,  ctx = w @ m: the kernel
             z = None
-            p = qb if self.kind == "dot" else qb @ self.weight.data.T  # (B, T, K)
+            p = qb if self.kind == "dot" else _rows_matmul(qb, self.weight.data.T)  # (B, T, K)
             p = np.ascontiguousarray(p)
             w = np.empty((*p.shape[:2], m.shape[1]), p.dtype)
             ctx = np.empty(p.shape, p.dtype)
@@ -492,7 +492,7 @@ class Attention(Module):
             dqp = dpre.sum(axis=2)  # (B, T, A)
             dkeys = dpre.sum(axis=1)  # (B, S, A)
             _accumulate(self.w_query, dqp.reshape(-1, A).T @ qb.reshape(-1, self.query_size))
-            dq = dqp @ self.w_query.data
+            dq = _rows_matmul(dqp, self.w_query.data)
             _add_grad(mem.grads, "keys", dkeys)
         else:
             # e = p @ m^T  =>  dp = de @ m (above),  dm += de^T @ p
@@ -504,7 +504,7 @@ class Attention(Module):
                 _accumulate(
                     self.weight, dp.reshape(-1, self.key_size).T @ qb.reshape(-1, self.query_size)
                 )
-                dq = dp @ self.weight.data
+                dq = _rows_matmul(dp, self.weight.data)
         # zero at padded positions: w = de = 0 there
         mem.grads.setdefault("left", []).extend(lhs)
         mem.grads.setdefault("right", []).extend(rhs)
@@ -562,6 +562,12 @@ class Attention(Module):
         if self.dtype != np.float32:
             s += f", dtype={self.dtype}"
         return s
+
+
+def _rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` for x of shape (B, T, X) and w (X, Y) as one 2-D GEMM of B * T rows (NumPy runs
+    the 3-D product as B products, vector products when T = 1)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
 
 
 def _add_grad(grads: dict[str, np.ndarray], key: str, g: np.ndarray) -> None:
