@@ -111,12 +111,13 @@ def test_finite_differences(kind):
         np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
 
 
-def test_step_api_matches_forward_and_accumulates_memory_gradient():
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_step_api_matches_forward_and_accumulates_memory_gradient(kind):
     """prepare + several steps + memory_backward = the sum of separate forward/backward calls."""
     rng = np.random.default_rng(4)
-    att = make("additive", np.float64)
+    att = make(kind, np.float64)
     memory = rng.standard_normal((S, B, K))
-    qs = rng.standard_normal((3, B, Q))
+    qs = rng.standard_normal((3, B, att.query_size))
     dcs = rng.standard_normal((3, B, K))
     mem = att.prepare(memory, LENGTHS)
     total_dq = []
@@ -132,8 +133,8 @@ def test_step_api_matches_forward_and_accumulates_memory_gradient():
     dq_all, dm_all = att.backward(dcs)
     np.testing.assert_allclose(np.stack(total_dq), dq_all, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dm, dm_all, rtol=1e-12, atol=1e-14)
-    for n in grads_steps:
-        assert n in ("v", "w_query")
+    for n in grads_steps:  # w_key and bias wait for memory_backward
+        assert n in ("v", "w_query", "weight")
 
 
 def test_masked_softmax_ignores_padded_values():
@@ -144,17 +145,51 @@ def test_masked_softmax_ignores_padded_values():
     assert (w[0, 2:] == 0).all()
 
 
-def test_padded_memory_values_are_ignored():
-    att = make("general", np.float64)
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_padded_memory_values_are_ignored(kind):
+    """NaN and huge values at padded positions reach neither the outputs nor any gradient."""
+    att = make(kind, np.float64)
     rng = np.random.default_rng(5)
     memory = rng.standard_normal((S, B, K))
-    query = rng.standard_normal((B, Q))
-    ctx, w = att(query, memory, LENGTHS)
-    memory[5:, 1] = np.nan  # row 1 has length 3: positions 3.. are padding
-    memory[3:, 1] = 1e300
-    ctx2, w2 = att(query, memory, LENGTHS)
-    np.testing.assert_array_equal(ctx, ctx2)
-    np.testing.assert_array_equal(w, w2)
+    query = rng.standard_normal((B, att.query_size))
+    dctx = rng.standard_normal((B, K))
+
+    def run():
+        att.zero_grad()
+        ctx, w = att(query, memory, LENGTHS)
+        dq, dm = att.backward(dctx, w)
+        return ctx, w, dq, dm, {n: p.grad.copy() for n, p in att.named_parameters()}
+
+    ctx, w, dq, dm, grads = run()
+    memory[3:, 1] = 1e300  # row 1 has length 3: positions 3.. are padding
+    memory[5:, 1] = np.nan
+    ctx2, w2, dq2, dm2, grads2 = run()
+    for a, b in [(ctx, ctx2), (w, w2), (dq, dq2), (dm, dm2)] + [
+        (grads[n], grads2[n]) for n in grads
+    ]:
+        np.testing.assert_array_equal(a, b)
+    assert (dm[3:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_prepared_memory_is_a_copy(kind):
+    """Writing into the caller's memory after prepare changes neither the steps nor dmemory."""
+    att = make(kind, np.float32)
+    rng = np.random.default_rng(7)
+    memory = rng.standard_normal((S, B, K)).astype(np.float32)
+    query = rng.standard_normal((B, att.query_size)).astype(np.float32)
+    dctx = rng.standard_normal((B, K)).astype(np.float32)
+    results = []
+    for overwrite in (False, True):
+        m = memory.copy()
+        mem = att.prepare(m, LENGTHS)
+        if overwrite:
+            m[...] = 7.0
+        ctx, w, cache = att.step(query, mem, training=True)
+        dq = att.step_backward(cache, mem, dctx)
+        results.append((ctx, w, dq, att.memory_backward(mem)))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_bad_input_is_refused_naming_the_argument():
