@@ -20,15 +20,20 @@ with one of three scores:
 
 A decoder calls attention once per step over the same memory, so the work that depends only on
 the memory is done once: :meth:`Attention.prepare` turns the memory into a
-:class:`AttentionMemory` (batch-major copy, mask, and for ``"additive"`` the keys
+:class:`AttentionMemory` (a copy, and for ``"additive"`` a mask and the keys
 :math:`W_k m_s + b`); :meth:`Attention.step` attends to it and returns a cache for
 :meth:`Attention.step_backward`, which returns the query's gradient and adds the memory's into
 the :class:`AttentionMemory`; :meth:`Attention.memory_backward` finally returns the memory's
 total gradient (through the keys too). :meth:`Attention.forward` / :meth:`Attention.backward` do
 the three at once for the usual one-forward-one-backward module use.
 
-Everything is batched NumPy (``matmul`` over the batch, BLAS inside); ``tests/test_attention.py``
-checks it against PyTorch and finite differences, and ``benchmarks/bench_attention.py`` times it.
+The dot and general scores run in ``fastrnn._kernels.attention`` (``src_pyx/attention.pyx``): the
+scores, the softmax over each row's real positions, the contexts, their backward and the
+memory's gradient, one batch row at a time through BLAS on the time-major memory, read in place
+and only up to each row's length. The additive score is batched NumPy (``matmul`` over the
+batch, BLAS inside) over a batch-major copy whose padded positions are zeroed.
+``tests/test_attention.py`` checks both against PyTorch and finite differences, and
+``benchmarks/bench_attention.py`` times a decoder step.
 """
 
 from __future__ import annotations
