@@ -19,6 +19,7 @@ from libc.string cimport memset
 from scipy.linalg.cython_blas cimport dgemv, sgemv
 
 from _blas cimport blas_int, gemm
+from _rgemm cimport FR_ISA_NONE, fr_rgemm_d, fr_rgemm_nr, fr_rgemm_s
 
 
 cdef inline void _gemv(bint trans, blas_int rows, blas_int cols, const floating* a,
@@ -209,3 +210,53 @@ def memory_grad(const Py_ssize_t[::1] lens,      # IN    (B,)
         return
     with nogil:
         _memory_grad(&lens[0], &left[0, 0, 0], &right[0, 0, 0], &dm[0, 0, 0], S, B, K, n)
+
+
+def matmul(int isa,                            # 0 BLAS, 1 AVX2, 2 AVX-512 (fastrnn._isa)
+           const floating[:, ::1] a,           # IN    (m, k), or (k, m) with trans_a
+           bint trans_a,
+           const floating[:, ::1] b,           # IN    (k, n)
+           floating[:, ::1] c):                # OUT   (m, n)
+    """c := op(a) @ b on the kernels' GEMM micro-kernels, both operands read in place.
+
+    The products of a decoder's backward (a gradient times a weight, a gradient's transpose
+    times an input) have a row-major right operand: the micro-kernels (``_rgemm.h``) read it
+    in place, panel by panel, where BLAS would first pack it. The columns past the last whole
+    panel, and everything when ``isa`` is 0, go to BLAS.
+
+    Parameters
+    ----------
+    isa : int
+        Micro-kernels to run: 0 (none: BLAS), 1 (AVX2) or 2 (AVX-512); the caller checks that
+        the CPU runs them (``fastrnn.get_isa()``).
+    a : ndarray of shape (m, k), or (k, m) when ``trans_a``; C-contiguous float32 or float64
+    trans_a : bool
+        Use ``a.T``.
+    b : ndarray of shape (k, n), same dtype, C-contiguous
+    c : ndarray of shape (m, n), same dtype, C-contiguous; overwritten
+    """
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = b.shape[0], n_main = 0
+    cdef Py_ssize_t ma = a.shape[1] if trans_a else a.shape[0]
+    cdef Py_ssize_t ka = a.shape[0] if trans_a else a.shape[1]
+    if ma != m or ka != k or b.shape[1] != n:
+        raise ValueError(f"matmul: shapes a ({a.shape[0]}, {a.shape[1]}), b ({k}, {b.shape[1]})"
+                         f" and c ({m}, {n}) do not fit for trans_a={trans_a}")
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        c[:, :] = 0
+        return
+    cdef Py_ssize_t lda = a.shape[1]
+    # A[i, kk] = a[i * rs + kk * ks]: (lda, 1) for a, (1, lda) for its transpose
+    cdef Py_ssize_t rs = 1 if trans_a else lda, ks = lda if trans_a else 1
+    if isa != FR_ISA_NONE:
+        n_main = n - n % fr_rgemm_nr(isa, sizeof(floating))
+    with nogil:
+        if n_main > 0:
+            if floating is float:
+                fr_rgemm_s(isa, m, n_main, k, &a[0, 0], rs, ks, &b[0, 0], n, &c[0, 0], n, 0)
+            else:
+                fr_rgemm_d(isa, m, n_main, k, &a[0, 0], rs, ks, &b[0, 0], n, &c[0, 0], n, 0)
+        if n_main < n:
+            gemm(trans_a, False, m, n - n_main, k, <floating> 1, &a[0, 0], lda,
+                 &b[0, n_main], n, <floating> 0, &c[0, n_main], n)

@@ -236,3 +236,56 @@ def test_float32_input_to_float64_layer_is_converted():
     assert ctx.dtype == np.float64
     ctx2, _ = att(q.astype(np.float64), m.astype(np.float64))
     np.testing.assert_array_equal(ctx, ctx2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_kernel_matmul_matches_numpy_on_every_isa(dtype, trans_a):
+    """The decoder's GEMMs (fastrnn._kernels.attention.matmul): micro-kernels on whole panels of
+    columns, BLAS on the rest, for every instruction set this CPU runs."""
+    import fastrnn
+    from fastrnn._isa import _CODES
+    from fastrnn._kernels import attention as kernel
+
+    rng = np.random.default_rng(8)
+    tol = {np.float32: 2e-5, np.float64: 1e-13}[dtype]
+    for m, k, n in [(32, 256, 512), (5, 7, 16), (9, 3, 37), (1, 1, 1), (3, 33, 5)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        want = (a.T if trans_a else a) @ b
+        for isa in fastrnn.available_isas():
+            c = np.full((m, n), np.nan, dtype)
+            kernel.matmul(_CODES[isa], a, trans_a, b, c)
+            np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(want).max())
+    c = np.full((2, 3), np.nan, dtype)
+    kernel.matmul(0, np.zeros((2, 0), dtype), False, np.zeros((0, 3), dtype), c)
+    assert (c == 0).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        kernel.matmul(0, np.zeros((2, 4), dtype), trans_a, np.zeros((3, 3), dtype), c)
+
+
+def test_decoder_step_is_the_same_on_every_isa():
+    """The decoder's products give the same numbers (within rounding) on every ISA."""
+    import fastrnn
+    from fastrnn.nn import AttentionDecoder
+
+    rng = np.random.default_rng(9)
+    dec = AttentionDecoder(11, 4, 16, K, attention="general", dtype=np.float64, seed=1)
+    memory = rng.standard_normal((S, B, K))
+    y = rng.integers(0, 11, (3, B))
+    g = rng.standard_normal((3, B, 11))
+    before = fastrnn.get_isa()
+    results = []
+    try:
+        for isa in fastrnn.available_isas():
+            fastrnn.set_isa(isa)
+            dec.zero_grad()
+            mem = dec.attention.prepare(memory, LENGTHS)
+            logits, _ = dec(y, mem)
+            dm, _ = dec.backward(g)
+            results.append([logits, dm] + [p.grad.copy() for p in dec.parameters()])
+    finally:
+        fastrnn.set_isa(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

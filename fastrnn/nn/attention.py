@@ -46,6 +46,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
+from fastrnn._isa import _CODES as _ISA_CODES
+from fastrnn._isa import get_isa
 from fastrnn._kernels import attention as _kernel
 from fastrnn._threads import blas_single_thread, blas_threads
 from fastrnn.nn._checks import as_real_array, check_float_dtype, check_positive_int
@@ -496,7 +498,7 @@ class Attention(Module):
             dpre *= 1 - z * z  # (B, T, S, A)
             dqp = dpre.sum(axis=2)  # (B, T, A)
             dkeys = dpre.sum(axis=1)  # (B, S, A)
-            _accumulate(self.w_query, dqp.reshape(-1, A).T @ qb.reshape(-1, self.query_size))
+            _accumulate(self.w_query, _dot_tn(dqp.reshape(-1, A), qb.reshape(-1, self.query_size)))
             dq = _rows_matmul(dqp, self.w_query.data)
             _add_grad(mem.grads, "keys", dkeys)
         else:
@@ -507,7 +509,8 @@ class Attention(Module):
                 dq = dp
             else:  # p = q W_a^T  =>  dq = dp W_a,  dW_a = dp^T q
                 _accumulate(
-                    self.weight, dp.reshape(-1, self.key_size).T @ qb.reshape(-1, self.query_size)
+                    self.weight,
+                    _dot_tn(dp.reshape(-1, self.key_size), qb.reshape(-1, self.query_size)),
                 )
                 dq = _rows_matmul(dp, self.weight.data)
         # zero at padded positions: w = de = 0 there
@@ -572,7 +575,41 @@ class Attention(Module):
 def _rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x @ w`` for x of shape (B, T, X) and w (X, Y) as one 2-D GEMM of B * T rows (NumPy runs
     the 3-D product as B products, vector products when T = 1)."""
-    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+    return _dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+def _dot(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` for a 2-D ``x`` and a weight ``w`` (X, Y) or a weight's transpose (a view), on
+    the kernels' GEMM micro-kernels, which read a row-major right operand in place: ``x @ W``
+    directly, ``x @ W^T`` as ``(W @ x^T)^T`` (the returned array is then a transposed view).
+
+    A decoder's products, (B, X) by (X, Y) with B = 32 and X, Y in the hundreds, ran 2-3x
+    slower through NumPy's BLAS, which packs the weight at every call (measured in
+    benchmarks/bench_attention.py's step).
+    """
+    if x.dtype != w.dtype or x.dtype.kind != "f" or w.ndim != 2:
+        return x @ w
+    if w.flags.c_contiguous:
+        return _matmul(np.ascontiguousarray(x), w)
+    if w.T.flags.c_contiguous:
+        return _matmul(w.T, np.ascontiguousarray(x.T)).T
+    return x @ w
+
+
+def _dot_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a^T @ b`` for 2-D C-contiguous ``a`` (R, M) and ``b`` (R, N): a weight's gradient."""
+    if a.dtype != b.dtype or a.dtype.kind != "f":
+        return a.T @ b
+    return _matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), trans_a=True)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False) -> np.ndarray:
+    """``op(a) @ b`` (C-contiguous operands) by ``fastrnn._kernels.attention.matmul`` with the
+    micro-kernels of the instruction set in use (``fastrnn.get_isa()``; BLAS for ``"blas"``)."""
+    c = np.empty((a.shape[1] if trans_a else a.shape[0], b.shape[1]), a.dtype)
+    with blas_single_thread():
+        _kernel.matmul(_ISA_CODES[get_isa()], a, trans_a, b, c)
+    return c
 
 
 def _add_grad(grads: dict[str, np.ndarray], key: str, g: np.ndarray) -> None:

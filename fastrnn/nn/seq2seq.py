@@ -41,7 +41,14 @@ import numpy as np
 from fastrnn.cells import Cell, get_cell
 from fastrnn.nn import rnn as _rnn_layers
 from fastrnn.nn._checks import as_index_array, check_float_dtype, check_positive_int
-from fastrnn.nn.attention import KINDS, Attention, AttentionMemory, _one_blas_thread
+from fastrnn.nn.attention import (
+    KINDS,
+    Attention,
+    AttentionMemory,
+    _dot,
+    _dot_tn,
+    _one_blas_thread,
+)
 from fastrnn.nn.blocks import Embedding, Linear, _accumulate, _no_cache_error
 from fastrnn.nn.module import Module
 
@@ -345,7 +352,7 @@ class AttentionDecoder(Module):
         # when they change), as an eval-mode LSTM layer does
         packs = None if training else self._eval_packs()
         new_state, a, cache = self._advance(emb, state, feed, mem, training, packs, u, ht)
-        logits = ht @ self.out.weight.data.T
+        logits = np.ascontiguousarray(_dot(ht, self.out.weight.data.T))
         logits += self.out.bias.data
         return logits, new_state, ht, a, (*cache, u, ht) if training else None
 
@@ -381,7 +388,7 @@ class AttentionDecoder(Module):
             _, a, ac = self.attention._step(h, mem, training, ctx_out=u[:, :K])
         u[:, K:] = h
         # ht = tanh(u W_c^T + b_c), in place
-        np.matmul(u, self.combine.weight.data.T, out=ht)
+        ht[...] = _dot(u, self.combine.weight.data.T)
         ht += self.combine.bias.data
         np.tanh(ht, out=ht)
         return tuple(states), a, ((rc, ac) if training else None)
@@ -432,7 +439,7 @@ class AttentionDecoder(Module):
                 weights[t] = a
             caches.append(cache)
         # the output layer is outside the recurrence: one GEMM for every step
-        logits = (hts.reshape(-1, H) @ self.out.weight.data.T).reshape(T, B, self.vocab_size)
+        logits = _dot(hts.reshape(-1, H), self.out.weight.data.T).reshape(T, B, self.vocab_size)
         logits += self.out.bias.data
         self._cache = (caches, mem, init, y, us, hts) if training else None
         return logits, weights
@@ -468,9 +475,9 @@ class AttentionDecoder(Module):
         Wo, Wc = self.out.weight.data, self.combine.weight.data
         # the output layers' gradients summed over the steps, once: dW_o = sum_t dlogits_t^T ht_t
         dl = dlogits.reshape(-1, V)
-        _accumulate(self.out.weight, dl.T @ hts.reshape(-1, H))
+        _accumulate(self.out.weight, _dot_tn(dl, hts.reshape(-1, H)))
         _accumulate(self.out.bias, dl.sum(axis=0))
-        dpres = (dl @ Wo).reshape(T, B, H)  # d h~_t from the logits; each made d pre_t below
+        dpres = _dot(dl, Wo).reshape(T, B, H)  # d h~_t from the logits; each made d pre_t below
         params = [getattr(self.rnn, n) for n in _CELL_WEIGHTS]
         dfeed = None
         dstate: tuple[Any, ...] = (None,) * len(self._cell.states)
@@ -484,7 +491,7 @@ class AttentionDecoder(Module):
                 dpre += dfeed
             # ht = tanh(u W_c^T + b_c)  =>  dpre = dht (1 - ht^2),  du = dpre W_c
             dpre *= 1 - ht * ht
-            du = dpre @ Wc
+            du = _dot(dpre, Wc)
             if self.attention is not None:
                 dh = self.attention._step_backward(ac, mem, du[:, :K])
                 dh += du[:, K:]
@@ -497,7 +504,7 @@ class AttentionDecoder(Module):
             dx = g.dx[0]
             demb[t] = dx[:, :E]
             dfeed = dx[:, E:] if self.input_feeding else None
-        _accumulate(self.combine.weight, dpres.reshape(-1, H).T @ us.reshape(-1, K + H))
+        _accumulate(self.combine.weight, _dot_tn(dpres.reshape(-1, H), us.reshape(-1, K + H)))
         _accumulate(self.combine.bias, dpres.reshape(-1, H).sum(axis=0))
         # the rows of the (few) input tokens: a scatter-add, for T * B rows
         demb_sum = np.zeros_like(self.embedding.weight.data)
