@@ -27,8 +27,10 @@ through both, and :meth:`Seq2Seq.greedy` and :meth:`Seq2Seq.beam_search` decode 
 
 The decoder advances one step at a time (input feeding makes step t's input depend on step
 t - 1's output), each step one call of :func:`fastrnn.functional.lstm_forward` (or
-``gru_forward``) with T = 1 on the parameters of its ``rnn`` layer, whose caches the backward
-runs in reverse through :func:`~fastrnn.functional.lstm_backward`. The ``rnn`` layer is an
+``gru_forward``) with T = 1 on the parameters of its ``rnn`` layer (the weights packed for the
+kernels once per ``forward``), whose caches the backward runs in reverse through
+:func:`~fastrnn.functional.lstm_backward`. The dense products (``combine``, ``out``) run on the
+kernels' GEMM micro-kernels (``fastrnn.nn.attention._dot``). The ``rnn`` layer is an
 ordinary :class:`~fastrnn.LSTM`: its parameters have PyTorch's names and shapes.
 """
 
