@@ -127,11 +127,27 @@ cdef void _memory_grad(const Py_ssize_t* lens, const floating* left, const float
             memset(dm + (s * B + b) * K, 0, K * sizeof(floating))
 
 
-def forward(const floating[:, :, ::1] m,       # IN    (S, B, K)
-            const Py_ssize_t[::1] lens,        # IN    (B,)
-            const floating[:, :, ::1] p,       # IN    (B, n, K)
-            floating[:, :, ::1] w,             # OUT   (B, n, S)
-            floating[:, :, ::1] ctx):          # OUT   (B, n, K)
+cdef _check_lens(const Py_ssize_t[::1] lens, Py_ssize_t S, Py_ssize_t B):
+    """Raise ValueError unless lens is (B,) with values in [1, S] (the kernels read rows by it)."""
+    cdef Py_ssize_t b
+    if lens.shape[0] != B:
+        raise ValueError(f"lens has {lens.shape[0]} rows, the memory {B}")
+    for b in range(B):
+        if not 1 <= lens[b] <= S:
+            raise ValueError(f"lens[{b}] = {lens[b]} is not in [1, S={S}]")
+
+
+cdef _check_shape(str name, Py_ssize_t* got, Py_ssize_t B, Py_ssize_t n, Py_ssize_t last):
+    """Raise ValueError unless an operand's shape is (B, n, last) (the kernels index unchecked)."""
+    if got[0] != B or got[1] != n or got[2] != last:
+        raise ValueError(f"{name} must have shape {(B, n, last)}, got {(got[0], got[1], got[2])}")
+
+
+def forward(const floating[:, :, ::1] m not None,       # IN    (S, B, K)
+            const Py_ssize_t[::1] lens not None,        # IN    (B,)
+            const floating[:, :, ::1] p not None,       # IN    (B, n, K)
+            floating[:, :, ::1] w not None,             # OUT   (B, n, S)
+            floating[:, :, ::1] ctx not None):          # OUT   (B, n, K)
     """Attention weights and contexts of n projected queries per batch row.
 
     Parameters
@@ -148,19 +164,22 @@ def forward(const floating[:, :, ::1] m,       # IN    (S, B, K)
         Written: the contexts ``w @ m``.
     """
     cdef Py_ssize_t S = m.shape[0], B = m.shape[1], K = m.shape[2], n = p.shape[1]
+    _check_lens(lens, S, B)
+    _check_shape("w", w.shape, B, n, S)
+    _check_shape("ctx", ctx.shape, B, n, K)
     if S == 0 or B == 0 or K == 0 or n == 0:
         return
     with nogil:
         _forward(&m[0, 0, 0], &lens[0], &p[0, 0, 0], &w[0, 0, 0], &ctx[0, 0, 0], S, B, K, n)
 
 
-def backward(const floating[:, :, ::1] m,      # IN    (S, B, K)
-             const Py_ssize_t[::1] lens,       # IN    (B,)
-             const floating[:, :, ::1] w,      # IN    (B, n, S)
-             const floating[:, :, ::1] dctx,   # IN    (B, n, K)
-             const floating[:, :, ::1] dweights,  # IN (B, n, S) or None
-             floating[:, :, ::1] de,           # OUT   (B, n, S)
-             floating[:, :, ::1] dp):          # OUT   (B, n, K)
+def backward(const floating[:, :, ::1] m not None,      # IN    (S, B, K)
+             const Py_ssize_t[::1] lens not None,       # IN    (B,)
+             const floating[:, :, ::1] w not None,      # IN    (B, n, S)
+             const floating[:, :, ::1] dctx not None,   # IN    (B, n, K)
+             const floating[:, :, ::1] dweights,        # IN (B, n, S) or None
+             floating[:, :, ::1] de not None,           # OUT   (B, n, S)
+             floating[:, :, ::1] dp not None):          # OUT   (B, n, K)
     """Gradients of the scores and of the projected queries of :func:`forward`.
 
     Parameters
@@ -180,6 +199,13 @@ def backward(const floating[:, :, ::1] m,      # IN    (S, B, K)
     """
     cdef Py_ssize_t S = m.shape[0], B = m.shape[1], K = m.shape[2], n = w.shape[1]
     cdef const floating* dwx = NULL
+    _check_lens(lens, S, B)
+    _check_shape("w", w.shape, B, n, S)
+    _check_shape("dctx", dctx.shape, B, n, K)
+    _check_shape("de", de.shape, B, n, S)
+    _check_shape("dp", dp.shape, B, n, K)
+    if dweights is not None:
+        _check_shape("dweights", dweights.shape, B, n, S)
     if S == 0 or B == 0 or K == 0 or n == 0:
         return
     if dweights is not None:
@@ -189,10 +215,10 @@ def backward(const floating[:, :, ::1] m,      # IN    (S, B, K)
                   &dp[0, 0, 0], S, B, K, n)
 
 
-def memory_grad(const Py_ssize_t[::1] lens,      # IN    (B,)
-                const floating[:, :, ::1] left,  # IN    (B, n, S)
-                const floating[:, :, ::1] right,  # IN   (B, n, K)
-                floating[:, :, ::1] dm):         # OUT   (S, B, K)
+def memory_grad(const Py_ssize_t[::1] lens not None,    # IN    (B,)
+                const floating[:, :, ::1] left not None,  # IN    (B, n, S)
+                const floating[:, :, ::1] right not None,  # IN   (B, n, K)
+                floating[:, :, ::1] dm not None):       # OUT   (S, B, K)
     """The memory's gradient ``dm[:, b] = left_b^T @ right_b``, time-major.
 
     Parameters
@@ -206,6 +232,9 @@ def memory_grad(const Py_ssize_t[::1] lens,      # IN    (B,)
         Written; zero at padded positions.
     """
     cdef Py_ssize_t S = dm.shape[0], B = dm.shape[1], K = dm.shape[2], n = left.shape[1]
+    _check_lens(lens, S, B)
+    _check_shape("left", left.shape, B, n, S)
+    _check_shape("right", right.shape, B, n, K)
     if S == 0 or B == 0 or K == 0 or n == 0:
         return
     with nogil:
@@ -213,10 +242,10 @@ def memory_grad(const Py_ssize_t[::1] lens,      # IN    (B,)
 
 
 def matmul(int isa,                            # 0 BLAS, 1 AVX2, 2 AVX-512 (fastrnn._isa)
-           const floating[:, ::1] a,           # IN    (m, k), or (k, m) with trans_a
+           const floating[:, ::1] a not None,           # IN    (m, k), or (k, m) with trans_a
            bint trans_a,
-           const floating[:, ::1] b,           # IN    (k, n)
-           floating[:, ::1] c):                # OUT   (m, n)
+           const floating[:, ::1] b not None,           # IN    (k, n)
+           floating[:, ::1] c not None):                # OUT   (m, n)
     """c := op(a) @ b on the kernels' GEMM micro-kernels, both operands read in place.
 
     The products of a decoder's backward (a gradient times a weight, a gradient's transpose

@@ -264,6 +264,32 @@ def test_kernel_matmul_matches_numpy_on_every_isa(dtype, trans_a):
         kernel.matmul(0, np.zeros((2, 4), dtype), trans_a, np.zeros((3, 3), dtype), c)
 
 
+def test_kernels_refuse_operands_that_do_not_fit():
+    """The attention kernels index without checks: their entry points check shapes and lengths."""
+    from fastrnn._kernels import attention as kernel
+
+    f = np.float32
+    m, p = np.zeros((5, 2, 3), f), np.zeros((2, 1, 3), f)
+    w, ctx, lens = np.zeros((2, 1, 5), f), np.zeros((2, 1, 3), f), np.array([5, 2], np.intp)
+    kernel.forward(m, lens, p, w, ctx)
+    with pytest.raises(ValueError, match=r"lens\[0\] = 6 is not in \[1, S=5\]"):
+        kernel.forward(m, np.array([6, 2], np.intp), p, w, ctx)
+    with pytest.raises(ValueError, match="lens has 1 rows"):
+        kernel.forward(m, lens[:1].copy(), p, w, ctx)
+    with pytest.raises(ValueError, match=r"w must have shape \(2, 1, 5\), got \(2, 1, 4\)"):
+        kernel.forward(m, lens, p, np.zeros((2, 1, 4), f), ctx)
+    with pytest.raises(ValueError, match="dweights must have shape"):
+        kernel.backward(m, lens, w, ctx, np.zeros((2, 1, 2), f), w.copy(), ctx.copy())
+    with pytest.raises(ValueError, match="right must have shape"):
+        kernel.memory_grad(lens, w, np.zeros((2, 1, 4), f), m.copy())
+    with pytest.raises(TypeError):
+        kernel.forward(None, lens, p, w, ctx)
+    att = make("general", np.float32)
+    mem = att.prepare(np.zeros((S, B, K), f), LENGTHS)
+    with pytest.raises(ValueError, match="no time_major memory"):
+        att.step(np.zeros((B, Q), f), mem._replace(time_major=None))
+
+
 def test_decoder_step_is_the_same_on_every_isa():
     """The decoder's products give the same numbers (within rounding) on every ISA."""
     import fastrnn

@@ -409,6 +409,11 @@ class Attention(Module):
             ctx = w @ m  # (B, T, K)
         else:
             # e_s = p . m_s,  w = softmax over the real positions,  ctx = w @ m: the kernel
+            if mem.time_major is None:
+                raise ValueError(
+                    f"mem has no time_major memory: prepare it with this {self.kind!r} "
+                    "attention's prepare()"
+                )
             z = None
             p = qb if self.kind == "dot" else _rows_matmul(qb, self.weight.data.T)  # (B, T, K)
             p = np.ascontiguousarray(p)
