@@ -8,7 +8,7 @@ features with a random length per row, embedding size E and V output tokens::
     ctx = a m;  feed = tanh(W_c [ctx; h] + b_c);  logits = W_o feed + b_o
 
 then the backward of ``sum(logits * G)`` for a fixed random G to every parameter, the previous
-states and the memory. fastrnn runs ``attention.prepare`` (the memory's batch-major copy and, for
+states and the memory. fastrnn runs ``attention.prepare`` (a copy of the memory and, for
 ``additive``, its keys), ``decoder.forward`` with one target step and ``decoder.backward``;
 torch runs the same equations eagerly (``torch.lstm_cell``, ``bmm``, ``masked_fill``, softmax)
 under autograd, gradients set to None before each step. Their steps alternate (fair under

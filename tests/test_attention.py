@@ -111,12 +111,13 @@ def test_finite_differences(kind):
         np.testing.assert_allclose(grads[name], num, rtol=1e-6, atol=1e-8, err_msg=name)
 
 
-def test_step_api_matches_forward_and_accumulates_memory_gradient():
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_step_api_matches_forward_and_accumulates_memory_gradient(kind):
     """prepare + several steps + memory_backward = the sum of separate forward/backward calls."""
     rng = np.random.default_rng(4)
-    att = make("additive", np.float64)
+    att = make(kind, np.float64)
     memory = rng.standard_normal((S, B, K))
-    qs = rng.standard_normal((3, B, Q))
+    qs = rng.standard_normal((3, B, att.query_size))
     dcs = rng.standard_normal((3, B, K))
     mem = att.prepare(memory, LENGTHS)
     total_dq = []
@@ -132,8 +133,8 @@ def test_step_api_matches_forward_and_accumulates_memory_gradient():
     dq_all, dm_all = att.backward(dcs)
     np.testing.assert_allclose(np.stack(total_dq), dq_all, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dm, dm_all, rtol=1e-12, atol=1e-14)
-    for n in grads_steps:
-        assert n in ("v", "w_query")
+    for n in grads_steps:  # w_key and bias wait for memory_backward
+        assert n in ("v", "w_query", "weight")
 
 
 def test_masked_softmax_ignores_padded_values():
@@ -144,17 +145,51 @@ def test_masked_softmax_ignores_padded_values():
     assert (w[0, 2:] == 0).all()
 
 
-def test_padded_memory_values_are_ignored():
-    att = make("general", np.float64)
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_padded_memory_values_are_ignored(kind):
+    """NaN and huge values at padded positions reach neither the outputs nor any gradient."""
+    att = make(kind, np.float64)
     rng = np.random.default_rng(5)
     memory = rng.standard_normal((S, B, K))
-    query = rng.standard_normal((B, Q))
-    ctx, w = att(query, memory, LENGTHS)
-    memory[5:, 1] = np.nan  # row 1 has length 3: positions 3.. are padding
-    memory[3:, 1] = 1e300
-    ctx2, w2 = att(query, memory, LENGTHS)
-    np.testing.assert_array_equal(ctx, ctx2)
-    np.testing.assert_array_equal(w, w2)
+    query = rng.standard_normal((B, att.query_size))
+    dctx = rng.standard_normal((B, K))
+
+    def run():
+        att.zero_grad()
+        ctx, w = att(query, memory, LENGTHS)
+        dq, dm = att.backward(dctx, w)
+        return ctx, w, dq, dm, {n: p.grad.copy() for n, p in att.named_parameters()}
+
+    ctx, w, dq, dm, grads = run()
+    memory[3:, 1] = 1e300  # row 1 has length 3: positions 3.. are padding
+    memory[5:, 1] = np.nan
+    ctx2, w2, dq2, dm2, grads2 = run()
+    for a, b in [(ctx, ctx2), (w, w2), (dq, dq2), (dm, dm2)] + [
+        (grads[n], grads2[n]) for n in grads
+    ]:
+        np.testing.assert_array_equal(a, b)
+    assert (dm[3:, 1] == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["dot", "general", "additive"])
+def test_prepared_memory_is_a_copy(kind):
+    """Writing into the caller's memory after prepare changes neither the steps nor dmemory."""
+    att = make(kind, np.float32)
+    rng = np.random.default_rng(7)
+    memory = rng.standard_normal((S, B, K)).astype(np.float32)
+    query = rng.standard_normal((B, att.query_size)).astype(np.float32)
+    dctx = rng.standard_normal((B, K)).astype(np.float32)
+    results = []
+    for overwrite in (False, True):
+        m = memory.copy()
+        mem = att.prepare(m, LENGTHS)
+        if overwrite:
+            m[...] = 7.0
+        ctx, w, cache = att.step(query, mem, training=True)
+        dq = att.step_backward(cache, mem, dctx)
+        results.append((ctx, w, dq, att.memory_backward(mem)))
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_bad_input_is_refused_naming_the_argument():
@@ -201,3 +236,82 @@ def test_float32_input_to_float64_layer_is_converted():
     assert ctx.dtype == np.float64
     ctx2, _ = att(q.astype(np.float64), m.astype(np.float64))
     np.testing.assert_array_equal(ctx, ctx2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_kernel_matmul_matches_numpy_on_every_isa(dtype, trans_a):
+    """The decoder's GEMMs (fastrnn._kernels.attention.matmul): micro-kernels on whole panels of
+    columns, BLAS on the rest, for every instruction set this CPU runs."""
+    import fastrnn
+    from fastrnn._isa import _CODES
+    from fastrnn._kernels import attention as kernel
+
+    rng = np.random.default_rng(8)
+    tol = {np.float32: 2e-5, np.float64: 1e-13}[dtype]
+    for m, k, n in [(32, 256, 512), (5, 7, 16), (9, 3, 37), (1, 1, 1), (3, 33, 5)]:
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        want = (a.T if trans_a else a) @ b
+        for isa in fastrnn.available_isas():
+            c = np.full((m, n), np.nan, dtype)
+            kernel.matmul(_CODES[isa], a, trans_a, b, c)
+            np.testing.assert_allclose(c, want, rtol=tol, atol=tol * np.abs(want).max())
+    c = np.full((2, 3), np.nan, dtype)
+    kernel.matmul(0, np.zeros((2, 0), dtype), False, np.zeros((0, 3), dtype), c)
+    assert (c == 0).all()
+    with pytest.raises(ValueError, match="do not fit"):
+        kernel.matmul(0, np.zeros((2, 4), dtype), trans_a, np.zeros((3, 3), dtype), c)
+
+
+def test_kernels_refuse_operands_that_do_not_fit():
+    """The attention kernels index without checks: their entry points check shapes and lengths."""
+    from fastrnn._kernels import attention as kernel
+
+    f = np.float32
+    m, p = np.zeros((5, 2, 3), f), np.zeros((2, 1, 3), f)
+    w, ctx, lens = np.zeros((2, 1, 5), f), np.zeros((2, 1, 3), f), np.array([5, 2], np.intp)
+    kernel.forward(m, lens, p, w, ctx)
+    with pytest.raises(ValueError, match=r"lens\[0\] = 6 is not in \[1, S=5\]"):
+        kernel.forward(m, np.array([6, 2], np.intp), p, w, ctx)
+    with pytest.raises(ValueError, match="lens has 1 rows"):
+        kernel.forward(m, lens[:1].copy(), p, w, ctx)
+    with pytest.raises(ValueError, match=r"w must have shape \(2, 1, 5\), got \(2, 1, 4\)"):
+        kernel.forward(m, lens, p, np.zeros((2, 1, 4), f), ctx)
+    with pytest.raises(ValueError, match="dweights must have shape"):
+        kernel.backward(m, lens, w, ctx, np.zeros((2, 1, 2), f), w.copy(), ctx.copy())
+    with pytest.raises(ValueError, match="right must have shape"):
+        kernel.memory_grad(lens, w, np.zeros((2, 1, 4), f), m.copy())
+    with pytest.raises(TypeError):
+        kernel.forward(None, lens, p, w, ctx)
+    att = make("general", np.float32)
+    mem = att.prepare(np.zeros((S, B, K), f), LENGTHS)
+    with pytest.raises(ValueError, match="no time_major memory"):
+        att.step(np.zeros((B, Q), f), mem._replace(time_major=None))
+
+
+def test_decoder_step_is_the_same_on_every_isa():
+    """The decoder's products give the same numbers (within rounding) on every ISA."""
+    import fastrnn
+    from fastrnn.nn import AttentionDecoder
+
+    rng = np.random.default_rng(9)
+    dec = AttentionDecoder(11, 4, 16, K, attention="general", dtype=np.float64, seed=1)
+    memory = rng.standard_normal((S, B, K))
+    y = rng.integers(0, 11, (3, B))
+    g = rng.standard_normal((3, B, 11))
+    before = fastrnn.get_isa()
+    results = []
+    try:
+        for isa in fastrnn.available_isas():
+            fastrnn.set_isa(isa)
+            dec.zero_grad()
+            mem = dec.attention.prepare(memory, LENGTHS)
+            logits, _ = dec(y, mem)
+            dm, _ = dec.backward(g)
+            results.append([logits, dm] + [p.grad.copy() for p in dec.parameters()])
+    finally:
+        fastrnn.set_isa(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -20,29 +20,38 @@ with one of three scores:
 
 A decoder calls attention once per step over the same memory, so the work that depends only on
 the memory is done once: :meth:`Attention.prepare` turns the memory into a
-:class:`AttentionMemory` (batch-major copy, mask, and for ``"additive"`` the keys
+:class:`AttentionMemory` (a copy, and for ``"additive"`` a mask and the keys
 :math:`W_k m_s + b`); :meth:`Attention.step` attends to it and returns a cache for
 :meth:`Attention.step_backward`, which returns the query's gradient and adds the memory's into
 the :class:`AttentionMemory`; :meth:`Attention.memory_backward` finally returns the memory's
 total gradient (through the keys too). :meth:`Attention.forward` / :meth:`Attention.backward` do
 the three at once for the usual one-forward-one-backward module use.
 
-Everything is batched NumPy (``matmul`` over the batch, BLAS inside); ``tests/test_attention.py``
-checks it against PyTorch and finite differences, and ``benchmarks/bench_attention.py`` times it.
+The dot and general scores run in ``fastrnn._kernels.attention`` (``src_pyx/attention.pyx``): the
+scores, the softmax over each row's real positions, the contexts, their backward and the
+memory's gradient, one batch row at a time through BLAS on the time-major memory, read in place
+and only up to each row's length. The additive score is batched NumPy (``matmul`` over the
+batch, BLAS inside) over a batch-major copy whose padded positions are zeroed.
+``tests/test_attention.py`` checks both against PyTorch and finite differences, and
+``benchmarks/bench_attention.py`` times a decoder step.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from fastrnn._threads import blas_threads
+from fastrnn._isa import _CODES as _ISA_CODES
+from fastrnn._isa import get_isa
+from fastrnn._kernels import attention as _kernel
+from fastrnn._threads import blas_single_thread, blas_threads
 from fastrnn.nn._checks import as_real_array, check_float_dtype, check_positive_int
-from fastrnn.nn.blocks import _no_cache_error
+from fastrnn.nn.blocks import _accumulate, _no_cache_error
 from fastrnn.nn.module import Module, Parameter
 
 __all__ = ["KINDS", "Attention", "AttentionMemory", "masked_softmax"]
@@ -52,6 +61,8 @@ KINDS = ("dot", "general", "additive")
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+# Whether this Python thread runs inside a method wrapped by _one_blas_thread.
+_inside = threading.local()
 
 
 def _one_blas_thread(method: _F) -> _F:
@@ -66,8 +77,14 @@ def _one_blas_thread(method: _F) -> _F:
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with blas_threads(1, "numpy"):
+        if getattr(_inside, "active", False):  # called by another wrapped method: already on one
             return method(*args, **kwargs)
+        _inside.active = True
+        try:
+            with blas_threads(1, "numpy"):
+                return method(*args, **kwargs)
+        finally:
+            _inside.active = False
 
     return wrapper  # type: ignore[return-value]
 
@@ -110,16 +127,25 @@ class AttentionMemory(NamedTuple):
     Attributes
     ----------
     memory : ndarray of shape (B, S, K)
-        Batch-major copy of the memory, zero at padded positions.
+        Batch-major copy of the memory: for ``"additive"`` a contiguous one, zero at padded
+        positions; for ``"dot"`` and ``"general"`` a view of ``time_major``.
     mask : ndarray of bool, shape (B, 1, S), or None
-        True at the real positions (None when every position is real).
+        ``"additive"``: True at the real positions (None when every position is real);
+        None for the other scores, which read ``lengths``.
     lengths : ndarray of int, shape (B,), or None
+        Real positions of each row; None when every position is real (``"additive"`` only:
+        the other scores always have it).
     keys : ndarray of shape (B, S, A) or None
         :math:`W_k m_s + b` for ``"additive"``, else None.
     grads : dict
         What :meth:`Attention.step_backward` leaves for :meth:`Attention.memory_backward`: the
         factors of the memory's gradient (``"left"``, ``"right"``) and, for ``"additive"``, the
         keys' gradient (``"keys"``).
+    time_major : ndarray of shape (S, B, K) or None
+        ``"dot"`` and ``"general"``: a C-contiguous copy of the memory in the layout the
+        encoder wrote it, which the compiled kernels (``fastrnn._kernels.attention``) read in
+        place, only each row's real positions (padded ones keep whatever values they had and
+        are never read). None for ``"additive"``.
     """
 
     memory: np.ndarray
@@ -127,9 +153,15 @@ class AttentionMemory(NamedTuple):
     lengths: np.ndarray | None
     keys: np.ndarray | None
     grads: dict[str, np.ndarray]
+    time_major: np.ndarray | None = None
 
     def repeat(self, n: int) -> AttentionMemory:
         """Each batch row repeated ``n`` times in a row (for beam search; no gradients)."""
+        if self.time_major is not None:
+            mt = np.repeat(self.time_major, n, axis=1)
+            return AttentionMemory(
+                mt.transpose(1, 0, 2), None, np.repeat(self.lengths, n), None, {}, mt
+            )
         return AttentionMemory(
             np.repeat(self.memory, n, axis=0),
             None if self.mask is None else np.repeat(self.mask, n, axis=0),
@@ -265,6 +297,13 @@ class Attention(Module):
         if S == 0:
             raise ValueError("memory must have at least one position (S >= 1), got S = 0")
         lens = _check_lengths(lengths, S, B)
+        if self.kind != "additive":
+            # the kernels read the time-major memory in place: a plain copy (none when the
+            # conversion already made one), no transposition, no zeroing of padded positions
+            fresh = m is not memory and m.flags.owndata and m.flags.c_contiguous
+            mt = m if fresh else np.array(m, order="C", copy=True)
+            lens = np.full(B, S, np.intp) if lens is None else lens
+            return AttentionMemory(mt.transpose(1, 0, 2), None, lens, None, {}, mt)
         mb = np.ascontiguousarray(m.transpose(1, 0, 2))
         if mb is m or np.shares_memory(mb, m):
             mb = mb.copy()
@@ -302,15 +341,19 @@ class Attention(Module):
         if left:
             lhs = np.concatenate(left, axis=1) if len(left) > 1 else left[0]  # (B, n, S)
             rhs = np.concatenate(right, axis=1) if len(right) > 1 else right[0]  # (B, n, K)
-            np.matmul(lhs.transpose(0, 2, 1), rhs, out=dm)
+            if mem.time_major is not None:  # the kernel: each row's real positions only
+                with blas_single_thread():
+                    _kernel.memory_grad(mem.lengths, lhs, rhs, out)
+            else:
+                np.matmul(lhs.transpose(0, 2, 1), rhs, out=dm)
         else:
             dm[...] = 0
         dk = mem.grads.get("keys")
         if dk is not None:
             # keys = m W_k^T + b  =>  dW_k = sum dkeys^T m,  db = sum dkeys,  dm += dkeys W_k
             A = self.attn_size
-            self.w_key.accumulate_grad(dk.reshape(-1, A).T @ mem.memory.reshape(-1, self.key_size))
-            self.bias.accumulate_grad(dk.reshape(-1, A).sum(axis=0))
+            _accumulate(self.w_key, dk.reshape(-1, A).T @ mem.memory.reshape(-1, self.key_size))
+            _accumulate(self.bias, dk.reshape(-1, A).sum(axis=0))
             dm += dk @ self.w_key.data
         mem.grads.clear()
         return out
@@ -345,23 +388,43 @@ class Attention(Module):
                 f"query must have shape (B, query_size) = ({B}, {self.query_size}) or "
                 f"(T, B, query_size), got {q.shape}"
             )
+        keep = self.training if training is None else training
+        return self._step(q, mem, keep)
+
+    def _step(
+        self, q: np.ndarray, mem: AttentionMemory, keep: bool, ctx_out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[Any, ...] | None]:
+        """:meth:`step` of a validated query (B, Q) or (T, B, Q) of the layer's dtype; a single
+        query's context is written into ``ctx_out`` (B, K) when given (a decoder's buffer)."""
         single = q.ndim == 2
         qb = q[:, None, :] if single else q.transpose(1, 0, 2)  # (B, T, Q)
         m = mem.memory  # (B, S, K)
         if self.kind == "additive":
             # z = tanh(W_q q + (W_k m_s + b)),  e_s = v . z_s
-            qp = qb @ self.w_query.data.T  # (B, T, A)
+            qp = _rows_matmul(qb, self.w_query.data.T)  # (B, T, A)
             z = np.tanh(mem.keys[:, None, :, :] + qp[:, :, None, :])  # (B, T, S, A)
             p = None
             scores = z @ self.v.data  # (B, T, S)
+            w = masked_softmax(scores, mem.mask)
+            ctx = w @ m  # (B, T, K)
         else:
+            # e_s = p . m_s,  w = softmax over the real positions,  ctx = w @ m: the kernel
+            if mem.time_major is None:
+                raise ValueError(
+                    f"mem has no time_major memory: prepare it with this {self.kind!r} "
+                    "attention's prepare()"
+                )
             z = None
-            p = qb if self.kind == "dot" else qb @ self.weight.data.T  # (B, T, K)
-            scores = p @ m.transpose(0, 2, 1)  # e_s = p . m_s: (B, T, S)
-        w = masked_softmax(scores, mem.mask)
-        ctx = w @ m  # (B, T, K)
-        keep = self.training if training is None else training
+            p = qb if self.kind == "dot" else _rows_matmul(qb, self.weight.data.T)  # (B, T, K)
+            p = np.ascontiguousarray(p)
+            w = np.empty((*p.shape[:2], m.shape[1]), p.dtype)
+            ctx = np.empty(p.shape, p.dtype)
+            with blas_single_thread():
+                _kernel.forward(mem.time_major, mem.lengths, p, w, ctx)
         cache = (qb, p, z, w, single) if keep else None
+        if single and ctx_out is not None:
+            ctx_out[...] = ctx[:, 0]
+            return ctx_out, w[:, 0], cache
         if single:
             return ctx[:, 0], w[:, 0], cache
         return ctx.transpose(1, 0, 2), w.transpose(1, 0, 2), cache
@@ -390,48 +453,71 @@ class Attention(Module):
         """
         if cache is None:
             raise TypeError("cache is None: step() was called with training=False")
-        qb, p, z, w, single = cache
+        w, single = cache[3:]
         dt = self.dtype
         want_c = (w.shape[0], self.key_size) if single else (w.shape[1], w.shape[0], self.key_size)
         want_w = (w.shape[0], w.shape[2]) if single else (w.shape[1], w.shape[0], w.shape[2])
         dc = as_real_array(dcontext, "dcontext", dt)
         if dc.shape != want_c:
             raise ValueError(f"dcontext must have the context's shape {want_c}, got {dc.shape}")
-        dcb = dc[:, None, :] if single else dc.transpose(1, 0, 2)  # (B, T, K)
-        m = mem.memory
-        # context = w @ m  =>  dw = dcontext @ m^T,  dm = w^T @ dcontext
-        dw = dcb @ m.transpose(0, 2, 1)  # (B, T, S)
+        dwx = None
         if dweights is not None:
             dwx = as_real_array(dweights, "dweights", dt)
             if dwx.shape != want_w:
                 raise ValueError(f"dweights must have the weights' shape {want_w}, got {dwx.shape}")
-            dw += dwx[:, None, :] if single else dwx.transpose(1, 0, 2)
+        return self._step_backward(cache, mem, dc, dwx)
+
+    def _step_backward(
+        self,
+        cache: tuple[Any, ...],
+        mem: AttentionMemory,
+        dc: np.ndarray,
+        dwx: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """:meth:`step_backward` of validated gradients (the layer's dtype, the step's shapes)."""
+        qb, p, z, w, single = cache
+        dcb = dc[:, None, :] if single else dc.transpose(1, 0, 2)  # (B, T, K)
+        m = mem.memory
+        dwb = None if dwx is None else (dwx[:, None, :] if single else dwx.transpose(1, 0, 2))
+        if self.kind == "additive":
+            # context = w @ m  =>  dw = dcontext @ m^T,  dm = w^T @ dcontext
+            dw = dcb @ m.transpose(0, 2, 1)  # (B, T, S)
+            if dwb is not None:
+                dw += dwb
+            de = _softmax_backward(w, dw)  # (B, T, S), zero at padded positions
+        else:
+            # the same, and dp = de @ m, by the kernel
+            dcb = np.ascontiguousarray(dcb)
+            de = np.empty_like(w)
+            dp = np.empty_like(p)
+            dwb = None if dwb is None else np.ascontiguousarray(dwb)
+            with blas_single_thread():
+                _kernel.backward(mem.time_major, mem.lengths, w, dcb, dwb, de, dp)
         # dm = w^T @ dcontext, deferred to memory_backward (one GEMM for every step)
         lhs, rhs = [w], [dcb]
-        de = _softmax_backward(w, dw)  # (B, T, S), zero at padded positions
         if self.kind == "additive":
             # e = z @ v,  z = tanh(pre)  =>  dv = sum de z,  dpre = de v (1 - z^2)
             A = self.attn_size
-            self.v.accumulate_grad(de.reshape(-1) @ z.reshape(-1, A))
+            _accumulate(self.v, de.reshape(-1) @ z.reshape(-1, A))
             dpre = de[..., None] * self.v.data
             dpre *= 1 - z * z  # (B, T, S, A)
             dqp = dpre.sum(axis=2)  # (B, T, A)
             dkeys = dpre.sum(axis=1)  # (B, S, A)
-            self.w_query.accumulate_grad(dqp.reshape(-1, A).T @ qb.reshape(-1, self.query_size))
-            dq = dqp @ self.w_query.data
+            _accumulate(self.w_query, _dot_tn(dqp.reshape(-1, A), qb.reshape(-1, self.query_size)))
+            dq = _rows_matmul(dqp, self.w_query.data)
             _add_grad(mem.grads, "keys", dkeys)
         else:
-            # e = p @ m^T  =>  dp = de @ m,  dm += de^T @ p
-            dp = de @ m  # (B, T, K)
+            # e = p @ m^T  =>  dp = de @ m (above),  dm += de^T @ p
             lhs.append(de)  # dm += de^T @ p
             rhs.append(p)
             if self.kind == "dot":
                 dq = dp
             else:  # p = q W_a^T  =>  dq = dp W_a,  dW_a = dp^T q
-                self.weight.accumulate_grad(
-                    dp.reshape(-1, self.key_size).T @ qb.reshape(-1, self.query_size)
+                _accumulate(
+                    self.weight,
+                    _dot_tn(dp.reshape(-1, self.key_size), qb.reshape(-1, self.query_size)),
                 )
-                dq = dp @ self.weight.data
+                dq = _rows_matmul(dp, self.weight.data)
         # zero at padded positions: w = de = 0 there
         mem.grads.setdefault("left", []).extend(lhs)
         mem.grads.setdefault("right", []).extend(rhs)
@@ -489,6 +575,46 @@ class Attention(Module):
         if self.dtype != np.float32:
             s += f", dtype={self.dtype}"
         return s
+
+
+def _rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` for x of shape (B, T, X) and w (X, Y) as one 2-D GEMM of B * T rows (NumPy runs
+    the 3-D product as B products, vector products when T = 1)."""
+    return _dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+
+
+def _dot(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w`` for a 2-D ``x`` and a weight ``w`` (X, Y) or a weight's transpose (a view), on
+    the kernels' GEMM micro-kernels, which read a row-major right operand in place: ``x @ W``
+    directly, ``x @ W^T`` as ``(W @ x^T)^T`` (the returned array is then a transposed view).
+
+    A decoder's products, (B, X) by (X, Y) with B = 32 and X, Y in the hundreds, ran 2-3x
+    slower through NumPy's OpenBLAS, which packs the right operand at every call (one thread,
+    the development machine: (32, 256) @ (256, 512) in 49 us against 168 us).
+    """
+    if x.dtype != w.dtype or x.dtype.kind != "f" or w.ndim != 2:
+        return x @ w
+    if w.flags.c_contiguous:
+        return _matmul(np.ascontiguousarray(x), w)
+    if w.T.flags.c_contiguous:
+        return _matmul(w.T, np.ascontiguousarray(x.T)).T
+    return x @ w
+
+
+def _dot_tn(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a^T @ b`` for 2-D C-contiguous ``a`` (R, M) and ``b`` (R, N): a weight's gradient."""
+    if a.dtype != b.dtype or a.dtype.kind != "f":
+        return a.T @ b
+    return _matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), trans_a=True)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False) -> np.ndarray:
+    """``op(a) @ b`` (C-contiguous operands) by ``fastrnn._kernels.attention.matmul`` with the
+    micro-kernels of the instruction set in use (``fastrnn.get_isa()``; BLAS for ``"blas"``)."""
+    c = np.empty((a.shape[1] if trans_a else a.shape[0], b.shape[1]), a.dtype)
+    with blas_single_thread():
+        _kernel.matmul(_ISA_CODES[get_isa()], a, trans_a, b, c)
+    return c
 
 
 def _add_grad(grads: dict[str, np.ndarray], key: str, g: np.ndarray) -> None:

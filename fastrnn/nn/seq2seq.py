@@ -27,8 +27,10 @@ through both, and :meth:`Seq2Seq.greedy` and :meth:`Seq2Seq.beam_search` decode 
 
 The decoder advances one step at a time (input feeding makes step t's input depend on step
 t - 1's output), each step one call of :func:`fastrnn.functional.lstm_forward` (or
-``gru_forward``) with T = 1 on the parameters of its ``rnn`` layer, whose caches the backward
-runs in reverse through :func:`~fastrnn.functional.lstm_backward`. The ``rnn`` layer is an
+``gru_forward``) with T = 1 on the parameters of its ``rnn`` layer (the weights packed for the
+kernels once per ``forward``), whose caches the backward runs in reverse through
+:func:`~fastrnn.functional.lstm_backward`. The dense products (``combine``, ``out``) run on the
+kernels' GEMM micro-kernels (``fastrnn.nn.attention._dot``). The ``rnn`` layer is an
 ordinary :class:`~fastrnn.LSTM`: its parameters have PyTorch's names and shapes.
 """
 
@@ -41,8 +43,15 @@ import numpy as np
 from fastrnn.cells import Cell, get_cell
 from fastrnn.nn import rnn as _rnn_layers
 from fastrnn.nn._checks import as_index_array, check_float_dtype, check_positive_int
-from fastrnn.nn.attention import KINDS, Attention, AttentionMemory, _one_blas_thread
-from fastrnn.nn.blocks import Embedding, Linear, _no_cache_error
+from fastrnn.nn.attention import (
+    KINDS,
+    Attention,
+    AttentionMemory,
+    _dot,
+    _dot_tn,
+    _one_blas_thread,
+)
+from fastrnn.nn.blocks import Embedding, Linear, _accumulate, _no_cache_error
 from fastrnn.nn.module import Module
 
 __all__ = ["AttentionDecoder", "Encoder", "Seq2Seq"]
@@ -337,25 +346,54 @@ class AttentionDecoder(Module):
             Attention weights.
         cache : tuple or None
         """
-        return self._step(self.embedding.weight.data[y_prev], state, feed, mem, training)
+        emb = self.embedding.weight.data[y_prev]
+        B, H = emb.shape[0], self.hidden_size
+        u = np.empty((B, self._combine_in), self.dtype)
+        ht = np.empty((B, H), self.dtype)
+        # eval: the cell's weights packed once for all the steps of a decoding (re-packed
+        # when they change), as an eval-mode LSTM layer does
+        packs = None if training else self._eval_packs()
+        new_state, a, cache = self._advance(emb, state, feed, mem, training, packs, u, ht)
+        logits = np.ascontiguousarray(_dot(ht, self.out.weight.data.T))
+        logits += self.out.bias.data
+        return logits, new_state, ht, a, (*cache, u, ht) if training else None
 
-    def _step(self, emb, state, feed, mem, training):
-        """:meth:`step` from the token vectors ``emb`` (B, embed_size)."""
-        x = np.concatenate([emb, feed], axis=1) if self.input_feeding else emb
-        w = self._rnn_weights()
-        _, *states, rc = self._forward(x[None], *state, *w, training=training)
-        new_state: tuple[np.ndarray, ...] = tuple(states)
-        h = new_state[0]
-        if self.attention is not None:
-            ctx, a, ac = self.attention.step(h, mem, training=training)
-            u = np.concatenate([ctx, h], axis=1)
+    @property
+    def _combine_in(self) -> int:
+        """Input features of ``combine``: K + H with attention, H without."""
+        return self.combine.in_features
+
+    def _eval_packs(self) -> dict | None:
+        """The ``packs`` dict of the cell's weights kept by the ``rnn`` layer (None: numpy)."""
+        packs = self.rnn._weight_packs()
+        return None if packs is None else packs["_l0"]
+
+    def _advance(self, emb, state, feed, mem, training, packs, u, ht):
+        """The recurrent part of a step from the token vectors ``emb`` (B, E): the cell, the
+        attention and ``combine``. Writes :math:`[ctx_t; h_t]` into ``u`` (B, K + H) and
+        :math:`\\tilde h_t` into ``ht`` (B, H); returns ``(state, weights, cache)``, the cache
+        ``(cell cache, attention cache)`` (None when not training)."""
+        if self.input_feeding:  # x = [emb; feed], written in place of a concatenation
+            E = self.embed_size
+            x = np.empty((1, emb.shape[0], E + self.hidden_size), self.dtype)
+            x[0, :, :E] = emb
+            x[0, :, E:] = feed
         else:
-            a = ac = None
-            u = h
-        ht = np.tanh(u @ self.combine.weight.data.T + self.combine.bias.data)
-        logits = ht @ self.out.weight.data.T + self.out.bias.data
-        cache = (rc, ac, u, ht) if training else None
-        return logits, new_state, ht, a, cache
+            x = emb[None]
+        _, *states, rc = self._forward(
+            x, *state, *self._rnn_weights(), training=training, packs=packs
+        )
+        h = states[0]
+        K = u.shape[1] - self.hidden_size
+        a = ac = None
+        if self.attention is not None:  # the context straight into u[:, :K]
+            _, a, ac = self.attention._step(h, mem, training, ctx_out=u[:, :K])
+        u[:, K:] = h
+        # ht = tanh(u W_c^T + b_c), in place
+        ht[...] = _dot(u, self.combine.weight.data.T)
+        ht += self.combine.bias.data
+        np.tanh(ht, out=ht)
+        return tuple(states), a, ((rc, ac) if training else None)
 
     # -- teacher forcing -------------------------------------------------------------------------
     @_one_blas_thread
@@ -385,17 +423,27 @@ class AttentionDecoder(Module):
         if mem is not None and mem.memory.shape[0] != B:
             raise ValueError(f"mem has batch {mem.memory.shape[0]}, tgt_in has batch {B}")
         state, feed = self.initial_state(init, B)
-        logits = np.empty((T, B, self.vocab_size), self.dtype)
-        weights = None if mem is None else np.empty((T, B, mem.memory.shape[1]), self.dtype)
+        training, dt, H = self.training, self.dtype, self.hidden_size
+        weights = None if mem is None else np.empty((T, B, mem.memory.shape[1]), dt)
+        # the cell's weights packed once for the T steps (they do not change in between)
+        packs = {} if training else self._eval_packs()
+        us = np.empty((T, B, self._combine_in), dt)  # [ctx_t; h_t]
+        hts = np.empty((T, B, H), dt)  # h~_t, the next step's feed
         caches = []
         # (T, B, E): every input token is known with teacher forcing
         emb = np.take(self.embedding.weight.data, y, axis=0)
         for t in range(T):
-            logits[t], state, feed, a, cache = self._step(emb[t], state, feed, mem, self.training)
+            state, a, cache = self._advance(
+                emb[t], state, feed, mem, training, packs, us[t], hts[t]
+            )
+            feed = hts[t]
             if weights is not None:
                 weights[t] = a
             caches.append(cache)
-        self._cache = (caches, mem, init, y) if self.training else None
+        # the output layer is outside the recurrence: one GEMM for every step
+        logits = _dot(hts.reshape(-1, H), self.out.weight.data.T).reshape(T, B, self.vocab_size)
+        logits += self.out.bias.data
+        self._cache = (caches, mem, init, y, us, hts) if training else None
         return logits, weights
 
     @_one_blas_thread
@@ -415,56 +463,55 @@ class AttentionDecoder(Module):
         """
         if self._cache is None:
             raise _no_cache_error(self)
-        caches, mem, init, y = self._cache
+        caches, mem, init, y, us, hts = self._cache
         dt = self.dtype
         dlogits = np.asarray(dlogits, dtype=dt)
-        T = len(caches)
-        B = caches[0][3].shape[0] if T else 0
-        if dlogits.shape != (T, B, self.vocab_size):
+        T, B, H = hts.shape
+        V = self.vocab_size
+        if dlogits.shape != (T, B, V):
             raise ValueError(
-                f"dlogits must have shape (T, B, vocab_size) = {(T, B, self.vocab_size)}, "
-                f"got {dlogits.shape}"
+                f"dlogits must have shape (T, B, vocab_size) = {(T, B, V)}, got {dlogits.shape}"
             )
         self._cache = None
-        E, H = self.embed_size, self.hidden_size
+        E = self.embed_size
         Wo, Wc = self.out.weight.data, self.combine.weight.data
         # the output layers' gradients summed over the steps, once: dW_o = sum_t dlogits_t^T ht_t
-        hts = np.stack([c[3] for c in caches]) if T else np.zeros((0, B, H), dt)
-        self.out.weight.accumulate_grad(dlogits.reshape(-1, self.vocab_size).T @ hts.reshape(-1, H))
-        self.out.bias.accumulate_grad(dlogits.reshape(-1, self.vocab_size).sum(axis=0))
-        dhts = dlogits @ Wo  # (T, B, H)
-        names = _CELL_WEIGHTS
+        dl = dlogits.reshape(-1, V)
+        _accumulate(self.out.weight, _dot_tn(dl, hts.reshape(-1, H)))
+        _accumulate(self.out.bias, dl.sum(axis=0))
+        dpres = _dot(dl, Wo).reshape(T, B, H)  # d h~_t from the logits; each made d pre_t below
+        params = [getattr(self.rnn, n) for n in _CELL_WEIGHTS]
         dfeed = None
         dstate: tuple[Any, ...] = (None,) * len(self._cell.states)
         demb = np.empty((T, B, E), dt)
-        dpres = np.empty((T, B, H), dt)
-        K = self.memory_size if self.attention is not None else 0
+        K = us.shape[2] - H
         for t in range(T - 1, -1, -1):
-            rc, ac, u, ht = caches[t]
-            dht = dhts[t]
+            rc, ac = caches[t]
+            ht = hts[t]
+            dpre = dpres[t]
             if dfeed is not None:
-                dht = dht + dfeed
+                dpre += dfeed
             # ht = tanh(u W_c^T + b_c)  =>  dpre = dht (1 - ht^2),  du = dpre W_c
-            dpre = dht * (1 - ht * ht)
-            dpres[t] = dpre
-            du = dpre @ Wc
-            dh = du[:, K:]
+            dpre *= 1 - ht * ht
+            du = _dot(dpre, Wc)
             if self.attention is not None:
-                dh = dh + self.attention.step_backward(ac, mem, du[:, :K])
+                dh = self.attention._step_backward(ac, mem, du[:, :K])
+                dh += du[:, K:]
+            else:
+                dh = du
             g = self._backward(rc, dh[None], *dstate)
             dstate = tuple(getattr(g, f"d{s}0") for s in self._cell.states)
-            for n, gw in zip(names, (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh), strict=True):
-                getattr(self.rnn, n).accumulate_grad(gw)  # copies on first use
+            for p, gw in zip(params, (g.dw_ih, g.dw_hh, g.db_ih, g.db_hh), strict=True):
+                _accumulate(p, gw)  # the backward's own arrays: adopted on first use
             dx = g.dx[0]
             demb[t] = dx[:, :E]
             dfeed = dx[:, E:] if self.input_feeding else None
-        us = np.stack([c[2] for c in caches]) if T else np.zeros((0, B, K + H), dt)
-        self.combine.weight.accumulate_grad(dpres.reshape(-1, H).T @ us.reshape(-1, K + H))
-        self.combine.bias.accumulate_grad(dpres.reshape(-1, H).sum(axis=0))
+        _accumulate(self.combine.weight, _dot_tn(dpres.reshape(-1, H), us.reshape(-1, K + H)))
+        _accumulate(self.combine.bias, dpres.reshape(-1, H).sum(axis=0))
         # the rows of the (few) input tokens: a scatter-add, for T * B rows
         demb_sum = np.zeros_like(self.embedding.weight.data)
         np.add.at(demb_sum, y.reshape(-1), demb.reshape(-1, E))
-        self.embedding.weight.accumulate_grad(demb_sum)
+        _accumulate(self.embedding.weight, demb_sum)
         dinit = None
         if self.bridge is not None:
             # h0 = tanh(init W_b^T + b_b)  =>  dpre = dh0 (1 - h0^2)
