@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn._threads import get_num_threads
 from fastrnn.nn.blocks import Linear
 from fastrnn.nn.module import Module
 from fastrnn.nn.rnn import RNNBase
@@ -48,7 +49,12 @@ __all__ = [
 def _kernels():
     from fastrnn._kernels import quant
 
+    global _quant
+    _quant = quant
     return quant
+
+
+_quant = None  # the kernels module, once _kernels() imported it (every layer call reads it)
 
 
 def set_quantized_isa(isa: str) -> None:
@@ -320,13 +326,13 @@ class QuantizedRNNBase(_QuantizedModule):
 
     def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None):
         """x (T, B, I) float32 contiguous; h0, c0 (L*D, B, H) -> y, h_n, c_n."""
-        from fastrnn._threads import get_num_threads
-
-        q = _kernels()
+        q = _quant or _kernels()
         cfg = self._config
         T, B, _ = x.shape
         H, D = cfg.hidden_size, cfg.num_directions
-        hs, cs = [], []
+        # final states written in place: h_n[idx] = y[-1]; c_n starts as c0, updated by the kernel
+        h_n = np.empty((len(self._layers) * D, B, H), np.float32)
+        c_n = None if c0 is None else np.array(c0, np.float32, order="C")
         inp = x
         for layer, dirs in enumerate(self._layers):
             outs = []
@@ -338,7 +344,7 @@ class QuantizedRNNBase(_QuantizedModule):
                 q.quantize_rows(xin, xq, xs)
                 gx = np.empty((T, B, w_ih.Np), np.float32)
                 y = np.empty((T, B, H), np.float32)
-                c = None if c0 is None else c0[idx].copy()
+                c = None if c_n is None else c_n[idx]
                 q.forward(
                     xq,
                     xs,
@@ -357,12 +363,10 @@ class QuantizedRNNBase(_QuantizedModule):
                     self._code,
                     _team(B, len(bx), H, get_num_threads()),
                 )
-                hs.append(y[-1])
-                if c is not None:
-                    cs.append(c)
+                h_n[idx] = y[-1]
                 outs.append(y[::-1] if d else y)
             inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        return inp, np.stack(hs), (np.stack(cs) if c0 is not None else None)
+        return inp, h_n, c_n
 
     def _states(self, hx: Any, B: int) -> tuple[np.ndarray, np.ndarray | None]:
         cfg = self._config
