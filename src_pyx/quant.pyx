@@ -16,14 +16,21 @@ else (scales, biases, the gate math) is float32:
 from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
 
-from _activations cimport sigmoid, tanh_
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _blocks cimport thread_units
 
-cdef extern from "_qgemm.h" nogil:
-    int fr_qgemm_vnni_ok()
+cdef extern from "_qgates.h" nogil:
     void fr_quantize_rows(Py_ssize_t M, Py_ssize_t K, const float* a, Py_ssize_t lda,
                           Py_ssize_t Kp, uint8_t* q, float* s)
+    void fr_qlstm_row(const float* ax, const float* ah, float* c, float* h, Py_ssize_t j0,
+                      Py_ssize_t j1, Py_ssize_t Hp)
+    void fr_qgru_row(const float* ax, const float* ah, const float* b_hn, const float* hp,
+                     float* h, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t Hp)
+    void fr_qrnn_row(const float* ax, const float* ah, float* h, Py_ssize_t j0, Py_ssize_t j1,
+                     int relu)
+
+cdef extern from "_qgemm.h" nogil:
+    int fr_qgemm_vnni_ok()
     void fr_qpack(Py_ssize_t N, Py_ssize_t K, const int8_t* w, int8_t* p, int32_t* colsum)
     void fr_qgemm(int isa, Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1, Py_ssize_t Kq,
                   const uint8_t* a, Py_ssize_t lda, const float* sa, const int8_t* p,
@@ -124,13 +131,11 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef const QOps* op = <const QOps*> ops
     cdef Py_ssize_t T = op.T, B = op.B, H = op.H, Hp = op.Hp, NG = op.NG
     cdef Py_ssize_t W = NG * Hp, Kq = Hp // 4
-    cdef Py_ssize_t t, b, j, g, j0, j1, nb0, nb1
+    cdef Py_ssize_t t, b, g, j0, j1, nb0, nb1
     cdef const float* h_prev
     cdef const float* ax
     cdef float* ah
     cdef float* h
-    cdef float* cc
-    cdef float i_, f_, g_, o_, r_, z_, n_
     cdef uint8_t* hq = <uint8_t*> malloc(B * Hp)
     cdef float* hs = <float*> malloc(B * sizeof(float))
     thread_units(H, size, rank, &j0, &j1)
@@ -147,32 +152,16 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
         for g in range(NG if j1 > j0 else 0):
             fr_qgemm(ISA, B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, Kq, hq, Hp, hs,
                      op.w_hh, op.cs_hh, op.sw_hh, NULL, op.gh, W, 0)
-        for b in range(B):
+        for b in range(B):  # the gate pass on this thread's units (_qgates.h)
             ax = op.gx + (t * B + b) * W
             ah = op.gh + b * W
             h = op.y + (t * B + b) * H
-            hp = h_prev + b * H
             if op.cell == CELL_LSTM:
-                cc = op.c + b * H
-                for j in range(j0, j1):
-                    i_ = sigmoid(ax[j] + ah[j])
-                    f_ = sigmoid(ax[Hp + j] + ah[Hp + j])
-                    g_ = tanh_(ax[2 * Hp + j] + ah[2 * Hp + j])
-                    o_ = sigmoid(ax[3 * Hp + j] + ah[3 * Hp + j])
-                    cc[j] = f_ * cc[j] + i_ * g_
-                    h[j] = o_ * tanh_(cc[j])
+                fr_qlstm_row(ax, ah, op.c + b * H, h, j0, j1, Hp)
             elif op.cell == CELL_GRU:
-                for j in range(j0, j1):
-                    r_ = sigmoid(ax[j] + ah[j])
-                    z_ = sigmoid(ax[Hp + j] + ah[Hp + j])
-                    n_ = tanh_(ax[2 * Hp + j] + r_ * (ah[2 * Hp + j] + op.b_hn[j]))
-                    h[j] = (1 - z_) * n_ + z_ * hp[j]
-            elif op.cell == CELL_RNN_TANH:
-                for j in range(j0, j1):
-                    h[j] = tanh_(ax[j] + ah[j])
+                fr_qgru_row(ax, ah, op.b_hn, h_prev + b * H, h, j0, j1, Hp)
             else:
-                for j in range(j0, j1):
-                    h[j] = max(ax[j] + ah[j], <float> 0)
+                fr_qrnn_row(ax, ah, h, j0, j1, op.cell == CELL_RNN_RELU)
         fr_barrier_wait(bar, size)
     free(hq)
     free(hs)
