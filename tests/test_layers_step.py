@@ -183,3 +183,15 @@ def test_step_sees_new_weights_and_biases():
     layer.flatten_parameters()
     np.testing.assert_array_equal(layer.step(x)[0], layer(x[None])[0][0])
     assert not np.array_equal(layer.step(x)[0], after)
+
+
+def test_a_stepped_layer_copies_and_pickles():
+    """The step's kept operands (packed weights) stay out of copies and pickles."""
+    import copy
+    import pickle
+
+    layer = fastrnn.LSTM(5, 7, seed=0).eval()
+    x = np.random.default_rng(8).standard_normal((2, 5)).astype(np.float32)
+    y, _ = layer.step(x)
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        np.testing.assert_array_equal(other.step(x)[0], y)

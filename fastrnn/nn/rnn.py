@@ -33,8 +33,11 @@ __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
 class _PackCache(dict):
     """suffix -> (w_ih Parameter, w_hh Parameter, their versions, packs dict): the kernels'
-    packed weights of each layer and direction. Copies and pickles start empty (the packed
-    buffers are the kernels' own objects, re-made on the next forward)."""
+    packed weights of each layer and direction, and ``step_ops``, the operands of
+    :meth:`RNNBase.step`'s direct path. Copies and pickles start empty (the packed buffers are
+    the kernels' own objects, re-made on the next forward)."""
+
+    step_ops: tuple | None = None
 
     def __reduce__(self):
         return (_PackCache, ())
@@ -497,9 +500,10 @@ class RNNBase(Module):
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
 
     def _step_operands(self) -> list[tuple] | None:
-        """Per layer ``(w_ih, w_hh, bias, b_hn, packs)`` for :meth:`_step_direct`, kept until a
-        parameter changes (object or version) or :meth:`flatten_parameters`; None when a weight
-        is not a C-contiguous array of the layer's dtype (the functional path converts it)."""
+        """Per layer ``(w_ih, w_hh, bias, b_hn, packs)`` for :meth:`_step_direct`, kept with the
+        packed weights until a parameter changes (object or version) or
+        :meth:`flatten_parameters`; None when a weight is not a C-contiguous array of the
+        layer's dtype (the functional path converts it)."""
         params = self._parameters
         names = self.__dict__.get("_step_names")
         if names is None:
@@ -509,14 +513,10 @@ class RNNBase(Module):
             ]
         current = tuple(params.get(n) for layer in names for n in layer)
         versions = tuple(-1 if p is None else p._version for p in current)
-        cached = self.__dict__.get("_step_ops")
-        if (
-            cached is not None
-            and cached[0] is self.__dict__.get("_packed")
-            and cached[1] == current
-            and cached[2] == versions
-        ):
-            return cached[3]
+        cache = self.__dict__.get("_packed")
+        cached = None if cache is None else cache.step_ops
+        if cached is not None and cached[0] == current and cached[1] == versions:
+            return cached[2]
         packs = self._weight_packs()
         kernel, dt, H = self._config.spec.kernel, np.dtype(self.dtype), self.hidden_size
         ops = []
@@ -531,7 +531,7 @@ class RNNBase(Module):
                     return None
             bias, b_hn = _step_biases(kernel, b_ih, b_hh, H, w_hh.shape[0], dt)
             ops.append((w_ih, w_hh, bias, b_hn, packs[f"_l{k}"]))
-        self.__dict__["_step_ops"] = (self.__dict__.get("_packed"), current, versions, ops)
+        self.__dict__["_packed"].step_ops = (current, versions, ops)  # dropped with the packs
         return ops
 
     def _step_direct(
