@@ -1273,6 +1273,15 @@ def _step_biases(
     return (np.zeros(G, dtype) if b_ih is None else b_ih + b_hh), None
 
 
+@functools.lru_cache(maxsize=64)
+def _full_batch_sizes(T: int, B: int) -> np.ndarray:
+    """``batch_sizes`` of T steps of B full rows, read-only and shared (the kernels take it
+    as ``const int[::1]``)."""
+    a = np.full(T, B, np.int32)
+    a.flags.writeable = False
+    return a
+
+
 def _step_forward(
     kernel: str,
     x: np.ndarray,
@@ -1298,12 +1307,13 @@ def _step_forward(
     G, H = w_hh.shape
     dt = x.dtype
     module = getattr(_k, kernel)
-    n = _team_for(B, G, H)
+    # _team_for without its thread-count lookup when the step is too small to split anyway
+    n = 1 if B * G * H < 2 * _MIN_WORK_PER_THREAD else _team_for(B, G, H)
     key = (module.__name__, dt.char, n)
     packed = packs.get(key)
     if packed is None:
         packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
-    batch_sizes = np.full(T, B, np.int32)
+    batch_sizes = _full_batch_sizes(T, B)
     y = np.empty((T, B, H), dt)
     if kernel == "lstm":
         gates = np.empty((module.ring_steps(T, B), B, G), dt)
