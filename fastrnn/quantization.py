@@ -358,7 +358,7 @@ class QuantizedRNNBase(_QuantizedModule):
                 xq = np.empty((T * B, w_ih.Kp), np.uint8)
                 xs = np.empty(T * B, np.float32)
                 q.quantize_rows(xin, xq, xs)
-                gx = np.empty((T, B, w_ih.Np), np.float32)
+                gx = np.empty((q.ring_steps(T, B), B, w_ih.Np), np.float32)
                 y = np.empty((T, B, H), np.float32)
                 c = None if c_n is None else c_n[idx]
                 q.forward(

@@ -8,7 +8,7 @@ Weights are int8 with one scale per output channel (row of W), packed once (_qge
 activation row (x_t of one sequence, h_{t-1} of one sequence) is quantized on the fly with one
 scale per row; the integer GEMM runs on AVX-512 VNNI (vpdpbusd) or portable C, and everything
 else (scales, biases, the gate math) is float32:
-    gx[t, b] = W_ih x_t + b_ih (+ b_hh but b_hn for the GRU)      all T*B rows at once
+    gx[t, b] = W_ih x_t + b_ih (+ b_hh but b_hn for the GRU)      ring_steps(T, B) steps at once
     gh[b]    = W_hh h_{t-1}                                       per step
     then the cell's gate pass of fastrnn.functional, on float32.
 """
@@ -17,7 +17,7 @@ from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
 
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
-from _blocks cimport thread_units
+from _blocks cimport steps_per_chunk, thread_units
 
 cdef extern from "_qgates.h" nogil:
     void fr_quantize_rows(Py_ssize_t M, Py_ssize_t K, const float* a, Py_ssize_t lda,
@@ -105,6 +105,11 @@ cdef enum:
     CELL_GRU = 3
 
 
+def ring_steps(Py_ssize_t T, Py_ssize_t B):
+    """Steps of projected inputs forward's ``gx`` holds at once (the float32 kernels' chunk)."""
+    return min(T, steps_per_chunk(B))
+
+
 cdef struct QOps:
     Py_ssize_t T, B, H, Hp, NG, Ip
     int cell
@@ -114,7 +119,8 @@ cdef struct QOps:
     const int32_t* cs_ih    # (NG * Hp,)
     const float* sw_ih      # (NG * Hp,)
     const float* bias       # (NG * Hp,) b_ih + b_hh (GRU: + [b_hr, b_hz, 0])
-    float* gx               # (T, B, NG * Hp) W_ih x_t + bias, written by the team
+    float* gx               # (tc, B, NG * Hp) W_ih x_t + bias of tc steps at a time (a ring)
+    Py_ssize_t tc           # steps per chunk of the input GEMM: ring_steps(T, B)
     const int8_t* w_hh      # packed (NG * Hp outputs, Hp inputs)
     const int32_t* cs_hh    # (NG * Hp,)
     const float* sw_hh      # (NG * Hp,)
@@ -141,11 +147,15 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
     thread_units(H, size, rank, &j0, &j1)
     nb0 = j0 // 16
     nb1 = (j1 + 15) // 16
-    # gx = W_ih x + bias for all T * B rows, this thread's gate columns (only it reads them)
-    for g in range(NG if j1 > j0 else 0):
-        fr_qgemm(ISA, T * B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, op.Ip // 4, op.xq,
-                 op.Ip, op.xs, op.w_ih, op.cs_ih, op.sw_ih, op.bias, op.gx, W, 0)
     for t in range(T):
+        # gx = W_ih x + bias for the next tc steps, this thread's gate columns (only it reads
+        # them): a ring of tc steps instead of all T (at T = 100, B = 64, H = 512 that was 52 MB
+        # of fresh pages per call)
+        if t % op.tc == 0:
+            for g in range(NG if j1 > j0 else 0):
+                fr_qgemm(ISA, min(op.tc, T - t) * B, g * (Hp // 16) + nb0,
+                         g * (Hp // 16) + nb1, op.Ip // 4, op.xq + t * B * op.Ip, op.Ip,
+                         op.xs + t * B, op.w_ih, op.cs_ih, op.sw_ih, op.bias, op.gx, W, 0)
         h_prev = op.h0 if t == 0 else op.y + (t - 1) * B * H
         # every thread quantizes all of h_{t-1} (B * H values) and computes its gate columns
         fr_quantize_rows(B, H, h_prev, H, Hp, hq, hs)
@@ -153,7 +163,7 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
             fr_qgemm(ISA, B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, Kq, hq, Hp, hs,
                      op.w_hh, op.cs_hh, op.sw_hh, NULL, op.gh, W, 0)
         for b in range(B):  # the gate pass on this thread's units (_qgates.h)
-            ax = op.gx + (t * B + b) * W
+            ax = op.gx + ((t % op.tc) * B + b) * W
             ah = op.gh + b * W
             h = op.y + (t * B + b) * H
             if op.cell == CELL_LSTM:
@@ -173,7 +183,7 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
             const int32_t[::1] cs_ih,      # IN    (NG * Hp,)
             const float[::1] sw_ih,        # IN    (NG * Hp,)
             const float[::1] bias,         # IN    (NG * Hp,)
-            float[:, :, ::1] gx,           # OUT   (T, B, NG * Hp) workspace
+            float[:, :, ::1] gx,           # OUT   (ring_steps(T, B), B, NG * Hp) workspace
             const int8_t[::1] w_hh,        # IN    packed (NG * Hp, Hp)
             const int32_t[::1] cs_hh,      # IN    (NG * Hp,)
             const float[::1] sw_hh,        # IN    (NG * Hp,)
@@ -190,13 +200,14 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
     cdef Py_ssize_t T = y.shape[0], B = y.shape[1], H = y.shape[2]
     cdef Py_ssize_t NG = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     cdef Py_ssize_t Hp = (H + 15) // 16 * 16
-    if (gx.shape[0] != T or gx.shape[1] != B or gx.shape[2] != NG * Hp
+    if (gx.shape[0] != ring_steps(T, B) or gx.shape[1] != B or gx.shape[2] != NG * Hp
             or cs_hh.shape[0] != NG * Hp or cs_ih.shape[0] != NG * Hp
             or xq.shape[0] != T * B or xq.shape[1] % 4 != 0 or bias.shape[0] != NG * Hp):
         raise ValueError("quant.forward: operands of inconsistent shapes")
     gh = bytearray(B * NG * Hp * sizeof(float))
     cdef float[::1] ghv = memoryview(gh).cast("B").cast("f")
     o.T, o.B, o.H, o.Hp, o.NG, o.Ip, o.cell = T, B, H, Hp, NG, xq.shape[1], cell
+    o.tc = ring_steps(T, B)
     o.xq = &xq[0, 0]
     o.xs = &xs[0]
     o.w_ih = &w_ih[0]

@@ -286,3 +286,24 @@ def test_auto_keeps_float32_below_the_measured_hidden_size(cls):
 def test_int8_policy_is_checked():
     with pytest.raises(ValueError, match="int8 must be 'auto' or 'always'"):
         quantize_dynamic(fastrnn.LSTM(4, 8, seed=0), int8="never")
+
+
+@pytest.mark.parametrize(("cls", "options"), CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_long_sequences_project_the_input_in_chunks_with_the_same_bits(cls, options, isa):
+    """The int8 loop projects ring_steps(T, B) steps of x at a time (256 // B = 28 here, so the
+    ring wraps, the last chunk partial): the same bits as short calls chained by their state."""
+    rng = np.random.default_rng(9)
+    q = quantize_dynamic(cls(12, 40, num_layers=2, seed=2, **options), int8="always")
+    x = rng.standard_normal((65, 9, 12)).astype(np.float32)
+    y, state = q(x)
+    ys, s = [], None
+    for a, b in [(0, 20), (20, 40), (40, 65)]:
+        yk, s = q(x[a:b], s)
+        ys.append(yk)
+    np.testing.assert_array_equal(np.concatenate(ys), y)
+    for u, v in zip(
+        state if isinstance(state, tuple) else (state,),
+        s if isinstance(s, tuple) else (s,),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(u, v)
