@@ -50,6 +50,7 @@ from fastrnn._common import (
     prepare,
 )
 from fastrnn._isa import KERNELS as _k
+from fastrnn._isa import get_isa
 from fastrnn._threads import blas_single_thread, get_num_threads
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
@@ -179,7 +180,11 @@ def _team(p: Prepared) -> int:
 
     Threads split the H hidden units into blocks of about 64 (``unit_blocks`` in
     src_pyx/_parallel.pxd), so at most H // 16 threads have work."""
-    B, H, GH = p.B, p.H, p.w_hh.shape[0]
+    return _team_for(p.B, p.w_hh.shape[0], p.H)
+
+
+def _team_for(B: int, GH: int, H: int) -> int:
+    """:func:`_team` of a call with B rows and a (GH, H) ``w_hh``."""
     return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
 
 
@@ -726,12 +731,7 @@ def gru_forward(
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     noise = _noise_keywords(p, s, training)
     H, G = p.H, p.w_hh.shape[0]
-    bias_i = np.zeros(G, p.dtype)
-    b_hn = np.zeros(H, p.dtype)
-    if p.b_ih is not None:
-        bias_i += p.b_ih
-        bias_i[: 2 * H] += p.b_hh[: 2 * H]
-        b_hn[:] = p.b_hh[2 * H :]
+    bias_i, b_hn = _gru_biases(p.b_ih, p.b_hh, H, p.dtype)
     # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
     gates = np.empty((p.T if training else _k.gru.ring_steps(p.T, p.B), p.B, G), p.dtype)
     hns = np.empty((p.T if training else 1, p.B, H), p.dtype)
@@ -763,6 +763,20 @@ def gru_forward(
         saved = _Saved(s, xk, h0k, y, gates=gates, hns=hns, noise=noise)
         cache = Cache(BACKEND, _GRU, p, options, saved)
     return s.unrows(y, 1), s.unrows(h_n, 0), cache
+
+
+def _gru_biases(
+    b_ih: np.ndarray | None, b_hh: np.ndarray | None, H: int, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """The GRU kernels' biases: b_ih + b_hh on r and z, b_ih on n (G,), and b_hn (H,), which
+    stays inside r * (W_hn h + b_hn); zeros without biases."""
+    bias_i = np.zeros(3 * H, dtype)
+    b_hn = np.zeros(H, dtype)
+    if b_ih is not None:
+        bias_i += b_ih
+        bias_i[: 2 * H] += b_hh[: 2 * H]
+        b_hn[:] = b_hh[2 * H :]
+    return bias_i, b_hn
 
 
 def gru_backward(cache, dy, dh_n=None):
@@ -1244,3 +1258,77 @@ def _biases(p: Prepared) -> tuple[np.ndarray, np.ndarray]:
         zero = np.zeros(p.w_hh.shape[0], p.dtype)
         return zero, zero
     return p.b_ih, p.b_hh
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming steps: the eval-mode forward of one layer on validated operands (RNNBase.step)
+# ---------------------------------------------------------------------------------------------
+def _step_biases(
+    kernel: str, b_ih: np.ndarray | None, b_hh: np.ndarray | None, H: int, G: int, dtype: Any
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The bias operands of ``kernel``'s forward, computed as its functional forward does
+    (bitwise): (b_ih + b_hh, None), or the GRU's :func:`_gru_biases`."""
+    if kernel == "gru":
+        return _gru_biases(b_ih, b_hh, H, np.dtype(dtype))
+    return (np.zeros(G, dtype) if b_ih is None else b_ih + b_hh), None
+
+
+@functools.lru_cache(maxsize=64)
+def _full_batch_sizes(T: int, B: int) -> np.ndarray:
+    """``batch_sizes`` of T steps of B full rows, read-only and shared (the kernels take it
+    as ``const int[::1]``)."""
+    a = np.full(T, B, np.int32)
+    a.flags.writeable = False
+    return a
+
+
+def _step_forward(
+    kernel: str,
+    x: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray | None,
+    w_ih: np.ndarray,
+    w_hh: np.ndarray,
+    bias: np.ndarray,
+    b_hn: np.ndarray | None,
+    packs: dict,
+    h_n: np.ndarray,
+    c_n: np.ndarray | None,
+    relu: bool = False,
+) -> np.ndarray:
+    """One layer's inference forward over K steps of B rows (no lengths, no extras) straight
+    into the kernels: the same call and packed weights as :func:`lstm_forward` (``gru_forward``,
+    ``rnn_forward``) with ``training=False, packs=packs`` makes, so the same bits, without the
+    validation and scheduling a step has no use for.
+
+    ``x`` (K, B, I), ``h0``/``c0`` (B, H) C-contiguous in the weights' dtype; ``bias``/``b_hn``
+    from :func:`_step_biases`; writes ``h_n`` (and ``c_n``), returns y (K, B, H)."""
+    T, B = x.shape[0], x.shape[1]
+    G, H = w_hh.shape
+    dt = x.dtype
+    module = getattr(_k, kernel)
+    # _team_for without its thread-count lookup when the step is too small to split anyway
+    n = 1 if B * G * H < 2 * _MIN_WORK_PER_THREAD else _team_for(B, G, H)
+    key = (module.__name__, dt.char, n)
+    packed = packs.get(key)
+    if packed is None:
+        packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
+    batch_sizes = _full_batch_sizes(T, B)
+    y = np.empty((T, B, H), dt)
+    if kernel == "lstm":
+        gates = np.empty((module.ring_steps(T, B), B, G), dt)
+        cs = np.empty((1, B, H), dt)
+        args = (x, h0, c0, w_ih, w_hh, bias, batch_sizes, gates, y, cs, h_n, c_n, False, n)
+    elif kernel == "gru":
+        gates = np.empty((module.ring_steps(T, B), B, G), dt)
+        hns = np.empty((1, B, H), dt)
+        hw = np.empty((B, G), dt)
+        args = (x, h0, w_ih, w_hh, bias, b_hn, batch_sizes, gates, hns, hw, y, h_n, False, n)
+    else:
+        args = (x, h0, w_ih, w_hh, bias, batch_sizes, y, h_n, relu, n, False)
+    if get_isa() == "blas":  # the kernels call BLAS at every step: keep it on one thread
+        with blas_single_thread():
+            module.forward(*args, prepacked=packed)
+    else:
+        module.forward(*args, prepacked=packed)
+    return y

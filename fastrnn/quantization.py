@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn.functional import _team_for
 from fastrnn.nn.blocks import Linear
 from fastrnn.nn.module import Module
 from fastrnn.nn.rnn import RNNBase
@@ -48,7 +49,12 @@ __all__ = [
 def _kernels():
     from fastrnn._kernels import quant
 
+    global _quant
+    _quant = quant
     return quant
+
+
+_quant = None  # the kernels module, once _kernels() imported it (every layer call reads it)
 
 
 def set_quantized_isa(isa: str) -> None:
@@ -210,6 +216,20 @@ class QuantizedLinear(_QuantizedModule):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+# The int8 kernels run a layer only from these hidden sizes up (``quantize_dynamic(model,
+# int8="auto")``); smaller ones stay float32 and say so in their repr. The int8 GEMMs save
+# weight bytes and multiply-adds, but each step also quantizes h (two passes over B * H) and
+# converts every output back: work that a small H, or the Elman cell's single gate block, does
+# not pay back. Measured (float32 time / int8 time, eval forwards, 2 threads, the 2-core
+# development machine under load 5 to 6, medians):
+#   LSTM/GRU, T = 32: at H = 16 to 64, B = 64 rows ran 0.7 to 1.2x and a B = 1 step 0.6 to 0.9x;
+#     from H = 128 up every shape ran int8 at least as fast (1.0 to 2.5x; the bench's medium,
+#     large and longseq configurations 1.1 to 2.2x).
+#   RNN: H = 128, B = 16, T = 1000 (longseq) 0.7x and H = 256, B = 32 (medium) 0.9x: the
+#     recurrent GEMM is a quarter of an LSTM's, the quantization the same; H = 512 (large) 1.9x.
+_INT8_MIN_HIDDEN = {"lstm": 128, "gru": 128, "rnn": 512}
+
+
 # cell name -> kernel code, for the cells (and options) the integer kernels cover
 def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
     cfg = layer._config
@@ -240,14 +260,12 @@ def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
     return None, f"{cfg.spec.title} is not quantized"
 
 
-# Multiply-adds of one step's recurrent GEMM, B * G * H * H, below which the loop runs on one
-# thread: a step of B = 1, H = 256 (LSTM, 2.6e5) took 49 us on one thread and 245 us on two
-# (median, shared 2-core machine): the per-step barrier costs more than the split saves.
-_MIN_STEP_WORK_TEAM = 1 << 20
-
-
-def _team(B: int, G: int, H: int, n: int) -> int:
-    return 1 if B * G * H < _MIN_STEP_WORK_TEAM else n
+def _team(B: int, G: int, H: int) -> int:
+    """Threads for an int8 layer call: the float32 kernels' rule (``functional._team``), so that
+    a shape never gets more threads, and a per-step barrier, in int8 than in float32. (The int8
+    rule was one thread below 2**20 multiply-adds a step and all above: at 1 to 2 times that, a
+    forward of B = 16, H = 128 took 4 to 7x the one-thread time on the shared 2-core machine.)"""
+    return _team_for(B, G, H)
 
 
 class QuantizedRNNBase(_QuantizedModule):
@@ -257,9 +275,13 @@ class QuantizedRNNBase(_QuantizedModule):
     :meth:`fastrnn.RNN.step`) but for ``lengths``; outputs are float32.
     """
 
-    def __init__(self, layer: RNNBase) -> None:
+    def __init__(self, layer: RNNBase, int8: str = "always") -> None:
         super().__init__()
         code, why = _cell_code(layer)
+        least = _INT8_MIN_HIDDEN.get(layer._config.spec.name, 0)
+        if code is not None and int8 == "auto" and layer.hidden_size < least:
+            why = f"hidden_size={layer.hidden_size} < {least}: int8 measured slower for this cell"
+            code = None
         self._float = None
         self._code = code
         self._why = why
@@ -320,13 +342,13 @@ class QuantizedRNNBase(_QuantizedModule):
 
     def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None):
         """x (T, B, I) float32 contiguous; h0, c0 (L*D, B, H) -> y, h_n, c_n."""
-        from fastrnn._threads import get_num_threads
-
-        q = _kernels()
+        q = _quant or _kernels()
         cfg = self._config
         T, B, _ = x.shape
         H, D = cfg.hidden_size, cfg.num_directions
-        hs, cs = [], []
+        # final states written in place: h_n[idx] = y[-1]; c_n starts as c0, updated by the kernel
+        h_n = np.empty((len(self._layers) * D, B, H), np.float32)
+        c_n = None if c0 is None else np.array(c0, np.float32, order="C")
         inp = x
         for layer, dirs in enumerate(self._layers):
             outs = []
@@ -336,9 +358,9 @@ class QuantizedRNNBase(_QuantizedModule):
                 xq = np.empty((T * B, w_ih.Kp), np.uint8)
                 xs = np.empty(T * B, np.float32)
                 q.quantize_rows(xin, xq, xs)
-                gx = np.empty((T, B, w_ih.Np), np.float32)
+                gx = np.empty((q.ring_steps(T, B), B, w_ih.Np), np.float32)
                 y = np.empty((T, B, H), np.float32)
-                c = None if c0 is None else c0[idx].copy()
+                c = None if c_n is None else c_n[idx]
                 q.forward(
                     xq,
                     xs,
@@ -355,14 +377,12 @@ class QuantizedRNNBase(_QuantizedModule):
                     c,
                     y,
                     self._code,
-                    _team(B, len(bx), H, get_num_threads()),
+                    _team(B, len(bx), H),
                 )
-                hs.append(y[-1])
-                if c is not None:
-                    cs.append(c)
+                h_n[idx] = y[-1]
                 outs.append(y[::-1] if d else y)
             inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
-        return inp, np.stack(hs), (np.stack(cs) if c0 is not None else None)
+        return inp, h_n, c_n
 
     def _states(self, hx: Any, B: int) -> tuple[np.ndarray, np.ndarray | None]:
         cfg = self._config
@@ -434,7 +454,7 @@ class QuantizedRNNBase(_QuantizedModule):
         return f"Quantized{self._cls}({self.extra_repr()})"
 
 
-def quantize_dynamic(model: Module, *, inplace: bool = False) -> Module:
+def quantize_dynamic(model: Module, *, inplace: bool = False, int8: str = "auto") -> Module:
     """A copy of ``model`` whose recurrent and Linear layers run on int8 weights.
 
     PyTorch's ``torch.ao.quantization.quantize_dynamic`` for fastrnn models: every
@@ -447,6 +467,11 @@ def quantize_dynamic(model: Module, *, inplace: bool = False) -> Module:
     model : Module
     inplace : bool, default=False
         Replace the layers in ``model`` itself instead of a copy.
+    int8 : {"auto", "always"}, default="auto"
+        ``"auto"``: recurrent layers with a hidden size below 128 (LSTM, GRU) or 512 (RNN) keep
+        float32 weights and kernels, where int8 measured slower (their repr says so;
+        ``quantized`` is False).
+        ``"always"``: every layer the int8 kernels cover runs int8.
 
     Returns
     -------
@@ -457,23 +482,25 @@ def quantize_dynamic(model: Module, *, inplace: bool = False) -> Module:
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a fastrnn Module, got {type(model).__name__}")
+    if int8 not in ("auto", "always"):
+        raise ValueError(f"int8 must be 'auto' or 'always', got {int8!r}")
     _ensure_isa()
     if not inplace:
         model = copy.deepcopy(model)
-    converted = _convert(model)
+    converted = _convert(model, int8)
     if converted is not None:
         return converted
     model.eval()
     return model
 
 
-def _convert(m: Module) -> Module | None:
+def _convert(m: Module, int8: str) -> Module | None:
     if isinstance(m, RNNBase):
-        return QuantizedRNNBase(m)
+        return QuantizedRNNBase(m, int8)
     if isinstance(m, Linear):
         return QuantizedLinear(m)
     for name, child in list(m._modules.items()):
-        new = _convert(child)
+        new = _convert(child, int8)
         if new is not None:
             setattr(m, name, new)
     return None

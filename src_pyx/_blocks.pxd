@@ -44,6 +44,7 @@ cdef struct Packed:
     int isa
     void* data
     Py_ssize_t seg  # elements per packed gate block
+    int sweep       # kept (prepacked) panels: direction of the next step_gates sweep (0, 1)
 
 
 cdef inline void _pack(int isa, int trans, Py_ssize_t k, Py_ssize_t n, const floating* b,
@@ -80,6 +81,7 @@ cdef inline void _alloc(Packed* pk, int isa, Py_ssize_t n_blocks, Py_ssize_t k, 
     pk.isa = isa
     pk.data = NULL
     pk.seg = 0
+    pk.sweep = 0
     if isa == FR_ISA_NONE or n <= 0 or k <= 0:
         return
     pk.seg = fr_rgemm_packed_size(isa, elem, k, n)
@@ -329,3 +331,39 @@ cdef inline void input_grad(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floa
             gemm(False, False, r1 - r0, I, G, <floating> 1, dg + r0 * G, G, w_ih, I,
                  <floating> 0, dx + r0 * I, I)
     release(&pk)
+
+
+cdef inline void step_gates(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t j0,
+                            Py_ssize_t j1, int n_gates, const floating* x, const floating* h,
+                            const floating* w_ih, const floating* w_hh, const floating* bias,
+                            floating* a, floating* c, bint add, const Packed* pk_ih,
+                            const Packed* pk, bint backward) noexcept nogil:
+    """One step (T = 1) for the thread's gate columns blk = g*H + [j0, j1), rows G apart:
+    a[:B, blk] = bias[blk] + x[:B] @ W_ih[blk]^T, then c[:B, blk] (+)= h[:B] @ W_hh[blk]^T (add:
+    c is a; else the GRU's separate W_hh h). Bitwise project_steps then recurrent_nt.
+
+    A step of B = 1 reads all of W_ih and W_hh (2 MB for an LSTM with I = H = 256) for little
+    arithmetic: its time is that of bringing them into the core. With both packed, the columns
+    go in groups of four panels, each group's recurrent GEMM right after its projection, last
+    group first when ``backward``: a caller that alternates the direction from step to step
+    finds what the previous step read last (up to the L2's size) still in L2 instead of L3."""
+    cdef Py_ssize_t G = n_gates * H, m = j1 - j0, width, groups, k, g, q, w, col, r
+    if B <= 0 or m <= 0:
+        return
+    if pk_ih.data == NULL or pk.data == NULL or pk_ih.isa != pk.isa:
+        project_steps(B, I, H, j0, j1, n_gates, x, w_ih, bias, a, pk_ih)
+        recurrent_nt(B, H, j0, j1, n_gates, h, w_hh, <floating> (1 if add else 0), c, G, pk)
+        return
+    width = 4 * fr_rgemm_nr(pk.isa, sizeof(floating))
+    groups = (m + width - 1) // width
+    for k in range(n_gates * groups):
+        g = (n_gates * groups - 1 - k if backward else k) // groups
+        q = (n_gates * groups - 1 - k if backward else k) % groups * width
+        w = min(width, m - q)
+        col = g * H + j0 + q
+        for r in range(B):
+            memcpy(a + r * G + col, bias + col, w * sizeof(floating))
+        _rgemm(pk.isa, B, w, I, x, I, <const floating*> pk_ih.data + g * pk_ih.seg + q * I,
+               a + col, G, True)
+        _rgemm(pk.isa, B, w, H, h, H, <const floating*> pk.data + g * pk.seg + q * H, c + col,
+               G, add)

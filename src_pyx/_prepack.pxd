@@ -30,3 +30,20 @@ cdef inline bint take_prepacked(const void* p, int isa, size_t elem, int size, i
     pk[0] = pp.hh[rank]
     pk_ih[0] = pp.ih[rank]
     return True
+
+
+cdef extern from *:
+    """
+    static inline int fr_flip(int *p) { return __atomic_fetch_xor(p, 1, __ATOMIC_RELAXED); }
+    """
+    int fr_flip(int* p) nogil
+
+
+cdef inline bint next_sweep(const void* p, int rank) noexcept nogil:
+    """The direction of rank's next step_gates sweep over the panels of p (_blocks.pxd),
+    alternating from call to call (False without p): the weights the last step read last are
+    the ones still in cache."""
+    cdef Prepacked* pp = <Prepacked*> p
+    if pp == NULL:
+        return False
+    return fr_flip(&pp.hh[rank].sweep) != 0

@@ -43,32 +43,6 @@ static inline int fr_qgemm_vnni_ok(void)
 #endif
 }
 
-/* Quantize M rows of K floats (row stride lda) to u8 rows of Kp bytes (padding: 128, i.e.
- * zero), with per-row scales s[m] = max|a[m]| / 127 (1 for a zero row). */
-static inline void fr_quantize_rows(Py_ssize_t M, Py_ssize_t K, const float *a, Py_ssize_t lda,
-                                    Py_ssize_t Kp, uint8_t *q, float *s)
-{
-    for (Py_ssize_t m = 0; m < M; m++) {
-        const float *row = a + m * lda;
-        uint8_t *out = q + m * Kp;
-        float amax = 0.0f;
-        for (Py_ssize_t k = 0; k < K; k++) {
-            float v = fabsf(row[k]);
-            amax = v > amax ? v : amax;
-        }
-        float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
-        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        for (Py_ssize_t k = 0; k < K; k++) {
-            float v = nearbyintf(row[k] * inv);
-            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
-            out[k] = (uint8_t) ((int) v + 128);
-        }
-        for (Py_ssize_t k = K; k < Kp; k++)
-            out[k] = 128;
-        s[m] = scale;
-    }
-}
-
 /* Pack w (N, K) row-major s8 as described above into p (Np * Kp bytes, Np = 16 ceil(N/16))
  * and write colsum[n] (Np ints, 0 for padding). */
 static inline void fr_qpack(Py_ssize_t N, Py_ssize_t K, const int8_t *w, int8_t *p,
@@ -141,63 +115,51 @@ FR_QT static inline void fr_qstore16(__m512i acc, Py_ssize_t n, float sa, const 
     _mm512_storeu_ps(c, v);
 }
 
-/* Up to 4 rows by up to 4 blocks of 16 outputs: each 64-byte load of w feeds MR vpdpbusd. */
-#define FR_QTILE(MR, NR)                                                                       \
-    FR_QT static inline void fr_qtile_##MR##x##NR(Py_ssize_t Kq, const uint8_t *a,             \
-                                                  Py_ssize_t lda, const int8_t *p,             \
-                                                  __m512i acc[4][4])                           \
-    {                                                                                          \
-        for (int i = 0; i < MR; i++)                                                           \
-            for (int j = 0; j < NR; j++)                                                       \
-                acc[i][j] = _mm512_setzero_si512();                                            \
-        for (Py_ssize_t kq = 0; kq < Kq; kq++) {                                               \
-            __m512i w[NR];                                                                     \
-            for (int j = 0; j < NR; j++)                                                       \
-                w[j] = _mm512_loadu_si512((const void *) (p + (j * Kq + kq) * 64));            \
-            for (int i = 0; i < MR; i++) {                                                     \
-                int32_t a4;                                                                    \
-                memcpy(&a4, a + i * lda + 4 * kq, 4);                                          \
-                __m512i av = _mm512_set1_epi32(a4);                                            \
-                for (int j = 0; j < NR; j++)                                                   \
-                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, w[j]);                      \
-            }                                                                                  \
-        }                                                                                      \
-    }
-FR_QTILE(4, 4)
-FR_QTILE(1, 4)
-FR_QTILE(4, 1)
-FR_QTILE(1, 1)
+/* Up to 4 rows by up to 4 blocks of 16 outputs (_qgemm_tile.h): each 64-byte load of w feeds
+ * MR vpdpbusd, and the tile stores its own results through fr_qstore16. */
+#define FR_QTILE fr_qtile_4x4
+#define FR_QMR 4
+#define FR_QNR 4
+#include "_qgemm_tile.h"
+#define FR_QTILE fr_qtile_1x4
+#define FR_QMR 1
+#define FR_QNR 4
+#include "_qgemm_tile.h"
+#define FR_QTILE fr_qtile_4x1
+#define FR_QMR 4
+#define FR_QNR 1
+#include "_qgemm_tile.h"
+#define FR_QTILE fr_qtile_1x1
+#define FR_QMR 1
+#define FR_QNR 1
+#include "_qgemm_tile.h"
 
 FR_QT static void fr_qgemm_vnni(Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1, Py_ssize_t Kq,
                                 const uint8_t *a, Py_ssize_t lda, const float *sa,
                                 const int8_t *p, const int32_t *colsum, const float *sw,
                                 const float *bias, float *c, Py_ssize_t ldc, int add)
 {
-    __m512i acc[4][4];
     Py_ssize_t m0 = 0;
     while (m0 < M) {
         int mr = M - m0 >= 4 ? 4 : 1;
+        const uint8_t *am = a + m0 * lda;
+        float *cm = c + m0 * ldc;
         Py_ssize_t nb = nb0;
         for (; nb + 4 <= nb1; nb += 4) {
             if (mr == 4)
-                fr_qtile_4x4(Kq, a + m0 * lda, lda, p + nb * Kq * 64, acc);
+                fr_qtile_4x4(Kq, am, lda, p + nb * Kq * 64, sa + m0, colsum, sw, bias, cm, ldc,
+                             nb * 16, add);
             else
-                fr_qtile_1x4(Kq, a + m0 * lda, lda, p + nb * Kq * 64, acc);
-            for (int i = 0; i < mr; i++)
-                for (int j = 0; j < 4; j++) {
-                    Py_ssize_t n = (nb + j) * 16;
-                    fr_qstore16(acc[i][j], n, sa[m0 + i], colsum, sw, bias,
-                                c + (m0 + i) * ldc + n, add);
-                }
+                fr_qtile_1x4(Kq, am, lda, p + nb * Kq * 64, sa + m0, colsum, sw, bias, cm, ldc,
+                             nb * 16, add);
         }
         for (; nb < nb1; nb++) {
             if (mr == 4)
-                fr_qtile_4x1(Kq, a + m0 * lda, lda, p + nb * Kq * 64, acc);
+                fr_qtile_4x1(Kq, am, lda, p + nb * Kq * 64, sa + m0, colsum, sw, bias, cm, ldc,
+                             nb * 16, add);
             else
-                fr_qtile_1x1(Kq, a + m0 * lda, lda, p + nb * Kq * 64, acc);
-            for (int i = 0; i < mr; i++)
-                fr_qstore16(acc[i][0], nb * 16, sa[m0 + i], colsum, sw, bias,
-                            c + (m0 + i) * ldc + nb * 16, add);
+                fr_qtile_1x1(Kq, am, lda, p + nb * Kq * 64, sa + m0, colsum, sw, bias, cm, ldc,
+                             nb * 16, add);
         }
         m0 += mr;
     }

@@ -145,7 +145,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 }
 
 /* The micro-kernels: _rgemm_tile.h instantiated for each instruction set, element type and
- * row count (8/4/2/1 rows with AVX-512, 6/4/2/1 with AVX2; two vectors of columns each). */
+ * row count (8/4/2/1 rows with AVX-512, 6/4/2/1 with AVX2; two vectors of columns each), and
+ * _rgemm_row.h's one row times four panels for each instruction set and element type. */
 
 #define FR_TARGET "avx512f"
 #define FR_VBYTES 64
@@ -163,6 +164,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 #define FR_MR 1
 #define FR_TILE fr_tile_s512_1
 #include "_rgemm_tile.h"
+#define FR_ROW fr_row_s512
+#include "_rgemm_row.h"
 #undef FR_T
 #undef FR_BCAST
 #define FR_T double
@@ -179,6 +182,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 #define FR_MR 1
 #define FR_TILE fr_tile_d512_1
 #include "_rgemm_tile.h"
+#define FR_ROW fr_row_d512
+#include "_rgemm_row.h"
 #undef FR_T
 #undef FR_BCAST
 #undef FR_TARGET
@@ -200,6 +205,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 #define FR_MR 1
 #define FR_TILE fr_tile_s256_1
 #include "_rgemm_tile.h"
+#define FR_ROW fr_row_s256
+#include "_rgemm_row.h"
 #undef FR_T
 #undef FR_BCAST
 #define FR_T double
@@ -216,6 +223,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 #define FR_MR 1
 #define FR_TILE fr_tile_d256_1
 #include "_rgemm_tile.h"
+#define FR_ROW fr_row_d256
+#include "_rgemm_row.h"
 #undef FR_T
 #undef FR_BCAST
 #undef FR_TARGET
@@ -229,7 +238,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
  * FR_CHUNK_BYTES; per chunk, every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and
- * 1 rows. */
+ * 1 rows. A single row (m == 1: a step of a batch of 1) takes four full panels at a time
+ * (_rgemm_row.h), the rest panel by panel. */
 #define FR_DEFINE_GEMM(NAME, T, W)                                                            \
     static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
                             ptrdiff_t rs, ptrdiff_t ks, const T *b, ptrdiff_t ldb, T *c,       \
@@ -238,10 +248,19 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
         const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
         const ptrdiff_t fit = FR_CHUNK_BYTES / (k * (ptrdiff_t) sizeof(T)) / 24 * 24;          \
         const ptrdiff_t chunk = fit > 24 ? fit : 24, ldp = ldb ? ldb : nr;                     \
-        ptrdiff_t i0, q, i;                                                                    \
+        ptrdiff_t i0, q, i, q0 = 0;                                                            \
+        if (m == 1) /* a GEMV: four full panels per pass, 8 independent accumulators */        \
+            for (; q0 + 4 * nr <= n; q0 += 4 * nr) {                                           \
+                const T *pq = ldb ? b + q0 : b + q0 * k;                                       \
+                const ptrdiff_t ps = ldb ? nr : nr * k;                                        \
+                if (isa == FR_ISA_AVX512)                                                      \
+                    fr_row_##W##512(k, a, ks, pq, ps, ldp, c + q0, add);                       \
+                else                                                                           \
+                    fr_row_##W##256(k, a, ks, pq, ps, ldp, c + q0, add);                       \
+            }                                                                                  \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
-            for (q = 0; q < n; q += nr) {                                                      \
+            for (q = q0; q < n; q += nr) {                                                     \
                 const int w = (int) (n - q < nr ? n - q : nr);                                 \
                 const T *pq = ldb ? b + q : b + q * k;                                         \
                 for (i = i0; i < i1;) {                                                        \

@@ -23,11 +23,11 @@ from libc.string cimport memcpy, memset
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt, pack_nt_k,
                       project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
-                      release,
-                      steps_per_chunk, thread_units, weight_grad, weight_grad_ld)
+                      release, step_gates, steps_per_chunk, thread_units, weight_grad,
+                      weight_grad_ld)
 from _layernorm cimport (col_grads, ln_backward, ln_normalize, run_end, share_rows,
                          zero_cols)
-from _prepack cimport take_prepacked
+from _prepack cimport next_sweep, take_prepacked
 from _ops cimport GRUOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
@@ -179,7 +179,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* hn_t
     cdef floating* hd_t
     cdef Packed pk, pk_ih
-    cdef bint own
+    cdef bint own, sweep
 
     if zw == NULL:
         zw = &zp
@@ -189,6 +189,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
         pack_nt(&pk, ISA, H, j0, j1, 3, w_hh)
         pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 3, w_ih)
+    sweep = T == 1 and not own and next_sweep(op.prepacked, rank)  # step_gates' direction
     if rmask != NULL:
         # hds[0] = h0 * rmask: the first GEMM reads every thread's units
         for b in range(B if m > 0 else 0):
@@ -200,7 +201,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         # gates[t'] = W_ih x[t'] + bias_i for the next tc steps and this thread's units
         # (training: gates holds all T steps; inference: a ring of tc steps)
         a_t = gates + (t if training else t % tc) * B * G
-        if t % tc == 0:
+        if t % tc == 0 and T > 1:
             project_steps(min(tc, T - t) * B, I, H, j0, j1, 3, x + t * B * I, w_ih, bias_i, a_t,
                           &pk_ih)
         hn_t = hns + t * B * H if training else hns
@@ -209,7 +210,11 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         # a ring of 2, as step t writes hd_{t+1} while another thread may still read hd_t)
         h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
         # hw[:n, units] = h_in W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 3, h_in, w_hh, <floating> 0, hw, G, &pk)
+        if T == 1:  # a streaming step: both GEMMs, in one sweep over the weights
+            step_gates(n, I, H, j0, j1, 3, x, h_in, w_ih, w_hh, bias_i, a_t, hw, False, &pk_ih,
+                       &pk, sweep)
+        else:
+            recurrent_nt(n, H, j0, j1, 3, h_in, w_hh, <floating> 0, hw, G, &pk)
         for b in range(n if m > 0 else 0):
             _row_forward(a_t + b * G + j0, hw + b * G + j0, b_hn + j0, h_prev + b * H + j0,
                          hn_t + b * H + j0, y + (t * B + b) * H + j0, m, H)

@@ -24,10 +24,10 @@ from libc.string cimport memcpy, memset
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
                       pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
-                      steps_per_chunk, thread_units, weight_grad)
+                      step_gates, steps_per_chunk, thread_units, weight_grad)
 from _layernorm cimport (col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, run_end,
                          share_rows, zero_cols)
-from _prepack cimport take_prepacked
+from _prepack cimport next_sweep, take_prepacked
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_rgemm_pick
@@ -279,7 +279,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* hd_next
     cdef floating* a_t
     cdef Packed pk, pk_ih
-    cdef bint own
+    cdef bint own, sweep
 
     thread_units(H, size, rank, &j0, &j1)
     m = j1 - j0
@@ -287,6 +287,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
         pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
         pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
+    sweep = T == 1 and not own and next_sweep(op.prepacked, rank)  # step_gates' direction
     if not all_cs:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
@@ -301,7 +302,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         # gates[t'] = W_ih x[t'] + (b_ih + b_hh) for the next tc steps and this thread's units
         # (training: gates holds all T steps; inference: a ring of tc steps)
         a_t = gates + (t if training else t % tc) * B * G
-        if t % tc == 0:
+        if t % tc == 0 and T > 1:
             project_steps(min(tc, T - t) * B, I, H, j0, j1, 4, x + t * B * I, w_ih, bias, a_t,
                           &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
@@ -314,7 +315,11 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         # recurrent dropout: the GEMM reads h_{t-1} * rmask (hds[t]; inference: a ring of 2)
         h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
         # a_t[:n, units] += h_{t-1} W_hh[units]^T, then the gate pass on those units
-        recurrent_nt(n, H, j0, j1, 4, h_in, w_hh, <floating> 1, a_t, G, &pk)
+        if T == 1:  # a streaming step: both GEMMs, in one sweep over the weights
+            step_gates(n, I, H, j0, j1, 4, x, h_in, w_ih, w_hh, bias, a_t, a_t, True, &pk_ih,
+                       &pk, sweep)
+        else:
+            recurrent_nt(n, H, j0, j1, 4, h_in, w_hh, <floating> 1, a_t, G, &pk)
         if ext:
             zh_t = NULL if zh == NULL else zh + t * op.zh_step
             zc_t = NULL if zc == NULL else zc + t * op.zc_step

@@ -8,7 +8,7 @@ Weights are int8 with one scale per output channel (row of W), packed once (_qge
 activation row (x_t of one sequence, h_{t-1} of one sequence) is quantized on the fly with one
 scale per row; the integer GEMM runs on AVX-512 VNNI (vpdpbusd) or portable C, and everything
 else (scales, biases, the gate math) is float32:
-    gx[t, b] = W_ih x_t + b_ih (+ b_hh but b_hn for the GRU)      all T*B rows at once
+    gx[t, b] = W_ih x_t + b_ih (+ b_hh but b_hn for the GRU)      ring_steps(T, B) steps at once
     gh[b]    = W_hh h_{t-1}                                       per step
     then the cell's gate pass of fastrnn.functional, on float32.
 """
@@ -16,14 +16,21 @@ else (scales, biases, the gate math) is float32:
 from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
 
-from _activations cimport sigmoid, tanh_
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
-from _blocks cimport thread_units
+from _blocks cimport steps_per_chunk, thread_units
+
+cdef extern from "_qgates.h" nogil:
+    void fr_quantize_rows(Py_ssize_t M, Py_ssize_t K, const float* a, Py_ssize_t lda,
+                          Py_ssize_t Kp, uint8_t* q, float* s)
+    void fr_qlstm_row(const float* ax, const float* ah, float* c, float* h, Py_ssize_t j0,
+                      Py_ssize_t j1, Py_ssize_t Hp)
+    void fr_qgru_row(const float* ax, const float* ah, const float* b_hn, const float* hp,
+                     float* h, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t Hp)
+    void fr_qrnn_row(const float* ax, const float* ah, float* h, Py_ssize_t j0, Py_ssize_t j1,
+                     int relu)
 
 cdef extern from "_qgemm.h" nogil:
     int fr_qgemm_vnni_ok()
-    void fr_quantize_rows(Py_ssize_t M, Py_ssize_t K, const float* a, Py_ssize_t lda,
-                          Py_ssize_t Kp, uint8_t* q, float* s)
     void fr_qpack(Py_ssize_t N, Py_ssize_t K, const int8_t* w, int8_t* p, int32_t* colsum)
     void fr_qgemm(int isa, Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1, Py_ssize_t Kq,
                   const uint8_t* a, Py_ssize_t lda, const float* sa, const int8_t* p,
@@ -98,6 +105,11 @@ cdef enum:
     CELL_GRU = 3
 
 
+def ring_steps(Py_ssize_t T, Py_ssize_t B):
+    """Steps of projected inputs forward's ``gx`` holds at once (the float32 kernels' chunk)."""
+    return min(T, steps_per_chunk(B))
+
+
 cdef struct QOps:
     Py_ssize_t T, B, H, Hp, NG, Ip
     int cell
@@ -107,7 +119,8 @@ cdef struct QOps:
     const int32_t* cs_ih    # (NG * Hp,)
     const float* sw_ih      # (NG * Hp,)
     const float* bias       # (NG * Hp,) b_ih + b_hh (GRU: + [b_hr, b_hz, 0])
-    float* gx               # (T, B, NG * Hp) W_ih x_t + bias, written by the team
+    float* gx               # (tc, B, NG * Hp) W_ih x_t + bias of tc steps at a time (a ring)
+    Py_ssize_t tc           # steps per chunk of the input GEMM: ring_steps(T, B)
     const int8_t* w_hh      # packed (NG * Hp outputs, Hp inputs)
     const int32_t* cs_hh    # (NG * Hp,)
     const float* sw_hh      # (NG * Hp,)
@@ -124,55 +137,41 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef const QOps* op = <const QOps*> ops
     cdef Py_ssize_t T = op.T, B = op.B, H = op.H, Hp = op.Hp, NG = op.NG
     cdef Py_ssize_t W = NG * Hp, Kq = Hp // 4
-    cdef Py_ssize_t t, b, j, g, j0, j1, nb0, nb1
+    cdef Py_ssize_t t, b, g, j0, j1, nb0, nb1
     cdef const float* h_prev
     cdef const float* ax
     cdef float* ah
     cdef float* h
-    cdef float* cc
-    cdef float i_, f_, g_, o_, r_, z_, n_
     cdef uint8_t* hq = <uint8_t*> malloc(B * Hp)
     cdef float* hs = <float*> malloc(B * sizeof(float))
     thread_units(H, size, rank, &j0, &j1)
     nb0 = j0 // 16
     nb1 = (j1 + 15) // 16
-    # gx = W_ih x + bias for all T * B rows, this thread's gate columns (only it reads them)
-    for g in range(NG if j1 > j0 else 0):
-        fr_qgemm(ISA, T * B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, op.Ip // 4, op.xq,
-                 op.Ip, op.xs, op.w_ih, op.cs_ih, op.sw_ih, op.bias, op.gx, W, 0)
     for t in range(T):
+        # gx = W_ih x + bias for the next tc steps, this thread's gate columns (only it reads
+        # them): a ring of tc steps instead of all T (at T = 100, B = 64, H = 512 that was 52 MB
+        # of fresh pages per call)
+        if t % op.tc == 0:
+            for g in range(NG if j1 > j0 else 0):
+                fr_qgemm(ISA, min(op.tc, T - t) * B, g * (Hp // 16) + nb0,
+                         g * (Hp // 16) + nb1, op.Ip // 4, op.xq + t * B * op.Ip, op.Ip,
+                         op.xs + t * B, op.w_ih, op.cs_ih, op.sw_ih, op.bias, op.gx, W, 0)
         h_prev = op.h0 if t == 0 else op.y + (t - 1) * B * H
         # every thread quantizes all of h_{t-1} (B * H values) and computes its gate columns
         fr_quantize_rows(B, H, h_prev, H, Hp, hq, hs)
         for g in range(NG if j1 > j0 else 0):
             fr_qgemm(ISA, B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, Kq, hq, Hp, hs,
                      op.w_hh, op.cs_hh, op.sw_hh, NULL, op.gh, W, 0)
-        for b in range(B):
-            ax = op.gx + (t * B + b) * W
+        for b in range(B):  # the gate pass on this thread's units (_qgates.h)
+            ax = op.gx + ((t % op.tc) * B + b) * W
             ah = op.gh + b * W
             h = op.y + (t * B + b) * H
-            hp = h_prev + b * H
             if op.cell == CELL_LSTM:
-                cc = op.c + b * H
-                for j in range(j0, j1):
-                    i_ = sigmoid(ax[j] + ah[j])
-                    f_ = sigmoid(ax[Hp + j] + ah[Hp + j])
-                    g_ = tanh_(ax[2 * Hp + j] + ah[2 * Hp + j])
-                    o_ = sigmoid(ax[3 * Hp + j] + ah[3 * Hp + j])
-                    cc[j] = f_ * cc[j] + i_ * g_
-                    h[j] = o_ * tanh_(cc[j])
+                fr_qlstm_row(ax, ah, op.c + b * H, h, j0, j1, Hp)
             elif op.cell == CELL_GRU:
-                for j in range(j0, j1):
-                    r_ = sigmoid(ax[j] + ah[j])
-                    z_ = sigmoid(ax[Hp + j] + ah[Hp + j])
-                    n_ = tanh_(ax[2 * Hp + j] + r_ * (ah[2 * Hp + j] + op.b_hn[j]))
-                    h[j] = (1 - z_) * n_ + z_ * hp[j]
-            elif op.cell == CELL_RNN_TANH:
-                for j in range(j0, j1):
-                    h[j] = tanh_(ax[j] + ah[j])
+                fr_qgru_row(ax, ah, op.b_hn, h_prev + b * H, h, j0, j1, Hp)
             else:
-                for j in range(j0, j1):
-                    h[j] = max(ax[j] + ah[j], <float> 0)
+                fr_qrnn_row(ax, ah, h, j0, j1, op.cell == CELL_RNN_RELU)
         fr_barrier_wait(bar, size)
     free(hq)
     free(hs)
@@ -184,7 +183,7 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
             const int32_t[::1] cs_ih,      # IN    (NG * Hp,)
             const float[::1] sw_ih,        # IN    (NG * Hp,)
             const float[::1] bias,         # IN    (NG * Hp,)
-            float[:, :, ::1] gx,           # OUT   (T, B, NG * Hp) workspace
+            float[:, :, ::1] gx,           # OUT   (ring_steps(T, B), B, NG * Hp) workspace
             const int8_t[::1] w_hh,        # IN    packed (NG * Hp, Hp)
             const int32_t[::1] cs_hh,      # IN    (NG * Hp,)
             const float[::1] sw_hh,        # IN    (NG * Hp,)
@@ -201,13 +200,14 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
     cdef Py_ssize_t T = y.shape[0], B = y.shape[1], H = y.shape[2]
     cdef Py_ssize_t NG = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
     cdef Py_ssize_t Hp = (H + 15) // 16 * 16
-    if (gx.shape[0] != T or gx.shape[1] != B or gx.shape[2] != NG * Hp
+    if (gx.shape[0] != ring_steps(T, B) or gx.shape[1] != B or gx.shape[2] != NG * Hp
             or cs_hh.shape[0] != NG * Hp or cs_ih.shape[0] != NG * Hp
             or xq.shape[0] != T * B or xq.shape[1] % 4 != 0 or bias.shape[0] != NG * Hp):
         raise ValueError("quant.forward: operands of inconsistent shapes")
     gh = bytearray(B * NG * Hp * sizeof(float))
     cdef float[::1] ghv = memoryview(gh).cast("B").cast("f")
     o.T, o.B, o.H, o.Hp, o.NG, o.Ip, o.cell = T, B, H, Hp, NG, xq.shape[1], cell
+    o.tc = ring_steps(T, B)
     o.xq = &xq[0, 0]
     o.xs = &xs[0]
     o.w_ih = &w_ih[0]

@@ -18,9 +18,9 @@ from libc.string cimport memcpy, memset
 
 from _activations cimport drelu, dtanh, relu, tanh_
 from _blocks cimport (Packed, bias_grad, input_grad, pack_nn, pack_nt, pack_nt_k, project_steps,
-                      recurrent_nn, recurrent_nt, release, steps_per_chunk, thread_units,
-                      weight_grad)
-from _prepack cimport take_prepacked
+                      recurrent_nn, recurrent_nt, release, step_gates, steps_per_chunk,
+                      thread_units, weight_grad)
+from _prepack cimport next_sweep, take_prepacked
 from _ops cimport RNNOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _rgemm cimport fr_cpu_level, fr_rgemm_pick
@@ -142,7 +142,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* y_t
     cdef floating* hd_t
     cdef Packed pk, pk_ih
-    cdef bint own
+    cdef bint own, sweep
 
     if zw == NULL:
         zw = &zp
@@ -152,6 +152,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
         pack_nt(&pk, ISA, H, j0, j1, 1, w_hh)
         pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 1, w_ih)
+    sweep = T == 1 and not own and next_sweep(op.prepacked, rank)  # step_gates' direction
     if rmask != NULL:
         # hds[0] = h0 * rmask: the first GEMM reads every thread's units
         for b in range(B if m > 0 else 0):
@@ -162,7 +163,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         n = batch_sizes[t]
         y_t = y + t * B * H
         # y[t'] = W_ih x[t'] + (b_ih + b_hh) for the next tc steps and this thread's units
-        if t % tc == 0:
+        if t % tc == 0 and T > 1:
             project_steps(min(tc, T - t) * B, I, H, j0, j1, 1, x + t * B * I, w_ih, bias, y_t,
                           &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
@@ -170,7 +171,11 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         # a ring of 2, as step t writes hd_{t+1} while another thread may still read hd_t)
         h_in = h_prev if rmask == NULL else hds + (t if training else t % 2) * B * H
         # y_t[:n, units] += h_in W_hh[units]^T, then the activation on those units
-        recurrent_nt(n, H, j0, j1, 1, h_in, w_hh, <floating> 1, y_t, H, &pk)
+        if T == 1:  # a streaming step: both GEMMs, in one sweep over the weights
+            step_gates(n, I, H, j0, j1, 1, x, h_in, w_ih, w_hh, bias, y_t, y_t, True, &pk_ih,
+                       &pk, sweep)
+        else:
+            recurrent_nt(n, H, j0, j1, 1, h_in, w_hh, <floating> 1, y_t, H, &pk)
         if m == H:
             _row_forward(y_t, n * H, use_relu)
         else:

@@ -319,3 +319,18 @@ def test_built_tree_imports():
         check=True,
     )
     assert out.stdout.strip() == os.path.join(ROOT, "fastrnn", "__init__.py")
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "blas"])
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_one_row_gemms_match_the_reference(isa, spec, dtype, restore_isa):
+    """B = 1 runs every recurrent GEMM on the one-row micro-kernel (_rgemm_row.h: four full
+    panels at a time, the rest panel by panel): H = 150 leaves 4 full panels and a partial one
+    of float32 AVX-512 (32 columns), several groups of 4 and a partial panel elsewhere."""
+    _isa.set_isa(isa)
+    case = make_case(spec, np.random.default_rng(11), 4, 1, 150, 150, dtype)
+    want_fwd, want_grads = _run(spec, "numpy", case)
+    fwd, grads = _run(spec, "cython", case)
+    assert_forward_close(spec, fwd, want_fwd, **TOLS[dtype])
+    assert_grads_close(spec, grads, want_grads, **TOLS[dtype])

@@ -149,3 +149,49 @@ def test_steps_of_the_cell_features_equal_eval_forward(cls, options, mode):
         ys.append(y)
     np.testing.assert_array_equal(np.stack(ys), y_full)
     _assert_state_equal(state, s_full)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_one_stream_steps_equal_forward_bit_for_bit(cell, dtype):
+    """B = 1 and H = 150: a step's input projection is one row (the one-row micro-kernel of
+    _rgemm.h), the forward's a block of steps (the many-row tiles); same bits."""
+    rng = np.random.default_rng(5)
+    layer = getattr(fastrnn, cell.title)(150, 150, num_layers=2, dtype=dtype, seed=1).eval()
+    x = rng.standard_normal((6, 1, 150)).astype(dtype)
+    y_full, s_full = layer(x)
+    state, ys = None, []
+    for t in range(6):
+        y, state = layer.step(x[t], state)
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(state, s_full)
+
+
+def test_step_sees_new_weights_and_biases():
+    """The step keeps its kernel operands (packed weights, summed biases) between calls and
+    re-makes them when a parameter changes through fastrnn, or after flatten_parameters."""
+    rng = np.random.default_rng(6)
+    layer = fastrnn.GRU(5, 7, num_layers=2, seed=0).eval()
+    x = rng.standard_normal((2, 5)).astype(np.float32)
+    before = layer.step(x)[0]
+    layer.bias_hh_l1.data = layer.bias_hh_l1.data + 1  # a new array: a new version
+    after = layer.step(x)[0]
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, layer(x[None])[0][0])
+    layer.weight_ih_l0.data *= 0.5  # in place: seen after flatten_parameters
+    layer.flatten_parameters()
+    np.testing.assert_array_equal(layer.step(x)[0], layer(x[None])[0][0])
+    assert not np.array_equal(layer.step(x)[0], after)
+
+
+def test_a_stepped_layer_copies_and_pickles():
+    """The step's kept operands (packed weights) stay out of copies and pickles."""
+    import copy
+    import pickle
+
+    layer = fastrnn.LSTM(5, 7, seed=0).eval()
+    x = np.random.default_rng(8).standard_normal((2, 5)).astype(np.float32)
+    y, _ = layer.step(x)
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        np.testing.assert_array_equal(other.step(x)[0], y)

@@ -101,7 +101,7 @@ def test_quantized_layer_matches_the_integer_oracle_and_float32(cls, options, is
     x = rng.standard_normal((6, 3, 20)).astype(np.float32)
     h0 = (0.5 * rng.standard_normal((2, 3, 40))).astype(np.float32)
     c0 = (0.5 * rng.standard_normal((2, 3, 40))).astype(np.float32) if cls is fastrnn.LSTM else None
-    q = quantize_dynamic(layer)
+    q = quantize_dynamic(layer, int8="always")
     assert isinstance(q, QuantizedRNNBase) and q.quantized and "int8" in repr(q)
     y, _ = q(x, h0 if c0 is None else (h0, c0))
     assert y.dtype == np.float32
@@ -117,7 +117,9 @@ def test_quantized_layer_matches_the_integer_oracle_and_float32(cls, options, is
 @pytest.mark.parametrize(("cls", "options"), CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
 def test_vnni_and_portable_paths_agree_bit_for_bit(cls, options):
     rng = np.random.default_rng(2)
-    q = quantize_dynamic(cls(37, 70, num_layers=2, bidirectional=True, seed=3, **options))
+    q = quantize_dynamic(
+        cls(37, 70, num_layers=2, bidirectional=True, seed=3, **options), int8="always"
+    )
     x = rng.standard_normal((9, 5, 37)).astype(np.float32)
     before = get_quantized_isa()
     try:
@@ -133,7 +135,7 @@ def test_vnni_and_portable_paths_agree_bit_for_bit(cls, options):
 def test_linear(isa):
     rng = np.random.default_rng(4)
     lin = fastrnn.nn.Linear(33, 21, seed=0)
-    q = quantize_dynamic(lin)
+    q = quantize_dynamic(lin, int8="always")
     assert isinstance(q, QuantizedLinear)
     x = rng.standard_normal((4, 5, 33)).astype(np.float32)
     y = q(x)
@@ -147,7 +149,7 @@ def test_linear(isa):
 @pytest.mark.parametrize("cls", [fastrnn.LSTM, fastrnn.GRU, fastrnn.RNN])
 def test_step_equals_forward(cls):
     rng = np.random.default_rng(5)
-    q = quantize_dynamic(cls(8, 24, num_layers=2, seed=0))
+    q = quantize_dynamic(cls(8, 24, num_layers=2, seed=0), int8="always")
     x = rng.standard_normal((5, 2, 8)).astype(np.float32)
     y_full, s_full = q(x)
     s, ys = None, []
@@ -166,7 +168,7 @@ def test_step_equals_forward(cls):
 def test_bidirectional_and_batch_first():
     rng = np.random.default_rng(6)
     layer = fastrnn.GRU(6, 16, bidirectional=True, batch_first=True, seed=0).eval()
-    q = quantize_dynamic(layer)
+    q = quantize_dynamic(layer, int8="always")
     x = rng.standard_normal((3, 7, 6)).astype(np.float32)
     y, h = q(x)
     y32, h32 = layer(x)
@@ -192,7 +194,7 @@ def test_bidirectional_and_batch_first():
     ],
 )
 def test_uncovered_variants_run_float32_and_say_so(layer, why):
-    q = quantize_dynamic(layer)
+    q = quantize_dynamic(layer, int8="always")
     assert not q.quantized and "float32" in repr(q) and why in repr(q)
     x = np.random.default_rng(7).standard_normal((3, 2, 4)).astype(np.float32)
     np.testing.assert_array_equal(q(x)[0], layer.eval()(x)[0])
@@ -203,13 +205,13 @@ def test_recurrent_dropout_alone_is_quantized():
     layer = fastrnn.LSTM(4, 8, recurrent_dropout=0.3, seed=0).eval()
     plain = fastrnn.LSTM(4, 8, seed=0).eval()
     x = np.random.default_rng(8).standard_normal((3, 2, 4)).astype(np.float32)
-    q = quantize_dynamic(layer)
+    q = quantize_dynamic(layer, int8="always")
     assert q.quantized
-    np.testing.assert_array_equal(q(x)[0], quantize_dynamic(plain)(x)[0])
+    np.testing.assert_array_equal(q(x)[0], quantize_dynamic(plain, int8="always")(x)[0])
 
 
 def test_inference_only():
-    q = quantize_dynamic(fastrnn.LSTM(4, 8, seed=0))
+    q = quantize_dynamic(fastrnn.LSTM(4, 8, seed=0), int8="always")
     with pytest.raises(RuntimeError, match="inference only"):
         q.backward(np.zeros((1, 1, 8), np.float32))
     q.train()  # only the flag: the forward is the same, the backward still raises
@@ -222,7 +224,7 @@ def test_inference_only():
 
 def test_original_model_untouched_and_nested_modules():
     model = fastrnn.nn.Sequential(fastrnn.nn.Linear(4, 6, seed=0), fastrnn.nn.Linear(6, 2, seed=1))
-    q = quantize_dynamic(model)
+    q = quantize_dynamic(model, int8="always")
     assert all(isinstance(m, QuantizedLinear) for m in q.children())
     assert all(isinstance(m, fastrnn.nn.Linear) for m in model.children())
 
@@ -230,10 +232,12 @@ def test_original_model_untouched_and_nested_modules():
 def test_checkpoint_round_trip_and_size(tmp_path):
     rng = np.random.default_rng(8)
     model = fastrnn.nn.Sequential(fastrnn.LSTM(64, 128, num_layers=2, seed=0))
-    q = quantize_dynamic(model)
+    q = quantize_dynamic(model, int8="always")
     path = tmp_path / "q.npz"
     fastrnn.save_checkpoint(path, q)
-    other = quantize_dynamic(fastrnn.nn.Sequential(fastrnn.LSTM(64, 128, num_layers=2, seed=9)))
+    other = quantize_dynamic(
+        fastrnn.nn.Sequential(fastrnn.LSTM(64, 128, num_layers=2, seed=9)), int8="always"
+    )
     x = rng.standard_normal((4, 2, 64)).astype(np.float32)
     assert not np.array_equal(other(x)[0], q(x)[0])
     fastrnn.load_checkpoint(path, other)
@@ -258,3 +262,48 @@ def test_isa_choice_is_checked():
     if not quant.vnni_available():
         with pytest.raises(ValueError, match="VNNI"):
             set_quantized_isa("vnni")
+
+
+@pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU])
+def test_auto_keeps_float32_below_the_measured_hidden_size(cls):
+    """int8="auto" (the default) runs float32 where int8 measured slower, and says so."""
+    from fastrnn.quantization import _INT8_MIN_HIDDEN
+
+    least = _INT8_MIN_HIDDEN[cls.__name__.lower()]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 3, 6)).astype(np.float32)
+    small = cls(6, least - 1, seed=0).eval()
+    q = quantize_dynamic(small)
+    assert not q.quantized
+    assert f"float32 (hidden_size={least - 1} < {least}" in repr(q)
+    np.testing.assert_array_equal(q(x)[0], small(x)[0])  # the float32 kernels, same weights
+    np.testing.assert_array_equal(q.step(x[0])[0], small.step(x[0])[0])
+    assert quantize_dynamic(small, int8="always").quantized
+    big = quantize_dynamic(cls(6, least, seed=0))
+    assert big.quantized and "int8" in repr(big)
+
+
+def test_int8_policy_is_checked():
+    with pytest.raises(ValueError, match="int8 must be 'auto' or 'always'"):
+        quantize_dynamic(fastrnn.LSTM(4, 8, seed=0), int8="never")
+
+
+@pytest.mark.parametrize(("cls", "options"), CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_long_sequences_project_the_input_in_chunks_with_the_same_bits(cls, options, isa):
+    """The int8 loop projects ring_steps(T, B) steps of x at a time (256 // B = 28 here, so the
+    ring wraps, the last chunk partial): the same bits as short calls chained by their state."""
+    rng = np.random.default_rng(9)
+    q = quantize_dynamic(cls(12, 40, num_layers=2, seed=2, **options), int8="always")
+    x = rng.standard_normal((65, 9, 12)).astype(np.float32)
+    y, state = q(x)
+    ys, s = [], None
+    for a, b in [(0, 20), (20, 40), (40, 65)]:
+        yk, s = q(x[a:b], s)
+        ys.append(yk)
+    np.testing.assert_array_equal(np.concatenate(ys), y)
+    for u, v in zip(
+        state if isinstance(state, tuple) else (state,),
+        s if isinstance(s, tuple) else (s,),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(u, v)

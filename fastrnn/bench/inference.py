@@ -5,7 +5,8 @@ Times, interleaved (A B C D A B C D ...), in eval mode:
 * ``fastrnn``: the float32 layer (``fastrnn.LSTM(...).eval()`` and so on), weights packed once;
 * ``fastrnn-repack``: the same, re-packing its weights at every call (``flatten_parameters()``
   before each), as every call did before the weights were kept packed;
-* ``fastrnn-int8``: the same layer through :func:`fastrnn.quantize_dynamic`;
+* ``fastrnn-int8``: the same layer through :func:`fastrnn.quantize_dynamic` (its default
+  ``int8="auto"`` keeps float32 the layers where int8 measured slower; the output lists them);
 * ``torch``: ``torch.nn.LSTM`` with the same weights under ``torch.inference_mode()``;
 * ``torch-int8``: ``torch.ao.quantization.quantize_dynamic`` of it (qint8);
 
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         f"{'absent' if torch is None else torch.__version__}"
     )
     rng = np.random.default_rng(0)
-    rows, errors = [], []
+    rows, errors, notes = [], [], []
     for cell in args.cells.split(","):
         for config in args.configs.split(","):
             T, B, I, H = parse_config(config)
@@ -114,9 +115,14 @@ def main(argv=None) -> int:
             y32 = layers["fastrnn"](x)[0]
             y8 = layers["fastrnn-int8"](x)[0]
             errors.append((f"{cell} {config}", np.abs(y8 - y32).max(), np.abs(y32).max()))
+            if not layers["fastrnn-int8"].quantized:  # quantize_dynamic's int8="auto" rule
+                notes.append(f"  {cell} {config}: fastrnn-int8 is {layers['fastrnn-int8']!r}")
             times = time_interleaved(_calls(layers, x, torch), args.repeats, args.min_time)
             rows.append(_row(f"{cell} {config}", times))
     _print(rows, "Inference forward")
+    if notes:
+        print("\nLayers that quantize_dynamic keeps float32 (measured slower in int8):")
+        print("\n".join(notes))
     print("\nint8 output error against float32 (max |y8 - y32|, max |y32|):")
     for label, err, ref in errors:
         print(f"  {label:16s} {err:.2e}  {ref:.2e}")

@@ -22,6 +22,7 @@ from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
 from fastrnn.cells import Cell
+from fastrnn.functional import _step_biases, _step_forward
 from fastrnn.nn._checks import as_real_array, check_float_dtype
 from fastrnn.nn.blocks import _no_cache_error
 from fastrnn.nn.module import Module, Parameter
@@ -32,8 +33,11 @@ __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
 class _PackCache(dict):
     """suffix -> (w_ih Parameter, w_hh Parameter, their versions, packs dict): the kernels'
-    packed weights of each layer and direction. Copies and pickles start empty (the packed
-    buffers are the kernels' own objects, re-made on the next forward)."""
+    packed weights of each layer and direction, and ``step_ops``, the operands of
+    :meth:`RNNBase.step`'s direct path. Copies and pickles start empty (the packed buffers are
+    the kernels' own objects, re-made on the next forward)."""
+
+    step_ops: tuple | None = None
 
     def __reduce__(self):
         return (_PackCache, ())
@@ -439,22 +443,29 @@ class RNNBase(Module):
         if plan is None:  # what does not change from call to call
             cfg = self._config
             args = [(p.arg, p.name) for p in cfg.params()]
+            # eval's options: the expectation of zoneout, no recurrent dropout mask; the cell
+            # states of return_cell_states are not a step's output (c is in the state)
+            options = {
+                **{
+                    k: v
+                    for k, v in cfg.spec.functional_options(cfg.options).items()
+                    if k != "return_cell_states"
+                },
+                **_noise(cfg, 0, 0, False, None, np.dtype(dt)),
+            }
             plan = self.__dict__["_step_plan"] = (
                 cfg.spec.functions(cfg.backend)[0],
-                # eval's options: the expectation of zoneout, no recurrent dropout mask; the
-                # cell states of return_cell_states are not a step's output (c is in the state)
-                {
-                    **{
-                        k: v
-                        for k, v in cfg.spec.functional_options(cfg.options).items()
-                        if k != "return_cell_states"
-                    },
-                    **_noise(cfg, 0, 0, False, None, np.dtype(dt)),
-                },
+                options,
                 [[(a, f"{n}_l{k}") for a, n in args] for k in range(cfg.num_layers)],
                 {w: cfg.state_width(w) for w in cfg.spec.states},
+                # the kernels straight from here (_step_direct) when nothing but the four
+                # weights and the non-linearity is in play; else the functional forward
+                cfg.backend == "cython"
+                and all(a in ("w_ih", "w_hh", "b_ih", "b_hh") for a, _ in args)
+                and set(options) <= {"nonlinearity", "reset_after"}
+                and options.get("reset_after", True),
             )
-        fwd, options, layer_args, widths = plan
+        fwd, options, layer_args, widths, direct = plan
         init = []
         for given, which in zip((h0, c0), widths, strict=False):
             want = (self.num_layers, batch, widths[which])
@@ -462,6 +473,11 @@ class RNNBase(Module):
                 init.append(given)  # the previous call's state: nothing to check or convert
             else:
                 init.append(self._as_state(given, which, which, batch))
+        if direct and not self.training and batch > 0 and xt.shape[0] > 0:
+            ops = self._step_operands()
+            if ops is not None:
+                y, state = self._step_direct(xt, init, ops, options)
+                return self._step_result(x, y), state
         inp = xt
         finals: list[list[np.ndarray]] = [[] for _ in init]
         packs = None if self.training else self._weight_packs()
@@ -475,10 +491,73 @@ class RNNBase(Module):
             for f, s in zip(finals, outs, strict=True):
                 f.append(s)
         h_n, *others = (np.stack(f) for f in finals)
-        y = inp[0] if x.ndim == 2 else inp
-        if x.ndim == 3 and self.batch_first:
-            y = np.ascontiguousarray(y.transpose(1, 0, 2))
-        return y, h_n if not others else (h_n, others[0])
+        return self._step_result(x, inp), h_n if not others else (h_n, others[0])
+
+    def _step_result(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The last layer's (K, B, R) output of a step in the shape of ``x``'s call."""
+        if x.ndim == 2:
+            return y[0]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
+
+    def _step_operands(self) -> list[tuple] | None:
+        """Per layer ``(w_ih, w_hh, bias, b_hn, packs)`` for :meth:`_step_direct`, kept with the
+        packed weights until a parameter changes (object or version) or
+        :meth:`flatten_parameters`; None when a weight is not a C-contiguous array of the
+        layer's dtype (the functional path converts it)."""
+        params = self._parameters
+        names = self.__dict__.get("_step_names")
+        if names is None:
+            names = self.__dict__["_step_names"] = [
+                [f"{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                for k in range(self.num_layers)
+            ]
+        current = tuple(params.get(n) for layer in names for n in layer)
+        versions = tuple(-1 if p is None else p._version for p in current)
+        cache = self.__dict__.get("_packed")
+        cached = None if cache is None else cache.step_ops
+        if cached is not None and cached[0] == current and cached[1] == versions:
+            return cached[2]
+        packs = self._weight_packs()
+        kernel, dt, H = self._config.spec.kernel, np.dtype(self.dtype), self.hidden_size
+        ops = []
+        for k, layer in enumerate(names):
+            w_ih, w_hh, b_ih, b_hh = (
+                None if params.get(n) is None else params[n].data for n in layer
+            )
+            for a in (w_ih, w_hh, b_ih, b_hh):
+                if a is not None and (
+                    type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous
+                ):
+                    return None
+            bias, b_hn = _step_biases(kernel, b_ih, b_hh, H, w_hh.shape[0], dt)
+            ops.append((w_ih, w_hh, bias, b_hn, packs[f"_l{k}"]))
+        self.__dict__["_packed"].step_ops = (current, versions, ops)  # dropped with the packs
+        return ops
+
+    def _step_direct(
+        self, xt: np.ndarray, init: list, ops: list[tuple], options: dict[str, Any]
+    ) -> tuple[np.ndarray, State]:
+        """:meth:`step` of an eval-mode layer with plain cells: each layer's kernel called
+        directly (``functional._step_forward``) on the weights packed once, the final states
+        written in place into the returned arrays. Returns (y (K, B, H), state)."""
+        kernel, dt = self._config.spec.kernel, self.dtype
+        L, B, H = self.num_layers, xt.shape[1], self.hidden_size
+        lstm = kernel == "lstm"
+        relu = options.get("nonlinearity") == "relu"
+        h0, c0 = init[0], init[1] if lstm else None
+        h_n = np.empty((L, B, H), dt)
+        c_n = np.empty((L, B, H), dt) if lstm else None
+        inp = np.ascontiguousarray(xt)
+        for k, (w_ih, w_hh, bias, b_hn, packs) in enumerate(ops):
+            h = np.zeros((B, H), dt) if h0 is None else np.ascontiguousarray(h0[k])
+            c = None
+            if lstm:
+                c = np.zeros((B, H), dt) if c0 is None else np.ascontiguousarray(c0[k])
+            inp = _step_forward(
+                kernel, inp, h, c, w_ih, w_hh, bias, b_hn, packs, h_n[k],
+                None if c_n is None else c_n[k], relu,
+            )  # fmt: skip
+        return inp, h_n if c_n is None else (h_n, c_n)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
