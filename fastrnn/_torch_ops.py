@@ -4,10 +4,10 @@ Under ``torch.compile`` the forward of a patched ``nn.RNN`` / ``LSTM`` / ``GRU``
 (:mod:`fastrnn.torch`) calls :func:`rnn_forward`, which Dynamo traces: it does torch's
 argument checks and calls three operators registered with ``torch.library``:
 
-* ``fastrnn::stack(x, h0, c0, weights, ...) -> (y, h_n, c_n, workspace)``: the whole stack
+* ``fastrnn::stack_v1(x, h0, c0, weights, ...) -> (y, h_n, c_n, workspace)``: the whole stack
   (every layer and direction) in one call of :func:`fastrnn.stack.stack_forward`;
-* ``fastrnn::stack_backward(workspace, dy, dh_n, dc_n, ...) -> [dx, dh0, dc0, *dweights]``:
-  :func:`fastrnn.stack.stack_backward`, registered as the backward of ``fastrnn::stack``;
+* ``fastrnn::stack_backward_v1(workspace, dy, dh_n, dc_n, ...) -> [dx, dh0, dc0, *dw]``:
+  :func:`fastrnn.stack.stack_backward`, registered as the backward of the first;
 * each with a fake implementation (shapes and dtypes only) that Dynamo, AOTAutograd and
   Inductor trace with, so the graph has no break and Inductor calls the kernels as they are.
 
@@ -41,7 +41,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from fastrnn import torch as _ft
 from fastrnn.stack import stack_backward, stack_forward
 
-__all__ = ["SUPPORTED", "rnn_forward"]
+__all__ = ["STACK", "STACK_BACKWARD", "SUPPORTED", "VERSION", "rnn_forward"]
 
 #: Whether this torch can register the operators (``torch.library.custom_op``, torch >= 2.4).
 SUPPORTED = all(
@@ -85,14 +85,14 @@ def _workspace_tensor(ws: _Workspace) -> Tensor:
 def _workspace(handle: Tensor) -> _Workspace:
     if handle.numel() != 1 or handle.dtype != torch.int64:
         raise RuntimeError(
-            "fastrnn::stack_backward: the workspace is empty: the forward ran without keeping "
+            f"{STACK_BACKWARD}: the workspace is empty: the forward ran without keeping "
             "what the backward needs (no input required grad when it was traced)"
         )
     with _LIVE_LOCK:
         ws = _LIVE.get(int(handle.reshape(()).item()))
     if ws is None:
         raise RuntimeError(
-            "fastrnn::stack_backward: this forward's workspace was freed (a backward through "
+            f"{STACK_BACKWARD}: this forward's workspace was freed (a backward through "
             "the same graph a second time needs retain_graph=True on the first)"
         )
     return ws
@@ -253,9 +253,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dy, dh_n, dc_n, _dhandle):
     handle, x, h0, c0, y, *weights = ctx.saved_tensors
-    grads = torch.ops.fastrnn.stack_backward(
-        handle, dy, dh_n, dc_n if ctx.lstm else None, x, h0, c0, y, weights
-    )
+    grads = backward_op(handle, dy, dh_n, dc_n if ctx.lstm else None, x, h0, c0, y, weights)
     need = ctx.needs_input_grad
     dx, dh0 = grads[0], grads[1]
     dc0 = grads[2] if ctx.lstm else None
@@ -269,14 +267,20 @@ def _backward(ctx, dy, dh_n, dc_n, _dhandle):
     )
 
 
+# The operators' version, in their names. Inductor and AOTAutograd cache compiled graphs on
+# disk under a key made of the traced graph, which names the forward operator but holds
+# neither its code nor its backward: bump this whenever a schema, a fake or the backward
+# changes, so that no graph compiled against the old ones is reused.
+VERSION = 1
+STACK = f"fastrnn::stack_v{VERSION}"
+STACK_BACKWARD = f"fastrnn::stack_backward_v{VERSION}"
+
 if SUPPORTED:
-    _stack_op = torch.library.custom_op("fastrnn::stack", mutates_args=())(_stack_impl)
-    _stack_op.register_fake(_stack_fake)
-    _backward_op = torch.library.custom_op("fastrnn::stack_backward", mutates_args=())(
-        _backward_impl
-    )
-    _backward_op.register_fake(_backward_fake)
-    _stack_op.register_autograd(_backward, setup_context=_setup_context)
+    stack_op = torch.library.custom_op(STACK, mutates_args=())(_stack_impl)
+    stack_op.register_fake(_stack_fake)
+    backward_op = torch.library.custom_op(STACK_BACKWARD, mutates_args=())(_backward_impl)
+    backward_op.register_fake(_backward_fake)
+    stack_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _unsupported(tensors: Sequence[Tensor]) -> bool:
@@ -361,7 +365,7 @@ def rnn_forward(m: Any, input: Any, hx: Any):  # noqa: A002 - torch's argument n
     inputs = [x, *given, *weights]
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     seed = torch.randint(0, 2**62, (), dtype=torch.int64) if drop else None
-    y, h_n, c_n, _ = torch.ops.fastrnn.stack(
+    y, h_n, c_n, _ = stack_op(
         x,
         h0,
         c0,

@@ -44,7 +44,7 @@ What computes what (each mode is compared with torch's modules in ``tests/test_t
   ``vmap``): torch's own implementation, unchanged.
 * ``torch.compile`` (with ``torch._dynamo.config.allow_rnn = True``, without which Dynamo
   refuses any ``nn.RNNBase``): the forward of :class:`LSTM`, :class:`GRU` and :class:`RNN` is
-  traced as calls of fastrnn's custom operators (``fastrnn::stack`` and its backward, see
+  traced as calls of fastrnn's custom operators (``fastrnn::stack_v1`` and its backward, see
   :mod:`fastrnn._torch_ops`), so the graph has no break and runs the same kernels; cells
   compile as torch's.
 * Torch's own implementation also runs for CUDA or other devices, float16, bfloat16, mixed

@@ -98,7 +98,7 @@ def test_no_graph_break(kind, packed):
     assert explained.graph_count == 1
     # the graph calls fastrnn's operators, not torch's RNN
     code = explained.graphs[0].code
-    assert "fastrnn.stack" in code and "_VF" not in code
+    assert f"fastrnn.stack_v{_torch_ops.VERSION}" in code and "_VF" not in code
 
 
 @pytest.mark.parametrize("kind", list(CLASSES))
@@ -169,6 +169,15 @@ def test_compiled_lstm_proj_size_float32():
     _compare(model, make, tol=1e-6)
 
 
+def test_compiled_new_lengths_and_batch():
+    """Another T or B: Dynamo recompiles once with symbolic sizes, which the fakes take."""
+    model = _model("LSTM", num_layers=2)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for shape in [(5, 3, 4), (7, 3, 4), (9, 2, 4), (4, 6, 4)]:
+        x = _x(shape)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_no_grad_and_eval():
     model = _model("GRU", num_layers=2, dropout=0.5)
     x = _x((5, 3, 4))
@@ -209,7 +218,7 @@ def test_fallbacks_stay_torch_under_compile():
     x = _x((5, 3, 4), torch.bfloat16)
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0
-    assert "fastrnn.stack" not in explained.graphs[0].code
+    assert "fastrnn" not in explained.graphs[0].code
     got = torch.compile(model, backend="eager", fullgraph=True)(x)
     torch.testing.assert_close(got, ft.unpatch(model)(x))
 
@@ -251,7 +260,7 @@ def test_opcheck(kind, packed):
     """Schema, fake implementation, autograd registration and AOT dispatch of the operator."""
     args = _op_args(kind, packed)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
-    torch.library.opcheck(torch.ops.fastrnn.stack.default, args, test_utils=tests)
+    torch.library.opcheck(_torch_ops.stack_op._opoverload, args, test_utils=tests)
 
 
 def test_backward_recomputes_when_memory_was_not_kept():
@@ -259,9 +268,9 @@ def test_backward_recomputes_when_memory_was_not_kept():
     recomputes the forward from those, and gives the same gradients."""
     args = _op_args("LSTM")
     x, h0, c0, weights = args[:4]
-    y, h_n, c_n, handle = torch.ops.fastrnn.stack(*args)
+    y, h_n, c_n, handle = _torch_ops.stack_op(*args)
     dy, dh_n, dc_n = torch.ones_like(y), torch.ones_like(h_n), torch.ones_like(c_n)
-    op = torch.ops.fastrnn.stack_backward
+    op = _torch_ops.backward_op
     kept = op(handle, dy, dh_n, dc_n, x, h0, c0, y, weights)
     before = _torch_ops._COUNTS["recomputed_forwards"]
     copies = [w.detach().clone() for w in weights]
@@ -273,10 +282,10 @@ def test_backward_recomputes_when_memory_was_not_kept():
 
 def test_backward_without_workspace_raises():
     args = _op_args("GRU", keep=False)
-    y, h_n, _, handle = torch.ops.fastrnn.stack(*args)
+    y, h_n, _, handle = _torch_ops.stack_op(*args)
     x, h0, _, weights = args[:4]
     with pytest.raises(RuntimeError, match="workspace is empty"):
-        torch.ops.fastrnn.stack_backward(
+        _torch_ops.backward_op(
             handle, torch.ones_like(y), torch.ones_like(h_n), None, x, h0, None, y, weights
         )
 
