@@ -2,7 +2,7 @@
 
 Under ``torch.compile`` the forward of a patched ``nn.RNN`` / ``LSTM`` / ``GRU``
 (:mod:`fastrnn.torch`) calls :func:`rnn_forward`, which Dynamo traces: it does torch's
-argument checks and calls three operators registered with ``torch.library``:
+argument checks and calls two operators registered with ``torch.library``:
 
 * ``fastrnn::stack_v1(x, h0, c0, weights, ...) -> (y, h_n, c_n, workspace)``: the whole stack
   (every layer and direction) in one call of :func:`fastrnn.stack.stack_forward`;
@@ -16,9 +16,16 @@ of the forward that autograd saves for the backward. It is a one-element int64 t
 memory belongs to an object holding the forward's :class:`fastrnn.stack.StackCache` (the
 kernels' per-step gates and states); the element is the key under which the backward finds
 that object. The cache lives exactly as long as that tensor, so autograd frees it with the
-graph, as it frees any saved tensor. The backward saves the forward's input, states, output
-and weights too: the cache reads their memory, and a tensor saved for the backward is one
-Inductor will not reuse or overwrite before the backward has run.
+graph, as it frees any saved tensor.
+
+Memory the cache reads. In a compiled graph Inductor may reuse the memory of a tensor once no
+operator reads it any more, and AOTAutograd may recompute a tensor for the backward instead of
+keeping it; the cache is no operator, so neither sees it read. Hence: the forward gives the
+kernels their own copies of the input and the initial states (small next to the cache); the
+output and the weights, which the cache reads in place, are arguments of the backward
+operator, so a compiled graph keeps them for it, and the backward checks that it received
+the very memory the forward used (``data_ptr``). If it did not (a recomputed weight), the
+backward computes the forward again from the tensors it received before going back.
 
 Only the forward of the module is traced differently; eager calls (outside ``torch.compile``)
 keep :class:`fastrnn.torch._StackFunction` and its fallbacks (second order, forward-mode AD,
@@ -291,6 +298,8 @@ def _unsupported(tensors: Sequence[Tensor]) -> bool:
     if dtype not in _ft._DTYPES:
         return True
     for t in tensors:
+        if type(t) not in _ft._PLAIN:  # a subclass's __torch_function__ must see torch's ops
+            return True
         if t.dtype != dtype or t.device.type != "cpu" or t.layout != torch.strided:
             return True
         if t.numel() == 0:
