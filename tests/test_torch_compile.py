@@ -230,6 +230,16 @@ def test_cells_under_compile_are_torch():
     assert explained.graph_break_count == 0
 
 
+def test_double_backward_through_a_compiled_graph_is_torchs_error():
+    """Second order through a compiled graph: AOTAutograd refuses it (README says so)."""
+    model = ft.patch(torch.nn.GRU(4, 5).double())
+    x = _x((3, 2, 4)).requires_grad_()
+    y, _ = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
 def test_without_allow_rnn_dynamo_refuses():
     """The README's one required switch: without it Dynamo rejects any nn.RNNBase."""
     model = _model("RNN")
