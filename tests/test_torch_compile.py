@@ -178,6 +178,28 @@ def test_compiled_new_lengths_and_batch():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-12, atol=1e-12)
 
 
+def test_compiled_weights_computed_in_the_graph():
+    """Weights that are intermediates of the graph (``functional_call`` of scaled parameters),
+    with Inductor's min-cut partitioner (which may recompute what the backward needs)."""
+    model = ft.patch(torch.nn.LSTM(4, 6, num_layers=2).double())
+    params = dict(model.named_parameters())
+
+    def f(x):
+        w = {k: v * 2.0 for k, v in params.items()}
+        y, _ = torch.func.functional_call(model, w, (x,))
+        return (y.relu() * 3).sum()
+
+    compiled = torch.compile(f, backend="aot_eager_decomp_partition", fullgraph=True)
+    results = []
+    for fn in (compiled, f):
+        x = _x((5, 3, 4)).requires_grad_()
+        model.zero_grad(set_to_none=True)
+        fn(x).backward()
+        results.append([x.grad, *(p.grad for p in params.values())])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_compiled_no_grad_and_eval():
     model = _model("GRU", num_layers=2, dropout=0.5)
     x = _x((5, 3, 4))
