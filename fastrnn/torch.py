@@ -42,10 +42,15 @@ What computes what (each mode is compared with torch's modules in ``tests/test_t
 * Forward-mode AD (``torch.autograd.forward_ad``: anything inside a ``dual_level``) and every
   ``torch.func`` transform (``grad``, ``vjp``, ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``,
   ``vmap``): torch's own implementation, unchanged.
+* ``torch.compile`` (with ``torch._dynamo.config.allow_rnn = True``, without which Dynamo
+  refuses any ``nn.RNNBase``): the forward of :class:`LSTM`, :class:`GRU` and :class:`RNN` is
+  traced as calls of fastrnn's custom operators (``fastrnn::stack_v1`` and its backward, see
+  :mod:`fastrnn._torch_ops`), so the graph has no break and runs the same kernels; cells
+  compile as torch's.
 * Torch's own implementation also runs for CUDA or other devices, float16, bfloat16, mixed
-  dtypes, autocast, TorchScript, tracing, ``torch.compile``, tensor subclasses, active
-  ``TorchFunctionMode`` / ``TorchDispatchMode`` (``FlopCounterMode``, fake tensors), and
-  malformed arguments (so errors are torch's).
+  dtypes, autocast, TorchScript, tracing, tensor subclasses, active ``TorchFunctionMode`` /
+  ``TorchDispatchMode`` (``FlopCounterMode``, fake tensors), and malformed arguments (so
+  errors are torch's).
 * Dropout between layers (training mode, ``num_layers > 1``): inverted dropout as in torch,
   with the same probability and scaling, and the gradient masked by the same mask. The masks
   cannot be bitwise torch's (torch draws them inside its C++ kernels); they are drawn by NumPy
@@ -376,6 +381,9 @@ class _FastRNNBase(_Swapped):
 
     def forward(self, input, hx=None):  # noqa: A002 - torch's argument name
         """Torch's ``forward``, computed by fastrnn when it can (see the module docstring)."""
+        if torch.compiler.is_compiling() and _torch_ops.SUPPORTED:
+            out = _torch_ops.rnn_forward(self, input, hx)  # traced: custom operators
+            return self._torch_class.forward(self, input, hx) if out is None else out
         args = _prepare(self, input, hx)
         if args is None:
             return self._torch_class.forward(self, input, hx)
@@ -831,3 +839,7 @@ def load(f: Any, **kwargs: Any) -> torch.nn.Module:
             "model.load_state_dict(torch.load(f)) and call fastrnn.torch.patch(model)"
         )
     return patch(obj)
+
+
+# torch.compile: the stack as torch.library custom operators (their module imports this one)
+from fastrnn import _torch_ops  # noqa: E402
