@@ -55,6 +55,7 @@ from fastrnn._threads import blas_single_thread, get_num_threads
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
+from fastrnn.cells import Cell
 from fastrnn.reference import LN_EPS
 
 __all__ = [
@@ -1264,11 +1265,11 @@ def _biases(p: Prepared) -> tuple[np.ndarray, np.ndarray]:
 # Streaming steps: the eval-mode forward of one layer on validated operands (RNNBase.step)
 # ---------------------------------------------------------------------------------------------
 def _step_biases(
-    kernel: str, b_ih: np.ndarray | None, b_hh: np.ndarray | None, H: int, G: int, dtype: Any
+    cell: Cell, b_ih: np.ndarray | None, b_hh: np.ndarray | None, H: int, G: int, dtype: Any
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The bias operands of ``kernel``'s forward, computed as its functional forward does
+    """The bias operands of ``cell``'s kernel forward, computed as its functional forward does
     (bitwise): (b_ih + b_hh, None), or the GRU's :func:`_gru_biases`."""
-    if kernel == "gru":
+    if cell is _GRU:
         return _gru_biases(b_ih, b_hh, H, np.dtype(dtype))
     return (np.zeros(G, dtype) if b_ih is None else b_ih + b_hh), None
 
@@ -1283,7 +1284,7 @@ def _full_batch_sizes(T: int, B: int) -> np.ndarray:
 
 
 def _step_forward(
-    kernel: str,
+    cell: Cell,
     x: np.ndarray,
     h0: np.ndarray,
     c0: np.ndarray | None,
@@ -1306,7 +1307,7 @@ def _step_forward(
     T, B = x.shape[0], x.shape[1]
     G, H = w_hh.shape
     dt = x.dtype
-    module = getattr(_k, kernel)
+    module = getattr(_k, cell.kernel)
     # _team_for without its thread-count lookup when the step is too small to split anyway
     n = 1 if B * G * H < 2 * _MIN_WORK_PER_THREAD else _team_for(B, G, H)
     key = (module.__name__, dt.char, n)
@@ -1315,11 +1316,11 @@ def _step_forward(
         packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
     batch_sizes = _full_batch_sizes(T, B)
     y = np.empty((T, B, H), dt)
-    if kernel == "lstm":
+    if cell is _LSTM:
         gates = np.empty((module.ring_steps(T, B), B, G), dt)
         cs = np.empty((1, B, H), dt)
         args = (x, h0, c0, w_ih, w_hh, bias, batch_sizes, gates, y, cs, h_n, c_n, False, n)
-    elif kernel == "gru":
+    elif cell is _GRU:
         gates = np.empty((module.ring_steps(T, B), B, G), dt)
         hns = np.empty((1, B, H), dt)
         hw = np.empty((B, G), dt)

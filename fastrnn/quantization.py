@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastrnn.cells import GRU, LSTM, RNN
 from fastrnn.functional import _team_for
 from fastrnn.nn.blocks import Linear
 from fastrnn.nn.module import Module
@@ -227,37 +229,40 @@ class QuantizedLinear(_QuantizedModule):
 #     large and longseq configurations 1.1 to 2.2x).
 #   RNN: H = 128, B = 16, T = 1000 (longseq) 0.7x and H = 256, B = 32 (medium) 0.9x: the
 #     recurrent GEMM is a quarter of an LSTM's, the quantization the same; H = 512 (large) 1.9x.
-_INT8_MIN_HIDDEN = {"lstm": 128, "gru": 128, "rnn": 512}
+_INT8_MIN_HIDDEN = {GRU: 128, LSTM: 128, RNN: 512}
 
 
-# cell name -> kernel code, for the cells (and options) the integer kernels cover
+class _Int8Cell(NamedTuple):
+    """What the integer kernels run of one registry cell."""
+
+    code: Callable[[dict[str, Any]], int]  # the kernels' cell code, from the layer's options
+    takes: tuple[str, ...]  # options they compute away from the default (recurrent dropout
+    # acts in training only, so an eval-mode int8 layer is the same function without it)
+
+
+_INT8_CELLS = {
+    RNN: _Int8Cell(
+        lambda o: 0 if o["nonlinearity"] == "tanh" else 1, ("nonlinearity", "recurrent_dropout")
+    ),  # fmt: skip
+    LSTM: _Int8Cell(lambda o: 2, ("recurrent_dropout",)),
+    GRU: _Int8Cell(lambda o: 3, ("recurrent_dropout",)),
+}
+
+
 def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
+    """The integer kernels' code of ``layer``'s cell, or None and why they cannot run it: an
+    option set that they do not compute (never int8 math that silently leaves it out)."""
     cfg = layer._config
     if cfg.backend != "cython":
         return None, "the numpy backend"
-    name = cfg.spec.name
-    # issue 11's cell features the integer kernels do not compute (recurrent dropout acts in
-    # training only, so an eval-mode int8 layer is the same function without it)
-    opts = cfg.options
-    for option, on in (
-        ("peephole", opts.get("peephole", False)),
-        ("layer_norm", opts.get("layer_norm", False)),
-        ("zoneout", any(q > 0 for q in opts.get("zoneout", ()))),
-        ("return_cell_states", opts.get("return_cell_states", False)),
-    ):
-        if on:
-            return None, f"{option} is not quantized"
-    if name == "rnn":
-        return (0 if cfg.options["nonlinearity"] == "tanh" else 1), ""
-    if name == "lstm":
-        if cfg.options["proj_size"]:
-            return None, "proj_size is not quantized"
-        return 2, ""
-    if name == "gru":
-        if not cfg.options["reset_after"]:
-            return None, "reset_after=False is not quantized"
-        return 3, ""
-    return None, f"{cfg.spec.title} is not quantized"
+    entry = _INT8_CELLS.get(cfg.spec)
+    if entry is None:
+        return None, f"{cfg.spec.title} is not quantized"
+    for option in cfg.spec.options:
+        value = cfg.options[option.name]
+        if option.name not in entry.takes and value != option.default:
+            return None, f"{option.name}={value!r} is not quantized"
+    return entry.code(cfg.options), ""
 
 
 def _team(B: int, G: int, H: int) -> int:
@@ -278,7 +283,7 @@ class QuantizedRNNBase(_QuantizedModule):
     def __init__(self, layer: RNNBase, int8: str = "always") -> None:
         super().__init__()
         code, why = _cell_code(layer)
-        least = _INT8_MIN_HIDDEN.get(layer._config.spec.name, 0)
+        least = _INT8_MIN_HIDDEN.get(layer._config.spec, 0)
         if code is not None and int8 == "auto" and layer.hidden_size < least:
             why = f"hidden_size={layer.hidden_size} < {least}: int8 measured slower for this cell"
             code = None

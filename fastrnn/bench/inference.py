@@ -24,17 +24,19 @@ import sys
 import numpy as np
 
 from fastrnn.bench import CONFIGS, parse_config, time_interleaved, torch_or_none
+from fastrnn.cells import get_cell
 
 
 def _layers(cell: str, I: int, H: int, torch):
     import fastrnn
 
-    cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
+    title = get_cell(cell).title  # fastrnn.LSTM and torch.nn.LSTM, ...
+    cls = getattr(fastrnn, title)
     f32 = cls(I, H, seed=0).eval()
     q = fastrnn.quantize_dynamic(f32)
     out = {"fastrnn": f32, "fastrnn-repack": f32, "fastrnn-int8": q}
     if torch is not None:
-        tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+        tcls = getattr(torch.nn, title)
         t = tcls(I, H).eval()
         with torch.no_grad():
             for name, p in t.named_parameters():

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastrnn.cells import GRU, get_cell
+
 __all__ = ["PlainNumpy"]
 
 
@@ -46,9 +48,9 @@ class PlainNumpy:
     """
 
     def __init__(self, cell: str, x, w_ih, w_hh, b_ih, b_hh) -> None:
-        if cell not in ("rnn", "lstm", "gru"):
-            raise ValueError(f"cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
-        self.cell = cell
+        spec = get_cell(cell)  # ValueError naming the choices
+        self.cell = spec.name
+        has_c, is_gru = "c" in spec.states, spec is GRU  # the GRU's hidden-side n term
         T, B, I = x.shape
         GH, H = w_hh.shape
         dt = x.dtype
@@ -66,12 +68,12 @@ class PlainNumpy:
         self.y = np.empty((T, B, H), dt)
         self.hw = np.empty((B, GH), dt)
         self.tmp = np.empty((B, H), dt)
-        self.cs = np.empty((T, B, H), dt) if cell == "lstm" else None
-        self.tcs = np.empty((T, B, H), dt) if cell == "lstm" else None
-        self.hn = np.empty((T, B, H), dt) if cell == "gru" else None  # W_hn h + b_hn
+        self.cs = np.empty((T, B, H), dt) if has_c else None
+        self.tcs = np.empty((T, B, H), dt) if has_c else None
+        self.hn = np.empty((T, B, H), dt) if is_gru else None  # W_hn h + b_hn
         # backward
         self.dgates = np.empty((T, B, GH), dt)
-        self.dgh = np.empty((T, B, GH), dt) if cell == "gru" else None  # hidden-side grads
+        self.dgh = np.empty((T, B, GH), dt) if is_gru else None  # hidden-side grads
         self.dh = np.empty((B, H), dt)
         self.dc = np.empty((B, H), dt)
         self.t1 = np.empty((B, H), dt)
@@ -88,7 +90,7 @@ class PlainNumpy:
         every buffer the backward reads is kept either way (it is preallocated)."""
         T, B, H = self.T, self.B, self.H
         g2 = self.gates.reshape(T * B, self.GH)
-        if self.cell == "gru":  # b_hh stays on the hidden side (r multiplies W_hn h + b_hn)
+        if self.hn is not None:  # GRU: b_hh stays on the hidden side (r multiplies W_hn h + b_hn)
             np.dot(self.x2, self.w_ih_t, out=g2)
             g2 += self.b_ih
         else:

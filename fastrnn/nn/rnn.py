@@ -518,7 +518,7 @@ class RNNBase(Module):
         if cached is not None and cached[0] == current and cached[1] == versions:
             return cached[2]
         packs = self._weight_packs()
-        kernel, dt, H = self._config.spec.kernel, np.dtype(self.dtype), self.hidden_size
+        cell, dt, H = self._config.spec, np.dtype(self.dtype), self.hidden_size
         ops = []
         for k, layer in enumerate(names):
             w_ih, w_hh, b_ih, b_hh = (
@@ -529,7 +529,7 @@ class RNNBase(Module):
                     type(a) is not np.ndarray or a.dtype != dt or not a.flags.c_contiguous
                 ):
                     return None
-            bias, b_hn = _step_biases(kernel, b_ih, b_hh, H, w_hh.shape[0], dt)
+            bias, b_hn = _step_biases(cell, b_ih, b_hh, H, w_hh.shape[0], dt)
             ops.append((w_ih, w_hh, bias, b_hn, packs[f"_l{k}"]))
         self.__dict__["_packed"].step_ops = (current, versions, ops)  # dropped with the packs
         return ops
@@ -540,9 +540,9 @@ class RNNBase(Module):
         """:meth:`step` of an eval-mode layer with plain cells: each layer's kernel called
         directly (``functional._step_forward``) on the weights packed once, the final states
         written in place into the returned arrays. Returns (y (K, B, H), state)."""
-        kernel, dt = self._config.spec.kernel, self.dtype
+        cell, dt = self._config.spec, self.dtype
         L, B, H = self.num_layers, xt.shape[1], self.hidden_size
-        lstm = kernel == "lstm"
+        lstm = "c" in cell.states
         relu = options.get("nonlinearity") == "relu"
         h0, c0 = init[0], init[1] if lstm else None
         h_n = np.empty((L, B, H), dt)
@@ -554,7 +554,7 @@ class RNNBase(Module):
             if lstm:
                 c = np.zeros((B, H), dt) if c0 is None else np.ascontiguousarray(c0[k])
             inp = _step_forward(
-                kernel, inp, h, c, w_ih, w_hh, bias, b_hn, packs, h_n[k],
+                cell, inp, h, c, w_ih, w_hh, bias, b_hn, packs, h_n[k],
                 None if c_n is None else c_n[k], relu,
             )  # fmt: skip
         return inp, h_n if c_n is None else (h_n, c_n)
