@@ -10,6 +10,11 @@ node, accumulating the gradients into ``.grad``).
 
     python benchmarks/bench_torch_shapes.py                 # every case, 1 and 2 threads
     python benchmarks/bench_torch_shapes.py --threads 2 --rounds 30 --case lstm-wlm-200
+    python benchmarks/bench_torch_shapes.py --threads 1 --clock thread   # on a busy machine
+
+``--clock thread`` times the CPU time of the calling thread instead of the wall clock: with one
+thread all the work of both implementations runs on it, so time spent waiting for a CPU that
+other processes hold is not counted (1 thread only).
 
 Cases: PyTorch's word_language_model (LSTM, T=35 B=20, 200 and 650 units, 2 layers; its GRU and
 RNN_TANH variants), a T=100 B=32 128-unit LSTM, the README's char-LM (LSTM(64, 256),
@@ -66,17 +71,18 @@ class _Cells(torch.nn.Module):
 class _Clock:
     """Wall time spent inside stack_forward / stack_backward, as fastrnn.torch calls them."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.perf_counter) -> None:
+        self.clock = clock
         self.total = 0.0
         self._saved = (fastrnn.torch.stack_forward, fastrnn.torch.stack_backward)
 
     def _wrap(self, fn):
         def timed(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0 = self.clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.total += time.perf_counter() - t0
+                self.total += self.clock() - t0
 
         return timed
 
@@ -89,7 +95,7 @@ class _Clock:
         fastrnn.torch.stack_forward, fastrnn.torch.stack_backward = self._saved
 
 
-def run_case(name: str, threads: int, rounds: int) -> dict[str, float]:
+def run_case(name: str, threads: int, rounds: int, clock=time.perf_counter) -> dict[str, float]:
     cls, T, B, I, H, L = CASES[name]
     torch.set_num_threads(threads)
     fastrnn.set_num_threads(threads)
@@ -109,12 +115,12 @@ def run_case(name: str, threads: int, rounds: int) -> dict[str, float]:
     inside: list[float] = []
     for _ in range(rounds):
         for i, m in enumerate((plain, fast)):
-            with _Clock() as clock:
-                t0 = time.perf_counter()
+            with _Clock(clock) as kernels:
+                t0 = clock()
                 step(m)
-                times[i].append(time.perf_counter() - t0)
+                times[i].append(clock() - t0)
             if i == 1:
-                inside.append(clock.total)
+                inside.append(kernels.total)
     tm, fm = statistics.median(times[0]), statistics.median(times[1])
     return {
         "torch_median": tm,
@@ -133,13 +139,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--case", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument(
+        "--clock",
+        choices=["wall", "thread"],
+        default="wall",
+        help="wall time, or the calling thread's CPU time (1 thread only)",
+    )
     args = ap.parse_args()
+    if args.clock == "thread" and args.threads != [1]:
+        ap.error("--clock thread times one thread: use it with --threads 1")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     try:  # fastrnn's GEMMs run on SciPy's BLAS, whose threads torch does not control
         from threadpoolctl import threadpool_limits
     except ImportError:
         threadpool_limits = None
     print(
-        f"torch {torch.__version__}, float32, forward + backward, {args.rounds} alternating rounds"
+        f"torch {torch.__version__}, float32, forward + backward, {args.rounds} alternating rounds,"
+        f" {args.clock} clock"
     )
     head = (
         f"{'case':16s} {'thr':>3s} {'torch ms med/min':>17s} {'patched ms med/min':>19s} "
@@ -150,7 +166,7 @@ def main() -> None:
         if threadpool_limits is not None:
             threadpool_limits(threads, user_api="blas")
         for name in args.case:
-            r = run_case(name, threads, args.rounds)
+            r = run_case(name, threads, args.rounds, clock)
             print(
                 f"{name:16s} {threads:3d} "
                 f"{1e3 * r['torch_median']:8.2f}/{1e3 * r['torch_min']:<8.2f} "

@@ -1,5 +1,9 @@
 # Activations and their derivatives, header-only. Derivatives are written in terms of the
 # activation's *output* y, which is what the forward pass stores.
+#
+# Constants are cast to `floating`: Cython writes a bare `1` beside a float as the C double
+# `1.0`, and `y * (1.0 - y)` then runs in double in every float32 gate pass (a conversion to
+# double and back per element, and vectors of half the width).
 
 from cython cimport floating
 
@@ -35,12 +39,12 @@ cdef inline floating relu(floating a) noexcept nogil:
 
 cdef inline floating dsigmoid(floating y) noexcept nogil:
     """sigmoid'(a) = y (1 - y)"""
-    return y * (1 - y)
+    return y * (<floating> 1 - y)
 
 
 cdef inline floating dtanh(floating y) noexcept nogil:
     """tanh'(a) = 1 - y^2"""
-    return 1 - y * y
+    return <floating> 1 - y * y
 
 
 cdef inline floating drelu(floating y) noexcept nogil:

@@ -311,25 +311,35 @@ cdef inline void bias_grad(Py_ssize_t R, Py_ssize_t H, int n_gates, const floati
 cdef inline void input_grad(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floating* dg,
                             const floating* w_ih, floating* dx, int size, int rank,
                             int isa) noexcept nogil:
-    """dx = dG @ W_ih in blocks of DX_ROWS rows, rank's share of them; dG is (R, G). With a
-    micro-kernel isa, each thread packs W_ih once."""
-    cdef Py_ssize_t lo, hi, blk, r0, r1
+    """dx = dG @ W_ih, rank's share of the R rows, in blocks of at most DX_ROWS rows; dG is
+    (R, G). With a micro-kernel isa, each thread packs W_ih once and takes a contiguous run of
+    rows in multiples of 8 (the tiles' height), so that the threads' shares differ by 8 rows at
+    most (whole blocks of DX_ROWS gave 256 and 144 of T*B = 400 rows); the bits of a row do not
+    depend on the rows around it (_rgemm.h). BLAS, whose rounding may depend on a call's shape,
+    gets whole blocks of DX_ROWS, fixed by R alone."""
+    cdef Py_ssize_t lo, hi, r0, r1
     cdef Packed pk
-    share((R + DX_ROWS - 1) // DX_ROWS, size, rank, &lo, &hi)
-    if hi <= lo:
-        return
     _alloc(&pk, isa, 1, G, I, sizeof(floating))
-    if pk.data != NULL:
-        _pack(isa, False, G, I, w_ih, I, <floating*> pk.data)
-    for blk in range(lo, hi):
-        r0 = blk * DX_ROWS
-        r1 = min(r0 + DX_ROWS, R)
+    if pk.data == NULL:
+        share((R + DX_ROWS - 1) // DX_ROWS, size, rank, &lo, &hi)
+        lo = lo * DX_ROWS
+        hi = min(hi * DX_ROWS, R)
+    else:
+        share((R + 7) // 8, size, rank, &lo, &hi)
+        lo = lo * 8
+        hi = min(hi * 8, R)
+        if hi > lo:
+            _pack(isa, False, G, I, w_ih, I, <floating*> pk.data)
+    r0 = lo
+    while r0 < hi:
+        r1 = min(r0 + DX_ROWS, hi)
         if pk.data != NULL:
             _rgemm(isa, r1 - r0, I, G, dg + r0 * G, G, <const floating*> pk.data, dx + r0 * I,
                    I, False)
         else:
             gemm(False, False, r1 - r0, I, G, <floating> 1, dg + r0 * G, G, w_ih, I,
                  <floating> 0, dx + r0 * I, I)
+        r0 = r1
     release(&pk)
 
 

@@ -95,25 +95,81 @@ static inline void *fr_rgemm_alloc(size_t bytes)
 }
 
 /* Packing. B[k, c] is b[k * ldb + c] ("n": B is stored as is) or b[c * ldb + k] ("t": the
- * operand is the transpose of a row-major matrix, as W_hh^T in the forward step). */
+ * operand is the transpose of a row-major matrix, as W_hh^T in the forward step).
+ *
+ * A kernel call packs each weight matrix it multiplies (about 4 MB per matrix at H = 512), so
+ * packing must run at close to memory speed or it shows in the profile: "n" copies B's rows as
+ * they are stored; "t" moves 4 x 4 blocks (4 of W's rows by 4 of its columns) at a time, reading
+ * 4 rows contiguously and writing 4 adjacent columns of 4 panel rows, with SSE shuffles for
+ * float. (Copying one column of a panel per pass over a row of W, as before, wrote every element
+ * to another cache line: 0.56 ms for H = 512's W_hh^T, now 0.17 ms.) */
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+/* panel rows kk..kk+3, columns c..c+3 := rows r[0..3] of W, columns kk..kk+3 */
+#define FR_TR4_float(P, NR, R0, R1, R2, R3)                                                    \
+    {                                                                                          \
+        __m128 x0 = _mm_loadu_ps(R0), x1 = _mm_loadu_ps(R1);                                   \
+        __m128 x2 = _mm_loadu_ps(R2), x3 = _mm_loadu_ps(R3);                                   \
+        _MM_TRANSPOSE4_PS(x0, x1, x2, x3);                                                     \
+        _mm_storeu_ps((P), x0);                                                                \
+        _mm_storeu_ps((P) + (NR), x1);                                                         \
+        _mm_storeu_ps((P) + 2 * (NR), x2);                                                     \
+        _mm_storeu_ps((P) + 3 * (NR), x3);                                                     \
+    }
+#else
+#define FR_TR4_float(P, NR, R0, R1, R2, R3) FR_TR4_ANY(P, NR, R0, R1, R2, R3)
+#endif
+#define FR_TR4_ANY(P, NR, R0, R1, R2, R3)                                                      \
+    {                                                                                          \
+        int i_;                                                                                \
+        for (i_ = 0; i_ < 4; i_++) {                                                           \
+            (P)[i_ * (NR)] = (R0)[i_];                                                         \
+            (P)[i_ * (NR) + 1] = (R1)[i_];                                                     \
+            (P)[i_ * (NR) + 2] = (R2)[i_];                                                     \
+            (P)[i_ * (NR) + 3] = (R3)[i_];                                                     \
+        }                                                                                      \
+    }
+#define FR_TR4_double FR_TR4_ANY
+
 #define FR_DEFINE_PACK(NAME, T)                                                               \
     static inline void NAME(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const T *b,          \
                             ptrdiff_t ldb, T *p)                                               \
     {                                                                                          \
         const ptrdiff_t nr = fr_rgemm_nr(isa, sizeof(T));                                      \
         ptrdiff_t q, kk, c;                                                                    \
-        for (q = 0; q < n; q += nr) {                                                          \
-            const ptrdiff_t w = n - q < nr ? n - q : nr;                                       \
-            T *panel = p + q * k;                                                              \
-            if (trans) /* read B's columns (W's rows) contiguously */                          \
-                for (c = 0; c < w; c++)                                                        \
-                    for (kk = 0; kk < k; kk++)                                                 \
-                        panel[kk * nr + c] = b[(q + c) * ldb + kk];                            \
-            else                                                                               \
-                for (kk = 0; kk < k; kk++)                                                     \
+        if (!trans) { /* rows of w elements, contiguous on both sides */                      \
+            for (q = 0; q < n; q += nr) {                                                      \
+                const ptrdiff_t w = n - q < nr ? n - q : nr;                                   \
+                for (kk = 0; kk < k; kk++) {                                                   \
+                    T *dst = p + q * k + kk * nr;                                              \
                     for (c = 0; c < w; c++)                                                    \
-                        panel[kk * nr + c] = b[kk * ldb + q + c];                              \
-            for (kk = 0; kk < k; kk++)                                                         \
+                        dst[c] = b[kk * ldb + q + c];                                          \
+                    for (; c < nr; c++)                                                        \
+                        dst[c] = 0;                                                            \
+                }                                                                              \
+            }                                                                                  \
+            return;                                                                            \
+        }                                                                                      \
+        for (q = 0; q < n; q += nr) {                                                          \
+            const ptrdiff_t w = n - q < nr ? n - q : nr, w4 = w & ~(ptrdiff_t) 3;              \
+            const ptrdiff_t k4 = k & ~(ptrdiff_t) 3;                                           \
+            T *panel = p + q * k;                                                              \
+            for (c = 0; c < w4; c += 4) { /* 4 of W's rows at a time */                        \
+                const T *r0 = b + (q + c) * ldb, *r1 = r0 + ldb, *r2 = r1 + ldb;               \
+                const T *r3 = r2 + ldb;                                                        \
+                for (kk = 0; kk < k4; kk += 4)                                                 \
+                    FR_TR4_##T(panel + kk * nr + c, nr, r0 + kk, r1 + kk, r2 + kk, r3 + kk)    \
+                for (; kk < k; kk++) {                                                         \
+                    panel[kk * nr + c] = r0[kk];                                               \
+                    panel[kk * nr + c + 1] = r1[kk];                                           \
+                    panel[kk * nr + c + 2] = r2[kk];                                           \
+                    panel[kk * nr + c + 3] = r3[kk];                                           \
+                }                                                                              \
+            }                                                                                  \
+            for (; c < w; c++)                                                                 \
+                for (kk = 0; kk < k; kk++)                                                     \
+                    panel[kk * nr + c] = b[(q + c) * ldb + kk];                                \
+            for (kk = 0; kk < k; kk++) /* zero padding of a partial panel */                   \
                 for (c = w; c < nr; c++)                                                       \
                     panel[kk * nr + c] = 0;                                                    \
         }                                                                                      \

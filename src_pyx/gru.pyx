@@ -66,7 +66,7 @@ cdef inline void _row_forward(floating* a, const floating* hw, const floating* b
         a[H + j] = z
         a[2 * H + j] = n
         hn[j] = ghn
-        h[j] = (1 - z) * n + z * h_prev[j]
+        h[j] = (<floating> 1 - z) * n + z * h_prev[j]
 
 
 cdef inline void _row_backward(const floating* a, const floating* hn, const floating* h_prev,
@@ -84,7 +84,7 @@ cdef inline void _row_backward(const floating* a, const floating* hn, const floa
         z = a[H + j]
         n = a[2 * H + j]
         dhj = dh[j] + dy[j]
-        dn_pre = dhj * (1 - z) * dtanh(n)
+        dn_pre = dhj * (<floating> 1 - z) * dtanh(n)
         dr_pre = dn_pre * hn[j] * dsigmoid(r)
         dz_pre = dhj * (h_prev[j] - n) * dsigmoid(z)
         dgi[j] = dr_pre
@@ -101,7 +101,7 @@ cdef inline void _row_zoneout(floating* h, const floating* h_prev, const floatin
     """h := zw h_prev + (1 - zw) h (zoneout; zw[j * zs]: zs 0 for one weight of every unit)."""
     cdef Py_ssize_t j
     for j in range(m):
-        h[j] = zw[j * zs] * h_prev[j] + (1 - zw[j * zs]) * h[j]
+        h[j] = zw[j * zs] * h_prev[j] + (<floating> 1 - zw[j * zs]) * h[j]
 
 
 cdef inline void _row_backward_zoneout(const floating* a, const floating* hn,
@@ -118,8 +118,8 @@ cdef inline void _row_backward_zoneout(const floating* a, const floating* hn,
         z = a[H + j]
         n = a[2 * H + j]
         dht = dh[j] + dy[j]
-        dhj = (1 - zw[j * zs]) * dht
-        dn_pre = dhj * (1 - z) * dtanh(n)
+        dhj = (<floating> 1 - zw[j * zs]) * dht
+        dn_pre = dhj * (<floating> 1 - z) * dtanh(n)
         dr_pre = dn_pre * hn[j] * dsigmoid(r)
         dz_pre = dhj * (h_prev[j] - n) * dsigmoid(z)
         dgi[j] = dr_pre
@@ -508,7 +508,7 @@ cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floatin
         a[j] = r
         a[H + j] = z
         a[2 * H + j] = n
-        h[j] = (1 - z) * n + z * h_prev[j]
+        h[j] = (<floating> 1 - z) * n + z * h_prev[j]
     if rstd != NULL:
         rstd[1] = rs_h
 
@@ -842,7 +842,7 @@ cdef inline void _row_forward_n(floating* a, const floating* hw, const floating*
         z = a[H + j]
         n = tanh_(a[2 * H + j] + hw[2 * H + j])
         a[2 * H + j] = n
-        h[j] = (1 - z) * n + z * h_prev[j]
+        h[j] = (<floating> 1 - z) * n + z * h_prev[j]
 
 
 cdef inline void _row_backward_zn(const floating* a, const floating* h_prev, const floating* dy,
@@ -859,7 +859,7 @@ cdef inline void _row_backward_zn(const floating* a, const floating* h_prev, con
         n = a[2 * H + j]
         dhj = dh[j] + dy[j]
         dg[H + j] = dhj * (h_prev[j] - n) * dsigmoid(z)
-        dg[2 * H + j] = dhj * (1 - z) * dtanh(n)
+        dg[2 * H + j] = dhj * (<floating> 1 - z) * dtanh(n)
         dh[j] = dhj * z
 
 

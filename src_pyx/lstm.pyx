@@ -130,7 +130,7 @@ cdef inline void _row_zoneout(floating* v, const floating* v_prev, const floatin
     """Zoneout: v = z v_prev + (1 - z) v_new (v may be v_prev or v_new)."""
     cdef Py_ssize_t j
     for j in range(m):
-        v[j] = z[j] * v_prev[j] + (1 - z[j]) * v_new[j]
+        v[j] = z[j] * v_prev[j] + (<floating> 1 - z[j]) * v_new[j]
 
 
 cdef inline void _row_mul(floating* out, const floating* v, const floating* s,
@@ -165,11 +165,11 @@ cdef inline void _row_backward_split(const floating* dy, const floating* dcs,
     if zh != NULL:
         for j in range(m):
             dh[j] = zh[j] * th[j]
-            th[j] = (1 - zh[j]) * th[j]
+            th[j] = (<floating> 1 - zh[j]) * th[j]
     if zc != NULL:
         for j in range(m):
             dc[j] = zc[j] * tcell[j]
-            tcell[j] = (1 - zc[j]) * tcell[j]
+            tcell[j] = (<floating> 1 - zc[j]) * tcell[j]
     else:
         memset(dc, 0, m * sizeof(floating))
 

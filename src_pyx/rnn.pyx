@@ -83,9 +83,9 @@ cdef inline void _row_backward_zoneout(const floating* a, const floating* dy, co
     for j in range(m):
         dht = dh[j] + dy[j]
         if use_relu:
-            da[j] = (1 - zw[j * zs]) * dht * drelu(a[j])
+            da[j] = (<floating> 1 - zw[j * zs]) * dht * drelu(a[j])
         else:
-            da[j] = (1 - zw[j * zs]) * dht * dtanh(a[j])
+            da[j] = (<floating> 1 - zw[j * zs]) * dht * dtanh(a[j])
         dh[j] = zw[j * zs] * dht
 
 
@@ -94,7 +94,7 @@ cdef inline void _row_zoneout(floating* h, const floating* h_prev, const floatin
     """h := zw h_prev + (1 - zw) h (zoneout; zw[j * zs]: zs 0 for one weight of every unit)."""
     cdef Py_ssize_t j
     for j in range(m):
-        h[j] = zw[j * zs] * h_prev[j] + (1 - zw[j * zs]) * h[j]
+        h[j] = zw[j * zs] * h_prev[j] + (<floating> 1 - zw[j * zs]) * h[j]
 
 
 cdef inline void _row_mul(const floating* a, const floating* b, floating* out,
