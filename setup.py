@@ -16,13 +16,15 @@
   (none in debug builds); ``none`` builds only the portable modules.
 
 Optimized builds carry no debug information (``-g0`` after Python's own ``-g``): a third less
-compile time and a sixth of the object size. An in-place build (``build_ext --inplace``) or an
-editable install (``pip install -e .``) reuses each extension already built in the source tree
-when it is newer than its C source and every header it includes, and was built with the same
-compiler command and flags (``build/stamps/``); so the README's second command compiles nothing
-after the first, and an edited ``.pyx``, ``.pxd`` or ``.h`` rebuilds the modules that use it.
+compile time, and modules a quarter of the size. An in-place build (``build_ext --inplace``) or
+an editable install (``pip install -e .``) reuses each extension already built in the source
+tree when its C source and every header it includes are unchanged and the compile and link
+commands are the same (``build/stamps/``, see ``BuildExt``); so the README's second command
+compiles nothing after the first, and an edited ``.pyx``, ``.pxd`` or ``.h`` rebuilds the
+modules that use it.
 """
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -264,26 +266,34 @@ def _with_included_headers(ext):
     return ext
 
 
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 class BuildExt(build_ext):
     """setuptools' build_ext that reuses the extensions of an in-place build.
 
     setuptools builds an editable install's extensions in a new temporary directory each time,
     then copies them into the source tree, so every ``pip install -e .`` compiled everything
-    again. Here, when the build is in place (``--inplace`` or editable), an extension whose
-    in-place file is newer than its C source and every header it depends on, and whose stamp
-    (``build/stamps/<file>.json``: the compile and link commands) matches, is copied instead of
-    compiled. Cython has already rewritten the C of any edited ``.pyx`` or ``.pxd`` by then.
+    again. Here, when the build is in place (``--inplace`` or editable), an extension is copied
+    from the source tree instead of compiled when its stamp (``build/stamps/<file>.json``)
+    matches: the same compile and link commands, the same content of its C source and of every
+    header it depends on, and the in-place file the one that build wrote. Contents, not times:
+    each isolated build environment installs SciPy anew, so its ``cython_blas.pxd`` is always
+    newer than everything (Cython's cache, below, then hands back the same C).
     """
 
     def run(self):
         self._in_place = bool(self.inplace or getattr(self, "editable_mode", False))
-        self._compiled = []
+        self._stamps = {}
         super().run()
         if self._in_place:  # the in-place files now exist: record how they were built
             os.makedirs(os.path.join("build", "stamps"), exist_ok=True)
-            for ext in self._compiled:
-                with open(self._stamp_path(ext), "w") as f:
-                    json.dump(self._stamp(ext), f, indent=1)
+            for name, stamp in self._stamps.items():
+                stamp["output"] = _sha256(self._inplace_path(name))
+                with open(self._stamp_path(name), "w") as f:
+                    json.dump(stamp, f, indent=1)
 
     def build_extensions(self):
         # the largest first, so that the last job to finish is a short one
@@ -291,20 +301,25 @@ class BuildExt(build_ext):
         super().build_extensions()
 
     def build_extension(self, ext):
-        if self._in_place:
-            target = self.get_ext_fullpath(ext.name)  # under build_lib while build_ext runs
-            here = self._inplace_path(ext)
-            if self._up_to_date(ext, here):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.copy2(here, target)
-                self.announce(f"fastrnn: {here} is up to date, not compiled", level=logging.INFO)
-                return
-            if os.path.exists(target):  # built with other flags, or never copied in place
-                os.remove(target)
+        if not self._in_place:
+            super().build_extension(ext)
+            return
+        target = self.get_ext_fullpath(ext.name)  # under build_lib while build_ext runs
+        here = self._inplace_path(ext)
+        stamp = self._stamp(ext)
+        if self._up_to_date(ext, here, stamp):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(here, target)
+            self.announce(f"fastrnn: {here} is up to date, not compiled", level=logging.INFO)
+            return
+        if os.path.exists(target):  # built from other sources or flags: never reuse it
+            os.remove(target)
         super().build_extension(ext)
-        self._compiled.append(ext)
+        self._stamps[ext.name] = stamp
 
     def _inplace_path(self, ext):
+        if isinstance(ext, str):
+            ext = next(e for e in self.extensions if e.name == ext)
         fullname = self.get_ext_fullname(ext.name)
         package = ".".join(fullname.split(".")[:-1])
         package_dir = self.get_finalized_command("build_py").get_package_dir(package)
@@ -315,28 +330,24 @@ class BuildExt(build_ext):
         return os.path.join("build", "stamps", name + ".json")
 
     def _stamp(self, ext):
-        """Everything besides the sources that makes the compiled file what it is."""
+        """Everything that makes the compiled file what it is (the output's hash comes later)."""
         return {
-            "compile": list(getattr(self.compiler, "compiler_so", []))
-            + list(ext.extra_compile_args),
-            "link": list(getattr(self.compiler, "linker_so", [])) + list(ext.extra_link_args),
+            "compile": list(getattr(self.compiler, "compiler_so", [])) + ext.extra_compile_args,
+            "link": list(getattr(self.compiler, "linker_so", [])) + ext.extra_link_args,
             "macros": [list(m) for m in ext.define_macros],
             "include_dirs": list(ext.include_dirs) + list(self.include_dirs or []),
-            "sources": list(ext.sources),
-            "depends": list(ext.depends),
+            "inputs": {path: _sha256(path) for path in [*ext.sources, *ext.depends]},
         }
 
-    def _up_to_date(self, ext, path):
+    def _up_to_date(self, ext, path, stamp):
         if not os.path.exists(path) or not os.path.exists(self._stamp_path(ext)):
             return False
         with open(self._stamp_path(ext)) as f:
             try:
-                if json.load(f) != self._stamp(ext):
-                    return False
+                old = json.load(f)
             except ValueError:
                 return False
-        built = os.path.getmtime(path)
-        return all(os.path.getmtime(dep) <= built for dep in [*ext.sources, *ext.depends])
+        return old.pop("output", None) == _sha256(path) and old == stamp
 
 
 ext_modules = cythonize(
@@ -347,6 +358,10 @@ ext_modules = cythonize(
     build_dir="build/cython-debug" if DEBUG else "build/cython",
     compiler_directives=directives,
     nthreads=JOBS if JOBS > 1 and sys.platform == "linux" else 0,  # fork, not spawn
+    # Cython regenerates a module whose dependencies are newer than its C, and pip's isolated
+    # build installs SciPy (cython_blas.pxd) anew each time; its cache, keyed by the content of
+    # the sources, their dependencies, the options and Cython's version, returns the same C.
+    cache=os.path.join("build", "cython-cache"),
 )
 
 setup(
