@@ -281,7 +281,7 @@ class BuildExt(build_ext):
     matches: the same compile and link commands, the same content of its C source and of every
     header it depends on, and the in-place file the one that build wrote. Contents, not times:
     each isolated build environment installs SciPy anew, so its ``cython_blas.pxd`` is always
-    newer than everything (Cython's cache, below, then hands back the same C).
+    newer than everything (``_keep_unchanged_c`` then keeps Cython from rewriting the C).
     """
 
     def run(self):
@@ -350,19 +350,70 @@ class BuildExt(build_ext):
         return old.pop("output", None) == _sha256(path) and old == stamp
 
 
+CYTHON_BUILD_DIR = "build/cython-debug" if DEBUG else "build/cython"
+# "." finds fastrnn/_kernels/<cell>.pxd: the C API of module fastrnn._kernels.<cell>
+CYTHON_INCLUDE = ["src_pyx", "."]
+
+
+def _input_key(path):
+    """A dependency's name that does not change with the build environment: its path in the
+    tree, or from site-packages (SciPy's .pxd, in a new isolated environment each build)."""
+    rel = os.path.relpath(path)
+    if not rel.startswith(os.pardir):
+        return rel
+    return path.replace(os.sep, "/").rpartition("/site-packages/")[2]
+
+
+def _keep_unchanged_c(exts):
+    """Let Cython keep the C of each module whose inputs have the same content as when it was
+    written (``<module>.c.inputs.json``); return the records to write once cythonize is done.
+
+    Cython regenerates a module whose dependencies are newer than its C, and pip's isolated
+    build installs SciPy anew each time, so ``cython_blas.pxd`` was always newer: every
+    ``pip install -e .`` spent a minute re-cythonizing eleven modules into the same C. A module
+    whose record matches gets its C's time set to now, which Cython reads as up to date."""
+    from Cython import __version__ as cython_version
+    from Cython.Build.Dependencies import create_dependency_tree
+    from Cython.Compiler.Main import Context
+    from Cython.Compiler.Options import CompilationOptions
+
+    # the tree that cythonize below reuses (Cython keeps one per process)
+    tree = create_dependency_tree(
+        Context.from_options(CompilationOptions(include_path=CYTHON_INCLUDE))
+    )
+    records = {}
+    for ext in exts:
+        (pyx,) = ext.sources
+        c_file = os.path.join(CYTHON_BUILD_DIR, os.path.splitext(pyx)[0] + ".c")
+        try:
+            inputs = {_input_key(p): _sha256(p) for p in sorted(tree.all_dependencies(pyx))}
+        except OSError:
+            continue
+        record = {"cython": cython_version, "directives": directives, "inputs": inputs}
+        records[c_file] = record
+        try:
+            with open(c_file + ".inputs.json") as f:
+                unchanged = json.load(f) == record
+        except (OSError, ValueError):
+            unchanged = False
+        if unchanged and os.path.exists(c_file):
+            os.utime(c_file)
+    return records
+
+
+_c_records = _keep_unchanged_c(extensions)
 ext_modules = cythonize(
     extensions,
-    # "." finds fastrnn/_kernels/<cell>.pxd: the C API of module fastrnn._kernels.<cell>
-    include_path=["src_pyx", "."],
+    include_path=CYTHON_INCLUDE,
     # The C that Cython writes depends on the directives: keep the debug build's apart.
-    build_dir="build/cython-debug" if DEBUG else "build/cython",
+    build_dir=CYTHON_BUILD_DIR,
     compiler_directives=directives,
     nthreads=JOBS if JOBS > 1 and sys.platform == "linux" else 0,  # fork, not spawn
-    # Cython regenerates a module whose dependencies are newer than its C, and pip's isolated
-    # build installs SciPy (cython_blas.pxd) anew each time; its cache, keyed by the content of
-    # the sources, their dependencies, the options and Cython's version, returns the same C.
-    cache=os.path.join("build", "cython-cache"),
 )
+for _c_file, _record in _c_records.items():
+    if os.path.exists(_c_file):
+        with open(_c_file + ".inputs.json", "w") as f:
+            json.dump(_record, f, indent=1)
 
 setup(
     # compile the extensions in parallel (pip and PEP 517 builds pass no -j)
