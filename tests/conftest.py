@@ -19,6 +19,8 @@ Sizes follow the kernels' legend T, B, H, G, except that the input size is calle
 from __future__ import annotations
 
 import importlib
+import os
+import sysconfig
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -28,6 +30,23 @@ import pytest
 import fastrnn
 from fastrnn.cells import BACKENDS as _BACKEND_MODULES
 from fastrnn.cells import CELLS
+
+#: ``FASTRNN_TEST_INSTALLED=1`` (set by .ci/wheel): this suite runs from a copy of tests/ against
+#: fastrnn installed from the wheel, with no source tree beside it. The few tests that need the
+#: source tree (``needs_source_tree``) then skip, saying so; everything else runs.
+INSTALLED = os.environ.get("FASTRNN_TEST_INSTALLED", "0") == "1"
+needs_source_tree = pytest.mark.skipif(
+    INSTALLED, reason="needs fastrnn's source tree; this run tests the installed wheel"
+)
+if INSTALLED:
+    _site = {os.path.realpath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}
+    _here = os.path.realpath(os.path.dirname(os.path.dirname(fastrnn.__file__)))
+    if _here not in _site:
+        raise pytest.UsageError(
+            f"FASTRNN_TEST_INSTALLED=1 but fastrnn was imported from {fastrnn.__file__}, not "
+            f"from site-packages ({', '.join(sorted(_site))}): run pytest from a directory "
+            "without the checkout's fastrnn/"
+        )
 
 BACKENDS = tuple(_BACKEND_MODULES)
 DTYPES = (np.float32, np.float64)

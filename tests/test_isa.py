@@ -23,6 +23,7 @@ from conftest import (
     assert_grads_close,
     backend_module,
     make_case,
+    needs_source_tree,
 )
 
 import fastrnn
@@ -291,6 +292,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
+@needs_source_tree
 def test_unbuilt_checkout_says_what_to_run(tmp_path):
     """A copy of the Python sources without the compiled extensions, imported from its root."""
     shutil.copytree(
@@ -310,6 +312,7 @@ def test_unbuilt_checkout_says_what_to_run(tmp_path):
 
 
 @pytest.mark.slow
+@needs_source_tree
 def test_built_tree_imports():
     out = subprocess.run(
         [sys.executable, "-c", "import fastrnn._kernels.lstm, fastrnn; print(fastrnn.__file__)"],
