@@ -12,7 +12,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -213,13 +212,13 @@ def test_torch_ddp_patched_matches_unpatched(tmp_path):
     one process on the whole batch."""
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    # a rendezvous file, not a TCP port picked here and bound later by the workers, which
+    # another process could take in between
+    init = (tmp_path / "rendezvous").as_uri()
     worker = str(TESTS / "torch_ddp_worker.py")
     procs = [
         subprocess.Popen(
-            [sys.executable, worker, str(rank), "2", port, str(tmp_path)],
+            [sys.executable, worker, str(rank), "2", init, str(tmp_path)],
             cwd=ROOT,
             env=_env(),
             stdout=subprocess.PIPE,

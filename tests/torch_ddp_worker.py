@@ -1,7 +1,8 @@
 """One rank of the torch.distributed test (tests/test_distributed.py): DDP over gloo, on the CPU,
 of a model whose recurrent modules are patched by ``fastrnn.torch``.
 
-``python tests/torch_ddp_worker.py RANK WORLD_SIZE PORT OUTDIR``. For each cell and dtype, every
+``python tests/torch_ddp_worker.py RANK WORLD_SIZE INIT_METHOD OUTDIR`` (INIT_METHOD: torch's,
+e.g. ``file:///tmp/x/rendezvous``). For each cell and dtype, every
 rank trains the patched model wrapped in ``torch.nn.parallel.DistributedDataParallel`` on its
 equal shard of the global batch (Adam, ``clip_grad_norm_``); rank 0 also trains the unpatched
 model (torch's own kernels) on the whole batch in one process and writes both sets of weights to
@@ -57,12 +58,10 @@ def train(model, ids_of_step, params) -> None:
 
 
 def main() -> None:
-    rank, world, port, outdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
+    rank, world, init, outdir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     torch.set_num_threads(1)
     fastrnn.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     per = BATCH // world
 
     def global_batch(s: int) -> torch.Tensor:
@@ -91,6 +90,10 @@ def main() -> None:
                     out[f"{tag}/ref/{k}"] = v.detach().numpy().copy()
     if rank == 0:
         np.savez(outdir / "torch-ddp.npz", **out)
+    # Every rank reaches this point before any tears gloo down: a rank that destroyed its group
+    # while rank 0 still trained its reference model aborted ("terminate called without an
+    # active exception") in a CI run.
+    tdist.barrier()
     tdist.destroy_process_group()
 
 
