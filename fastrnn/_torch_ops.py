@@ -46,7 +46,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from fastrnn import torch as _ft
-from fastrnn.stack import stack_backward, stack_forward
+from fastrnn.stack import stack_backward
 
 __all__ = ["STACK", "STACK_BACKWARD", "SUPPORTED", "VERSION", "rnn_forward"]
 
@@ -121,17 +121,7 @@ def _run_forward(cfg, packing, seed, x, h0, c0, weights, training: bool):
         xs_t, lengths_t = pad_packed_sequence(seq, total_length=T)
         xs, lengths = xs_t.numpy(), lengths_t.numpy()
     h0, c0 = (None if s is None else np.array(_ft._np(s), order="C") for s in (h0, c0))
-    arrays = dict(zip(cfg.weight_names(), (_ft._np(w) for w in weights), strict=True))
-    return stack_forward(
-        cfg,
-        xs,
-        h0,
-        c0,
-        arrays,
-        lengths=lengths,
-        training=training,
-        generator=None if seed is None else np.random.default_rng(seed),
-    )
+    return _ft._stack_forward(cfg, xs, h0, c0, weights, lengths, seed, training)
 
 
 def _stack_impl(

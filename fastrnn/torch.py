@@ -80,7 +80,7 @@ import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 try:
@@ -176,6 +176,32 @@ def _keep_graph() -> bool:
     return True if get is None else bool(get())
 
 
+def _stack_forward(
+    config: StackConfig,
+    x,
+    h0,
+    c0,
+    weights: Sequence[torch.Tensor],
+    lengths,
+    seed,
+    training: bool,
+    packs=None,
+):
+    """:func:`stack_forward` of arrays ``x``, ``h0``, ``c0`` and the tensors ``weights`` (in
+    ``config.weight_names()`` order), dropout masks seeded by ``seed`` (None: unseeded)."""
+    return stack_forward(
+        config,
+        x,
+        h0,
+        c0,
+        dict(zip(config.weight_names(), (_np(w) for w in weights), strict=True)),
+        lengths=lengths,
+        training=training,
+        generator=None if seed is None else np.random.default_rng(seed),
+        packs=packs,
+    )
+
+
 class _StackFunction(torch.autograd.Function):
     """``stack_forward`` / ``stack_backward`` as one autograd node.
 
@@ -188,17 +214,8 @@ class _StackFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, config, lengths, seed, x, h0, c0, *weights):
         ctx.set_materialize_grads(False)
-        generator = None if seed is None else np.random.default_rng(seed)
-        arrays = dict(zip(config.weight_names(), (_np(w) for w in weights), strict=True))
-        y, h_n, c_n, cache = stack_forward(
-            config,
-            _np(x),
-            _np(h0),
-            _np(c0),
-            arrays,
-            lengths=lengths,
-            training=True,
-            generator=generator,
+        y, h_n, c_n, cache = _stack_forward(
+            config, _np(x), _np(h0), _np(c0), weights, lengths, seed, training=True
         )
         ctx.cache = cache
         ctx.config = config
@@ -577,16 +594,15 @@ def _compute(cfg, lengths, seed, drop, x, h0, c0, weights) -> tuple[torch.Tensor
     inputs = [x, h0, c0, *weights]
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return _StackFunction.apply(cfg, lengths, seed, x, h0, c0, *weights)
-    names = cfg.weight_names()
-    y, h_n, c_n, _ = stack_forward(
+    y, h_n, c_n, _ = _stack_forward(
         cfg,
         _np(x),
         _np(h0),
         _np(c0),
-        dict(zip(names, (_np(w) for w in weights), strict=True)),
-        lengths=lengths,
+        weights,
+        lengths,
+        seed,
         training=drop,  # dropout needs the training path; nothing else does
-        generator=None if seed is None else np.random.default_rng(seed),
         packs=_packs(cfg, weights),
     )
     return tuple(torch.from_numpy(a) for a in (y, h_n, c_n) if a is not None)

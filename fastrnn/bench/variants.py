@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fastrnn.bench import CONFIGS, parse_config, time_interleaved
+from fastrnn.bench.__main__ import _configs, _csv, _threads
 from fastrnn.cells import CELLS, Cell
 from fastrnn.stack import StackConfig, default_init, stack_backward, stack_forward
 
@@ -179,14 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         description="Time every cell option (from the cell registry) against the plain cell: "
         "training forward and forward + backward, interleaved, ratios of medians.",
     )
-    p.add_argument("--cells", default=",".join(CELLS), help="comma-separated: rnn,lstm,gru")
+    p.add_argument("--cells", type=_csv(CELLS), default=list(CELLS), help="rnn,lstm,gru")
     p.add_argument(
         "--configs",
-        default="medium",
+        type=_configs,
+        default=["medium"],
         help=f"comma-separated names ({', '.join(CONFIGS)}) or TxBxIxH (default: medium)",
     )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--threads", default=None, help="thread count(s), e.g. 2 or 1,2")
+    p.add_argument("--threads", type=_threads, default=None, help="thread count(s), e.g. 2 or 1,2")
     p.add_argument("--repeats", type=int, default=9, help="timed samples per variant")
     p.add_argument("--min-time", type=float, default=0.05, help="least seconds per sample")
     p.add_argument("--settle", type=float, default=0.05, help="pause (s) before each sample")
@@ -195,28 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import fastrnn
 
-    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    bad = [c for c in cells if c not in CELLS]
-    if bad or not cells:
-        p.error(f"--cells: unknown {', '.join(bad) or '(none)'}: choose from {', '.join(CELLS)}")
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    for c in configs:
-        try:
-            parse_config(c)
-        except ValueError as e:
-            p.error(f"--configs: {e}")
-    try:
-        threads = (
-            [int(t) for t in args.threads.split(",")]
-            if args.threads
-            else [fastrnn.get_num_threads()]
-        )
-    except ValueError:
-        p.error("--threads: comma-separated positive integers")
-    if min(threads) < 1:
-        p.error("--threads: comma-separated positive integers")
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    cells, configs = args.cells, args.configs
+    threads = args.threads or [fastrnn.get_num_threads()]
 
     def progress(msg: str) -> None:
         if not args.quiet:
