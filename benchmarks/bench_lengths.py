@@ -1,4 +1,4 @@
-"""Variable-length batch vs the same batch padded to T: LSTM forward + backward, Cython backend.
+"""Variable-length batch vs the same batch padded to T: forward + backward, Cython backend.
 
 The kernels sort rows by length and shrink the active batch at every step, so the recurrent work
 of a batch with lengths uniform in [1, T] is about half that of the padded batch. What stays at
@@ -10,6 +10,7 @@ alternation (fair under load); the best of several rounds is reported.
     python benchmarks/bench_lengths.py                 # T=200 B=32 I=64 H=128 float32
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_lengths.py --threads 1
     python benchmarks/bench_lengths.py --bidirectional --layers 2
+    python benchmarks/bench_lengths.py --cell gru      # or rnn (tanh)
     pytest benchmarks/bench_lengths.py                 # pytest-benchmark
 """
 
@@ -24,11 +25,15 @@ import pytest
 
 import fastrnn
 
+CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
-def setup(T=200, B=32, I=64, H=128, layers=1, bidirectional=False, dtype=np.float32, seed=0):
-    """An LSTM layer, an input batch, its upstream gradient and lengths uniform in [1, T]."""
+
+def setup(
+    T=200, B=32, I=64, H=128, layers=1, bidirectional=False, dtype=np.float32, seed=0, cell="lstm"
+):
+    """A layer of ``cell``, an input batch, its upstream gradient and lengths uniform in [1, T]."""
     rng = np.random.default_rng(seed)
-    lstm = fastrnn.LSTM(
+    lstm = getattr(fastrnn, CELLS[cell])(
         I, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype, seed=seed
     )
     x = rng.standard_normal((T, B, I)).astype(dtype)
@@ -70,6 +75,7 @@ def main() -> None:
     ap.add_argument("-B", type=int, default=32)
     ap.add_argument("-I", type=int, default=64)
     ap.add_argument("-H", type=int, default=128)
+    ap.add_argument("--cell", choices=sorted(CELLS), default="lstm")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--bidirectional", action="store_true")
     ap.add_argument("--float64", action="store_true")
@@ -79,7 +85,7 @@ def main() -> None:
     fastrnn.set_num_threads(args.threads)
     dtype = np.float64 if args.float64 else np.float32
     lstm, x, dout, lengths = setup(
-        args.T, args.B, args.I, args.H, args.layers, args.bidirectional, dtype
+        args.T, args.B, args.I, args.H, args.layers, args.bidirectional, dtype, cell=args.cell
     )
     full = np.full(args.B, args.T)
     (w_var, c_var), (w_pad, c_pad) = time_pair(
@@ -89,7 +95,7 @@ def main() -> None:
     )
     frac = lengths.sum() / (args.T * args.B)
     print(
-        f"LSTM T={args.T} B={args.B} I={args.I} H={args.H} layers={args.layers} "
+        f"{CELLS[args.cell]} T={args.T} B={args.B} I={args.I} H={args.H} layers={args.layers} "
         f"bidirectional={args.bidirectional} {np.dtype(dtype).name}, forward+backward, "
         f"{fastrnn.get_num_threads()} kernel threads"
     )

@@ -17,7 +17,7 @@
 
 from cython cimport floating
 from libc.stdlib cimport free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _blas cimport blas_int, gemm, gemm_gates_nt
 from _parallel cimport block_span, share, unit_blocks
@@ -263,6 +263,23 @@ cdef inline void weight_grad(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gat
     weight_grad_ld(R, N, H, n_gates, dg, n_gates * H, x, beta, dw, size, rank, isa)
 
 
+cdef inline void _weight_grad_block(Py_ssize_t R, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t c1,
+                                    const floating* dg, Py_ssize_t ldg, const floating* x,
+                                    floating beta, floating* dw, int isa) noexcept nogil:
+    """dW[c0:c1] := dG[:R, c0:c1]^T @ X[:R] + beta dW[c0:c1] (weight_grad_ld's one block)."""
+    cdef Py_ssize_t k0 = 0, n_main = 0
+    if isa != FR_ISA_NONE:
+        n_main = N - N % fr_rgemm_nr(isa, sizeof(floating))
+    while n_main > 0 and k0 < R:
+        _rgemm_tn(isa, c1 - c0, n_main, min(<Py_ssize_t> WG_ROWS, R - k0),
+                  dg + k0 * ldg + c0, ldg, x + k0 * N, N, dw + c0 * N, N,
+                  k0 > 0 or beta != 0)
+        k0 += WG_ROWS
+    if n_main < N:
+        gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
+             N, beta, dw + c0 * N + n_main, N)
+
+
 cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gates,
                                 const floating* dg, Py_ssize_t ldg, const floating* x,
                                 floating beta, floating* dw, int size, int rank,
@@ -272,25 +289,140 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
     With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows (a
     block of dG and of X stays in L2), both operands read in place; the last N % panel-width
     columns, if any, go to BLAS."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1, k0, n_main = 0
+    cdef Py_ssize_t lo, hi, blk, c0, c1
     if R <= 0:
         return
-    if isa != FR_ISA_NONE:
-        n_main = N - N % fr_rgemm_nr(isa, sizeof(floating))
+    wide_share(H, n_gates, size, rank, &lo, &hi)
+    for blk in range(lo, hi):
+        wide_block(H, n_gates, blk, &c0, &c1)
+        if c1 > c0:
+            _weight_grad_block(R, N, c0, c1, dg, ldg, x, beta, dw, isa)
+
+
+# --- variable-length batches ----------------------------------------------------------------
+# Rows are sorted by decreasing length, so step t's active rows are the first batch_sizes[t]
+# of its B (batch_sizes non-increasing, batch_sizes[0] == B). In a (T, B, .) array the active
+# rows of a run of full steps and the next partial step are contiguous (row_run): the forward's
+# input projection and the GEMMs after the backward's loop (dW, db, dx) go over those runs, not
+# over the padding, whose rows of dG are zero and add nothing. A batch without lengths is one
+# run of T * B rows: the same calls, so the same bits, as the whole-array forms above.
+cdef inline Py_ssize_t row_run(const int* batch_sizes, Py_ssize_t t, Py_ssize_t t1,
+                               Py_ssize_t B, Py_ssize_t* rows) noexcept nogil:
+    """The end e <= t1 of the run of steps [t, e) whose active rows are contiguous in a
+    (T, B, .) array -- full steps, then at most one partial step -- and their count in rows."""
+    cdef Py_ssize_t e = t
+    while e < t1 and batch_sizes[e] == B:
+        e += 1
+    rows[0] = (e - t) * B
+    if e < t1:
+        rows[0] += batch_sizes[e]
+        e += 1
+    return e
+
+
+cdef inline void project_active(Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t B,
+                                const int* batch_sizes, Py_ssize_t I, Py_ssize_t H,
+                                Py_ssize_t j0, Py_ssize_t j1, int n_gates, const floating* x,
+                                const floating* w_ih, const floating* bias, floating* out,
+                                const Packed* pk) noexcept nogil:
+    """project_steps over the active rows of steps [t0, t1): x is the (T, B, I) input, out the
+    (B, n_gates * H) block of step t0 with the next steps' blocks after it. Padding rows of out
+    are not written."""
+    cdef Py_ssize_t t = t0, e, rows, G = n_gates * H
+    while t < t1:
+        e = row_run(batch_sizes, t, t1, B, &rows)
+        project_steps(rows, I, H, j0, j1, n_gates, x + t * B * I, w_ih, bias,
+                      out + (t - t0) * B * G, pk)
+        t = e
+
+
+cdef inline void weight_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
+                                    Py_ssize_t N, Py_ssize_t H, int n_gates, const floating* dg,
+                                    Py_ssize_t ldg, const floating* x, floating beta,
+                                    floating* dw, int size, int rank, int isa) noexcept nogil:
+    """weight_grad_ld over the active rows of T steps: dG is (T, B, .) with rows ldg apart, X
+    is (T, B, N) and step t's active rows are its first batch_sizes[t]."""
+    cdef Py_ssize_t lo, hi, blk, c0, c1, t, e, rows
+    if T <= 0 or B <= 0:
+        return
     wide_share(H, n_gates, size, rank, &lo, &hi)
     for blk in range(lo, hi):
         wide_block(H, n_gates, blk, &c0, &c1)
         if c1 <= c0:
             continue
-        k0 = 0
-        while n_main > 0 and k0 < R:
-            _rgemm_tn(isa, c1 - c0, n_main, min(<Py_ssize_t> WG_ROWS, R - k0),
-                      dg + k0 * ldg + c0, ldg, x + k0 * N, N, dw + c0 * N, N,
-                      k0 > 0 or beta != 0)
-            k0 += WG_ROWS
-        if n_main < N:
-            gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
-                 N, beta, dw + c0 * N + n_main, N)
+        t = 0
+        while t < T:
+            e = row_run(batch_sizes, t, T, B, &rows)
+            _weight_grad_block(rows, N, c0, c1, dg + t * B * ldg, ldg, x + t * B * N,
+                               beta if t == 0 else <floating> 1, dw, isa)
+            t = e
+
+
+cdef inline void bias_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
+                                  Py_ssize_t H, int n_gates, const floating* dg, floating* db,
+                                  int size, int rank) noexcept nogil:
+    """bias_grad over the active rows of T steps of a (T, B, n_gates * H) dG."""
+    cdef Py_ssize_t G = n_gates * H
+    cdef Py_ssize_t lo, hi, blk, c0, c1, t, r, c
+    wide_share(H, n_gates, size, rank, &lo, &hi)
+    for blk in range(lo, hi):
+        wide_block(H, n_gates, blk, &c0, &c1)
+        for c in range(c0, c1):
+            db[c] = 0
+        for t in range(T):
+            for r in range(t * B, t * B + batch_sizes[t]):
+                for c in range(c0, c1):
+                    db[c] += dg[r * G + c]
+
+
+cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
+                                   Py_ssize_t I, Py_ssize_t G, const floating* dg,
+                                   const floating* w_ih, floating* dx, int size, int rank,
+                                   int isa) noexcept nogil:
+    """input_grad over the active rows of T steps; dx's padding rows are set to zero.
+
+    The threads share the active rows as input_grad shares all rows (counted in the order of
+    the runs of row_run, without the padding); blocks also end where a run ends, which depends
+    on batch_sizes alone, so the bits do not depend on the thread count."""
+    cdef Py_ssize_t R = 0, lo, hi, r0, r1, t, e, rows, p = 0, end
+    cdef Packed pk
+    for t in range(T):
+        R += batch_sizes[t]
+    _alloc(&pk, isa, 1, G, I, sizeof(floating))
+    if pk.data == NULL:
+        share((R + DX_ROWS - 1) // DX_ROWS, size, rank, &lo, &hi)
+        lo = lo * DX_ROWS
+        hi = min(hi * DX_ROWS, R)
+    else:
+        share((R + 7) // 8, size, rank, &lo, &hi)
+        lo = lo * 8
+        hi = min(hi * 8, R)
+        if hi > lo:
+            _pack(isa, False, G, I, w_ih, I, <floating*> pk.data)
+    t = 0
+    while t < T and p < hi:
+        e = row_run(batch_sizes, t, T, B, &rows)
+        # this run: active rows [p, p + rows), at row t * B of dG and dx
+        r0 = max(lo, p)
+        end = min(hi, p + rows)
+        while r0 < end:
+            if pk.data != NULL:
+                r1 = min(r0 + DX_ROWS, end)
+                _rgemm(isa, r1 - r0, I, G, dg + (t * B + r0 - p) * G, G,
+                       <const floating*> pk.data, dx + (t * B + r0 - p) * I, I, False)
+            else:  # whole blocks of DX_ROWS active rows, cut where the run ends
+                r1 = min((r0 // DX_ROWS + 1) * DX_ROWS, end)
+                gemm(False, False, r1 - r0, I, G, <floating> 1, dg + (t * B + r0 - p) * G, G,
+                     w_ih, I, <floating> 0, dx + (t * B + r0 - p) * I, I)
+            r0 = r1
+        p += rows
+        t = e
+    release(&pk)
+    share(T, size, rank, &lo, &hi)
+    for t in range(lo, hi):
+        if batch_sizes[t] < B:
+            memset(dx + (t * B + batch_sizes[t]) * I, 0,
+                   (B - batch_sizes[t]) * I * sizeof(floating))
 
 
 cdef inline void bias_grad(Py_ssize_t R, Py_ssize_t H, int n_gates, const floating* dg,

@@ -21,10 +21,11 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt, pack_nt_k,
-                      project_steps, recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
+from _blocks cimport (Packed, bias_grad, bias_grad_active, input_grad, input_grad_active,
+                      input_projection, pack_nn, pack_nt, pack_nt_k, project_active,
+                      recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
                       release, step_gates, steps_per_chunk, thread_units, weight_grad,
-                      weight_grad_ld)
+                      weight_grad_active, weight_grad_ld)
 from _layernorm cimport (col_grads, ln_backward, ln_normalize, run_end, share_rows,
                          zero_cols)
 from _prepack cimport next_sweep, take_prepacked
@@ -202,8 +203,8 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         # (training: gates holds all T steps; inference: a ring of tc steps)
         a_t = gates + (t if training else t % tc) * B * G
         if t % tc == 0 and T > 1:
-            project_steps(min(tc, T - t) * B, I, H, j0, j1, 3, x + t * B * I, w_ih, bias_i, a_t,
-                          &pk_ih)
+            project_active(t, min(t + tc, T), B, batch_sizes, I, H, j0, j1, 3, x, w_ih, bias_i,
+                           a_t, &pk_ih)
         hn_t = hns + t * B * H if training else hns
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         # the GEMM reads h_{t-1}, or hd_t = h_{t-1} * rmask (training: all steps; inference:
@@ -309,15 +310,19 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
 
     release(&pk)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 3, dgi, x, <floating> 0, dw_ih, size, rank, ISA)
+    # the weight and input gradients over the active rows of all T steps (_blocks.pxd)
+    weight_grad_active(T, B, batch_sizes, I, H, 3, dgi, G, x, <floating> 0, dw_ih, size, rank,
+                       ISA)
     if rmask == NULL:  # dW_hh = sum_t dgh_t^T h_{t-1}, h_{t-1} from h0 and y
         weight_grad(B, H, H, 3, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
-        weight_grad((T - 1) * B, H, H, 3, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+        weight_grad_active(T - 1, B, batch_sizes + 1, H, H, 3, dgh + B * G, G, y, <floating> 1,
+                           dw_hh, size, rank, ISA)
     else:  # dW_hh = sum_t dgh_t^T hd_t
-        weight_grad(T * B, H, H, 3, dgh, hds, <floating> 0, dw_hh, size, rank, ISA)
-    bias_grad(T * B, H, 3, dgi, db_ih, size, rank)
-    bias_grad(T * B, H, 3, dgh, db_hh, size, rank)
-    input_grad(T * B, I, G, dgi, w_ih, dx, size, rank, ISA)
+        weight_grad_active(T, B, batch_sizes, H, H, 3, dgh, G, hds, <floating> 0, dw_hh, size,
+                           rank, ISA)
+    bias_grad_active(T, B, batch_sizes, H, 3, dgi, db_ih, size, rank)
+    bias_grad_active(T, B, batch_sizes, H, 3, dgh, db_hh, size, rank)
+    input_grad_active(T, B, batch_sizes, I, G, dgi, w_ih, dx, size, rank, ISA)
 
 
 cdef inline GRUOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,

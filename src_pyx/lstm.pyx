@@ -22,9 +22,11 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (Packed, bias_grad, input_grad, input_projection, pack_nn, pack_nt,
-                      pack_nt_k, project_steps, recurrent_nn, recurrent_nt, recurrent_nt_k, release,
-                      step_gates, steps_per_chunk, thread_units, weight_grad)
+from _blocks cimport (Packed, bias_grad, bias_grad_active, input_grad, input_grad_active,
+                      input_projection, pack_nn, pack_nt, pack_nt_k, project_active,
+                      recurrent_nn, recurrent_nt, recurrent_nt_k, release,
+                      step_gates, steps_per_chunk, thread_units, weight_grad,
+                      weight_grad_active)
 from _layernorm cimport (col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, run_end,
                          share_rows, zero_cols)
 from _prepack cimport next_sweep, take_prepacked
@@ -303,8 +305,8 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         # (training: gates holds all T steps; inference: a ring of tc steps)
         a_t = gates + (t if training else t % tc) * B * G
         if t % tc == 0 and T > 1:
-            project_steps(min(tc, T - t) * B, I, H, j0, j1, 4, x + t * B * I, w_ih, bias, a_t,
-                          &pk_ih)
+            project_active(t, min(t + tc, T), B, batch_sizes, I, H, j0, j1, 4, x, w_ih, bias,
+                           a_t, &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         if all_cs:
             c_prev = c0 if t == 0 else cs + (t - 1) * B * H
@@ -455,18 +457,20 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
                 else:
                     _row_mul(dh + b * H + j0, rmask + b * H + j0, dm + b * H + j0, m)
 
-    # The weight and input gradients, as large GEMMs over all T*B rows.
+    # The weight and input gradients, as large GEMMs over the active rows of all T steps.
     release(&pk)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
-    if rmask == NULL:
+    weight_grad_active(T, B, batch_sizes, I, H, 4, dgates, G, x, <floating> 0, dw_ih, size, rank,
+                       ISA)
+    if rmask == NULL:  # step t's rows of dG with step t - 1's of y (h0 at t = 0: all B rows)
         weight_grad(B, H, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
-        weight_grad((T - 1) * B, H, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank,
-                    ISA)
+        weight_grad_active(T - 1, B, batch_sizes + 1, H, H, 4, dgates + B * G, G, y,
+                           <floating> 1, dw_hh, size, rank, ISA)
     else:  # the GEMMs read h_{t-1} * rmask, kept in hds
-        weight_grad(T * B, H, H, 4, dgates, hds, <floating> 0, dw_hh, size, rank, ISA)
-    bias_grad(T * B, H, 4, dgates, db, size, rank)
-    input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
+        weight_grad_active(T, B, batch_sizes, H, H, 4, dgates, G, hds, <floating> 0, dw_hh,
+                           size, rank, ISA)
+    bias_grad_active(T, B, batch_sizes, H, 4, dgates, db, size, rank)
+    input_grad_active(T, B, batch_sizes, I, G, dgates, w_ih, dx, size, rank, ISA)
 
 
 cdef inline LSTMOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,

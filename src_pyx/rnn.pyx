@@ -17,9 +17,9 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _activations cimport drelu, dtanh, relu, tanh_
-from _blocks cimport (Packed, bias_grad, input_grad, pack_nn, pack_nt, pack_nt_k, project_steps,
-                      recurrent_nn, recurrent_nt, release, step_gates, steps_per_chunk,
-                      thread_units, weight_grad)
+from _blocks cimport (Packed, bias_grad_active, input_grad_active, pack_nn, pack_nt, pack_nt_k,
+                      project_active, recurrent_nn, recurrent_nt, release, step_gates,
+                      steps_per_chunk, thread_units, weight_grad, weight_grad_active)
 from _prepack cimport next_sweep, take_prepacked
 from _ops cimport RNNOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
@@ -164,8 +164,8 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
         y_t = y + t * B * H
         # y[t'] = W_ih x[t'] + (b_ih + b_hh) for the next tc steps and this thread's units
         if t % tc == 0 and T > 1:
-            project_steps(min(tc, T - t) * B, I, H, j0, j1, 1, x + t * B * I, w_ih, bias, y_t,
-                          &pk_ih)
+            project_active(t, min(t + tc, T), B, batch_sizes, I, H, j0, j1, 1, x, w_ih, bias,
+                           y_t, &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         # the GEMM reads h_{t-1}, or hd_t = h_{t-1} * rmask (training: all steps; inference:
         # a ring of 2, as step t writes hd_{t+1} while another thread may still read hd_t)
@@ -273,15 +273,18 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
 
     release(&pk)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 1, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
+    # the weight and input gradients over the active rows of all T steps (_blocks.pxd)
+    weight_grad_active(T, B, batch_sizes, I, H, 1, dgates, H, x, <floating> 0, dw_ih, size, rank,
+                       ISA)
     if rmask == NULL:  # dW_hh = sum_t da_t^T h_{t-1}, h_{t-1} from h0 and y
         weight_grad(B, H, H, 1, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
-        weight_grad((T - 1) * B, H, H, 1, dgates + B * H, y, <floating> 1, dw_hh, size, rank,
-                    ISA)
+        weight_grad_active(T - 1, B, batch_sizes + 1, H, H, 1, dgates + B * H, H, y,
+                           <floating> 1, dw_hh, size, rank, ISA)
     else:  # dW_hh = sum_t da_t^T hd_t
-        weight_grad(T * B, H, H, 1, dgates, hds, <floating> 0, dw_hh, size, rank, ISA)
-    bias_grad(T * B, H, 1, dgates, db, size, rank)
-    input_grad(T * B, I, H, dgates, w_ih, dx, size, rank, ISA)
+        weight_grad_active(T, B, batch_sizes, H, H, 1, dgates, H, hds, <floating> 0, dw_hh,
+                           size, rank, ISA)
+    bias_grad_active(T, B, batch_sizes, H, 1, dgates, db, size, rank)
+    input_grad_active(T, B, batch_sizes, I, H, dgates, w_ih, dx, size, rank, ISA)
 
 
 cdef inline RNNOps _ops(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
