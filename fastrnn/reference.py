@@ -125,12 +125,21 @@ def _weight_grads(p, dgi, dgh, hprev, db_i=None, db_h=None):
     """
     if p.T == 0:
         return _empty_weight_grads(p)
-    dw_ih = sum(dgi[t].T @ p.x[t] for t in range(p.T))
-    dw_hh = sum(dgh[t].T @ hprev[t] for t in range(p.T))
+    dw_ih = sum(dgi[t].T @ _active_rows(p, p.x[t], t) for t in range(p.T))
+    dw_hh = sum(dgh[t].T @ _active_rows(p, hprev[t], t) for t in range(p.T))
     if p.b_ih is None:
         return dw_ih, dw_hh, None, None
     db_i, db_h = dgi if db_i is None else db_i, dgh if db_h is None else db_h
     return dw_ih, dw_hh, db_i.sum(axis=(0, 1)), db_h.sum(axis=(0, 1))
+
+
+def _active_rows(p, a, t):
+    """``a`` (B, width) of step t with its padding rows (``t >= lengths[b]``) set to zero: their
+    gradient rows are zero, and this keeps a NaN or infinity there out of the sum (``0 * NaN``),
+    as a packed sequence, which has no padding, does."""
+    if p.lengths is None:
+        return a
+    return np.where((t < p.lengths)[:, None], a, a.dtype.type(0))
 
 
 def _empty_weight_grads(p):
@@ -208,7 +217,7 @@ def rnn_backward(cache, dy, dh_n=None):
             dg[t] = dht * (acts[t] > 0)
         else:
             dg[t] = dht * (1 - acts[t] ** 2)
-        dx[t] = dg[t] @ p.w_ih
+        dx[t] = _keep(m[t], dg[t] @ p.w_ih, 0)  # zero at padded steps
         dh_mat = dg[t] @ p.w_hh
         if rmask is not None:
             dh_mat = dh_mat * rmask
@@ -365,7 +374,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
             dln["ln_hh"] += dgain_h.sum(0)
         else:
             dgx[t] = dgh[t] = da
-        dx[t] = dgx[t] @ p.w_ih
+        dx[t] = _keep(m[t], dgx[t] @ p.w_ih, 0)  # zero at padded steps
         dhd = dgh[t] @ p.w_hh
         dh = _keep(m[t], dh_keep + (dhd if rmask is None else dhd * rmask), dh)
         dc = _keep(m[t], dc_keep + dc_prev, dc)
@@ -490,7 +499,7 @@ def gru_backward(cache, dy, dh_n=None):
             dln["ln_hh"] += dgain_h.sum(0)
         else:
             dgx[t], dghh[t] = dgi[t], dgh[t]
-        dx[t] = dgx[t] @ p.w_ih
+        dx[t] = _keep(m[t], dgx[t] @ p.w_ih, 0)  # zero at padded steps
         if reset_after:
             dh_mat = dghh[t] @ p.w_hh
         else:

@@ -229,30 +229,40 @@ cdef inline void wide_share(Py_ssize_t H, int n_gates, int size, int rank, Py_ss
     share(n_gates * _pieces(n_gates), size, rank, lo, hi)
 
 
-cdef inline void input_projection(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, int n_gates,
-                                  const floating* x, const floating* w_ih,
-                                  const floating* bias, floating* out, int size, int rank,
-                                  int isa) noexcept nogil:
-    """out[r, blk] = bias[blk] + x[r] @ W_ih[blk]^T for all R rows, over rank's wide blocks;
-    out is (R, n_gates * H). With a micro-kernel isa, each block of W_ih is packed once."""
+cdef inline void input_projection(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
+                                  Py_ssize_t I, Py_ssize_t H, int n_gates, const floating* x,
+                                  const floating* w_ih, const floating* bias, floating* out,
+                                  int size, int rank, int isa) noexcept nogil:
+    """out[t, b, blk] = bias[blk] + x[t, b] @ W_ih[blk]^T for the active rows b <
+    batch_sizes[t] of all T steps (row_run's runs; padding rows of out are not written), over
+    rank's wide blocks; x is (T, B, I), out (T, B, n_gates * H). With a micro-kernel isa, each
+    block of W_ih is packed once."""
     cdef Py_ssize_t G = n_gates * H
-    cdef Py_ssize_t lo, hi, blk, c0, c1, r
+    cdef Py_ssize_t lo, hi, blk, c0, c1, r, t, e, rows
+    cdef floating* o
     cdef Packed pk
     wide_share(H, n_gates, size, rank, &lo, &hi)
     for blk in range(lo, hi):
         wide_block(H, n_gates, blk, &c0, &c1)
         if c1 <= c0:
             continue
-        for r in range(R):
-            memcpy(out + r * G + c0, bias + c0, (c1 - c0) * sizeof(floating))
         _alloc(&pk, isa, 1, I, c1 - c0, sizeof(floating))
         if pk.data != NULL:
             _pack(isa, True, I, c1 - c0, w_ih + c0 * I, I, <floating*> pk.data)
-            _rgemm(isa, R, c1 - c0, I, x, I, <const floating*> pk.data, out + c0, G, True)
-            release(&pk)
-        else:
-            gemm(False, True, R, c1 - c0, I, <floating> 1, x, I, w_ih + c0 * I, I,
-                 <floating> 1, out + c0, G)
+        t = 0
+        while t < T:
+            e = row_run(batch_sizes, t, T, B, &rows)
+            o = out + t * B * G
+            for r in range(rows):
+                memcpy(o + r * G + c0, bias + c0, (c1 - c0) * sizeof(floating))
+            if pk.data != NULL:
+                _rgemm(isa, rows, c1 - c0, I, x + t * B * I, I, <const floating*> pk.data,
+                       o + c0, G, True)
+            else:
+                gemm(False, True, rows, c1 - c0, I, <floating> 1, x + t * B * I, I,
+                     w_ih + c0 * I, I, <floating> 1, o + c0, G)
+            t = e
+        release(&pk)
 
 
 cdef inline void weight_grad(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gates,
@@ -304,8 +314,9 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
 # of its B (batch_sizes non-increasing, batch_sizes[0] == B). In a (T, B, .) array the active
 # rows of a run of full steps and the next partial step are contiguous (row_run): the forward's
 # input projection and the GEMMs after the backward's loop (dW, db, dx) go over those runs, not
-# over the padding, whose rows of dG are zero and add nothing. A batch without lengths is one
-# run of T * B rows: the same calls, so the same bits, as the whole-array forms above.
+# over the padding: its rows of the projected gates and of dG are neither written nor read, and
+# values there (a NaN in x's padding) reach no result. A batch without lengths is one run of
+# T * B rows: the same calls, so the same bits, as the whole-array forms above.
 cdef inline Py_ssize_t row_run(const int* batch_sizes, Py_ssize_t t, Py_ssize_t t1,
                                Py_ssize_t B, Py_ssize_t* rows) noexcept nogil:
     """The end e <= t1 of the run of steps [t, e) whose active rows are contiguous in a

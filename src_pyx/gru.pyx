@@ -21,7 +21,7 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (Packed, bias_grad, bias_grad_active, input_grad, input_grad_active,
+from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active,
                       input_projection, pack_nn, pack_nt, pack_nt_k, project_active,
                       recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
                       release, step_gates, steps_per_chunk, thread_units, weight_grad,
@@ -295,9 +295,7 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
                 _row_backward(gates + o * G + j0, hns + o * H + j0, h_prev + b * H + j0,
                               dy + o * H + j0, dh + b * H + j0, dgi + o * G + j0,
                               dgh + o * G + j0, m, H)
-        if rank == 0:
-            zero_rows(dgi + t * B * G, n, B, G)
-            zero_rows(dgh + t * B * G, n, B, G)
+        # (the padding rows of dgi, dgh stay unset: every GEMM after the loop skips them)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = z * dh_t + dgh_t[:n] W_hh[:, units]   (inactive rows keep dh);
         # with recurrent dropout the GEMM's part reaches hd_t = h_{t-1} * rmask: times rmask
@@ -908,7 +906,7 @@ cdef void _forward_reset_before_part(const void* ops, fr_barrier* bar, int size,
     pack_nt(&pk_rz, ISA, H, j0, j1, 2, w_hh)
     pack_nt(&pk_n, ISA, H, j0, j1, 1, w_hh + 2 * H * H)
     # gates[t, b] = W_ih x[t, b] + b_ih + b_hh for all steps at once
-    input_projection(T * B, I, H, 3, x, w_ih, bias, gates, size, rank, ISA)
+    input_projection(T, B, batch_sizes, I, H, 3, x, w_ih, bias, gates, size, rank, ISA)
     fr_barrier_wait(bar, size)
 
     for t in range(T):
@@ -995,18 +993,19 @@ cdef void _backward_reset_before_part(const void* ops, fr_barrier* bar, int size
         # dh_{t-1}[:n, units] = z dh_t + r drh + [dr_pre, dz_pre] [W_hr; W_hz][:, units]
         recurrent_nn_ld(n, H, j0, j1, 2 * H, dg_t, G, w_hh, <floating> 1, dh, &pk_rz)
 
-    # The weight and input gradients, as large GEMMs over all T*B rows.
+    # The weight and input gradients, as large GEMMs over the active rows of all T steps.
     release(&pk_rz)
     release(&pk_n)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 3, dg, x, <floating> 0, dw_ih, size, rank, ISA)
+    weight_grad_active(T, B, batch_sizes, I, H, 3, dg, G, x, <floating> 0, dw_ih, size, rank, ISA)
     # dW_hh[:2H] = sum_t [dr, dz]_t^T h_{t-1};  dW_hh[2H:] = sum_t dn_t^T (r * h_{t-1})
     weight_grad_ld(B, H, H, 2, dg, G, h0, <floating> 0, dw_hh, size, rank, ISA)
-    weight_grad_ld((T - 1) * B, H, H, 2, dg + B * G, G, y, <floating> 1, dw_hh, size, rank, ISA)
-    weight_grad_ld(T * B, H, H, 1, dg + 2 * H, G, rhs, <floating> 0, dw_hh + 2 * H * H, size,
-                   rank, ISA)
-    bias_grad(T * B, H, 3, dg, db, size, rank)
-    input_grad(T * B, I, G, dg, w_ih, dx, size, rank, ISA)
+    weight_grad_active(T - 1, B, batch_sizes + 1, H, H, 2, dg + B * G, G, y, <floating> 1,
+                       dw_hh, size, rank, ISA)
+    weight_grad_active(T, B, batch_sizes, H, H, 1, dg + 2 * H, G, rhs, <floating> 0,
+                       dw_hh + 2 * H * H, size, rank, ISA)
+    bias_grad_active(T, B, batch_sizes, H, 3, dg, db, size, rank)
+    input_grad_active(T, B, batch_sizes, I, G, dg, w_ih, dx, size, rank, ISA)
 
 
 def forward_reset_before(const floating[:, :, ::1] x,  # IN    (T, B, I)

@@ -22,7 +22,7 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (Packed, bias_grad, bias_grad_active, input_grad, input_grad_active,
+from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active,
                       input_projection, pack_nn, pack_nt, pack_nt_k, project_active,
                       recurrent_nn, recurrent_nt, recurrent_nt_k, release,
                       step_gates, steps_per_chunk, thread_units, weight_grad,
@@ -440,8 +440,7 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
                 _row_backward(gates + o * G + j0, c_prev + b * H + j0, cs + o * H + j0,
                               dy + o * H + j0, dh + b * H + j0, dc + b * H + j0,
                               da_t + b * G + j0, m, H)
-        if rank == 0:
-            zero_rows(da_t, n, B, G)
+        # (da_t's padding rows stay unset: every GEMM after the loop skips them)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry)
         # zoneout_h: + the kept part the gate pass left in dh; recurrent dropout: the GEMM
@@ -1147,7 +1146,7 @@ cdef void _forward_proj_part(const void* ops, fr_barrier* bar, int size, int ran
     pack_nt_k(&pk, ISA, H, P, j0, j1, 4, w_hh)
     pack_nt_k(&pk_r, ISA, P, H, p0, p1, 1, w_hr)
     # gates[t, b] = W_ih x[t, b] + (b_ih + b_hh) for all steps at once
-    input_projection(T * B, I, H, 4, x, w_ih, bias, gates, size, rank, ISA)
+    input_projection(T, B, batch_sizes, I, H, 4, x, w_ih, bias, gates, size, rank, ISA)
     if not training:  # one cell-state buffer, updated in place
         for b in range(B):
             memcpy(cs + b * H + j0, c0 + b * H + j0, m * sizeof(floating))
@@ -1252,17 +1251,20 @@ cdef void _backward_proj_part(const void* ops, fr_barrier* bar, int size, int ra
         # dh_{t-1}[:n, cols] = da_t[:n] W_hh[:, cols]   (inactive rows keep the dh they carry)
         recurrent_nn(n, P, p0, p1, G, da_t, w_hh, <floating> 0, dh, &pk)
 
-    # The weight and input gradients, as large GEMMs over all T*B rows.
+    # The weight and input gradients, as large GEMMs over the active rows of all T steps.
     release(&pk)
     release(&pk_r)
     fr_barrier_wait(bar, size)
-    weight_grad(T * B, I, H, 4, dgates, x, <floating> 0, dw_ih, size, rank, ISA)
+    weight_grad_active(T, B, batch_sizes, I, H, 4, dgates, G, x, <floating> 0, dw_ih, size, rank,
+                       ISA)
     weight_grad(B, P, H, 4, dgates, h0, <floating> 0, dw_hh, size, rank, ISA)
-    weight_grad((T - 1) * B, P, H, 4, dgates + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
+    weight_grad_active(T - 1, B, batch_sizes + 1, P, H, 4, dgates + B * G, G, y, <floating> 1,
+                       dw_hh, size, rank, ISA)
     # dW_hr = sum_t dh_t^T m_t
-    weight_grad(T * B, H, P, 1, dhs, ms, <floating> 0, dw_hr, size, rank, ISA)
-    bias_grad(T * B, H, 4, dgates, db, size, rank)
-    input_grad(T * B, I, G, dgates, w_ih, dx, size, rank, ISA)
+    weight_grad_active(T, B, batch_sizes, H, P, 1, dhs, P, ms, <floating> 0, dw_hr, size, rank,
+                       ISA)
+    bias_grad_active(T, B, batch_sizes, H, 4, dgates, db, size, rank)
+    input_grad_active(T, B, batch_sizes, I, G, dgates, w_ih, dx, size, rank, ISA)
 
 
 def forward_proj(const floating[:, :, ::1] x,       # IN    (T, B, I)

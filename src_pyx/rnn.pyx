@@ -256,8 +256,7 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
                 o = t * B + b
                 _row_backward(y + o * H + j0, dy + o * H + j0, dh + b * H + j0,
                               da_t + b * H + j0, m, use_relu)
-        if rank == 0:
-            zero_rows(da_t, n, B, H)
+        # (da_t's padding rows stay unset: every GEMM after the loop skips them)
         fr_barrier_wait(bar, size)
         # dh_{t-1}[:n, units] = da_t[:n] W_hh[:, units]   (inactive rows keep the dh they carry),
         # plus zoneout's direct part, the GEMM's part times rmask with recurrent dropout
