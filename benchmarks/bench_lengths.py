@@ -1,16 +1,19 @@
 """Variable-length batch vs the same batch padded to T: forward + backward, Cython backend.
 
-The kernels sort rows by length and shrink the active batch at every step, so the recurrent work
-of a batch with lengths uniform in [1, T] is about half that of the padded batch. What stays at
-full size are the hoisted input GEMM and the dx/dW_ih/dW_hh GEMMs over all T*B rows (padding
-included) and the per-step overhead of T steps: for the default sizes the FLOP count alone
-bounds the ratio at about 0.67 for the forward and 0.83 for the backward. Both runs are timed in
-alternation (fair under load); the best of several rounds is reported.
+The kernels sort rows by length and shrink the active batch at every step, so with lengths
+uniform in [1, T] about half of the padded batch's rows are real. The recurrence, the hoisted
+input projection and the dx/dW/db GEMMs after the backward's loop all run over the active rows
+of each step only (src_pyx/_blocks.pxd, row_run), so the FLOP count bounds the ratio at about
+the fill (printed); what remains above it is the per-step overhead of T steps and, for lengths
+in no particular order, the row sort's gathers of x, y, dy and dx in fastrnn/functional.py
+(``--sorted`` passes the same lengths in decreasing order, which needs none). Both runs are
+timed in alternation (fair under load); the best of several rounds is reported.
 
     python benchmarks/bench_lengths.py                 # T=200 B=32 I=64 H=128 float32
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_lengths.py --threads 1
     python benchmarks/bench_lengths.py --bidirectional --layers 2
     python benchmarks/bench_lengths.py --cell gru      # or rnn (tanh)
+    python benchmarks/bench_lengths.py --sorted        # no row permutation
     pytest benchmarks/bench_lengths.py                 # pytest-benchmark
 """
 
@@ -79,6 +82,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--bidirectional", action="store_true")
     ap.add_argument("--float64", action="store_true")
+    ap.add_argument(
+        "--sorted", action="store_true", help="lengths in decreasing order (no row permutation)"
+    )
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     args = ap.parse_args()
@@ -87,6 +93,8 @@ def main() -> None:
     lstm, x, dout, lengths = setup(
         args.T, args.B, args.I, args.H, args.layers, args.bidirectional, dtype, cell=args.cell
     )
+    if args.sorted:
+        lengths = np.sort(lengths)[::-1].copy()
     full = np.full(args.B, args.T)
     (w_var, c_var), (w_pad, c_pad) = time_pair(
         lambda: step(lstm, x, dout, lengths),
@@ -99,7 +107,8 @@ def main() -> None:
         f"bidirectional={args.bidirectional} {np.dtype(dtype).name}, forward+backward, "
         f"{fastrnn.get_num_threads()} kernel threads"
     )
-    print(f"lengths uniform in [1, T]: {frac:.1%} of the padded steps are real")
+    order = "decreasing" if args.sorted else "random"
+    print(f"lengths uniform in [1, T], {order} order: {frac:.1%} of the padded steps are real")
     print(f"{'':18s} {'wall ms':>9s} {'CPU ms':>9s}")
     print(f"{'variable lengths':18s} {1e3 * w_var:9.2f} {1e3 * c_var:9.2f}")
     print(f"{'padded to T':18s} {1e3 * w_pad:9.2f} {1e3 * c_pad:9.2f}")

@@ -126,6 +126,18 @@ class _Schedule:
             return a
         return np.ascontiguousarray(np.take(a, self.order, axis=axis))
 
+    def unrows_owned(self, a: np.ndarray) -> np.ndarray:
+        """:meth:`unrows` of a (T, B, .) array that nobody else holds (a kernel's output the
+        caller gets): the rows are put back in place, a few steps at a time, so that no second
+        (T, B, .) array is allocated."""
+        if self.order is None or self.steps is not None or self.flip:
+            return self.unrows(a, 1)
+        steps = max(1, (1 << 16) // max(1, a.shape[1] * a.shape[2]))
+        for t0 in range(0, a.shape[0], steps):
+            block = a[t0 : t0 + steps]
+            block[...] = block[:, self.inverse]
+        return a
+
     def unrows(self, a: np.ndarray, axis: int) -> np.ndarray:
         """Batch rows of ``a`` back in the caller's order (and time order if reversed)."""
         if self.flip and a.ndim == 3:
@@ -407,7 +419,7 @@ def rnn_backward(cache, dy, dh_n=None):
             **noise,
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
-    return RNNGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+    return RNNGrads(s.unrows_owned(dx), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,7 +650,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
             **ext,
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
-    fields = [s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
+    fields = [s.unrows_owned(dx), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
     return grads_of(_LSTM, fields, {"dw_peephole": ext.get("dw_peephole")})
 
 
@@ -838,7 +850,7 @@ def gru_backward(cache, dy, dh_n=None):
         )
     if p.b_ih is None:
         db_ih = db_hh = None
-    return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+    return GRUGrads(s.unrows_owned(dx), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
 
 
 def _noise_keywords(p: Prepared, s: _Schedule, training: bool) -> dict[str, Any]:
@@ -951,7 +963,7 @@ def _lstm_proj_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> LSTMProjGrad
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
     return LSTMProjGrads(
-        s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh, dw_hr
+        s.unrows_owned(dx), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh, dw_hr
     )
 
 
@@ -1027,7 +1039,7 @@ def _gru_reset_before_backward(c: Cache, dy: Any, dh_n: Any) -> GRUGrads:
             _team(p),
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
-    return GRUGrads(s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
+    return GRUGrads(s.unrows_owned(dx), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1153,7 +1165,7 @@ def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
             _team(p),
         )
     db_ih, db_hh = (None, None) if p.b_ih is None else (db, db.copy())
-    fields = [s.unrows(dx, 1), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
+    fields = [s.unrows_owned(dx), s.unrows(dh, 0), s.unrows(dc, 0), dw_ih, dw_hh, db_ih, db_hh]
     return grads_of(_LSTM, fields, dln)
 
 
@@ -1249,7 +1261,7 @@ def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
         )
     if p.b_ih is None:
         db_ih = db_hh = None
-    fields = [s.unrows(dx, 1), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh]
+    fields = [s.unrows_owned(dx), s.unrows(dh, 0), dw_ih, dw_hh, db_ih, db_hh]
     return grads_of(_GRU, fields, dln)
 
 

@@ -7,8 +7,8 @@
 #     input projection (project_steps); a thread owns a contiguous run of them, that is hidden
 #     units [j0, j1) and the gate columns g*H + [j0, j1);
 #   * wide blocks (a gate block cut in ceil(4 / n_gates) pieces, so 4 to 6 blocks): the GEMMs
-#     over all T*B rows (weight gradients; the input projection of the projection and
-#     reset-before variants), where fewer, larger calls are better.
+#     over the rows of all T steps (weight gradients; the input projection of the projection
+#     and reset-before variants), where fewer, larger calls are better.
 #
 # When the CPU has AVX2 or AVX-512 (_rgemm.h) every GEMM runs on the micro-kernels: each thread
 # packs its columns of W_hh and W_ih once per kernel call (pack_nt for the forward's h @ W_hh^T
@@ -314,9 +314,10 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
 # of its B (batch_sizes non-increasing, batch_sizes[0] == B). In a (T, B, .) array the active
 # rows of a run of full steps and the next partial step are contiguous (row_run): the forward's
 # input projection and the GEMMs after the backward's loop (dW, db, dx) go over those runs, not
-# over the padding: its rows of the projected gates and of dG are neither written nor read, and
-# values there (a NaN in x's padding) reach no result. A batch without lengths is one run of
-# T * B rows: the same calls, so the same bits, as the whole-array forms above.
+# over the padding: its rows of the projected gates and of dG are never read (the plain cells
+# leave them unset), and values there (a NaN in x's padding) reach no result. A batch without
+# lengths is one run of T * B rows: the same calls, so the same bits, as the whole-array forms
+# above.
 cdef inline Py_ssize_t row_run(const int* batch_sizes, Py_ssize_t t, Py_ssize_t t1,
                                Py_ssize_t B, Py_ssize_t* rows) noexcept nogil:
     """The end e <= t1 of the run of steps [t, e) whose active rows are contiguous in a
