@@ -273,23 +273,6 @@ cdef inline void weight_grad(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gat
     weight_grad_ld(R, N, H, n_gates, dg, n_gates * H, x, beta, dw, size, rank, isa)
 
 
-cdef inline void _weight_grad_block(Py_ssize_t R, Py_ssize_t N, Py_ssize_t c0, Py_ssize_t c1,
-                                    const floating* dg, Py_ssize_t ldg, const floating* x,
-                                    floating beta, floating* dw, int isa) noexcept nogil:
-    """dW[c0:c1] := dG[:R, c0:c1]^T @ X[:R] + beta dW[c0:c1] (weight_grad_ld's one block)."""
-    cdef Py_ssize_t k0 = 0, n_main = 0
-    if isa != FR_ISA_NONE:
-        n_main = N - N % fr_rgemm_nr(isa, sizeof(floating))
-    while n_main > 0 and k0 < R:
-        _rgemm_tn(isa, c1 - c0, n_main, min(<Py_ssize_t> WG_ROWS, R - k0),
-                  dg + k0 * ldg + c0, ldg, x + k0 * N, N, dw + c0 * N, N,
-                  k0 > 0 or beta != 0)
-        k0 += WG_ROWS
-    if n_main < N:
-        gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
-             N, beta, dw + c0 * N + n_main, N)
-
-
 cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_gates,
                                 const floating* dg, Py_ssize_t ldg, const floating* x,
                                 floating beta, floating* dw, int size, int rank,
@@ -299,14 +282,25 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
     With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows (a
     block of dG and of X stays in L2), both operands read in place; the last N % panel-width
     columns, if any, go to BLAS."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1
+    cdef Py_ssize_t lo, hi, blk, c0, c1, k0, n_main = 0
     if R <= 0:
         return
+    if isa != FR_ISA_NONE:
+        n_main = N - N % fr_rgemm_nr(isa, sizeof(floating))
     wide_share(H, n_gates, size, rank, &lo, &hi)
     for blk in range(lo, hi):
         wide_block(H, n_gates, blk, &c0, &c1)
-        if c1 > c0:
-            _weight_grad_block(R, N, c0, c1, dg, ldg, x, beta, dw, isa)
+        if c1 <= c0:
+            continue
+        k0 = 0
+        while n_main > 0 and k0 < R:
+            _rgemm_tn(isa, c1 - c0, n_main, min(<Py_ssize_t> WG_ROWS, R - k0),
+                      dg + k0 * ldg + c0, ldg, x + k0 * N, N, dw + c0 * N, N,
+                      k0 > 0 or beta != 0)
+            k0 += WG_ROWS
+        if n_main < N:
+            gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
+                 N, beta, dw + c0 * N + n_main, N)
 
 
 # --- variable-length batches ----------------------------------------------------------------
@@ -352,22 +346,15 @@ cdef inline void weight_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch
                                     Py_ssize_t N, Py_ssize_t H, int n_gates, const floating* dg,
                                     Py_ssize_t ldg, const floating* x, floating beta,
                                     floating* dw, int size, int rank, int isa) noexcept nogil:
-    """weight_grad_ld over the active rows of T steps: dG is (T, B, .) with rows ldg apart, X
-    is (T, B, N) and step t's active rows are its first batch_sizes[t]."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1, t, e, rows
-    if T <= 0 or B <= 0:
-        return
-    wide_share(H, n_gates, size, rank, &lo, &hi)
-    for blk in range(lo, hi):
-        wide_block(H, n_gates, blk, &c0, &c1)
-        if c1 <= c0:
-            continue
-        t = 0
-        while t < T:
-            e = row_run(batch_sizes, t, T, B, &rows)
-            _weight_grad_block(rows, N, c0, c1, dg + t * B * ldg, ldg, x + t * B * N,
-                               beta if t == 0 else <floating> 1, dw, isa)
-            t = e
+    """weight_grad_ld over the active rows of T steps, one call per run of row_run (each wide
+    block's sums go over the runs in order): dG is (T, B, .) with rows ldg apart, X is
+    (T, B, N) and step t's active rows are its first batch_sizes[t]."""
+    cdef Py_ssize_t t = 0, e, rows
+    while t < T:
+        e = row_run(batch_sizes, t, T, B, &rows)
+        weight_grad_ld(rows, N, H, n_gates, dg + t * B * ldg, ldg, x + t * B * N,
+                       beta if t == 0 else <floating> 1, dw, size, rank, isa)
+        t = e
 
 
 cdef inline void bias_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
