@@ -31,6 +31,7 @@ Guarantees:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1274,6 +1275,36 @@ def _step_biases(
     return (np.zeros(G, dtype) if b_ih is None else b_ih + b_hh), None
 
 
+def _team_spins(environ: Any = os.environ) -> bool:
+    """Whether libgomp's idle threads spin between parallel regions, as ``environ`` asks
+    (libgomp reads it once, when the kernels load it): ``GOMP_SPINCOUNT`` set to a count other
+    than 0, or ``OMP_WAIT_POLICY=ACTIVE`` without it. fastrnn sets ``PASSIVE`` unless told."""
+    count = environ.get("GOMP_SPINCOUNT", "").strip()
+    if count:
+        return count.lstrip("+").lstrip("0") != ""
+    return environ.get("OMP_WAIT_POLICY", "").strip().upper() == "ACTIVE"
+
+
+# A B = 1 step has too little arithmetic for _team_for's rule (2 * 2**20 multiply-adds) but
+# reads all of its weights (2 MB for an LSTM with I = H = 256, twice a core's L2): two threads
+# each keep their half of the gate columns in their own L2. That pays only where opening the
+# parallel region is cheap, i.e. when the team spins between regions: measured on the 2-core
+# development machine, the step above took 17.5-19.9 us on 2 spinning threads against 28.7 on
+# one (30-300 us on 2 sleeping ones, whose wake-up dominates). So with a spinning team a step
+# is split once each thread gets at least this many multiply-adds (W_ih and W_hh together).
+_MIN_STEP_WORK_PER_THREAD = 1 << 17
+_TEAM_SPINS = _team_spins()
+
+
+def _step_team(B: int, G: int, H: int, I: int) -> int:
+    """Threads for one layer's step of B rows with (G, I) ``w_ih`` and (G, H) ``w_hh``."""
+    if B * G * H >= 2 * _MIN_WORK_PER_THREAD:
+        return _team_for(B, G, H)
+    if not _TEAM_SPINS or B * G * (I + H) < 2 * _MIN_STEP_WORK_PER_THREAD:
+        return 1
+    return max(1, min(get_num_threads(), H // 16, B * G * (I + H) // _MIN_STEP_WORK_PER_THREAD))
+
+
 def _step_forward(
     cell: Cell,
     x: np.ndarray,
@@ -1302,8 +1333,7 @@ def _step_forward(
     final state."""
     w_ih, w_hh, bias, b_hn, packs, kernels = ops
     G, H = w_hh.shape
-    # _team_for without its thread-count lookup when the step is too small to split anyway
-    n = 1 if B * G * H < 2 * _MIN_WORK_PER_THREAD else _team_for(B, G, H)
+    n = _step_team(B, G, H, w_ih.shape[1])
     module = getattr(_k, cell.kernel)  # set_isa may swap it between calls
     name = module.__name__
     kernel = kernels.get((name, n))  # its StepKernel for a team of n (the packed weights)
