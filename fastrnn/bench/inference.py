@@ -161,6 +161,11 @@ def main(argv=None) -> int:
             fns["torch LSTM T=1"] = tfull
         times = time_interleaved(fns, args.repeats, args.min_time)
         _print([_row("lstm step 1x256", times)], "Streaming step (B=1, I=H=256)")
+        team = fastrnn.functional._step_team(1, 1024, 256, 256)
+        print(
+            f"  (the float32 step ran on {team} thread(s): 2 only when libgomp's threads spin "
+            "between regions, GOMP_SPINCOUNT or OMP_WAIT_POLICY=ACTIVE)"
+        )
     return 0
 
 
