@@ -273,3 +273,32 @@ def test_step_kernel_refuses_short_buffers():
         KERNELS.lstm.step(kernel, x.astype(np.float64), h, h, y, h.copy(), h.copy(), 1, 1, 0)
     with pytest.raises(ValueError, match="expected 56 bytes"):  # layer 1 of a 1-layer state
         KERNELS.lstm.step(kernel, x, h, h, y, h.copy(), h.copy(), 1, 1, 1)
+
+
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_a_stream_sees_new_weights_and_checks_its_input(cell):
+    """Passing back the state the last step returned skips re-checking it (the layer keeps
+    that state, the dtype and the shape of x): a parameter change, another x shape or
+    training mode still take effect."""
+    rng = np.random.default_rng(11)
+    layer = getattr(fastrnn, cell.title)(5, 7, num_layers=2, seed=0).eval()
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    y_full, s_full = layer(x)
+    state, ys = None, []
+    for t in range(4):
+        y, state = layer.step(x[t], state)
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(state, s_full)
+    layer.bias_ih_l1.data = layer.bias_ih_l1.data - 1  # a new version
+    y, new_state = layer.step(x[0], state)
+    y_ref, s_ref = layer(x[:1], state)
+    np.testing.assert_array_equal(y, y_ref[0])
+    _assert_state_equal(new_state, s_ref)
+    with pytest.raises(ValueError, match="must have shape"):  # 2 rows, a state of 3
+        layer.step(x[0, :2], new_state)
+    y64, _ = layer.step(x[1].astype(np.float64), new_state)  # converted, as ever
+    np.testing.assert_array_equal(y64, layer.step(x[1], new_state)[0])
+    layer.train()
+    y_train, _ = layer.step(x[1], new_state)
+    np.testing.assert_array_equal(y_train, y64)  # a step applies no dropout in training mode
