@@ -12,7 +12,8 @@ Times, interleaved (A B C D A B C D ...), in eval mode:
 
 over the bench's standard shapes (T, B, I, H) and one step (T = 1, B = 1, I = H = 256) of the
 streaming API (``layer.step``; ``torch.nn.LSTMCell`` and ``torch.nn.LSTM`` with T = 1 for
-torch), each call carrying the state its previous call returned. Prints medians and minimums, and the output error of int8 against float32 per layer.
+torch), each call carrying the state its previous call returned. Prints medians and
+minimums, and the output error of int8 against float32 per layer.
 """
 
 from __future__ import annotations
