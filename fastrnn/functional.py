@@ -31,6 +31,7 @@ Guarantees:
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1286,13 +1287,34 @@ def _step_biases(
     return (np.zeros(G, dtype) if b_ih is None else b_ih + b_hh), None
 
 
-@functools.lru_cache(maxsize=64)
-def _full_batch_sizes(T: int, B: int) -> np.ndarray:
-    """``batch_sizes`` of T steps of B full rows, read-only and shared (the kernels take it
-    as ``const int[::1]``)."""
-    a = np.full(T, B, np.int32)
-    a.flags.writeable = False
-    return a
+def _team_spins(environ: Any = os.environ) -> bool:
+    """Whether libgomp's idle threads spin between parallel regions, as ``environ`` asks
+    (libgomp reads it once, when the kernels load it): ``GOMP_SPINCOUNT`` set to a count other
+    than 0, or ``OMP_WAIT_POLICY=ACTIVE`` without it. fastrnn sets ``PASSIVE`` unless told."""
+    count = environ.get("GOMP_SPINCOUNT", "").strip()
+    if count:
+        return count.lstrip("+").lstrip("0") != ""
+    return environ.get("OMP_WAIT_POLICY", "").strip().upper() == "ACTIVE"
+
+
+# A B = 1 step has too little arithmetic for _team_for's rule (2 * 2**20 multiply-adds) but
+# reads all of its weights (2 MB for an LSTM with I = H = 256, twice a core's L2): two threads
+# each keep their half of the gate columns in their own L2. That pays only where opening the
+# parallel region is cheap, i.e. when the team spins between regions: measured on the 2-core
+# development machine, the step above took 17.5-19.9 us on 2 spinning threads against 28.7 on
+# one (30-300 us on 2 sleeping ones, whose wake-up dominates). So with a spinning team a step
+# is split once each thread gets at least this many multiply-adds (W_ih and W_hh together).
+_MIN_STEP_WORK_PER_THREAD = 1 << 17
+_TEAM_SPINS = _team_spins()
+
+
+def _step_team(B: int, G: int, H: int, I: int) -> int:
+    """Threads for one layer's step of B rows with (G, I) ``w_ih`` and (G, H) ``w_hh``."""
+    if B * G * H >= 2 * _MIN_WORK_PER_THREAD:
+        return _team_for(B, G, H)
+    if not _TEAM_SPINS or B * G * (I + H) < 2 * _MIN_STEP_WORK_PER_THREAD:
+        return 1
+    return max(1, min(get_num_threads(), H // 16, B * G * (I + H) // _MIN_STEP_WORK_PER_THREAD))
 
 
 def _step_forward(
@@ -1300,48 +1322,47 @@ def _step_forward(
     x: np.ndarray,
     h0: np.ndarray,
     c0: np.ndarray | None,
-    w_ih: np.ndarray,
-    w_hh: np.ndarray,
-    bias: np.ndarray,
-    b_hn: np.ndarray | None,
-    packs: dict,
+    ops: tuple,
+    y: np.ndarray,
     h_n: np.ndarray,
     c_n: np.ndarray | None,
+    layer: int,
+    T: int,
+    B: int,
     relu: bool = False,
-) -> np.ndarray:
-    """One layer's inference forward over K steps of B rows (no lengths, no extras) straight
-    into the kernels: the same call and packed weights as :func:`lstm_forward` (``gru_forward``,
-    ``rnn_forward``) with ``training=False, packs=packs`` makes, so the same bits, without the
-    validation and scheduling a step has no use for.
+) -> None:
+    """One layer's inference forward over T steps of B rows (no lengths, no extras) straight
+    into the kernel module's ``step``: the same loop and packed weights as :func:`lstm_forward`
+    (``gru_forward``, ``rnn_forward``) with ``training=False, packs=packs`` runs, so the same
+    bits, without the validation and scheduling a step has no use for.
 
-    ``x`` (K, B, I), ``h0``/``c0`` (B, H) C-contiguous in the weights' dtype; ``bias``/``b_hn``
-    from :func:`_step_biases`; writes ``h_n`` (and ``c_n``), returns y (K, B, H)."""
-    T, B = x.shape[0], x.shape[1]
+    ``ops`` is ``(w_ih, w_hh, bias, b_hn, packs, kernels)``: ``bias``/``b_hn`` from
+    :func:`_step_biases`, ``packs`` the layer's packed weights (as the functional forward's
+    ``packs=``), ``kernels`` a dict made with ``bias`` (where the module's ``StepKernel`` of
+    these operands is kept); ``x`` holds T * B * I elements (any shape), ``h0``/``c0`` and
+    ``h_n``/``c_n`` are (L, B, H), ``y`` holds T * B * H elements, all C-contiguous in the
+    weights' dtype. Reads layer ``layer``'s initial state, writes ``y`` and that layer's
+    final state."""
+    w_ih, w_hh, bias, b_hn, packs, kernels = ops
     G, H = w_hh.shape
-    dt = x.dtype
-    module = getattr(_k, cell.kernel)
-    # _team_for without its thread-count lookup when the step is too small to split anyway
-    n = 1 if B * G * H < 2 * _MIN_WORK_PER_THREAD else _team_for(B, G, H)
-    key = (module.__name__, dt.char, n)
-    packed = packs.get(key)
-    if packed is None:
-        packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
-    batch_sizes = _full_batch_sizes(T, B)
-    y = np.empty((T, B, H), dt)
+    n = _step_team(B, G, H, w_ih.shape[1])
+    module = getattr(_k, cell.kernel)  # set_isa may swap it between calls
+    name = module.__name__
+    kernel = kernels.get((name, n))  # its StepKernel for a team of n (the packed weights)
+    if kernel is None:
+        key = (name, w_hh.dtype.char, n)
+        packed = packs.get(key)
+        if packed is None:
+            packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
+        kernel = kernels[name, n] = module.StepKernel(w_ih, w_hh, bias, b_hn, packed, n)
     if cell is _LSTM:
-        gates = np.empty((module.ring_steps(T, B), B, G), dt)
-        cs = np.empty((1, B, H), dt)
-        args = (x, h0, c0, w_ih, w_hh, bias, batch_sizes, gates, y, cs, h_n, c_n, False, n)
+        args = (kernel, x, h0, c0, y, h_n, c_n, T, B, layer)
     elif cell is _GRU:
-        gates = np.empty((module.ring_steps(T, B), B, G), dt)
-        hns = np.empty((1, B, H), dt)
-        hw = np.empty((B, G), dt)
-        args = (x, h0, w_ih, w_hh, bias, b_hn, batch_sizes, gates, hns, hw, y, h_n, False, n)
+        args = (kernel, x, h0, y, h_n, T, B, layer)
     else:
-        args = (x, h0, w_ih, w_hh, bias, batch_sizes, y, h_n, relu, n, False)
+        args = (kernel, x, h0, y, h_n, relu, T, B, layer)
     if get_isa() == "blas":  # the kernels call BLAS at every step: keep it on one thread
         with blas_single_thread():
-            module.forward(*args, prepacked=packed)
+            module.step(*args)
     else:
-        module.forward(*args, prepacked=packed)
-    return y
+        module.step(*args)

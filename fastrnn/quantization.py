@@ -273,6 +273,14 @@ def _team(B: int, G: int, H: int) -> int:
     return _team_for(B, G, H)
 
 
+class _StepCache(list):
+    """[layers, kernels] of :meth:`QuantizedRNNBase._step_layers`; copies and pickles start
+    empty (the kernels' objects are re-made on the next step)."""
+
+    def __reduce__(self):
+        return (_StepCache, ())
+
+
 class QuantizedRNNBase(_QuantizedModule):
     """An RNN/LSTM/GRU with int8 weights, built by :func:`quantize_dynamic`.
 
@@ -440,10 +448,52 @@ class QuantizedRNNBase(_QuantizedModule):
         if self.bidirectional:
             raise ValueError(f"{self._cls}.step needs a unidirectional layer")
         x = np.asarray(x, np.float32)
+        if x.ndim == 2 and x.shape[0] > 0 and x.shape[1] == self.input_size:
+            _ensure_isa()
+            return self._step_one(np.ascontiguousarray(x), state)
         if x.ndim == 2:
             y, s = self.forward(x[:, None] if self.batch_first else x[None], state)
             return (y[:, 0] if self.batch_first else y[0]), s
         return self.forward(x, state)
+
+    def _step_one(self, x: np.ndarray, state: Any):
+        """:meth:`step` of one time step, x (B, I) float32 contiguous with B >= 1: the kernels'
+        ``step`` on each layer's :meth:`_step_layers` entry, the same loop and bits as
+        :meth:`_run` with T = 1. Each layer's output goes straight into h_n[layer] (the last
+        layer's into the returned y, copied there)."""
+        q = _quant or _kernels()
+        B = x.shape[0]
+        h0, c_n = self._states(state, B)
+        L, H = len(self._layers), self.hidden_size
+        h_n = np.empty((L, B, H), np.float32)
+        h0 = np.ascontiguousarray(h0)
+        if c_n is not None:  # c0, updated in place by the kernels
+            c_n = np.array(c_n, np.float32, order="C")
+        n = _team(B, len(self._layers[0][0][2]), H)  # as _run: the padded gate width
+        inp = x
+        for layer, kernel in enumerate(self._step_layers()):
+            y = np.empty((B, H), np.float32) if layer == L - 1 else h_n[layer]
+            q.step(kernel, inp, h0, c_n, y, B, layer, n)
+            inp = y
+        h_n[L - 1] = inp
+        return inp, h_n if c_n is None else (h_n, c_n)
+
+    def _step_layers(self) -> list:
+        """The kernels' ``StepLayer`` of each layer (its packed int8 weights, scales and
+        biases), made once per :meth:`_repack`."""
+        cache = self.__dict__.get("_step_cache")
+        if cache and cache[0] is self._layers:
+            return cache[1]
+        q = _quant or _kernels()
+        kernels = []
+        for layer, ((w_ih, w_hh, bx, b_hn),) in enumerate(self._layers):
+            n_in = self.input_size if layer == 0 else self.hidden_size
+            args = (w_ih.data, w_ih.colsum, w_ih.scale, bx, w_hh.data, w_hh.colsum)
+            kernels.append(
+                q.StepLayer(*args, w_hh.scale, b_hn, n_in, self.hidden_size, w_ih.Kp, self._code)
+            )
+        self.__dict__["_step_cache"] = _StepCache([self._layers, kernels])
+        return kernels
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -69,3 +69,77 @@ def prepack(const floating[:, ::1] w_ih,   # IN  (G, I)
     with nogil:
         run_team(_pack_part[floating], &o, H, out.pp.capacity)
     return out
+
+
+# --- the streaming step's entry point (step(), written per cell after this include) -------------
+# RNNBase.step of a plain cell on B = 1 is dominated by what surrounds the arithmetic when that
+# goes through forward(): its twelve typed memoryviews cost about 0.15 us each to acquire (2 us
+# of a 30 us step at I = H = 256, more than half of a step at H = 16). step() takes the layer's
+# fixed operands in one StepKernel and the six per-call arrays as raw buffers (about 0.03 us
+# each), and allocates its scratch (gate ring, batch sizes) with malloc: reentrant, as forward.
+
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
+from libc.stdlib cimport malloc
+
+
+cdef char* _acquire(Py_buffer* v, object a, Py_ssize_t nbytes, Py_ssize_t elem,
+                    bint writable) except NULL:
+    """The data of ``a`` (released by the caller with PyBuffer_Release(v)), refused unless it is
+    a C-contiguous buffer of elements of ``elem`` bytes holding at least ``nbytes`` bytes."""
+    PyObject_GetBuffer(a, v, PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0))
+    if v.itemsize != elem or v.len < nbytes or v.buf == NULL:
+        raise ValueError(f"step: an operand of {v.len} bytes of {v.itemsize}-byte elements, "
+                         f"expected {nbytes} bytes of {elem}-byte elements")
+    return <char*> v.buf
+
+
+cdef class StepKernel:
+    """One layer's fixed operands of step(): w_ih (G, I), w_hh (G, H), the summed bias (G,)
+    and the GRU's b_hn (H,) (None otherwise), C-contiguous arrays of one float dtype, and
+    ``prepacked``, prepack(w_ih, w_hh, G // H, n_threads) of them. Holds references to the
+    arrays, not copies: whoever changes them makes a new StepKernel (fastrnn's layers key it
+    on the parameters' versions)."""
+
+    cdef object refs
+    cdef const void* w_ih
+    cdef const void* w_hh
+    cdef const void* bias
+    cdef const void* b_hn
+    cdef PackedWeights prepacked
+    cdef Py_ssize_t K, H, G, elem  # K: input size (I is complex.h's)
+    cdef readonly int n_threads
+
+    def __init__(self, w_ih, w_hh, bias, b_hn, PackedWeights prepacked not None,
+                 int n_threads):
+        cdef Py_buffer v
+        cdef Py_ssize_t e = w_hh.itemsize
+        self.G, self.H = w_hh.shape
+        self.K = w_ih.shape[1]
+        self.elem = e
+        if (e not in (4, 8) or w_ih.shape[0] != self.G or prepacked.pp.elem != <size_t> e
+                or n_threads < 1):
+            raise ValueError("StepKernel: w_ih, w_hh and prepacked disagree")
+        self.refs = (w_ih, w_hh, bias, b_hn)
+        self.w_ih = _acquire(&v, w_ih, self.G * self.K * e, e, False)
+        PyBuffer_Release(&v)
+        self.w_hh = _acquire(&v, w_hh, self.G * self.H * e, e, False)
+        PyBuffer_Release(&v)
+        self.bias = _acquire(&v, bias, self.G * e, e, False)
+        PyBuffer_Release(&v)
+        if b_hn is not None:
+            self.b_hn = _acquire(&v, b_hn, self.H * e, e, False)
+            PyBuffer_Release(&v)
+        self.prepacked = prepacked
+        self.n_threads = n_threads
+
+
+cdef int* _full_sizes(Py_ssize_t T, Py_ssize_t B) except NULL:
+    """malloc'd batch_sizes of T steps of B rows (free it)."""
+    cdef int* out = <int*> malloc(max(T, 1) * sizeof(int))
+    cdef Py_ssize_t t
+    if out == NULL:
+        raise MemoryError()
+    for t in range(T):
+        out[t] = <int> B
+    return out

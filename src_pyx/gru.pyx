@@ -1211,3 +1211,53 @@ cdef int gru_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
     o.dw_hh = dw_hh
     return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)
 include "_prepack.pxi"
+
+
+def step(StepKernel s,
+         x,                  # IN    (T, B, I) C-contiguous, s's dtype
+         h0,                 # IN    (L, B, H): layer's (B, H) is h0[layer]
+         y,                  # OUT   (T, B, H)
+         h_n,                # OUT   (L, B, H): writes h_n[layer]
+         Py_ssize_t T, Py_ssize_t B, Py_ssize_t layer):
+    """forward(x, h0[layer], ..., training=False, prepacked=s.prepacked) of the reset-after
+    cell (s.b_hn set), bitwise, taking its arrays as raw buffers (_prepack.pxi). T, B >= 1;
+    the arrays are checked for dtype size, C-contiguity and length only (fastrnn.nn.rnn
+    validates them)."""
+    cdef Py_ssize_t I = s.K, H = s.H, G = s.G, e = s.elem, off = layer * B * H * s.elem
+    cdef Py_ssize_t ring = min(T, steps_per_chunk(B))
+    cdef Py_buffer vx, vh, vy, vhn
+    cdef GRUOps o
+    cdef char* scratch = NULL
+    cdef int* sizes = NULL
+    if T < 1 or B < 1 or layer < 0 or s.b_hn == NULL:
+        raise ValueError("step needs T, B >= 1, layer >= 0 and b_hn")
+    memset(&vx, 0, sizeof(Py_buffer))
+    vh = vy = vhn = vx
+    try:
+        o = _ops(T, B, I, H, _acquire(&vx, x, T * B * I * e, e, False),
+                 _acquire(&vh, h0, off + B * H * e, e, False) + off, s.w_ih, s.w_hh, NULL,
+                 _acquire(&vy, y, T * B * H * e, e, True))
+        o.h_n = _acquire(&vhn, h_n, off + B * H * e, e, True) + off
+        sizes = _full_sizes(T, B)
+        scratch = <char*> malloc((ring * B * G + B * H + B * G) * e)
+        if scratch == NULL:
+            raise MemoryError()
+        o.batch_sizes = sizes
+        o.bias = s.bias
+        o.b_hn = s.b_hn
+        o.gates = scratch
+        o.hns = scratch + ring * B * G * e
+        o.hw = scratch + (ring * B * G + B * H) * e
+        o.prepacked = &s.prepacked.pp
+        with nogil:
+            if e == sizeof(float):
+                run_team(_forward_part[float], &o, H, s.n_threads)
+            else:
+                run_team(_forward_part[double], &o, H, s.n_threads)
+    finally:
+        free(scratch)
+        free(sizes)
+        PyBuffer_Release(&vx)
+        PyBuffer_Release(&vh)
+        PyBuffer_Release(&vy)
+        PyBuffer_Release(&vhn)

@@ -1502,3 +1502,57 @@ cdef int lstm_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t 
     o.dw_hh = dw_hh
     return _c_backward(&o, dh_n, dc_n, reserve, db_ih, db_hh, workspace, n_threads)
 include "_prepack.pxi"
+
+
+def step(StepKernel s,
+         x,                  # IN    (T, B, I) C-contiguous, s's dtype
+         h0,                 # IN    (L, B, H): layer's (B, H) is h0[layer]
+         c0,                 # IN    (L, B, H)
+         y,                  # OUT   (T, B, H)
+         h_n,                # OUT   (L, B, H): writes h_n[layer]
+         c_n,                # OUT   (L, B, H)
+         Py_ssize_t T, Py_ssize_t B, Py_ssize_t layer):
+    """forward(x, h0[layer], c0[layer], ..., training=False, prepacked=s.prepacked) of the
+    plain cell, bitwise, taking its arrays as raw buffers (_prepack.pxi). T, B >= 1; the
+    arrays are checked for dtype size, C-contiguity and length only (fastrnn.nn.rnn validates
+    them)."""
+    cdef Py_ssize_t I = s.K, H = s.H, G = s.G, e = s.elem, off = layer * B * H * s.elem
+    cdef Py_ssize_t ring = min(T, steps_per_chunk(B))
+    cdef Py_buffer vx, vh, vc, vy, vhn, vcn
+    cdef LSTMOps o
+    cdef char* scratch = NULL
+    cdef int* sizes = NULL
+    if T < 1 or B < 1 or layer < 0:
+        raise ValueError("step needs T, B >= 1 and layer >= 0")
+    memset(&vx, 0, sizeof(Py_buffer))
+    vh = vc = vy = vhn = vcn = vx
+    try:
+        o = _ops(T, B, I, H, _acquire(&vx, x, T * B * I * e, e, False),
+                 _acquire(&vh, h0, off + B * H * e, e, False) + off,
+                 _acquire(&vc, c0, off + B * H * e, e, False) + off, s.w_ih, s.w_hh,
+                 NULL, _acquire(&vy, y, T * B * H * e, e, True))
+        o.h_n = _acquire(&vhn, h_n, off + B * H * e, e, True) + off
+        o.c_n = _acquire(&vcn, c_n, off + B * H * e, e, True) + off
+        sizes = _full_sizes(T, B)
+        scratch = <char*> malloc((ring * B * G + B * H) * e)
+        if scratch == NULL:
+            raise MemoryError()
+        o.batch_sizes = sizes
+        o.bias = s.bias
+        o.gates = scratch
+        o.cs = scratch + ring * B * G * e
+        o.prepacked = &s.prepacked.pp
+        with nogil:
+            if e == sizeof(float):
+                run_team(_forward_part[float], &o, H, s.n_threads)
+            else:
+                run_team(_forward_part[double], &o, H, s.n_threads)
+    finally:
+        free(scratch)
+        free(sizes)
+        PyBuffer_Release(&vx)
+        PyBuffer_Release(&vh)
+        PyBuffer_Release(&vc)
+        PyBuffer_Release(&vy)
+        PyBuffer_Release(&vhn)
+        PyBuffer_Release(&vcn)

@@ -15,6 +15,7 @@ else (scales, biases, the gate math) is float32:
 
 from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
 from _blocks cimport steps_per_chunk, thread_units
@@ -232,3 +233,118 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
     o.y = &y[0, 0, 0]
     with nogil:
         run_team(_loop_part, &o, H, n_threads)
+
+
+# --- the streaming step (fastrnn.quantization.QuantizedRNNBase.step) ------------------------------
+# forward() of one step of B = 1 costs more around the kernel than in it: fourteen typed
+# memoryviews (about 0.15 us each), a bytearray cast to a memoryview, and quantize_rows' own
+# call. step() takes a layer's fixed operands in one StepLayer and the call's arrays as raw
+# buffers, quantizes x and runs the same loop (_loop_part, T = 1) with malloc'd scratch.
+
+from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_WRITABLE, PyBuffer_Release,
+                             PyObject_GetBuffer)
+
+
+cdef char* _raw(Py_buffer* v, object a, Py_ssize_t nbytes, Py_ssize_t elem,
+                bint writable) except NULL:
+    """The data of ``a`` (released by the caller with PyBuffer_Release(v)), refused unless it is
+    a C-contiguous buffer of elements of ``elem`` bytes holding at least ``nbytes`` bytes."""
+    PyObject_GetBuffer(a, v, PyBUF_C_CONTIGUOUS | (PyBUF_WRITABLE if writable else 0))
+    if v.itemsize != elem or v.len < nbytes or v.buf == NULL:
+        raise ValueError(f"quant.step: an operand of {v.len} bytes of {v.itemsize}-byte "
+                         f"elements, expected {nbytes} bytes of {elem}-byte elements")
+    return <char*> v.buf
+
+
+cdef inline Py_ssize_t _line(Py_ssize_t nbytes) noexcept nogil:
+    """nbytes rounded up to whole 64-byte lines."""
+    return (nbytes + 63) // 64 * 64
+
+
+cdef class StepLayer:
+    """One quantized layer's fixed operands of step(), as forward() takes them: w_ih and w_hh
+    packed (NG * Hp outputs by Ip and Hp inputs), their column sums and scales, ``bias`` and
+    the GRU's ``b_hn`` (None otherwise); ``n_in`` the input size I, ``H`` the hidden size.
+    Holds references to the arrays, not copies."""
+
+    cdef object refs
+    cdef QOps base
+    cdef Py_ssize_t n_in
+
+    def __init__(self, w_ih, cs_ih, sw_ih, bias, w_hh, cs_hh, sw_hh, b_hn, Py_ssize_t n_in,
+                 Py_ssize_t H, Py_ssize_t Ip, int cell):
+        cdef Py_buffer v
+        cdef Py_ssize_t NG = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+        cdef Py_ssize_t Hp = (H + 15) // 16 * 16, W = NG * Hp
+        if n_in < 1 or H < 1 or Ip < n_in or Ip % 4 != 0 or (cell == CELL_GRU) != (
+                b_hn is not None):
+            raise ValueError("StepLayer: inconsistent sizes")
+        memset(&self.base, 0, sizeof(QOps))
+        self.refs = (w_ih, cs_ih, sw_ih, bias, w_hh, cs_hh, sw_hh, b_hn)
+        self.n_in = n_in
+        self.base.H, self.base.Hp, self.base.NG, self.base.Ip, self.base.cell = H, Hp, NG, Ip, cell
+        self.base.w_ih = <const int8_t*> _raw(&v, w_ih, W * Ip, 1, False)
+        PyBuffer_Release(&v)
+        self.base.cs_ih = <const int32_t*> _raw(&v, cs_ih, W * 4, 4, False)
+        PyBuffer_Release(&v)
+        self.base.sw_ih = <const float*> _raw(&v, sw_ih, W * 4, 4, False)
+        PyBuffer_Release(&v)
+        self.base.bias = <const float*> _raw(&v, bias, W * 4, 4, False)
+        PyBuffer_Release(&v)
+        self.base.w_hh = <const int8_t*> _raw(&v, w_hh, W * Hp, 1, False)
+        PyBuffer_Release(&v)
+        self.base.cs_hh = <const int32_t*> _raw(&v, cs_hh, W * 4, 4, False)
+        PyBuffer_Release(&v)
+        self.base.sw_hh = <const float*> _raw(&v, sw_hh, W * 4, 4, False)
+        PyBuffer_Release(&v)
+        if b_hn is not None:
+            self.base.b_hn = <const float*> _raw(&v, b_hn, Hp * 4, 4, False)
+            PyBuffer_Release(&v)
+
+
+def step(StepLayer s,
+         x,                  # IN    (B, I) float32, C-contiguous
+         h0,                 # IN    (L, B, H) float32: the layer's h_{t-1} is h0[layer]
+         c,                  # INOUT (L, B, H) float32: c[layer] updated in place (LSTM); None
+         y,                  # OUT   (B, H) float32
+         Py_ssize_t B, Py_ssize_t layer, int n_threads):
+    """forward(quantize_rows(x), ..., h0[layer], c[layer], y) of one step (T = 1), bitwise,
+    taking its arrays as raw buffers; B >= 1. The arrays are checked for element size,
+    C-contiguity and length only (fastrnn.quantization validates them)."""
+    cdef QOps o = s.base
+    cdef Py_ssize_t H = o.H, W = o.NG * o.Hp, off = layer * B * o.H * 4
+    cdef Py_buffer vx, vh, vc, vy
+    cdef char* scratch = NULL
+    cdef char* base
+    cdef Py_ssize_t a, b, g
+    cdef const float* xp
+    if B < 1 or layer < 0 or (o.cell == CELL_LSTM) != (c is not None):
+        raise ValueError("quant.step needs B >= 1, layer >= 0 and c exactly for the LSTM")
+    memset(&vx, 0, sizeof(Py_buffer))
+    vh = vc = vy = vx
+    try:
+        xp = <const float*> _raw(&vx, x, B * s.n_in * 4, 4, False)
+        o.h0 = <const float*> (_raw(&vh, h0, off + B * H * 4, 4, False) + off)
+        if c is not None:
+            o.c = <float*> (_raw(&vc, c, off + B * H * 4, 4, True) + off)
+        o.y = <float*> _raw(&vy, y, B * H * 4, 4, True)
+        # xq (B, Ip) u8, xs (B,), gx (1, B, W) and gh (B, W) float32, each on a 64-byte line
+        a, b, g = _line(B * o.Ip), _line(B * 4), _line(B * W * 4)
+        scratch = <char*> malloc(a + b + 2 * g + 64)
+        if scratch == NULL:
+            raise MemoryError()
+        base = scratch + (64 - <size_t> scratch % 64) % 64
+        o.xq = <const uint8_t*> base
+        o.xs = <const float*> (base + a)
+        o.gx = <float*> (base + a + b)
+        o.gh = <float*> (base + a + b + g)
+        o.T, o.B, o.tc = 1, B, 1
+        with nogil:
+            fr_quantize_rows(B, s.n_in, xp, s.n_in, o.Ip, <uint8_t*> o.xq, <float*> o.xs)
+            run_team(_loop_part, &o, H, n_threads)
+    finally:
+        free(scratch)
+        PyBuffer_Release(&vx)
+        PyBuffer_Release(&vh)
+        PyBuffer_Release(&vc)
+        PyBuffer_Release(&vy)

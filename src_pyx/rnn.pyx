@@ -541,3 +541,42 @@ cdef int rnn_backward_f64(Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H
     o.dw_hh = dw_hh
     return _c_backward(&o, dh_n, NULL, reserve, db_ih, db_hh, workspace, n_threads)
 include "_prepack.pxi"
+
+
+def step(StepKernel s,
+         x,                  # IN    (T, B, I) C-contiguous, s's dtype
+         h0,                 # IN    (L, B, H): layer's (B, H) is h0[layer]
+         y,                  # OUT   (T, B, H)
+         h_n,                # OUT   (L, B, H): writes h_n[layer]
+         bint use_relu, Py_ssize_t T, Py_ssize_t B, Py_ssize_t layer):
+    """forward(x, h0[layer], ..., use_relu, training=False, prepacked=s.prepacked), bitwise,
+    taking its arrays as raw buffers (_prepack.pxi). T, B >= 1; the arrays are checked for
+    dtype size, C-contiguity and length only (fastrnn.nn.rnn validates them)."""
+    cdef Py_ssize_t I = s.K, H = s.H, e = s.elem, off = layer * B * H * s.elem
+    cdef Py_buffer vx, vh, vy, vhn
+    cdef RNNOps o
+    cdef int* sizes = NULL
+    if T < 1 or B < 1 or layer < 0:
+        raise ValueError("step needs T, B >= 1 and layer >= 0")
+    memset(&vx, 0, sizeof(Py_buffer))
+    vh = vy = vhn = vx
+    try:
+        o = _ops(T, B, I, H, _acquire(&vx, x, T * B * I * e, e, False),
+                 _acquire(&vh, h0, off + B * H * e, e, False) + off, s.w_ih, s.w_hh, NULL,
+                 _acquire(&vy, y, T * B * H * e, e, True), use_relu)
+        o.h_n = _acquire(&vhn, h_n, off + B * H * e, e, True) + off
+        sizes = _full_sizes(T, B)
+        o.batch_sizes = sizes
+        o.bias = s.bias
+        o.prepacked = &s.prepacked.pp
+        with nogil:
+            if e == sizeof(float):
+                run_team(_forward_part[float], &o, H, s.n_threads)
+            else:
+                run_team(_forward_part[double], &o, H, s.n_threads)
+    finally:
+        free(sizes)
+        PyBuffer_Release(&vx)
+        PyBuffer_Release(&vh)
+        PyBuffer_Release(&vy)
+        PyBuffer_Release(&vhn)

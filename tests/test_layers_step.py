@@ -195,3 +195,110 @@ def test_a_stepped_layer_copies_and_pickles():
     y, _ = layer.step(x)
     for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
         np.testing.assert_array_equal(other.step(x)[0], y)
+
+
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_steps_on_a_spinning_team_of_two_equal_one_thread(cell, monkeypatch):
+    """With a team that spins between regions (GOMP_SPINCOUNT, functional._TEAM_SPINS), a
+    B = 1 step of a layer this wide splits its gate columns over 2 threads: same bits as the
+    one-thread step and the forward."""
+    from fastrnn import functional
+
+    rng = np.random.default_rng(9)
+    layer = getattr(fastrnn, cell.title)(384, 384, num_layers=2, seed=2).eval()
+    G = layer.weight_hh_l0.data.shape[0]
+    x = rng.standard_normal((4, 1, 384)).astype(np.float32)
+    y_full, s_full = layer(x)
+    before = fastrnn.get_num_threads()
+    runs = []
+    try:
+        for n, spins in ((1, False), (2, True)):
+            fastrnn.set_num_threads(n)
+            monkeypatch.setattr(functional, "_TEAM_SPINS", spins)
+            assert functional._step_team(1, G, 384, 384) == n
+            state, ys = None, []
+            for t in range(4):
+                y, state = layer.step(x[t], state)
+                ys.append(y)
+            runs.append((np.stack(ys), state))
+    finally:
+        fastrnn.set_num_threads(before)
+    for ys, state in runs:
+        np.testing.assert_array_equal(ys, y_full)
+        _assert_state_equal(state, s_full)
+
+
+def test_team_spins_reads_libgomp_environment():
+    from fastrnn.functional import _team_spins
+
+    assert not _team_spins({})
+    assert not _team_spins({"OMP_WAIT_POLICY": "PASSIVE"})
+    assert _team_spins({"OMP_WAIT_POLICY": "active"})
+    assert _team_spins({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "300000"})
+    assert not _team_spins({"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "0"})
+    assert _team_spins({"GOMP_SPINCOUNT": "infinite"})
+
+
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_step_takes_non_contiguous_states(cell):
+    rng = np.random.default_rng(10)
+    layer = getattr(fastrnn, cell.title)(5, 7, num_layers=2, seed=0).eval()
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    state = _random_state(layer, rng, 3)
+    strided = (
+        tuple(np.asfortranarray(s) for s in state)
+        if isinstance(state, tuple)
+        else (np.asfortranarray(state))
+    )
+    y, s = layer.step(x, strided)
+    y_ref, s_ref = layer(x[None], state)
+    np.testing.assert_array_equal(y, y_ref[0])
+    _assert_state_equal(s, s_ref)
+
+
+def test_step_kernel_refuses_short_buffers():
+    """The kernels' step entry checks each raw buffer's element size and length."""
+    from fastrnn._isa import KERNELS
+
+    layer = fastrnn.LSTM(5, 7, seed=0).eval()
+    x = np.zeros((1, 5), np.float32)
+    layer.step(x)
+    kernel = next(iter(layer._step_operands()[0][5].values()))
+    h = np.zeros((1, 1, 7), np.float32)
+    y = np.empty((1, 7), np.float32)
+    with pytest.raises(ValueError, match="expected 28 bytes"):
+        KERNELS.lstm.step(kernel, x, h, h, np.empty((1, 6), np.float32), h.copy(), h.copy(),
+                          1, 1, 0)  # fmt: skip
+    with pytest.raises(ValueError, match="4-byte elements"):
+        KERNELS.lstm.step(kernel, x.astype(np.float64), h, h, y, h.copy(), h.copy(), 1, 1, 0)
+    with pytest.raises(ValueError, match="expected 56 bytes"):  # layer 1 of a 1-layer state
+        KERNELS.lstm.step(kernel, x, h, h, y, h.copy(), h.copy(), 1, 1, 1)
+
+
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_a_stream_sees_new_weights_and_checks_its_input(cell):
+    """Passing back the state the last step returned skips re-checking it (the layer keeps
+    that state, the dtype and the shape of x): a parameter change, another x shape or
+    training mode still take effect."""
+    rng = np.random.default_rng(11)
+    layer = getattr(fastrnn, cell.title)(5, 7, num_layers=2, seed=0).eval()
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    y_full, s_full = layer(x)
+    state, ys = None, []
+    for t in range(4):
+        y, state = layer.step(x[t], state)
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(state, s_full)
+    layer.bias_ih_l1.data = layer.bias_ih_l1.data - 1  # a new version
+    y, new_state = layer.step(x[0], state)
+    y_ref, s_ref = layer(x[:1], state)
+    np.testing.assert_array_equal(y, y_ref[0])
+    _assert_state_equal(new_state, s_ref)
+    with pytest.raises(ValueError, match="must have shape"):  # 2 rows, a state of 3
+        layer.step(x[0, :2], new_state)
+    y64, _ = layer.step(x[1].astype(np.float64), new_state)  # converted, as ever
+    np.testing.assert_array_equal(y64, layer.step(x[1], new_state)[0])
+    layer.train()
+    y_train, _ = layer.step(x[1], new_state)
+    np.testing.assert_array_equal(y_train, y64)  # a step applies no dropout in training mode

@@ -308,3 +308,38 @@ def test_long_sequences_project_the_input_in_chunks_with_the_same_bits(cls, opti
         strict=True,
     ):
         np.testing.assert_array_equal(u, v)
+
+
+def test_step_keeps_its_kernels_until_a_checkpoint_load_and_copies(tmp_path, isa):
+    """The int8 step keeps each layer's StepLayer (quant.step's operands) until the layer is
+    re-packed (a checkpoint load); copies and pickles of a stepped model step alike."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(12)
+    q = quantize_dynamic(fastrnn.LSTM(40, 128, num_layers=2, seed=0), int8="always")
+    other = quantize_dynamic(fastrnn.LSTM(40, 128, num_layers=2, seed=4), int8="always")
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    y, s = q.step(x)
+    y2, _ = q.step(x, s)
+    np.testing.assert_array_equal(np.stack([y, y2]), q(np.stack([x, x]))[0])
+    for twin in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        np.testing.assert_array_equal(twin.step(x, s)[0], y2)
+    path = tmp_path / "other.npz"
+    fastrnn.save_checkpoint(path, other)
+    fastrnn.load_checkpoint(path, q)
+    np.testing.assert_array_equal(q.step(x)[0], other.step(x)[0])
+
+
+def test_quant_step_refuses_short_buffers():
+    q = quantize_dynamic(fastrnn.GRU(8, 128, seed=0), int8="always")
+    x = np.zeros((1, 8), np.float32)
+    q.step(x)
+    kernel = q._step_layers()[0]
+    h = np.zeros((1, 1, 128), np.float32)
+    with pytest.raises(ValueError, match="expected 512 bytes"):
+        quant.step(kernel, x, h, None, np.empty((1, 127), np.float32), 1, 0, 1)
+    with pytest.raises(ValueError, match="4-byte elements"):
+        quant.step(kernel, x.astype(np.float64), h, None, np.empty((1, 128), np.float32), 1, 0, 1)
+    with pytest.raises(ValueError, match="c exactly for the LSTM"):
+        quant.step(kernel, x, h, h.copy(), np.empty((1, 128), np.float32), 1, 0, 1)

@@ -12,7 +12,8 @@ Times, interleaved (A B C D A B C D ...), in eval mode:
 
 over the bench's standard shapes (T, B, I, H) and one step (T = 1, B = 1, I = H = 256) of the
 streaming API (``layer.step``; ``torch.nn.LSTMCell`` and ``torch.nn.LSTM`` with T = 1 for
-torch). Prints medians and minimums, and the output error of int8 against float32 per layer.
+torch), each call carrying the state its previous call returned. Prints medians and
+minimums, and the output error of int8 against float32 per layer.
 """
 
 from __future__ import annotations
@@ -132,35 +133,45 @@ def main(argv=None) -> int:
         lstm = fastrnn.LSTM(256, 256, seed=0).eval()
         q = fastrnn.quantize_dynamic(lstm)
         x1 = rng.standard_normal((1, 256)).astype(np.float32)
-        s32, s8 = lstm.step(x1)[1], q.step(x1)[1]
+        # each call carries the state its previous call returned, as a stream does
+        st = {"f32": lstm.step(x1)[1], "int8": q.step(x1)[1]}
+
+        def step(key, m):
+            st[key] = m.step(x1, st[key])[1]
 
         def repack_step():
             lstm.flatten_parameters()
-            lstm.step(x1, s32)
+            step("f32", lstm)
 
         fns = {
-            "fastrnn": lambda: lstm.step(x1, s32),
+            "fastrnn": lambda: step("f32", lstm),
             "fastrnn-repack": repack_step,
-            "fastrnn-int8": lambda: q.step(x1, s8),
+            "fastrnn-int8": lambda: step("int8", q),
         }
         if torch is not None:
             cell = torch.nn.LSTMCell(256, 256).eval()
             full = torch.nn.LSTM(256, 256).eval()
             xt, x3 = torch.from_numpy(x1), torch.from_numpy(x1[None])
-            hc = (torch.zeros(1, 256), torch.zeros(1, 256))
+            st["cell"] = (torch.zeros(1, 256), torch.zeros(1, 256))
+            st["full"] = (torch.zeros(1, 1, 256), torch.zeros(1, 1, 256))
 
             def tcell():
                 with torch.inference_mode():
-                    cell(xt, hc)
+                    st["cell"] = cell(xt, st["cell"])
 
             def tfull():
                 with torch.inference_mode():
-                    full(x3)
+                    st["full"] = full(x3, st["full"])[1]
 
             fns["torch LSTMCell"] = tcell
             fns["torch LSTM T=1"] = tfull
         times = time_interleaved(fns, args.repeats, args.min_time)
         _print([_row("lstm step 1x256", times)], "Streaming step (B=1, I=H=256)")
+        team = fastrnn.functional._step_team(1, 1024, 256, 256)
+        print(
+            f"  (the float32 step ran on {team} thread(s): 2 only when libgomp's threads spin "
+            "between regions, GOMP_SPINCOUNT or OMP_WAIT_POLICY=ACTIVE)"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ per forward, as in an autograd graph) and accumulates every parameter's gradient
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any
 
@@ -31,6 +32,9 @@ from fastrnn.stack import StackConfig, _noise, default_init, stack_backward, sta
 __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 
 
+_version = operator.attrgetter("_version")
+
+
 class _PackCache(dict):
     """suffix -> (w_ih Parameter, w_hh Parameter, their versions, packs dict): the kernels'
     packed weights of each layer and direction, and ``step_ops``, the operands of
@@ -38,6 +42,8 @@ class _PackCache(dict):
     the kernels' own objects, re-made on the next forward)."""
 
     step_ops: tuple | None = None
+    # (state, dtype, x.shape, relu, step_ops' operands) of the last direct one-step call
+    step_last: tuple | None = None
 
     def __reduce__(self):
         return (_PackCache, ())
@@ -415,6 +421,23 @@ class RNNBase(Module):
             For a bidirectional layer (its reverse direction starts from the end of the
             sequence, which a stream has not seen), or when a shape is wrong (naming it).
         """
+        cache = self.__dict__.get("_packed")
+        last = None if cache is None else cache.step_last
+        if (
+            last is not None
+            and state is last[0]
+            and type(x) is np.ndarray
+            and x.dtype == last[1]
+            and x.shape == last[2]
+            and not self.training
+        ):  # the state the last direct step returned and an x like that step's, on the
+            # same operands: nothing to check or convert
+            ops = self._step_operands()
+            if ops is last[4]:
+                init = [state] if type(state) is np.ndarray else list(state)
+                y, state = self._step_direct(x, x[None], init, ops, last[3], last[1])
+                cache.step_last = (state, *last[1:])
+                return y, state
         if self.bidirectional:
             raise ValueError(
                 f"{type(self).__name__}.step needs a unidirectional layer: the reverse direction "
@@ -422,7 +445,8 @@ class RNNBase(Module):
                 "not seen yet; call forward on whole sequences instead"
             )
         dt = self.dtype
-        x = as_real_array(x, "x", dt)
+        if type(x) is not np.ndarray or x.dtype != dt:
+            x = as_real_array(x, "x", dt)
         if x.ndim == 2:
             xt = x[None]
         elif x.ndim == 3:
@@ -464,20 +488,29 @@ class RNNBase(Module):
                 and all(a in ("w_ih", "w_hh", "b_ih", "b_hh") for a, _ in args)
                 and set(options) <= {"nonlinearity", "reset_after"}
                 and options.get("reset_after", True),
+                options.get("nonlinearity") == "relu",
             )
-        fwd, options, layer_args, widths, direct = plan
+        fwd, options, layer_args, widths, direct, relu = plan
         init = []
         for given, which in zip((h0, c0), widths, strict=False):
             want = (self.num_layers, batch, widths[which])
-            if type(given) is np.ndarray and given.dtype == dt and given.shape == want:
+            if (
+                type(given) is np.ndarray
+                and given.dtype == dt
+                and given.shape == want
+                and given.flags.c_contiguous
+            ):
                 init.append(given)  # the previous call's state: nothing to check or convert
             else:
-                init.append(self._as_state(given, which, which, batch))
+                given = self._as_state(given, which, which, batch)
+                init.append(None if given is None else np.ascontiguousarray(given))
         if direct and not self.training and batch > 0 and xt.shape[0] > 0:
             ops = self._step_operands()
             if ops is not None:
-                y, state = self._step_direct(xt, init, ops, options)
-                return self._step_result(x, y), state
+                y, state = self._step_direct(x, xt, init, ops, relu, dt)
+                if x.ndim == 2:  # the fast path above for the next step of this stream
+                    self.__dict__["_packed"].step_last = (state, dt, x.shape, relu, ops)
+                return y, state
         inp = xt
         finals: list[list[np.ndarray]] = [[] for _ in init]
         packs = None if self.training else self._weight_packs()
@@ -500,25 +533,28 @@ class RNNBase(Module):
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if self.batch_first else y
 
     def _step_operands(self) -> list[tuple] | None:
-        """Per layer ``(w_ih, w_hh, bias, b_hn, packs)`` for :meth:`_step_direct`, kept with the
-        packed weights until a parameter changes (object or version) or
-        :meth:`flatten_parameters`; None when a weight is not a C-contiguous array of the
-        layer's dtype (the functional path converts it)."""
+        """Per layer ``(w_ih, w_hh, bias, b_hn, packs, kernels)`` for
+        :func:`fastrnn.functional._step_forward`, kept with the packed weights until a
+        parameter changes (object or version) or :meth:`flatten_parameters`; None when a
+        weight is not a C-contiguous array of the layer's dtype (the functional path converts
+        it)."""
         params = self._parameters
-        names = self.__dict__.get("_step_names")
-        if names is None:
-            names = self.__dict__["_step_names"] = [
-                [f"{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                for k in range(self.num_layers)
-            ]
-        current = tuple(params.get(n) for layer in names for n in layer)
-        versions = tuple(-1 if p is None else p._version for p in current)
         cache = self.__dict__.get("_packed")
         cached = None if cache is None else cache.step_ops
-        if cached is not None and cached[0] == current and cached[1] == versions:
-            return cached[2]
+        if cached is not None:  # the parameters it was made from, unchanged?
+            present, current, versions, ops = cached
+            if (
+                len(params) == len(current)
+                and tuple(map(params.get, present)) == current
+                and tuple(map(_version, current)) == versions
+            ):
+                return ops
         packs = self._weight_packs()
         cell, dt, H = self._config.spec, np.dtype(self.dtype), self.hidden_size
+        names = [
+            [f"{n}_l{k}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            for k in range(self.num_layers)
+        ]
         ops = []
         for k, layer in enumerate(names):
             w_ih, w_hh, b_ih, b_hh = (
@@ -530,33 +566,52 @@ class RNNBase(Module):
                 ):
                     return None
             bias, b_hn = _step_biases(cell, b_ih, b_hh, H, w_hh.shape[0], dt)
-            ops.append((w_ih, w_hh, bias, b_hn, packs[f"_l{k}"]))
-        self.__dict__["_packed"].step_ops = (current, versions, ops)  # dropped with the packs
-        return ops
+            ops.append((w_ih, w_hh, bias, b_hn, packs[f"_l{k}"], {}))
+        # every parameter (a layer's are its weights and biases), compared by object and
+        # version at each call
+        present = tuple(params)
+        current = tuple(params.values())
+        versions = tuple(map(_version, current))
+        self.__dict__["_packed"].step_ops = (present, current, versions, ops)  # dropped with
+        return ops  # the packs
 
     def _step_direct(
-        self, xt: np.ndarray, init: list, ops: list[tuple], options: dict[str, Any]
+        self,
+        x: np.ndarray,
+        xt: np.ndarray,
+        init: list,
+        ops: list[tuple],
+        relu: bool,
+        dt: np.dtype,
     ) -> tuple[np.ndarray, State]:
         """:meth:`step` of an eval-mode layer with plain cells: each layer's kernel called
         directly (``functional._step_forward``) on the weights packed once, the final states
-        written in place into the returned arrays. Returns (y (K, B, H), state)."""
-        cell, dt = self._config.spec, self.dtype
-        L, B, H = self.num_layers, xt.shape[1], self.hidden_size
-        lstm = "c" in cell.states
-        relu = options.get("nonlinearity") == "relu"
-        h0, c0 = init[0], init[1] if lstm else None
+        written in place into the returned arrays. ``x`` is the call's input, ``xt`` its
+        (K, B, I) time-major view; ``init`` the C-contiguous (L, B, H) states or None;
+        ``relu`` the RNN's non-linearity. Returns (y in the shape of ``x``'s call, state)."""
+        cell = self._config.spec
+        L, T, B, H = self.num_layers, xt.shape[0], xt.shape[1], self.hidden_size
+        lstm = cell is _LSTM
+        h0 = init[0]
+        if h0 is None:
+            h0 = np.zeros((L, B, H), dt)
+        c0 = None
+        if lstm:
+            c0 = init[1]
+            if c0 is None:
+                c0 = np.zeros((L, B, H), dt)
         h_n = np.empty((L, B, H), dt)
         c_n = np.empty((L, B, H), dt) if lstm else None
-        inp = np.ascontiguousarray(xt)
-        for k, (w_ih, w_hh, bias, b_hn, packs) in enumerate(ops):
-            h = np.zeros((B, H), dt) if h0 is None else np.ascontiguousarray(h0[k])
-            c = None
-            if lstm:
-                c = np.zeros((B, H), dt) if c0 is None else np.ascontiguousarray(c0[k])
-            inp = _step_forward(
-                cell, inp, h, c, w_ih, w_hh, bias, b_hn, packs, h_n[k],
-                None if c_n is None else c_n[k], relu,
-            )  # fmt: skip
+        # the kernels take raw buffers: a 2-D x of one step is (1, B, I) as it is, and each
+        # layer's y is allocated in the shape the call returns
+        inp = x if x.ndim == 2 and x.flags.c_contiguous else np.ascontiguousarray(xt)
+        shape = (B, H) if x.ndim == 2 else (T, B, H)
+        for k in range(L):
+            y = np.empty(shape, dt)
+            _step_forward(cell, inp, h0, c0, ops[k], y, h_n, c_n, k, T, B, relu)
+            inp = y
+        if x.ndim == 3 and self.batch_first:
+            inp = np.ascontiguousarray(inp.transpose(1, 0, 2))
         return inp, h_n if c_n is None else (h_n, c_n)
 
     def extra_repr(self) -> str:
