@@ -294,8 +294,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
  * FR_CHUNK_BYTES; per chunk, every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and
- * 1 rows. A single row (m == 1: a step of a batch of 1) takes four full panels at a time
- * (_rgemm_row.h), the rest panel by panel. */
+ * 1 rows. A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
+ * (_rgemm_row.h), a partial last panel through the tile. */
 #define FR_DEFINE_GEMM(NAME, T, W)                                                            \
     static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
                             ptrdiff_t rs, ptrdiff_t ks, const T *b, ptrdiff_t ldb, T *c,       \
@@ -305,14 +305,19 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
         const ptrdiff_t fit = FR_CHUNK_BYTES / (k * (ptrdiff_t) sizeof(T)) / 24 * 24;          \
         const ptrdiff_t chunk = fit > 24 ? fit : 24, ldp = ldb ? ldb : nr;                     \
         ptrdiff_t i0, q, i, q0 = 0;                                                            \
-        if (m == 1) /* a GEMV: four full panels per pass, 8 independent accumulators */        \
-            for (; q0 + 4 * nr <= n; q0 += 4 * nr) {                                           \
+        if (m == 1) /* a GEMV: up to four full panels per pass, 8 independent accumulators */ \
+            for (; q0 + nr <= n; q0 += 4 * nr) {                                               \
                 const T *pq = ldb ? b + q0 : b + q0 * k;                                       \
-                const ptrdiff_t ps = ldb ? nr : nr * k;                                        \
+                const ptrdiff_t ps = ldb ? nr : nr * k, full = (n - q0) / nr;                  \
+                const int np = full < 4 ? (int) full : 4;                                      \
                 if (isa == FR_ISA_AVX512)                                                      \
-                    fr_row_##W##512(k, a, ks, pq, ps, ldp, c + q0, add);                       \
+                    fr_row_##W##512(k, a, ks, pq, ps, ldp, c + q0, nr, np, add);               \
                 else                                                                           \
-                    fr_row_##W##256(k, a, ks, pq, ps, ldp, c + q0, add);                       \
+                    fr_row_##W##256(k, a, ks, pq, ps, ldp, c + q0, nr, np, add);               \
+                if (np < 4) {                                                                  \
+                    q0 += np * nr;                                                             \
+                    break;                                                                     \
+                }                                                                              \
             }                                                                                  \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
@@ -352,6 +357,38 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 FR_DEFINE_GEMM(fr_rgemm_s, float, s)
 FR_DEFINE_GEMM(fr_rgemm_d, double, d)
 
+/* One row times the same w columns of n_gates packed gate blocks: c[g * gs + j] (+)= a[:k] @
+ * P_g[:, j] for j < w, where P_g (gate g's block, k rows, packed by fr_pack_*) starts at p +
+ * g * seg. A step of a batch of 1 whose thread owns fewer than four panels of each gate (H / 32
+ * units or fewer per thread, float, AVX-512) would otherwise multiply one or two panels at a
+ * time, waiting on the multiply-add's latency; here the same panel of up to four gates goes in
+ * one pass of _rgemm_row.h. Bitwise fr_rgemm_* of each gate block. */
+#define FR_DEFINE_GATES(NAME, GEMM, T, W)                                                     \
+    static inline void NAME(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k, const T *a,       \
+                            const T *p, ptrdiff_t seg, T *c, ptrdiff_t gs, int add)            \
+    {                                                                                          \
+        const int nr = fr_rgemm_nr(isa, sizeof(T));                                            \
+        const ptrdiff_t full = w - w % nr;                                                     \
+        ptrdiff_t q;                                                                           \
+        int g0, g;                                                                             \
+        for (q = 0; q < full; q += nr)                                                         \
+            for (g0 = 0; g0 < n_gates; g0 += 4) {                                              \
+                const int np = n_gates - g0 < 4 ? n_gates - g0 : 4;                            \
+                const T *pq = p + g0 * seg + q * k;                                            \
+                if (isa == FR_ISA_AVX512)                                                      \
+                    fr_row_##W##512(k, a, 1, pq, seg, nr, c + g0 * gs + q, gs, np, add);       \
+                else                                                                           \
+                    fr_row_##W##256(k, a, 1, pq, seg, nr, c + g0 * gs + q, gs, np, add);       \
+            }                                                                                  \
+        if (full < w)                                                                          \
+            for (g = 0; g < n_gates; g++)                                                      \
+                GEMM(isa, 1, w - full, k, a, k, 1, p + g * seg + full * k, 0,                  \
+                     c + g * gs + full, gs, add);                                              \
+    }
+
+FR_DEFINE_GATES(fr_rgemv_gates_s, fr_rgemm_s, float, s)
+FR_DEFINE_GATES(fr_rgemv_gates_d, fr_rgemm_d, double, d)
+
 #else /* no micro-kernels: fr_rgemm_pick returns FR_ISA_NONE and these are never called */
 
 static inline void fr_rgemm_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
@@ -368,6 +405,22 @@ static inline void fr_rgemm_d(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
 {
     (void) isa; (void) m; (void) n; (void) k; (void) a; (void) rs; (void) ks; (void) b;
     (void) ldb; (void) c; (void) ldc; (void) add;
+}
+
+static inline void fr_rgemv_gates_s(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k,
+                                    const float *a, const float *p, ptrdiff_t seg, float *c,
+                                    ptrdiff_t gs, int add)
+{
+    (void) isa; (void) n_gates; (void) w; (void) k; (void) a; (void) p; (void) seg; (void) c;
+    (void) gs; (void) add;
+}
+
+static inline void fr_rgemv_gates_d(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k,
+                                    const double *a, const double *p, ptrdiff_t seg, double *c,
+                                    ptrdiff_t gs, int add)
+{
+    (void) isa; (void) n_gates; (void) w; (void) k; (void) a; (void) p; (void) seg; (void) c;
+    (void) gs; (void) add;
 }
 
 #endif
