@@ -367,5 +367,5 @@ def test_one_row_is_bitwise_a_row_of_a_batch(isa, cell, dtype, H, restore_isa):
         grads = bwd(res[-1], np.ascontiguousarray(dy[:, :B]))
         out[B, "grad"] = [grads.dx[:, :1], grads.dh0[:1]]
     for key in ((False,), (True,), ("grad",)):
-        for a, b in zip(out[(1, *key)], out[(2, *key)]):
+        for a, b in zip(out[(1, *key)], out[(2, *key)], strict=True):
             np.testing.assert_array_equal(a, b)
