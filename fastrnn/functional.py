@@ -30,6 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,7 +187,21 @@ def _team(p: Prepared) -> int:
 
 def _team_for(B: int, GH: int, H: int) -> int:
     """:func:`_team` of a call with B rows and a (GH, H) ``w_hh``."""
-    return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
+    work = B * GH * H
+    if work < 2 * _MIN_WORK_PER_THREAD:  # one thread whatever the count: skip looking it up
+        return 1
+    return max(1, min(get_num_threads(), H // 16, work // _MIN_WORK_PER_THREAD))
+
+
+_NO_BLAS_CAP = contextlib.nullcontext()
+
+
+def _forward_blas() -> contextlib.AbstractContextManager[None]:
+    """The BLAS threads around a plain forward's kernel call: the micro-kernels run its GEMMs
+    and call no BLAS, so only the ``"blas"`` ISA (BLAS at every step) needs
+    :func:`blas_single_thread` (as :func:`_step_forward`); entering it costs about a
+    microsecond, a tenth of a T = 1 call."""
+    return blas_single_thread() if get_isa() == "blas" else _NO_BLAS_CAP
 
 
 def _prepacked(module: Any, p: Prepared, packs: dict | None, n: int) -> Any:
@@ -228,6 +243,8 @@ def _kernel_extras(p: Prepared, s: _Schedule, names: tuple[str, ...]) -> dict[st
     kernel row (and time) order, and a zoneout probability (eval) as one (1, B, width) weight
     that serves every step."""
     out = {}
+    if p.extras is None:  # no option given: the common call
+        return out
     for name in names:
         v = p.extra(name)
         if v is None:
@@ -345,7 +362,7 @@ def rnn_forward(
         noise["acts"] = np.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
-    with blas_single_thread():
+    with _forward_blas():
         n = _team(p)
         _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, n,
                        training, **noise, prepacked=_prepacked(_k.rnn, p, packs, n))  # fmt: skip
@@ -534,7 +551,7 @@ def lstm_forward(
         ext["hds"] = np.empty((T if training else min(T, 2), B, H), p.dtype)
     if "zoneout_c" in ext:  # c_t before zoneout (every step's for BPTT, else one)
         ext["cnew"] = np.empty((T if training else 1, B, H), p.dtype)
-    with blas_single_thread():
+    with _forward_blas():
         n = _team(p)
         _k.lstm.forward(
             xk,
@@ -739,7 +756,7 @@ def gru_forward(
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
-    with blas_single_thread():
+    with _forward_blas():
         n = _team(p)
         _k.gru.forward(
             xk,
