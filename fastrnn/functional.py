@@ -30,7 +30,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,17 +192,6 @@ def _team_for(B: int, GH: int, H: int) -> int:
     return max(1, min(get_num_threads(), H // 16, work // _MIN_WORK_PER_THREAD))
 
 
-_NO_BLAS_CAP = contextlib.nullcontext()
-
-
-def _forward_blas() -> contextlib.AbstractContextManager[None]:
-    """The BLAS threads around a plain forward's kernel call: the micro-kernels run its GEMMs
-    and call no BLAS, so only the ``"blas"`` ISA (BLAS at every step) needs
-    :func:`blas_single_thread` (as :func:`_step_forward`); entering it costs about a
-    microsecond, a tenth of a T = 1 call."""
-    return blas_single_thread() if get_isa() == "blas" else _NO_BLAS_CAP
-
-
 def _prepacked(module: Any, p: Prepared, packs: dict | None, n: int) -> Any:
     """The weights of ``p`` packed for a forward of ``module`` on ``n`` threads, from ``packs``
     (packed and stored there on a miss); None without ``packs``."""
@@ -362,7 +350,7 @@ def rnn_forward(
         noise["acts"] = np.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
     y = np.empty((p.T, p.B, p.H), p.dtype)
     h_n = np.empty((p.B, p.H), p.dtype)
-    with _forward_blas():
+    with blas_single_thread():
         n = _team(p)
         _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, n,
                        training, **noise, prepacked=_prepacked(_k.rnn, p, packs, n))  # fmt: skip
@@ -551,7 +539,7 @@ def lstm_forward(
         ext["hds"] = np.empty((T if training else min(T, 2), B, H), p.dtype)
     if "zoneout_c" in ext:  # c_t before zoneout (every step's for BPTT, else one)
         ext["cnew"] = np.empty((T if training else 1, B, H), p.dtype)
-    with _forward_blas():
+    with blas_single_thread():
         n = _team(p)
         _k.lstm.forward(
             xk,
@@ -756,7 +744,7 @@ def gru_forward(
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
-    with _forward_blas():
+    with blas_single_thread():
         n = _team(p)
         _k.gru.forward(
             xk,
