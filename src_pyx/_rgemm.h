@@ -135,8 +135,10 @@ static inline void *fr_rgemm_alloc(size_t bytes)
  * micro-kernels are compiled); 0: not handled, the caller packs it in 4 x 4 blocks. */
 static inline int fr_pack_t8_s(int isa, ptrdiff_t k, ptrdiff_t w, const float *b, ptrdiff_t ldb,
                                float *panel, ptrdiff_t nr);
+static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *b,
+                               ptrdiff_t ldb, double *panel, ptrdiff_t nr);
 #define FR_PACK_T8_float fr_pack_t8_s
-#define FR_PACK_T8_double(isa, k, w, b, ldb, panel, nr) 0
+#define FR_PACK_T8_double fr_pack_t4_d
 
 #define FR_DEFINE_PACK(NAME, T)                                                               \
     static inline void NAME(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const T *b,          \
@@ -247,6 +249,50 @@ static inline int fr_pack_t8_s(int isa, ptrdiff_t k, ptrdiff_t w, const float *b
     if (isa == FR_ISA_NONE)
         return 0;
     fr_pack_t8_avx2(k, w, b, ldb, panel, nr);
+    return 1;
+}
+
+/* The same for float64 in 4 x 4 blocks of AVX vectors (the generic path moves them one
+ * element at a time). */
+__attribute__((target("avx2"))) static void fr_pack_t4d_avx2(ptrdiff_t k, ptrdiff_t w,
+                                                              const double *b, ptrdiff_t ldb,
+                                                              double *panel, ptrdiff_t nr)
+{
+    const ptrdiff_t w4 = w & ~(ptrdiff_t) 3, k4 = k & ~(ptrdiff_t) 3;
+    ptrdiff_t c, kk;
+    int i;
+    for (c = 0; c < w4; c += 4) {
+        const double *r = b + c * ldb;
+        for (kk = 0; kk < k4; kk += 4) {
+            __m256d x0 = _mm256_loadu_pd(r + kk), x1 = _mm256_loadu_pd(r + ldb + kk);
+            __m256d x2 = _mm256_loadu_pd(r + 2 * ldb + kk);
+            __m256d x3 = _mm256_loadu_pd(r + 3 * ldb + kk);
+            __m256d t0 = _mm256_unpacklo_pd(x0, x1), t1 = _mm256_unpackhi_pd(x0, x1);
+            __m256d t2 = _mm256_unpacklo_pd(x2, x3), t3 = _mm256_unpackhi_pd(x2, x3);
+            double *d = panel + kk * nr + c;
+            _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+            _mm256_storeu_pd(d + nr, _mm256_permute2f128_pd(t1, t3, 0x20));
+            _mm256_storeu_pd(d + 2 * nr, _mm256_permute2f128_pd(t0, t2, 0x31));
+            _mm256_storeu_pd(d + 3 * nr, _mm256_permute2f128_pd(t1, t3, 0x31));
+        }
+        for (; kk < k; kk++)
+            for (i = 0; i < 4; i++)
+                panel[kk * nr + c + i] = r[i * ldb + kk];
+    }
+    for (; c < w; c++)
+        for (kk = 0; kk < k; kk++)
+            panel[kk * nr + c] = b[c * ldb + kk];
+    for (kk = 0; kk < k; kk++) /* zero padding of a partial panel */
+        for (c = w; c < nr; c++)
+            panel[kk * nr + c] = 0;
+}
+
+static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *b,
+                               ptrdiff_t ldb, double *panel, ptrdiff_t nr)
+{
+    if (isa == FR_ISA_NONE)
+        return 0;
+    fr_pack_t4d_avx2(k, w, b, ldb, panel, nr);
     return 1;
 }
 
@@ -461,6 +507,13 @@ FR_DEFINE_GATES(fr_rgemv_gates_d, fr_rgemm_d, double, d)
 
 static inline int fr_pack_t8_s(int isa, ptrdiff_t k, ptrdiff_t w, const float *b, ptrdiff_t ldb,
                                float *panel, ptrdiff_t nr)
+{
+    (void) isa; (void) k; (void) w; (void) b; (void) ldb; (void) panel; (void) nr;
+    return 0;
+}
+
+static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *b,
+                               ptrdiff_t ldb, double *panel, ptrdiff_t nr)
 {
     (void) isa; (void) k; (void) w; (void) b; (void) ldb; (void) panel; (void) nr;
     return 0;
