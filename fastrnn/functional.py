@@ -199,7 +199,10 @@ def _team(p: Prepared) -> int:
 
 def _team_for(B: int, GH: int, H: int) -> int:
     """:func:`_team` of a call with B rows and a (GH, H) ``w_hh``."""
-    return max(1, min(get_num_threads(), H // 16, (B * GH * H) // _MIN_WORK_PER_THREAD))
+    work = B * GH * H
+    if work < 2 * _MIN_WORK_PER_THREAD:  # one thread whatever the count: skip looking it up
+        return 1
+    return max(1, min(get_num_threads(), H // 16, work // _MIN_WORK_PER_THREAD))
 
 
 def _prepacked(module: Any, p: Prepared, packs: dict | None, n: int) -> Any:
@@ -241,6 +244,8 @@ def _kernel_extras(p: Prepared, s: _Schedule, names: tuple[str, ...]) -> dict[st
     kernel row (and time) order, and a zoneout probability (eval) as one (1, B, width) weight
     that serves every step."""
     out = {}
+    if p.extras is None:  # no option given: the common call
+        return out
     for name in names:
         v = p.extra(name)
         if v is None:

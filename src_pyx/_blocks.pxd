@@ -22,7 +22,7 @@ from libc.string cimport memcpy, memset
 from _blas cimport blas_int, gemm, gemm_gates_nt
 from _parallel cimport block_span, share, unit_blocks
 from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm_d, fr_rgemm_nr,
-                     fr_rgemm_packed_size, fr_rgemm_s)
+                     fr_rgemm_packed_size, fr_rgemm_s, fr_rgemv_gates_d, fr_rgemv_gates_s)
 
 # Rows per block of the dx GEMM; rows of the reduction per pass of the weight gradients' micro-
 # kernels (a block of dG and of X stays in L2).
@@ -63,6 +63,17 @@ cdef inline void _rgemm(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const
         fr_rgemm_s(isa, m, n, k, a, lda, 1, p, 0, c, ldc, add)
     else:
         fr_rgemm_d(isa, m, n, k, a, lda, 1, p, 0, c, ldc, add)
+
+
+cdef inline void _rgemv_gates(int isa, int n_gates, Py_ssize_t w, Py_ssize_t k,
+                              const floating* a, const floating* p, Py_ssize_t seg,
+                              floating* c, Py_ssize_t gs, bint add) noexcept nogil:
+    """c[g * gs + j] (+)= a[:k] @ P_g[:, j] for j < w of each packed gate block P_g = p + g *
+    seg: one row times the same columns of every gate (_rgemm.h: fr_rgemv_gates_*)."""
+    if floating is float:
+        fr_rgemv_gates_s(isa, n_gates, w, k, a, p, seg, c, gs, add)
+    else:
+        fr_rgemv_gates_d(isa, n_gates, w, k, a, p, seg, c, gs, add)
 
 
 cdef inline void _rgemm_tn(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
@@ -150,6 +161,11 @@ cdef inline void recurrent_nt_k(blas_int m, Py_ssize_t H, Py_ssize_t K, Py_ssize
     if m <= 0 or width <= 0:
         return
     if pk.data != NULL:
+        if m == 1 and n_gates > 1 and width < 4 * fr_rgemm_nr(pk.isa, sizeof(floating)):
+            # a step of a batch of 1 with few panels per gate: the gates' panels side by side
+            _rgemv_gates(pk.isa, n_gates, width, K, h, <const floating*> pk.data, pk.seg,
+                         c + j0, H, beta != 0)
+            return
         for g in range(n_gates):
             _rgemm(pk.isa, m, width, K, h, K, <const floating*> pk.data + g * pk.seg,
                    c + g * H + j0, ldc, beta != 0)

@@ -131,6 +131,15 @@ static inline void *fr_rgemm_alloc(size_t bytes)
     }
 #define FR_TR4_double FR_TR4_ANY
 
+/* The panel of w <= nr of W's rows (from b) in 8 x 8 blocks with AVX shuffles (below, when the
+ * micro-kernels are compiled); 0: not handled, the caller packs it in 4 x 4 blocks. */
+static inline int fr_pack_t8_s(int isa, ptrdiff_t k, ptrdiff_t w, const float *b, ptrdiff_t ldb,
+                               float *panel, ptrdiff_t nr);
+static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *b,
+                               ptrdiff_t ldb, double *panel, ptrdiff_t nr);
+#define FR_PACK_T8_float fr_pack_t8_s
+#define FR_PACK_T8_double fr_pack_t4_d
+
 #define FR_DEFINE_PACK(NAME, T)                                                               \
     static inline void NAME(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const T *b,          \
                             ptrdiff_t ldb, T *p)                                               \
@@ -154,6 +163,8 @@ static inline void *fr_rgemm_alloc(size_t bytes)
             const ptrdiff_t w = n - q < nr ? n - q : nr, w4 = w & ~(ptrdiff_t) 3;              \
             const ptrdiff_t k4 = k & ~(ptrdiff_t) 3;                                           \
             T *panel = p + q * k;                                                              \
+            if (FR_PACK_T8_##T(isa, k, w, b + q * ldb, ldb, panel, nr))                       \
+                continue;                                                                      \
             for (c = 0; c < w4; c += 4) { /* 4 of W's rows at a time */                        \
                 const T *r0 = b + (q + c) * ldb, *r1 = r0 + ldb, *r2 = r1 + ldb;               \
                 const T *r3 = r2 + ldb;                                                        \
@@ -181,6 +192,109 @@ FR_DEFINE_PACK(fr_pack_d, double)
 #if FR_HAVE_KERNELS
 
 #include <immintrin.h>
+
+/* panel rows kk..kk+7, columns c..c+7 := W's rows r..r+7, columns kk..kk+7 (AVX: 24 shuffles
+ * per 64 elements, against 32 for four SSE 4 x 4 blocks, and half the loads and stores) */
+__attribute__((target("avx2"))) static void fr_pack_t8_avx2(ptrdiff_t k, ptrdiff_t w,
+                                                             const float *b, ptrdiff_t ldb,
+                                                             float *panel, ptrdiff_t nr)
+{
+    const ptrdiff_t w8 = w & ~(ptrdiff_t) 7, k8 = k & ~(ptrdiff_t) 7;
+    ptrdiff_t c, kk;
+    int i;
+    for (c = 0; c < w8; c += 8) {
+        const float *r = b + c * ldb;
+        for (kk = 0; kk < k8; kk += 8) {
+            __m256 x0 = _mm256_loadu_ps(r + kk), x1 = _mm256_loadu_ps(r + ldb + kk);
+            __m256 x2 = _mm256_loadu_ps(r + 2 * ldb + kk), x3 = _mm256_loadu_ps(r + 3 * ldb + kk);
+            __m256 x4 = _mm256_loadu_ps(r + 4 * ldb + kk), x5 = _mm256_loadu_ps(r + 5 * ldb + kk);
+            __m256 x6 = _mm256_loadu_ps(r + 6 * ldb + kk), x7 = _mm256_loadu_ps(r + 7 * ldb + kk);
+            __m256 t0 = _mm256_unpacklo_ps(x0, x1), t1 = _mm256_unpackhi_ps(x0, x1);
+            __m256 t2 = _mm256_unpacklo_ps(x2, x3), t3 = _mm256_unpackhi_ps(x2, x3);
+            __m256 t4 = _mm256_unpacklo_ps(x4, x5), t5 = _mm256_unpackhi_ps(x4, x5);
+            __m256 t6 = _mm256_unpacklo_ps(x6, x7), t7 = _mm256_unpackhi_ps(x6, x7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+            __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+            float *d = panel + kk * nr + c;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + nr, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * nr, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * nr, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * nr, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * nr, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * nr, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * nr, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (; kk < k; kk++)
+            for (i = 0; i < 8; i++)
+                panel[kk * nr + c + i] = r[i * ldb + kk];
+    }
+    for (; c < w; c++)
+        for (kk = 0; kk < k; kk++)
+            panel[kk * nr + c] = b[c * ldb + kk];
+    for (kk = 0; kk < k; kk++) /* zero padding of a partial panel */
+        for (c = w; c < nr; c++)
+            panel[kk * nr + c] = 0;
+}
+
+static inline int fr_pack_t8_s(int isa, ptrdiff_t k, ptrdiff_t w, const float *b, ptrdiff_t ldb,
+                               float *panel, ptrdiff_t nr)
+{
+    if (isa == FR_ISA_NONE)
+        return 0;
+    fr_pack_t8_avx2(k, w, b, ldb, panel, nr);
+    return 1;
+}
+
+/* The same for float64 in 4 x 4 blocks of AVX vectors (the generic path moves them one
+ * element at a time). */
+__attribute__((target("avx2"))) static void fr_pack_t4d_avx2(ptrdiff_t k, ptrdiff_t w,
+                                                              const double *b, ptrdiff_t ldb,
+                                                              double *panel, ptrdiff_t nr)
+{
+    const ptrdiff_t w4 = w & ~(ptrdiff_t) 3, k4 = k & ~(ptrdiff_t) 3;
+    ptrdiff_t c, kk;
+    int i;
+    for (c = 0; c < w4; c += 4) {
+        const double *r = b + c * ldb;
+        for (kk = 0; kk < k4; kk += 4) {
+            __m256d x0 = _mm256_loadu_pd(r + kk), x1 = _mm256_loadu_pd(r + ldb + kk);
+            __m256d x2 = _mm256_loadu_pd(r + 2 * ldb + kk);
+            __m256d x3 = _mm256_loadu_pd(r + 3 * ldb + kk);
+            __m256d t0 = _mm256_unpacklo_pd(x0, x1), t1 = _mm256_unpackhi_pd(x0, x1);
+            __m256d t2 = _mm256_unpacklo_pd(x2, x3), t3 = _mm256_unpackhi_pd(x2, x3);
+            double *d = panel + kk * nr + c;
+            _mm256_storeu_pd(d, _mm256_permute2f128_pd(t0, t2, 0x20));
+            _mm256_storeu_pd(d + nr, _mm256_permute2f128_pd(t1, t3, 0x20));
+            _mm256_storeu_pd(d + 2 * nr, _mm256_permute2f128_pd(t0, t2, 0x31));
+            _mm256_storeu_pd(d + 3 * nr, _mm256_permute2f128_pd(t1, t3, 0x31));
+        }
+        for (; kk < k; kk++)
+            for (i = 0; i < 4; i++)
+                panel[kk * nr + c + i] = r[i * ldb + kk];
+    }
+    for (; c < w; c++)
+        for (kk = 0; kk < k; kk++)
+            panel[kk * nr + c] = b[c * ldb + kk];
+    for (kk = 0; kk < k; kk++) /* zero padding of a partial panel */
+        for (c = w; c < nr; c++)
+            panel[kk * nr + c] = 0;
+}
+
+static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *b,
+                               ptrdiff_t ldb, double *panel, ptrdiff_t nr)
+{
+    if (isa == FR_ISA_NONE)
+        return 0;
+    fr_pack_t4d_avx2(k, w, b, ldb, panel, nr);
+    return 1;
+}
 
 /* Broadcasts of one element from memory (one load, no shuffle). */
 __attribute__((target("avx512f"))) static inline __m512 fr_bcast_s512(const float *x)
@@ -294,8 +408,8 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
  * FR_CHUNK_BYTES; per chunk, every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and
- * 1 rows. A single row (m == 1: a step of a batch of 1) takes four full panels at a time
- * (_rgemm_row.h), the rest panel by panel. */
+ * 1 rows. A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
+ * (_rgemm_row.h), a partial last panel through the tile. */
 #define FR_DEFINE_GEMM(NAME, T, W)                                                            \
     static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
                             ptrdiff_t rs, ptrdiff_t ks, const T *b, ptrdiff_t ldb, T *c,       \
@@ -305,14 +419,19 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
         const ptrdiff_t fit = FR_CHUNK_BYTES / (k * (ptrdiff_t) sizeof(T)) / 24 * 24;          \
         const ptrdiff_t chunk = fit > 24 ? fit : 24, ldp = ldb ? ldb : nr;                     \
         ptrdiff_t i0, q, i, q0 = 0;                                                            \
-        if (m == 1) /* a GEMV: four full panels per pass, 8 independent accumulators */        \
-            for (; q0 + 4 * nr <= n; q0 += 4 * nr) {                                           \
+        if (m == 1) /* a GEMV: up to four full panels per pass, 8 independent accumulators */ \
+            for (; q0 + nr <= n; q0 += 4 * nr) {                                               \
                 const T *pq = ldb ? b + q0 : b + q0 * k;                                       \
-                const ptrdiff_t ps = ldb ? nr : nr * k;                                        \
+                const ptrdiff_t ps = ldb ? nr : nr * k, full = (n - q0) / nr;                  \
+                const int np = full < 4 ? (int) full : 4;                                      \
                 if (isa == FR_ISA_AVX512)                                                      \
-                    fr_row_##W##512(k, a, ks, pq, ps, ldp, c + q0, add);                       \
+                    fr_row_##W##512(k, a, ks, pq, ps, ldp, c + q0, nr, np, add);               \
                 else                                                                           \
-                    fr_row_##W##256(k, a, ks, pq, ps, ldp, c + q0, add);                       \
+                    fr_row_##W##256(k, a, ks, pq, ps, ldp, c + q0, nr, np, add);               \
+                if (np < 4) {                                                                  \
+                    q0 += np * nr;                                                             \
+                    break;                                                                     \
+                }                                                                              \
             }                                                                                  \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
@@ -352,7 +471,53 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 FR_DEFINE_GEMM(fr_rgemm_s, float, s)
 FR_DEFINE_GEMM(fr_rgemm_d, double, d)
 
+/* One row times the same w columns of n_gates packed gate blocks: c[g * gs + j] (+)= a[:k] @
+ * P_g[:, j] for j < w, where P_g (gate g's block, k rows, packed by fr_pack_*) starts at p +
+ * g * seg. A step of a batch of 1 whose thread owns fewer than four panels of each gate (H / 32
+ * units or fewer per thread, float, AVX-512) would otherwise multiply one or two panels at a
+ * time, waiting on the multiply-add's latency; here the same panel of up to four gates goes in
+ * one pass of _rgemm_row.h. Bitwise fr_rgemm_* of each gate block. */
+#define FR_DEFINE_GATES(NAME, GEMM, T, W)                                                     \
+    static inline void NAME(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k, const T *a,       \
+                            const T *p, ptrdiff_t seg, T *c, ptrdiff_t gs, int add)            \
+    {                                                                                          \
+        const int nr = fr_rgemm_nr(isa, sizeof(T));                                            \
+        const ptrdiff_t full = w - w % nr;                                                     \
+        ptrdiff_t q;                                                                           \
+        int g0, g;                                                                             \
+        for (q = 0; q < full; q += nr)                                                         \
+            for (g0 = 0; g0 < n_gates; g0 += 4) {                                              \
+                const int np = n_gates - g0 < 4 ? n_gates - g0 : 4;                            \
+                const T *pq = p + g0 * seg + q * k;                                            \
+                if (isa == FR_ISA_AVX512)                                                      \
+                    fr_row_##W##512(k, a, 1, pq, seg, nr, c + g0 * gs + q, gs, np, add);       \
+                else                                                                           \
+                    fr_row_##W##256(k, a, 1, pq, seg, nr, c + g0 * gs + q, gs, np, add);       \
+            }                                                                                  \
+        if (full < w)                                                                          \
+            for (g = 0; g < n_gates; g++)                                                      \
+                GEMM(isa, 1, w - full, k, a, k, 1, p + g * seg + full * k, 0,                  \
+                     c + g * gs + full, gs, add);                                              \
+    }
+
+FR_DEFINE_GATES(fr_rgemv_gates_s, fr_rgemm_s, float, s)
+FR_DEFINE_GATES(fr_rgemv_gates_d, fr_rgemm_d, double, d)
+
 #else /* no micro-kernels: fr_rgemm_pick returns FR_ISA_NONE and these are never called */
+
+static inline int fr_pack_t8_s(int isa, ptrdiff_t k, ptrdiff_t w, const float *b, ptrdiff_t ldb,
+                               float *panel, ptrdiff_t nr)
+{
+    (void) isa; (void) k; (void) w; (void) b; (void) ldb; (void) panel; (void) nr;
+    return 0;
+}
+
+static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *b,
+                               ptrdiff_t ldb, double *panel, ptrdiff_t nr)
+{
+    (void) isa; (void) k; (void) w; (void) b; (void) ldb; (void) panel; (void) nr;
+    return 0;
+}
 
 static inline void fr_rgemm_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *a,
                               ptrdiff_t rs, ptrdiff_t ks, const float *b, ptrdiff_t ldb, float *c,
@@ -368,6 +533,22 @@ static inline void fr_rgemm_d(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, co
 {
     (void) isa; (void) m; (void) n; (void) k; (void) a; (void) rs; (void) ks; (void) b;
     (void) ldb; (void) c; (void) ldc; (void) add;
+}
+
+static inline void fr_rgemv_gates_s(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k,
+                                    const float *a, const float *p, ptrdiff_t seg, float *c,
+                                    ptrdiff_t gs, int add)
+{
+    (void) isa; (void) n_gates; (void) w; (void) k; (void) a; (void) p; (void) seg; (void) c;
+    (void) gs; (void) add;
+}
+
+static inline void fr_rgemv_gates_d(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k,
+                                    const double *a, const double *p, ptrdiff_t seg, double *c,
+                                    ptrdiff_t gs, int add)
+{
+    (void) isa; (void) n_gates; (void) w; (void) k; (void) a; (void) p; (void) seg; (void) c;
+    (void) gs; (void) add;
 }
 
 #endif

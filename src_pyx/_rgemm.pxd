@@ -23,3 +23,7 @@ cdef extern from "_rgemm.h" nogil:
     void fr_rgemm_d(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const double* a,
                     ptrdiff_t rs, ptrdiff_t ks, const double* b, ptrdiff_t ldb, double* c,
                     ptrdiff_t ldc, int add)
+    void fr_rgemv_gates_s(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k, const float* a,
+                          const float* p, ptrdiff_t seg, float* c, ptrdiff_t gs, int add)
+    void fr_rgemv_gates_d(int isa, int n_gates, ptrdiff_t w, ptrdiff_t k, const double* a,
+                          const double* p, ptrdiff_t seg, double* c, ptrdiff_t gs, int add)

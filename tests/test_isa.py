@@ -337,3 +337,35 @@ def test_one_row_gemms_match_the_reference(isa, spec, dtype, restore_isa):
     fwd, grads = _run(spec, "cython", case)
     assert_forward_close(spec, fwd, want_fwd, **TOLS[dtype])
     assert_grads_close(spec, grads, want_grads, **TOLS[dtype])
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "blas"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("H", [16, 40, 64, 150])
+def test_one_row_is_bitwise_a_row_of_a_batch(isa, cell, dtype, H, restore_isa):
+    """A batch of 1 multiplies one row by up to four panels at once, across the gate blocks
+    when a gate has fewer than four (_rgemm.h: fr_rgemv_gates_*); a batch of 2 takes the
+    two-row tile. Each element is the same multiply-add chain either way, so row 0 of the
+    outputs and of dx, dh0 is the same bits (H = 64: two full panels per gate of float32
+    AVX-512; 40, 150: a partial panel; 16: only a partial one)."""
+    _isa.set_isa(isa)
+    rng = np.random.default_rng(3)
+    T, I, G = 5, 24, {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    x = rng.standard_normal((T, 2, I)).astype(dtype)
+    dy = rng.standard_normal((T, 2, H)).astype(dtype)
+    w = [rng.uniform(-0.3, 0.3, s).astype(dtype) for s in ((G * H, I), (G * H, H), (G * H,))]
+    fwd = getattr(fastrnn.functional, f"{cell}_forward")
+    bwd = getattr(fastrnn.functional, f"{cell}_backward")
+    states = (None, None) if cell == "lstm" else (None,)
+    out = {}
+    for B in (1, 2):
+        for training in (False, True):
+            res = fwd(np.ascontiguousarray(x[:, :B]), *states, w[0], w[1], w[2], w[2],
+                      training=training)  # fmt: skip
+            out[B, training] = [r[..., :1, :] if r.ndim == 3 else r[:1] for r in res[:2]]
+        grads = bwd(res[-1], np.ascontiguousarray(dy[:, :B]))
+        out[B, "grad"] = [grads.dx[:, :1], grads.dh0[:1]]
+    for key in ((False,), (True,), ("grad",)):
+        for a, b in zip(out[(1, *key)], out[(2, *key)], strict=True):
+            np.testing.assert_array_equal(a, b)
