@@ -13,9 +13,9 @@
  * run time (fr_rgemm_pick), so a build for generic x86-64 still gets the wide kernels. On other
  * CPUs and compilers the kernels' BLAS path runs instead (fr_rgemm_pick returns 0).
  *
- * Each element of C is one fused multiply-add chain over k in increasing order (per call),
- * whichever micro-kernel, tile position or thread computes it: results do not depend on the
- * ISA picked or on the thread count.
+ * Each element of C is one fused multiply-add chain over each block of k (FR_KC_BYTES, fixed by
+ * k alone), in increasing order, whichever micro-kernel, tile position or thread computes it:
+ * results do not depend on the ISA picked or on the thread count.
  */
 #ifndef FASTRNN_RGEMM_H
 #define FASTRNN_RGEMM_H
@@ -288,62 +288,83 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 
 /* Rows of A per pass over the panels of B: a chunk of A stays in L2 while the panels stream. */
 #define FR_CHUNK_BYTES (256 * 1024)
+/* The reduction goes in blocks of this many bytes of a row of A (2048 floats): each panel's
+ * block of rows (256 KB) then stays in L2 while every row tile of the chunk reads it. Without
+ * blocks, a panel of k = 8192 rows (1 MB: the backward step of a 2048-unit LSTM, dh = da W_hh)
+ * no longer fitted beside the rows of A, and came from L3 or memory once per tile of 8 rows. */
+#define FR_KC_BYTES (8 * 1024)
 
 /* The driver: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with A[i, kk] = a[i * rs + kk * ks] (rs = lda,
  * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
- * FR_CHUNK_BYTES; per chunk, every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and
+ * FR_CHUNK_BYTES of a block of k (all m rows when they fit); per chunk, every panel of B, block
+ * of k after block of k (FR_KC_BYTES), times the chunk's rows in tiles of 8 (6), 4, 2 and
  * 1 rows. A single row (m == 1: a step of a batch of 1) takes four full panels at a time
- * (_rgemm_row.h), the rest panel by panel. */
+ * (_rgemm_row.h), the rest panel by panel. Each block of k is one multiply-add chain per element
+ * of C, added to C in increasing order of k (the first one stored, unless `add`): the blocks
+ * depend on k alone, so the bits do not depend on m, on the tile or on the columns a call
+ * covers. */
 #define FR_DEFINE_GEMM(NAME, T, W)                                                            \
     static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
                             ptrdiff_t rs, ptrdiff_t ks, const T *b, ptrdiff_t ldb, T *c,       \
                             ptrdiff_t ldc, int add)                                            \
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
-        const ptrdiff_t fit = FR_CHUNK_BYTES / (k * (ptrdiff_t) sizeof(T)) / 24 * 24;          \
-        const ptrdiff_t chunk = fit > 24 ? fit : 24, ldp = ldb ? ldb : nr;                     \
-        ptrdiff_t i0, q, i, q0 = 0;                                                            \
+        const ptrdiff_t kc = FR_KC_BYTES / (ptrdiff_t) sizeof(T), kb = k < kc ? k : kc;        \
+        const ptrdiff_t fit = FR_CHUNK_BYTES / ((kb > 0 ? kb : 1) * (ptrdiff_t) sizeof(T));    \
+        const ptrdiff_t chunk = fit >= m ? (m > 0 ? m : 1) : fit / 24 * 24 > 24 ? fit / 24 * 24 \
+                                                                                : 24;          \
+        const ptrdiff_t ldp = ldb ? ldb : nr;                                                  \
+        ptrdiff_t i0, q, i, k0, q0 = 0;                                                        \
         if (m == 1) /* a GEMV: four full panels per pass, 8 independent accumulators */        \
             for (; q0 + 4 * nr <= n; q0 += 4 * nr) {                                           \
                 const T *pq = ldb ? b + q0 : b + q0 * k;                                       \
                 const ptrdiff_t ps = ldb ? nr : nr * k;                                        \
-                if (isa == FR_ISA_AVX512)                                                      \
-                    fr_row_##W##512(k, a, ks, pq, ps, ldp, c + q0, add);                       \
-                else                                                                           \
-                    fr_row_##W##256(k, a, ks, pq, ps, ldp, c + q0, add);                       \
+                for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                    \
+                    const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
+                    if (isa == FR_ISA_AVX512)                                                  \
+                        fr_row_##W##512(kn, a + k0 * ks, ks, pq + k0 * ldp, ps, ldp, c + q0,   \
+                                        add || k0 > 0);                                        \
+                    else                                                                       \
+                        fr_row_##W##256(kn, a + k0 * ks, ks, pq + k0 * ldp, ps, ldp, c + q0,   \
+                                        add || k0 > 0);                                        \
+                }                                                                              \
             }                                                                                  \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
             for (q = q0; q < n; q += nr) {                                                     \
                 const int w = (int) (n - q < nr ? n - q : nr);                                 \
-                const T *pq = ldb ? b + q : b + q * k;                                         \
-                for (i = i0; i < i1;) {                                                        \
-                    const ptrdiff_t rest = i1 - i;                                             \
-                    const T *ai = a + i * rs;                                                  \
-                    T *ci = c + i * ldc + q;                                                   \
-                    int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;          \
-                    if (isa == FR_ISA_AVX512) {                                                \
-                        if (rows == 8)                                                         \
-                            fr_tile_##W##512_8(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 4)                                                    \
-                            fr_tile_##W##512_4(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 2)                                                    \
-                            fr_tile_##W##512_2(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else                                                                   \
-                            fr_tile_##W##512_1(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                    } else {                                                                   \
-                        if (rows == 6)                                                         \
-                            fr_tile_##W##256_6(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 4)                                                    \
-                            fr_tile_##W##256_4(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 2)                                                    \
-                            fr_tile_##W##256_2(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else                                                                   \
-                            fr_tile_##W##256_1(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
+                for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                    \
+                    const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
+                    const T *pq = (ldb ? b + q : b + q * k) + k0 * ldp;                        \
+                    const int addk = add || k0 > 0;                                            \
+                    for (i = i0; i < i1;) {                                                    \
+                        const ptrdiff_t rest = i1 - i;                                         \
+                        const T *ai = a + i * rs + k0 * ks;                                    \
+                        T *ci = c + i * ldc + q;                                               \
+                        int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;      \
+                        if (isa == FR_ISA_AVX512) {                                            \
+                            if (rows == 8)                                                     \
+                                fr_tile_##W##512_8(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 4)                                                \
+                                fr_tile_##W##512_4(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 2)                                                \
+                                fr_tile_##W##512_2(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else                                                               \
+                                fr_tile_##W##512_1(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                        } else {                                                               \
+                            if (rows == 6)                                                     \
+                                fr_tile_##W##256_6(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 4)                                                \
+                                fr_tile_##W##256_4(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 2)                                                \
+                                fr_tile_##W##256_2(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else                                                               \
+                                fr_tile_##W##256_1(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                        }                                                                      \
+                        i += rows;                                                             \
                     }                                                                          \
-                    i += rows;                                                                 \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
