@@ -288,11 +288,15 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 
 /* Rows of A per pass over the panels of B: a chunk of A stays in L2 while the panels stream. */
 #define FR_CHUNK_BYTES (256 * 1024)
-/* The reduction goes in blocks of this many bytes of a row of A (2048 floats): each panel's
- * block of rows (256 KB) then stays in L2 while every row tile of the chunk reads it. Without
- * blocks, a panel of k = 8192 rows (1 MB: the backward step of a 2048-unit LSTM, dh = da W_hh)
- * no longer fitted beside the rows of A, and came from L3 or memory once per tile of 8 rows. */
-#define FR_KC_BYTES (8 * 1024)
+/* The reduction goes in blocks of this many bytes of a row of A (512 floats): each panel's
+ * block of rows (64 KB) then stays in L2 while every row tile of the chunk reads it, and a chunk
+ * holds 128 rows of A. Without blocks, a panel of k = 8192 rows (1 MB: the backward step of a
+ * 2048-unit LSTM, dh = da W_hh) no longer fitted beside the rows of A and came from L3 or memory
+ * once per tile of 8 rows, and a chunk of the input projection (k = 2048) held 24 rows, so the
+ * 64 MB of W_ih streamed from memory 11 times per 256 rows. (2048 floats measured a little
+ * slower on DeepBench's H = 2048 LSTM; a 2048^3 product ran at 74 GFLOP/s unblocked, 139 with
+ * 512-float blocks, on one Zen 5 core whose peak here is ~265 at 512^3.) */
+#define FR_KC_BYTES (2 * 1024)
 
 /* The driver: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with A[i, kk] = a[i * rs + kk * ks] (rs = lda,
  * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
