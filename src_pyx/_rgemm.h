@@ -13,9 +13,10 @@
  * run time (fr_rgemm_pick), so a build for generic x86-64 still gets the wide kernels. On other
  * CPUs and compilers the kernels' BLAS path runs instead (fr_rgemm_pick returns 0).
  *
- * Each element of C is one fused multiply-add chain over each block of k (FR_KC_BYTES, fixed by
- * k alone), in increasing order, whichever micro-kernel, tile position or thread computes it:
- * results do not depend on the ISA picked or on the thread count.
+ * Each element of C is one fused multiply-add chain over each block of k (FR_KC_BYTES when k is
+ * over FR_KC_MIN_BYTES, else all of k: fixed by k alone), the blocks added in increasing order,
+ * whichever micro-kernel, tile position or thread computes it: results do not depend on the ISA
+ * picked or on the thread count.
  */
 #ifndef FASTRNN_RGEMM_H
 #define FASTRNN_RGEMM_H
@@ -297,6 +298,9 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
  * slower on DeepBench's H = 2048 LSTM; a 2048^3 product ran at 74 GFLOP/s unblocked, 139 with
  * 512-float blocks, on one Zen 5 core whose peak here is ~265 at 512^3.) */
 #define FR_KC_BYTES (2 * 1024)
+/* ... when a row of A is longer than this (1024 floats): shorter reductions, whose panels fit
+ * in L2 anyway, stay one chain (blocks of 512 cost 2-3% at k = 1024, the char-LM's backward). */
+#define FR_KC_MIN_BYTES (4 * 1024)
 
 /* The driver: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with A[i, kk] = a[i * rs + kk * ks] (rs = lda,
  * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
@@ -315,7 +319,9 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
                             ptrdiff_t ldc, int add)                                            \
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
-        const ptrdiff_t kc = FR_KC_BYTES / (ptrdiff_t) sizeof(T), kb = k < kc ? k : kc;        \
+        const ptrdiff_t kc = k * (ptrdiff_t) sizeof(T) > FR_KC_MIN_BYTES                       \
+                                 ? FR_KC_BYTES / (ptrdiff_t) sizeof(T) : (k > 0 ? k : 1);      \
+        const ptrdiff_t kb = k < kc ? k : kc;                                                  \
         const ptrdiff_t fit = FR_CHUNK_BYTES / ((kb > 0 ? kb : 1) * (ptrdiff_t) sizeof(T));    \
         const ptrdiff_t chunk = fit >= m ? (m > 0 ? m : 1) : fit / 24 * 24 > 24 ? fit / 24 * 24 \
                                                                                 : 24;          \
