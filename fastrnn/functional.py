@@ -192,8 +192,8 @@ _MIN_WORK_PER_THREAD = 1 << 20
 def _team(p: Prepared) -> int:
     """Threads for a kernel call: get_num_threads(), fewer when a step is too small to split.
 
-    Threads split the H hidden units into blocks of about 64 (``unit_blocks`` in
-    src_pyx/_parallel.pxd), so at most H // 16 threads have work."""
+    Threads split the H hidden units in runs of 16 (``thread_units_isa`` in src_pyx/_blocks.pxd;
+    blocks of about 64 when the GEMMs go to BLAS), so at most H // 16 threads have work."""
     return _team_for(p.B, p.w_hh.shape[0], p.H)
 
 

@@ -39,6 +39,25 @@ cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
     block_span(H, nb, lo, hi, j0, j1)
 
 
+cdef inline void thread_units_isa(Py_ssize_t H, int size, int rank, int isa, Py_ssize_t* j0,
+                                  Py_ssize_t* j1) noexcept nogil:
+    """[j0, j1): rank's hidden units in a kernel whose GEMMs run on the micro-kernels of isa.
+
+    The micro-kernels give every element of C the same sum whatever columns a call covers
+    (_rgemm.h), so their units need not follow the narrow blocks that keep BLAS's bits
+    independent of the team: they go in runs of 16 (a 64-byte line of floats), as even as that
+    allows. H = 200 on 2 threads: 96 and 104 units, where the blocks of 64 gave 128 and 72 (the
+    slower thread's step GEMM then had 4 panels of 32 columns per gate instead of 3.5). Without
+    micro-kernels (isa FR_ISA_NONE), thread_units."""
+    cdef Py_ssize_t lo, hi
+    if isa == FR_ISA_NONE:
+        thread_units(H, size, rank, j0, j1)
+        return
+    share((H + 15) // 16, size, rank, &lo, &hi)
+    j0[0] = min(lo * 16, H)
+    j1[0] = min(hi * 16, H)
+
+
 cdef struct Packed:
     # A thread's columns of W_hh, packed for the micro-kernels (data NULL: use BLAS).
     int isa
@@ -85,6 +104,16 @@ cdef inline void _rgemm_tn(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, co
         fr_rgemm_s(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
     else:
         fr_rgemm_d(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
+
+
+cdef inline void _rgemm_tn_packed(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                                  const floating* a, Py_ssize_t lda, const floating* p,
+                                  floating* c, Py_ssize_t ldc, bint add) noexcept nogil:
+    """C[:m, :n] (+)= A[:k, :m]^T @ P; A read in place, P packed by _pack."""
+    if floating is float:
+        fr_rgemm_s(isa, m, n, k, a, 1, lda, p, 0, c, ldc, add)
+    else:
+        fr_rgemm_d(isa, m, n, k, a, 1, lda, p, 0, c, ldc, add)
 
 
 cdef inline void _alloc(Packed* pk, int isa, Py_ssize_t n_blocks, Py_ssize_t k, Py_ssize_t n,
@@ -170,9 +199,11 @@ cdef inline void recurrent_nt_k(blas_int m, Py_ssize_t H, Py_ssize_t K, Py_ssize
             _rgemm(pk.isa, m, width, K, h, K, <const floating*> pk.data + g * pk.seg,
                    c + g * H + j0, ldc, beta != 0)
         return
-    for b in range(nb):
-        block_span(H, nb, b, b + 1, &u0, &u1)
-        if u0 >= j0 and u1 <= j1 and u1 > u0:
+    for b in range(nb):  # whole blocks when [j0, j1) is thread_units' (the bits then do not
+        block_span(H, nb, b, b + 1, &u0, &u1)  # depend on the team), else their parts in it
+        u0 = max(u0, j0)
+        u1 = min(u1, j1)
+        if u1 > u0:
             gemm_gates_nt(m, H, u0, u1, n_gates, K, h, K, w, beta, c, ldc)
 
 
@@ -219,9 +250,11 @@ cdef inline void recurrent_nn_ld(blas_int m, Py_ssize_t H, Py_ssize_t j0, Py_ssi
     if pk.data != NULL:
         _rgemm(pk.isa, m, j1 - j0, K, da, lda, <const floating*> pk.data, dh + j0, H, beta != 0)
         return
-    for b in range(nb):
+    for b in range(nb):  # as in recurrent_nt_k
         block_span(H, nb, b, b + 1, &u0, &u1)
-        if u0 >= j0 and u1 <= j1 and u1 > u0:
+        u0 = max(u0, j0)
+        u1 = min(u1, j1)
+        if u1 > u0:
             gemm(False, False, m, u1 - u0, K, <floating> 1, da, lda, w + u0, H, beta, dh + u0, H)
 
 
@@ -297,26 +330,37 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
 
     With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows (a
     block of dG and of X stays in L2), both operands read in place; the last N % panel-width
-    columns, if any, go to BLAS."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1, k0, n_main = 0
+    columns, if any, are copied pass by pass into one zero-padded panel (their rows are too
+    short to read in place). Without one (or without memory for that panel), BLAS."""
+    cdef Py_ssize_t lo, hi, blk, c0, c1, k0, kn, nr = 0, n_main = 0
+    cdef floating* tail = NULL
     if R <= 0:
         return
     if isa != FR_ISA_NONE:
-        n_main = N - N % fr_rgemm_nr(isa, sizeof(floating))
+        nr = fr_rgemm_nr(isa, sizeof(floating))
+        n_main = N - N % nr
+        if n_main < N:
+            tail = <floating*> fr_rgemm_alloc(WG_ROWS * nr * sizeof(floating))
     wide_share(H, n_gates, size, rank, &lo, &hi)
     for blk in range(lo, hi):
         wide_block(H, n_gates, blk, &c0, &c1)
         if c1 <= c0:
             continue
         k0 = 0
-        while n_main > 0 and k0 < R:
-            _rgemm_tn(isa, c1 - c0, n_main, min(<Py_ssize_t> WG_ROWS, R - k0),
-                      dg + k0 * ldg + c0, ldg, x + k0 * N, N, dw + c0 * N, N,
-                      k0 > 0 or beta != 0)
+        while (n_main > 0 or tail != NULL) and k0 < R:
+            kn = min(<Py_ssize_t> WG_ROWS, R - k0)
+            if n_main > 0:
+                _rgemm_tn(isa, c1 - c0, n_main, kn, dg + k0 * ldg + c0, ldg, x + k0 * N, N,
+                          dw + c0 * N, N, k0 > 0 or beta != 0)
+            if tail != NULL:  # the same sums as a full panel read in place would give
+                _pack(isa, False, kn, N - n_main, x + k0 * N + n_main, N, tail)
+                _rgemm_tn_packed(isa, c1 - c0, N - n_main, kn, dg + k0 * ldg + c0, ldg, tail,
+                                 dw + c0 * N + n_main, N, k0 > 0 or beta != 0)
             k0 += WG_ROWS
-        if n_main < N:
+        if n_main < N and tail == NULL:
             gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
                  N, beta, dw + c0 * N + n_main, N)
+    free(tail)
 
 
 # --- variable-length batches ----------------------------------------------------------------

@@ -3,7 +3,7 @@
 
 from libc.stdlib cimport calloc, free
 
-from _blocks cimport pack_nt, pack_nt_k, release, thread_units
+from _blocks cimport pack_nt, pack_nt_k, release, thread_units_isa
 from _prepack cimport Prepacked
 
 
@@ -19,7 +19,7 @@ cdef void _pack_part(const void* ops, fr_barrier* bar, int size, int rank,
                      floating* tag) noexcept nogil:
     cdef const _PackOps* op = <const _PackOps*> ops
     cdef Py_ssize_t j0, j1
-    thread_units(op.H, size, rank, &j0, &j1)
+    thread_units_isa(op.H, size, rank, op.isa, &j0, &j1)
     pack_nt(&op.pp.hh[rank], op.isa, op.H, j0, j1, op.n_gates, <const floating*> op.w_hh)
     pack_nt_k(&op.pp.ih[rank], op.isa, op.H, op.K, j0, j1, op.n_gates,
               <const floating*> op.w_ih)

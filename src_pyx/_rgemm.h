@@ -13,9 +13,10 @@
  * run time (fr_rgemm_pick), so a build for generic x86-64 still gets the wide kernels. On other
  * CPUs and compilers the kernels' BLAS path runs instead (fr_rgemm_pick returns 0).
  *
- * Each element of C is one fused multiply-add chain over k in increasing order (per call),
- * whichever micro-kernel, tile position or thread computes it: results do not depend on the
- * ISA picked or on the thread count.
+ * Each element of C is one fused multiply-add chain over each block of k (FR_KC_BYTES when k is
+ * over FR_KC_MIN_BYTES, else all of k: fixed by k alone), the blocks added in increasing order,
+ * whichever micro-kernel, tile position or thread computes it: results do not depend on the ISA
+ * picked or on the thread count.
  */
 #ifndef FASTRNN_RGEMM_H
 #define FASTRNN_RGEMM_H
@@ -402,32 +403,58 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
 
 /* Rows of A per pass over the panels of B: a chunk of A stays in L2 while the panels stream. */
 #define FR_CHUNK_BYTES (256 * 1024)
+/* The reduction goes in blocks of this many bytes of a row of A (512 floats): each panel's
+ * block of rows (64 KB) then stays in L2 while every row tile of the chunk reads it, and a chunk
+ * holds 128 rows of A. Without blocks, a panel of k = 8192 rows (1 MB: the backward step of a
+ * 2048-unit LSTM, dh = da W_hh) no longer fitted beside the rows of A and came from L3 or memory
+ * once per tile of 8 rows, and a chunk of the input projection (k = 2048) held 24 rows, so the
+ * 64 MB of W_ih streamed from memory 11 times per 256 rows. (2048 floats measured a little
+ * slower on DeepBench's H = 2048 LSTM; a 2048^3 product ran at 74 GFLOP/s unblocked, 139 with
+ * 512-float blocks, on one Zen 5 core whose peak here is ~265 at 512^3.) */
+#define FR_KC_BYTES (2 * 1024)
+/* ... when a row of A is longer than this (1024 floats): shorter reductions, whose panels fit
+ * in L2 anyway, stay one chain (blocks of 512 cost 2-3% at k = 1024, the char-LM's backward). */
+#define FR_KC_MIN_BYTES (4 * 1024)
 
 /* The driver: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with A[i, kk] = a[i * rs + kk * ks] (rs = lda,
  * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
- * FR_CHUNK_BYTES; per chunk, every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and
+ * FR_CHUNK_BYTES of a block of k (all m rows when they fit); per chunk, every panel of B, block
+ * of k after block of k (FR_KC_BYTES), times the chunk's rows in tiles of 8 (6), 4, 2 and
  * 1 rows. A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
- * (_rgemm_row.h), a partial last panel through the tile. */
+ * (_rgemm_row.h), a partial last panel through the tile. Each block of k is one multiply-add
+ * chain per element of C, added to C in increasing order of k (the first one stored, unless
+ * `add`): the blocks depend on k alone, so the bits do not depend on m, on the tile or on the
+ * columns a call covers. */
 #define FR_DEFINE_GEMM(NAME, T, W)                                                            \
     static inline void NAME(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *a,        \
                             ptrdiff_t rs, ptrdiff_t ks, const T *b, ptrdiff_t ldb, T *c,       \
                             ptrdiff_t ldc, int add)                                            \
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
-        const ptrdiff_t fit = FR_CHUNK_BYTES / (k * (ptrdiff_t) sizeof(T)) / 24 * 24;          \
-        const ptrdiff_t chunk = fit > 24 ? fit : 24, ldp = ldb ? ldb : nr;                     \
-        ptrdiff_t i0, q, i, q0 = 0;                                                            \
+        const ptrdiff_t kc = k * (ptrdiff_t) sizeof(T) > FR_KC_MIN_BYTES                       \
+                                 ? FR_KC_BYTES / (ptrdiff_t) sizeof(T) : (k > 0 ? k : 1);      \
+        const ptrdiff_t kb = k < kc ? k : kc;                                                  \
+        const ptrdiff_t fit = FR_CHUNK_BYTES / ((kb > 0 ? kb : 1) * (ptrdiff_t) sizeof(T));    \
+        const ptrdiff_t chunk = fit >= m ? (m > 0 ? m : 1) : fit / 24 * 24 > 24 ? fit / 24 * 24 \
+                                                                                : 24;          \
+        const ptrdiff_t ldp = ldb ? ldb : nr;                                                  \
+        ptrdiff_t i0, q, i, k0, q0 = 0;                                                        \
         if (m == 1) /* a GEMV: up to four full panels per pass, 8 independent accumulators */ \
             for (; q0 + nr <= n; q0 += 4 * nr) {                                               \
                 const T *pq = ldb ? b + q0 : b + q0 * k;                                       \
                 const ptrdiff_t ps = ldb ? nr : nr * k, full = (n - q0) / nr;                  \
                 const int np = full < 4 ? (int) full : 4;                                      \
-                if (isa == FR_ISA_AVX512)                                                      \
-                    fr_row_##W##512(k, a, ks, pq, ps, ldp, c + q0, nr, np, add);               \
-                else                                                                           \
-                    fr_row_##W##256(k, a, ks, pq, ps, ldp, c + q0, nr, np, add);               \
+                for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                    \
+                    const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
+                    if (isa == FR_ISA_AVX512)                                                  \
+                        fr_row_##W##512(kn, a + k0 * ks, ks, pq + k0 * ldp, ps, ldp, c + q0,   \
+                                        nr, np, add || k0 > 0);                                \
+                    else                                                                       \
+                        fr_row_##W##256(kn, a + k0 * ks, ks, pq + k0 * ldp, ps, ldp, c + q0,   \
+                                        nr, np, add || k0 > 0);                                \
+                }                                                                              \
                 if (np < 4) {                                                                  \
                     q0 += np * nr;                                                             \
                     break;                                                                     \
@@ -437,32 +464,36 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
             for (q = q0; q < n; q += nr) {                                                     \
                 const int w = (int) (n - q < nr ? n - q : nr);                                 \
-                const T *pq = ldb ? b + q : b + q * k;                                         \
-                for (i = i0; i < i1;) {                                                        \
-                    const ptrdiff_t rest = i1 - i;                                             \
-                    const T *ai = a + i * rs;                                                  \
-                    T *ci = c + i * ldc + q;                                                   \
-                    int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;          \
-                    if (isa == FR_ISA_AVX512) {                                                \
-                        if (rows == 8)                                                         \
-                            fr_tile_##W##512_8(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 4)                                                    \
-                            fr_tile_##W##512_4(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 2)                                                    \
-                            fr_tile_##W##512_2(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else                                                                   \
-                            fr_tile_##W##512_1(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                    } else {                                                                   \
-                        if (rows == 6)                                                         \
-                            fr_tile_##W##256_6(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 4)                                                    \
-                            fr_tile_##W##256_4(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else if (rows == 2)                                                    \
-                            fr_tile_##W##256_2(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
-                        else                                                                   \
-                            fr_tile_##W##256_1(k, ai, rs, ks, pq, ldp, ci, ldc, w, add);       \
+                for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                    \
+                    const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
+                    const T *pq = (ldb ? b + q : b + q * k) + k0 * ldp;                        \
+                    const int addk = add || k0 > 0;                                            \
+                    for (i = i0; i < i1;) {                                                    \
+                        const ptrdiff_t rest = i1 - i;                                         \
+                        const T *ai = a + i * rs + k0 * ks;                                    \
+                        T *ci = c + i * ldc + q;                                               \
+                        int rows = rest >= big ? big : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;      \
+                        if (isa == FR_ISA_AVX512) {                                            \
+                            if (rows == 8)                                                     \
+                                fr_tile_##W##512_8(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 4)                                                \
+                                fr_tile_##W##512_4(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 2)                                                \
+                                fr_tile_##W##512_2(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else                                                               \
+                                fr_tile_##W##512_1(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                        } else {                                                               \
+                            if (rows == 6)                                                     \
+                                fr_tile_##W##256_6(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 4)                                                \
+                                fr_tile_##W##256_4(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else if (rows == 2)                                                \
+                                fr_tile_##W##256_2(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                            else                                                               \
+                                fr_tile_##W##256_1(kn, ai, rs, ks, pq, ldp, ci, ldc, w, addk); \
+                        }                                                                      \
+                        i += rows;                                                             \
                     }                                                                          \
-                    i += rows;                                                                 \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
@@ -483,16 +514,23 @@ FR_DEFINE_GEMM(fr_rgemm_d, double, d)
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T));                                            \
         const ptrdiff_t full = w - w % nr;                                                     \
-        ptrdiff_t q;                                                                           \
+        const ptrdiff_t kc = k * (ptrdiff_t) sizeof(T) > FR_KC_MIN_BYTES                       \
+                                 ? FR_KC_BYTES / (ptrdiff_t) sizeof(T) : (k > 0 ? k : 1);      \
+        ptrdiff_t q, k0;                                                                       \
         int g0, g;                                                                             \
         for (q = 0; q < full; q += nr)                                                         \
             for (g0 = 0; g0 < n_gates; g0 += 4) {                                              \
                 const int np = n_gates - g0 < 4 ? n_gates - g0 : 4;                            \
                 const T *pq = p + g0 * seg + q * k;                                            \
-                if (isa == FR_ISA_AVX512)                                                      \
-                    fr_row_##W##512(k, a, 1, pq, seg, nr, c + g0 * gs + q, gs, np, add);       \
-                else                                                                           \
-                    fr_row_##W##256(k, a, 1, pq, seg, nr, c + g0 * gs + q, gs, np, add);       \
+                for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) { /* the driver's blocks of k */     \
+                    const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
+                    if (isa == FR_ISA_AVX512)                                                  \
+                        fr_row_##W##512(kn, a + k0, 1, pq + k0 * nr, seg, nr,                  \
+                                        c + g0 * gs + q, gs, np, add || k0 > 0);               \
+                    else                                                                       \
+                        fr_row_##W##256(kn, a + k0, 1, pq + k0 * nr, seg, nr,                  \
+                                        c + g0 * gs + q, gs, np, add || k0 > 0);               \
+                }                                                                              \
             }                                                                                  \
         if (full < w)                                                                          \
             for (g = 0; g < n_gates; g++)                                                      \

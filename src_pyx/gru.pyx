@@ -21,11 +21,11 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active,
-                      input_projection, pack_nn, pack_nt, pack_nt_k, project_active,
-                      recurrent_nn, recurrent_nn_ld, recurrent_nt, recurrent_nt_k,
-                      release, step_gates, steps_per_chunk, thread_units, weight_grad,
-                      weight_grad_active, weight_grad_ld)
+from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active, input_projection,
+                      pack_nn, pack_nt, pack_nt_k, project_active, recurrent_nn, recurrent_nn_ld,
+                      recurrent_nt, recurrent_nt_k, release, step_gates, steps_per_chunk,
+                      thread_units, thread_units_isa, weight_grad, weight_grad_active,
+                      weight_grad_ld)
 from _layernorm cimport (col_grads, ln_backward, ln_normalize, run_end, share_rows,
                          zero_cols)
 from _prepack cimport next_sweep, take_prepacked
@@ -184,7 +184,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
 
     if zw == NULL:
         zw = &zp
-    thread_units(H, size, rank, &j0, &j1)
+    thread_units_isa(H, size, rank, ISA, &j0, &j1)
     m = j1 - j0
     own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
@@ -276,7 +276,7 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
 
     if zw == NULL:
         zw = &zp
-    thread_units(H, size, rank, &j0, &j1)
+    thread_units_isa(H, size, rank, ISA, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     for t in range(T - 1, -1, -1):

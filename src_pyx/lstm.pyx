@@ -22,11 +22,10 @@ from cython cimport floating
 from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
-from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active,
-                      input_projection, pack_nn, pack_nt, pack_nt_k, project_active,
-                      recurrent_nn, recurrent_nt, recurrent_nt_k, release,
-                      step_gates, steps_per_chunk, thread_units, weight_grad,
-                      weight_grad_active)
+from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active, input_projection,
+                      pack_nn, pack_nt, pack_nt_k, project_active, recurrent_nn, recurrent_nt,
+                      recurrent_nt_k, release, step_gates, steps_per_chunk, thread_units,
+                      thread_units_isa, weight_grad, weight_grad_active)
 from _layernorm cimport (col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, run_end,
                          share_rows, zero_cols)
 from _prepack cimport next_sweep, take_prepacked
@@ -283,7 +282,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef Packed pk, pk_ih
     cdef bint own, sweep
 
-    thread_units(H, size, rank, &j0, &j1)
+    thread_units_isa(H, size, rank, ISA, &j0, &j1)
     m = j1 - j0
     own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
@@ -409,7 +408,7 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* da_t
     cdef Packed pk
 
-    thread_units(H, size, rank, &j0, &j1)
+    thread_units_isa(H, size, rank, ISA, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, G, w_hh)
     if dwp != NULL:  # accumulated per unit by the thread that owns it

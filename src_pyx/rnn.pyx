@@ -19,7 +19,7 @@ from libc.string cimport memcpy, memset
 from _activations cimport drelu, dtanh, relu, tanh_
 from _blocks cimport (Packed, bias_grad_active, input_grad_active, pack_nn, pack_nt, pack_nt_k,
                       project_active, recurrent_nn, recurrent_nt, release, step_gates,
-                      steps_per_chunk, thread_units, weight_grad, weight_grad_active)
+                      steps_per_chunk, thread_units_isa, weight_grad, weight_grad_active)
 from _prepack cimport next_sweep, take_prepacked
 from _ops cimport RNNOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
@@ -146,7 +146,7 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
 
     if zw == NULL:
         zw = &zp
-    thread_units(H, size, rank, &j0, &j1)
+    thread_units_isa(H, size, rank, ISA, &j0, &j1)
     m = j1 - j0
     own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
@@ -238,7 +238,7 @@ cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
 
     if zw == NULL:
         zw = &zp
-    thread_units(H, size, rank, &j0, &j1)
+    thread_units_isa(H, size, rank, ISA, &j0, &j1)
     m = j1 - j0
     pack_nn(&pk, ISA, H, j0, j1, H, w_hh)
     for t in range(T - 1, -1, -1):
