@@ -168,6 +168,25 @@ def test_one_stream_steps_equal_forward_bit_for_bit(cell, dtype):
     _assert_state_equal(state, s_full)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("I", "H"), [(1100, 24), (8, 1040)])
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_long_reductions_step_equal_forward_bit_for_bit(cell, I, H, dtype):
+    """Reductions past 1024 floats (512 doubles) go in blocks of k (_rgemm.h: FR_KC_BYTES) in
+    every product: the one-row passes of a B = 1 step, the gate-block passes of a small H and
+    the many-row tiles of the forward add the same blocks in the same order."""
+    rng = np.random.default_rng(6)
+    layer = getattr(fastrnn, cell.title)(I, H, dtype=dtype, seed=2).eval()
+    x = rng.standard_normal((3, 1, I)).astype(dtype)
+    y_full, s_full = layer(x)
+    state, ys = None, []
+    for t in range(3):
+        y, state = layer.step(x[t], state)
+        ys.append(y)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(state, s_full)
+
+
 def test_step_sees_new_weights_and_biases():
     """The step keeps its kernel operands (packed weights, summed biases) between calls and
     re-makes them when a parameter changes through fastrnn, or after flatten_parameters."""
