@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn import _workspace as _ws
 from fastrnn._common import (
     Cache,
     GRUGrads,
@@ -1061,13 +1062,13 @@ def _lstm_ln_forward(p: Prepared, training: bool, reverse: bool, return_cell_sta
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
     # training keeps every step; inference one
     keep = T if training else 1
-    gates = np.empty((keep, B, G), p.dtype)
-    xs = np.empty((keep, B, G), p.dtype)
-    hs = np.empty((keep, B, G), p.dtype)
-    cn = np.empty((keep, B, H), p.dtype)
+    gates = _ws.empty((keep, B, G), p.dtype)
+    xs = _ws.empty((keep, B, G), p.dtype)
+    hs = _ws.empty((keep, B, G), p.dtype)
+    cn = _ws.empty((keep, B, H), p.dtype)
     rstd = np.empty((keep, B, 3), p.dtype)
     y = np.empty((T, B, H), p.dtype)
-    cs = np.empty((keep, B, H), p.dtype)
+    cs = _ws.empty((keep, B, H), p.dtype)
     h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
     x = p.extra
     with blas_single_thread():
@@ -1112,8 +1113,8 @@ def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
     s = d.s
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
-    dgates, dgx, dgh = (np.empty((T, B, G), p.dtype) for _ in range(3))
-    du = np.empty((T, B, H), p.dtype)
+    dgx, dgh = _ws.empty((T, B, G), p.dtype), _ws.empty((T, B, G), p.dtype)
+    acc = np.empty(_k.lstm.ln_workspace(B, H), p.dtype)
     dx = np.empty((T, B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
@@ -1141,10 +1142,9 @@ def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
             dyk,
             dh,
             dc,
-            dgates,
             dgx,
             dgh,
-            du,
+            acc,
             dx,
             dw_ih,
             dw_hh,
@@ -1168,10 +1168,10 @@ def _gru_ln_forward(p: Prepared, training: bool, options: dict[str, Any]):
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
     keep = T if training else 1
     b_ih, b_hh = _biases(p)
-    gates = np.empty((keep, B, G), p.dtype)
-    xs = np.empty((keep, B, G), p.dtype)
-    hs = np.empty((keep, B, G), p.dtype)
-    hns = np.empty((keep, B, H), p.dtype)
+    gates = _ws.empty((keep, B, G), p.dtype)
+    xs = _ws.empty((keep, B, G), p.dtype)
+    hs = _ws.empty((keep, B, G), p.dtype)
+    hns = _ws.empty((keep, B, H), p.dtype)
     rstd = np.empty((keep, B, 2), p.dtype)
     y = np.empty((T, B, H), p.dtype)
     h_n = np.empty((B, H), p.dtype)
@@ -1213,7 +1213,8 @@ def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
     s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     T, B, G = p.T, p.B, p.w_hh.shape[0]
-    dgi, dgh, dghh, dgx = (np.empty((T, B, G), p.dtype) for _ in range(4))
+    dghh, dgx = _ws.empty((T, B, G), p.dtype), _ws.empty((T, B, G), p.dtype)
+    acc = np.empty(_k.gru.ln_workspace(B, p.H), p.dtype)
     dx = np.empty((T, B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
@@ -1235,10 +1236,9 @@ def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
             d.y,
             dyk,
             dh,
-            dgi,
-            dgh,
             dghh,
             dgx,
+            acc,
             dx,
             dw_ih,
             dw_hh,
