@@ -381,7 +381,7 @@ def rnn_backward(cache, dy, dh_n=None):
     s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
-    dgates = np.empty((p.T, p.B, G), p.dtype)
+    dgates = _ws.empty((p.T, p.B, G), p.dtype)
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
@@ -527,9 +527,9 @@ def lstm_forward(
     ext = _kernel_extras(p, s, _LSTM_EXTRAS)
     # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
     steps = T if training else _k.lstm.ring_steps(T, B)
-    gates = np.empty((steps, B, G), p.dtype)
+    gates = _ws.empty((steps, B, G), p.dtype)
     y = np.empty((T, B, H), p.dtype)
-    cs = np.empty((T if training or return_cell_states else 1, B, H), p.dtype)
+    cs = _ws.empty((T if training or return_cell_states else 1, B, H), p.dtype)
     h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
     if "recurrent_mask" in ext:  # h_{t-1} * mask: every step's (training), else a ring of 2
         ext["hds"] = np.empty((T if training else min(T, 2), B, H), p.dtype)
@@ -605,7 +605,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
     s = d.s
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     G = p.w_hh.shape[0]
-    dgates = np.empty((p.T, p.B, G), p.dtype)
+    dgates = _ws.empty((p.T, p.B, G), p.dtype)
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db = np.empty(G, p.dtype)
@@ -735,8 +735,8 @@ def gru_forward(
     H, G = p.H, p.w_hh.shape[0]
     bias_i, b_hn = _gru_biases(p.b_ih, p.b_hh, H, p.dtype)
     # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
-    gates = np.empty((p.T if training else _k.gru.ring_steps(p.T, p.B), p.B, G), p.dtype)
-    hns = np.empty((p.T if training else 1, p.B, H), p.dtype)
+    gates = _ws.empty((p.T if training else _k.gru.ring_steps(p.T, p.B), p.B, G), p.dtype)
+    hns = _ws.empty((p.T if training else 1, p.B, H), p.dtype)
     hw = np.empty((p.B, G), p.dtype)
     y = np.empty((p.T, p.B, H), p.dtype)
     h_n = np.empty((p.B, H), p.dtype)
@@ -807,8 +807,8 @@ def gru_backward(cache, dy, dh_n=None):
     s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
-    dgi = np.empty((p.T, p.B, G), p.dtype)
-    dgh = np.empty((p.T, p.B, G), p.dtype)
+    dgi = _ws.empty((p.T, p.B, G), p.dtype)
+    dgh = _ws.empty((p.T, p.B, G), p.dtype)
     dx = np.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
