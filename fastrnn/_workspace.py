@@ -18,6 +18,7 @@ serves from its free lists anyway), ``empty`` is ``np.empty``.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 
@@ -42,7 +43,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
     Parameters
     ----------
-    shape : tuple of int
+    shape : int or tuple of int
     dtype : numpy dtype
 
     Returns
@@ -52,7 +53,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         bytes, else a fresh array.
     """
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n = (math.prod(shape) if isinstance(shape, tuple) else shape) * dtype.itemsize
     if n < MIN:
         return np.empty(shape, dtype)
     bufs = _buffers()
