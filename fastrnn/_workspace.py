@@ -31,6 +31,24 @@ KEEP = 1 << 28
 _local = threading.local()
 
 
+def _free_count() -> int:
+    """What ``sys.getrefcount(bufs[i])`` gives for a buffer only the list refers to (2 where
+    the call's argument counts, as up to CPython 3.13), measured the way ``_free`` asks; 0
+    without ``sys.getrefcount`` (then no buffer is ever lent again)."""
+    if not hasattr(sys, "getrefcount"):
+        return 0
+    bufs = [np.empty(1, np.uint8)]
+    return sys.getrefcount(bufs[0])
+
+
+_FREE = _free_count()
+
+
+def _free(bufs: list[np.ndarray], i: int) -> bool:
+    """Whether nothing but the list refers to bufs[i] (no array, view or slice of it alive)."""
+    return sys.getrefcount(bufs[i]) == _FREE
+
+
 def _buffers() -> list[np.ndarray]:
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
@@ -54,13 +72,12 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     n = (math.prod(shape) if isinstance(shape, tuple) else shape) * dtype.itemsize
-    if n < MIN:
+    if n < MIN or not _FREE:
         return np.empty(shape, dtype)
     bufs = _buffers()
     best = -1
     for i in range(len(bufs)):
-        # 2 references: the list's and getrefcount's argument; a live view adds one
-        if sys.getrefcount(bufs[i]) == 2 and n <= bufs[i].nbytes <= 2 * n:
+        if n <= bufs[i].nbytes <= 2 * n and _free(bufs, i):
             if best < 0 or bufs[i].nbytes < bufs[best].nbytes:
                 best = i
     if best >= 0:
@@ -70,7 +87,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         for i in range(len(bufs) - 1, -1, -1):
             if kept_nbytes() + n <= KEEP:
                 break
-            if sys.getrefcount(bufs[i]) == 2:
+            if _free(bufs, i):
                 del bufs[i]
         buf = np.empty(n, np.uint8)
         if kept_nbytes() + n <= KEEP:
