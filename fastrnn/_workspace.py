@@ -27,7 +27,7 @@ import numpy as np
 __all__ = ["KEEP", "MIN", "empty", "kept_nbytes", "release"]
 
 MIN = 1 << 20
-KEEP = 1 << 28
+KEEP = 1 << 30
 _local = threading.local()
 
 
