@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fastrnn import _workspace as _ws
 from fastrnn._common import (
     Cache,
     GRUGrads,
@@ -360,9 +361,9 @@ def rnn_forward(
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     noise = _noise_keywords(p, s, training)
     if training and ("zoneout" in noise or "zoneout_p" in noise):
-        noise["acts"] = np.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
-    y = np.empty((p.T, p.B, p.H), p.dtype)
-    h_n = np.empty((p.B, p.H), p.dtype)
+        noise["acts"] = _ws.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
+    y = _ws.empty((p.T, p.B, p.H), p.dtype)
+    h_n = _ws.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         n = _team(p)
         _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, n,
@@ -398,13 +399,13 @@ def rnn_backward(cache, dy, dh_n=None):
     s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
-    dgates = np.empty((p.T, p.B, G), p.dtype)
-    dx = np.empty((p.T, p.B, p.I), p.dtype)
-    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    dgates = _ws.empty((p.T, p.B, G), p.dtype)
+    dx = _ws.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db = np.empty(G, p.dtype)
     noise = dict(d.noise)
     if "rmask" in noise:
-        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
+        noise["dhd"] = _ws.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.rnn.backward(
             d.x,
@@ -544,14 +545,14 @@ def lstm_forward(
     ext = _kernel_extras(p, s, _LSTM_EXTRAS)
     # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
     steps = T if training else _k.lstm.ring_steps(T, B)
-    gates = np.empty((steps, B, G), p.dtype)
-    y = np.empty((T, B, H), p.dtype)
-    cs = np.empty((T if training or return_cell_states else 1, B, H), p.dtype)
-    h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
+    gates = _ws.empty((steps, B, G), p.dtype)
+    y = _ws.empty((T, B, H), p.dtype)
+    cs = _ws.empty((T if training or return_cell_states else 1, B, H), p.dtype)
+    h_n, c_n = _ws.empty((B, H), p.dtype), _ws.empty((B, H), p.dtype)
     if "recurrent_mask" in ext:  # h_{t-1} * mask: every step's (training), else a ring of 2
-        ext["hds"] = np.empty((T if training else min(T, 2), B, H), p.dtype)
+        ext["hds"] = _ws.empty((T if training else min(T, 2), B, H), p.dtype)
     if "zoneout_c" in ext:  # c_t before zoneout (every step's for BPTT, else one)
-        ext["cnew"] = np.empty((T if training else 1, B, H), p.dtype)
+        ext["cnew"] = _ws.empty((T if training else 1, B, H), p.dtype)
     with blas_single_thread():
         n = _team(p)
         _k.lstm.forward(
@@ -622,15 +623,15 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
     s = d.s
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     G = p.w_hh.shape[0]
-    dgates = np.empty((p.T, p.B, G), p.dtype)
-    dx = np.empty((p.T, p.B, p.I), p.dtype)
-    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    dgates = _ws.empty((p.T, p.B, G), p.dtype)
+    dx = _ws.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db = np.empty(G, p.dtype)
     ext = dict(d.extras)
     if wp is not None:
-        ext["dw_peephole"] = np.empty_like(wp)
+        ext["dw_peephole"] = _ws.empty(wp.shape, p.dtype)
     if "recurrent_mask" in ext:
-        ext["dm"] = np.empty((p.B, p.H), p.dtype)
+        ext["dm"] = _ws.empty((p.B, p.H), p.dtype)
     if dcs is not None:
         ext["dcs"] = s.rows(dcs, 1)
     with blas_single_thread():
@@ -752,11 +753,11 @@ def gru_forward(
     H, G = p.H, p.w_hh.shape[0]
     bias_i, b_hn = _gru_biases(p.b_ih, p.b_hh, H, p.dtype)
     # inference keeps only a ring of a few steps' gates (the kernel projects x in chunks)
-    gates = np.empty((p.T if training else _k.gru.ring_steps(p.T, p.B), p.B, G), p.dtype)
-    hns = np.empty((p.T if training else 1, p.B, H), p.dtype)
-    hw = np.empty((p.B, G), p.dtype)
-    y = np.empty((p.T, p.B, H), p.dtype)
-    h_n = np.empty((p.B, H), p.dtype)
+    gates = _ws.empty((p.T if training else _k.gru.ring_steps(p.T, p.B), p.B, G), p.dtype)
+    hns = _ws.empty((p.T if training else 1, p.B, H), p.dtype)
+    hw = _ws.empty((p.B, G), p.dtype)
+    y = _ws.empty((p.T, p.B, H), p.dtype)
+    h_n = _ws.empty((p.B, H), p.dtype)
     with blas_single_thread():
         n = _team(p)
         _k.gru.forward(
@@ -824,14 +825,14 @@ def gru_backward(cache, dy, dh_n=None):
     s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
-    dgi = np.empty((p.T, p.B, G), p.dtype)
-    dgh = np.empty((p.T, p.B, G), p.dtype)
-    dx = np.empty((p.T, p.B, p.I), p.dtype)
-    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    dgi = _ws.empty((p.T, p.B, G), p.dtype)
+    dgh = _ws.empty((p.T, p.B, G), p.dtype)
+    dx = _ws.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
     noise = dict(d.noise)
     if "rmask" in noise:
-        noise["dhd"] = np.empty((p.B, p.H), p.dtype)
+        noise["dhd"] = _ws.empty((p.B, p.H), p.dtype)
     with blas_single_thread():
         _k.gru.backward(
             d.x,
@@ -870,7 +871,7 @@ def _noise_keywords(p: Prepared, s: _Schedule, training: bool) -> dict[str, Any]
     rmask, zh = p.extra("recurrent_mask"), p.extra("zoneout_h")
     if rmask is not None:
         out["rmask"] = s.rows(rmask, 0)
-        out["hds"] = np.empty((p.T if training else 2, p.B, p.H), p.dtype)
+        out["hds"] = _ws.empty((p.T if training else 2, p.B, p.H), p.dtype)
     if isinstance(zh, float):
         out["zoneout_p"] = zh
     elif zh is not None:
@@ -890,11 +891,11 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
     G, H = p.w_hh.shape[0], p.H
-    gates = np.empty((p.T, p.B, G), p.dtype)
-    y = np.empty((p.T, p.B, P), p.dtype)
-    cs = np.empty((p.T if training else 1, p.B, H), p.dtype)
-    ms = np.empty((p.T if training else 1, p.B, H), p.dtype)
-    h_n, c_n = np.empty((p.B, P), p.dtype), np.empty((p.B, H), p.dtype)
+    gates = _ws.empty((p.T, p.B, G), p.dtype)
+    y = _ws.empty((p.T, p.B, P), p.dtype)
+    cs = _ws.empty((p.T if training else 1, p.B, H), p.dtype)
+    ms = _ws.empty((p.T if training else 1, p.B, H), p.dtype)
+    h_n, c_n = _ws.empty((p.B, P), p.dtype), _ws.empty((p.B, H), p.dtype)
     with blas_single_thread():
         _k.lstm.forward_proj(
             xk,
@@ -935,11 +936,15 @@ def _lstm_proj_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> LSTMProjGrad
     dc_a = as_grad("dc_n", dc_n, (p.B, H), p.dtype)
     dc = np.zeros((p.B, H), p.dtype) if dc_a is None else s.rows(dc_a, 0).copy()
     G = p.w_hh.shape[0]
-    dgates = np.empty((p.T, p.B, G), p.dtype)
-    dhs = np.empty((p.T, p.B, P), p.dtype)
-    dm = np.empty((p.B, H), p.dtype)
-    dx = np.empty((p.T, p.B, p.I), p.dtype)
-    dw_ih, dw_hh, dw_hr = np.empty_like(p.w_ih), np.empty_like(p.w_hh), np.empty_like(p.w_hr)
+    dgates = _ws.empty((p.T, p.B, G), p.dtype)
+    dhs = _ws.empty((p.T, p.B, P), p.dtype)
+    dm = _ws.empty((p.B, H), p.dtype)
+    dx = _ws.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh, dw_hr = (
+        _ws.empty(p.w_ih.shape, p.dtype),
+        _ws.empty(p.w_hh.shape, p.dtype),
+        _ws.empty(p.w_hr.shape, p.dtype),
+    )
     db = np.empty(G, p.dtype)
     with blas_single_thread():
         _k.lstm.backward_proj(
@@ -984,11 +989,11 @@ def _gru_reset_before_forward(p: Prepared, training: bool, options: dict[str, An
     s = _Schedule(p.lengths, p.T, p.B, options["reverse"])
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     H, G = p.H, p.w_hh.shape[0]
-    gates = np.empty((p.T, p.B, G), p.dtype)
-    rhs = np.empty((p.T if training else 1, p.B, H), p.dtype)
-    hw = np.empty((p.B, G), p.dtype)
-    y = np.empty((p.T, p.B, H), p.dtype)
-    h_n = np.empty((p.B, H), p.dtype)
+    gates = _ws.empty((p.T, p.B, G), p.dtype)
+    rhs = _ws.empty((p.T if training else 1, p.B, H), p.dtype)
+    hw = _ws.empty((p.B, G), p.dtype)
+    y = _ws.empty((p.T, p.B, H), p.dtype)
+    h_n = _ws.empty((p.B, H), p.dtype)
     with blas_single_thread():
         _k.gru.forward_reset_before(
             xk,
@@ -1019,10 +1024,10 @@ def _gru_reset_before_backward(c: Cache, dy: Any, dh_n: Any) -> GRUGrads:
     s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     G = p.w_hh.shape[0]
-    dg = np.empty((p.T, p.B, G), p.dtype)
-    drh = np.empty((p.B, p.H), p.dtype)
-    dx = np.empty((p.T, p.B, p.I), p.dtype)
-    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    dg = _ws.empty((p.T, p.B, G), p.dtype)
+    drh = _ws.empty((p.B, p.H), p.dtype)
+    dx = _ws.empty((p.T, p.B, p.I), p.dtype)
+    dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db = np.empty(G, p.dtype)
     with blas_single_thread():
         _k.gru.backward_reset_before(
@@ -1079,14 +1084,14 @@ def _lstm_ln_forward(p: Prepared, training: bool, reverse: bool, return_cell_sta
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
     # training keeps every step; inference one
     keep = T if training else 1
-    gates = np.empty((keep, B, G), p.dtype)
-    xs = np.empty((keep, B, G), p.dtype)
-    hs = np.empty((keep, B, G), p.dtype)
-    cn = np.empty((keep, B, H), p.dtype)
-    rstd = np.empty((keep, B, 3), p.dtype)
-    y = np.empty((T, B, H), p.dtype)
-    cs = np.empty((keep, B, H), p.dtype)
-    h_n, c_n = np.empty((B, H), p.dtype), np.empty((B, H), p.dtype)
+    gates = _ws.empty((keep, B, G), p.dtype)
+    xs = _ws.empty((keep, B, G), p.dtype)
+    hs = _ws.empty((keep, B, G), p.dtype)
+    cn = _ws.empty((keep, B, H), p.dtype)
+    rstd = _ws.empty((keep, B, 3), p.dtype)
+    y = _ws.empty((T, B, H), p.dtype)
+    cs = _ws.empty((keep, B, H), p.dtype)
+    h_n, c_n = _ws.empty((B, H), p.dtype), _ws.empty((B, H), p.dtype)
     x = p.extra
     with blas_single_thread():
         _k.lstm.forward_ln(
@@ -1130,10 +1135,10 @@ def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
     s = d.s
     dyk, (dh, dc) = _upstream(p, s, dy, {"dh_n": dh_n, "dc_n": dc_n})
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
-    dgates, dgx, dgh = (np.empty((T, B, G), p.dtype) for _ in range(3))
-    du = np.empty((T, B, H), p.dtype)
-    dx = np.empty((T, B, p.I), p.dtype)
-    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    dgx, dgh = _ws.empty((T, B, G), p.dtype), _ws.empty((T, B, G), p.dtype)
+    acc = np.empty(_k.lstm.ln_workspace(B, H), p.dtype)
+    dx = _ws.empty((T, B, p.I), p.dtype)
+    dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db = np.empty(G, p.dtype)
     dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
     x = p.extra
@@ -1159,10 +1164,9 @@ def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
             dyk,
             dh,
             dc,
-            dgates,
             dgx,
             dgh,
-            du,
+            acc,
             dx,
             dw_ih,
             dw_hh,
@@ -1186,13 +1190,13 @@ def _gru_ln_forward(p: Prepared, training: bool, options: dict[str, Any]):
     T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
     keep = T if training else 1
     b_ih, b_hh = _biases(p)
-    gates = np.empty((keep, B, G), p.dtype)
-    xs = np.empty((keep, B, G), p.dtype)
-    hs = np.empty((keep, B, G), p.dtype)
-    hns = np.empty((keep, B, H), p.dtype)
-    rstd = np.empty((keep, B, 2), p.dtype)
-    y = np.empty((T, B, H), p.dtype)
-    h_n = np.empty((B, H), p.dtype)
+    gates = _ws.empty((keep, B, G), p.dtype)
+    xs = _ws.empty((keep, B, G), p.dtype)
+    hs = _ws.empty((keep, B, G), p.dtype)
+    hns = _ws.empty((keep, B, H), p.dtype)
+    rstd = _ws.empty((keep, B, 2), p.dtype)
+    y = _ws.empty((T, B, H), p.dtype)
+    h_n = _ws.empty((B, H), p.dtype)
     with blas_single_thread():
         _k.gru.forward_ln(
             xk,
@@ -1231,9 +1235,10 @@ def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
     s = d.s
     dyk, (dh,) = _upstream(p, s, dy, {"dh_n": dh_n})
     T, B, G = p.T, p.B, p.w_hh.shape[0]
-    dgi, dgh, dghh, dgx = (np.empty((T, B, G), p.dtype) for _ in range(4))
-    dx = np.empty((T, B, p.I), p.dtype)
-    dw_ih, dw_hh = np.empty_like(p.w_ih), np.empty_like(p.w_hh)
+    dghh, dgx = _ws.empty((T, B, G), p.dtype), _ws.empty((T, B, G), p.dtype)
+    acc = np.empty(_k.gru.ln_workspace(B, p.H), p.dtype)
+    dx = _ws.empty((T, B, p.I), p.dtype)
+    dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
     dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
     with blas_single_thread():
@@ -1253,10 +1258,9 @@ def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
             d.y,
             dyk,
             dh,
-            dgi,
-            dgh,
             dghh,
             dgx,
+            acc,
             dx,
             dw_ih,
             dw_hh,

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastrnn import _threads
+from fastrnn import _threads, _workspace
 from fastrnn._common import check_lengths, nbytes_of
 from fastrnn._threads import get_num_threads
 from fastrnn.cells import BACKENDS, Cell, Param, Sizes, get_cell
@@ -578,7 +578,9 @@ def _bernoulli(
     n = math.prod(shape)
     words = generator.integers(0, _U64_MAX, size=(n + 3) // 4, dtype=np.uint64, endpoint=True)
     bits = words.view(np.uint16)[:n]
-    return (bits < round(p * 65536)).astype(dtype).reshape(shape)
+    out = _workspace.empty(shape, dtype)  # kept in the cache: from the kept buffers
+    np.less(bits, round(p * 65536), out=out.reshape(n))
+    return out
 
 
 _U64_MAX = np.iinfo(np.uint64).max

@@ -4,8 +4,8 @@
 # rstd = 1 / sqrt(var(v) + eps)
 # over the n features of one row, as fastrnn.reference._layer_norm computes it (two passes: the
 # mean, then the mean of the squared deviations). A row is always summed by one thread in one
-# order, and so is each column of the gain gradients (col_grads): results do not depend on the
-# team size.
+# order, and so is each entry of the bias and gain gradients (block_sums): results do not depend
+# on the team size.
 
 from cython cimport floating
 from libc.math cimport sqrt
@@ -100,50 +100,43 @@ cdef inline void ln_backward(const floating* dout, const floating* gain, const f
         dv[k] = rstd * (dout[k] * gain[k] - m1 - vhat[k] * m2)
 
 
-cdef inline void col_grads(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                           int n_gates, const floating* dg, const floating* vhat,
-                           floating* db, floating* dgain) noexcept nogil:
-    """For the gate columns c = g*H + [j0, j1) of one step's n rows (dg and vhat are (n, G),
-    G = n_gates * H): dgain[c] += sum_b dg[b, c] vhat[b, c], and db[c] += sum_b dg[b, c] unless
-    db is NULL. Called by the thread that owns units [j0, j1) for every step, from the last step
-    to the first: each column is summed by one thread in one order, whatever the team size."""
-    cdef Py_ssize_t G = n_gates * H, m = j1 - j0
-    cdef Py_ssize_t b, k, o
-    cdef int g
-    for b in range(n):
-        for g in range(n_gates):
-            o = b * G + g * H + j0
-            if db != NULL:
-                for k in range(m):
-                    db[g * H + j0 + k] += dg[o + k]
-            for k in range(m):
-                dgain[g * H + j0 + k] += dg[o + k] * vhat[o + k]
-
-
-cdef inline void col_grads2(Py_ssize_t n, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                            int n_gates, const floating* dg, const floating* v1,
-                            const floating* v2, floating* db, floating* dgain1,
-                            floating* dgain2) noexcept nogil:
-    """col_grads of one dg against two normalized inputs in one pass: db[c] += sum_b dg[b, c],
-    dgain1[c] += sum_b dg[b, c] v1[b, c], dgain2[c] += sum_b dg[b, c] v2[b, c]."""
-    cdef Py_ssize_t G = n_gates * H, m = j1 - j0
-    cdef Py_ssize_t b, k, o, c
-    cdef int g
-    for b in range(n):
-        for g in range(n_gates):
-            o = b * G + g * H + j0
-            c = g * H + j0
-            for k in range(m):
-                db[c + k] += dg[o + k]
-                dgain1[c + k] += dg[o + k] * v1[o + k]
-                dgain2[c + k] += dg[o + k] * v2[o + k]
-
-
-cdef inline void zero_cols(Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1, int n_gates,
-                           floating* v) noexcept nogil:
-    """v[g*H + [j0, j1)] = 0 for every gate g."""
+cdef inline void row_grads(const floating* dg, const floating* v1, const floating* v2,
+                           floating* db, floating* dgain1, floating* dgain2,
+                           Py_ssize_t n) noexcept nogil:
+    """One row's terms of a bias and two gain gradients: db[k] += dg[k], dgain1[k] += dg[k]
+    v1[k], and (unless v2 is NULL) dgain2[k] += dg[k] v2[k], k < n."""
     cdef Py_ssize_t k
-    cdef int g
-    for g in range(n_gates):
-        for k in range(g * H + j0, g * H + j1):
-            v[k] = 0
+    if v2 == NULL:
+        for k in range(n):
+            db[k] += dg[k]
+            dgain1[k] += dg[k] * v1[k]
+    else:
+        for k in range(n):
+            db[k] += dg[k]
+            dgain1[k] += dg[k] * v1[k]
+            dgain2[k] += dg[k] * v2[k]
+
+
+# The bias and gain gradients sum over every step and row. The backward loops add a row's terms
+# where its gate gradients are computed (still in cache, and the (T, B, G) gate gradients need
+# not be kept for a pass after the loop), into sums of its block of ROW_BLOCK rows: a block is
+# always one thread's (share_rows) and adds its rows in one order (steps from the last, rows
+# ascending), then block_sums adds the blocks in order. The bits do not depend on the team size.
+cdef inline Py_ssize_t n_row_blocks(Py_ssize_t B) noexcept nogil:
+    """How many blocks of ROW_BLOCK rows B rows make."""
+    return (B + ROW_BLOCK - 1) // ROW_BLOCK
+
+
+cdef inline void block_sums(const floating* acc, Py_ssize_t stride, Py_ssize_t n_blocks,
+                            Py_ssize_t off, Py_ssize_t n, floating* out, int size,
+                            int rank) noexcept nogil:
+    """out[k] = sum_blk acc[blk * stride + off + k], blocks in order, for rank's share of
+    k < n (each k is one thread's; a barrier must separate the blocks' sums from this)."""
+    cdef Py_ssize_t k, k0, k1, blk
+    cdef floating s
+    share(n, size, rank, &k0, &k1)
+    for k in range(k0, k1):
+        s = 0
+        for blk in range(n_blocks):
+            s += acc[blk * stride + off + k]
+        out[k] = s

@@ -119,7 +119,7 @@ cdef struct LSTMOps:
     void* rstd              # (T, B, 3) 1/sqrt(var + eps) of the rows of xs, hs, cn (training)
     void* dgx               # (T, B, 4H) workspace: gradient of W_ih x
     void* dgh               # (T, B, 4H) workspace: gradient of W_hh h
-    void* du                # (T, B, H) workspace: gradient of LN(c)
+    void* ln_acc            # ln_workspace(B, H): each row block's gradient sums (_layernorm)
     void* dln_ih            # (4H,)
     void* dln_hh            # (4H,)
     void* dln_c             # (H,)
@@ -174,5 +174,6 @@ cdef struct GRUOps:
     void* rstd              # (T, B, 2) 1/sqrt(var + eps) of the rows of xs, hs (training)
     void* dgx               # (T, B, 3H) workspace: gradient of W_ih x
     void* dghh              # (T, B, 3H) workspace: gradient of W_hh h
+    void* ln_acc            # ln_workspace(B, H): each row block's gradient sums (_layernorm)
     void* dln_ih            # (3H,)
     void* dln_hh            # (3H,)

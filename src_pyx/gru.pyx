@@ -26,8 +26,8 @@ from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active, i
                       recurrent_nt, recurrent_nt_k, release, step_gates, steps_per_chunk,
                       thread_units, thread_units_isa, weight_grad, weight_grad_active,
                       weight_grad_ld)
-from _layernorm cimport (col_grads, ln_backward, ln_normalize, run_end, share_rows,
-                         zero_cols)
+from _layernorm cimport (ROW_BLOCK, block_sums, ln_backward, ln_normalize, n_row_blocks,
+                         row_grads, run_end, share_rows)
 from _prepack cimport next_sweep, take_prepacked
 from _ops cimport GRUOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
@@ -626,22 +626,23 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef const floating* y = <const floating*> op.y
     cdef const floating* dy = <const floating*> op.dy
     cdef floating* dh = <floating*> op.dh
-    cdef floating* dgi = <floating*> op.dgi
-    cdef floating* dgh = <floating*> op.dgh
     cdef floating* dghh = <floating*> op.dghh
     cdef floating* dgx = <floating*> op.dgx
+    cdef floating* acc = <floating*> op.ln_acc
     cdef floating* dx = <floating*> op.dx
-    cdef floating* db_ih = <floating*> op.db_ih
-    cdef floating* db_hh = <floating*> op.db_hh
-    cdef floating* dln_ih = <floating*> op.dln_ih
-    cdef floating* dln_hh = <floating*> op.dln_hh
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e, r, r1
+    # a block's row of acc: the sums of db_ih, dln_ih, db_hh, dln_hh (G each), then its current
+    # row's dgi and dgh (G each)
+    cdef Py_ssize_t K = 4 * G, W = K + 2 * G, nblk = n_row_blocks(B)
+    cdef Py_ssize_t t, b, n, o, b0, b1, e, r, r1
     cdef const floating* h_prev
+    cdef floating* ab
     cdef Packed pk
 
     # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
     share_rows(B, size, rank, &b0, &b1)
+    for b in range(b0 // ROW_BLOCK, n_row_blocks(b1)):
+        memset(acc + b * W, 0, K * sizeof(floating))
     pack_nn(&pk, ISA, H, 0, H, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -649,15 +650,15 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
         o = t * B
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         for b in range(b0, e):
+            ab = acc + (b // ROW_BLOCK) * W
             _row_backward_ln(gates + (o + b) * G, hns + (o + b) * H, h_prev + b * H,
                              hs + (o + b) * G, g_hh, rstd[(o + b) * 2 + 1], dy + (o + b) * H,
-                             dh + b * H, dgi + (o + b) * G, dgh + (o + b) * G,
-                             dghh + (o + b) * G, H)
+                             dh + b * H, ab + K, ab + K + G, dghh + (o + b) * G, H)
+            # the row's terms of db_ih, dln_ih and of db_hh, dln_hh
+            row_grads(ab + K, xs + (o + b) * G, NULL, ab, ab + G, NULL, G)
+            row_grads(ab + K + G, hs + (o + b) * G, NULL, ab + 2 * G, ab + 3 * G, NULL, G)
             # dgx = the input LN's backward of dgi
-            ln_backward(dgi + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 2],
-                        dgx + (o + b) * G, G)
-        zero_rows(dgi + o * G, e, b1, G)
-        zero_rows(dgh + o * G, e, b1, G)
+            ln_backward(ab + K, g_ih, xs + (o + b) * G, rstd[(o + b) * 2], dgx + (o + b) * G, G)
         zero_rows(dghh + o * G, e, b1, G)
         zero_rows(dgx + o * G, e, b1, G)
         # dh_{t-1}[b0:e] = z * dh_t + dghh_t[b0:e] W_hh   (inactive rows keep dh)
@@ -670,17 +671,11 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     release(&pk)
     fr_barrier_wait(bar, size)
 
-    # this thread's columns of the bias and gain gradients, each summed in one order
-    thread_units(H, size, rank, &j0, &j1)
-    zero_cols(H, j0, j1, 3, db_ih)
-    zero_cols(H, j0, j1, 3, db_hh)
-    zero_cols(H, j0, j1, 3, dln_ih)
-    zero_cols(H, j0, j1, 3, dln_hh)
-    for t in range(T - 1, -1, -1):
-        n = batch_sizes[t]
-        o = t * B
-        col_grads(n, H, j0, j1, 3, dgi + o * G, xs + o * G, db_ih, dln_ih)
-        col_grads(n, H, j0, j1, 3, dgh + o * G, hs + o * G, db_hh, dln_hh)
+    # the bias and gain gradients: the blocks' sums, added in block order
+    block_sums(acc, W, nblk, 0, G, <floating*> op.db_ih, size, rank)
+    block_sums(acc, W, nblk, G, G, <floating*> op.dln_ih, size, rank)
+    block_sums(acc, W, nblk, 2 * G, G, <floating*> op.db_hh, size, rank)
+    block_sums(acc, W, nblk, 3 * G, G, <floating*> op.dln_hh, size, rank)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
     weight_grad(T * B, I, H, 3, dgx, x, <floating> 0, <floating*> op.dw_ih, size, rank, ISA)
@@ -688,6 +683,11 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     weight_grad((T - 1) * B, H, H, 3, dghh + B * G, y, <floating> 1, <floating*> op.dw_hh, size,
                 rank, ISA)
     input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
+
+
+def ln_workspace(Py_ssize_t B, Py_ssize_t H):
+    """The shape of backward_ln's ``ln_acc`` workspace for B batch rows and H units."""
+    return (n_row_blocks(B), 6 * 3 * H)
 
 
 def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
@@ -771,10 +771,9 @@ def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
                 const floating[:, :, ::1] y,      # IN    (T, B, H)
                 const floating[:, :, ::1] dy,     # IN    (T, B, H)
                 floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
-                floating[:, :, ::1] dgi,          # OUT   (T, B, G) workspace
-                floating[:, :, ::1] dgh,          # OUT   (T, B, G) workspace
                 floating[:, :, ::1] dghh,         # OUT   (T, B, G) workspace
                 floating[:, :, ::1] dgx,          # OUT   (T, B, G) workspace
+                floating[:, ::1] ln_acc,          # OUT   ln_workspace(B, H) workspace
                 floating[:, :, ::1] dx,           # OUT   (T, B, I)
                 floating[:, ::1] dw_ih,           # OUT   (G, I)
                 floating[:, ::1] dw_hh,           # OUT   (G, H)
@@ -785,6 +784,8 @@ def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
                 int n_threads):
     """Layer-normalized GRU BPTT over all T steps (T, B >= 1); see forward_ln for shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    if (ln_acc.shape[0], ln_acc.shape[1]) != ln_workspace(B, H):
+        raise ValueError(f"ln_acc must have the shape {ln_workspace(B, H)}")
     cdef GRUOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                          &batch_sizes[0], &y[0, 0, 0])
     o.ln_ih = &ln_ih[0]
@@ -796,10 +797,9 @@ def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.rstd = <void*> &rstd[0, 0, 0]
     o.dy = &dy[0, 0, 0]
     o.dh = &dh[0, 0]
-    o.dgi = &dgi[0, 0, 0]
-    o.dgh = &dgh[0, 0, 0]
     o.dghh = &dghh[0, 0, 0]
     o.dgx = &dgx[0, 0, 0]
+    o.ln_acc = &ln_acc[0, 0]
     o.dx = &dx[0, 0, 0]
     o.dw_ih = &dw_ih[0, 0]
     o.dw_hh = &dw_hh[0, 0]

@@ -26,8 +26,8 @@ from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active, i
                       pack_nn, pack_nt, pack_nt_k, project_active, recurrent_nn, recurrent_nt,
                       recurrent_nt_k, release, step_gates, steps_per_chunk, thread_units,
                       thread_units_isa, weight_grad, weight_grad_active)
-from _layernorm cimport (col_grads, col_grads2, ln_backward, ln_normalize, row_dot2, run_end,
-                         share_rows, zero_cols)
+from _layernorm cimport (ROW_BLOCK, block_sums, ln_backward, ln_normalize, n_row_blocks,
+                         row_dot2, row_grads, run_end, share_rows)
 from _prepack cimport next_sweep, take_prepacked
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
@@ -671,9 +671,10 @@ def backward(const floating[:, :, ::1] x,      # IN    (T, B, I)
 # loop. (Each output element of the micro-kernels is the same sum in the same order for any
 # number of rows per call, so the bits do not depend on the team size.) The backward is cut the
 # same way: a row's gate grads (with the LN backward of c, W_hh h and W_ih x) and its
-# dh_{t-1} = dgh_t W_hh need no other row. After the loop, one barrier, then the bias and gain
-# gradients by columns (col_grads: each column summed by one thread in one order, so no lock
-# and the same bits for any thread count), and the weight gradients and dx as large GEMMs.
+# dh_{t-1} = dgh_t W_hh need no other row; the row's terms of the bias and gain gradients are
+# added right there into its block's sums (_layernorm.pxd's block_sums: so the gate gradients
+# are never stored, and the bits are the same for any thread count). After the loop, one
+# barrier, then the blocks' sums added in order, and the weight gradients and dx as large GEMMs.
 cdef inline void _row_forward_ln(const floating* xh, floating* hh, const floating* g_ih,
                                  const floating* g_hh, const floating* bias, floating* a,
                                  const floating* c_prev, floating* c, floating* cn,
@@ -865,25 +866,25 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     cdef const floating* dy = <const floating*> op.dy
     cdef floating* dh = <floating*> op.dh
     cdef floating* dc = <floating*> op.dc
-    cdef floating* dgates = <floating*> op.dgates
     cdef floating* dgx = <floating*> op.dgx
     cdef floating* dgh = <floating*> op.dgh
-    cdef floating* du = <floating*> op.du
+    cdef floating* acc = <floating*> op.ln_acc
     cdef floating* dx = <floating*> op.dx
     cdef floating* dw_ih = <floating*> op.dw_ih
     cdef floating* dw_hh = <floating*> op.dw_hh
-    cdef floating* db = <floating*> op.db
-    cdef floating* dln_ih = <floating*> op.dln_ih
-    cdef floating* dln_hh = <floating*> op.dln_hh
-    cdef floating* dln_c = <floating*> op.dln_c
-    cdef floating* dln_c_bias = <floating*> op.dln_c_bias
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t t, b, n, o, j0, j1, b0, b1, e, r, r1
+    # a block's row of acc: the sums of db, dln_ih, dln_hh (G each), dln_c_bias, dln_c (H each),
+    # then its current row's da (G) and du (H)
+    cdef Py_ssize_t K = 3 * G + 2 * H, W = K + G + H, nblk = n_row_blocks(B)
+    cdef Py_ssize_t t, b, n, o, b0, b1, e, r, r1
     cdef const floating* c_prev
+    cdef floating* ab
     cdef Packed pk
 
     # this thread's batch rows [b0, b1) at every step, and all of W_hh (as the forward)
     share_rows(B, size, rank, &b0, &b1)
+    for b in range(b0 // ROW_BLOCK, n_row_blocks(b1)):
+        memset(acc + b * W, 0, K * sizeof(floating))
     pack_nn(&pk, ISA, H, 0, H, G, w_hh)
     for t in range(T - 1, -1, -1):
         n = batch_sizes[t]
@@ -891,14 +892,16 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
         o = t * B
         c_prev = c0 if t == 0 else cs + (t - 1) * B * H
         for b in range(b0, e):
+            ab = acc + (b // ROW_BLOCK) * W
             _row_backward_ln(gates + (o + b) * G, c_prev + b * H, cn + (o + b) * H, g_c, b_c,
                              rstd[(o + b) * 3 + 2], hs + (o + b) * G, g_hh,
                              rstd[(o + b) * 3 + 1], dy + (o + b) * H, dh + b * H, dc + b * H,
-                             dgates + (o + b) * G, du + (o + b) * H, dgh + (o + b) * G, H)
+                             ab + K, ab + K + G, dgh + (o + b) * G, H)
+            # the row's terms of db, dln_ih, dln_hh and of dln_c_bias, dln_c
+            row_grads(ab + K, xs + (o + b) * G, hs + (o + b) * G, ab, ab + G, ab + 2 * G, G)
+            row_grads(ab + K + G, cn + (o + b) * H, NULL, ab + 3 * G, ab + 3 * G + H, NULL, H)
             # dgx = the input LN's backward of da
-            ln_backward(dgates + (o + b) * G, g_ih, xs + (o + b) * G, rstd[(o + b) * 3],
-                        dgx + (o + b) * G, G)
-        zero_rows(dgates + o * G, e, b1, G)
+            ln_backward(ab + K, g_ih, xs + (o + b) * G, rstd[(o + b) * 3], dgx + (o + b) * G, G)
         zero_rows(dgx + o * G, e, b1, G)
         zero_rows(dgh + o * G, e, b1, G)
         # dh_{t-1}[b0:e] = dgh_t[b0:e] W_hh   (inactive rows keep the dh they carry)
@@ -910,24 +913,23 @@ cdef void _backward_ln_part(const void* ops, fr_barrier* bar, int size, int rank
     release(&pk)
     fr_barrier_wait(bar, size)
 
-    # this thread's columns of the bias and gain gradients, each summed in one order
-    thread_units(H, size, rank, &j0, &j1)
-    zero_cols(H, j0, j1, 4, db)
-    zero_cols(H, j0, j1, 4, dln_ih)
-    zero_cols(H, j0, j1, 4, dln_hh)
-    zero_cols(H, j0, j1, 1, dln_c)
-    zero_cols(H, j0, j1, 1, dln_c_bias)
-    for t in range(T - 1, -1, -1):
-        n = batch_sizes[t]
-        o = t * B
-        col_grads2(n, H, j0, j1, 4, dgates + o * G, xs + o * G, hs + o * G, db, dln_ih, dln_hh)
-        col_grads(n, H, j0, j1, 1, du + o * H, cn + o * H, dln_c_bias, dln_c)
+    # the bias and gain gradients: the blocks' sums, added in block order
+    block_sums(acc, W, nblk, 0, G, <floating*> op.db, size, rank)
+    block_sums(acc, W, nblk, G, G, <floating*> op.dln_ih, size, rank)
+    block_sums(acc, W, nblk, 2 * G, G, <floating*> op.dln_hh, size, rank)
+    block_sums(acc, W, nblk, 3 * G, H, <floating*> op.dln_c_bias, size, rank)
+    block_sums(acc, W, nblk, 3 * G + H, H, <floating*> op.dln_c, size, rank)
 
     # The weight and input gradients, as large GEMMs over all T*B rows.
     weight_grad(T * B, I, H, 4, dgx, x, <floating> 0, dw_ih, size, rank, ISA)
     weight_grad(B, H, H, 4, dgh, h0, <floating> 0, dw_hh, size, rank, ISA)
     weight_grad((T - 1) * B, H, H, 4, dgh + B * G, y, <floating> 1, dw_hh, size, rank, ISA)
     input_grad(T * B, I, G, dgx, w_ih, dx, size, rank, ISA)
+
+
+def ln_workspace(Py_ssize_t B, Py_ssize_t H):
+    """The shape of backward_ln's ``ln_acc`` workspace for B batch rows and H units."""
+    return (n_row_blocks(B), 3 * 4 * H + 2 * H + 4 * H + H)
 
 
 def forward_ln(const floating[:, :, ::1] x,       # IN    (T, B, I)
@@ -1026,10 +1028,9 @@ def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
                 const floating[:, :, ::1] dy,     # IN    (T, B, H)
                 floating[:, ::1] dh,              # INOUT (B, H) dh_n in, dh0 out
                 floating[:, ::1] dc,              # INOUT (B, H) dc_n in, dc0 out
-                floating[:, :, ::1] dgates,       # OUT   (T, B, G) workspace
                 floating[:, :, ::1] dgx,          # OUT   (T, B, G) workspace
                 floating[:, :, ::1] dgh,          # OUT   (T, B, G) workspace
-                floating[:, :, ::1] du,           # OUT   (T, B, H) workspace
+                floating[:, ::1] ln_acc,          # OUT   ln_workspace(B, H) workspace
                 floating[:, :, ::1] dx,           # OUT   (T, B, I)
                 floating[:, ::1] dw_ih,           # OUT   (G, I)
                 floating[:, ::1] dw_hh,           # OUT   (G, H)
@@ -1041,6 +1042,8 @@ def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
                 int n_threads):
     """Layer-normalized LSTM BPTT over all T steps (T, B >= 1); see forward_ln for shapes."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
+    if (ln_acc.shape[0], ln_acc.shape[1]) != ln_workspace(B, H):
+        raise ValueError(f"ln_acc must have the shape {ln_workspace(B, H)}")
     cdef LSTMOps o = _ops(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0], &w_hh[0, 0],
                           &batch_sizes[0], &y[0, 0, 0])
     o.ln_ih = &ln_ih[0]
@@ -1056,10 +1059,9 @@ def backward_ln(const floating[:, :, ::1] x,      # IN    (T, B, I)
     o.dy = &dy[0, 0, 0]
     o.dh = &dh[0, 0]
     o.dc = &dc[0, 0]
-    o.dgates = &dgates[0, 0, 0]
     o.dgx = &dgx[0, 0, 0]
     o.dgh = &dgh[0, 0, 0]
-    o.du = &du[0, 0, 0]
+    o.ln_acc = &ln_acc[0, 0]
     o.dx = &dx[0, 0, 0]
     o.dw_ih = &dw_ih[0, 0]
     o.dw_hh = &dw_hh[0, 0]

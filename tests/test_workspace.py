@@ -1,0 +1,107 @@
+"""fastrnn._workspace: kept buffers are lent again only when nothing refers to them."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import SPEC_BY_NAME, make_case, make_layer_norm
+
+from fastrnn import _workspace as ws
+
+
+@pytest.fixture(autouse=True)
+def fresh_buffers():
+    ws.release()
+    yield
+    ws.release()
+
+
+def test_small_arrays_are_plain_numpy():
+    a = ws.empty((4, 5), np.float32)
+    assert a.shape == (4, 5) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert ws.kept_nbytes() == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_freed_buffer_is_lent_again(dtype):
+    shape = (3, ws.MIN // 8 + 7)
+    a = ws.empty(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    address = a.ctypes.data
+    del a
+    b = ws.empty(shape, dtype)
+    assert b.ctypes.data == address
+    assert ws.kept_nbytes() == b.nbytes
+
+
+def test_a_buffer_with_a_live_view_is_not_lent():
+    n = ws.MIN // 4
+    a = ws.empty((n,), np.float32)
+    view = a[10:20]  # the caller keeps only a slice
+    del a
+    view[:] = 7.0
+    b = ws.empty((n,), np.float32)
+    b[:] = 0.0
+    np.testing.assert_array_equal(view, 7.0)
+    assert ws.kept_nbytes() == 2 * n * 4
+
+
+def test_only_a_close_size_is_lent():
+    n = ws.MIN // 4
+    a = ws.empty((4 * n,), np.float32)
+    address = a.ctypes.data
+    del a
+    b = ws.empty((n,), np.float32)  # a quarter of the free buffer: not lent, a new one
+    assert b.ctypes.data != address
+
+
+def test_at_most_keep_bytes_are_kept(monkeypatch):
+    monkeypatch.setattr(ws, "KEEP", 3 * ws.MIN)
+    held = [ws.empty((ws.MIN,), np.uint8) for _ in range(5)]
+    assert ws.kept_nbytes() == 3 * ws.MIN
+    del held
+    big = ws.empty((2 * ws.MIN + 5,), np.uint8)  # drops free buffers to make room
+    assert ws.kept_nbytes() <= 3 * ws.MIN
+    assert big.nbytes in {b.nbytes for b in ws._buffers()}
+
+
+def test_threads_keep_their_own_buffers():
+    a = ws.empty((ws.MIN,), np.uint8)
+    seen = []
+
+    def other():
+        seen.append(ws.kept_nbytes())
+        ws.empty((ws.MIN,), np.uint8)
+        seen.append(ws.kept_nbytes())
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == [0, ws.MIN]
+    assert ws.kept_nbytes() == a.nbytes
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_layer_norm_caches_alive_at_once_keep_their_values(cell):
+    """Two training forwards whose arrays are large enough to come from the kept buffers, both
+    caches alive, then their backwards in the other order: each gives the bits it gives alone."""
+    spec = SPEC_BY_NAME[cell]
+    rng = np.random.default_rng(0)
+    T, B, I, H = 60, 16, 8, 128  # (T, B, G) float32 arrays of 1.4 MB or more
+    cases = [make_case(spec, rng, T, B, I, H, np.float32) for _ in range(2)]
+    ln = make_layer_norm(spec, rng, H, np.float32)
+
+    def run(case):
+        fwd = spec.forward_case("cython", case, **ln)
+        return fwd, spec.backward_case("cython", fwd.cache, case)
+
+    alone = [run(case) for case in cases]
+    f0 = spec.forward_case("cython", cases[0], **ln)
+    f1 = spec.forward_case("cython", cases[1], **ln)
+    assert ws.kept_nbytes() > 0
+    g1 = spec.backward_case("cython", f1.cache, cases[1])
+    g0 = spec.backward_case("cython", f0.cache, cases[0])
+    for (fa, ga), fb, gb in zip(alone, (f0, f1), (g0, g1), strict=True):
+        np.testing.assert_array_equal(fa.y, fb.y)
+        for name in ga._fields:
+            np.testing.assert_array_equal(getattr(ga, name), getattr(gb, name), err_msg=name)
