@@ -52,6 +52,7 @@ from fastrnn import (  # noqa: E402,F401
 from fastrnn._isa import available_isas, get_isa, set_isa  # noqa: E402
 from fastrnn._random import get_rng_state, initial_seed, manual_seed, set_rng_state  # noqa: E402
 from fastrnn._threads import get_num_threads, set_num_threads  # noqa: E402
+from fastrnn._workspace import empty_cache  # noqa: E402
 from fastrnn.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from fastrnn.nn import (  # noqa: E402
     GRU,
@@ -101,6 +102,7 @@ __all__ = [
     "checkpoint",
     "clip_grad_norm_",
     "clip_grad_value_",
+    "empty_cache",
     "functional",
     "get_isa",
     "get_num_threads",

@@ -13,22 +13,47 @@ keeps is never overwritten.
 At most ``KEEP`` bytes of buffers are kept per thread (a buffer that would not fit first drops
 free buffers of other sizes); past that, and for arrays under ``MIN`` bytes (which the allocator
 serves from its free lists anyway), ``empty`` is ``np.empty``.
-``release()`` drops the calling thread's buffers.
+``release()`` drops the calling thread's buffers; :func:`fastrnn.empty_cache`
+drops the free buffers of every thread.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
+import weakref
 
 import numpy as np
 
-__all__ = ["KEEP", "MIN", "empty", "kept_nbytes", "release"]
+__all__ = ["KEEP", "MIN", "empty", "empty_cache", "kept_nbytes", "release"]
 
 MIN = 1 << 20
 KEEP = 1 << 30
 _local = threading.local()
+# every thread's list of buffers (a thread's list goes with the thread), for empty_cache; the
+# lock keeps empty_cache from emptying a list while its thread scans it
+_lists: weakref.WeakSet = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    # a fork while another thread held the lock would leave the child's copy locked for good
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+class _Buffers(list):
+    """A thread's kept buffers (a list subclass, so that _lists can refer to it weakly; by
+    identity, as two threads' lists are never the same)."""
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
 
 
 def _free_count() -> int:
@@ -52,7 +77,9 @@ def _free(bufs: list[np.ndarray], i: int) -> bool:
 def _buffers() -> list[np.ndarray]:
     bufs = getattr(_local, "bufs", None)
     if bufs is None:
-        bufs = _local.bufs = []
+        bufs = _local.bufs = _Buffers()
+        with _lock:
+            _lists.add(bufs)
     return bufs
 
 
@@ -75,23 +102,24 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if n < MIN or not _FREE:
         return np.empty(shape, dtype)
     bufs = _buffers()
-    best = -1
-    for i in range(len(bufs)):
-        if n <= bufs[i].nbytes <= 2 * n and _free(bufs, i):
-            if best < 0 or bufs[i].nbytes < bufs[best].nbytes:
-                best = i
-    if best >= 0:
-        buf = bufs[best]
-    else:
-        # make room: drop free buffers (of other sizes) while the new one would not fit
-        for i in range(len(bufs) - 1, -1, -1):
+    with _lock:
+        best = -1
+        for i in range(len(bufs)):
+            if n <= bufs[i].nbytes <= 2 * n and _free(bufs, i):
+                if best < 0 or bufs[i].nbytes < bufs[best].nbytes:
+                    best = i
+        if best >= 0:
+            buf = bufs[best]
+        else:
+            # make room: drop free buffers (of other sizes) while the new one would not fit
+            for i in range(len(bufs) - 1, -1, -1):
+                if kept_nbytes() + n <= KEEP:
+                    break
+                if _free(bufs, i):
+                    del bufs[i]
+            buf = np.empty(n, np.uint8)
             if kept_nbytes() + n <= KEEP:
-                break
-            if _free(bufs, i):
-                del bufs[i]
-        buf = np.empty(n, np.uint8)
-        if kept_nbytes() + n <= KEEP:
-            bufs.append(buf)
+                bufs.append(buf)
     return buf[:n].view(dtype).reshape(shape)
 
 
@@ -102,4 +130,33 @@ def kept_nbytes() -> int:
 
 def release() -> None:
     """Drop the calling thread's buffers (arrays lent from them stay valid)."""
-    _local.bufs = []
+    bufs = _buffers()
+    with _lock:
+        bufs.clear()
+
+
+def empty_cache() -> int:
+    """Give back the memory fastrnn keeps between calls for its kernels' large arrays.
+
+    Each thread that runs the kernels keeps the buffers its calls' arrays of 1 MiB or more came
+    from (saved activations, gate gradients, outputs; up to 1 GiB per thread), so that the next
+    call reuses their pages instead of faulting fresh ones in. After training, or before a
+    phase that needs the memory elsewhere, this drops every thread's free buffers (the calling
+    thread's and, for instance, the bidirectional layers' worker's). The next call allocates
+    again. As PyTorch's ``torch.cuda.empty_cache``, it changes no result.
+
+    Returns
+    -------
+    int
+        Bytes still kept: buffers that arrays, views or slices alive somewhere (a cache
+        awaiting its backward, an output the caller holds) still refer to. They are the memory
+        of those arrays anyway and are dropped by a later call once free.
+    """
+    kept = 0
+    with _lock:
+        for bufs in list(_lists):
+            for i in range(len(bufs) - 1, -1, -1):
+                if _free(bufs, i):
+                    del bufs[i]
+            kept += sum(b.nbytes for b in bufs)
+    return kept

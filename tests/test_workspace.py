@@ -105,3 +105,36 @@ def test_layer_norm_caches_alive_at_once_keep_their_values(cell):
         np.testing.assert_array_equal(fa.y, fb.y)
         for name in ga._fields:
             np.testing.assert_array_equal(getattr(ga, name), getattr(gb, name), err_msg=name)
+
+
+def test_empty_cache_drops_every_threads_free_buffers():
+    """fastrnn.empty_cache: the free buffers of every thread go (this one's and another's), a
+    buffer an array still refers to stays (and its values with it)."""
+    import fastrnn
+
+    kept = ws.empty((ws.MIN,), np.uint8)
+    kept[:] = 3
+    ws.empty((2 * ws.MIN,), np.uint8)  # freed at once
+    lists = []
+
+    def other():
+        ws.empty((ws.MIN,), np.uint8)
+        lists.append(ws._buffers())
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert ws.kept_nbytes() == 3 * ws.MIN and sum(b.nbytes for b in lists[0]) == ws.MIN
+    assert fastrnn.empty_cache() == ws.MIN  # the buffer `kept` lives in
+    assert ws.kept_nbytes() == ws.MIN and len(lists[0]) == 0
+    np.testing.assert_array_equal(kept, 3)
+    del kept
+    assert fastrnn.empty_cache() == 0 and ws.kept_nbytes() == 0
+
+
+def test_release_on_a_thread_that_kept_nothing_yet():
+    seen = []
+    t = threading.Thread(target=lambda: seen.append((ws.release(), ws.kept_nbytes())))
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive() and seen == [(None, 0)]
