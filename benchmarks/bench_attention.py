@@ -19,10 +19,11 @@ parts.
     python benchmarks/bench_attention.py --threads 1 --kind additive
     pytest benchmarks/bench_attention.py                       # pytest-benchmark
 
-torch is imported before fastrnn, and ``OMP_WAIT_POLICY`` is set to PASSIVE (unless the
-environment chose a policy) before either loads its OpenMP runtime: with torch imported first and
-the policy unset, idle OpenMP threads spin and the two libraries' threads take the 2 cores of the
-development machine from each other (README, "Use inside PyTorch"). The header prints the policy.
+torch is imported before fastrnn, and this script sets ``OMP_WAIT_POLICY`` to PASSIVE (unless
+the environment chose a policy) before either loads the OpenMP runtime they share, so that its
+figures stay comparable with the README's (measured that way, on a machine shared with other
+jobs); ``OMP_WAIT_POLICY=ACTIVE`` in the environment times spinning threads instead. The header
+prints the policy.
 """
 
 from __future__ import annotations

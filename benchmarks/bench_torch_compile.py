@@ -23,8 +23,8 @@ against the eager patched step's.
     python benchmarks/bench_torch_compile.py --torch-compile       # also torch's modules compiled
     python benchmarks/bench_torch_compile.py --rest   # also Embedding -> Linear alone (no RNN)
 
-torch is imported before fastrnn: both load an OpenMP runtime that reads ``OMP_WAIT_POLICY``, and
-fastrnn sets it to PASSIVE (unless already set) before loading its own.
+torch is imported before fastrnn, as users do; the two share one OpenMP runtime in the process,
+which reads ``OMP_WAIT_POLICY`` (neither library sets it) when torch loads it.
 """
 
 from __future__ import annotations

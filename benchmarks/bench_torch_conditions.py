@@ -1,10 +1,11 @@
 """``bench_torch_patch.py`` under the conditions PyTorch users actually run: every import order,
 ``OMP_WAIT_POLICY`` unset or PASSIVE, 1 and 2 threads, each in a fresh process.
 
-torch and fastrnn both load an OpenMP runtime, and each runtime reads ``OMP_WAIT_POLICY`` once,
-when it is loaded; fastrnn sets PASSIVE (unless the variable is set) before loading its kernels.
-So what a user measures depends on which package their script imports first and on their
-environment, and only a fresh process shows it. For each combination this starts one
+torch and fastrnn share one OpenMP runtime in a process (the ``libgomp.so.1`` of whichever is
+imported first), which reads ``OMP_WAIT_POLICY`` once, when it is loaded; neither library sets
+it (fastrnn set PASSIVE before loading its kernels until this release). What a user measures
+depends on the environment and, with two different runtimes, on the import order; only a fresh
+process shows it. For each combination this starts one
 
     python -c "import <first>; import <second>; runpy.run_path('bench_torch_patch.py')" ARGS
 

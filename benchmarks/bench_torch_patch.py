@@ -11,8 +11,8 @@ median of several rounds are reported.
     python benchmarks/bench_torch_patch.py --threads 1 -H 128
     pytest benchmarks/bench_torch_patch.py                  # pytest-benchmark
 
-torch is imported before fastrnn: both load an OpenMP runtime that reads ``OMP_WAIT_POLICY``, and
-fastrnn sets it to PASSIVE (unless already set) before loading its own.
+torch is imported before fastrnn, as users do; the two share one OpenMP runtime in the process,
+which reads ``OMP_WAIT_POLICY`` (neither library sets it) when torch loads it.
 """
 
 from __future__ import annotations

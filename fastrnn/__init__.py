@@ -25,16 +25,15 @@ Optional modules, imported by name only (never by ``import fastrnn`` nor listed 
 (onnx: export to ONNX's RNN/LSTM/GRU operators), :mod:`fastrnn.bench`, :mod:`fastrnn.demo`.
 """
 
-import os
-
-# Idle OpenMP threads sleep instead of spinning, unless the user chose a policy. The kernels'
-# per-step synchronisation is their own spin-then-yield barrier (src_pyx/_parallel.h), so the
-# policy only decides what the team does between kernel calls: spinning there burns CPU that
-# other threads need (PyTorch's, which share this OpenMP runtime in one process, or another
-# process's). Measured with `python -m fastrnn.bench` on the shared 2-core dev box: PASSIVE was
-# as fast or faster for fastrnn, and several times faster for PyTorch, than the default or
-# ACTIVE. Must run before the kernels load libgomp, which reads it once.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OMP_WAIT_POLICY is left to the user and to the OpenMP runtime's default (libgomp: idle
+# threads spin a while after a region, then sleep). The kernels' per-step synchronisation is
+# their own spin-then-yield barrier (src_pyx/_parallel.h), so the policy only decides what the
+# team does between kernel calls. fastrnn used to set PASSIVE before loading libgomp; but PyTorch
+# shares that one runtime in a process whichever of the two loads it (same soname), and on the
+# quiet 2-core dev box PASSIVE made torch's own 2-thread LSTM/GRU/RNN 1.6-2.9x slower (LSTM
+# T=100 B=32 H=256 forward + backward: 29.7 ms default, 54.7 ms PASSIVE) and fastrnn's shortest
+# steps slower too (RNN medium forward median 5.0 ms, 1.5 ms with spinning threads). A machine
+# shared with other busy processes may still want OMP_WAIT_POLICY=PASSIVE: set it yourself.
 
 # _isa applies FASTRNN_ISA at import
 from fastrnn import (  # noqa: E402,F401

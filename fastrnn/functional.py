@@ -1299,7 +1299,8 @@ def _step_biases(
 def _team_spins(environ: Any = os.environ) -> bool:
     """Whether libgomp's idle threads spin between parallel regions, as ``environ`` asks
     (libgomp reads it once, when the kernels load it): ``GOMP_SPINCOUNT`` set to a count other
-    than 0, or ``OMP_WAIT_POLICY=ACTIVE`` without it. fastrnn sets ``PASSIVE`` unless told."""
+    than 0, or ``OMP_WAIT_POLICY=ACTIVE`` without it (the runtime's default spins only briefly,
+    and not at all under ``PASSIVE``)."""
     count = environ.get("GOMP_SPINCOUNT", "").strip()
     if count:
         return count.lstrip("+").lstrip("0") != ""

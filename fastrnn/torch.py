@@ -60,8 +60,8 @@ What computes what (each mode is compared with torch's modules in ``tests/test_t
   and the backward raises torch's usual "modified by an inplace operation" error, as torch's own
   modules do: those tensors share memory with what the backward reads.
 * Threads: the kernels use fastrnn's threads (:func:`fastrnn.set_num_threads`) and SciPy's
-  BLAS threads, not ``torch.set_num_threads``. Import torch before fastrnn: both load an OpenMP
-  runtime, and fastrnn sets ``OMP_WAIT_POLICY=PASSIVE`` (unless set) before loading its own.
+  BLAS threads, not ``torch.set_num_threads``. Both use one OpenMP runtime in a process
+  (``libgomp.so.1``, whichever loads it first); fastrnn leaves ``OMP_WAIT_POLICY`` as it is.
 * Saving: a patched module pickles as the torch module it replaces, so ``torch.save(model)``
   writes the very file the unpatched model would, which loads with plain torch (no fastrnn
   needed) as torch's modules; :func:`load` loads it patched again. The ``state_dict`` is

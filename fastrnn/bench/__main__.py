@@ -11,9 +11,9 @@ Examples::
     python -m fastrnn.bench --variants                    # each cell option vs the plain cell
     python -m fastrnn.bench --inference                   # serving: packed, int8, step
 
-PyTorch is imported before fastrnn's kernels: both then share one OpenMP runtime and one
-OMP_WAIT_POLICY (fastrnn sets PASSIVE unless the environment chose one), which the header of
-the table reports.
+fastrnn and PyTorch share one OpenMP runtime in the process and its OMP_WAIT_POLICY (the
+environment's, else the runtime's default: neither library sets it), which the header of the
+table reports.
 """
 
 from __future__ import annotations
