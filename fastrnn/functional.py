@@ -81,6 +81,14 @@ def _full_batch(T: int, B: int) -> np.ndarray:
     return a
 
 
+def _gather(a: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """``np.take(a, index, axis)`` into a C-contiguous array from the kept buffers (a large
+    one reuses pages instead of faulting fresh ones in); ``mode="clip"`` only spares NumPy's
+    copy-then-check of ``out`` (``index`` is a permutation of that axis)."""
+    shape = a.shape[:axis] + (len(index),) + a.shape[axis + 1 :]
+    return np.take(a, index, axis=axis, out=_ws.empty(shape, a.dtype), mode="clip")
+
+
 class _Schedule:
     """Rows sorted by decreasing length, and how many are active at each step.
 
@@ -126,7 +134,7 @@ class _Schedule:
             return np.ascontiguousarray(a[self.steps[:, cols], cols[None, :]])
         if a is None or self.order is None:
             return a
-        return np.ascontiguousarray(np.take(a, self.order, axis=axis))
+        return _gather(a, self.order, axis)
 
     def unrows_owned(self, a: np.ndarray) -> np.ndarray:
         """:meth:`unrows` of a (T, B, .) array that nobody else holds (a kernel's output the
@@ -149,7 +157,7 @@ class _Schedule:
             return np.ascontiguousarray(a[self.steps, cols[None, :]])
         if self.order is None:
             return a
-        return np.ascontiguousarray(np.take(a, self.inverse, axis=axis))
+        return _gather(a, self.inverse, axis)
 
 
 @dataclass(eq=False)
