@@ -420,7 +420,8 @@ cdef inline void weight_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch
 cdef inline void bias_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
                                   Py_ssize_t H, int n_gates, const floating* dg, floating* db,
                                   int size, int rank) noexcept nogil:
-    """bias_grad over the active rows of T steps of a (T, B, n_gates * H) dG."""
+    """db[c] = sum of dG[t, b, c] over the active rows b < batch_sizes[t] of T steps, over
+    rank's wide blocks; dG is (T, B, n_gates * H)."""
     cdef Py_ssize_t G = n_gates * H
     cdef Py_ssize_t lo, hi, blk, c0, c1, t, r, c
     wide_share(H, n_gates, size, rank, &lo, &hi)
@@ -482,21 +483,6 @@ cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_
         if batch_sizes[t] < B:
             memset(dx + (t * B + batch_sizes[t]) * I, 0,
                    (B - batch_sizes[t]) * I * sizeof(floating))
-
-
-cdef inline void bias_grad(Py_ssize_t R, Py_ssize_t H, int n_gates, const floating* dg,
-                           floating* db, int size, int rank) noexcept nogil:
-    """db[c] = sum_r dG[r, c] over rank's wide blocks; dG is (R, n_gates * H)."""
-    cdef Py_ssize_t G = n_gates * H
-    cdef Py_ssize_t lo, hi, blk, c0, c1, r, c
-    wide_share(H, n_gates, size, rank, &lo, &hi)
-    for blk in range(lo, hi):
-        wide_block(H, n_gates, blk, &c0, &c1)
-        for c in range(c0, c1):
-            db[c] = 0
-        for r in range(R):
-            for c in range(c0, c1):
-                db[c] += dg[r * G + c]
 
 
 cdef inline void input_grad(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floating* dg,

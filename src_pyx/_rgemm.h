@@ -416,6 +416,16 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
  * in L2 anyway, stay one chain (blocks of 512 cost 2-3% at k = 1024, the char-LM's backward). */
 #define FR_KC_MIN_BYTES (4 * 1024)
 
+/* The reduction's block of k for elements of `elem` bytes: fixed by k alone, so that every
+ * product that computes an element of C (the driver's tiles and rows, fr_rgemv_gates_*) adds
+ * the same blocks in the same order. */
+static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
+{
+    if (k * (ptrdiff_t) elem > FR_KC_MIN_BYTES)
+        return FR_KC_BYTES / (ptrdiff_t) elem;
+    return k > 0 ? k : 1;
+}
+
 /* The driver: C[:m, :n] (+)= A[:m, :k] @ B[:k, :n] with A[i, kk] = a[i * rs + kk * ks] (rs = lda,
  * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
@@ -433,8 +443,7 @@ __attribute__((target("avx2,fma"))) static inline __m256d fr_bcast_d256(const do
                             ptrdiff_t ldc, int add)                                            \
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T)), big = isa == FR_ISA_AVX512 ? 8 : 6;        \
-        const ptrdiff_t kc = k * (ptrdiff_t) sizeof(T) > FR_KC_MIN_BYTES                       \
-                                 ? FR_KC_BYTES / (ptrdiff_t) sizeof(T) : (k > 0 ? k : 1);      \
+        const ptrdiff_t kc = fr_rgemm_kc(k, sizeof(T));                                       \
         const ptrdiff_t kb = k < kc ? k : kc;                                                  \
         const ptrdiff_t fit = FR_CHUNK_BYTES / ((kb > 0 ? kb : 1) * (ptrdiff_t) sizeof(T));    \
         const ptrdiff_t chunk = fit >= m ? (m > 0 ? m : 1) : fit / 24 * 24 > 24 ? fit / 24 * 24 \
@@ -514,8 +523,7 @@ FR_DEFINE_GEMM(fr_rgemm_d, double, d)
     {                                                                                          \
         const int nr = fr_rgemm_nr(isa, sizeof(T));                                            \
         const ptrdiff_t full = w - w % nr;                                                     \
-        const ptrdiff_t kc = k * (ptrdiff_t) sizeof(T) > FR_KC_MIN_BYTES                       \
-                                 ? FR_KC_BYTES / (ptrdiff_t) sizeof(T) : (k > 0 ? k : 1);      \
+        const ptrdiff_t kc = fr_rgemm_kc(k, sizeof(T));                                       \
         ptrdiff_t q, k0;                                                                       \
         int g0, g;                                                                             \
         for (q = 0; q < full; q += nr)                                                         \
