@@ -30,8 +30,8 @@ Optional modules, imported by name only (never by ``import fastrnn`` nor listed 
 # their own spin-then-yield barrier (src_pyx/_parallel.h), so the policy only decides what the
 # team does between kernel calls. fastrnn used to set PASSIVE before loading libgomp; but PyTorch
 # shares that one runtime in a process whichever of the two loads it (same soname), and on the
-# quiet 2-core dev box PASSIVE made torch's own 2-thread LSTM/GRU/RNN 1.6-2.9x slower (LSTM
-# T=100 B=32 H=256 forward + backward: 29.7 ms default, 54.7 ms PASSIVE) and fastrnn's shortest
+# quiet 2-core dev box PASSIVE made torch's own 2-thread LSTM/GRU/RNN 1.7-2.9x slower (LSTM
+# T=100 B=32 H=256 forward + backward: 29.2 ms ACTIVE, 50.3 ms PASSIVE) and fastrnn's shortest
 # steps slower too (RNN medium forward median 5.0 ms, 1.5 ms with spinning threads). A machine
 # shared with other busy processes may still want OMP_WAIT_POLICY=PASSIVE: set it yourself.
 
