@@ -446,20 +446,12 @@ def prepare(
         raise ValueError("pass both b_ih and b_hh, or neither (bias-free cell)")
     _check_blas_limits(T, B, I, H, G, R)
 
-    operands = {
-        "x": x,
-        "w_ih": w_ih,
-        "w_hh": w_hh,
-        "h0": h0,
-        "c0": c0,
-        "b_ih": b_ih,
-        "b_hh": b_hh,
-        "w_hr": w_hr,
-    }
-    extras = {k: e for k, e in (extras or {}).items() if e.value is not None}
-    operands.update({k: e.value for k, e in extras.items() if e.weight})
+    extras = {k: e for k, e in extras.items() if e.value is not None} if extras else {}
+    operands = [("x", x), ("w_ih", w_ih), ("w_hh", w_hh), ("h0", h0), ("c0", c0), ("b_ih", b_ih),
+                ("b_hh", b_hh), ("w_hr", w_hr)]  # fmt: skip
+    operands += [(k, e.value) for k, e in extras.items() if e.weight]
     dtype = _F32
-    for name, a in operands.items():
+    for name, a in operands:
         if a is None:
             continue
         dt = a.dtype if type(a) is np.ndarray else None
@@ -476,18 +468,20 @@ def prepare(
     b_ih_a = None if b_ih is None else _to_array("b_ih", b_ih, dtype, (G * H,))
     b_hh_a = None if b_hh is None else _to_array("b_hh", b_hh, dtype, (G * H,))
     w_hr_a = None if w_hr is None else _convert("w_hr", as_array("w_hr", w_hr), dtype)
-    lens = check_lengths(lengths, T, B)
-    sizes = {"T": T, "B": B, "H": H, "R": R, "G": G, "I": I}
-    extra_a = {k: _prepare_extra(k, e, dtype, sizes) for k, e in extras.items()}
+    lens = None if lengths is None else check_lengths(lengths, T, B)
+    extra_a = None
+    if extras:
+        sizes = {"T": T, "B": B, "H": H, "R": R, "G": G, "I": I}
+        extra_a = {k: _prepare_extra(k, e, dtype, sizes) for k, e in extras.items()}
     if check_finite:
         for name, a in (("x", xa), ("h0", h0a), ("c0", c0a), ("w_ih", w_ih_a), ("w_hh", w_hh_a),
                         ("b_ih", b_ih_a), ("b_hh", b_hh_a), ("w_hr", w_hr_a)):  # fmt: skip
             _check_finite(name, a)
-        for name, a in extra_a.items():
+        for name, a in (extra_a or {}).items():
             if isinstance(a, np.ndarray):
                 _check_finite(name, a)
     return Prepared(xa, h0a, c0a, w_ih_a, w_hh_a, b_ih_a, b_hh_a, lens, dtype, T, B, I, H, w_hr_a,
-                    extra_a or None)  # fmt: skip
+                    extra_a)  # fmt: skip
 
 
 #: The functional keywords of the parameters :func:`prepare` checks itself.

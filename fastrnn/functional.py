@@ -30,6 +30,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass, field
@@ -198,6 +199,18 @@ class _Saved:
 _MIN_WORK_PER_THREAD = 1 << 20
 
 
+# The kernels call scipy's BLAS only under ``set_isa("blas")``, or where a packing buffer could
+# not be allocated (their fallback; BLAS's own threads then share the cores with the team's). Only
+# then is BLAS held on one thread around a call: the switch costs three ctypes calls and a lock,
+# about 1 us, which was a tenth of a T=1 B=1 call.
+_UNGUARDED = contextlib.nullcontext()
+
+
+def _blas_guard() -> contextlib.AbstractContextManager[None]:
+    """What a kernel call runs under: :func:`blas_single_thread` when the kernels call BLAS."""
+    return blas_single_thread() if get_isa() == "blas" else _UNGUARDED
+
+
 def _team(p: Prepared) -> int:
     """Threads for a kernel call: get_num_threads(), fewer when a step is too small to split.
 
@@ -246,6 +259,30 @@ def _empty_backward(
     db = None if p.b_ih is None else np.zeros(p.w_hh.shape[0], p.dtype)
     db_hh = None if db is None else db.copy()
     return [np.zeros_like(p.x), *passed, np.zeros_like(p.w_ih), np.zeros_like(p.w_hh), db, db_hh]
+
+
+def _plain(p: Prepared, training: bool, reverse: bool) -> bool:
+    """Whether a forward is a plain cell's inference over full-length sequences (no lengths, no
+    option, forward in time): what :func:`_plain_inference` runs."""
+    return not training and p.lengths is None and p.extras is None and not reverse
+
+
+def _plain_inference(
+    cell: Cell, p: Prepared, packs: dict | None, relu: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``y, h_n, c_n`` (None but for the LSTM) of an inference forward that :func:`_plain`
+    accepts, through the kernels' raw-buffer entry that ``layer.step`` uses
+    (:func:`_step_forward`): the same loop, packed weights (shared with ``packs``) and bits as
+    the general entry, without its row schedule and typed memoryviews (about 3 us of the 13 a
+    T=1 B=1 call took)."""
+    T, B, H, G = p.T, p.B, p.H, p.w_hh.shape[0]
+    bias, b_hn = _step_biases(cell, p.b_ih, p.b_hh, H, G, p.dtype)
+    y = _ws.empty((T, B, H), p.dtype)
+    h_n = np.empty((B, H), p.dtype)
+    c_n = None if p.c0 is None else np.empty((B, H), p.dtype)
+    ops = (p.w_ih, p.w_hh, bias, b_hn, packs, {})
+    _step_forward(cell, p.x, p.h0, p.c0, ops, y, h_n, c_n, 0, T, B, relu)
+    return y, h_n, c_n
 
 
 def _kernel_extras(p: Prepared, s: _Schedule, names: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -365,6 +402,9 @@ def rnn_forward(
         y, h_n, _ = _empty_forward(p)
         cache = Cache(BACKEND, _RNN, p, options)
         return y, h_n, cache if training else None
+    if _plain(p, training, reverse):
+        y, h_n, _ = _plain_inference(_RNN, p, packs, relu)
+        return y, h_n, None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     noise = _noise_keywords(p, s, training)
@@ -372,7 +412,7 @@ def rnn_forward(
         noise["acts"] = _ws.empty((p.T, p.B, p.H), p.dtype)  # y_t is not act(...) with zoneout
     y = _ws.empty((p.T, p.B, p.H), p.dtype)
     h_n = _ws.empty((p.B, p.H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         n = _team(p)
         _k.rnn.forward(xk, h0k, p.w_ih, p.w_hh, _bias_sum(p), s.batch_sizes, y, h_n, relu, n,
                        training, **noise, prepacked=_prepacked(_k.rnn, p, packs, n))  # fmt: skip
@@ -414,7 +454,7 @@ def rnn_backward(cache, dy, dh_n=None):
     noise = dict(d.noise)
     if "rmask" in noise:
         noise["dhd"] = _ws.empty((p.B, p.H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         _k.rnn.backward(
             d.x,
             d.h0,
@@ -547,6 +587,8 @@ def lstm_forward(
         if return_cell_states:
             return y, h_n, c_n, np.zeros((p.T, p.B, p.H), p.dtype), cache
         return y, h_n, c_n, cache
+    if _plain(p, training, reverse) and not return_cell_states:
+        return (*_plain_inference(_LSTM, p, packs), None)
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k, c0k = s.rows(p.x, 1), s.rows(p.h0, 0), s.rows(p.c0, 0)
     G, T, B, H = p.w_hh.shape[0], p.T, p.B, p.H
@@ -561,7 +603,7 @@ def lstm_forward(
         ext["hds"] = _ws.empty((T if training else min(T, 2), B, H), p.dtype)
     if "zoneout_c" in ext:  # c_t before zoneout (every step's for BPTT, else one)
         ext["cnew"] = _ws.empty((T if training else 1, B, H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         n = _team(p)
         _k.lstm.forward(
             xk,
@@ -642,7 +684,7 @@ def lstm_backward(cache, dy, dh_n=None, dc_n=None, *, dcs=None):
         ext["dm"] = _ws.empty((p.B, p.H), p.dtype)
     if dcs is not None:
         ext["dcs"] = s.rows(dcs, 1)
-    with blas_single_thread():
+    with _blas_guard():
         _k.lstm.backward(
             d.x,
             d.h0,
@@ -755,6 +797,9 @@ def gru_forward(
         y, h_n, _ = _empty_forward(p)
         cache = Cache(BACKEND, _GRU, p, options)
         return y, h_n, cache if training else None
+    if _plain(p, training, reverse):
+        y, h_n, _ = _plain_inference(_GRU, p, packs)
+        return y, h_n, None
     s = _Schedule(p.lengths, p.T, p.B, reverse)
     xk, h0k = s.rows(p.x, 1), s.rows(p.h0, 0)
     noise = _noise_keywords(p, s, training)
@@ -766,7 +811,7 @@ def gru_forward(
     hw = _ws.empty((p.B, G), p.dtype)
     y = _ws.empty((p.T, p.B, H), p.dtype)
     h_n = _ws.empty((p.B, H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         n = _team(p)
         _k.gru.forward(
             xk,
@@ -841,7 +886,7 @@ def gru_backward(cache, dy, dh_n=None):
     noise = dict(d.noise)
     if "rmask" in noise:
         noise["dhd"] = _ws.empty((p.B, p.H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         _k.gru.backward(
             d.x,
             d.h0,
@@ -904,7 +949,7 @@ def _lstm_proj_forward(p: Prepared, training: bool, reverse: bool):
     cs = _ws.empty((p.T if training else 1, p.B, H), p.dtype)
     ms = _ws.empty((p.T if training else 1, p.B, H), p.dtype)
     h_n, c_n = _ws.empty((p.B, P), p.dtype), _ws.empty((p.B, H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         _k.lstm.forward_proj(
             xk,
             h0k,
@@ -954,7 +999,7 @@ def _lstm_proj_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> LSTMProjGrad
         _ws.empty(p.w_hr.shape, p.dtype),
     )
     db = np.empty(G, p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         _k.lstm.backward_proj(
             d.x,
             d.h0,
@@ -1002,7 +1047,7 @@ def _gru_reset_before_forward(p: Prepared, training: bool, options: dict[str, An
     hw = _ws.empty((p.B, G), p.dtype)
     y = _ws.empty((p.T, p.B, H), p.dtype)
     h_n = _ws.empty((p.B, H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         _k.gru.forward_reset_before(
             xk,
             h0k,
@@ -1037,7 +1082,7 @@ def _gru_reset_before_backward(c: Cache, dy: Any, dh_n: Any) -> GRUGrads:
     dx = _ws.empty((p.T, p.B, p.I), p.dtype)
     dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db = np.empty(G, p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         _k.gru.backward_reset_before(
             d.x,
             d.h0,
@@ -1101,7 +1146,7 @@ def _lstm_ln_forward(p: Prepared, training: bool, reverse: bool, return_cell_sta
     cs = _ws.empty((keep, B, H), p.dtype)
     h_n, c_n = _ws.empty((B, H), p.dtype), _ws.empty((B, H), p.dtype)
     x = p.extra
-    with blas_single_thread():
+    with _blas_guard():
         _k.lstm.forward_ln(
             xk,
             h0k,
@@ -1150,7 +1195,7 @@ def _lstm_ln_backward(c: Cache, dy: Any, dh_n: Any, dc_n: Any) -> tuple:
     db = np.empty(G, p.dtype)
     dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
     x = p.extra
-    with blas_single_thread():
+    with _blas_guard():
         _k.lstm.backward_ln(
             d.x,
             d.h0,
@@ -1205,7 +1250,7 @@ def _gru_ln_forward(p: Prepared, training: bool, options: dict[str, Any]):
     rstd = _ws.empty((keep, B, 2), p.dtype)
     y = _ws.empty((T, B, H), p.dtype)
     h_n = _ws.empty((B, H), p.dtype)
-    with blas_single_thread():
+    with _blas_guard():
         _k.gru.forward_ln(
             xk,
             h0k,
@@ -1249,7 +1294,7 @@ def _gru_ln_backward(c: Cache, dy: Any, dh_n: Any) -> tuple:
     dw_ih, dw_hh = _ws.empty(p.w_ih.shape, p.dtype), _ws.empty(p.w_hh.shape, p.dtype)
     db_ih, db_hh = np.empty(G, p.dtype), np.empty(G, p.dtype)
     dln = {"d" + k: np.empty_like(p.extra(k)) for k in names}
-    with blas_single_thread():
+    with _blas_guard():
         _k.gru.backward_ln(
             d.x,
             d.h0,
@@ -1356,11 +1401,11 @@ def _step_forward(
 
     ``ops`` is ``(w_ih, w_hh, bias, b_hn, packs, kernels)``: ``bias``/``b_hn`` from
     :func:`_step_biases`, ``packs`` the layer's packed weights (as the functional forward's
-    ``packs=``), ``kernels`` a dict made with ``bias`` (where the module's ``StepKernel`` of
-    these operands is kept); ``x`` holds T * B * I elements (any shape), ``h0``/``c0`` and
-    ``h_n``/``c_n`` are (L, B, H), ``y`` holds T * B * H elements, all C-contiguous in the
-    weights' dtype. Reads layer ``layer``'s initial state, writes ``y`` and that layer's
-    final state."""
+    ``packs=``; None packs per call), ``kernels`` a dict made with ``bias`` (where the module's
+    ``StepKernel`` of these operands is kept); ``x`` holds T * B * I elements (any shape),
+    ``h0``/``c0`` and ``h_n``/``c_n`` are (L, B, H), ``y`` holds T * B * H elements, all
+    C-contiguous in the weights' dtype. Reads layer ``layer``'s initial state, writes ``y`` and
+    that layer's final state."""
     w_ih, w_hh, bias, b_hn, packs, kernels = ops
     G, H = w_hh.shape
     n = _step_team(B, G, H, w_ih.shape[1])
@@ -1368,10 +1413,12 @@ def _step_forward(
     name = module.__name__
     kernel = kernels.get((name, n))  # its StepKernel for a team of n (the packed weights)
     if kernel is None:
-        key = (name, w_hh.dtype.char, n)
-        packed = packs.get(key)
-        if packed is None:
-            packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
+        packed = None  # without packs the kernel packs per call, inside its parallel region
+        if packs is not None:
+            key = (name, w_hh.dtype.char, n)
+            packed = packs.get(key)
+            if packed is None:
+                packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
         kernel = kernels[name, n] = module.StepKernel(w_ih, w_hh, bias, b_hn, packed, n)
     if cell is _LSTM:
         args = (kernel, x, h0, c0, y, h_n, c_n, T, B, layer)
@@ -1379,8 +1426,5 @@ def _step_forward(
         args = (kernel, x, h0, y, h_n, T, B, layer)
     else:
         args = (kernel, x, h0, y, h_n, relu, T, B, layer)
-    if get_isa() == "blas":  # the kernels call BLAS at every step: keep it on one thread
-        with blas_single_thread():
-            module.step(*args)
-    else:
+    with _blas_guard():
         module.step(*args)

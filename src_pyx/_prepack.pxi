@@ -97,7 +97,8 @@ cdef char* _acquire(Py_buffer* v, object a, Py_ssize_t nbytes, Py_ssize_t elem,
 cdef class StepKernel:
     """One layer's fixed operands of step(): w_ih (G, I), w_hh (G, H), the summed bias (G,)
     and the GRU's b_hn (H,) (None otherwise), C-contiguous arrays of one float dtype, and
-    ``prepacked``, prepack(w_ih, w_hh, G // H, n_threads) of them. Holds references to the
+    ``prepacked``, prepack(w_ih, w_hh, G // H, n_threads) of them, or None: then each step()
+    packs its own, as forward() without ``prepacked`` does. Holds references to the
     arrays, not copies: whoever changes them makes a new StepKernel (fastrnn's layers key it
     on the parameters' versions)."""
 
@@ -110,15 +111,14 @@ cdef class StepKernel:
     cdef Py_ssize_t K, H, G, elem  # K: input size (I is complex.h's)
     cdef readonly int n_threads
 
-    def __init__(self, w_ih, w_hh, bias, b_hn, PackedWeights prepacked not None,
-                 int n_threads):
+    def __init__(self, w_ih, w_hh, bias, b_hn, PackedWeights prepacked, int n_threads):
         cdef Py_buffer v
         cdef Py_ssize_t e = w_hh.itemsize
         self.G, self.H = w_hh.shape
         self.K = w_ih.shape[1]
         self.elem = e
-        if (e not in (4, 8) or w_ih.shape[0] != self.G or prepacked.pp.elem != <size_t> e
-                or n_threads < 1):
+        if (e not in (4, 8) or w_ih.shape[0] != self.G or n_threads < 1
+                or (prepacked is not None and prepacked.pp.elem != <size_t> e)):
             raise ValueError("StepKernel: w_ih, w_hh and prepacked disagree")
         self.refs = (w_ih, w_hh, bias, b_hn)
         self.w_ih = _acquire(&v, w_ih, self.G * self.K * e, e, False)

@@ -1248,7 +1248,8 @@ def step(StepKernel s,
         o.gates = scratch
         o.hns = scratch + ring * B * G * e
         o.hw = scratch + (ring * B * G + B * H) * e
-        o.prepacked = &s.prepacked.pp
+        if s.prepacked is not None:  # else the forward packs its own
+            o.prepacked = &s.prepacked.pp
         with nogil:
             if e == sizeof(float):
                 run_team(_forward_part[float], &o, H, s.n_threads)

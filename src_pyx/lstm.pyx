@@ -1542,7 +1542,8 @@ def step(StepKernel s,
         o.bias = s.bias
         o.gates = scratch
         o.cs = scratch + ring * B * G * e
-        o.prepacked = &s.prepacked.pp
+        if s.prepacked is not None:  # else the forward packs its own
+            o.prepacked = &s.prepacked.pp
         with nogil:
             if e == sizeof(float):
                 run_team(_forward_part[float], &o, H, s.n_threads)

@@ -568,7 +568,8 @@ def step(StepKernel s,
         sizes = _full_sizes(T, B)
         o.batch_sizes = sizes
         o.bias = s.bias
-        o.prepacked = &s.prepacked.pp
+        if s.prepacked is not None:  # else the forward packs its own
+            o.prepacked = &s.prepacked.pp
         with nogil:
             if e == sizeof(float):
                 run_team(_forward_part[float], &o, H, s.n_threads)

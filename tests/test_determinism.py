@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from conftest import SPECS, assert_forward_close, assert_grads_close, make_case
 
-from fastrnn import _threads
+from fastrnn import _isa, _threads
 
 # (T, B, I, H): a tiny case, and one large enough for threaded BLAS and the OpenMP gate pass.
 SHAPES = [(5, 3, 4, 6), (8, 64, 32, 128)]
@@ -107,14 +107,20 @@ def test_fresh_processes_give_the_same_bits():
     assert there == here
 
 
-def test_blas_thread_count_changes_no_bit(monkeypatch):
-    """The caller's BLAS thread count (1, 2 or 4) changes no bit: every kernel call sets scipy's
-    BLAS to one thread while it runs (``fastrnn._threads.blas_single_thread``) and restores the
-    caller's count afterwards. The spy on the setter shows the switch happens, so this fails if a
-    kernel call ever runs the caller's threaded BLAS."""
+@pytest.mark.parametrize("isa", ["blas", "packed"])
+def test_blas_thread_count_changes_no_bit(monkeypatch, isa):
+    """The caller's BLAS thread count (1, 2 or 4) changes no bit. Under ``set_isa("blas")``,
+    where the kernels call scipy's BLAS at every step, each kernel call sets it to one thread
+    while it runs (``fastrnn._threads.blas_single_thread``) and restores the caller's count
+    afterwards: the spy on the setter shows the switch, so this fails if such a call ever runs
+    the caller's threaded BLAS. With the packed micro-kernels (the ISA the CPU picked), which
+    call no BLAS, no call pays for the switch."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if not _threads.blas_info()["controlled"]:
         pytest.skip("the BLAS behind scipy is not OpenBLAS: its thread count is not controlled")
+    before = _isa.get_isa()
+    if isa == "packed" and before == "blas":
+        pytest.skip("this CPU has no packed micro-kernels")
     calls = []
     real_set = _threads._blas.set
 
@@ -123,19 +129,25 @@ def test_blas_thread_count_changes_no_bit(monkeypatch):
         real_set(n)
 
     monkeypatch.setattr(_threads._blas, "set", spy)
-    for name, spec, case in _cases():
-        results = []
-        for n in (1, 2, 4):
-            with threadpoolctl.threadpool_limits(limits=n, user_api="blas"):
-                assert _threads.blas_info()["num_threads"] == n
-                calls.clear()
-                fwd = spec.forward_case("cython", case)
-                grads = spec.backward_case("cython", fwd.cache, case)
-                # one switch to 1 and one restore per call when the caller runs n > 1 threads
-                assert calls == ([] if n == 1 else [1, n, 1, n]), (name, n, calls)
-                assert _threads.blas_info()["num_threads"] == n, name
-            results.append((fwd, grads))
-        (f1, g1), *others = results
-        for fwd, grads in others:
-            assert_forward_close(spec, fwd, f1, rtol=0, atol=0)
-            assert_grads_close(spec, grads, g1, rtol=0, atol=0)
+    try:
+        if isa == "blas":
+            _isa.set_isa("blas")
+        for name, spec, case in _cases():
+            results = []
+            for n in (1, 2, 4):
+                with threadpoolctl.threadpool_limits(limits=n, user_api="blas"):
+                    assert _threads.blas_info()["num_threads"] == n
+                    calls.clear()
+                    fwd = spec.forward_case("cython", case)
+                    grads = spec.backward_case("cython", fwd.cache, case)
+                    # one switch to 1 and one restore per call when the caller runs n > 1
+                    switched = isa == "blas" and n > 1
+                    assert calls == ([1, n, 1, n] if switched else []), (name, n, calls)
+                    assert _threads.blas_info()["num_threads"] == n, name
+                results.append((fwd, grads))
+            (f1, g1), *others = results
+            for fwd, grads in others:
+                assert_forward_close(spec, fwd, f1, rtol=0, atol=0)
+                assert_grads_close(spec, grads, g1, rtol=0, atol=0)
+    finally:
+        _isa.set_isa(before)
