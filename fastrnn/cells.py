@@ -278,8 +278,12 @@ class Cell:
 
     def functions(self, backend: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """``(forward, backward)`` of the functional API of ``backend`` for this cell."""
-        module = backend_module(backend)
-        return getattr(module, f"{self.name}_forward"), getattr(module, f"{self.name}_backward")
+        got = _FUNCTIONS.get((self, backend))
+        if got is None:  # the stack asks at every call: look the functions up once
+            module = backend_module(backend)
+            got = getattr(module, f"{self.name}_forward"), getattr(module, f"{self.name}_backward")
+            _FUNCTIONS[self, backend] = got
+        return got
 
     def option_defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
@@ -339,6 +343,10 @@ class Cell:
         if "nonlinearity" in options:
             return f"{self.title}_{options['nonlinearity'].upper()}"
         return self.title
+
+
+#: Cell.functions' answers, by (cell, backend) (a cell is hashed by identity).
+_FUNCTIONS: dict[tuple[Any, str], tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
 
 def backend_module(backend: str) -> ModuleType:

@@ -90,6 +90,7 @@ class StackConfig:
     """
 
     __slots__ = (
+        "_derived",  # what params() and weight_shapes() derive, computed once
         "backend",
         "bias",
         "bidirectional",
@@ -137,6 +138,7 @@ class StackConfig:
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
+        object.__setattr__(self, "_derived", {})
         if opts.get("proj_size", 0) >= self.hidden_size:
             raise ValueError(
                 f"proj_size must be smaller than hidden_size={self.hidden_size}, "
@@ -216,7 +218,11 @@ class StackConfig:
 
     def params(self) -> tuple[Param, ...]:
         """The cell's parameters that this configuration has, in PyTorch's order."""
-        return tuple(p for p in self.spec.params if p.present(self.options, self.bias))
+        got = self._derived.get("params")
+        if got is None:  # every stack call asks: derived once per configuration
+            got = tuple(p for p in self.spec.params if p.present(self.options, self.bias))
+            self._derived["params"] = got
+        return got
 
     def weight_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every weight's PyTorch name and shape, in PyTorch's ``_flat_weights_names`` order.
@@ -226,6 +232,16 @@ class StackConfig:
         (G*H, R), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (G*H,) and, for an LSTM with a
         projection, ``weight_hr_l{k}`` (P, H); R is proj_size or hidden_size.
         """
+        return dict(self._weight_shapes())
+
+    def _weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """:meth:`weight_shapes`, computed once: the dict itself, not to be modified."""
+        got = self._derived.get("shapes")
+        if got is None:
+            got = self._derived["shapes"] = self._derive_weight_shapes()
+        return got
+
+    def _derive_weight_shapes(self) -> dict[str, tuple[int, ...]]:
         params = self.params()
         shapes: dict[str, tuple[int, ...]] = {}
         for layer in range(self.num_layers):
@@ -244,7 +260,7 @@ class StackConfig:
 
     def weight_names(self) -> list[str]:
         """PyTorch's ``_flat_weights_names``: the order of :meth:`weight_shapes`."""
-        return list(self.weight_shapes())
+        return list(self._weight_shapes())
 
     def state_shapes(self, batch: int) -> dict[str, tuple[int, int, int]]:
         """Shape of each recurrent state by name: ``h`` is ``(L*D, B, R)``, ``c`` (LSTM)
@@ -298,7 +314,7 @@ class StackGrads(NamedTuple):
 
 
 def _weights_dict(config: StackConfig, weights: Any) -> dict[str, Any]:
-    shapes = config.weight_shapes()
+    shapes = config._weight_shapes()
     if not isinstance(weights, Mapping):
         if not isinstance(weights, Sequence) or len(weights) != len(shapes):
             raise ValueError(
@@ -539,13 +555,19 @@ def stack_forward(
         masks.append(mask)
         inp = out
     y = inp
-    h_n, *others = (np.stack(f) for f in finals)
+    h_n, *others = (_stacked(f) for f in finals)
     cache = StackCache(cfg, caches, masks, y.dtype, (T, B)) if training else None
     c_n = others[0] if others else None
     if want_cs:
         cs = cell_states[0] if D == 1 else np.concatenate(cell_states, axis=2)
         return y, h_n, c_n, cs, cache
     return y, h_n, c_n, cache
+
+
+def _stacked(arrays: list[np.ndarray]) -> np.ndarray:
+    """``np.stack(arrays)``; a view of a single array (one layer, one direction), whose
+    state the stack's caller gets without the copy."""
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
 
 
 def _draws(cfg: StackConfig) -> bool:
@@ -722,7 +744,7 @@ def stack_backward(
         if layer > 0 and cache.masks[layer - 1] is not None:
             dinp = dinp * cache.masks[layer - 1]
         dout = dinp
-    dh0, *others = (np.stack(d) for d in initial)
+    dh0, *others = (_stacked(d) for d in initial)
     ordered = {name: grads[name] for name in cfg.weight_names()}
     return StackGrads(dout, dh0, others[0] if others else None, ordered)
 
