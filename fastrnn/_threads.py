@@ -8,10 +8,11 @@ So the number of threads fastrnn keeps busy is exactly :func:`get_num_threads`.
 BLAS is the fallback: on a CPU without AVX2 (or ``FASTRNN_ISA=blas``), or when a packed copy of
 the weights cannot be allocated, each thread calls SciPy's BLAS on its share instead. SciPy's
 bundled OpenBLAS (which ``scipy.linalg.cython_blas`` calls) has one process-wide thread count:
-:func:`blas_single_thread` sets it to 1 while a kernel runs, so that no BLAS threads pile up on
-the OpenMP ones, and restores it afterwards (reference-counted, so concurrent kernel calls
-from several Python threads are safe), and :func:`blas_threads` sets it to any count for code
-that times the BLAS itself (the benchmark's GEMM peak). The library is found through ctypes;
+:func:`blas_single_thread` sets it to 1 while a kernel runs under the ``"blas"`` instruction set
+(``fastrnn.functional`` skips the switch, about 1 us, where the micro-kernels run and call no
+BLAS), so that no BLAS threads pile up on the OpenMP ones, and restores it afterwards
+(reference-counted, so concurrent kernel calls from several Python threads are safe), and
+:func:`blas_threads` sets it to any count for code that times the BLAS itself (the benchmark's GEMM peak). The library is found through ctypes;
 with a BLAS that is not OpenBLAS these are no-ops and :func:`blas_info` says so.
 """
 
