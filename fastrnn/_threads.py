@@ -12,8 +12,9 @@ bundled OpenBLAS (which ``scipy.linalg.cython_blas`` calls) has one process-wide
 (``fastrnn.functional`` skips the switch, about 1 us, where the micro-kernels run and call no
 BLAS), so that no BLAS threads pile up on the OpenMP ones, and restores it afterwards
 (reference-counted, so concurrent kernel calls from several Python threads are safe), and
-:func:`blas_threads` sets it to any count for code that times the BLAS itself (the benchmark's GEMM peak). The library is found through ctypes;
-with a BLAS that is not OpenBLAS these are no-ops and :func:`blas_info` says so.
+:func:`blas_threads` sets it to any count for code that times the BLAS itself (the benchmark's
+GEMM peak). The library is found through ctypes; with a BLAS that is not OpenBLAS these are
+no-ops and :func:`blas_info` says so.
 """
 
 from __future__ import annotations
