@@ -419,10 +419,7 @@ class _FastCellBase(_Swapped):
         if args is None:
             return self._torch_class.forward(self, input, hx)
         x, h0, c0, weights, batched = args
-        options = {
-            o.name: getattr(self, o.name) for o in self._cell.options if hasattr(self, o.name)
-        }
-        mode = self._cell.torch_mode(options)
+        mode = self._cell.torch_mode(_cell_options(self))
         cfg = _config(mode, self.input_size, self.hidden_size, 1, self.bias, False, 0.0, 0)
         _, *states = _compute(cfg, None, None, False, x, h0, c0, weights)
         states = [s[0] if batched else s[0, 0] for s in states]
@@ -512,6 +509,18 @@ def _prepare(m: Any, input: Any, hx: Any):
     return x, h0, c0, lengths, packed, batched
 
 
+_ABSENT = object()
+
+
+def _cell_options(m: Any) -> dict[str, Any]:
+    """The registry options that torch's cell ``m`` has (torch's cells keep them, such as
+    ``RNNCell.nonlinearity``, as plain instance attributes): read from the instance's dict,
+    without the ``AttributeError`` that ``hasattr`` raises and catches inside
+    ``Module.__getattr__`` for each option it lacks (5 us per call for an LSTMCell)."""
+    attrs = vars(m)
+    return {o.name: attrs[o.name] for o in m._cell.options if o.name in attrs}
+
+
 def _prepare_cell(m: Any, input: Any, hx: Any):
     """A cell's arguments as a one-step stack's; None when the call is left to torch.
 
@@ -522,10 +531,11 @@ def _prepare_cell(m: Any, input: Any, hx: Any):
     if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
         return None
     for option in m._cell.options:  # a value fastrnn refuses: torch raises its own error
-        if not hasattr(m, option.name):
+        value = vars(m).get(option.name, _ABSENT)
+        if value is _ABSENT:
             continue  # an option torch's cell does not have
         try:
-            option.check(getattr(m, option.name), option.name)
+            option.check(value, option.name)
         except (TypeError, ValueError):
             return None
     if hx is None:
