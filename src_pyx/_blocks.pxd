@@ -12,8 +12,8 @@
 #
 # When the CPU has AVX2 or AVX-512 (_rgemm.h) every GEMM runs on the micro-kernels: each thread
 # packs its columns of W_hh and W_ih once per kernel call (pack_nt for the forward's h @ W_hh^T
-# and x @ W_ih^T, pack_nn for the backward's da @ W_hh), and the weight gradients read dG and X
-# in place; otherwise (isa FR_ISA_NONE, or no memory for a packed copy) they call BLAS.
+# and x @ W_ih^T, pack_nn for the backward's da @ W_hh), and the weight gradients copy a pass
+# of X into panels and dG^T's rows contiguously (weight_grad_ld); otherwise (isa FR_ISA_NONE, or no memory for a packed copy) they call BLAS.
 
 from cython cimport floating
 from libc.stdlib cimport free
@@ -22,13 +22,15 @@ from libc.string cimport memcpy, memset
 from _blas cimport blas_int, gemm, gemm_gates_nt
 from _parallel cimport block_span, share, unit_blocks
 from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm_d, fr_rgemm_nr,
-                     fr_rgemm_packed_size, fr_rgemm_s, fr_rgemv_gates_d, fr_rgemv_gates_s)
+                     fr_rgemm_packed_size, fr_rgemm_s, fr_rgemv_gates_d, fr_rgemv_gates_s,
+                     fr_transpose_d, fr_transpose_s)
 
 # Rows per block of the dx GEMM; rows of the reduction per pass of the weight gradients' micro-
 # kernels (a block of dG and of X stays in L2).
 cdef enum:
     DX_ROWS = 256
     WG_ROWS = 256
+    WG_COLS = 256  # columns of dG (rows of dW) per transposed copy: 256 KB of floats, in L2
 
 
 cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
@@ -74,6 +76,15 @@ cdef inline void _pack(int isa, int trans, Py_ssize_t k, Py_ssize_t n, const flo
         fr_pack_d(isa, trans, k, n, b, ldb, p)
 
 
+cdef inline void _transpose(int isa, Py_ssize_t rows, Py_ssize_t cols, const floating* src,
+                            Py_ssize_t lds, floating* dst, Py_ssize_t ldd) noexcept nogil:
+    """dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols (zero for rows <= i < ldd)."""
+    if floating is float:
+        fr_transpose_s(isa, rows, cols, src, lds, dst, ldd)
+    else:
+        fr_transpose_d(isa, rows, cols, src, lds, dst, ldd)
+
+
 cdef inline void _rgemm(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                         Py_ssize_t lda, const floating* p, floating* c, Py_ssize_t ldc,
                         bint add) noexcept nogil:
@@ -93,27 +104,6 @@ cdef inline void _rgemv_gates(int isa, int n_gates, Py_ssize_t w, Py_ssize_t k,
         fr_rgemv_gates_s(isa, n_gates, w, k, a, p, seg, c, gs, add)
     else:
         fr_rgemv_gates_d(isa, n_gates, w, k, a, p, seg, c, gs, add)
-
-
-cdef inline void _rgemm_tn(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                           Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
-                           Py_ssize_t ldc, bint add) noexcept nogil:
-    """C[:m, :n] (+)= A[:k, :m]^T @ B[:k, :n], both read in place (n a multiple of the panel
-    width)."""
-    if floating is float:
-        fr_rgemm_s(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
-    else:
-        fr_rgemm_d(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
-
-
-cdef inline void _rgemm_tn_packed(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                                  const floating* a, Py_ssize_t lda, const floating* p,
-                                  floating* c, Py_ssize_t ldc, bint add) noexcept nogil:
-    """C[:m, :n] (+)= A[:k, :m]^T @ P; A read in place, P packed by _pack."""
-    if floating is float:
-        fr_rgemm_s(isa, m, n, k, a, 1, lda, p, 0, c, ldc, add)
-    else:
-        fr_rgemm_d(isa, m, n, k, a, 1, lda, p, 0, c, ldc, add)
 
 
 cdef inline void _alloc(Packed* pk, int isa, Py_ssize_t n_blocks, Py_ssize_t k, Py_ssize_t n,
@@ -328,39 +318,48 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
                                 int isa) noexcept nogil:
     """weight_grad over n_gates gate blocks of a dG whose rows are ldg apart (a wider matrix).
 
-    With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows (a
-    block of dG and of X stays in L2), both operands read in place; the last N % panel-width
-    columns, if any, are copied pass by pass into one zero-padded panel (their rows are too
-    short to read in place). Without one (or without memory for that panel), BLAS."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1, k0, kn, nr = 0, n_main = 0
-    cdef floating* tail = NULL
+    With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows; per
+    pass, the thread packs those rows of X into panels (zero-padded past N) once for all its
+    blocks, and each block's columns of dG, WG_COLS at a time, into a transposed copy whose rows
+    are contiguous (_rgemm.h: fr_transpose_*): read in place, a tile's k rows of dG lay G floats
+    apart, which L1 and L2 map to a few sets, and X's rows N apart. The sums are those of the
+    operands read in place (each element one chain per pass, the passes in increasing order).
+    Without one (or without memory for the copies), BLAS."""
+    cdef Py_ssize_t lo, hi, blk, c0, c1, i0, mc, k0, kn, nr
+    cdef floating* xp = NULL
+    cdef floating* at = NULL
     if R <= 0:
         return
+    wide_share(H, n_gates, size, rank, &lo, &hi)
     if isa != FR_ISA_NONE:
         nr = fr_rgemm_nr(isa, sizeof(floating))
-        n_main = N - N % nr
-        if n_main < N:
-            tail = <floating*> fr_rgemm_alloc(WG_ROWS * nr * sizeof(floating))
-    wide_share(H, n_gates, size, rank, &lo, &hi)
-    for blk in range(lo, hi):
-        wide_block(H, n_gates, blk, &c0, &c1)
-        if c1 <= c0:
-            continue
-        k0 = 0
-        while (n_main > 0 or tail != NULL) and k0 < R:
-            kn = min(<Py_ssize_t> WG_ROWS, R - k0)
-            if n_main > 0:
-                _rgemm_tn(isa, c1 - c0, n_main, kn, dg + k0 * ldg + c0, ldg, x + k0 * N, N,
-                          dw + c0 * N, N, k0 > 0 or beta != 0)
-            if tail != NULL:  # the same sums as a full panel read in place would give
-                _pack(isa, False, kn, N - n_main, x + k0 * N + n_main, N, tail)
-                _rgemm_tn_packed(isa, c1 - c0, N - n_main, kn, dg + k0 * ldg + c0, ldg, tail,
-                                 dw + c0 * N + n_main, N, k0 > 0 or beta != 0)
-            k0 += WG_ROWS
-        if n_main < N and tail == NULL:
-            gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
-                 N, beta, dw + c0 * N + n_main, N)
-    free(tail)
+        xp = <floating*> fr_rgemm_alloc(WG_ROWS * ((N + nr - 1) // nr) * nr * sizeof(floating))
+        at = <floating*> fr_rgemm_alloc(WG_COLS * WG_ROWS * sizeof(floating))
+    if xp == NULL or at == NULL:
+        for blk in range(lo, hi):
+            wide_block(H, n_gates, blk, &c0, &c1)
+            if c1 > c0:
+                gemm(True, False, c1 - c0, N, R, <floating> 1, dg + c0, ldg, x, N, beta,
+                     dw + c0 * N, N)
+        free(xp)
+        free(at)
+        return
+    k0 = 0
+    while k0 < R:
+        kn = min(<Py_ssize_t> WG_ROWS, R - k0)
+        _pack(isa, False, kn, N, x + k0 * N, N, xp)
+        for blk in range(lo, hi):
+            wide_block(H, n_gates, blk, &c0, &c1)
+            i0 = c0
+            while i0 < c1:
+                mc = min(<Py_ssize_t> WG_COLS, c1 - i0)
+                # at[i, kk] = dG[k0 + kk, i0 + i]: rows i of A = dG[k0:k0 + kn, i0:i0 + mc]^T
+                _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, kn)
+                _rgemm(isa, mc, N, kn, at, kn, xp, dw + i0 * N, N, k0 > 0 or beta != 0)
+                i0 += mc
+        k0 += WG_ROWS
+    free(xp)
+    free(at)
 
 
 # --- variable-length batches ----------------------------------------------------------------

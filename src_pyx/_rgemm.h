@@ -5,9 +5,9 @@
  * profile); here each thread packs its block of W_hh (or W_ih) once per call, into panels of NR
  * columns stored k-major (panel[k * NR + c], zero-padded to NR), and the micro-kernels read the
  * panels straight from cache at every step. A is read in place, by rows (a row stride and a
- * k stride, so the transpose of a row-major matrix is read in place too). The weight gradients
- * dG^T @ X read B in place as well (a row stride instead of panels), a few hundred rows of the
- * reduction at a time.
+ * k stride, so the transpose of a row-major matrix is read in place too). B may be read in place
+ * as well (a row stride instead of panels); the weight gradients dG^T @ X, a few hundred rows of
+ * the reduction at a time, copy both operands instead (_blocks.pxd: weight_grad_ld).
  *
  * The micro-kernels are compiled for AVX-512 and AVX2+FMA with target attributes and picked at
  * run time (fr_rgemm_pick), so a build for generic x86-64 still gets the wide kernels. On other
@@ -189,6 +189,30 @@ static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *
 
 FR_DEFINE_PACK(fr_pack_s, float)
 FR_DEFINE_PACK(fr_pack_d, double)
+
+/* A transposed copy: dst[j * ldd + i] := src[i * lds + j] for i < rows, j < cols, and dst[j *
+ * ldd + i] := 0 for rows <= i < ldd. The weight gradients dG^T @ X read their A operand as
+ * the transpose of a block of dG whose rows are G = 4H floats apart: in place, every row of a
+ * tile's k lay at that stride, 16 KB at H = 1024, all in the same few sets of L1 and L2, so
+ * they came from L3 at every tile; the copy lays each row of A out contiguously. (It is the
+ * "t" packing of one panel ldd columns wide.) */
+#define FR_DEFINE_TRANSPOSE(NAME, T)                                                          \
+    static inline void NAME(int isa, ptrdiff_t rows, ptrdiff_t cols, const T *src,             \
+                            ptrdiff_t lds, T *dst, ptrdiff_t ldd)                              \
+    {                                                                                          \
+        ptrdiff_t i, j;                                                                        \
+        if (FR_PACK_T8_##T(isa, cols, rows, src, lds, dst, ldd))                               \
+            return;                                                                            \
+        for (j = 0; j < cols; j++) {                                                           \
+            for (i = 0; i < rows; i++)                                                         \
+                dst[j * ldd + i] = src[i * lds + j];                                           \
+            for (; i < ldd; i++)                                                               \
+                dst[j * ldd + i] = 0;                                                          \
+        }                                                                                      \
+    }
+
+FR_DEFINE_TRANSPOSE(fr_transpose_s, float)
+FR_DEFINE_TRANSPOSE(fr_transpose_d, double)
 
 #if FR_HAVE_KERNELS
 
