@@ -13,7 +13,8 @@
 # When the CPU has AVX2 or AVX-512 (_rgemm.h) every GEMM runs on the micro-kernels: each thread
 # packs its columns of W_hh and W_ih once per kernel call (pack_nt for the forward's h @ W_hh^T
 # and x @ W_ih^T, pack_nn for the backward's da @ W_hh), and the weight gradients copy a pass
-# of X into panels and dG^T's rows contiguously (weight_grad_ld); otherwise (isa FR_ISA_NONE, or no memory for a packed copy) they call BLAS.
+# of X into panels and dG^T's rows contiguously (weight_grad_ld); otherwise (isa FR_ISA_NONE,
+# or no memory for a packed copy) they call BLAS.
 
 from cython cimport floating
 from libc.stdlib cimport free
@@ -207,6 +208,26 @@ cdef inline Py_ssize_t steps_per_chunk(Py_ssize_t B) noexcept nogil:
     """Time steps per chunk of project_steps (also the length of an inference forward's ring of
     projected gates)."""
     return max(1, PROJ_ROWS // max(B, 1))
+
+
+# Packed bytes of W_ih and W_hh from which a training forward projects all T steps at once
+# (upfront_projection): about half a current server's L3.
+cdef enum:
+    UPFRONT_BYTES = 16 * 1024 * 1024
+
+
+cdef inline bint upfront_projection(Py_ssize_t H, Py_ssize_t I, int n_gates,
+                                    size_t elem) noexcept nogil:
+    """Whether a training forward computes the input projection of all T steps before its time
+    loop (input_projection, one wide block of W_ih packed at a time) rather than tc steps at a
+    time inside it (project_steps, each thread's columns of W_ih packed for the whole call).
+
+    The chunks keep a chunk's projected gates in cache until their steps read them, which
+    pays while both packed weights fit in the L3 beside them. At H = I = 1024 (LSTM) they are
+    32 MB: the chunks' passes over the packed W_ih then pushed the packed W_hh out of L3, and
+    every step read it from memory again (DeepBench's H1024 B32 T25 forward: 40 ms, of which
+    16 for the recurrent GEMMs alone with I = 32)."""
+    return <size_t> n_gates * H * (H + I) * elem >= UPFRONT_BYTES
 
 
 cdef inline void project_steps(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t j0,
