@@ -455,6 +455,62 @@ cdef inline void bias_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_s
                     db[c] += dg[r * G + c]
 
 
+# Packed bytes of W_ih from which dx = dG @ W_ih is shared by columns (dx_by_columns).
+cdef enum:
+    DX_COLUMN_BYTES = 8 * 1024 * 1024
+
+
+cdef inline bint dx_by_columns(Py_ssize_t G, Py_ssize_t I, int isa, size_t elem,
+                               int size) noexcept nogil:
+    """Whether the threads share dx = dG @ W_ih by columns of dx (each packs its columns of
+    W_ih and reads all of dG: input_grad_columns) rather than by rows (each packs all of W_ih).
+
+    By rows, every thread packs its own copy of the whole W_ih: at G = 4096, I = 1024 (an LSTM
+    at H = I = 1024) 16 MB each, 32 MB in all, this machine's whole L3, so the copies were
+    written to memory and every chunk of rows read its copy back from there. By columns the
+    copies add up to one W_ih. Taken when W_ih is that large and every thread gets at least two
+    panels of columns."""
+    if isa == FR_ISA_NONE or size <= 1:
+        return False
+    return (<size_t> G * I * elem >= DX_COLUMN_BYTES
+            and (I + fr_rgemm_nr(isa, elem) - 1) // fr_rgemm_nr(isa, elem) >= 2 * size)
+
+
+cdef inline void input_grad_columns(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
+                                    Py_ssize_t I, Py_ssize_t G, const floating* dg,
+                                    const floating* w_ih, floating* dx, int size, int rank,
+                                    int isa) noexcept nogil:
+    """input_grad_active over rank's columns of dx, whole panels of them (dx_by_columns): each
+    element the same sum as by rows (the micro-kernels' chains depend on G alone); without
+    memory for the packed columns, BLAS on the same columns. dx's padding rows are set to
+    zero."""
+    cdef Py_ssize_t nr = fr_rgemm_nr(isa, sizeof(floating)), lo, hi, i0, i1, t, e, rows
+    cdef Packed pk
+    share((I + nr - 1) // nr, size, rank, &lo, &hi)
+    i0 = min(lo * nr, I)
+    i1 = min(hi * nr, I)
+    if i1 > i0:
+        _alloc(&pk, isa, 1, G, i1 - i0, sizeof(floating))
+        if pk.data != NULL:
+            _pack(isa, False, G, i1 - i0, w_ih + i0, I, <floating*> pk.data)
+        t = 0
+        while t < T:
+            e = row_run(batch_sizes, t, T, B, &rows)
+            if pk.data != NULL:
+                _rgemm(isa, rows, i1 - i0, G, dg + t * B * G, G, <const floating*> pk.data,
+                       dx + t * B * I + i0, I, False)
+            else:
+                gemm(False, False, rows, i1 - i0, G, <floating> 1, dg + t * B * G, G,
+                     w_ih + i0, I, <floating> 0, dx + t * B * I + i0, I)
+            t = e
+        release(&pk)
+    share(T, size, rank, &lo, &hi)
+    for t in range(lo, hi):
+        if batch_sizes[t] < B:
+            memset(dx + (t * B + batch_sizes[t]) * I, 0,
+                   (B - batch_sizes[t]) * I * sizeof(floating))
+
+
 cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
                                    Py_ssize_t I, Py_ssize_t G, const floating* dg,
                                    const floating* w_ih, floating* dx, int size, int rank,
@@ -466,6 +522,9 @@ cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_
     on batch_sizes alone, so the bits do not depend on the thread count."""
     cdef Py_ssize_t R = 0, lo, hi, r0, r1, t, e, rows, p = 0, end
     cdef Packed pk
+    if dx_by_columns(G, I, isa, sizeof(floating), size):
+        input_grad_columns(T, B, batch_sizes, I, G, dg, w_ih, dx, size, rank, isa)
+        return
     for t in range(T):
         R += batch_sizes[t]
     _alloc(&pk, isa, 1, G, I, sizeof(floating))
