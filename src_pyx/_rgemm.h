@@ -24,6 +24,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 /* Instruction sets of the micro-kernels; FR_ISA_NONE means "use BLAS". */
 enum { FR_ISA_NONE = 0, FR_ISA_AVX2 = 1, FR_ISA_AVX512 = 2 };
@@ -82,13 +85,29 @@ static inline size_t fr_rgemm_packed_size(int isa, size_t elem, ptrdiff_t k, ptr
     return (size_t) (k * ((n + nr - 1) / nr) * nr);
 }
 
-/* An aligned buffer for packed panels (NULL when out of memory; free with free()). */
+/* Buffers of at least this many bytes are aligned to it and asked for transparent huge pages. */
+#define FR_HUGE_BYTES ((size_t) 2 << 20)
+
+/* An aligned buffer for packed panels (NULL when out of memory; free with free()).
+ *
+ * A call's packed weights are allocated and freed per call, 8 MB per thread and matrix at
+ * H = 1024. glibc serves the worker threads' ones from a heap of their own arena that it unmaps
+ * when they are freed, so every call of the kernel faults them in again, 4 KB at a time: the
+ * second thread of DeepBench's H1024 B32 T25 LSTM took 3 ms to pack W_hh where the first, whose
+ * main-arena memory is kept, took 0.5, and the first waited for it at the next barrier. Where
+ * the system gives transparent huge pages on request (madvise mode), buffers of 2 MB or more
+ * ask for them: one fault per 2 MB. */
 static inline void *fr_rgemm_alloc(size_t bytes)
 {
     void *p = NULL;
 #if FR_HAVE_KERNELS
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+    const size_t align = bytes >= FR_HUGE_BYTES ? FR_HUGE_BYTES : 64;
+    if (posix_memalign(&p, align, bytes ? bytes : 64) != 0)
         return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes >= FR_HUGE_BYTES)
+        (void) madvise(p, bytes & ~(FR_HUGE_BYTES - 1), MADV_HUGEPAGE);
+#endif
 #else
     (void) bytes;
 #endif
