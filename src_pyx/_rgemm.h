@@ -473,9 +473,11 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
  * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
- * FR_CHUNK_BYTES of a block of k (all m rows when they fit); per chunk, every panel of B, block
- * of k after block of k (FR_KC_BYTES), times the chunk's rows in tiles of 8 (6), 4, 2 and
- * 1 rows. A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
+ * FR_CHUNK_BYTES of a block of k (all m rows when they fit); per chunk, block of k after block
+ * of k (FR_KC_BYTES), every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and 1
+ * rows. (Panel after panel, each one's blocks of k in turn, as before, read the chunk's rows
+ * over all of k once per panel: 1.9 MB per panel for 120 rows of dx = dG @ W_ih at G = 4096,
+ * from L3; block of k first, the chunk's 240 KB of that block stay in L2 for every panel.) A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
  * (_rgemm_row.h), a partial last panel through the tile. Each block of k is one multiply-add
  * chain per element of C, added to C in increasing order of k (the first one stored, unless
  * `add`): the blocks depend on k alone, so the bits do not depend on m, on the tile or on the
@@ -514,12 +516,12 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
             }                                                                                  \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
-            for (q = q0; q < n; q += nr) {                                                     \
-                const int w = (int) (n - q < nr ? n - q : nr);                                 \
-                for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                    \
-                    const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
+            for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                        \
+                const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                                \
+                const int addk = add || k0 > 0;                                                \
+                for (q = q0; q < n; q += nr) {                                                 \
+                    const int w = (int) (n - q < nr ? n - q : nr);                             \
                     const T *pq = (ldb ? b + q : b + q * k) + k0 * ldp;                        \
-                    const int addk = add || k0 > 0;                                            \
                     for (i = i0; i < i1;) {                                                    \
                         const ptrdiff_t rest = i1 - i;                                         \
                         const T *ai = a + i * rs + k0 * ks;                                    \
