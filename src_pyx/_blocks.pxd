@@ -31,7 +31,8 @@ from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm
 cdef enum:
     DX_ROWS = 256
     WG_ROWS = 256
-    WG_COLS = 256  # columns of dG (rows of dW) per transposed copy: 256 KB of floats, in L2
+    WG_PASSES = 4  # passes of WG_ROWS rows per packing of X (4 MB of floats at N = 1024)
+    WG_COLS = 128  # columns of dG (rows of dW) per transposed copy: 128 KB of floats, in L2
 
 
 cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
@@ -339,14 +340,17 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
                                 int isa) noexcept nogil:
     """weight_grad over n_gates gate blocks of a dG whose rows are ldg apart (a wider matrix).
 
-    With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows; per
-    pass, the thread packs those rows of X into panels (zero-padded past N) once for all its
-    blocks, and each block's columns of dG, WG_COLS at a time, into a transposed copy whose rows
-    are contiguous (_rgemm.h: fr_transpose_*): read in place, a tile's k rows of dG lay G floats
-    apart, which L1 and L2 map to a few sets, and X's rows N apart. The sums are those of the
-    operands read in place (each element one chain per pass, the passes in increasing order).
-    Without one (or without memory for the copies), BLAS."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1, i0, mc, k0, kn, nr
+    With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows,
+    WG_PASSES passes at a time: the thread packs those rows of X into panels (zero-padded past
+    N), then for each WG_COLS columns of its blocks of dG runs the passes one after the other,
+    each on a transposed copy of that pass's columns of dG whose rows are contiguous (_rgemm.h:
+    fr_transpose_*). Read in place, a tile's k rows of dG lay G floats apart, which L1 and L2
+    map to a few sets, and X's rows N apart; and going pass by pass over all the thread's
+    columns, each pass read and wrote all of its dW (8 MB at H = I = 1024), where WG_COLS rows of
+    dW now stay in cache for WG_PASSES passes. The sums are those of the operands read in place
+    (each element one chain per pass, the passes in increasing order). Without one (or without
+    memory for the copies), BLAS."""
+    cdef Py_ssize_t lo, hi, blk, c0, c1, i0, mc, k0, k1, ke, kn, nr, npad = 0
     cdef floating* xp = NULL
     cdef floating* at = NULL
     if R <= 0:
@@ -354,7 +358,9 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
     wide_share(H, n_gates, size, rank, &lo, &hi)
     if isa != FR_ISA_NONE:
         nr = fr_rgemm_nr(isa, sizeof(floating))
-        xp = <floating*> fr_rgemm_alloc(WG_ROWS * ((N + nr - 1) // nr) * nr * sizeof(floating))
+        npad = (N + nr - 1) // nr * nr
+        xp = <floating*> fr_rgemm_alloc(min(R, <Py_ssize_t> WG_PASSES * WG_ROWS) * npad
+                                        * sizeof(floating))
         at = <floating*> fr_rgemm_alloc(WG_COLS * WG_ROWS * sizeof(floating))
     if xp == NULL or at == NULL:
         for blk in range(lo, hi):
@@ -365,20 +371,29 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
         free(xp)
         free(at)
         return
-    k0 = 0
-    while k0 < R:
-        kn = min(<Py_ssize_t> WG_ROWS, R - k0)
-        _pack(isa, False, kn, N, x + k0 * N, N, xp)
+    k1 = 0
+    while k1 < R:  # WG_PASSES passes of WG_ROWS rows: [k1, ke)
+        ke = min(k1 + <Py_ssize_t> WG_PASSES * WG_ROWS, R)
+        k0 = k1
+        while k0 < ke:  # pass [k0, k0 + kn) of X, packed at row k0 - k1 of xp
+            kn = min(<Py_ssize_t> WG_ROWS, ke - k0)
+            _pack(isa, False, kn, N, x + k0 * N, N, xp + (k0 - k1) * npad)
+            k0 += WG_ROWS
         for blk in range(lo, hi):
             wide_block(H, n_gates, blk, &c0, &c1)
             i0 = c0
             while i0 < c1:
                 mc = min(<Py_ssize_t> WG_COLS, c1 - i0)
-                # at[i, kk] = dG[k0 + kk, i0 + i]: rows i of A = dG[k0:k0 + kn, i0:i0 + mc]^T
-                _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, kn)
-                _rgemm(isa, mc, N, kn, at, kn, xp, dw + i0 * N, N, k0 > 0 or beta != 0)
+                k0 = k1
+                while k0 < ke:
+                    kn = min(<Py_ssize_t> WG_ROWS, ke - k0)
+                    # at[i, kk] = dG[k0 + kk, i0 + i]: rows i of A = dG[k0:k0 + kn, i0:i0 + mc]^T
+                    _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, kn)
+                    _rgemm(isa, mc, N, kn, at, kn, xp + (k0 - k1) * npad, dw + i0 * N, N,
+                           k0 > 0 or beta != 0)
+                    k0 += WG_ROWS
                 i0 += mc
-        k0 += WG_ROWS
+        k1 = ke
     free(xp)
     free(at)
 
