@@ -473,11 +473,13 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
  * ks = 1 for a row-major A; rs = 1, ks = lda for the transpose of one) and B packed by
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
- * FR_CHUNK_BYTES of a block of k (all m rows when they fit); per chunk, block of k after block
- * of k (FR_KC_BYTES), every panel of B times the chunk's rows in tiles of 8 (6), 4, 2 and 1
- * rows. (Panel after panel, each one's blocks of k in turn, as before, read the chunk's rows
- * over all of k once per panel: 1.9 MB per panel for 120 rows of dx = dG @ W_ih at G = 4096,
- * from L3; block of k first, the chunk's 240 KB of that block stay in L2 for every panel.) A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
+ * FR_CHUNK_BYTES of a block of k (all m rows when they fit); per chunk, every panel of B, block
+ * of k after block of k (FR_KC_BYTES), times the chunk's rows in tiles of 8 (6), 4, 2 and 1
+ * rows; or, when the chunk's rows over all of k exceed FR_CHUNK_BYTES, block of k after block
+ * of k, every panel. (Panel first, 120 rows of dx = dG @ W_ih at G = 4096 were read over all
+ * of k, 1.9 MB, from L3 for every panel; block of k first, that block's 240 KB of them stay in
+ * L2 for every panel. A few rows, as an inference step's, keep the panel order, which reads
+ * each panel straight through.) A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
  * (_rgemm_row.h), a partial last panel through the tile. Each block of k is one multiply-add
  * chain per element of C, added to C in increasing order of k (the first one stored, unless
  * `add`): the blocks depend on k alone, so the bits do not depend on m, on the tile or on the
@@ -494,7 +496,7 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
         const ptrdiff_t chunk = fit >= m ? (m > 0 ? m : 1) : fit / 24 * 24 > 24 ? fit / 24 * 24 \
                                                                                 : 24;          \
         const ptrdiff_t ldp = ldb ? ldb : nr;                                                  \
-        ptrdiff_t i0, q, i, k0, q0 = 0;                                                        \
+        ptrdiff_t i0, i, k0, q0 = 0;                                                           \
         if (m == 1) /* a GEMV: up to four full panels per pass, 8 independent accumulators */ \
             for (; q0 + nr <= n; q0 += 4 * nr) {                                               \
                 const T *pq = ldb ? b + q0 : b + q0 * k;                                       \
@@ -516,10 +518,17 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
             }                                                                                  \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
-            for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                        \
-                const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                                \
-                const int addk = add || k0 > 0;                                                \
-                for (q = q0; q < n; q += nr) {                                                 \
+            /* (block of k, panel) pairs: blocks outer when the chunk's rows over all of k */  \
+            /* would not stay in L2 from one panel to the next, else panels outer */           \
+            const ptrdiff_t nk = k > kc ? (k + kc - 1) / kc : 1, np = (n - q0 + nr - 1) / nr;  \
+            const int kfirst = (i1 - i0) * k * (ptrdiff_t) sizeof(T) > FR_CHUNK_BYTES;         \
+            ptrdiff_t s;                                                                       \
+            for (s = 0; s < nk * np; s++) {                                                    \
+                {                                                                              \
+                    const ptrdiff_t q = q0 + (kfirst ? s % np : s / nk) * nr;                  \
+                    const ptrdiff_t k0 = (kfirst ? s / np : s % nk) * kc;                      \
+                    const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
+                    const int addk = add || k0 > 0;                                            \
                     const int w = (int) (n - q < nr ? n - q : nr);                             \
                     const T *pq = (ldb ? b + q : b + q * k) + k0 * ldp;                        \
                     for (i = i0; i < i1;) {                                                    \
