@@ -12,8 +12,9 @@
 #
 # When the CPU has AVX2 or AVX-512 (_rgemm.h) every GEMM runs on the micro-kernels: each thread
 # packs its columns of W_hh and W_ih once per kernel call (pack_nt for the forward's h @ W_hh^T
-# and x @ W_ih^T, pack_nn for the backward's da @ W_hh), and the weight gradients read dG and X
-# in place; otherwise (isa FR_ISA_NONE, or no memory for a packed copy) they call BLAS.
+# and x @ W_ih^T, pack_nn for the backward's da @ W_hh), and the weight gradients copy a pass
+# of X into panels and dG^T's rows contiguously (weight_grad_ld); otherwise (isa FR_ISA_NONE,
+# or no memory for a packed copy) they call BLAS.
 
 from cython cimport floating
 from libc.stdlib cimport free
@@ -22,13 +23,16 @@ from libc.string cimport memcpy, memset
 from _blas cimport blas_int, gemm, gemm_gates_nt
 from _parallel cimport block_span, share, unit_blocks
 from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm_d, fr_rgemm_nr,
-                     fr_rgemm_packed_size, fr_rgemm_s, fr_rgemv_gates_d, fr_rgemv_gates_s)
+                     fr_rgemm_packed_size, fr_rgemm_s, fr_rgemv_gates_d, fr_rgemv_gates_s,
+                     fr_transpose_d, fr_transpose_s)
 
 # Rows per block of the dx GEMM; rows of the reduction per pass of the weight gradients' micro-
 # kernels (a block of dG and of X stays in L2).
 cdef enum:
     DX_ROWS = 256
     WG_ROWS = 256
+    WG_PASSES = 4  # passes of WG_ROWS rows per packing of X (4 MB of floats at N = 1024)
+    WG_COLS = 128  # columns of dG (rows of dW) per transposed copy: 128 KB of floats, in L2
 
 
 cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
@@ -74,6 +78,15 @@ cdef inline void _pack(int isa, int trans, Py_ssize_t k, Py_ssize_t n, const flo
         fr_pack_d(isa, trans, k, n, b, ldb, p)
 
 
+cdef inline void _transpose(int isa, Py_ssize_t rows, Py_ssize_t cols, const floating* src,
+                            Py_ssize_t lds, floating* dst, Py_ssize_t ldd) noexcept nogil:
+    """dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols (zero for rows <= i < ldd)."""
+    if floating is float:
+        fr_transpose_s(isa, rows, cols, src, lds, dst, ldd)
+    else:
+        fr_transpose_d(isa, rows, cols, src, lds, dst, ldd)
+
+
 cdef inline void _rgemm(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
                         Py_ssize_t lda, const floating* p, floating* c, Py_ssize_t ldc,
                         bint add) noexcept nogil:
@@ -93,27 +106,6 @@ cdef inline void _rgemv_gates(int isa, int n_gates, Py_ssize_t w, Py_ssize_t k,
         fr_rgemv_gates_s(isa, n_gates, w, k, a, p, seg, c, gs, add)
     else:
         fr_rgemv_gates_d(isa, n_gates, w, k, a, p, seg, c, gs, add)
-
-
-cdef inline void _rgemm_tn(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const floating* a,
-                           Py_ssize_t lda, const floating* b, Py_ssize_t ldb, floating* c,
-                           Py_ssize_t ldc, bint add) noexcept nogil:
-    """C[:m, :n] (+)= A[:k, :m]^T @ B[:k, :n], both read in place (n a multiple of the panel
-    width)."""
-    if floating is float:
-        fr_rgemm_s(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
-    else:
-        fr_rgemm_d(isa, m, n, k, a, 1, lda, b, ldb, c, ldc, add)
-
-
-cdef inline void _rgemm_tn_packed(int isa, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-                                  const floating* a, Py_ssize_t lda, const floating* p,
-                                  floating* c, Py_ssize_t ldc, bint add) noexcept nogil:
-    """C[:m, :n] (+)= A[:k, :m]^T @ P; A read in place, P packed by _pack."""
-    if floating is float:
-        fr_rgemm_s(isa, m, n, k, a, 1, lda, p, 0, c, ldc, add)
-    else:
-        fr_rgemm_d(isa, m, n, k, a, 1, lda, p, 0, c, ldc, add)
 
 
 cdef inline void _alloc(Packed* pk, int isa, Py_ssize_t n_blocks, Py_ssize_t k, Py_ssize_t n,
@@ -217,6 +209,26 @@ cdef inline Py_ssize_t steps_per_chunk(Py_ssize_t B) noexcept nogil:
     """Time steps per chunk of project_steps (also the length of an inference forward's ring of
     projected gates)."""
     return max(1, PROJ_ROWS // max(B, 1))
+
+
+# Packed bytes of W_ih and W_hh from which a training forward projects all T steps at once
+# (upfront_projection): about half a current server's L3.
+cdef enum:
+    UPFRONT_BYTES = 16 * 1024 * 1024
+
+
+cdef inline bint upfront_projection(Py_ssize_t H, Py_ssize_t I, int n_gates,
+                                    size_t elem) noexcept nogil:
+    """Whether a training forward computes the input projection of all T steps before its time
+    loop (input_projection, one wide block of W_ih packed at a time) rather than tc steps at a
+    time inside it (project_steps, each thread's columns of W_ih packed for the whole call).
+
+    The chunks keep a chunk's projected gates in cache until their steps read them, which
+    pays while both packed weights fit in the L3 beside them. At H = I = 1024 (LSTM) they are
+    32 MB: the chunks' passes over the packed W_ih then pushed the packed W_hh out of L3, and
+    every step read it from memory again (DeepBench's H1024 B32 T25 forward: 40 ms, of which
+    16 for the recurrent GEMMs alone with I = 32)."""
+    return <size_t> n_gates * H * (H + I) * elem >= UPFRONT_BYTES
 
 
 cdef inline void project_steps(Py_ssize_t R, Py_ssize_t I, Py_ssize_t H, Py_ssize_t j0,
@@ -328,39 +340,62 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
                                 int isa) noexcept nogil:
     """weight_grad over n_gates gate blocks of a dG whose rows are ldg apart (a wider matrix).
 
-    With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows (a
-    block of dG and of X stays in L2), both operands read in place; the last N % panel-width
-    columns, if any, are copied pass by pass into one zero-padded panel (their rows are too
-    short to read in place). Without one (or without memory for that panel), BLAS."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1, k0, kn, nr = 0, n_main = 0
-    cdef floating* tail = NULL
+    With a micro-kernel isa, the reduction over the R rows goes in passes of WG_ROWS rows,
+    WG_PASSES passes at a time: the thread packs those rows of X into panels (zero-padded past
+    N), then for each WG_COLS columns of its blocks of dG runs the passes one after the other,
+    each on a transposed copy of that pass's columns of dG whose rows are contiguous (_rgemm.h:
+    fr_transpose_*). Read in place, a tile's k rows of dG lay G floats apart, which L1 and L2
+    map to a few sets, and X's rows N apart; and going pass by pass over all the thread's
+    columns, each pass read and wrote all of its dW (8 MB at H = I = 1024), where WG_COLS rows of
+    dW now stay in cache for WG_PASSES passes. The sums are those of the operands read in place
+    (each element one chain per pass, the passes in increasing order). Without one (or without
+    memory for the copies), BLAS."""
+    cdef Py_ssize_t lo, hi, blk, c0, c1, i0, mc, k0, k1, ke, kn, nr, npad = 0
+    cdef floating* xp = NULL
+    cdef floating* at = NULL
     if R <= 0:
         return
+    wide_share(H, n_gates, size, rank, &lo, &hi)
     if isa != FR_ISA_NONE:
         nr = fr_rgemm_nr(isa, sizeof(floating))
-        n_main = N - N % nr
-        if n_main < N:
-            tail = <floating*> fr_rgemm_alloc(WG_ROWS * nr * sizeof(floating))
-    wide_share(H, n_gates, size, rank, &lo, &hi)
-    for blk in range(lo, hi):
-        wide_block(H, n_gates, blk, &c0, &c1)
-        if c1 <= c0:
-            continue
-        k0 = 0
-        while (n_main > 0 or tail != NULL) and k0 < R:
-            kn = min(<Py_ssize_t> WG_ROWS, R - k0)
-            if n_main > 0:
-                _rgemm_tn(isa, c1 - c0, n_main, kn, dg + k0 * ldg + c0, ldg, x + k0 * N, N,
-                          dw + c0 * N, N, k0 > 0 or beta != 0)
-            if tail != NULL:  # the same sums as a full panel read in place would give
-                _pack(isa, False, kn, N - n_main, x + k0 * N + n_main, N, tail)
-                _rgemm_tn_packed(isa, c1 - c0, N - n_main, kn, dg + k0 * ldg + c0, ldg, tail,
-                                 dw + c0 * N + n_main, N, k0 > 0 or beta != 0)
+        npad = (N + nr - 1) // nr * nr
+        xp = <floating*> fr_rgemm_alloc(min(R, <Py_ssize_t> WG_PASSES * WG_ROWS) * npad
+                                        * sizeof(floating))
+        at = <floating*> fr_rgemm_alloc(WG_COLS * WG_ROWS * sizeof(floating))
+    if xp == NULL or at == NULL:
+        for blk in range(lo, hi):
+            wide_block(H, n_gates, blk, &c0, &c1)
+            if c1 > c0:
+                gemm(True, False, c1 - c0, N, R, <floating> 1, dg + c0, ldg, x, N, beta,
+                     dw + c0 * N, N)
+        free(xp)
+        free(at)
+        return
+    k1 = 0
+    while k1 < R:  # WG_PASSES passes of WG_ROWS rows: [k1, ke)
+        ke = min(k1 + <Py_ssize_t> WG_PASSES * WG_ROWS, R)
+        k0 = k1
+        while k0 < ke:  # pass [k0, k0 + kn) of X, packed at row k0 - k1 of xp
+            kn = min(<Py_ssize_t> WG_ROWS, ke - k0)
+            _pack(isa, False, kn, N, x + k0 * N, N, xp + (k0 - k1) * npad)
             k0 += WG_ROWS
-        if n_main < N and tail == NULL:
-            gemm(True, False, c1 - c0, N - n_main, R, <floating> 1, dg + c0, ldg, x + n_main,
-                 N, beta, dw + c0 * N + n_main, N)
-    free(tail)
+        for blk in range(lo, hi):
+            wide_block(H, n_gates, blk, &c0, &c1)
+            i0 = c0
+            while i0 < c1:
+                mc = min(<Py_ssize_t> WG_COLS, c1 - i0)
+                k0 = k1
+                while k0 < ke:
+                    kn = min(<Py_ssize_t> WG_ROWS, ke - k0)
+                    # at[i, kk] = dG[k0 + kk, i0 + i]: rows i of A = dG[k0:k0 + kn, i0:i0 + mc]^T
+                    _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, kn)
+                    _rgemm(isa, mc, N, kn, at, kn, xp + (k0 - k1) * npad, dw + i0 * N, N,
+                           k0 > 0 or beta != 0)
+                    k0 += WG_ROWS
+                i0 += mc
+        k1 = ke
+    free(xp)
+    free(at)
 
 
 # --- variable-length batches ----------------------------------------------------------------
@@ -435,6 +470,62 @@ cdef inline void bias_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_s
                     db[c] += dg[r * G + c]
 
 
+# Packed bytes of W_ih from which dx = dG @ W_ih is shared by columns (dx_by_columns).
+cdef enum:
+    DX_COLUMN_BYTES = 8 * 1024 * 1024
+
+
+cdef inline bint dx_by_columns(Py_ssize_t G, Py_ssize_t I, int isa, size_t elem,
+                               int size) noexcept nogil:
+    """Whether the threads share dx = dG @ W_ih by columns of dx (each packs its columns of
+    W_ih and reads all of dG: input_grad_columns) rather than by rows (each packs all of W_ih).
+
+    By rows, every thread packs its own copy of the whole W_ih: at G = 4096, I = 1024 (an LSTM
+    at H = I = 1024) 16 MB each, 32 MB in all, this machine's whole L3, so the copies were
+    written to memory and every chunk of rows read its copy back from there. By columns the
+    copies add up to one W_ih. Taken when W_ih is that large and every thread gets at least two
+    panels of columns."""
+    if isa == FR_ISA_NONE or size <= 1:
+        return False
+    return (<size_t> G * I * elem >= DX_COLUMN_BYTES
+            and (I + fr_rgemm_nr(isa, elem) - 1) // fr_rgemm_nr(isa, elem) >= 2 * size)
+
+
+cdef inline void input_grad_columns(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
+                                    Py_ssize_t I, Py_ssize_t G, const floating* dg,
+                                    const floating* w_ih, floating* dx, int size, int rank,
+                                    int isa) noexcept nogil:
+    """input_grad_active over rank's columns of dx, whole panels of them (dx_by_columns): each
+    element the same sum as by rows (the micro-kernels' chains depend on G alone); without
+    memory for the packed columns, BLAS on the same columns. dx's padding rows are set to
+    zero."""
+    cdef Py_ssize_t nr = fr_rgemm_nr(isa, sizeof(floating)), lo, hi, i0, i1, t, e, rows
+    cdef Packed pk
+    share((I + nr - 1) // nr, size, rank, &lo, &hi)
+    i0 = min(lo * nr, I)
+    i1 = min(hi * nr, I)
+    if i1 > i0:
+        _alloc(&pk, isa, 1, G, i1 - i0, sizeof(floating))
+        if pk.data != NULL:
+            _pack(isa, False, G, i1 - i0, w_ih + i0, I, <floating*> pk.data)
+        t = 0
+        while t < T:
+            e = row_run(batch_sizes, t, T, B, &rows)
+            if pk.data != NULL:
+                _rgemm(isa, rows, i1 - i0, G, dg + t * B * G, G, <const floating*> pk.data,
+                       dx + t * B * I + i0, I, False)
+            else:
+                gemm(False, False, rows, i1 - i0, G, <floating> 1, dg + t * B * G, G,
+                     w_ih + i0, I, <floating> 0, dx + t * B * I + i0, I)
+            t = e
+        release(&pk)
+    share(T, size, rank, &lo, &hi)
+    for t in range(lo, hi):
+        if batch_sizes[t] < B:
+            memset(dx + (t * B + batch_sizes[t]) * I, 0,
+                   (B - batch_sizes[t]) * I * sizeof(floating))
+
+
 cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
                                    Py_ssize_t I, Py_ssize_t G, const floating* dg,
                                    const floating* w_ih, floating* dx, int size, int rank,
@@ -446,6 +537,9 @@ cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_
     on batch_sizes alone, so the bits do not depend on the thread count."""
     cdef Py_ssize_t R = 0, lo, hi, r0, r1, t, e, rows, p = 0, end
     cdef Packed pk
+    if dx_by_columns(G, I, isa, sizeof(floating), size):
+        input_grad_columns(T, B, batch_sizes, I, G, dg, w_ih, dx, size, rank, isa)
+        return
     for t in range(T):
         R += batch_sizes[t]
     _alloc(&pk, isa, 1, G, I, sizeof(floating))

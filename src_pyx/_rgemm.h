@@ -5,9 +5,9 @@
  * profile); here each thread packs its block of W_hh (or W_ih) once per call, into panels of NR
  * columns stored k-major (panel[k * NR + c], zero-padded to NR), and the micro-kernels read the
  * panels straight from cache at every step. A is read in place, by rows (a row stride and a
- * k stride, so the transpose of a row-major matrix is read in place too). The weight gradients
- * dG^T @ X read B in place as well (a row stride instead of panels), a few hundred rows of the
- * reduction at a time.
+ * k stride, so the transpose of a row-major matrix is read in place too). B may be read in place
+ * as well (a row stride instead of panels); the weight gradients dG^T @ X, a few hundred rows of
+ * the reduction at a time, copy both operands instead (_blocks.pxd: weight_grad_ld).
  *
  * The micro-kernels are compiled for AVX-512 and AVX2+FMA with target attributes and picked at
  * run time (fr_rgemm_pick), so a build for generic x86-64 still gets the wide kernels. On other
@@ -24,6 +24,9 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 /* Instruction sets of the micro-kernels; FR_ISA_NONE means "use BLAS". */
 enum { FR_ISA_NONE = 0, FR_ISA_AVX2 = 1, FR_ISA_AVX512 = 2 };
@@ -82,13 +85,29 @@ static inline size_t fr_rgemm_packed_size(int isa, size_t elem, ptrdiff_t k, ptr
     return (size_t) (k * ((n + nr - 1) / nr) * nr);
 }
 
-/* An aligned buffer for packed panels (NULL when out of memory; free with free()). */
+/* Buffers of at least this many bytes are aligned to it and asked for transparent huge pages. */
+#define FR_HUGE_BYTES ((size_t) 2 << 20)
+
+/* An aligned buffer for packed panels (NULL when out of memory; free with free()).
+ *
+ * A call's packed weights are allocated and freed per call, 8 MB per thread and matrix at
+ * H = 1024. glibc serves the worker threads' ones from a heap of their own arena that it unmaps
+ * when they are freed, so every call of the kernel faults them in again, 4 KB at a time: the
+ * second thread of DeepBench's H1024 B32 T25 LSTM took 3 ms to pack W_hh where the first, whose
+ * main-arena memory is kept, took 0.5, and the first waited for it at the next barrier. Where
+ * the system gives transparent huge pages on request (madvise mode), buffers of 2 MB or more
+ * ask for them: one fault per 2 MB. */
 static inline void *fr_rgemm_alloc(size_t bytes)
 {
     void *p = NULL;
 #if FR_HAVE_KERNELS
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0)
+    const size_t align = bytes >= FR_HUGE_BYTES ? FR_HUGE_BYTES : 64;
+    if (posix_memalign(&p, align, bytes ? bytes : 64) != 0)
         return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes >= FR_HUGE_BYTES)
+        (void) madvise(p, bytes & ~(FR_HUGE_BYTES - 1), MADV_HUGEPAGE);
+#endif
 #else
     (void) bytes;
 #endif
@@ -189,6 +208,30 @@ static inline int fr_pack_t4_d(int isa, ptrdiff_t k, ptrdiff_t w, const double *
 
 FR_DEFINE_PACK(fr_pack_s, float)
 FR_DEFINE_PACK(fr_pack_d, double)
+
+/* A transposed copy: dst[j * ldd + i] := src[i * lds + j] for i < rows, j < cols, and dst[j *
+ * ldd + i] := 0 for rows <= i < ldd. The weight gradients dG^T @ X read their A operand as
+ * the transpose of a block of dG whose rows are G = 4H floats apart: in place, every row of a
+ * tile's k lay at that stride, 16 KB at H = 1024, all in the same few sets of L1 and L2, so
+ * they came from L3 at every tile; the copy lays each row of A out contiguously. (It is the
+ * "t" packing of one panel ldd columns wide.) */
+#define FR_DEFINE_TRANSPOSE(NAME, T)                                                          \
+    static inline void NAME(int isa, ptrdiff_t rows, ptrdiff_t cols, const T *src,             \
+                            ptrdiff_t lds, T *dst, ptrdiff_t ldd)                              \
+    {                                                                                          \
+        ptrdiff_t i, j;                                                                        \
+        if (FR_PACK_T8_##T(isa, cols, rows, src, lds, dst, ldd))                               \
+            return;                                                                            \
+        for (j = 0; j < cols; j++) {                                                           \
+            for (i = 0; i < rows; i++)                                                         \
+                dst[j * ldd + i] = src[i * lds + j];                                           \
+            for (; i < ldd; i++)                                                               \
+                dst[j * ldd + i] = 0;                                                          \
+        }                                                                                      \
+    }
+
+FR_DEFINE_TRANSPOSE(fr_transpose_s, float)
+FR_DEFINE_TRANSPOSE(fr_transpose_d, double)
 
 #if FR_HAVE_KERNELS
 
@@ -431,8 +474,12 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
  * fr_pack_* (ldb = 0) or read in place, B[kk, j] = b[kk * ldb + j] (ldb > 0: then n must be a
  * multiple of fr_rgemm_nr, as the panels are not padded). Rows of A go in chunks of about
  * FR_CHUNK_BYTES of a block of k (all m rows when they fit); per chunk, every panel of B, block
- * of k after block of k (FR_KC_BYTES), times the chunk's rows in tiles of 8 (6), 4, 2 and
- * 1 rows. A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
+ * of k after block of k (FR_KC_BYTES), times the chunk's rows in tiles of 8 (6), 4, 2 and 1
+ * rows; or, when the chunk's rows over all of k exceed FR_CHUNK_BYTES, block of k after block
+ * of k, every panel. (Panel first, 120 rows of dx = dG @ W_ih at G = 4096 were read over all
+ * of k, 1.9 MB, from L3 for every panel; block of k first, that block's 240 KB of them stay in
+ * L2 for every panel. A few rows, as an inference step's, keep the panel order, which reads
+ * each panel straight through.) A single row (m == 1: a step of a batch of 1) takes up to four full panels at a time
  * (_rgemm_row.h), a partial last panel through the tile. Each block of k is one multiply-add
  * chain per element of C, added to C in increasing order of k (the first one stored, unless
  * `add`): the blocks depend on k alone, so the bits do not depend on m, on the tile or on the
@@ -449,7 +496,7 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
         const ptrdiff_t chunk = fit >= m ? (m > 0 ? m : 1) : fit / 24 * 24 > 24 ? fit / 24 * 24 \
                                                                                 : 24;          \
         const ptrdiff_t ldp = ldb ? ldb : nr;                                                  \
-        ptrdiff_t i0, q, i, k0, q0 = 0;                                                        \
+        ptrdiff_t i0, i, k0, q0 = 0;                                                           \
         if (m == 1) /* a GEMV: up to four full panels per pass, 8 independent accumulators */ \
             for (; q0 + nr <= n; q0 += 4 * nr) {                                               \
                 const T *pq = ldb ? b + q0 : b + q0 * k;                                       \
@@ -471,12 +518,19 @@ static inline ptrdiff_t fr_rgemm_kc(ptrdiff_t k, size_t elem)
             }                                                                                  \
         for (i0 = 0; i0 < m; i0 += chunk) {                                                    \
             const ptrdiff_t i1 = m - i0 < chunk ? m : i0 + chunk;                              \
-            for (q = q0; q < n; q += nr) {                                                     \
-                const int w = (int) (n - q < nr ? n - q : nr);                                 \
-                for (k0 = 0; k0 == 0 || k0 < k; k0 += kc) {                                    \
+            /* (block of k, panel) pairs: blocks outer when the chunk's rows over all of k */  \
+            /* would not stay in L2 from one panel to the next, else panels outer */           \
+            const ptrdiff_t nk = k > kc ? (k + kc - 1) / kc : 1, np = (n - q0 + nr - 1) / nr;  \
+            const int kfirst = (i1 - i0) * k * (ptrdiff_t) sizeof(T) > FR_CHUNK_BYTES;         \
+            ptrdiff_t s;                                                                       \
+            for (s = 0; s < nk * np; s++) {                                                    \
+                {                                                                              \
+                    const ptrdiff_t q = q0 + (kfirst ? s % np : s / nk) * nr;                  \
+                    const ptrdiff_t k0 = (kfirst ? s / np : s % nk) * kc;                      \
                     const ptrdiff_t kn = k - k0 < kc ? k - k0 : kc;                            \
-                    const T *pq = (ldb ? b + q : b + q * k) + k0 * ldp;                        \
                     const int addk = add || k0 > 0;                                            \
+                    const int w = (int) (n - q < nr ? n - q : nr);                             \
+                    const T *pq = (ldb ? b + q : b + q * k) + k0 * ldp;                        \
                     for (i = i0; i < i1;) {                                                    \
                         const ptrdiff_t rest = i1 - i;                                         \
                         const T *ai = a + i * rs + k0 * ks;                                    \

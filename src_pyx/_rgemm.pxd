@@ -16,6 +16,10 @@ cdef extern from "_rgemm.h" nogil:
                    float* p)
     void fr_pack_d(int isa, int trans, ptrdiff_t k, ptrdiff_t n, const double* b,
                    ptrdiff_t ldb, double* p)
+    void fr_transpose_s(int isa, ptrdiff_t rows, ptrdiff_t cols, const float* src,
+                        ptrdiff_t lds, float* dst, ptrdiff_t ldd)
+    void fr_transpose_d(int isa, ptrdiff_t rows, ptrdiff_t cols, const double* src,
+                        ptrdiff_t lds, double* dst, ptrdiff_t ldd)
     int fr_rgemm_nr(int isa, size_t elem)
     void fr_rgemm_s(int isa, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* a,
                     ptrdiff_t rs, ptrdiff_t ks, const float* b, ptrdiff_t ldb, float* c,

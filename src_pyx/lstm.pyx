@@ -25,13 +25,13 @@ from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active, input_projection,
                       pack_nn, pack_nt, pack_nt_k, project_active, recurrent_nn, recurrent_nt,
                       recurrent_nt_k, release, step_gates, steps_per_chunk, thread_units,
-                      thread_units_isa, weight_grad, weight_grad_active)
+                      thread_units_isa, upfront_projection, weight_grad, weight_grad_active)
 from _layernorm cimport (ROW_BLOCK, block_sums, ln_backward, ln_normalize, n_row_blocks,
                          row_dot2, row_grads, run_end, share_rows)
 from _prepack cimport next_sweep, take_prepacked
 from _ops cimport LSTMOps
 from _parallel cimport fr_barrier, fr_barrier_wait, run_team
-from _rgemm cimport fr_rgemm_pick
+from _rgemm cimport FR_ISA_NONE, fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
 # The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
@@ -280,14 +280,19 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
     cdef floating* hd_next
     cdef floating* a_t
     cdef Packed pk, pk_ih
-    cdef bint own, sweep
+    cdef bint own, sweep, upfront
 
     thread_units_isa(H, size, rank, ISA, &j0, &j1)
     m = j1 - j0
     own = not take_prepacked(op.prepacked, ISA, sizeof(floating), size, rank, &pk, &pk_ih)
+    # a training forward whose packed weights would crowd the L3 projects all T steps first
+    upfront = (own and training and T > 1 and ISA != FR_ISA_NONE
+               and upfront_projection(H, I, 4, sizeof(floating)))
     if own:  # no fitting prepacked panels: pack this call's (_prepack.pxd)
         pack_nt(&pk, ISA, H, j0, j1, 4, w_hh)
-        pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
+        if not upfront:
+            pack_nt_k(&pk_ih, ISA, H, I, j0, j1, 4, w_ih)
+            # (else pk_ih stays unset: released only when packed)
     sweep = T == 1 and not own and next_sweep(op.prepacked, rank)  # step_gates' direction
     if not all_cs:  # one cell-state buffer, updated in place
         for b in range(B):
@@ -297,13 +302,16 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             for j in range(b * H + j0, b * H + j1):
                 hds[j] = h0[j] * rmask[j]
         fr_barrier_wait(bar, size)
+    if upfront:  # gates = W_ih x + (b_ih + b_hh) for all T steps, over the wide blocks
+        input_projection(T, B, batch_sizes, I, H, 4, x, w_ih, bias, gates, size, rank, ISA)
+        fr_barrier_wait(bar, size)
 
     for t in range(T):
         n = batch_sizes[t]
         # gates[t'] = W_ih x[t'] + (b_ih + b_hh) for the next tc steps and this thread's units
         # (training: gates holds all T steps; inference: a ring of tc steps)
         a_t = gates + (t if training else t % tc) * B * G
-        if t % tc == 0 and T > 1:
+        if t % tc == 0 and T > 1 and not upfront:
             project_active(t, min(t + tc, T), B, batch_sizes, I, H, j0, j1, 4, x, w_ih, bias,
                            a_t, &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
@@ -359,7 +367,8 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
 
     if own:
         release(&pk)
-        release(&pk_ih)
+        if not upfront:
+            release(&pk_ih)
     for b in range(B if m > 0 else 0):
         t = last_step(batch_sizes, T, b)
         memcpy(h_n + b * H + j0, y + (t * B + b) * H + j0, m * sizeof(floating))

@@ -230,6 +230,32 @@ def test_lstm_features_are_bitwise_equal_for_1_and_2_threads(training, restore_t
         assert_close(a, results[1][name], name, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["full", "lengths"])
+def test_lstm_large_weight_paths_are_bitwise_the_small_ones(lengths, restore_threads):
+    # float64 I = H = 512: 16 MB of packed weights, so a training forward projects all steps
+    # before its loop (_blocks.pxd: upfront_projection) where an inference forward projects
+    # them chunk by chunk inside it, and a 2-thread backward shares dx by columns
+    # (dx_by_columns) where one thread computes all of it; the sums are the same, bit for bit
+    rng = np.random.default_rng(5)
+    lengths = None if lengths is None else np.array(lengths)
+    case = make_case(SPEC, rng, 4, 3, 512, 512, np.float64, lengths=lengths)
+    outs, grads = [], []
+    for n in (1, 2):
+        fastrnn.set_num_threads(n)
+        for training in (True, False):
+            outs.append(SPEC.forward_case("cython", case, training=training))
+        grads.append(SPEC.backward_case("cython", outs[-2].cache, case))
+    ref = SPEC.forward_case("numpy", case)
+    ref_grads = SPEC.backward_case("numpy", ref.cache, case)
+    for name in SPEC.output_names():
+        for out in outs[1:]:
+            assert_close(getattr(out, name), getattr(outs[0], name), name, rtol=0, atol=0)
+        assert_close(getattr(outs[0], name), getattr(ref, name), name, **TOL[np.float64])
+    for name in SPEC.grad_names():
+        assert_close(getattr(grads[1], name), getattr(grads[0], name), name, rtol=0, atol=0)
+        assert_close(getattr(grads[0], name), getattr(ref_grads, name), name, **TOL[np.float64])
+
+
 def test_lstm_peephole_zero_weights_is_the_plain_cell(rng):
     case, kw, up = _feature_case(rng, 5, 3, 2, 6, np.float64, ("w_peephole",))
     case["w_peephole"][:] = 0
