@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import numbers
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType, ModuleType
@@ -278,12 +279,8 @@ class Cell:
 
     def functions(self, backend: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
         """``(forward, backward)`` of the functional API of ``backend`` for this cell."""
-        got = _FUNCTIONS.get((self, backend))
-        if got is None:  # the stack asks at every call: look the functions up once
-            module = backend_module(backend)
-            got = getattr(module, f"{self.name}_forward"), getattr(module, f"{self.name}_backward")
-            _FUNCTIONS[self, backend] = got
-        return got
+        module = backend_module(backend)
+        return getattr(module, f"{self.name}_forward"), getattr(module, f"{self.name}_backward")
 
     def option_defaults(self) -> dict[str, Any]:
         return {o.name: o.default for o in self.options}
@@ -345,12 +342,11 @@ class Cell:
         return self.title
 
 
-#: Cell.functions' answers, by (cell, backend) (a cell is hashed by identity).
-_FUNCTIONS: dict[tuple[Any, str], tuple[Callable[..., Any], Callable[..., Any]]] = {}
-
-
 def backend_module(backend: str) -> ModuleType:
     """:mod:`fastrnn.functional` (``"cython"``) or :mod:`fastrnn.reference` (``"numpy"``)."""
+    module = sys.modules.get(BACKENDS.get(backend, ""))  # every stack call asks: the import
+    if module is not None:  # machinery only the first time
+        return module
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'cython' or 'numpy', got {backend!r}")
     return importlib.import_module(BACKENDS[backend])
