@@ -190,17 +190,13 @@ class _Saved:
 
 
 # A thread's share of one step's recurrent GEMM should be at least this many multiply-adds
-# (2-4 us of arithmetic on one core): below it the per-step barrier costs more than the split
-# saves. On a machine whose vCPUs are shared, a thread that reaches the barrier first waits for
-# the other vCPU to be scheduled again: at 1 << 16 the 2-thread RNN longseq forward (T=1000 B=16
-# H=128, 2.6e5 multiply-adds a step) had a median 5x its minimum on the development machine
-# under a load average of 8-10, where 1 << 20 was chosen. On that machine with its cores free,
-# 2 threads ran every longseq step (2.6e5 to 1.0e6 multiply-adds) 1.5-1.6x faster than one,
-# medians within 1.11x of their minimums, and the B=1 LSTM of DeepBench (H=512, 1.0e6) 1.9x:
-# so 1 << 18 (splitting steps from 5.2e5), for the machine a user runs a job on. Under heavy
-# load one thread is faster: fastrnn.set_num_threads(1) (benchmarks/bench_team.py compares the
-# rule with fixed teams).
-_MIN_WORK_PER_THREAD = 1 << 18
+# (about 30-70 us of arithmetic on one core): below it the per-step barrier costs more than the
+# split saves. On a machine whose vCPUs are shared, a thread that reaches the barrier first
+# waits for the other vCPU to be scheduled again, so the threshold is set for the median, not
+# for the best case: at 1 << 16 the 2-thread RNN longseq forward (T=1000 B=16 H=128, 2.6e5
+# multiply-adds a step) had a median 5x its minimum on the development machine, and one thread
+# was faster in the median (benchmarks/bench_team.py compares the rule with fixed teams).
+_MIN_WORK_PER_THREAD = 1 << 20
 
 
 # The kernels call scipy's BLAS only under ``set_isa("blas")``, or where a packing buffer could
