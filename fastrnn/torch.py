@@ -509,9 +509,6 @@ def _prepare(m: Any, input: Any, hx: Any):
     return x, h0, c0, lengths, packed, batched
 
 
-_ABSENT = object()
-
-
 def _cell_options(m: Any) -> dict[str, Any]:
     """The registry options that torch's cell ``m`` has (torch's cells keep them, such as
     ``RNNCell.nonlinearity``, as plain instance attributes): read from the instance's dict,
@@ -530,12 +527,12 @@ def _prepare_cell(m: Any, input: Any, hx: Any):
     lstm = "c" in m._cell.states
     if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
         return None
+    options = _cell_options(m)  # those torch's cell has
     for option in m._cell.options:  # a value fastrnn refuses: torch raises its own error
-        value = vars(m).get(option.name, _ABSENT)
-        if value is _ABSENT:
-            continue  # an option torch's cell does not have
+        if option.name not in options:
+            continue
         try:
-            option.check(value, option.name)
+            option.check(options[option.name], option.name)
         except (TypeError, ValueError):
             return None
     if hx is None:

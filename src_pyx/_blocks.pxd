@@ -526,6 +526,25 @@ cdef inline void input_grad_columns(Py_ssize_t T, Py_ssize_t B, const int* batch
                    (B - batch_sizes[t]) * I * sizeof(floating))
 
 
+cdef inline void _dx_share(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floating* w_ih,
+                           Packed* pk, int size, int rank, int isa, Py_ssize_t* lo,
+                           Py_ssize_t* hi) noexcept nogil:
+    """rank's rows [lo, hi) of a dx = dG @ W_ih of R rows, and pk: W_ih packed for the
+    micro-kernels (when rank has rows), or empty for BLAS. The micro-kernels take runs of rows
+    in multiples of 8 (the tiles' height); BLAS whole blocks of DX_ROWS, fixed by R alone."""
+    _alloc(pk, isa, 1, G, I, sizeof(floating))
+    if pk.data == NULL:
+        share((R + DX_ROWS - 1) // DX_ROWS, size, rank, lo, hi)
+        lo[0] = lo[0] * DX_ROWS
+        hi[0] = min(hi[0] * DX_ROWS, R)
+    else:
+        share((R + 7) // 8, size, rank, lo, hi)
+        lo[0] = lo[0] * 8
+        hi[0] = min(hi[0] * 8, R)
+        if hi[0] > lo[0]:
+            _pack(isa, False, G, I, w_ih, I, <floating*> pk.data)
+
+
 cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
                                    Py_ssize_t I, Py_ssize_t G, const floating* dg,
                                    const floating* w_ih, floating* dx, int size, int rank,
@@ -542,17 +561,7 @@ cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_
         return
     for t in range(T):
         R += batch_sizes[t]
-    _alloc(&pk, isa, 1, G, I, sizeof(floating))
-    if pk.data == NULL:
-        share((R + DX_ROWS - 1) // DX_ROWS, size, rank, &lo, &hi)
-        lo = lo * DX_ROWS
-        hi = min(hi * DX_ROWS, R)
-    else:
-        share((R + 7) // 8, size, rank, &lo, &hi)
-        lo = lo * 8
-        hi = min(hi * 8, R)
-        if hi > lo:
-            _pack(isa, False, G, I, w_ih, I, <floating*> pk.data)
+    _dx_share(R, I, G, w_ih, &pk, size, rank, isa, &lo, &hi)
     t = 0
     while t < T and p < hi:
         e = row_run(batch_sizes, t, T, B, &rows)
@@ -590,17 +599,7 @@ cdef inline void input_grad(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floa
     gets whole blocks of DX_ROWS, fixed by R alone."""
     cdef Py_ssize_t lo, hi, r0, r1
     cdef Packed pk
-    _alloc(&pk, isa, 1, G, I, sizeof(floating))
-    if pk.data == NULL:
-        share((R + DX_ROWS - 1) // DX_ROWS, size, rank, &lo, &hi)
-        lo = lo * DX_ROWS
-        hi = min(hi * DX_ROWS, R)
-    else:
-        share((R + 7) // 8, size, rank, &lo, &hi)
-        lo = lo * 8
-        hi = min(hi * 8, R)
-        if hi > lo:
-            _pack(isa, False, G, I, w_ih, I, <floating*> pk.data)
+    _dx_share(R, I, G, w_ih, &pk, size, rank, isa, &lo, &hi)
     r0 = lo
     while r0 < hi:
         r1 = min(r0 + DX_ROWS, hi)
