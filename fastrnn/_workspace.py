@@ -12,7 +12,8 @@ keeps is never overwritten.
 
 At most ``KEEP`` bytes of buffers are kept per thread (a buffer that would not fit first drops
 free buffers of other sizes); past that, and for arrays under ``MIN`` bytes (which the allocator
-serves from its free lists anyway), ``empty`` is ``np.empty``.
+serves from its free lists anyway), ``empty`` is ``np.empty`` (started on a cache line from
+``ALIGN_MIN`` bytes on).
 ``release()`` drops the calling thread's buffers; :func:`fastrnn.empty_cache`
 drops the free buffers of every thread.
 """
@@ -31,6 +32,14 @@ __all__ = ["KEEP", "MIN", "empty", "empty_cache", "kept_nbytes", "release"]
 
 MIN = 1 << 20
 KEEP = 1 << 30
+# Arrays of at least ALIGN_MIN bytes start on a LINE-byte cache line. The kernels' threads write
+# runs of 16 hidden units (64 bytes of float32) of each row of y, the gates and their gradients:
+# from a line boundary two threads never write the same line, but NumPy's (malloc's) arrays start
+# 16 bytes past one, and then every run boundary of every row is a line both threads write. On
+# the 2-core machine that made an int8 LSTM forward at T=1000 B=16 H=128 run 13.4 ms on 2 threads
+# against 10.6 ms on one, and 7.5 ms once its rows started on a line.
+LINE = 64
+ALIGN_MIN = 1 << 12
 _local = threading.local()
 # every thread's list of buffers (a thread's list goes with the thread), for empty_cache; the
 # lock keeps empty_cache from emptying a list while its thread scans it
@@ -100,12 +109,15 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     n = (math.prod(shape) if isinstance(shape, tuple) else shape) * dtype.itemsize
     if n < MIN or not _FREE:
-        return np.empty(shape, dtype)
+        if n < ALIGN_MIN:
+            return np.empty(shape, dtype)
+        return _line_view(np.empty(n + LINE, np.uint8), n, dtype, shape)
+    need = n + LINE  # room to start on a line
     bufs = _buffers()
     with _lock:
         best = -1
         for i in range(len(bufs)):
-            if n <= bufs[i].nbytes <= 2 * n and _free(bufs, i):
+            if need <= bufs[i].nbytes <= 2 * need and _free(bufs, i):
                 if best < 0 or bufs[i].nbytes < bufs[best].nbytes:
                     best = i
         if best >= 0:
@@ -113,14 +125,20 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         else:
             # make room: drop free buffers (of other sizes) while the new one would not fit
             for i in range(len(bufs) - 1, -1, -1):
-                if kept_nbytes() + n <= KEEP:
+                if kept_nbytes() + need <= KEEP:
                     break
                 if _free(bufs, i):
                     del bufs[i]
-            buf = np.empty(n, np.uint8)
-            if kept_nbytes() + n <= KEEP:
+            buf = np.empty(need, np.uint8)
+            if kept_nbytes() + need <= KEEP:
                 bufs.append(buf)
-    return buf[:n].view(dtype).reshape(shape)
+    return _line_view(buf, n, dtype, shape)
+
+
+def _line_view(buf: np.ndarray, n: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The first n bytes of ``buf`` (n + LINE long) from its first cache-line boundary on."""
+    skip = -buf.__array_interface__["data"][0] % LINE
+    return buf[skip : skip + n].view(dtype).reshape(shape)
 
 
 def kept_nbytes() -> int:

@@ -1239,15 +1239,15 @@ def step(StepKernel s,
                  _acquire(&vy, y, T * B * H * e, e, True))
         o.h_n = _acquire(&vhn, h_n, off + B * H * e, e, True) + off
         sizes = _full_sizes(T, B)
-        scratch = <char*> malloc((ring * B * G + B * H + B * G) * e)
+        scratch = <char*> malloc((ring * B * G + B * H + B * G) * e + 64)
         if scratch == NULL:
             raise MemoryError()
         o.batch_sizes = sizes
         o.bias = s.bias
         o.b_hn = s.b_hn
-        o.gates = scratch
-        o.hns = scratch + ring * B * G * e
-        o.hw = scratch + (ring * B * G + B * H) * e
+        o.gates = _line_start(scratch)
+        o.hns = _line_start(scratch) + ring * B * G * e
+        o.hw = _line_start(scratch) + (ring * B * G + B * H) * e
         if s.prepacked is not None:  # else the forward packs its own
             o.prepacked = &s.prepacked.pp
         with nogil:

@@ -1544,13 +1544,13 @@ def step(StepKernel s,
         o.h_n = _acquire(&vhn, h_n, off + B * H * e, e, True) + off
         o.c_n = _acquire(&vcn, c_n, off + B * H * e, e, True) + off
         sizes = _full_sizes(T, B)
-        scratch = <char*> malloc((ring * B * G + B * H) * e)
+        scratch = <char*> malloc((ring * B * G + B * H) * e + 64)
         if scratch == NULL:
             raise MemoryError()
         o.batch_sizes = sizes
         o.bias = s.bias
-        o.gates = scratch
-        o.cs = scratch + ring * B * G * e
+        o.gates = _line_start(scratch)
+        o.cs = _line_start(scratch) + ring * B * G * e
         if s.prepacked is not None:  # else the forward packs its own
             o.prepacked = &s.prepacked.pp
         with nogil:

@@ -205,7 +205,9 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
             or cs_hh.shape[0] != NG * Hp or cs_ih.shape[0] != NG * Hp
             or xq.shape[0] != T * B or xq.shape[1] % 4 != 0 or bias.shape[0] != NG * Hp):
         raise ValueError("quant.forward: operands of inconsistent shapes")
-    gh = bytearray(B * NG * Hp * sizeof(float))
+    # one 64-byte line more, to start the rows on a line: threads write their own 16-unit
+    # column runs of each row, and a run that straddled two lines would share one
+    gh = bytearray(B * NG * Hp * sizeof(float) + 64)
     cdef float[::1] ghv = memoryview(gh).cast("B").cast("f")
     o.T, o.B, o.H, o.Hp, o.NG, o.Ip, o.cell = T, B, H, Hp, NG, xq.shape[1], cell
     o.tc = ring_steps(T, B)
@@ -229,7 +231,7 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
         cv = c
         o.c = &cv[0, 0]
     o.h0 = &h0[0, 0]
-    o.gh = &ghv[0]
+    o.gh = <float*> ((<size_t> &ghv[0] + 63) & ~(<size_t> 63))
     o.y = &y[0, 0, 0]
     with nogil:
         run_team(_loop_part, &o, H, n_threads)

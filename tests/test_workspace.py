@@ -22,6 +22,21 @@ def test_small_arrays_are_plain_numpy():
     assert ws.kept_nbytes() == 0
 
 
+@pytest.mark.parametrize("nbytes", [ws.ALIGN_MIN, ws.ALIGN_MIN + 4 * 37, ws.MIN, 3 * ws.MIN + 12])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_arrays_from_align_min_bytes_start_on_a_cache_line(nbytes, dtype):
+    """The kernels' threads write 64-byte runs of each row: from a line, never the same line.
+    Every array of at least ALIGN_MIN bytes starts on one, fresh or lent again."""
+    n = nbytes // np.dtype(dtype).itemsize
+    for _ in range(3):  # a fresh buffer, then the same lent again
+        a = ws.empty((n,), dtype)
+        assert a.ctypes.data % ws.LINE == 0 and a.shape == (n,) and a.dtype == dtype
+        a[:] = 1  # writable to its last element
+        del a
+    small = [ws.empty((ws.ALIGN_MIN // 8 - 1,), np.float64) for _ in range(8)]
+    assert all(s.base is None for s in small)  # under ALIGN_MIN: plain np.empty
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_freed_buffer_is_lent_again(dtype):
     shape = (3, ws.MIN // 8 + 7)
@@ -31,7 +46,7 @@ def test_a_freed_buffer_is_lent_again(dtype):
     del a
     b = ws.empty(shape, dtype)
     assert b.ctypes.data == address
-    assert ws.kept_nbytes() == b.nbytes
+    assert ws.kept_nbytes() == b.nbytes + ws.LINE  # room to start on a line
 
 
 def test_a_buffer_with_a_live_view_is_not_lent():
@@ -43,7 +58,7 @@ def test_a_buffer_with_a_live_view_is_not_lent():
     b = ws.empty((n,), np.float32)
     b[:] = 0.0
     np.testing.assert_array_equal(view, 7.0)
-    assert ws.kept_nbytes() == 2 * n * 4
+    assert ws.kept_nbytes() == 2 * (n * 4 + ws.LINE)
 
 
 def test_only_a_close_size_is_lent():
@@ -56,13 +71,13 @@ def test_only_a_close_size_is_lent():
 
 
 def test_at_most_keep_bytes_are_kept(monkeypatch):
-    monkeypatch.setattr(ws, "KEEP", 3 * ws.MIN)
+    monkeypatch.setattr(ws, "KEEP", 3 * (ws.MIN + ws.LINE))
     held = [ws.empty((ws.MIN,), np.uint8) for _ in range(5)]
-    assert ws.kept_nbytes() == 3 * ws.MIN
+    assert ws.kept_nbytes() == 3 * (ws.MIN + ws.LINE)
     del held
     big = ws.empty((2 * ws.MIN + 5,), np.uint8)  # drops free buffers to make room
-    assert ws.kept_nbytes() <= 3 * ws.MIN
-    assert big.nbytes in {b.nbytes for b in ws._buffers()}
+    assert ws.kept_nbytes() <= ws.KEEP
+    assert big.nbytes + ws.LINE in {b.nbytes for b in ws._buffers()}
 
 
 def test_threads_keep_their_own_buffers():
@@ -77,8 +92,8 @@ def test_threads_keep_their_own_buffers():
     t = threading.Thread(target=other)
     t.start()
     t.join()
-    assert seen == [0, ws.MIN]
-    assert ws.kept_nbytes() == a.nbytes
+    assert seen == [0, ws.MIN + ws.LINE]
+    assert ws.kept_nbytes() == a.nbytes + ws.LINE
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -124,9 +139,10 @@ def test_empty_cache_drops_every_threads_free_buffers():
     t = threading.Thread(target=other)
     t.start()
     t.join()
-    assert ws.kept_nbytes() == 3 * ws.MIN and sum(b.nbytes for b in lists[0]) == ws.MIN
-    assert fastrnn.empty_cache() == ws.MIN  # the buffer `kept` lives in
-    assert ws.kept_nbytes() == ws.MIN and len(lists[0]) == 0
+    one = ws.MIN + ws.LINE  # a kept buffer: the array and room to start it on a line
+    assert ws.kept_nbytes() == 3 * ws.MIN + 2 * ws.LINE and sum(b.nbytes for b in lists[0]) == one
+    assert fastrnn.empty_cache() == one  # the buffer `kept` lives in
+    assert ws.kept_nbytes() == one and len(lists[0]) == 0
     np.testing.assert_array_equal(kept, 3)
     del kept
     assert fastrnn.empty_cache() == 0 and ws.kept_nbytes() == 0
