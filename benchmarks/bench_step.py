@@ -1,10 +1,11 @@
 """The streaming step's cost per call: CPU time of ``layer.step`` in a stream, float32 and int8.
 
 Each call passes back the state the previous call returned, as a stream does. Time is the
-calling thread's CPU time (``time.thread_time``), which a loaded machine disturbs much less than
-wall time: a B = 1 step runs on one thread unless libgomp's threads spin between regions
-(README, "Inference: streaming steps and int8"); with ``GOMP_SPINCOUNT`` set, read the wall
-time (``--clock wall``) instead. Prints the median and minimum of ``--repeats`` samples per
+calling thread's CPU time (``time.thread_time``) by default, which a loaded machine disturbs much
+less than wall time; a stream's steps (each within ``functional._BURST_S`` of the last) of a
+layer wide enough run on 2 threads (README, "Inference: streaming steps and int8"), whose time
+only ``--clock wall`` shows: ``--threads 1`` for the one-thread kernel's CPU time, ``--clock
+wall`` for what a stream takes. Prints the median and minimum of ``--repeats`` samples per
 layer, in microseconds. To compare two builds, run it with each on ``PYTHONPATH`` in
 alternation:
 

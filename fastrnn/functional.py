@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,10 +379,12 @@ def rnn_forward(
     packs : dict, optional
         A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
         kernels' packed copy of the two weights is stored in it on the first call and reused
-        by the later ones, which then skip packing (the same bits). Nothing checks that the
-        weights are still those packed: clear it after changing them. Ignored by the LSTM
-        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
-        (``ln_ih``), which pack per call.
+        by the later ones, which then skip packing (the same bits); with it the time the last
+        call ended, so that calls in a loop share a team of threads still awake (README,
+        "Inference: streaming steps and int8"). Nothing checks that the weights are still
+        those packed: clear it after changing them. Ignored by the LSTM with ``w_hr``, the
+        ``reset_after=False`` GRU and the layer-normalized LSTM and GRU (``ln_ih``), which
+        pack per call.
 
     Returns
     -------
@@ -554,10 +557,12 @@ def lstm_forward(
     packs : dict, optional
         A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
         kernels' packed copy of the two weights is stored in it on the first call and reused
-        by the later ones, which then skip packing (the same bits). Nothing checks that the
-        weights are still those packed: clear it after changing them. Ignored by the LSTM
-        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
-        (``ln_ih``), which pack per call.
+        by the later ones, which then skip packing (the same bits); with it the time the last
+        call ended, so that calls in a loop share a team of threads still awake (README,
+        "Inference: streaming steps and int8"). Nothing checks that the weights are still
+        those packed: clear it after changing them. Ignored by the LSTM with ``w_hr``, the
+        ``reset_after=False`` GRU and the layer-normalized LSTM and GRU (``ln_ih``), which
+        pack per call.
 
     Returns
     -------
@@ -773,10 +778,12 @@ def gru_forward(
     packs : dict, optional
         A dict the caller keeps beside ``w_ih`` and ``w_hh`` and empties when they change: the
         kernels' packed copy of the two weights is stored in it on the first call and reused
-        by the later ones, which then skip packing (the same bits). Nothing checks that the
-        weights are still those packed: clear it after changing them. Ignored by the LSTM
-        with ``w_hr``, the ``reset_after=False`` GRU and the layer-normalized LSTM and GRU
-        (``ln_ih``), which pack per call.
+        by the later ones, which then skip packing (the same bits); with it the time the last
+        call ended, so that calls in a loop share a team of threads still awake (README,
+        "Inference: streaming steps and int8"). Nothing checks that the weights are still
+        those packed: clear it after changing them. Ignored by the LSTM with ``w_hr``, the
+        ``reset_after=False`` GRU and the layer-normalized LSTM and GRU (``ln_ih``), which
+        pack per call.
 
     Returns
     -------
@@ -1360,24 +1367,64 @@ def _team_spins(environ: Any = os.environ) -> bool:
     return environ.get("OMP_WAIT_POLICY", "").strip().upper() == "ACTIVE"
 
 
+def _team_sleeps(environ: Any = os.environ) -> bool:
+    """Whether libgomp's idle threads sleep as soon as a region ends, as ``environ`` asks:
+    ``GOMP_SPINCOUNT`` set to 0, or ``OMP_WAIT_POLICY=PASSIVE`` without it."""
+    count = environ.get("GOMP_SPINCOUNT", "").strip()
+    if count:
+        return count.lstrip("+").lstrip("0") == ""
+    return environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
 # A B = 1 step has too little arithmetic for _team_for's rule (2 * 2**20 multiply-adds) but
 # reads all of its weights (2 MB for an LSTM with I = H = 256, twice a core's L2): two threads
-# each keep their half of the gate columns in their own L2. That pays only where opening the
-# parallel region is cheap, i.e. when the team spins between regions: measured on the 2-core
-# development machine, the step above took 17.5-19.9 us on 2 spinning threads against 28.7 on
-# one (30-300 us on 2 sleeping ones, whose wake-up dominates). So with a spinning team a step
-# is split once each thread gets at least this many multiply-adds (W_ih and W_hh together).
+# each keep their half of the gate columns in their own L2. That pays only where the second
+# thread is awake when the call opens its parallel region, since the kernel waits for it at the
+# first step's barrier. Measured on the 2-core development machine (a VM), a T = 1 step of that
+# LSTM took 20 us on 2 awake threads against 31 us on one; a T = 25, I = H = 512 call 0.67 ms
+# against 1.35 ms. But after the team's last region the worker spins (libgomp's default: about
+# 3 ms; GOMP_SPINCOUNT / OMP_WAIT_POLICY change it), then sleeps, and waking it took 50-75 us
+# after 5-10 ms of idleness and 2-4 ms after 50-100 ms (the hypervisor parks the idle vCPU): a
+# call after such a pause ran 3.5 ms where one thread takes 0.2 ms.
+#
+# So a step call is split (once each thread gets at least _MIN_STEP_WORK_PER_THREAD multiply-
+# adds of W_ih and W_hh per step) when the worker is sure to be awake or the call is long
+# enough to pay for waking it:
+# - the team spins between regions (_TEAM_SPINS: GOMP_SPINCOUNT > 0, OMP_WAIT_POLICY=ACTIVE);
+# - or the call has at least _MIN_CALL_WORK_TO_WAKE multiply-adds in all (a wake of a few ms
+#   is then a small share of it: LSTM T=1000 B=16 I=64 H=128 has 1.5 * 2**30);
+# - or, under libgomp's default policy, the same layer's previous call ended less than
+#   _BURST_S ago: calls in a loop keep the worker spinning, the first of a burst runs alone
+#   and the second pays one wake-up. The time is kept in the layer's packs dict (a forward
+#   without packs has no history), not globally: the next layer of one model call follows the
+#   previous layer at once, and a model called twice a second must not wake the team per call.
 _MIN_STEP_WORK_PER_THREAD = 1 << 17
+_MIN_CALL_WORK_TO_WAKE = 1 << 30
+_BURST_S = 2e-3
 _TEAM_SPINS = _team_spins()
+_TEAM_SLEEPS = _team_sleeps()
+_LAST_END = "last_end"  # key of a step call's end time (time.perf_counter) in its packs dict
 
 
-def _step_team(B: int, G: int, H: int, I: int) -> int:
-    """Threads for one layer's step of B rows with (G, I) ``w_ih`` and (G, H) ``w_hh``."""
+def _step_team(B: int, G: int, H: int, I: int, T: int = 1, packs: dict | None = None) -> int:
+    """Threads for one layer's call of T steps of B rows with (G, I) ``w_ih`` and (G, H)
+    ``w_hh``; ``packs`` is the layer's packed-weights dict, which keeps its last call's end."""
     if B * G * H >= 2 * _MIN_WORK_PER_THREAD:
         return _team_for(B, G, H)
-    if not _TEAM_SPINS or B * G * (I + H) < 2 * _MIN_STEP_WORK_PER_THREAD:
+    work = B * G * (I + H)
+    if work < 2 * _MIN_STEP_WORK_PER_THREAD:
         return 1
-    return max(1, min(get_num_threads(), H // 16, B * G * (I + H) // _MIN_STEP_WORK_PER_THREAD))
+    if not (
+        _TEAM_SPINS
+        or T * work >= _MIN_CALL_WORK_TO_WAKE
+        or (
+            not _TEAM_SLEEPS
+            and packs is not None
+            and time.perf_counter() - packs.get(_LAST_END, -1.0) < _BURST_S
+        )
+    ):
+        return 1
+    return max(1, min(get_num_threads(), H // 16, work // _MIN_STEP_WORK_PER_THREAD))
 
 
 def _step_forward(
@@ -1408,7 +1455,7 @@ def _step_forward(
     that layer's final state."""
     w_ih, w_hh, bias, b_hn, packs, kernels = ops
     G, H = w_hh.shape
-    n = _step_team(B, G, H, w_ih.shape[1])
+    n = _step_team(B, G, H, w_ih.shape[1], T, packs)
     module = getattr(_k, cell.kernel)  # set_isa may swap it between calls
     name = module.__name__
     kernel = kernels.get((name, n))  # its StepKernel for a team of n (the packed weights)
@@ -1428,3 +1475,5 @@ def _step_forward(
         args = (kernel, x, h0, y, h_n, relu, T, B, layer)
     with _blas_guard():
         module.step(*args)
+    if packs is not None:
+        packs[_LAST_END] = time.perf_counter()

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastrnn import _workspace as _ws
 from fastrnn.cells import GRU, LSTM, RNN
-from fastrnn.functional import _team_for
+from fastrnn.functional import _LAST_END, _step_team
 from fastrnn.nn.blocks import Linear
 from fastrnn.nn.module import Module
 from fastrnn.nn.rnn import RNNBase
@@ -221,15 +223,16 @@ class QuantizedLinear(_QuantizedModule):
 # The int8 kernels run a layer only from these hidden sizes up (``quantize_dynamic(model,
 # int8="auto")``); smaller ones stay float32 and say so in their repr. The int8 GEMMs save
 # weight bytes and multiply-adds, but each step also quantizes h (two passes over B * H) and
-# converts every output back: work that a small H, or the Elman cell's single gate block, does
-# not pay back. Measured (float32 time / int8 time, eval forwards, 2 threads, the 2-core
-# development machine under load 5 to 6, medians):
-#   LSTM/GRU, T = 32: at H = 16 to 64, B = 64 rows ran 0.7 to 1.2x and a B = 1 step 0.6 to 0.9x;
-#     from H = 128 up every shape ran int8 at least as fast (1.0 to 2.5x; the bench's medium,
-#     large and longseq configurations 1.1 to 2.2x).
-#   RNN: H = 128, B = 16, T = 1000 (longseq) 0.7x and H = 256, B = 32 (medium) 0.9x: the
-#     recurrent GEMM is a quarter of an LSTM's, the quantization the same; H = 512 (large) 1.9x.
-_INT8_MIN_HIDDEN = {GRU: 128, LSTM: 128, RNN: 512}
+# converts every output back: work that a small H does not pay back, least of all for the
+# Elman cell's single gate block. Measured with ``python benchmarks/bench_int8_sizes.py``
+# (float32 time / int8 time, I = H, 2 threads, the quiet 2-core development machine, medians),
+# once the int8 kernels' rows started on a cache line (see _team):
+#   B = 64, T = 32: LSTM 0.83x at H = 16, 1.00x at 32, 1.37x at 64, 1.7-1.8x at 128 and 256;
+#     GRU 0.98x, 1.07x, 1.39x, 1.7-1.8x; RNN 0.44x, 0.72x, 1.08x, 1.12x, 1.40x.
+#   B = 1: every cell and size faster in int8, 1.9-2.7x at T = 32 and 1.3-1.8x for one step.
+# (Before the alignment fix int8 lost at H = 16 to 64 for LSTM and GRU and up to H = 256 for the
+# RNN, and these were 128, 128 and 512.)
+_INT8_MIN_HIDDEN = {GRU: 64, LSTM: 64, RNN: 64}
 
 
 class _Int8Cell(NamedTuple):
@@ -265,20 +268,23 @@ def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
     return entry.code(cfg.options), ""
 
 
-def _team(B: int, G: int, H: int) -> int:
-    """Threads for an int8 layer call: the float32 kernels' rule (``functional._team``), so that
-    a shape never gets more threads, and a per-step barrier, in int8 than in float32. (The int8
-    rule was one thread below 2**20 multiply-adds a step and all above: at 1 to 2 times that, a
-    forward of B = 16, H = 128 took 4 to 7x the one-thread time on the shared 2-core machine.)"""
-    return _team_for(B, G, H)
+def _team(B: int, G: int, H: int, I: int, T: int, history: dict) -> int:
+    """Threads for an int8 layer call of T steps of B rows (gate width G, input size I): the
+    float32 step rule (``functional._step_team``) with ``history``, this layer's own record of
+    its last call's end (a loop of calls shares a spinning team; a call after a pause, or the
+    next layer of one model call, does not wake it). The int8 kernels' threads write 16-unit
+    runs of rows that start on a cache line (``_workspace.LINE``); before they did, two threads
+    shared a line at each run boundary, and a forward at T = 1000, B = 16, H = 128 took 13.4 ms
+    on 2 threads against 10.6 ms on one (7.5 ms on 2 after)."""
+    return _step_team(B, G, H, I, T, history)
 
 
-class _StepCache(list):
-    """[layers, kernels] of :meth:`QuantizedRNNBase._step_layers`; copies and pickles start
-    empty (the kernels' objects are re-made on the next step)."""
+class _Transient(list):
+    """A list of what a layer re-makes on demand (the step kernels' objects, call histories):
+    copies and pickles start empty."""
 
     def __reduce__(self):
-        return (_StepCache, ())
+        return (_Transient, ())
 
 
 class QuantizedRNNBase(_QuantizedModule):
@@ -359,9 +365,13 @@ class QuantizedRNNBase(_QuantizedModule):
         cfg = self._config
         T, B, _ = x.shape
         H, D = cfg.hidden_size, cfg.num_directions
+        G, ends = cfg.spec.G * H, self._call_ends()
         # final states written in place: h_n[idx] = y[-1]; c_n starts as c0, updated by the kernel
         h_n = np.empty((len(self._layers) * D, B, H), np.float32)
-        c_n = None if c0 is None else np.array(c0, np.float32, order="C")
+        c_n = None
+        if c0 is not None:  # the kernel updates it in place, rows on a line (_workspace.LINE)
+            c_n = _ws.empty(c0.shape, np.float32)
+            c_n[...] = c0
         inp = x
         for layer, dirs in enumerate(self._layers):
             outs = []
@@ -371,8 +381,8 @@ class QuantizedRNNBase(_QuantizedModule):
                 xq = np.empty((T * B, w_ih.Kp), np.uint8)
                 xs = np.empty(T * B, np.float32)
                 q.quantize_rows(xin, xq, xs)
-                gx = np.empty((q.ring_steps(T, B), B, w_ih.Np), np.float32)
-                y = np.empty((T, B, H), np.float32)
+                gx = _ws.empty((q.ring_steps(T, B), B, w_ih.Np), np.float32)
+                y = _ws.empty((T, B, H), np.float32)
                 c = None if c_n is None else c_n[idx]
                 q.forward(
                     xq,
@@ -390,8 +400,9 @@ class QuantizedRNNBase(_QuantizedModule):
                     c,
                     y,
                     self._code,
-                    _team(B, len(bx), H),
+                    _team(B, G, H, xin.shape[1], T, ends[idx]),
                 )
+                ends[idx][_LAST_END] = time.perf_counter()
                 h_n[idx] = y[-1]
                 outs.append(y[::-1] if d else y)
             inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)
@@ -469,14 +480,24 @@ class QuantizedRNNBase(_QuantizedModule):
         h0 = np.ascontiguousarray(h0)
         if c_n is not None:  # c0, updated in place by the kernels
             c_n = np.array(c_n, np.float32, order="C")
-        n = _team(B, len(self._layers[0][0][2]), H)  # as _run: the padded gate width
+        G, ends = self._config.spec.G * H, self._call_ends()
         inp = x
         for layer, kernel in enumerate(self._step_layers()):
             y = np.empty((B, H), np.float32) if layer == L - 1 else h_n[layer]
-            q.step(kernel, inp, h0, c_n, y, B, layer, n)
+            q.step(kernel, inp, h0, c_n, y, B, layer, _team(B, G, H, inp.shape[1], 1, ends[layer]))
+            ends[layer][_LAST_END] = time.perf_counter()
             inp = y
         h_n[L - 1] = inp
         return inp, h_n if c_n is None else (h_n, c_n)
+
+    def _call_ends(self) -> list[dict]:
+        """Per layer and direction, a dict keeping its last call's end for :func:`_team`."""
+        ends = self.__dict__.get("_ends")
+        if not ends:
+            ends = self.__dict__["_ends"] = _Transient(
+                {} for _ in range(self.num_layers * self._config.num_directions)
+            )
+        return ends
 
     def _step_layers(self) -> list:
         """The kernels' ``StepLayer`` of each layer (its packed int8 weights, scales and
@@ -492,7 +513,7 @@ class QuantizedRNNBase(_QuantizedModule):
             kernels.append(
                 q.StepLayer(*args, w_hh.scale, b_hn, n_in, self.hidden_size, w_ih.Kp, self._code)
             )
-        self.__dict__["_step_cache"] = _StepCache([self._layers, kernels])
+        self.__dict__["_step_cache"] = _Transient([self._layers, kernels])
         return kernels
 
     def extra_repr(self) -> str:

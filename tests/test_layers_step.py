@@ -258,6 +258,83 @@ def test_team_spins_reads_libgomp_environment():
     assert _team_spins({"GOMP_SPINCOUNT": "infinite"})
 
 
+def test_team_sleeps_reads_libgomp_environment():
+    from fastrnn.functional import _team_sleeps
+
+    assert not _team_sleeps({})  # libgomp's default: spins a while, then sleeps
+    assert _team_sleeps({"OMP_WAIT_POLICY": "passive"})
+    assert not _team_sleeps({"OMP_WAIT_POLICY": "ACTIVE"})
+    assert _team_sleeps({"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "0"})
+    assert not _team_sleeps({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "1000"})
+
+
+def test_step_team_splits_bursts_and_long_calls_only(monkeypatch):
+    """Under libgomp's default policy a B = 1 step too small for _team_for's rule is split
+    when the same layer's previous call ended within _BURST_S (the worker still spins), or when
+    the call is long enough to pay for waking it; never under PASSIVE but for a long call."""
+    import time
+
+    from fastrnn import functional as F
+
+    monkeypatch.setattr(F, "_TEAM_SPINS", False)
+    monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
+    monkeypatch.setattr(F, "get_num_threads", lambda: 2)
+    G, H = 1024, 256  # an LSTM, I = H = 256: 2**19 multiply-adds a step
+    assert F._step_team(1, G, H, H) == 1  # no history
+    assert F._step_team(1, G, H, H, 1, {}) == 1
+    recent = {F._LAST_END: time.perf_counter()}
+    assert F._step_team(1, G, H, H, 1, recent) == 2
+    old = {F._LAST_END: time.perf_counter() - 10 * F._BURST_S}
+    assert F._step_team(1, G, H, H, 1, old) == 1
+    long_call = F._MIN_CALL_WORK_TO_WAKE // (G * 2 * H)
+    assert F._step_team(1, G, H, H, long_call - 1) == 1
+    assert F._step_team(1, G, H, H, long_call) == 2
+    assert F._step_team(1, 64, 16, 16, 10**6, recent) == 1  # too small a step to split
+    monkeypatch.setattr(F, "_TEAM_SLEEPS", True)
+    assert F._step_team(1, G, H, H, 1, recent) == 1
+    assert F._step_team(1, G, H, H, long_call) == 2
+    monkeypatch.setattr(F, "_TEAM_SPINS", True)
+    assert F._step_team(1, G, H, H) == 2
+
+
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_a_burst_of_steps_splits_with_the_same_bits(cell, monkeypatch):
+    """Steps and eval forwards in a loop record their end in the layer's packs; from the second
+    call on they run on 2 threads under libgomp's default policy, with the same bits."""
+    from fastrnn import functional as F
+
+    monkeypatch.setattr(F, "_TEAM_SPINS", False)
+    monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
+    monkeypatch.setattr(F, "_BURST_S", 60.0)  # a slow machine's loop is still a burst
+    teams = []
+    real = F._step_team
+
+    def seen(*args):
+        teams.append(real(*args))
+        return teams[-1]
+
+    monkeypatch.setattr(F, "_step_team", seen)
+    rng = np.random.default_rng(11)
+    layer = getattr(fastrnn, cell.title)(384, 384, seed=3).eval()
+    x = rng.standard_normal((3, 1, 384)).astype(np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)
+        y_full, s_full = layer(x)  # the first call: no history
+        y_again, s_again = layer(x)  # the second, within the burst
+        state, ys = None, []
+        for t in range(3):
+            y, state = layer.step(x[t], state)
+            ys.append(y)
+    finally:
+        fastrnn.set_num_threads(before)
+    assert teams == [1, 2, 2, 2, 2]
+    np.testing.assert_array_equal(y_again, y_full)
+    np.testing.assert_array_equal(np.stack(ys), y_full)
+    _assert_state_equal(s_again, s_full)
+    _assert_state_equal(state, s_full)
+
+
 @pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
 def test_step_takes_non_contiguous_states(cell):
     rng = np.random.default_rng(10)

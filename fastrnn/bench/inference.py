@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -167,10 +168,12 @@ def main(argv=None) -> int:
             fns["torch LSTM T=1"] = tfull
         times = time_interleaved(fns, args.repeats, args.min_time)
         _print([_row("lstm step 1x256", times)], "Streaming step (B=1, I=H=256)")
-        team = fastrnn.functional._step_team(1, 1024, 256, 256)
+        F = fastrnn.functional
+        team = F._step_team(1, 1024, 256, 256, 1, {F._LAST_END: time.perf_counter()})
         print(
-            f"  (the float32 step ran on {team} thread(s): 2 only when libgomp's threads spin "
-            "between regions, GOMP_SPINCOUNT or OMP_WAIT_POLICY=ACTIVE)"
+            f"  (the float32 steps, one after another, ran on {team} thread(s): a step follows "
+            "the layer's previous call within functional._BURST_S, while the team spins; "
+            "a step after a pause runs on one)"
         )
     return 0
 
