@@ -8,7 +8,8 @@ is the median, not the minimum. This script times every cell and bench configura
 ``--threads`` with three teams, interleaved in one process (:func:`fastrnn.bench.time_interleaved`):
 
 * ``rule``: ``_team`` as shipped (threshold ``_MIN_WORK_PER_THREAD`` multiply-adds of the
-  recurrent GEMM per thread and step);
+  recurrent GEMM per thread and step); an inference forward (``fwd``) goes by ``_step_team``,
+  which also splits a call that follows the layer's last within ``_BURST_S``, as here;
 * ``all``: every call on ``--threads`` threads (where the hidden size allows it);
 * ``one``: every call on one thread.
 
@@ -25,6 +26,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -34,22 +36,37 @@ from fastrnn.bench import CELLS, implementations, make_problem, parse_config, ti
 
 #: Thresholds that make ``_team`` give every call all its threads (where H allows) or one.
 TEAMS = {"rule": None, "all": 0, "one": 1 << 62}
+#: The thresholds of ``_team`` and ``_step_team`` (an inference forward's rule) that TEAMS sets.
+THRESHOLDS = ("_MIN_WORK_PER_THREAD", "_MIN_STEP_WORK_PER_THREAD", "_MIN_STEP_WEIGHTS_PER_THREAD")
 
 
 def with_threshold(fn, threshold):
-    """``fn`` run with ``functional._MIN_WORK_PER_THREAD`` set to ``threshold`` (None: as is)."""
+    """``fn`` run with ``functional._MIN_WORK_PER_THREAD`` and the thresholds of an inference
+    forward's rule (``_step_team``) set to ``threshold`` (None: as is)."""
 
     def call():
         if threshold is None:
             return fn()
-        before = functional._MIN_WORK_PER_THREAD
-        functional._MIN_WORK_PER_THREAD = max(threshold, 1)
+        before = [getattr(functional, n) for n in THRESHOLDS]
+        for n in THRESHOLDS:
+            setattr(functional, n, max(threshold, 1))
         try:
             return fn()
         finally:
-            functional._MIN_WORK_PER_THREAD = before
+            for n, v in zip(THRESHOLDS, before, strict=True):
+                setattr(functional, n, v)
 
     return call
+
+
+def rule_threads(prep, mode: str) -> int:
+    """The threads the shipped rule gives a call in a loop: ``_team`` for a training call,
+    ``_step_team`` (the layer's previous call just ended) for an inference forward."""
+    if mode != "fwd":
+        return functional._team(prep)
+    G, H = prep.w_hh.shape
+    recent = {functional._LAST_END: time.perf_counter()}
+    return functional._step_team(prep.B, G, H, prep.w_ih.shape[1], prep.T, recent)
 
 
 def main(argv=None) -> int:
@@ -80,7 +97,7 @@ def main(argv=None) -> int:
                 times = time_interleaved(variants, args.repeats, args.min_time, args.settle)
                 for k, ts in times.items():
                     thr = (
-                        functional._team(prep)
+                        rule_threads(prep, mode)
                         if TEAMS[k] is None
                         else (1 if TEAMS[k] else min(args.threads, max(1, prep.H // 16)))
                     )

@@ -1387,9 +1387,13 @@ def _team_sleeps(environ: Any = os.environ) -> bool:
 # after 5-10 ms of idleness and 2-4 ms after 50-100 ms (the hypervisor parks the idle vCPU): a
 # call after such a pause ran 3.5 ms where one thread takes 0.2 ms.
 #
-# So a step call is split (once each thread gets at least _MIN_STEP_WORK_PER_THREAD multiply-
-# adds of W_ih and W_hh per step) when the worker is sure to be awake or the call is long
-# enough to pay for waking it:
+# So a step call is split where the split pays, that is where its weights overflow one core's L2
+# (at least _MIN_STEP_WEIGHTS_PER_THREAD elements of W_ih and W_hh per thread: each keeps its
+# half in its own) or its arithmetic is enough for two (at least _MIN_STEP_WORK_PER_THREAD
+# multiply-adds a step per thread; the RNN at T=1000 B=16 I=64 H=128, 3.9e5 a step on 98 KB of
+# weights, ran 4.1-4.2 ms on one thread and 3.0 or 6.6 ms on two, medians of two runs of
+# `benchmarks/bench_team.py --modes fwd`, as this VM's phases went: not worth the risk), and
+# only when the worker is sure to be awake or the call is long enough to pay for waking it:
 # - the team spins between regions (_TEAM_SPINS: GOMP_SPINCOUNT > 0, OMP_WAIT_POLICY=ACTIVE);
 # - or the call has at least _MIN_CALL_WORK_TO_WAKE multiply-adds in all (a wake of a few ms
 #   is then a small share of it: LSTM T=1000 B=16 I=64 H=128 has 1.5 * 2**30);
@@ -1398,7 +1402,8 @@ def _team_sleeps(environ: Any = os.environ) -> bool:
 #   and the second pays one wake-up. The time is kept in the layer's packs dict (a forward
 #   without packs has no history), not globally: the next layer of one model call follows the
 #   previous layer at once, and a model called twice a second must not wake the team per call.
-_MIN_STEP_WORK_PER_THREAD = 1 << 17
+_MIN_STEP_WEIGHTS_PER_THREAD = 1 << 17
+_MIN_STEP_WORK_PER_THREAD = 1 << 19
 _MIN_CALL_WORK_TO_WAKE = 1 << 30
 _BURST_S = 2e-3
 _TEAM_SPINS = _team_spins()
@@ -1411,8 +1416,9 @@ def _step_team(B: int, G: int, H: int, I: int, T: int = 1, packs: dict | None = 
     ``w_hh``; ``packs`` is the layer's packed-weights dict, which keeps its last call's end."""
     if B * G * H >= 2 * _MIN_WORK_PER_THREAD:
         return _team_for(B, G, H)
-    work = B * G * (I + H)
-    if work < 2 * _MIN_STEP_WORK_PER_THREAD:
+    weights = G * (I + H)
+    work = B * weights
+    if weights < 2 * _MIN_STEP_WEIGHTS_PER_THREAD and work < 2 * _MIN_STEP_WORK_PER_THREAD:
         return 1
     if not (
         _TEAM_SPINS
@@ -1424,7 +1430,8 @@ def _step_team(B: int, G: int, H: int, I: int, T: int = 1, packs: dict | None = 
         )
     ):
         return 1
-    return max(1, min(get_num_threads(), H // 16, work // _MIN_STEP_WORK_PER_THREAD))
+    share = max(weights // _MIN_STEP_WEIGHTS_PER_THREAD, work // _MIN_STEP_WORK_PER_THREAD)
+    return max(1, min(get_num_threads(), H // 16, share))
 
 
 def _step_forward(

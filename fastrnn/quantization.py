@@ -227,9 +227,9 @@ class QuantizedLinear(_QuantizedModule):
 # Elman cell's single gate block. Measured with ``python benchmarks/bench_int8_sizes.py``
 # (float32 time / int8 time, I = H, 2 threads, the quiet 2-core development machine, medians),
 # once the int8 kernels' rows started on a cache line (see _team):
-#   B = 64, T = 32: LSTM 0.83x at H = 16, 1.00x at 32, 1.37x at 64, 1.7-1.8x at 128 and 256;
-#     GRU 0.98x, 1.07x, 1.39x, 1.7-1.8x; RNN 0.44x, 0.72x, 1.08x, 1.12x, 1.40x.
-#   B = 1: every cell and size faster in int8, 1.9-2.7x at T = 32 and 1.3-1.8x for one step.
+#   B = 64, T = 32, H = 16 / 32 / 64 / 128 / 256: LSTM 0.80x, 0.98x, 1.36x, 1.55x, 2.02x;
+#     GRU 0.99x, 1.09x, 1.42x, 1.53x, 1.98x; RNN 0.45x, 0.71x, 1.09x, 1.02x, 1.48x.
+#   B = 1: every cell and size faster in int8, 1.9-2.8x at T = 32 and 1.35-2.23x for one step.
 # (Before the alignment fix int8 lost at H = 16 to 64 for LSTM and GRU and up to H = 256 for the
 # RNN, and these were 128, 128 and 512.)
 _INT8_MIN_HIDDEN = {GRU: 64, LSTM: 64, RNN: 64}

@@ -290,6 +290,11 @@ def test_step_team_splits_bursts_and_long_calls_only(monkeypatch):
     assert F._step_team(1, G, H, H, long_call - 1) == 1
     assert F._step_team(1, G, H, H, long_call) == 2
     assert F._step_team(1, 64, 16, 16, 10**6, recent) == 1  # too small a step to split
+    # B = 16, I = 64, H = 128: the RNN's step (98 KB of weights, 3.9e5 multiply-adds) is too
+    # short for two threads; the LSTM's (1.6e6) is not
+    assert F._step_team(16, 128, 128, 64, 1, recent) == 1
+    assert F._step_team(16, 512, 128, 64, 1, recent) == 2
+    assert F._step_team(16, 512, 128, 64, 1, old) == 1
     monkeypatch.setattr(F, "_TEAM_SLEEPS", True)
     assert F._step_team(1, G, H, H, 1, recent) == 1
     assert F._step_team(1, G, H, H, long_call) == 2
