@@ -343,3 +343,50 @@ def test_quant_step_refuses_short_buffers():
         quant.step(kernel, x.astype(np.float64), h, None, np.empty((1, 128), np.float32), 1, 0, 1)
     with pytest.raises(ValueError, match="c exactly for the LSTM"):
         quant.step(kernel, x, h, h.copy(), np.empty((1, 128), np.float32), 1, 0, 1)
+
+
+@pytest.mark.parametrize("cls, kw", CELLS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_int8_calls_in_a_loop_split_over_two_threads_with_the_same_bits(cls, kw, isa, monkeypatch):
+    """An int8 layer keeps its own history of calls (per layer): under libgomp's default policy
+    its first call runs on one thread, a call within _BURST_S of the same layer's previous on
+    two (each writes its 16-unit runs of rows that start on a cache line), with the same bits;
+    copies and pickles start without history."""
+    import copy
+    import pickle
+
+    from fastrnn import functional as F
+    from fastrnn import quantization as Q
+
+    monkeypatch.setattr(F, "_TEAM_SPINS", False)
+    monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
+    monkeypatch.setattr(F, "_BURST_S", 60.0)  # a slow machine's loop is still a burst
+    teams = []
+    real = Q._team
+
+    def seen(*args):
+        teams.append(real(*args))
+        return teams[-1]
+
+    monkeypatch.setattr(Q, "_team", seen)
+    rng = np.random.default_rng(12)
+    q = quantize_dynamic(cls(384, 384, num_layers=2, seed=1, **kw).eval())
+    x = rng.standard_normal((3, 2, 384)).astype(np.float32)
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)
+        y1, s1 = q(x)  # each layer's first call: no history, one thread
+        y2, s2 = q(x)  # within the burst: two
+        state, ys = None, []
+        for t in range(3):
+            y, state = q.step(x[t], state)
+            ys.append(y)
+    finally:
+        fastrnn.set_num_threads(before)
+    assert teams == [1, 1] + [2] * 8
+    np.testing.assert_array_equal(y2, y1)
+    np.testing.assert_array_equal(np.stack(ys), y1)
+    for s in (s2, state):
+        np.testing.assert_array_equal(np.asarray(s), np.asarray(s1))
+    for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert not other.__dict__.get("_ends")
+        np.testing.assert_array_equal(other(x)[0], y1)
