@@ -544,9 +544,8 @@ def quantize_dynamic(model: Module, *, inplace: bool = False, int8: str = "auto"
     inplace : bool, default=False
         Replace the layers in ``model`` itself instead of a copy.
     int8 : {"auto", "always"}, default="auto"
-        ``"auto"``: recurrent layers with a hidden size below 128 (LSTM, GRU) or 512 (RNN) keep
-        float32 weights and kernels, where int8 measured slower (their repr says so;
-        ``quantized`` is False).
+        ``"auto"``: recurrent layers with a hidden size below 64 keep float32 weights and
+        kernels, where int8 measured slower (their repr says so; ``quantized`` is False).
         ``"always"``: every layer the int8 kernels cover runs int8.
 
     Returns
