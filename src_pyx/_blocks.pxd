@@ -25,6 +25,7 @@ from _parallel cimport block_span, share, unit_blocks
 from _rgemm cimport (FR_ISA_NONE, fr_pack_d, fr_pack_s, fr_rgemm_alloc, fr_rgemm_d, fr_rgemm_nr,
                      fr_rgemm_packed_size, fr_rgemm_s, fr_rgemv_gates_d, fr_rgemv_gates_s,
                      fr_transpose_d, fr_transpose_s)
+from _util cimport zero_rows
 
 # Rows per block of the dx GEMM; rows of the reduction per pass of the weight gradients' micro-
 # kernels (a block of dG and of X stays in L2).
@@ -491,6 +492,16 @@ cdef inline bint dx_by_columns(Py_ssize_t G, Py_ssize_t I, int isa, size_t elem,
             and (I + fr_rgemm_nr(isa, elem) - 1) // fr_rgemm_nr(isa, elem) >= 2 * size)
 
 
+cdef inline void zero_padding(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes, Py_ssize_t I,
+                              floating* dx, int size, int rank) noexcept nogil:
+    """rank's share of the T steps of a (T, B, I) dx: the padding rows of each (past
+    batch_sizes[t]) set to zero."""
+    cdef Py_ssize_t lo, hi, t
+    share(T, size, rank, &lo, &hi)
+    for t in range(lo, hi):
+        zero_rows(dx + t * B * I, batch_sizes[t], B, I)
+
+
 cdef inline void input_grad_columns(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
                                     Py_ssize_t I, Py_ssize_t G, const floating* dg,
                                     const floating* w_ih, floating* dx, int size, int rank,
@@ -519,11 +530,7 @@ cdef inline void input_grad_columns(Py_ssize_t T, Py_ssize_t B, const int* batch
                      w_ih + i0, I, <floating> 0, dx + t * B * I + i0, I)
             t = e
         release(&pk)
-    share(T, size, rank, &lo, &hi)
-    for t in range(lo, hi):
-        if batch_sizes[t] < B:
-            memset(dx + (t * B + batch_sizes[t]) * I, 0,
-                   (B - batch_sizes[t]) * I * sizeof(floating))
+    zero_padding(T, B, batch_sizes, I, dx, size, rank)
 
 
 cdef inline void _dx_share(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floating* w_ih,
@@ -581,11 +588,7 @@ cdef inline void input_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_
         p += rows
         t = e
     release(&pk)
-    share(T, size, rank, &lo, &hi)
-    for t in range(lo, hi):
-        if batch_sizes[t] < B:
-            memset(dx + (t * B + batch_sizes[t]) * I, 0,
-                   (B - batch_sizes[t]) * I * sizeof(floating))
+    zero_padding(T, B, batch_sizes, I, dx, size, rank)
 
 
 cdef inline void input_grad(Py_ssize_t R, Py_ssize_t I, Py_ssize_t G, const floating* dg,

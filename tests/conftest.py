@@ -231,6 +231,30 @@ class Case:
         )
 
 
+def awake_team(monkeypatch) -> None:
+    """Make fastrnn.functional's thread rules (``_step_team``, ``_rows_team``) see libgomp's
+    default policy and a burst as long as the test: every call after the first finds the team
+    awake, however slow the machine."""
+    from fastrnn import functional
+
+    monkeypatch.setattr(functional, "_TEAM_SPINS", False)
+    monkeypatch.setattr(functional, "_TEAM_SLEEPS", False)
+    monkeypatch.setattr(functional, "_BURST_S", 60.0)
+
+
+def record_calls(monkeypatch, module, name: str) -> list:
+    """Wrap ``module.name`` so that each call's result is appended to the returned list."""
+    seen: list = []
+    real = getattr(module, name)
+
+    def wrapper(*args):
+        seen.append(real(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(module, name, wrapper)
+    return seen
+
+
 def make_weights(rng, G, D, H, dtype=np.float64, bias=True):
     """PyTorch's default init: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H))."""
     k = 1.0 / np.sqrt(H)

@@ -306,19 +306,12 @@ def test_step_team_splits_bursts_and_long_calls_only(monkeypatch):
 def test_a_burst_of_steps_splits_with_the_same_bits(cell, monkeypatch):
     """Steps and eval forwards in a loop record their end in the layer's packs; from the second
     call on they run on 2 threads under libgomp's default policy, with the same bits."""
+    from conftest import awake_team, record_calls
+
     from fastrnn import functional as F
 
-    monkeypatch.setattr(F, "_TEAM_SPINS", False)
-    monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
-    monkeypatch.setattr(F, "_BURST_S", 60.0)  # a slow machine's loop is still a burst
-    teams = []
-    real = F._step_team
-
-    def seen(*args):
-        teams.append(real(*args))
-        return teams[-1]
-
-    monkeypatch.setattr(F, "_step_team", seen)
+    awake_team(monkeypatch)
+    teams = record_calls(monkeypatch, F, "_step_team")
     rng = np.random.default_rng(11)
     layer = getattr(fastrnn, cell.title)(384, 384, seed=3).eval()
     x = rng.standard_normal((3, 1, 384)).astype(np.float32)

@@ -354,20 +354,12 @@ def test_int8_calls_in_a_loop_split_over_two_threads_with_the_same_bits(cls, kw,
     import copy
     import pickle
 
-    from fastrnn import functional as F
+    from conftest import awake_team, record_calls
+
     from fastrnn import quantization as Q
 
-    monkeypatch.setattr(F, "_TEAM_SPINS", False)
-    monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
-    monkeypatch.setattr(F, "_BURST_S", 60.0)  # a slow machine's loop is still a burst
-    teams = []
-    real = Q._team
-
-    def seen(*args):
-        teams.append(real(*args))
-        return teams[-1]
-
-    monkeypatch.setattr(Q, "_team", seen)
+    awake_team(monkeypatch)
+    teams = record_calls(monkeypatch, Q, "_team")
     rng = np.random.default_rng(12)
     q = quantize_dynamic(cls(384, 384, num_layers=2, seed=1, **kw).eval())
     x = rng.standard_normal((3, 2, 384)).astype(np.float32)

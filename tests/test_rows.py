@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import awake_team, record_calls
 
 import fastrnn
 from fastrnn import functional as F
@@ -72,22 +73,13 @@ def test_lengths_in_any_order_permute_on_the_team_with_the_same_bits(cell, monke
         ]
 
     before = fastrnn.get_num_threads()
-    splits = []
-    real = F._rows_team
-
-    def seen(a):
-        splits.append(real(a))
-        return splits[-1]
-
     try:
         fastrnn.set_num_threads(2)
         monkeypatch.setattr(F, "_ROWS_SPLIT_MIN", 1 << 40)  # NumPy's take, one thread
         one = run()
         monkeypatch.setattr(F, "_ROWS_SPLIT_MIN", 0)
-        monkeypatch.setattr(F, "_TEAM_SPINS", False)
-        monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
-        monkeypatch.setattr(F, "_BURST_S", 60.0)
-        monkeypatch.setattr(F, "_rows_team", seen)
+        awake_team(monkeypatch)
+        splits = record_calls(monkeypatch, F, "_rows_team")
         split = run()
     finally:
         fastrnn.set_num_threads(before)
