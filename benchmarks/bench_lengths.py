@@ -14,6 +14,7 @@ timed in alternation (fair under load); the best of several rounds is reported.
     python benchmarks/bench_lengths.py --bidirectional --layers 2
     python benchmarks/bench_lengths.py --cell gru      # or rnn (tanh)
     python benchmarks/bench_lengths.py --sorted        # no row permutation
+    python benchmarks/bench_lengths.py --cell rnn --permutations   # NumPy's vs the team's
     pytest benchmarks/bench_lengths.py                 # pytest-benchmark
 """
 
@@ -72,6 +73,30 @@ def time_pair(a, b, rounds: int = 10, calls: int = 3) -> tuple[tuple[float, floa
     return tuple(map(tuple, best))
 
 
+def compare_permutations(layer, x, dout, lengths, rounds: int) -> None:
+    """Print the best wall time of a variable-length forward + backward with the row
+    permutations by NumPy's take and with them split over the kernels' team."""
+    from fastrnn import functional
+
+    split_min = functional._ROWS_SPLIT_MIN
+
+    def with_min(value):
+        def call():
+            functional._ROWS_SPLIT_MIN = value
+            try:
+                step(layer, x, dout, lengths)
+            finally:
+                functional._ROWS_SPLIT_MIN = split_min
+
+        return call
+
+    (w_np, _), (w_team, _) = time_pair(with_min(1 << 62), with_min(split_min), rounds=rounds)
+    print(
+        f"variable lengths, {fastrnn.get_num_threads()} threads, permutations by NumPy "
+        f"{1e3 * w_np:.2f} ms, on the team {1e3 * w_team:.2f} ms ({w_np / w_team:.2f}x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-T", type=int, default=200)
@@ -85,6 +110,12 @@ def main() -> None:
     ap.add_argument(
         "--sorted", action="store_true", help="lengths in decreasing order (no row permutation)"
     )
+    ap.add_argument(
+        "--permutations",
+        action="store_true",
+        help="instead: the variable-length batch with its row permutations by NumPy (one "
+        "thread) against on the kernels' team (functional._rows_team), alternating",
+    )
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: all)")
     args = ap.parse_args()
@@ -95,6 +126,9 @@ def main() -> None:
     )
     if args.sorted:
         lengths = np.sort(lengths)[::-1].copy()
+    if args.permutations:
+        compare_permutations(lstm, x, dout, lengths, args.rounds)
+        return
     full = np.full(args.B, args.T)
     (w_var, c_var), (w_pad, c_pad) = time_pair(
         lambda: step(lstm, x, dout, lengths),
