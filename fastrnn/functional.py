@@ -1461,18 +1461,25 @@ def _step_team(B: int, G: int, H: int, I: int, T: int = 1, packs: dict | None = 
     work = B * weights
     if weights < 2 * _MIN_STEP_WEIGHTS_PER_THREAD and work < 2 * _MIN_STEP_WORK_PER_THREAD:
         return 1
-    if not (
+    if not _team_awake(T * work, packs):
+        return 1
+    share = max(weights // _MIN_STEP_WEIGHTS_PER_THREAD, work // _MIN_STEP_WORK_PER_THREAD)
+    return max(1, min(get_num_threads(), H // 16, share))
+
+
+def _team_awake(call_work: int, packs: dict | None) -> bool:
+    """Whether a call of ``call_work`` multiply-adds finds the team's worker awake or is long
+    enough to pay for waking it (the conditions above); ``packs`` keeps the layer's last call's
+    end under ``_LAST_END``."""
+    return (
         _TEAM_SPINS
-        or T * work >= _MIN_CALL_WORK_TO_WAKE
+        or call_work >= _MIN_CALL_WORK_TO_WAKE
         or (
             not _TEAM_SLEEPS
             and packs is not None
             and time.perf_counter() - packs.get(_LAST_END, -1.0) < _BURST_S
         )
-    ):
-        return 1
-    share = max(weights // _MIN_STEP_WEIGHTS_PER_THREAD, work // _MIN_STEP_WORK_PER_THREAD)
-    return max(1, min(get_num_threads(), H // 16, share))
+    )
 
 
 def _step_forward(

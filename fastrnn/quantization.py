@@ -35,8 +35,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastrnn import _workspace as _ws
+from fastrnn._threads import get_num_threads
 from fastrnn.cells import GRU, LSTM, RNN
-from fastrnn.functional import _LAST_END, _step_team
+from fastrnn.functional import _LAST_END, _step_team, _team_awake
 from fastrnn.nn.blocks import Linear
 from fastrnn.nn.module import Module
 from fastrnn.nn.rnn import RNNBase
@@ -225,14 +226,16 @@ class QuantizedLinear(_QuantizedModule):
 # weight bytes and multiply-adds, but each step also quantizes h (two passes over B * H) and
 # converts every output back: work that a small H does not pay back, least of all for the
 # Elman cell's single gate block. Measured with ``python benchmarks/bench_int8_sizes.py``
-# (float32 time / int8 time, I = H, 2 threads, the quiet 2-core development machine, medians),
-# once the int8 kernels' rows started on a cache line (see _team):
-#   B = 64, T = 32, H = 16 / 32 / 64 / 128 / 256: LSTM 0.80x, 0.98x, 1.36x, 1.55x, 2.02x;
-#     GRU 0.99x, 1.09x, 1.42x, 1.53x, 1.98x; RNN 0.45x, 0.71x, 1.09x, 1.02x, 1.48x.
-#   B = 1: every cell and size faster in int8, 1.9-2.8x at T = 32 and 1.35-2.23x for one step.
-# (Before the alignment fix int8 lost at H = 16 to 64 for LSTM and GRU and up to H = 256 for the
-# RNN, and these were 128, 128 and 512.)
-_INT8_MIN_HIDDEN = {GRU: 64, LSTM: 64, RNN: 64}
+# (float32 time / int8 time, I = H, 2 threads, the quiet 2-core development machine, medians,
+# two runs), once the int8 kernels split a call's rows where they can and merged the gate
+# math's divisions (see _team and src_pyx/_qgates.h):
+#   B = 64, T = 32, H = 4 / 8 / 16 / 32 / 64 / 128 / 256: LSTM 0.99-1.02x, 2.59-3.73x,
+#     1.23-1.26x, 1.73x, 2.58x, 1.86x, 2.14x; GRU 0.95x, 2.60x, 1.46-1.50x, 1.81x, 2.41x,
+#     1.87x, 1.98-2.00x; RNN (16 up) 0.61x, 1.03x, 1.69x, 1.28x, 1.64-1.68x.
+#   B = 1: every cell and size faster in int8, 1.98-2.62x at T = 32 and 1.19-1.57x a step.
+# (The previous kernels lost at H = 16 and 32 for LSTM and GRU, and these were 64 for all
+# three; before the rows started on a cache line, 128, 128 and 512.)
+_INT8_MIN_HIDDEN = {GRU: 8, LSTM: 8, RNN: 64}
 
 
 class _Int8Cell(NamedTuple):
@@ -268,14 +271,35 @@ def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
     return entry.code(cfg.options), ""
 
 
-def _team(B: int, G: int, H: int, I: int, T: int, history: dict) -> int:
-    """Threads for an int8 layer call of T steps of B rows (gate width G, input size I): the
-    float32 step rule (``functional._step_team``) with ``history``, this layer's own record of
-    its last call's end (a loop of calls shares a spinning team; a call after a pause, or the
-    next layer of one model call, does not wake it). The int8 kernels' threads write 16-unit
-    runs of rows that start on a cache line (``_workspace.LINE``); before they did, two threads
-    shared a line at each run boundary, and a forward at T = 1000, B = 16, H = 128 took 13.4 ms
-    on 2 threads against 10.6 ms on one (7.5 ms on 2 after)."""
+# Where the int8 kernels split a call's batch rows over the team (quant.plan: each thread gets
+# 4 rows or more and the packed weights take at most 512 KB), the threads never meet between
+# steps, so a call too short for the float32 step rule still gains from an awake worker: in a
+# loop of calls (2 threads, the 2-core development machine, best of 5 x 200 calls, the team
+# forced) an RNN with B = 16, I = 64, H = 128 took 23 / 19 us (1 / 2 threads) at T = 4
+# (2**20.6 multiply-adds), 36 / 26 at T = 8 and 109 / 66 at T = 32; an LSTM with B = 8,
+# I = H = 64 21 / 18 us at T = 4 (2**20) and 79 / 56 at T = 32. Waking a sleeping worker
+# costs as much as ever (it still joins the call's end): after 0.1 s idle the RNN above at
+# T = 1000 took 3.4 ms on one thread and 8.3 on two.
+_MIN_ROWS_CALL_WORK = 1 << 20
+
+
+def _team(B: int, G: int, H: int, I: int, T: int, history: dict, code: int) -> int:
+    """Threads for an int8 layer call of T steps of B rows (gate width G, input size I, the
+    kernels' cell ``code``), with ``history``, this layer's own record of its last call's end
+    (a loop of calls shares a spinning team; a call after a pause, or the next layer of one
+    model call, does not wake it). A call whose rows the kernels split (above) takes the team
+    when it is awake (``functional._team_awake``) and the call has _MIN_ROWS_CALL_WORK
+    multiply-adds; any other, the float32 step rule (``functional._step_team``). The int8
+    kernels' threads write 16-unit runs of rows that start on a cache line
+    (``_workspace.LINE``); before they did, two threads shared a line at each run boundary,
+    and a forward at T = 1000, B = 16, H = 128 took 13.4 ms on 2 threads against 10.6 ms on
+    one (7.5 ms on 2 after; 4.8 ms once the rows were split, with the cheaper gate math)."""
+    n = get_num_threads()
+    if n > 1:
+        size, split = (_quant or _kernels()).plan(B, H, code, I, n)
+        if split == "rows":
+            work = T * B * G * (I + H)
+            return size if work >= _MIN_ROWS_CALL_WORK and _team_awake(work, history) else 1
     return _step_team(B, G, H, I, T, history)
 
 
@@ -400,7 +424,7 @@ class QuantizedRNNBase(_QuantizedModule):
                     c,
                     y,
                     self._code,
-                    _team(B, G, H, xin.shape[1], T, ends[idx]),
+                    _team(B, G, H, xin.shape[1], T, ends[idx], self._code),
                 )
                 ends[idx][_LAST_END] = time.perf_counter()
                 h_n[idx] = y[-1]
@@ -484,7 +508,8 @@ class QuantizedRNNBase(_QuantizedModule):
         inp = x
         for layer, kernel in enumerate(self._step_layers()):
             y = np.empty((B, H), np.float32) if layer == L - 1 else h_n[layer]
-            q.step(kernel, inp, h0, c_n, y, B, layer, _team(B, G, H, inp.shape[1], 1, ends[layer]))
+            n = _team(B, G, H, inp.shape[1], 1, ends[layer], self._code)
+            q.step(kernel, inp, h0, c_n, y, B, layer, n)
             ends[layer][_LAST_END] = time.perf_counter()
             inp = y
         h_n[L - 1] = inp
@@ -544,8 +569,9 @@ def quantize_dynamic(model: Module, *, inplace: bool = False, int8: str = "auto"
     inplace : bool, default=False
         Replace the layers in ``model`` itself instead of a copy.
     int8 : {"auto", "always"}, default="auto"
-        ``"auto"``: recurrent layers with a hidden size below 64 keep float32 weights and
-        kernels, where int8 measured slower (their repr says so; ``quantized`` is False).
+        ``"auto"``: recurrent layers too small to gain keep float32 weights and kernels,
+        where int8 measured slower: an LSTM or GRU with a hidden size below 8, an Elman RNN
+        below 64 (their repr says so; ``quantized`` is False).
         ``"always"``: every layer the int8 kernels cover runs int8.
 
     Returns

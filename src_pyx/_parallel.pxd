@@ -59,10 +59,15 @@ cdef inline void run_team(part_fn part, const void* ops, Py_ssize_t H,
     """Run part(ops, ...) on each thread of one parallel region of at most n_threads threads
     (no more than H's unit blocks), sharing one step barrier. One indirect call per thread per
     kernel call: the time loop and the gate math inside part are direct code."""
+    run_threads(part, ops, min(n_threads, unit_blocks(H)))
+
+
+cdef inline void run_threads(part_fn part, const void* ops, int n_threads) noexcept nogil:
+    """run_team with the team's size already chosen (at most n_threads)."""
     cdef fr_barrier bar
     cdef int size, rank
     fr_barrier_init(&bar)
-    with parallel(num_threads=min(n_threads, unit_blocks(H))):
+    with parallel(num_threads=n_threads):
         size = fr_team_size()
         rank = fr_team_rank()
         part(ops, &bar, size, rank, NULL)

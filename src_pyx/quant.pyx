@@ -17,7 +17,7 @@ from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team
+from _parallel cimport fr_barrier, fr_barrier_wait, run_threads, share, unit_blocks
 from _blocks cimport steps_per_chunk, thread_units
 
 cdef extern from "_qgates.h" nogil:
@@ -111,6 +111,45 @@ def ring_steps(Py_ssize_t T, Py_ssize_t B):
     return min(T, steps_per_chunk(B))
 
 
+# The threads of a call split its batch rows (each runs every unit of its rows: no barrier per
+# step, and each quantizes only its rows of h) where each gets ROWS_MIN rows or more (a GEMM
+# tile's height) and the packed weights W_ih and W_hh take at most ROWS_WEIGHT_BYTES, which
+# every thread then reads at every step from its own L2; else they split the units (each
+# keeps its columns of the weights, and all threads meet at a barrier at every step).
+cdef Py_ssize_t ROWS_WEIGHT_BYTES = 512 * 1024
+cdef enum:
+    ROWS_MIN = 4
+
+
+cdef int team(Py_ssize_t B, Py_ssize_t H, Py_ssize_t NG, Py_ssize_t Ip, int n_threads,
+              int* by_rows) noexcept nogil:
+    """The team's size for a call of n_threads at most, and whether it splits rows."""
+    cdef Py_ssize_t Hp = (H + 15) // 16 * 16
+    cdef Py_ssize_t rows = min(<Py_ssize_t> n_threads, B // ROWS_MIN)
+    by_rows[0] = rows >= 2 and NG * Hp * (Hp + Ip) <= ROWS_WEIGHT_BYTES
+    if by_rows[0]:
+        return <int> rows
+    return <int> min(<Py_ssize_t> n_threads, unit_blocks(H))
+
+
+def plan(Py_ssize_t B, Py_ssize_t H, int cell, Py_ssize_t I, int n_threads):
+    """(threads, "rows" or "units"): how forward() and step() split a call of B rows of a layer
+    with input size I over n_threads threads at most (cell: as forward's)."""
+    cdef int by_rows
+    cdef Py_ssize_t NG = 4 if cell == CELL_LSTM else (3 if cell == CELL_GRU else 1)
+    n = team(B, H, NG, (I + 3) // 4 * 4, n_threads, &by_rows)
+    return n, ("rows" if by_rows else "units")
+
+
+def _set_rows_weight_bytes(Py_ssize_t n):
+    """Set ROWS_WEIGHT_BYTES (0: the threads always split units); returns the previous value.
+    For benchmarks that compare the two splits."""
+    global ROWS_WEIGHT_BYTES
+    old = ROWS_WEIGHT_BYTES
+    ROWS_WEIGHT_BYTES = n
+    return old
+
+
 cdef struct QOps:
     Py_ssize_t T, B, H, Hp, NG, Ip
     int cell
@@ -131,39 +170,61 @@ cdef struct QOps:
     float* gh               # (B, NG * Hp) workspace
     float* c                # (B, H) LSTM cell state, updated in place
     float* y                # (T, B, H)
+    int by_rows             # threads split the batch rows, not the units (rows_split)
 
 
 cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
                      float* tag) noexcept nogil:
     cdef const QOps* op = <const QOps*> ops
     cdef Py_ssize_t T = op.T, B = op.B, H = op.H, Hp = op.Hp, NG = op.NG
-    cdef Py_ssize_t W = NG * Hp, Kq = Hp // 4
-    cdef Py_ssize_t t, b, g, j0, j1, nb0, nb1
+    cdef Py_ssize_t W = NG * Hp, Kq = Hp // 4, Iq = op.Ip // 4
+    cdef Py_ssize_t t, s, b, g, j0, j1, nb0, nb1, b0, b1, M, steps
     cdef const float* h_prev
     cdef const float* ax
     cdef float* ah
     cdef float* h
-    cdef uint8_t* hq = <uint8_t*> malloc(B * Hp)
-    cdef float* hs = <float*> malloc(B * sizeof(float))
-    thread_units(H, size, rank, &j0, &j1)
-    nb0 = j0 // 16
-    nb1 = (j1 + 15) // 16
+    cdef uint8_t* hq
+    cdef float* hs
+    if op.by_rows:
+        # each thread runs all units of its own rows (runs of 4, the GEMM tile's height):
+        # no row of one thread's is ever read by another, so the steps need no barrier, and a
+        # thread quantizes only its rows of h
+        share((B + 3) // 4, size, rank, &b0, &b1)
+        b0 = min(4 * b0, B)
+        b1 = min(4 * b1, B)
+        j0, j1, nb0, nb1 = 0, H, 0, Hp // 16
+    else:
+        # each thread computes its units' gate columns of every row, from all of h_{t-1}: a
+        # barrier per step
+        b0, b1 = 0, B
+        thread_units(H, size, rank, &j0, &j1)
+        nb0 = j0 // 16
+        nb1 = (j1 + 15) // 16
+    M = b1 - b0
+    if M <= 0 or j1 <= j0:  # nothing to compute, but the unit split's barriers to keep
+        for _ in range(T if not op.by_rows else 0):
+            fr_barrier_wait(bar, size)
+        return
+    hq = <uint8_t*> malloc(M * Hp)
+    hs = <float*> malloc(M * sizeof(float))
     for t in range(T):
-        # gx = W_ih x + bias for the next tc steps, this thread's gate columns (only it reads
-        # them): a ring of tc steps instead of all T (at T = 100, B = 64, H = 512 that was 52 MB
-        # of fresh pages per call)
+        # gx = W_ih x + bias for the next tc steps, this thread's gate columns of its rows
+        # (only it reads them): a ring of tc steps instead of all T (at T = 100, B = 64,
+        # H = 512 that was 52 MB of fresh pages per call)
         if t % op.tc == 0:
-            for g in range(NG if j1 > j0 else 0):
-                fr_qgemm(ISA, min(op.tc, T - t) * B, g * (Hp // 16) + nb0,
-                         g * (Hp // 16) + nb1, op.Ip // 4, op.xq + t * B * op.Ip, op.Ip,
-                         op.xs + t * B, op.w_ih, op.cs_ih, op.sw_ih, op.bias, op.gx, W, 0)
+            steps = min(op.tc, T - t)
+            for s in range(steps if op.by_rows else 1):
+                for g in range(NG):
+                    fr_qgemm(ISA, M if op.by_rows else steps * B, g * (Hp // 16) + nb0,
+                             g * (Hp // 16) + nb1, Iq, op.xq + ((t + s) * B + b0) * op.Ip,
+                             op.Ip, op.xs + (t + s) * B + b0, op.w_ih, op.cs_ih, op.sw_ih,
+                             op.bias, op.gx + (s * B + b0) * W, W, 0)
         h_prev = op.h0 if t == 0 else op.y + (t - 1) * B * H
-        # every thread quantizes all of h_{t-1} (B * H values) and computes its gate columns
-        fr_quantize_rows(B, H, h_prev, H, Hp, hq, hs)
-        for g in range(NG if j1 > j0 else 0):
-            fr_qgemm(ISA, B, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, Kq, hq, Hp, hs,
-                     op.w_hh, op.cs_hh, op.sw_hh, NULL, op.gh, W, 0)
-        for b in range(B):  # the gate pass on this thread's units (_qgates.h)
+        fr_quantize_rows(M, H, h_prev + b0 * H, H, Hp, hq, hs)
+        for g in range(NG):
+            fr_qgemm(ISA, M, g * (Hp // 16) + nb0, g * (Hp // 16) + nb1, Kq, hq, Hp, hs,
+                     op.w_hh, op.cs_hh, op.sw_hh, NULL, op.gh + b0 * W, W, 0)
+        for b in range(b0, b1):  # the gate pass on this thread's units (_qgates.h)
             ax = op.gx + ((t % op.tc) * B + b) * W
             ah = op.gh + b * W
             h = op.y + (t * B + b) * H
@@ -173,7 +234,8 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
                 fr_qgru_row(ax, ah, op.b_hn, h_prev + b * H, h, j0, j1, Hp)
             else:
                 fr_qrnn_row(ax, ah, h, j0, j1, op.cell == CELL_RNN_RELU)
-        fr_barrier_wait(bar, size)
+        if not op.by_rows:
+            fr_barrier_wait(bar, size)
     free(hq)
     free(hs)
 
@@ -234,7 +296,8 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
     o.gh = <float*> ((<size_t> &ghv[0] + 63) & ~(<size_t> 63))
     o.y = &y[0, 0, 0]
     with nogil:
-        run_team(_loop_part, &o, H, n_threads)
+        n_threads = team(B, H, NG, o.Ip, n_threads, &o.by_rows)
+        run_threads(_loop_part, &o, n_threads)
 
 
 # --- the streaming step (fastrnn.quantization.QuantizedRNNBase.step) ------------------------------
@@ -343,7 +406,8 @@ def step(StepLayer s,
         o.T, o.B, o.tc = 1, B, 1
         with nogil:
             fr_quantize_rows(B, s.n_in, xp, s.n_in, o.Ip, <uint8_t*> o.xq, <float*> o.xs)
-            run_team(_loop_part, &o, H, n_threads)
+            n_threads = team(B, H, o.NG, o.Ip, n_threads, &o.by_rows)
+            run_threads(_loop_part, &o, n_threads)
     finally:
         free(scratch)
         PyBuffer_Release(&vx)

@@ -3,6 +3,8 @@ VNNI and portable paths against each other, checkpoints, and the inference-only 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -382,3 +384,77 @@ def test_int8_calls_in_a_loop_split_over_two_threads_with_the_same_bits(cls, kw,
     for other in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
         assert not other.__dict__.get("_ends")
         np.testing.assert_array_equal(other(x)[0], y1)
+
+
+@pytest.mark.parametrize("cls, kw", CELLS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_two_threads_split_rows_or_units_with_the_one_thread_bits(cls, kw, isa, monkeypatch):
+    """Where each thread gets 4 rows or more and the packed weights are small, the threads
+    split the batch rows (every unit of its own rows, no barrier per step); else the units.
+    Both give the one-thread bits, at even and uneven shares of rows, forward and step, and
+    the oracle's numbers."""
+    from fastrnn import quantization as Q
+
+    rng = np.random.default_rng(21)
+    layer = cls(24, 136, num_layers=2, seed=5, **kw).eval()
+    q = quantize_dynamic(layer, int8="always")
+    code = q._code
+    threads = {"n": 1}
+    monkeypatch.setattr(Q, "_team", lambda *a: threads["n"])
+    before = quant._set_rows_weight_bytes(1 << 20)
+    try:
+        for B, split in ((5, "units"), (8, "rows"), (13, "rows")):
+            assert quant.plan(B, 136, code, 24, 2) == (2, split)
+            x = rng.standard_normal((7, B, 24)).astype(np.float32)
+            threads["n"] = 1
+            y1, s1 = q(x)
+            step1 = q.step(x[0])
+            threads["n"] = 2
+            for weight_bytes in (1 << 20, 0):  # rows where they may be, then units only
+                quant._set_rows_weight_bytes(weight_bytes)
+                y2, s2 = q(x)
+                np.testing.assert_array_equal(y2, y1)
+                np.testing.assert_array_equal(np.asarray(s2), np.asarray(s1))
+                np.testing.assert_array_equal(q.step(x[0])[0], step1[0])
+            quant._set_rows_weight_bytes(1 << 20)
+            h0 = np.zeros((2, B, 136), np.float32)
+            np.testing.assert_allclose(
+                y1, _oracle(layer, x, h0, h0 if cls is fastrnn.LSTM else None), atol=2e-3
+            )
+        quant._set_rows_weight_bytes(0)
+        assert quant.plan(13, 136, code, 24, 2) == (2, "units")
+    finally:
+        quant._set_rows_weight_bytes(before)
+
+
+def test_team_rule_of_row_split_calls(monkeypatch):
+    """A call whose rows the kernels split takes the team when it is awake (the layer's
+    previous call just ended) and has 2**20 multiply-adds or more; asleep, only past the
+    float32 rule's 2**30. Weights over 512 KB packed keep the unit split (and its rule)."""
+    from fastrnn import functional as F
+    from fastrnn import quantization as Q
+
+    monkeypatch.setattr(F, "_TEAM_SPINS", False)
+    monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
+    rnn, lstm = 0, 2
+    assert quant.plan(64, 256, lstm, 128, 2) == (2, "rows")  # 384 KB packed
+    assert quant.plan(64, 512, lstm, 512, 2) == (2, "units")  # 2 MB
+    assert quant.plan(7, 256, lstm, 128, 2) == (2, "units")  # fewer than 4 rows per thread
+    assert quant.plan(64, 256, lstm, 128, 1) == (1, "units")
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)
+        asleep: dict = {}
+
+        def awake():  # the layer's previous call ended just now
+            return {F._LAST_END: time.perf_counter()}
+
+        G, H, I = 128, 128, 64
+        assert Q._team(16, G, H, I, 1000, asleep, rnn) == 1  # 2**28.6 multiply-adds
+        assert Q._team(16, G, H, I, 1000, awake(), rnn) == 2
+        assert Q._team(16, G, H, I, 4, awake(), rnn) == 2  # 2**20.6
+        assert Q._team(16, G, H, I, 2, awake(), rnn) == 1  # 2**19.6
+        assert Q._team(16, 4 * 256, 256, 128, 3000, asleep, lstm) == 2  # 2**31.8
+        # 4 rows: the unit split's float32 step rule (B * G * H = 2**18, too small a step)
+        assert Q._team(4, G, H, I, 1000, awake(), rnn) == 1
+    finally:
+        fastrnn.set_num_threads(before)
