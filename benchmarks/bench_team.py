@@ -8,8 +8,9 @@ is the median, not the minimum. This script times every cell and bench configura
 ``--threads`` with three teams, interleaved in one process (:func:`fastrnn.bench.time_interleaved`):
 
 * ``rule``: ``_team`` as shipped (threshold ``_MIN_WORK_PER_THREAD`` multiply-adds of the
-  recurrent GEMM per thread and step); an inference forward (``fwd``) goes by ``_step_team``,
-  which also splits a call that follows the layer's last within ``_BURST_S``, as here;
+  recurrent GEMM per thread and step); an inference forward (``fwd``) goes by ``_step_rows``
+  (its batch rows split, where its weights are small) or else ``_step_team``, both of which
+  split a call that follows the layer's last within ``_BURST_S``, as here;
 * ``all``: every call on ``--threads`` threads (where the hidden size allows it);
 * ``one``: every call on one thread.
 
@@ -36,13 +37,19 @@ from fastrnn.bench import CELLS, implementations, make_problem, parse_config, ti
 
 #: Thresholds that make ``_team`` give every call all its threads (where H allows) or one.
 TEAMS = {"rule": None, "all": 0, "one": 1 << 62}
-#: The thresholds of ``_team`` and ``_step_team`` (an inference forward's rule) that TEAMS sets.
-THRESHOLDS = ("_MIN_WORK_PER_THREAD", "_MIN_STEP_WORK_PER_THREAD", "_MIN_STEP_WEIGHTS_PER_THREAD")
+#: The thresholds of ``_team``, ``_step_team`` and ``_step_rows`` (an inference forward's rules)
+#: that TEAMS sets.
+THRESHOLDS = (
+    "_MIN_WORK_PER_THREAD",
+    "_MIN_STEP_WORK_PER_THREAD",
+    "_MIN_STEP_WEIGHTS_PER_THREAD",
+    "_MIN_ROWS_CALL_WORK",
+)
 
 
 def with_threshold(fn, threshold):
     """``fn`` run with ``functional._MIN_WORK_PER_THREAD`` and the thresholds of an inference
-    forward's rule (``_step_team``) set to ``threshold`` (None: as is)."""
+    forward's rules (``_step_team``, ``_step_rows``) set to ``threshold`` (None: as is)."""
 
     def call():
         if threshold is None:
@@ -61,12 +68,13 @@ def with_threshold(fn, threshold):
 
 def rule_threads(prep, mode: str) -> int:
     """The threads the shipped rule gives a call in a loop: ``_team`` for a training call,
-    ``_step_team`` (the layer's previous call just ended) for an inference forward."""
+    ``_step_rows`` or else ``_step_team`` (the layer's previous call just ended) for an
+    inference forward."""
     if mode != "fwd":
         return functional._team(prep)
     G, H = prep.w_hh.shape
-    recent = {functional._LAST_END: time.perf_counter()}
-    return functional._step_team(prep.B, G, H, prep.w_ih.shape[1], prep.T, recent)
+    args = (prep.B, G, H, prep.w_ih.shape[1], prep.T, {functional._LAST_END: time.perf_counter()})
+    return functional._step_rows(*args, prep.w_hh.itemsize) or functional._step_team(*args)
 
 
 def main(argv=None) -> int:

@@ -1467,6 +1467,33 @@ def _step_team(B: int, G: int, H: int, I: int, T: int = 1, packs: dict | None = 
     return max(1, min(get_num_threads(), H // 16, share))
 
 
+# A layer's inference forward of T > 1 steps may instead split its batch rows over the team
+# (StepKernel(rows=True), src_pyx/_prepack.pxd: rows_fit): each thread runs every unit of its
+# own rows over all the steps, from the panels of a team of one, which the threads share. No
+# barrier per step, so it pays for steps far too short to split by units (the RNN at T=1000
+# B=16 I=64 H=128: 3.9e5 multiply-adds a step), but every thread reads all the weights at
+# every step: only where they fit a core's L2 beside the rest (_ROWS_WEIGHT_BYTES, the int8
+# kernels' bound too) and each thread gets 4 rows or more (a micro-kernel tile's height). It
+# still joins the worker at the call's end, so it takes the team on the conditions above
+# (_team_awake), from _MIN_ROWS_CALL_WORK multiply-adds.
+_ROWS_WEIGHT_BYTES = 512 * 1024
+_MIN_ROWS_CALL_WORK = 1 << 20
+
+
+def _step_rows(B: int, G: int, H: int, I: int, T: int, packs: dict | None, itemsize: int) -> int:
+    """Threads for a row split of a layer's inference forward (:func:`_step_forward`), or 0
+    where it does not split rows (then :func:`_step_team`)."""
+    n = min(get_num_threads(), B // 4)
+    if T < 2 or n < 2 or packs is None or G * (I + H) * itemsize > _ROWS_WEIGHT_BYTES:
+        return 0
+    if get_isa() == "blas":  # no micro-kernels: the kernels would run it on one thread
+        return 0
+    work = T * B * G * (I + H)
+    if work < _MIN_ROWS_CALL_WORK or not _team_awake(work, packs):
+        return 0
+    return n
+
+
 def _team_awake(call_work: int, packs: dict | None) -> bool:
     """Whether a call of ``call_work`` multiply-adds finds the team's worker awake or is long
     enough to pay for waking it (the conditions above); ``packs`` keeps the layer's last call's
@@ -1510,18 +1537,23 @@ def _step_forward(
     that layer's final state."""
     w_ih, w_hh, bias, b_hn, packs, kernels = ops
     G, H = w_hh.shape
-    n = _step_team(B, G, H, w_ih.shape[1], T, packs)
+    I = w_ih.shape[1]
+    rows = _step_rows(B, G, H, I, T, packs, w_hh.itemsize)
+    n = rows or _step_team(B, G, H, I, T, packs)
     module = getattr(_k, cell.kernel)  # set_isa may swap it between calls
     name = module.__name__
-    kernel = kernels.get((name, n))  # its StepKernel for a team of n (the packed weights)
+    kernel = kernels.get((name, n, bool(rows)))  # its StepKernel for a team of n
     if kernel is None:
         packed = None  # without packs the kernel packs per call, inside its parallel region
         if packs is not None:
-            key = (name, w_hh.dtype.char, n)
+            team = 1 if rows else n  # the row split reads a team of one's panels
+            key = (name, w_hh.dtype.char, team)
             packed = packs.get(key)
             if packed is None:
-                packed = packs[key] = module.prepack(w_ih, w_hh, G // H, n)
-        kernel = kernels[name, n] = module.StepKernel(w_ih, w_hh, bias, b_hn, packed, n)
+                packed = packs[key] = module.prepack(w_ih, w_hh, G // H, team)
+        kernel = kernels[name, n, bool(rows)] = module.StepKernel(
+            w_ih, w_hh, bias, b_hn, packed, n, bool(rows)
+        )
     if cell is _LSTM:
         args = (kernel, x, h0, c0, y, h_n, c_n, T, B, layer)
     elif cell is _GRU:

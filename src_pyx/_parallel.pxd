@@ -42,6 +42,15 @@ cdef inline void share(Py_ssize_t n, int size, int rank, Py_ssize_t* lo,
     hi[0] = n * (rank + 1) // size
 
 
+cdef inline void batch_share(Py_ssize_t B, int size, int rank, Py_ssize_t* b0,
+                             Py_ssize_t* b1) noexcept nogil:
+    """[b0, b1): rank's contiguous share of B batch rows, in runs of 4 (a GEMM tile's height)
+    where B allows, for kernels whose threads split rows instead of units."""
+    share((B + 3) // 4, size, rank, b0, b1)
+    b0[0] = min(4 * b0[0], B)
+    b1[0] = min(4 * b1[0], B)
+
+
 # A kernel's share of work for thread `rank` of `size`: ops is the cell's operand struct
 # (_ops.pxd); tag is always NULL and only selects the element type (Cython specializes a fused
 # function on its arguments, and the struct's pointers are void*, see _ops.pxd).

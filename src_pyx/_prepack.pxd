@@ -9,6 +9,7 @@
 # otherwise. Same panels, same arithmetic: the results are bitwise those of a per-call pack.
 
 from _blocks cimport Packed
+from _rgemm cimport FR_ISA_NONE
 
 
 cdef struct Prepacked:
@@ -47,3 +48,16 @@ cdef inline bint next_sweep(const void* p, int rank) noexcept nogil:
     if pp == NULL:
         return False
     return fr_flip(&pp.hh[rank].sweep) != 0
+
+
+# A plain inference forward (no lengths, no extension, T > 1) may instead split its batch rows
+# over its team (StepKernel(rows=True), fastrnn.functional._step_rows): each thread runs every
+# unit of its own rows over all T steps, with no barrier, reading the panels of a team of one,
+# which the threads share read-only. The micro-kernels give every element the same bits
+# whichever rows and columns a call covers (_rgemm.h), so the results are those of one thread.
+cdef inline bint rows_fit(const void* p, int isa, size_t elem, Py_ssize_t T) noexcept nogil:
+    """Whether a forward of T steps can split rows with the panels of p (else it runs on one
+    thread)."""
+    cdef const Prepacked* pp = <const Prepacked*> p
+    return (T > 1 and pp != NULL and isa != FR_ISA_NONE and pp.isa == isa and pp.elem == elem
+            and pp.size == 1)

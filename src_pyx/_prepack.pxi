@@ -98,9 +98,11 @@ cdef class StepKernel:
     """One layer's fixed operands of step(): w_ih (G, I), w_hh (G, H), the summed bias (G,)
     and the GRU's b_hn (H,) (None otherwise), C-contiguous arrays of one float dtype, and
     ``prepacked``, prepack(w_ih, w_hh, G // H, n_threads) of them, or None: then each step()
-    packs its own, as forward() without ``prepacked`` does. Holds references to the
-    arrays, not copies: whoever changes them makes a new StepKernel (fastrnn's layers key it
-    on the parameters' versions)."""
+    packs its own, as forward() without ``prepacked`` does. With ``rows``, ``prepacked`` is
+    a team of one's and each call of T > 1 steps splits its batch rows over n_threads
+    threads (_prepack.pxd: rows_fit; a call that cannot runs on one thread), with the same
+    bits. Holds references to the arrays, not copies: whoever changes them makes a new
+    StepKernel (fastrnn's layers key it on the parameters' versions)."""
 
     cdef object refs
     cdef const void* w_ih
@@ -110,8 +112,10 @@ cdef class StepKernel:
     cdef PackedWeights prepacked
     cdef Py_ssize_t K, H, G, elem  # K: input size (I is complex.h's)
     cdef readonly int n_threads
+    cdef readonly bint rows  # split the batch rows over the team (_prepack.pxd: rows_fit)
 
-    def __init__(self, w_ih, w_hh, bias, b_hn, PackedWeights prepacked, int n_threads):
+    def __init__(self, w_ih, w_hh, bias, b_hn, PackedWeights prepacked, int n_threads,
+                 bint rows=False):
         cdef Py_buffer v
         cdef Py_ssize_t e = w_hh.itemsize
         self.G, self.H = w_hh.shape
@@ -132,6 +136,7 @@ cdef class StepKernel:
             PyBuffer_Release(&v)
         self.prepacked = prepacked
         self.n_threads = n_threads
+        self.rows = rows
 
 
 cdef int* _full_sizes(Py_ssize_t T, Py_ssize_t B) except NULL:

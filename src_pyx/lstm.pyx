@@ -23,14 +23,15 @@ from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active, input_projection,
-                      pack_nn, pack_nt, pack_nt_k, project_active, recurrent_nn, recurrent_nt,
-                      recurrent_nt_k, release, step_gates, steps_per_chunk, thread_units,
-                      thread_units_isa, upfront_projection, weight_grad, weight_grad_active)
+                      pack_nn, pack_nt, pack_nt_k, project_active, project_steps, recurrent_nn,
+                      recurrent_nt, recurrent_nt_k, release, step_gates, steps_per_chunk,
+                      thread_units, thread_units_isa, upfront_projection, weight_grad,
+                      weight_grad_active)
 from _layernorm cimport (ROW_BLOCK, block_sums, ln_backward, ln_normalize, n_row_blocks,
                          row_dot2, row_grads, run_end, share_rows)
-from _prepack cimport next_sweep, take_prepacked
+from _prepack cimport next_sweep, rows_fit, take_prepacked
 from _ops cimport LSTMOps
-from _parallel cimport fr_barrier, fr_barrier_wait, run_team
+from _parallel cimport batch_share, fr_barrier, fr_barrier_wait, run_team, run_threads
 from _rgemm cimport FR_ISA_NONE, fr_rgemm_pick
 from _util cimport last_step, zero_rows
 
@@ -376,6 +377,47 @@ cdef void _forward_part(const void* ops, fr_barrier* bar, int size, int rank,
             memcpy(c_n + b * H + j0, cs + (t * B + b) * H + j0, m * sizeof(floating))
         else:
             memcpy(c_n + b * H + j0, cs + b * H + j0, m * sizeof(floating))
+
+
+cdef void _forward_rows_part(const void* ops, fr_barrier* bar, int size, int rank,
+                             floating* tag) noexcept nogil:
+    """_forward_part of a plain inference forward whose threads split the batch rows
+    (_prepack.pxd: rows_fit): this thread's rows [b0, b1), every unit, all T steps, from the
+    team of one's panels; cs is the (B, H) cell state, updated in place; no barrier."""
+    cdef const LSTMOps* op = <const LSTMOps*> ops
+    cdef Py_ssize_t T = op.T, B = op.B, I = op.I, H = op.H
+    cdef const floating* x = <const floating*> op.x
+    cdef const floating* h0 = <const floating*> op.h0
+    cdef const floating* w_ih = <const floating*> op.w_ih
+    cdef const floating* w_hh = <const floating*> op.w_hh
+    cdef const floating* bias = <const floating*> op.bias
+    cdef floating* gates = <floating*> op.gates
+    cdef floating* y = <floating*> op.y
+    cdef floating* cs = <floating*> op.cs
+    cdef Py_ssize_t G = 4 * H, tc = steps_per_chunk(B)
+    cdef Py_ssize_t t, s, b, b0, b1
+    cdef const floating* h_prev
+    cdef floating* a_t
+    cdef Packed pk, pk_ih
+    batch_share(B, size, rank, &b0, &b1)
+    if b1 <= b0:
+        return
+    take_prepacked(op.prepacked, ISA, sizeof(floating), 1, 0, &pk, &pk_ih)
+    memcpy(cs + b0 * H, <const floating*> op.c0 + b0 * H, (b1 - b0) * H * sizeof(floating))
+    for t in range(T):
+        a_t = gates + t % tc * B * G
+        if t % tc == 0:  # the ring of the next tc steps' projections, this thread's rows
+            for s in range(min(tc, T - t)):
+                project_steps(b1 - b0, I, H, 0, H, 4, x + ((t + s) * B + b0) * I, w_ih, bias,
+                              gates + (s * B + b0) * G, &pk_ih)
+        h_prev = h0 if t == 0 else y + (t - 1) * B * H
+        recurrent_nt(b1 - b0, H, 0, H, 4, h_prev + b0 * H, w_hh, <floating> 1, a_t + b0 * G,
+                     G, &pk)
+        for b in range(b0, b1):
+            _row_forward(a_t + b * G, cs + b * H, cs + b * H, y + (t * B + b) * H, H, H)
+    memcpy(<floating*> op.h_n + b0 * H, y + ((T - 1) * B + b0) * H,
+           (b1 - b0) * H * sizeof(floating))
+    memcpy(<floating*> op.c_n + b0 * H, cs + b0 * H, (b1 - b0) * H * sizeof(floating))
 
 
 cdef void _backward_part(const void* ops, fr_barrier* bar, int size, int rank,
@@ -1554,10 +1596,15 @@ def step(StepKernel s,
         if s.prepacked is not None:  # else the forward packs its own
             o.prepacked = &s.prepacked.pp
         with nogil:
-            if e == sizeof(float):
-                run_team(_forward_part[float], &o, H, s.n_threads)
+            if s.rows and rows_fit(o.prepacked, ISA, e, T):
+                if e == sizeof(float):
+                    run_threads(_forward_rows_part[float], &o, s.n_threads)
+                else:
+                    run_threads(_forward_rows_part[double], &o, s.n_threads)
+            elif e == sizeof(float):
+                run_team(_forward_part[float], &o, H, 1 if s.rows else s.n_threads)
             else:
-                run_team(_forward_part[double], &o, H, s.n_threads)
+                run_team(_forward_part[double], &o, H, 1 if s.rows else s.n_threads)
     finally:
         free(scratch)
         free(sizes)

@@ -17,7 +17,7 @@ from libc.stdint cimport int8_t, int32_t, uint8_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from _parallel cimport fr_barrier, fr_barrier_wait, run_threads, share, unit_blocks
+from _parallel cimport batch_share, fr_barrier, fr_barrier_wait, run_threads, unit_blocks
 from _blocks cimport steps_per_chunk, thread_units
 
 cdef extern from "_qgates.h" nogil:
@@ -189,9 +189,7 @@ cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
         # each thread runs all units of its own rows (runs of 4, the GEMM tile's height):
         # no row of one thread's is ever read by another, so the steps need no barrier, and a
         # thread quantizes only its rows of h
-        share((B + 3) // 4, size, rank, &b0, &b1)
-        b0 = min(4 * b0, B)
-        b1 = min(4 * b1, B)
+        batch_share(B, size, rank, &b0, &b1)
         j0, j1, nb0, nb1 = 0, H, 0, Hp // 16
     else:
         # each thread computes its units' gate columns of every row, from all of h_{t-1}: a

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -396,3 +398,85 @@ def test_a_stream_sees_new_weights_and_checks_its_input(cell):
     layer.train()
     y_train, _ = layer.step(x[1], new_state)
     np.testing.assert_array_equal(y_train, y64)  # a step applies no dropout in training mode
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_eval_forwards_split_rows_with_the_one_thread_bits(cell, dtype, monkeypatch):
+    """An eval forward of T > 1 steps whose weights are small and whose batch gives each of 2
+    threads 4 rows or more splits its batch rows once the team is awake (no barrier per step),
+    at even and uneven shares, layer after layer: the bits of one thread and of the unit
+    split. A kernel without micro-kernels runs such a call on one thread."""
+    from conftest import awake_team, record_calls
+
+    from fastrnn import _isa
+    from fastrnn import functional as F
+
+    awake_team(monkeypatch)
+    monkeypatch.setattr(F, "_MIN_ROWS_CALL_WORK", 0)  # sizes small enough for a unit test
+    monkeypatch.setattr(F, "_ROWS_WEIGHT_BYTES", 1 << 20)
+    splits = record_calls(monkeypatch, F, "_step_rows")
+    rng = np.random.default_rng(13)
+    layer = getattr(fastrnn, cell.title)(24, 40, num_layers=2, seed=3, dtype=dtype).eval()
+    before = fastrnn.get_num_threads()
+
+    def run(threads, weight_bytes=1 << 20):
+        fastrnn.set_num_threads(threads)
+        F._ROWS_WEIGHT_BYTES = weight_bytes
+        layer(x)  # leaves the layers' call ends: the next call finds the team awake
+        del splits[:]
+        return layer(x)
+
+    try:
+        for B in (8, 13):
+            x = rng.standard_normal((6, B, 24)).astype(dtype)
+            y1, s1 = run(1)
+            assert splits == [0, 0]
+            for weight_bytes, split in ((1 << 20, [2, 2]), (0, [0, 0])):  # rows, then units
+                y2, s2 = run(2, weight_bytes)
+                assert splits == split
+                np.testing.assert_array_equal(y2, y1)
+                _assert_state_equal(s2, s1)
+        # the kernels' own check: told to split rows (as if they had micro-kernels), the
+        # BLAS kernels run the call on one thread, with their own one-thread bits
+        isa = _isa.get_isa()
+        _isa.set_isa("blas")
+        try:
+            y_blas, s_blas = run(1)
+            monkeypatch.setattr(F, "get_isa", lambda: "avx512")
+            y2, s2 = run(2)
+            assert splits == [2, 2]
+            np.testing.assert_array_equal(y2, y_blas)
+            _assert_state_equal(s2, s_blas)
+        finally:
+            _isa.set_isa(isa)
+    finally:
+        fastrnn.set_num_threads(before)
+
+
+def test_step_rows_rule(monkeypatch):
+    """Rows split where each of the threads gets 4 rows or more, T > 1, the weights take at
+    most 512 KB, the call has 2**20 multiply-adds or more and the team is awake."""
+    from conftest import awake_team
+
+    from fastrnn import functional as F
+
+    awake_team(monkeypatch)
+    recent = {F._LAST_END: time.perf_counter()}
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(2)
+        G, H, I = 4 * 128, 128, 64  # the longseq LSTM: 384 KB of float32 weights
+        assert F._step_rows(16, G, H, I, 1000, recent, 4) == 2
+        assert F._step_rows(16, G, H, I, 1000, recent, 8) == 0  # 768 KB in float64
+        assert F._step_rows(7, G, H, I, 1000, recent, 4) == 0  # 3 rows a thread
+        assert F._step_rows(16, G, H, I, 1, recent, 4) == 0  # one step
+        assert F._step_rows(16, G, H, I, 1000, None, 4) == 0  # weights packed per call
+        assert F._step_rows(8, G, H, I, 2, recent, 4) == 2  # 2**20.6 multiply-adds
+        assert F._step_rows(8, 128, H, I, 4, recent, 4) == 0  # an RNN's 2**19.6
+        assert F._step_rows(16, G, H, I, 100, {}, 4) == 0  # asleep, 2**27.2
+        assert F._step_rows(16, G, H, I, 1000, {}, 4) == 2  # asleep, 2**30.6: worth a wake
+        fastrnn.set_num_threads(1)
+        assert F._step_rows(16, G, H, I, 1000, recent, 4) == 0
+    finally:
+        fastrnn.set_num_threads(before)
