@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
         "train_accuracy": accuracy(model, x_train, y_train),
         "test_accuracy": accuracy(model, x_test, y_test),
         # the same model with int8 weights (fastrnn.quantize_dynamic), inference only
-        # int8="always": also where the default ("auto") keeps float32 (an RNN cell below
-        # hidden 64, as at --quick's hidden 16)
+        # int8="always": also where the default ("auto") keeps float32 (small hidden sizes,
+        # as --quick's 16)
         "test_accuracy_int8": accuracy(
             fastrnn.quantize_dynamic(model, int8="always"), x_test, y_test
         ),

@@ -226,16 +226,20 @@ class QuantizedLinear(_QuantizedModule):
 # weight bytes and multiply-adds, but each step also quantizes h (two passes over B * H) and
 # converts every output back: work that a small H does not pay back, least of all for the
 # Elman cell's single gate block. Measured with ``python benchmarks/bench_int8_sizes.py``
-# (float32 time / int8 time, I = H, 2 threads, the quiet 2-core development machine, medians,
-# two runs), once the int8 kernels split a call's rows where they can and merged the gate
-# math's divisions (see _team and src_pyx/_qgates.h):
-#   B = 64, T = 32, H = 4 / 8 / 16 / 32 / 64 / 128 / 256: LSTM 0.99-1.02x, 2.59-3.73x,
-#     1.23-1.26x, 1.73x, 2.58x, 1.86x, 2.14x; GRU 0.95x, 2.60x, 1.46-1.50x, 1.81x, 2.41x,
-#     1.87x, 1.98-2.00x; RNN (16 up) 0.61x, 1.03x, 1.69x, 1.28x, 1.64-1.68x.
+# (float32 time / int8 time, I = H, the quiet 2-core development machine, medians), once the
+# int8 kernels split a call's rows where they can and merged the gate math's divisions (see
+# _team and src_pyx/_qgates.h), and the float32 eval forwards split their rows too
+# (functional._step_rows):
+#   B = 64, T = 32, 2 threads, H = 8 / 16 / 32 / 48 / 64 / 128 / 256: LSTM 2.26x, 0.82x,
+#     1.07-1.11x, 1.27-1.29x, 1.55x, 1.83x, 2.13x; GRU 2.60x, 0.82x, 0.90-0.98x, 1.02-1.03x,
+#     1.36x, 1.63x, 1.96x; RNN (8 up, no 48) 0.57x, 0.51x, 0.76x, 1.04x, 1.19x, 1.63x.
+#   The same on 1 thread: LSTM 2.64x, 0.86x, 1.11x, -, 1.62x, 1.89x, 2.12x; GRU 2.61x, 1.02x,
+#     1.14x, -, 1.46x, 1.79x, 2.04x; RNN 0.56x, 0.45x, 0.71x, 1.05x, 1.32x, 1.80x.
+#   (Below 16 the float32 gate loops run partly in scalar code: see the README.)
 #   B = 1: every cell and size faster in int8, 1.98-2.62x at T = 32 and 1.19-1.57x a step.
-# (The previous kernels lost at H = 16 and 32 for LSTM and GRU, and these were 64 for all
-# three; before the rows started on a cache line, 128, 128 and 512.)
-_INT8_MIN_HIDDEN = {GRU: 8, LSTM: 8, RNN: 64}
+# (Before the float32 row split these were 8, 8 and 64; before the int8 one, 64 for all three;
+# before the int8 kernels' rows started on a cache line, 128, 128 and 512.)
+_INT8_MIN_HIDDEN = {GRU: 48, LSTM: 32, RNN: 64}
 
 
 class _Int8Cell(NamedTuple):
@@ -570,8 +574,8 @@ def quantize_dynamic(model: Module, *, inplace: bool = False, int8: str = "auto"
         Replace the layers in ``model`` itself instead of a copy.
     int8 : {"auto", "always"}, default="auto"
         ``"auto"``: recurrent layers too small to gain keep float32 weights and kernels,
-        where int8 measured slower: an LSTM or GRU with a hidden size below 8, an Elman RNN
-        below 64 (their repr says so; ``quantized`` is False).
+        where int8 measured slower: hidden sizes below 32 (LSTM), 48 (GRU) and 64 (Elman
+        RNN) (their repr says so; ``quantized`` is False).
         ``"always"``: every layer the int8 kernels cover runs int8.
 
     Returns
