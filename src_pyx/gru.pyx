@@ -33,7 +33,7 @@ from _prepack cimport next_sweep, rows_fit, take_prepacked
 from _ops cimport GRUOps
 from _parallel cimport batch_share, fr_barrier, fr_barrier_wait, run_team, run_threads
 from _rgemm cimport fr_rgemm_pick
-from _util cimport last_step, zero_rows
+from _util cimport LANES, last_step, tail_in, tail_out, zero_rows
 
 # The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
 # (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
@@ -56,6 +56,29 @@ def ring_steps(Py_ssize_t T, Py_ssize_t B):
 cdef inline void _row_forward(floating* a, const floating* hw, const floating* b_hn,
                               const floating* h_prev, floating* hn, floating* h,
                               Py_ssize_t m, Py_ssize_t H) noexcept nogil:
+    """_row_forward_loop over units [0, m), the last m % LANES on padded copies (_util.pxd)."""
+    cdef Py_ssize_t n = m - m % LANES, r = m % LANES
+    cdef floating ta[3 * LANES]
+    cdef floating tw[3 * LANES]
+    cdef floating tb[LANES]
+    cdef floating tp[LANES]
+    cdef floating tn[LANES]
+    cdef floating th[LANES]
+    _row_forward_loop(a, hw, b_hn, h_prev, hn, h, n, H)
+    if r:
+        tail_in(ta, a + n, r, 3, H)
+        tail_in(tw, hw + n, r, 3, H)
+        tail_in(tb, b_hn + n, r, 1, 0)
+        tail_in(tp, h_prev + n, r, 1, 0)
+        _row_forward_loop(ta, tw, tb, tp, tn, th, LANES, LANES)
+        tail_out(a + n, ta, r, 3, H)
+        tail_out(hn + n, tn, r, 1, 0)
+        tail_out(h + n, th, r, 1, 0)
+
+
+cdef inline void _row_forward_loop(floating* a, const floating* hw, const floating* b_hn,
+                                   const floating* h_prev, floating* hn, floating* h,
+                                   Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """a := [r, z, n] from a = gi and hw = W_hh h_prev; hn = hw_n + b_hn; h = (1-z) n + z h_prev."""
     cdef Py_ssize_t j
     cdef floating r, z, n, ghn
@@ -74,6 +97,32 @@ cdef inline void _row_forward(floating* a, const floating* hw, const floating* b
 cdef inline void _row_backward(const floating* a, const floating* hn, const floating* h_prev,
                                const floating* dy, floating* dh, floating* dgi, floating* dgh,
                                Py_ssize_t m, Py_ssize_t H) noexcept nogil:
+    """_row_backward_loop over units [0, m), the last m % LANES on padded copies (_util.pxd)."""
+    cdef Py_ssize_t n = m - m % LANES, r = m % LANES
+    cdef floating ta[3 * LANES]
+    cdef floating ti[3 * LANES]
+    cdef floating tg[3 * LANES]
+    cdef floating tn[LANES]
+    cdef floating tp[LANES]
+    cdef floating ty[LANES]
+    cdef floating th[LANES]
+    _row_backward_loop(a, hn, h_prev, dy, dh, dgi, dgh, n, H)
+    if r:
+        tail_in(ta, a + n, r, 3, H)
+        tail_in(tn, hn + n, r, 1, 0)
+        tail_in(tp, h_prev + n, r, 1, 0)
+        tail_in(ty, dy + n, r, 1, 0)
+        tail_in(th, dh + n, r, 1, 0)
+        _row_backward_loop(ta, tn, tp, ty, th, ti, tg, LANES, LANES)
+        tail_out(dgi + n, ti, r, 3, H)
+        tail_out(dgh + n, tg, r, 3, H)
+        tail_out(dh + n, th, r, 1, 0)
+
+
+cdef inline void _row_backward_loop(const floating* a, const floating* hn,
+                                    const floating* h_prev, const floating* dy, floating* dh,
+                                    floating* dgi, floating* dgh, Py_ssize_t m,
+                                    Py_ssize_t H) noexcept nogil:
     """Gate grads from dh_t (+ dy_t); dh becomes the direct part z * dh_t of dh_{t-1}.
 
     dn_pre = dh (1-z) (1-n^2);  dr_pre = dn_pre hn r(1-r);  dz_pre = dh (h_prev - n) z(1-z)

@@ -33,7 +33,7 @@ from _prepack cimport next_sweep, rows_fit, take_prepacked
 from _ops cimport LSTMOps
 from _parallel cimport batch_share, fr_barrier, fr_barrier_wait, run_team, run_threads
 from _rgemm cimport FR_ISA_NONE, fr_rgemm_pick
-from _util cimport last_step, zero_rows
+from _util cimport LANES, last_step, tail_in, tail_out, zero_rows
 
 # The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
 # (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
@@ -57,6 +57,24 @@ def ring_steps(Py_ssize_t T, Py_ssize_t B):
 # thread's slice, with the pointers already offset to the slice's first unit.
 cdef inline void _row_forward(floating* a, const floating* c_prev, floating* c, floating* h,
                               Py_ssize_t m, Py_ssize_t H) noexcept nogil:
+    """_row_forward_loop over units [0, m), the last m % LANES on padded copies (_util.pxd)."""
+    cdef Py_ssize_t n = m - m % LANES, r = m % LANES
+    cdef floating ta[4 * LANES]
+    cdef floating tp[LANES]
+    cdef floating tc[LANES]
+    cdef floating th[LANES]
+    _row_forward_loop(a, c_prev, c, h, n, H)
+    if r:
+        tail_in(ta, a + n, r, 4, H)
+        tail_in(tp, c_prev + n, r, 1, 0)
+        _row_forward_loop(ta, tp, tc, th, LANES, LANES)
+        tail_out(a + n, ta, r, 4, H)
+        tail_out(c + n, tc, r, 1, 0)
+        tail_out(h + n, th, r, 1, 0)
+
+
+cdef inline void _row_forward_loop(floating* a, const floating* c_prev, floating* c,
+                                   floating* h, Py_ssize_t m, Py_ssize_t H) noexcept nogil:
     """Activate a = [a_i, a_f, a_g, a_o] in place; c = f c_prev + i g; h = o tanh(c)."""
     cdef Py_ssize_t j
     cdef floating i, f, g, o
@@ -76,6 +94,32 @@ cdef inline void _row_forward(floating* a, const floating* c_prev, floating* c, 
 cdef inline void _row_backward(const floating* a, const floating* c_prev, const floating* c,
                                const floating* dy, floating* dh, floating* dc,
                                floating* da, Py_ssize_t m, Py_ssize_t H) noexcept nogil:
+    """_row_backward_loop over units [0, m), the last m % LANES on padded copies (_util.pxd)."""
+    cdef Py_ssize_t n = m - m % LANES, r = m % LANES
+    cdef floating ta[4 * LANES]
+    cdef floating tda[4 * LANES]
+    cdef floating tp[LANES]
+    cdef floating tc[LANES]
+    cdef floating ty[LANES]
+    cdef floating th[LANES]
+    cdef floating tdc[LANES]
+    _row_backward_loop(a, c_prev, c, dy, dh, dc, da, n, H)
+    if r:
+        tail_in(ta, a + n, r, 4, H)
+        tail_in(tp, c_prev + n, r, 1, 0)
+        tail_in(tc, c + n, r, 1, 0)
+        tail_in(ty, dy + n, r, 1, 0)
+        tail_in(th, dh + n, r, 1, 0)
+        tail_in(tdc, dc + n, r, 1, 0)
+        _row_backward_loop(ta, tp, tc, ty, th, tdc, tda, LANES, LANES)
+        tail_out(da + n, tda, r, 4, H)
+        tail_out(dc + n, tdc, r, 1, 0)
+
+
+cdef inline void _row_backward_loop(const floating* a, const floating* c_prev,
+                                    const floating* c, const floating* dy, floating* dh,
+                                    floating* dc, floating* da, Py_ssize_t m,
+                                    Py_ssize_t H) noexcept nogil:
     """Gate pre-activation grads da from dh_t (+ dy_t) and dc_t; dc becomes dc_{t-1}.
 
     dh  = dh_t + dy_t;  tc = tanh(c_t)

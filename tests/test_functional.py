@@ -88,6 +88,25 @@ def test_cython_matches_reference(spec, dtype, T, B, D, H, variant):
     _check_cython_vs_reference(spec, case, dtype)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("H", [17, 23, 37, 100])
+def test_gate_pass_tails_match_reference(spec, dtype, H, threads):
+    """Hidden sizes past a multiple of 16: the gate passes run their last H % 16 units (of the
+    last thread's slice) on padded copies; forward and backward as the reference's, with and
+    without lengths, on 1 and 2 threads."""
+    import fastrnn
+
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(threads)
+        for lengths in (None, "random"):
+            rng = np.random.default_rng([H, threads])
+            case = make_case(spec, rng, 4, 3, 5, H, dtype, lengths=lengths)
+            _check_cython_vs_reference(spec, case, dtype)
+    finally:
+        fastrnn.set_num_threads(before)
+
+
 # -------------------------------------------------------------------------------------------------
 # (c) fuzzing shapes, lengths, optional arguments
 # -------------------------------------------------------------------------------------------------
