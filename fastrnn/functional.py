@@ -1483,8 +1483,10 @@ _MIN_ROWS_CALL_WORK = 1 << 20
 def _step_rows(B: int, G: int, H: int, I: int, T: int, packs: dict | None, itemsize: int) -> int:
     """Threads for a row split of a layer's inference forward (:func:`_step_forward`), or 0
     where it does not split rows (then :func:`_step_team`)."""
+    if T < 2 or B < 8 or packs is None or G * (I + H) * itemsize > _ROWS_WEIGHT_BYTES:
+        return 0  # (the cheap tests first: a stream's steps pass here at every call)
     n = min(get_num_threads(), B // 4)
-    if T < 2 or n < 2 or packs is None or G * (I + H) * itemsize > _ROWS_WEIGHT_BYTES:
+    if n < 2:
         return 0
     if get_isa() == "blas":  # no micro-kernels: the kernels would run it on one thread
         return 0

@@ -299,7 +299,7 @@ def _team(B: int, G: int, H: int, I: int, T: int, history: dict, code: int) -> i
     and a forward at T = 1000, B = 16, H = 128 took 13.4 ms on 2 threads against 10.6 ms on
     one (7.5 ms on 2 after; 4.8 ms once the rows were split, with the cheaper gate math)."""
     n = get_num_threads()
-    if n > 1:
+    if n > 1 and B >= 8:  # quant.plan splits rows only where each thread gets 4 or more
         size, split = (_quant or _kernels()).plan(B, H, code, I, n)
         if split == "rows":
             work = T * B * G * (I + H)

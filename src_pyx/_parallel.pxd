@@ -72,10 +72,15 @@ cdef inline void run_team(part_fn part, const void* ops, Py_ssize_t H,
 
 
 cdef inline void run_threads(part_fn part, const void* ops, int n_threads) noexcept nogil:
-    """run_team with the team's size already chosen (at most n_threads)."""
+    """run_team with the team's size already chosen (at most n_threads). A team of one runs on
+    the calling thread without opening a parallel region (libgomp's fork and join of a team
+    of one cost about as much as a small step's arithmetic)."""
     cdef fr_barrier bar
     cdef int size, rank
     fr_barrier_init(&bar)
+    if n_threads <= 1:
+        part(ops, &bar, 1, 0, NULL)
+        return
     with parallel(num_threads=n_threads):
         size = fr_team_size()
         rank = fr_team_rank()
