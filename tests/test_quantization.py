@@ -435,6 +435,7 @@ def test_team_rule_of_row_split_calls(monkeypatch):
 
     monkeypatch.setattr(F, "_TEAM_SPINS", False)
     monkeypatch.setattr(F, "_TEAM_SLEEPS", False)
+    monkeypatch.setattr(F, "_BURST_S", 1.0)  # "just ended" even on a loaded machine
     rnn, lstm = 0, 2
     assert quant.plan(64, 256, lstm, 128, 2) == (2, "rows")  # 384 KB packed
     assert quant.plan(64, 512, lstm, 512, 2) == (2, "units")  # 2 MB
