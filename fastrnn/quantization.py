@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastrnn import _workspace as _ws
+from fastrnn import functional as _functional
 from fastrnn._threads import get_num_threads
 from fastrnn.cells import GRU, LSTM, RNN
 from fastrnn.functional import _LAST_END, _step_team, _team_awake
@@ -235,7 +236,8 @@ class QuantizedLinear(_QuantizedModule):
 #     1.36x, 1.63x, 1.96x; RNN (8 up, no 48) 0.57x, 0.51x, 0.76x, 1.04x, 1.19x, 1.63x.
 #   The same on 1 thread: LSTM 2.64x, 0.86x, 1.11x, -, 1.62x, 1.89x, 2.12x; GRU 2.61x, 1.02x,
 #     1.14x, -, 1.46x, 1.79x, 2.04x; RNN 0.56x, 0.45x, 0.71x, 1.05x, 1.32x, 1.80x.
-#   (Below 16 the float32 gate loops run partly in scalar code: see the README.)
+#   At H = 8 (measured before the float32 gate loops ran their last units in vector code,
+#   src_pyx/_util.pxd: tail_in) int8 read 2.26-2.64x; after, 1.37-1.41x for both cells.
 #   B = 1: every cell and size faster in int8, 1.98-2.62x at T = 32 and 1.19-1.57x a step.
 # (Before the float32 row split these were 8, 8 and 64; before the int8 one, 64 for all three;
 # before the int8 kernels' rows started on a cache line, 128, 128 and 512.)
@@ -283,8 +285,8 @@ def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
 # (2**20.6 multiply-adds), 36 / 26 at T = 8 and 109 / 66 at T = 32; an LSTM with B = 8,
 # I = H = 64 21 / 18 us at T = 4 (2**20) and 79 / 56 at T = 32. Waking a sleeping worker
 # costs as much as ever (it still joins the call's end): after 0.1 s idle the RNN above at
-# T = 1000 took 3.4 ms on one thread and 8.3 on two.
-_MIN_ROWS_CALL_WORK = 1 << 20
+# T = 1000 took 3.4 ms on one thread and 8.3 on two. The bound is the float32 row split's,
+# functional._MIN_ROWS_CALL_WORK (2**20).
 
 
 def _team(B: int, G: int, H: int, I: int, T: int, history: dict, code: int) -> int:
@@ -292,18 +294,20 @@ def _team(B: int, G: int, H: int, I: int, T: int, history: dict, code: int) -> i
     kernels' cell ``code``), with ``history``, this layer's own record of its last call's end
     (a loop of calls shares a spinning team; a call after a pause, or the next layer of one
     model call, does not wake it). A call whose rows the kernels split (above) takes the team
-    when it is awake (``functional._team_awake``) and the call has _MIN_ROWS_CALL_WORK
-    multiply-adds; any other, the float32 step rule (``functional._step_team``). The int8
-    kernels' threads write 16-unit runs of rows that start on a cache line
-    (``_workspace.LINE``); before they did, two threads shared a line at each run boundary,
-    and a forward at T = 1000, B = 16, H = 128 took 13.4 ms on 2 threads against 10.6 ms on
-    one (7.5 ms on 2 after; 4.8 ms once the rows were split, with the cheaper gate math)."""
+    when it is awake (``functional._team_awake``) and the call has
+    ``functional._MIN_ROWS_CALL_WORK`` multiply-adds; any other, the float32 step rule
+    (``functional._step_team``). The int8 kernels' threads write 16-unit runs of rows that
+    start on a cache line (``_workspace.LINE``); before they did, two threads shared a line at
+    each run boundary, and a forward at T = 1000, B = 16, H = 128 took 13.4 ms on 2 threads
+    against 10.6 ms on one (7.5 ms on 2 after; 4.8 ms once the rows were split, with the
+    cheaper gate math)."""
     n = get_num_threads()
     if n > 1 and B >= 8:  # quant.plan splits rows only where each thread gets 4 or more
         size, split = (_quant or _kernels()).plan(B, H, code, I, n)
         if split == "rows":
             work = T * B * G * (I + H)
-            return size if work >= _MIN_ROWS_CALL_WORK and _team_awake(work, history) else 1
+            wake = work >= _functional._MIN_ROWS_CALL_WORK and _team_awake(work, history)
+            return size if wake else 1
     return _step_team(B, G, H, I, T, history)
 
 

@@ -170,7 +170,7 @@ cdef struct QOps:
     float* gh               # (B, NG * Hp) workspace
     float* c                # (B, H) LSTM cell state, updated in place
     float* y                # (T, B, H)
-    int by_rows             # threads split the batch rows, not the units (rows_split)
+    int by_rows             # threads split the batch rows, not the units (team())
 
 
 cdef void _loop_part(const void* ops, fr_barrier* bar, int size, int rank,
