@@ -35,6 +35,7 @@ import fastrnn.quantization
 from fastrnn import functional
 from fastrnn._kernels import quant
 from fastrnn.bench import parse_config
+from fastrnn.cells import get_cell
 
 
 def _sample(fn, seconds: float) -> float:
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     try:
         for cell in args.cells.split(","):
-            cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
+            cls = getattr(fastrnn, get_cell(cell).title)  # fastrnn.LSTM, ...
             for name in args.configs.split(","):
                 T, B, I, H = parse_config(name)
                 m = path.model(cls, I, H)

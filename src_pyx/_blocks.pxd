@@ -438,6 +438,19 @@ cdef inline void project_active(Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t B,
         t = e
 
 
+cdef inline void project_rows(Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t B, Py_ssize_t b0,
+                              Py_ssize_t b1, Py_ssize_t I, Py_ssize_t H, int n_gates,
+                              const floating* x, const floating* w_ih, const floating* bias,
+                              floating* out, const Packed* pk) noexcept nogil:
+    """project_steps over rows [b0, b1) of steps [t0, t1), every unit (pk packed for all of
+    them): x is the (T, B, I) input, out the (B, n_gates * H) block of step t0 with the next
+    steps' blocks after it. For loops whose threads split rows (_prepack.pxd: rows_fit)."""
+    cdef Py_ssize_t t, G = n_gates * H
+    for t in range(t0, t1):
+        project_steps(b1 - b0, I, H, 0, H, n_gates, x + (t * B + b0) * I, w_ih, bias,
+                      out + ((t - t0) * B + b0) * G, pk)
+
+
 cdef inline void weight_grad_active(Py_ssize_t T, Py_ssize_t B, const int* batch_sizes,
                                     Py_ssize_t N, Py_ssize_t H, int n_gates, const floating* dg,
                                     Py_ssize_t ldg, const floating* x, floating beta,

@@ -61,3 +61,11 @@ cdef inline bint rows_fit(const void* p, int isa, size_t elem, Py_ssize_t T) noe
     cdef const Prepacked* pp = <const Prepacked*> p
     return (T > 1 and pp != NULL and isa != FR_ISA_NONE and pp.isa == isa and pp.elem == elem
             and pp.size == 1)
+
+
+cdef inline void rows_panels(const void* p, Packed* pk, Packed* pk_ih) noexcept nogil:
+    """The team of one's panels of p, which every thread of a row split reads (the caller
+    checked rows_fit)."""
+    cdef const Prepacked* pp = <const Prepacked*> p
+    pk[0] = pp.hh[0]
+    pk_ih[0] = pp.ih[0]

@@ -139,6 +139,22 @@ cdef class StepKernel:
         self.rows = rows
 
 
+cdef inline void _run_step(const void* ops, const void* prepacked, bint rows, int n_threads,
+                           Py_ssize_t H, Py_ssize_t T, Py_ssize_t e) noexcept nogil:
+    """step()'s kernel call on its ops struct: the row split where its StepKernel asks for it
+    and the panels allow (_prepack.pxd: rows_fit), else the unit split (on one thread where
+    rows were asked: the panels are then a team of one's). e: the element size."""
+    if rows and rows_fit(prepacked, ISA, e, T):
+        if e == sizeof(float):
+            run_threads(_forward_rows_part[float], ops, n_threads)
+        else:
+            run_threads(_forward_rows_part[double], ops, n_threads)
+    elif e == sizeof(float):
+        run_team(_forward_part[float], ops, H, 1 if rows else n_threads)
+    else:
+        run_team(_forward_part[double], ops, H, 1 if rows else n_threads)
+
+
 cdef int* _full_sizes(Py_ssize_t T, Py_ssize_t B) except NULL:
     """malloc'd batch_sizes of T steps of B rows (free it)."""
     cdef int* out = <int*> malloc(max(T, 1) * sizeof(int))
@@ -148,9 +164,3 @@ cdef int* _full_sizes(Py_ssize_t T, Py_ssize_t B) except NULL:
     for t in range(T):
         out[t] = <int> B
     return out
-
-
-cdef inline char* _line_start(char* p) noexcept nogil:
-    """p rounded up to a 64-byte cache line (allocate 64 bytes more). The threads write runs of
-    16 units of each row of the gates and states: from a line boundary, never the same line."""
-    return p + (64 - <size_t> p % 64) % 64

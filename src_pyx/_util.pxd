@@ -54,3 +54,10 @@ cdef inline void tail_out(floating* dst, const floating* buf, Py_ssize_t r, int 
     cdef int k
     for k in range(blocks):
         memcpy(dst + k * stride, buf + k * LANES, r * sizeof(floating))
+
+
+cdef inline char* line_start(char* p) noexcept nogil:
+    """p rounded up to a 64-byte cache line (allocate 64 bytes more). The kernels' threads
+    write runs of 16 units of each row of the gates and states: from a line boundary, never
+    the same line (fastrnn._workspace.empty does the same for the arrays it makes)."""
+    return p + (64 - <size_t> p % 64) % 64

@@ -22,18 +22,18 @@ from libc.string cimport memcpy, memset
 
 from _activations cimport dsigmoid, dtanh, sigmoid, tanh_
 from _blocks cimport (Packed, bias_grad_active, input_grad, input_grad_active, input_projection,
-                      pack_nn, pack_nt, pack_nt_k, project_active, project_steps, recurrent_nn,
+                      pack_nn, pack_nt, pack_nt_k, project_active, project_rows, recurrent_nn,
                       recurrent_nn_ld,
                       recurrent_nt, recurrent_nt_k, release, step_gates, steps_per_chunk,
                       thread_units, thread_units_isa, weight_grad, weight_grad_active,
                       weight_grad_ld)
 from _layernorm cimport (ROW_BLOCK, block_sums, ln_backward, ln_normalize, n_row_blocks,
                          row_grads, run_end, share_rows)
-from _prepack cimport next_sweep, rows_fit, take_prepacked
+from _prepack cimport next_sweep, rows_fit, rows_panels, take_prepacked
 from _ops cimport GRUOps
 from _parallel cimport batch_share, fr_barrier, fr_barrier_wait, run_team, run_threads
 from _rgemm cimport fr_rgemm_pick
-from _util cimport LANES, last_step, tail_in, tail_out, zero_rows
+from _util cimport LANES, last_step, line_start, tail_in, tail_out, zero_rows
 
 # The micro-kernels of the per-step GEMMs (_rgemm.h): the best this CPU runs, unless fastrnn._isa
 # (FASTRNN_ISA) picks another. Read by the kernels, written only through _set_isa.
@@ -309,20 +309,18 @@ cdef void _forward_rows_part(const void* ops, fr_barrier* bar, int size, int ran
     cdef floating* hw = <floating*> op.hw
     cdef floating* y = <floating*> op.y
     cdef Py_ssize_t G = 3 * H, tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, s, b, b0, b1
+    cdef Py_ssize_t t, b, b0, b1
     cdef const floating* h_prev
     cdef floating* a_t
     cdef Packed pk, pk_ih
     batch_share(B, size, rank, &b0, &b1)
     if b1 <= b0:
         return
-    take_prepacked(op.prepacked, ISA, sizeof(floating), 1, 0, &pk, &pk_ih)
+    rows_panels(op.prepacked, &pk, &pk_ih)
     for t in range(T):
         a_t = gates + t % tc * B * G
         if t % tc == 0:  # the ring of the next tc steps' projections, this thread's rows
-            for s in range(min(tc, T - t)):
-                project_steps(b1 - b0, I, H, 0, H, 3, x + ((t + s) * B + b0) * I, w_ih, bias_i,
-                              gates + (s * B + b0) * G, &pk_ih)
+            project_rows(t, min(t + tc, T), B, b0, b1, I, H, 3, x, w_ih, bias_i, gates, &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         recurrent_nt(b1 - b0, H, 0, H, 3, h_prev + b0 * H, w_hh, <floating> 0, hw + b0 * G, G,
                      &pk)
@@ -1337,21 +1335,13 @@ def step(StepKernel s,
         o.batch_sizes = sizes
         o.bias = s.bias
         o.b_hn = s.b_hn
-        o.gates = _line_start(scratch)
-        o.hns = _line_start(scratch) + ring * B * G * e
-        o.hw = _line_start(scratch) + (ring * B * G + B * H) * e
+        o.gates = line_start(scratch)
+        o.hns = line_start(scratch) + ring * B * G * e
+        o.hw = line_start(scratch) + (ring * B * G + B * H) * e
         if s.prepacked is not None:  # else the forward packs its own
             o.prepacked = &s.prepacked.pp
         with nogil:
-            if s.rows and rows_fit(o.prepacked, ISA, e, T):
-                if e == sizeof(float):
-                    run_threads(_forward_rows_part[float], &o, s.n_threads)
-                else:
-                    run_threads(_forward_rows_part[double], &o, s.n_threads)
-            elif e == sizeof(float):
-                run_team(_forward_part[float], &o, H, 1 if s.rows else s.n_threads)
-            else:
-                run_team(_forward_part[double], &o, H, 1 if s.rows else s.n_threads)
+            _run_step(&o, o.prepacked, s.rows, s.n_threads, H, T, e)
     finally:
         free(scratch)
         free(sizes)

@@ -19,6 +19,7 @@ from libc.string cimport memset
 
 from _parallel cimport batch_share, fr_barrier, fr_barrier_wait, run_threads, unit_blocks
 from _blocks cimport steps_per_chunk, thread_units
+from _util cimport line_start
 
 cdef extern from "_qgates.h" nogil:
     void fr_quantize_rows(Py_ssize_t M, Py_ssize_t K, const float* a, Py_ssize_t lda,
@@ -291,7 +292,7 @@ def forward(const uint8_t[:, ::1] xq,     # IN    (T * B, Ip) from quantize_rows
         cv = c
         o.c = &cv[0, 0]
     o.h0 = &h0[0, 0]
-    o.gh = <float*> ((<size_t> &ghv[0] + 63) & ~(<size_t> 63))
+    o.gh = <float*> line_start(<char*> &ghv[0])
     o.y = &y[0, 0, 0]
     with nogil:
         n_threads = team(B, H, NG, o.Ip, n_threads, &o.by_rows)
@@ -396,7 +397,7 @@ def step(StepLayer s,
         scratch = <char*> malloc(a + b + 2 * g + 64)
         if scratch == NULL:
             raise MemoryError()
-        base = scratch + (64 - <size_t> scratch % 64) % 64
+        base = line_start(scratch)
         o.xq = <const uint8_t*> base
         o.xs = <const float*> (base + a)
         o.gx = <float*> (base + a + b)

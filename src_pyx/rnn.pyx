@@ -18,10 +18,10 @@ from libc.string cimport memcpy, memset
 
 from _activations cimport drelu, dtanh, relu, tanh_
 from _blocks cimport (Packed, bias_grad_active, input_grad_active, pack_nn, pack_nt, pack_nt_k,
-                      project_active, project_steps, recurrent_nn, recurrent_nt, release,
+                      project_active, project_rows, recurrent_nn, recurrent_nt, release,
                       step_gates, steps_per_chunk, thread_units_isa, weight_grad,
                       weight_grad_active)
-from _prepack cimport next_sweep, rows_fit, take_prepacked
+from _prepack cimport next_sweep, rows_fit, rows_panels, take_prepacked
 from _ops cimport RNNOps
 from _parallel cimport batch_share, fr_barrier, fr_barrier_wait, run_team, run_threads
 from _rgemm cimport fr_cpu_level, fr_rgemm_pick
@@ -221,18 +221,17 @@ cdef void _forward_rows_part(const void* ops, fr_barrier* bar, int size, int ran
     cdef const floating* bias = <const floating*> op.bias
     cdef floating* y = <floating*> op.y
     cdef Py_ssize_t tc = steps_per_chunk(B)
-    cdef Py_ssize_t t, s, b0, b1
+    cdef Py_ssize_t t, b0, b1
     cdef const floating* h_prev
     cdef Packed pk, pk_ih
     batch_share(B, size, rank, &b0, &b1)
     if b1 <= b0:
         return
-    take_prepacked(op.prepacked, ISA, sizeof(floating), 1, 0, &pk, &pk_ih)
+    rows_panels(op.prepacked, &pk, &pk_ih)
     for t in range(T):
         if t % tc == 0:  # y[t'] = W_ih x[t'] + bias for the next tc steps, this thread's rows
-            for s in range(min(tc, T - t)):
-                project_steps(b1 - b0, I, H, 0, H, 1, x + ((t + s) * B + b0) * I, w_ih, bias,
-                              y + ((t + s) * B + b0) * H, &pk_ih)
+            project_rows(t, min(t + tc, T), B, b0, b1, I, H, 1, x, w_ih, bias, y + t * B * H,
+                         &pk_ih)
         h_prev = h0 if t == 0 else y + (t - 1) * B * H
         recurrent_nt(b1 - b0, H, 0, H, 1, h_prev + b0 * H, w_hh, <floating> 1,
                      y + (t * B + b0) * H, H, &pk)
@@ -606,15 +605,7 @@ def step(StepKernel s,
         if s.prepacked is not None:  # else the forward packs its own
             o.prepacked = &s.prepacked.pp
         with nogil:
-            if s.rows and rows_fit(o.prepacked, ISA, e, T):
-                if e == sizeof(float):
-                    run_threads(_forward_rows_part[float], &o, s.n_threads)
-                else:
-                    run_threads(_forward_rows_part[double], &o, s.n_threads)
-            elif e == sizeof(float):
-                run_team(_forward_part[float], &o, H, 1 if s.rows else s.n_threads)
-            else:
-                run_team(_forward_part[double], &o, H, 1 if s.rows else s.n_threads)
+            _run_step(&o, o.prepacked, s.rows, s.n_threads, H, T, e)
     finally:
         free(sizes)
         PyBuffer_Release(&vx)
