@@ -22,7 +22,8 @@ def test_report_table_and_json(tmp_path, capsys):
     assert main([*TINY, "--quick", "--impls", "fastrnn,numpy", "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "GEMM peak (1 thread)" in table
-    assert "x fastrnn" in table and "% GEMM" in table
+    assert "x fastrnn" in table and "% GEMM" in table and "% roof" in table
+    assert "multiply-add roof (1 thread)" in table
     data = json.loads(out.read_text())
     env, rows = data["environment"], data["results"]
     assert env["dtype"] == "float32" and "1" in env["gemm_peak_gflops"]
@@ -33,6 +34,7 @@ def test_report_table_and_json(tmp_path, capsys):
         assert r["impl"] in ("fastrnn", "numpy")
         assert 0 < r["min_ms"] <= r["median_ms"]
         assert r["gflops"] > 0 and r["gemm_share"] > 0
+        assert r["roof_share"] == pytest.approx(r["gflops"] / r["roof_gflops"])
         expected = bench.flops(r["cell"], tuple(r["shape"]), r["mode"]) / r["median_ms"] / 1e6
         assert r["gflops"] == pytest.approx(expected)
         line = f"{r['cell']:5s} {r['config']:8s} {r['mode']:6s}"
@@ -45,6 +47,32 @@ def test_flops_formula():
     # forward 2 T B (I + H) G H; forward + backward three times that
     assert bench.flops("lstm", (10, 2, 3, 5), "fwd") == 2 * 10 * 2 * (3 + 5) * 4 * 5
     assert bench.flops("gru", (10, 2, 3, 5), "fwdbwd") == 3 * 2 * 10 * 2 * (3 + 5) * 3 * 5
+
+
+def test_fma_roof_bounds_the_blas_gemm():
+    """The roof counts 2 FLOPs per lane of each vector multiply-add: a lane width counted too
+    small, or chains too few to fill the pipes, would put a real GEMM above it (OpenBLAS
+    reaches 50-90% of it where it has kernels for the CPU); one counted too large, or a loop
+    the compiler shortened, would put it above what any core retires (at most 4 vector
+    multiply-adds a cycle at 6 GHz)."""
+    from fastrnn._kernels import _peak
+
+    for dtype in (np.float32, np.float64):
+        lanes = _peak.vector_bytes() // np.dtype(dtype).itemsize
+        roof = bench.fma_roof(dtype, threads=1, repeats=5, sample_s=0.01)
+        gemm = bench.gemm_peak(dtype, threads=1, n=512)
+        assert gemm < 1.25 * roof < 1.25 * lanes * 2 * 4 * 6.0, (dtype, gemm, roof)
+
+
+def test_fma_rate_arguments():
+    from fastrnn._kernels import _peak
+
+    assert _peak.vector_bytes() in (16, 32, 64)
+    with pytest.raises(ValueError, match="n_threads"):
+        _peak.fma_rate(0)
+    with pytest.raises(ValueError, match="iters"):
+        _peak.fma_rate(1, False, 0)
+    assert _peak.fma_rate(2, True, 1_000) > 0
 
 
 def test_implementations_agree_on_the_same_inputs():

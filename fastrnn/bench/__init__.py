@@ -10,7 +10,9 @@ the pieces are importable for other scripts and for ``benchmarks/``:
   same arrays (PyTorch gets a copy of the same weights): fastrnn, the NumPy reference, the plain
   NumPy loop of :mod:`fastrnn.bench.plain_numpy` and torch;
 * :func:`gemm_peak` -- GEMM throughput of scipy's BLAS (the one the kernels call) at a thread
-  count, the yardstick for the kernels' GFLOP/s;
+  count, the first yardstick for the kernels' GFLOP/s;
+* :func:`fma_roof` -- the machine's multiply-add rate at a thread count, the limit no GEMM beats
+  (each row's ``roof_share``: how close an implementation runs to it);
 * :func:`run` -- everything above, interleaved, into a list of result rows;
 * :func:`format_table`, :func:`summarize`, :func:`write_json`, :func:`write_plot`.
 
@@ -44,6 +46,7 @@ __all__ = [
     "Problem",
     "Result",
     "flops",
+    "fma_roof",
     "format_table",
     "gemm_peak",
     "implementations",
@@ -275,6 +278,8 @@ class Result:
     gflops: float  # achieved, from the median time
     ratio: float | None = None  # this implementation's median time / fastrnn's
     gemm_share: float | None = None  # gflops / measured GEMM peak at this thread count
+    roof_gflops: float | None = None  # the multiply-add roof at this thread count (fma_roof)
+    roof_share: float | None = None  # gflops / roof_gflops
 
 
 def _calls_per_sample(fn: Callable, min_time: float) -> int:
@@ -341,6 +346,21 @@ def gemm_peak(dtype=np.float32, threads: int = 1, n: int = 1024, repeats: int = 
     return 2.0 * n**3 / best / 1e9
 
 
+def fma_roof(dtype=np.float32, threads: int = 1, repeats: int = 5, sample_s: float = 0.02) -> float:
+    """GFLOP/s of the machine's multiply-add units on ``threads`` threads: the best of
+    ``repeats`` samples of about ``sample_s`` seconds of ``fastrnn._kernels._peak.fma_rate``
+    (every thread runs 12 independent chains of fused multiply-adds in the widest vectors the CPU
+    takes). No GEMM exceeds it; a kernel's share of it is how close to the machine's float
+    limit it runs. The best sample, because a busy neighbour can only slow a sample down."""
+    from fastrnn._kernels import _peak
+
+    f64 = np.dtype(dtype) == np.float64
+    lanes = _peak.vector_bytes() // (8 if f64 else 4)
+    rate = _peak.fma_rate(threads, f64, 20_000)  # wakes the team; calibrates the sample
+    iters = max(1_000, int(sample_s * rate * 1e9 / (threads * 12 * lanes * 2)))
+    return max(_peak.fma_rate(threads, f64, iters) for _ in range(repeats))
+
+
 def run(
     cells: Sequence[str] = tuple(CELLS),
     configs: Sequence[str] = tuple(CONFIGS),
@@ -372,6 +392,7 @@ def run(
             if torch is not None:
                 torch.set_num_threads(n_threads)
             peaks[n_threads] = gemm_peak(dtype, n_threads, gemm_n)
+            roof = fma_roof(dtype, n_threads)
             for cell in cells:
                 for config in configs:
                     shape = parse_config(config)
@@ -387,7 +408,7 @@ def run(
                             )
                         rows.extend(
                             _rows(cell, config, shape, mode, p.dtype, n_threads, times,
-                                  peaks[n_threads])
+                                  peaks[n_threads], roof)
                         )  # fmt: skip
     finally:
         fastrnn.set_num_threads(before)
@@ -443,6 +464,7 @@ def run_deepbench(
             if torch is not None:
                 torch.set_num_threads(n_threads)
             peaks[n_threads] = gemm_peak(dtype, n_threads, gemm_n)
+            roof = fma_roof(dtype, n_threads)
             for cell, name, shape, mode in deepbench_problems(sets, max_steps):
                 if progress:
                     progress(f"{cell} {name} {mode} T={shape[0]} threads={n_threads}")
@@ -453,7 +475,7 @@ def run_deepbench(
                         {k: v[mode] for k, v in fns.items()}, repeats, min_time, settle
                     )
                 rows.extend(_rows(cell, name, shape, mode, p.dtype, n_threads, times,
-                                  peaks[n_threads]))  # fmt: skip
+                                  peaks[n_threads], roof))  # fmt: skip
     finally:
         fastrnn.set_num_threads(before)
         if torch is not None:
@@ -480,7 +502,7 @@ def summarize(rows: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def _rows(cell, config, shape, mode, dtype, n_threads, times, peak) -> list[Result]:
+def _rows(cell, config, shape, mode, dtype, n_threads, times, peak, roof=None) -> list[Result]:
     f = flops(cell, shape, mode)
     out = []
     for impl, ts in times.items():
@@ -494,6 +516,8 @@ def _rows(cell, config, shape, mode, dtype, n_threads, times, peak) -> list[Resu
     ref = next((r for r in out if r.impl == "fastrnn"), None)
     for r in out:
         r.gemm_share = r.gflops / peak if peak > 0 else None
+        if roof:
+            r.roof_gflops, r.roof_share = roof, r.gflops / roof
         if ref is not None:
             r.ratio = r.median_ms / ref.median_ms
     return out
@@ -536,7 +560,8 @@ def _cpu_name() -> str:
 
 
 def format_table(rows: Sequence[Result], peaks: dict[int, float], env: dict | None = None) -> str:
-    """A plain-text table: median/min ms, time relative to fastrnn, GFLOP/s, share of GEMM peak."""
+    """A plain-text table: median/min ms, time relative to fastrnn, GFLOP/s, share of the GEMM
+    peak and of the multiply-add roof (where the rows carry one)."""
     lines = []
     if env:
         lines.append(
@@ -546,20 +571,28 @@ def format_table(rows: Sequence[Result], peaks: dict[int, float], env: dict | No
         )
     for n, peak in peaks.items():
         lines.append(f"# GEMM peak ({n} thread{'s' if n > 1 else ''}): {peak:.1f} GFLOP/s")
+    roofs = {r.threads: r.roof_gflops for r in rows if r.roof_gflops}
+    for n, roof in roofs.items():
+        lines.append(
+            f"# multiply-add roof ({n} thread{'s' if n > 1 else ''}): {roof:.1f} GFLOP/s "
+            "(fma_roof: no GEMM exceeds it)"
+        )
     lines.append("# x fastrnn = median time / fastrnn's median time (> 1: fastrnn is faster)")
     w = max([8, *(len(r.config) for r in rows)])
     head = (
         f"{'cell':5s} {'config':{w}s} {'mode':6s} {'thr':>3s} {'impl':8s} {'median ms':>10s} "
-        f"{'min ms':>10s} {'x fastrnn':>9s} {'GFLOP/s':>8s} {'% GEMM':>7s}"
+        f"{'min ms':>10s} {'x fastrnn':>9s} {'GFLOP/s':>8s} {'% GEMM':>7s} {'% roof':>7s}"
     )
     lines.append(head)
     lines.append("-" * len(head))
     for r in rows:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
         share = "" if r.gemm_share is None else f"{100 * r.gemm_share:.0f}%"
+        roof = "" if r.roof_share is None else f"{100 * r.roof_share:.0f}%"
         lines.append(
             f"{r.cell:5s} {r.config:{w}s} {r.mode:6s} {r.threads:3d} {r.impl:8s} "
-            f"{r.median_ms:10.3f} {r.min_ms:10.3f} {ratio:>9s} {r.gflops:8.1f} {share:>7s}"
+            f"{r.median_ms:10.3f} {r.min_ms:10.3f} {ratio:>9s} {r.gflops:8.1f} {share:>7s} "
+            f"{roof:>7s}"
         )
     return "\n".join(lines)
 
