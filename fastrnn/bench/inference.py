@@ -13,7 +13,9 @@ Times, interleaved (A B C D A B C D ...), in eval mode:
 over the bench's standard shapes (T, B, I, H) and one step (T = 1, B = 1, I = H = 256) of the
 streaming API (``layer.step``; ``torch.nn.LSTMCell`` and ``torch.nn.LSTM`` with T = 1 for
 torch), each call carrying the state its previous call returned. Prints medians and
-minimums, and the output error of int8 against float32 per layer.
+minimums, the float32 forwards' GFLOP/s as a share of the machine's multiply-add roof
+(:func:`fastrnn.bench.fma_roof`: how much faster any float32 implementation could run), and the
+output error of int8 against float32 per layer.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 
 import numpy as np
 
-from fastrnn.bench import CONFIGS, parse_config, time_interleaved, torch_or_none
+from fastrnn.bench import CONFIGS, flops, fma_roof, parse_config, time_interleaved, torch_or_none
 from fastrnn.cells import get_cell
 
 
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
         f"{'absent' if torch is None else torch.__version__}"
     )
     rng = np.random.default_rng(0)
-    rows, errors, notes = [], [], []
+    rows, errors, notes, rates = [], [], [], []
     for cell in args.cells.split(","):
         for config in args.configs.split(","):
             T, B, I, H = parse_config(config)
@@ -123,7 +125,29 @@ def main(argv=None) -> int:
                 notes.append(f"  {cell} {config}: fastrnn-int8 is {layers['fastrnn-int8']!r}")
             times = time_interleaved(_calls(layers, x, torch), args.repeats, args.min_time)
             rows.append(_row(f"{cell} {config}", times))
+            f = flops(cell, (T, B, I, H), "fwd")
+            rates.append(
+                (
+                    f"{cell} {config}",
+                    {
+                        k: f / statistics.median(times[k]) / 1e9
+                        for k in ("fastrnn", "torch")
+                        if k in times
+                    },
+                )
+            )
     _print(rows, "Inference forward")
+    roof = fma_roof(np.float32, args.threads)
+    print(
+        f"\nFloat32 forwards against the multiply-add roof ({args.threads} threads: "
+        f"{roof:.1f} GFLOP/s, fastrnn.bench.fma_roof; GEMM FLOPs only):"
+    )
+    for label, r in rates:
+        print(
+            "  "
+            + label.ljust(16)
+            + "".join(f"   {k} {g:6.1f} GFLOP/s {100 * g / roof:3.0f}%" for k, g in r.items())
+        )
     if notes:
         print("\nLayers that quantize_dynamic keeps float32 (measured slower in int8):")
         print("\n".join(notes))
