@@ -33,7 +33,11 @@ cdef enum:
     DX_ROWS = 256
     WG_ROWS = 256
     WG_PASSES = 4  # passes of WG_ROWS rows per packing of X (4 MB of floats at N = 1024)
-    WG_COLS = 128  # columns of dG (rows of dW) per transposed copy: 128 KB of floats, in L2
+    WG_COLS = 128  # columns of dG (rows of dW) per transposed copy: 136 KB of floats, in L2
+    # The copy's rows are WG_LDA elements apart, a line more than WG_ROWS: the transpose writes
+    # a line's halves into 8 of its rows at a time, and rows 1 KB apart (WG_ROWS floats) fell
+    # into 4 of L1's 64 sets, which its 12 ways could not hold: each half-line store missed.
+    WG_LDA = WG_ROWS + 16
 
 
 cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
@@ -362,7 +366,7 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
         npad = (N + nr - 1) // nr * nr
         xp = <floating*> fr_rgemm_alloc(min(R, <Py_ssize_t> WG_PASSES * WG_ROWS) * npad
                                         * sizeof(floating))
-        at = <floating*> fr_rgemm_alloc(WG_COLS * WG_ROWS * sizeof(floating))
+        at = <floating*> fr_rgemm_alloc(WG_COLS * WG_LDA * sizeof(floating))
     if xp == NULL or at == NULL:
         for blk in range(lo, hi):
             wide_block(H, n_gates, blk, &c0, &c1)
@@ -389,8 +393,8 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
                 while k0 < ke:
                     kn = min(<Py_ssize_t> WG_ROWS, ke - k0)
                     # at[i, kk] = dG[k0 + kk, i0 + i]: rows i of A = dG[k0:k0 + kn, i0:i0 + mc]^T
-                    _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, kn)
-                    _rgemm(isa, mc, N, kn, at, kn, xp + (k0 - k1) * npad, dw + i0 * N, N,
+                    _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, WG_LDA)
+                    _rgemm(isa, mc, N, kn, at, WG_LDA, xp + (k0 - k1) * npad, dw + i0 * N, N,
                            k0 > 0 or beta != 0)
                     k0 += WG_ROWS
                 i0 += mc
