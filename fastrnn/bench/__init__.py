@@ -348,17 +348,29 @@ def gemm_peak(dtype=np.float32, threads: int = 1, n: int = 1024, repeats: int = 
 
 def fma_roof(dtype=np.float32, threads: int = 1, repeats: int = 5, sample_s: float = 0.02) -> float:
     """GFLOP/s of the machine's multiply-add units on ``threads`` threads: the best of
-    ``repeats`` samples of about ``sample_s`` seconds of ``fastrnn._kernels._peak.fma_rate``
+    ``repeats`` samples of at least ``sample_s`` seconds of ``fastrnn._kernels._peak.fma_rate``
     (every thread runs 12 independent chains of fused multiply-adds in the widest vectors the CPU
     takes). No GEMM exceeds it; a kernel's share of it is how close to the machine's float
-    limit it runs. The best sample, because a busy neighbour can only slow a sample down."""
+    limit it runs. The best sample, because a busy neighbour can only slow a sample down.
+
+    Each call of the probe starts a parallel region, which on a VM may wait milliseconds for a
+    parked vCPU (or for a BLAS pool still spinning on it) at every call: the samples grow until
+    doubling them no longer raises the rate by 5% (a wait a tenth of a sample or less), for
+    4 seconds at most."""
     from fastrnn._kernels import _peak
 
     f64 = np.dtype(dtype) == np.float64
-    lanes = _peak.vector_bytes() // (8 if f64 else 4)
-    rate = _peak.fma_rate(threads, f64, 20_000)  # wakes the team; calibrates the sample
-    iters = max(1_000, int(sample_s * rate * 1e9 / (threads * 12 * lanes * 2)))
-    return max(_peak.fma_rate(threads, f64, iters) for _ in range(repeats))
+    flop = threads * 12 * (_peak.vector_bytes() // (8 if f64 else 4)) * 2  # per round
+    iters, best, start = 1 << 12, 0.0, time.perf_counter()
+    while True:
+        rate = _peak.fma_rate(threads, f64, iters)
+        long_enough = iters * flop / (rate * 1e9) >= sample_s
+        if (long_enough and rate < 1.05 * best) or time.perf_counter() - start > 4.0:
+            best = max(best, rate)
+            break
+        best = max(best, rate)
+        iters *= 2
+    return max(best, *(_peak.fma_rate(threads, f64, iters) for _ in range(repeats)))
 
 
 def run(
@@ -391,8 +403,8 @@ def run(
             fastrnn.set_num_threads(n_threads)
             if torch is not None:
                 torch.set_num_threads(n_threads)
+            roof = fma_roof(dtype, n_threads)  # first: OpenBLAS's pool spins after a GEMM
             peaks[n_threads] = gemm_peak(dtype, n_threads, gemm_n)
-            roof = fma_roof(dtype, n_threads)
             for cell in cells:
                 for config in configs:
                     shape = parse_config(config)
@@ -463,8 +475,8 @@ def run_deepbench(
             fastrnn.set_num_threads(n_threads)
             if torch is not None:
                 torch.set_num_threads(n_threads)
+            roof = fma_roof(dtype, n_threads)  # first: OpenBLAS's pool spins after a GEMM
             peaks[n_threads] = gemm_peak(dtype, n_threads, gemm_n)
-            roof = fma_roof(dtype, n_threads)
             for cell, name, shape, mode in deepbench_problems(sets, max_steps):
                 if progress:
                     progress(f"{cell} {name} {mode} T={shape[0]} threads={n_threads}")
