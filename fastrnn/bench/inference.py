@@ -77,14 +77,17 @@ def _row(label, times):
     return {k: (statistics.median(v), min(v)) for k, v in times.items()} | {"label": label}
 
 
-def _print(rows, title):
+def _print(rows, title, unit="ms"):
     keys = [k for k in rows[0] if k != "label"]
-    print(f"\n{title} (ms per call: median / min; ratio = fastrnn float32 median / other median)")
+    scale = 1e3 if unit == "ms" else 1e6
+    print(
+        f"\n{title} ({unit} per call: median / min; ratio = fastrnn float32 median / other median)"
+    )
     print("  " + "config".ljust(16) + "".join(k.rjust(22) for k in keys))
     for r in rows:
         base = r["fastrnn"][0]
         cells = "".join(
-            f"{r[k][0] * 1e3:9.3f} /{r[k][1] * 1e3:8.3f}{base / r[k][0]:5.2f}x".rjust(22)
+            f"{r[k][0] * scale:9.3f} /{r[k][1] * scale:8.3f}{base / r[k][0]:5.2f}x".rjust(22)
             for k in keys
         )
         print("  " + r["label"].ljust(16) + cells)
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
             fns["torch LSTMCell"] = tcell
             fns["torch LSTM T=1"] = tfull
         times = time_interleaved(fns, args.repeats, args.min_time)
-        _print([_row("lstm step 1x256", times)], "Streaming step (B=1, I=H=256)")
+        _print([_row("lstm step 1x256", times)], "Streaming step (B=1, I=H=256)", unit="us")
         F = fastrnn.functional
         team = F._step_team(1, 1024, 256, 256, 1, {F._LAST_END: time.perf_counter()})
         print(
