@@ -22,6 +22,15 @@ integer kernels do not cover (an LSTM with ``proj_size``, ``peephole`` or
 their float32 weights and run the float32 kernels; their ``repr`` says ``float32`` and why.
 
 ``FASTRNN_QUANT_ISA=c`` (or :func:`set_quantized_isa`) forces the portable path.
+
+The portable path is plain C: 2.7-14x slower than the float32 kernels at B = 64 on the
+development machine (``FASTRNN_QUANT_ISA=c python benchmarks/bench_int8_sizes.py``), so with
+``quantize_dynamic``'s default ``int8="auto"`` a layer whose calls would take it (a CPU
+without AVX-512 VNNI, or ``set_quantized_isa("c")``) keeps its int8 weights and checkpoint
+but runs the float32 kernels on the dequantized weights (``scale[n] * q[n, k]``, exactly as
+stored) with float32 activations, and says so in its ``repr`` (``quantized`` is then False);
+``int8="always"`` runs the integer kernels on any path. The choice is made at each call, by
+the path in use then.
 """
 
 from __future__ import annotations
@@ -156,12 +165,40 @@ def _pad_gates(v: np.ndarray, gates: int) -> np.ndarray:
     return out
 
 
+# What a layer's repr says when int8="auto" runs it in float32 for want of the VNNI path.
+_SLOW_PATH = (
+    "int8 weights, float32 kernels: the integer GEMMs would run the portable path (no AVX-512 "
+    "VNNI on this CPU, or set_quantized_isa('c')), measured 2.7-14x slower than float32 at B = 64"
+)
+
+
+def _dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The float32 weight an int8 one stands for: ``scale[:, None] * q``."""
+    return (scale[:, None] * q.astype(np.float32)).astype(np.float32)
+
+
 class _QuantizedModule(Module):
     """What the quantized modules share: int8 state as ``_buffers``, saved by checkpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, int8: str = "always") -> None:
         super().__init__()
         object.__setattr__(self, "_buffers", {})
+        self._auto = int8 == "auto"
+
+    def _slow_path(self) -> bool:
+        """Whether this call runs float32 kernels on the dequantized weights: int8="auto" and
+        the integer GEMMs on the portable path (module docstring)."""
+        return self._auto and (_quant or _kernels())._get_isa() == 0
+
+    def _dequantized(self, make: Callable[[], Any]) -> Any:
+        """``make()`` (the float32 stand-in of :meth:`_slow_path` calls), kept until the next
+        :meth:`_repack` (a checkpoint load): not state, so copies and pickles re-make it."""
+        cache = self.__dict__.get("_deq")
+        if cache and cache[0] is self.__dict__.get("_packed_at"):
+            return cache[1]
+        made = make()
+        self.__dict__["_deq"] = _Transient([self.__dict__.get("_packed_at"), made])
+        return made
 
     def named_buffers(self, prefix: str = ""):
         for name, arr in self._buffers.items():
@@ -170,6 +207,7 @@ class _QuantizedModule(Module):
     def _set_buffers(self, arrays: dict[str, np.ndarray]) -> None:
         self._buffers.update(arrays)
         self._repack()
+        self.__dict__["_packed_at"] = object()  # a new token: _dequantized re-makes its layer
 
     def _repack(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -187,8 +225,8 @@ class QuantizedLinear(_QuantizedModule):
     Built by :func:`quantize_dynamic`; ``y = x W^T + b`` with x quantized per row.
     """
 
-    def __init__(self, linear: Linear) -> None:
-        super().__init__()
+    def __init__(self, linear: Linear, int8: str = "always") -> None:
+        super().__init__(int8)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         q, s = _quantize_weight(linear.weight.data)
         buffers = {"weight_int8": q, "weight_scale": s}
@@ -215,11 +253,27 @@ class QuantizedLinear(_QuantizedModule):
                 f"x must have shape (..., in_features={self.in_features}), got {x.shape}"
             )
         lead = x.shape[:-1]
+        if self._slow_path():
+            w, b = self._dequantized(self._float_operands)
+            y = x.reshape(-1, self.in_features) @ w.T
+            if b is not None:
+                y += b
+            return y.reshape(*lead, self.out_features)
         y = self._packed.matmul(x.reshape(-1, self.in_features), self._bias)
         return np.ascontiguousarray(y[:, : self.out_features]).reshape(*lead, self.out_features)
 
+    def _float_operands(self) -> tuple[np.ndarray, np.ndarray | None]:
+        b = self._buffers
+        return _dequantize(b["weight_int8"], b["weight_scale"]), b.get("bias")
+
+    @property
+    def quantized(self) -> bool:
+        """Whether calls run the int8 kernels now (else float32: see ``repr``)."""
+        return not self._slow_path()
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        s = f"in_features={self.in_features}, out_features={self.out_features}"
+        return s + (f", {_SLOW_PATH}" if self._slow_path() else ", int8")
 
 
 # The int8 kernels run a layer only from these hidden sizes up (``quantize_dynamic(model,
@@ -327,7 +381,7 @@ class QuantizedRNNBase(_QuantizedModule):
     """
 
     def __init__(self, layer: RNNBase, int8: str = "always") -> None:
-        super().__init__()
+        super().__init__(int8)
         code, why = _cell_code(layer)
         least = _INT8_MIN_HIDDEN.get(layer._config.spec, 0)
         if code is not None and int8 == "auto" and layer.hidden_size < least:
@@ -388,8 +442,25 @@ class QuantizedRNNBase(_QuantizedModule):
 
     @property
     def quantized(self) -> bool:
-        """Whether this layer runs the int8 kernels (else float32, see ``repr``)."""
-        return self._float is None
+        """Whether this layer's calls run the int8 kernels now (else float32, see ``repr``)."""
+        return self._float is None and not self._slow_path()
+
+    def _float_layer(self) -> RNNBase:
+        """The float32 layer of :meth:`_slow_path` calls: this one's configuration, its
+        weights dequantized, its biases as stored, in eval mode."""
+        cfg, b = self._config, self._buffers
+        layer = RNNBase(
+            cfg.spec, cfg.input_size, cfg.hidden_size, cfg.num_layers, cfg.bias,
+            self.batch_first, 0.0, cfg.bidirectional, **cfg.options,
+        )  # fmt: skip
+        for name in layer._flat_weights_names:
+            p = layer._parameters[name]
+            if name.startswith("weight_"):
+                p.data = _dequantize(b[name + "_int8"], b[name + "_scale"])
+            else:
+                p.data = b[name].astype(np.float32)
+        layer.requires_grad_(False)
+        return layer.eval()
 
     def _run(self, x: np.ndarray, h0: np.ndarray, c0: np.ndarray | None):
         """x (T, B, I) float32 contiguous; h0, c0 (L*D, B, H) -> y, h_n, c_n."""
@@ -466,6 +537,8 @@ class QuantizedRNNBase(_QuantizedModule):
         if lengths is not None:
             raise ValueError("a quantized layer does not take lengths; run the float layer")
         _ensure_isa()
+        if self._slow_path():
+            return self._dequantized(self._float_layer)(x, hx)
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[-1] != self.input_size:
             raise ValueError(
@@ -490,6 +563,9 @@ class QuantizedRNNBase(_QuantizedModule):
             return self._float.step(x, state)
         if self.bidirectional:
             raise ValueError(f"{self._cls}.step needs a unidirectional layer")
+        _ensure_isa()
+        if self._slow_path():
+            return self._dequantized(self._float_layer).step(x, state)
         x = np.asarray(x, np.float32)
         if x.ndim == 2 and x.shape[0] > 0 and x.shape[1] == self.input_size:
             _ensure_isa()
@@ -557,7 +633,7 @@ class QuantizedRNNBase(_QuantizedModule):
             s += ", bidirectional=True"
         if self._float is not None:
             return s + f", float32 ({self._why})"
-        return s + ", int8"
+        return s + (f", {_SLOW_PATH}" if self._slow_path() else ", int8")
 
     def __repr__(self) -> str:
         return f"Quantized{self._cls}({self.extra_repr()})"
@@ -579,8 +655,12 @@ def quantize_dynamic(model: Module, *, inplace: bool = False, int8: str = "auto"
     int8 : {"auto", "always"}, default="auto"
         ``"auto"``: recurrent layers too small to gain keep float32 weights and kernels,
         where int8 measured slower: hidden sizes below 32 (LSTM), 48 (GRU) and 64 (Elman
-        RNN) (their repr says so; ``quantized`` is False).
-        ``"always"``: every layer the int8 kernels cover runs int8.
+        RNN) (their repr says so; ``quantized`` is False). And where the integer GEMMs
+        would run the portable path (a CPU without AVX-512 VNNI, or
+        ``set_quantized_isa("c")``), 2.7-14x slower than float32, the quantized layers keep
+        their int8 weights but each call runs the float32 kernels on the dequantized
+        weights (their repr says so; ``quantized`` is False while that path is in use).
+        ``"always"``: every layer the int8 kernels cover runs int8, on either path.
 
     Returns
     -------
@@ -607,7 +687,7 @@ def _convert(m: Module, int8: str) -> Module | None:
     if isinstance(m, RNNBase):
         return QuantizedRNNBase(m, int8)
     if isinstance(m, Linear):
-        return QuantizedLinear(m)
+        return QuantizedLinear(m, int8)
     for name, child in list(m._modules.items()):
         new = _convert(child, int8)
         if new is not None:

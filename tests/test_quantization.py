@@ -283,7 +283,82 @@ def test_auto_keeps_float32_below_the_measured_hidden_size(cls):
     np.testing.assert_array_equal(q.step(x[0])[0], small.step(x[0])[0])
     assert quantize_dynamic(small, int8="always").quantized
     big = quantize_dynamic(cls(6, least, seed=0))
-    assert big.quantized and "int8" in repr(big)
+    fast = get_quantized_isa() == "vnni"  # else auto runs float32 (the next test)
+    assert big.quantized == fast and ("int8)" in repr(big)) == fast
+
+
+@pytest.mark.parametrize(("cls", "options"), CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_auto_runs_float32_kernels_where_the_integer_gemms_are_the_portable_path(cls, options):
+    """The portable int8 GEMMs are plain C, several times slower than the float32 kernels:
+    int8="auto" then runs the float32 layer of the dequantized weights (same checkpoint, same
+    bits as that layer built by hand), forward and step, and says so; "always" keeps the
+    integer kernels; the VNNI path (where there is one) the int8 kernels again."""
+    rng = np.random.default_rng(31)
+    layer = cls(12, 64, num_layers=2, seed=6, **options).eval()
+    x = rng.standard_normal((7, 3, 12)).astype(np.float32)
+    q, always = quantize_dynamic(layer), quantize_dynamic(layer, int8="always")
+    by_hand = cls(12, 64, num_layers=2, seed=0, **options).eval()
+    for name, p in by_hand._parameters.items():
+        w = layer._parameters[name].data
+        if name.startswith("weight_"):
+            qw, sw = _q_weight(w)
+            w = sw[:, None] * qw.astype(np.float32)
+        p.data = np.asarray(w, np.float32)
+    before = get_quantized_isa()
+    try:
+        set_quantized_isa("c")
+        assert not q.quantized and always.quantized
+        assert "float32 kernels" in repr(q) and "portable path" in repr(q)
+        y, state = q(x)
+        ref_y, ref_state = by_hand(x)
+        np.testing.assert_array_equal(y, ref_y)
+        for a, b in zip(np.atleast_1d(state) if cls is not fastrnn.LSTM else state,
+                        np.atleast_1d(ref_state) if cls is not fastrnn.LSTM else ref_state,
+                        strict=True):  # fmt: skip
+            np.testing.assert_array_equal(a, b)
+        s, ys = None, []
+        for t in range(len(x)):
+            yt, s = q.step(x[t], s)
+            ys.append(yt)
+        np.testing.assert_array_equal(np.stack(ys), y)
+        y_int8 = always(x)[0]
+        assert not np.array_equal(y_int8, y)  # the integer kernels quantize x and h too
+        if "vnni" in ISAS:
+            set_quantized_isa("vnni")
+            assert q.quantized and repr(q).endswith(", int8)")
+            np.testing.assert_array_equal(q(x)[0], y_int8)  # the two paths' bits
+    finally:
+        set_quantized_isa(before)
+
+
+def test_auto_linear_runs_float32_on_the_portable_path_and_reloads(tmp_path):
+    """A Linear layer too; and a checkpoint loaded into a layer that ran its float32
+    stand-in before re-makes it from the loaded weights (no stale weights)."""
+    from fastrnn.nn.blocks import Linear
+
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((5, 20)).astype(np.float32)
+    lin = Linear(20, 9)
+    q = quantize_dynamic(lin)
+    qw, sw = _q_weight(lin.weight.data)
+    expected = x @ (sw[:, None] * qw.astype(np.float32)).T + lin.bias.data
+    model = fastrnn.nn.Sequential(fastrnn.GRU(20, 48, seed=1), fastrnn.nn.Linear(48, 3))
+    other = fastrnn.nn.Sequential(fastrnn.GRU(20, 48, seed=2), fastrnn.nn.Linear(48, 3))
+    qm, qo = quantize_dynamic(model), quantize_dynamic(other)
+    path = tmp_path / "q.ckpt"
+    fastrnn.save_checkpoint(path, qm)
+    xs = rng.standard_normal((4, 2, 20)).astype(np.float32)
+    before = get_quantized_isa()
+    try:
+        set_quantized_isa("c")
+        assert not q.quantized and "float32 kernels" in repr(q)
+        np.testing.assert_allclose(q(x), expected, rtol=1e-6, atol=1e-6)
+        mine = qm[1](qm[0](xs)[0])
+        assert not np.array_equal(qo[1](qo[0](xs)[0]), mine)  # its float32 stand-ins made
+        fastrnn.load_checkpoint(path, qo)
+        np.testing.assert_array_equal(qo[1](qo[0](xs)[0]), mine)
+    finally:
+        set_quantized_isa(before)
 
 
 def test_int8_policy_is_checked():
@@ -363,7 +438,7 @@ def test_int8_calls_in_a_loop_split_over_two_threads_with_the_same_bits(cls, kw,
     awake_team(monkeypatch)
     teams = record_calls(monkeypatch, Q, "_team")
     rng = np.random.default_rng(12)
-    q = quantize_dynamic(cls(384, 384, num_layers=2, seed=1, **kw).eval())
+    q = quantize_dynamic(cls(384, 384, num_layers=2, seed=1, **kw).eval(), int8="always")
     x = rng.standard_normal((3, 2, 384)).astype(np.float32)
     before = fastrnn.get_num_threads()
     try:
