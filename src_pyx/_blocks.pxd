@@ -34,10 +34,17 @@ cdef enum:
     WG_ROWS = 256
     WG_PASSES = 4  # passes of WG_ROWS rows per packing of X (4 MB of floats at N = 1024)
     WG_COLS = 128  # columns of dG (rows of dW) per transposed copy: 136 KB of floats, in L2
-    # The copy's rows are WG_LDA elements apart, a line more than WG_ROWS: the transpose writes
-    # a line's halves into 8 of its rows at a time, and rows 1 KB apart (WG_ROWS floats) fell
-    # into 4 of L1's 64 sets, which its 12 ways could not hold: each half-line store missed.
-    WG_LDA = WG_ROWS + 16
+    WG_LDA = WG_ROWS + 16  # the most elements between the copy's rows (_wg_lda)
+
+
+cdef inline Py_ssize_t _wg_lda(Py_ssize_t kn, Py_ssize_t esize) noexcept nogil:
+    """The row stride of weight_grad's transposed copy of kn rows of dG: kn elements, a line
+    more where kn * esize bytes is a multiple of 256. The transpose writes a line's halves into
+    8 of the copy's rows at a time; rows 1 KB apart (kn = 256 floats) fell into 4 of L1's 64
+    sets, which its 12 ways could not hold, and each half-line store missed. (A line more at
+    every kn cost the variable-length batches, whose runs are a few rows: each row of the copy
+    is zero-padded to the stride.)"""
+    return kn + (64 // esize if (kn * esize) % 256 == 0 else 0)
 
 
 cdef inline void thread_units(Py_ssize_t H, int size, int rank, Py_ssize_t* j0,
@@ -355,7 +362,7 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
     dW now stay in cache for WG_PASSES passes. The sums are those of the operands read in place
     (each element one chain per pass, the passes in increasing order). Without one (or without
     memory for the copies), BLAS."""
-    cdef Py_ssize_t lo, hi, blk, c0, c1, i0, mc, k0, k1, ke, kn, nr, npad = 0
+    cdef Py_ssize_t lo, hi, blk, c0, c1, i0, mc, k0, k1, ke, kn, nr, lda, npad = 0
     cdef floating* xp = NULL
     cdef floating* at = NULL
     if R <= 0:
@@ -393,8 +400,9 @@ cdef inline void weight_grad_ld(Py_ssize_t R, Py_ssize_t N, Py_ssize_t H, int n_
                 while k0 < ke:
                     kn = min(<Py_ssize_t> WG_ROWS, ke - k0)
                     # at[i, kk] = dG[k0 + kk, i0 + i]: rows i of A = dG[k0:k0 + kn, i0:i0 + mc]^T
-                    _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, WG_LDA)
-                    _rgemm(isa, mc, N, kn, at, WG_LDA, xp + (k0 - k1) * npad, dw + i0 * N, N,
+                    lda = _wg_lda(kn, sizeof(floating))
+                    _transpose(isa, kn, mc, dg + k0 * ldg + i0, ldg, at, lda)
+                    _rgemm(isa, mc, N, kn, at, lda, xp + (k0 - k1) * npad, dw + i0 * N, N,
                            k0 > 0 or beta != 0)
                     k0 += WG_ROWS
                 i0 += mc
