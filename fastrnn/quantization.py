@@ -4,9 +4,10 @@ A quantized layer keeps each weight matrix as int8 with one float32 scale per ou
 (a row of ``W``: ``w ~ scale[n] * q[n, k]``, ``scale = max|W[n]| / 127``), packed once for the
 integer GEMMs (``src_pyx/_qgemm.h``). At each call it quantizes the activations on the fly,
 one scale per row (each step's ``x_t`` and ``h_{t-1}`` of each sequence), runs the GEMMs in
-integers (AVX-512 VNNI's ``vpdpbusd`` where the CPU has it, portable C elsewhere: the same
-integers, the same float32 epilogue, so the two agree bit for bit), and keeps the biases and
-the gate math in float32. Outputs are float32.
+integers (AVX-512 VNNI's ``vpdpbusd`` where the CPU has it, AVX-VNNI's 256-bit one where it
+has only that, portable C elsewhere: the same integers, the same float32 epilogue, so the
+three agree bit for bit), and keeps the biases and the gate math in float32. Outputs are
+float32.
 
 Inference only: a quantized module has no parameters to train (an optimizer built over the
 model does not see it) and its ``backward`` raises ``RuntimeError``; ``train()`` only sets the
@@ -21,14 +22,16 @@ integer kernels do not cover (an LSTM with ``proj_size``, ``peephole`` or
 ``return_cell_states``, a reset-before GRU, layer norm, zoneout, the NumPy backend) keep
 their float32 weights and run the float32 kernels; their ``repr`` says ``float32`` and why.
 
-``FASTRNN_QUANT_ISA=c`` (or :func:`set_quantized_isa`) forces the portable path.
+``FASTRNN_QUANT_ISA=c`` (or :func:`set_quantized_isa`) forces the portable path,
+``FASTRNN_QUANT_ISA=avxvnni`` the 256-bit one.
 
 The portable path is plain C: 2.7-14x slower than the float32 kernels at B = 64 on the
 development machine (``FASTRNN_QUANT_ISA=c python benchmarks/bench_int8_sizes.py``), so with
 ``quantize_dynamic``'s default ``int8="auto"`` a layer whose calls would take it (a CPU
-without AVX-512 VNNI, or ``set_quantized_isa("c")``) keeps its int8 weights and checkpoint
-but runs the float32 kernels on the dequantized weights (``scale[n] * q[n, k]``, exactly as
-stored) with float32 activations, and says so in its ``repr`` (``quantized`` is then False);
+with neither AVX-512 VNNI nor AVX-VNNI, or ``set_quantized_isa("c")``) keeps its int8 weights
+and checkpoint but runs the float32 kernels on the dequantized weights (``scale[n] * q[n, k]``,
+exactly as stored) with float32 activations, and says so in its ``repr`` (``quantized`` is then
+False);
 ``int8="always"`` runs the integer kernels on any path. The choice is made at each call, by
 the path in use then.
 """
@@ -72,31 +75,50 @@ def _kernels():
 _quant = None  # the kernels module, once _kernels() imported it (every layer call reads it)
 
 
+_ISAS = {"vnni": 1, "avxvnni": 2, "c": 0}
+
+
 def set_quantized_isa(isa: str) -> None:
-    """Choose the integer GEMMs: ``"vnni"`` (AVX-512 VNNI) or ``"c"`` (portable).
+    """Choose the integer GEMMs: ``"vnni"`` (AVX-512 VNNI), ``"avxvnni"`` (AVX-VNNI, 256-bit)
+    or ``"c"`` (portable). All three compute the same integers and the same float32 results;
+    the default is the first this CPU runs (or ``FASTRNN_QUANT_ISA``'s).
 
     Raises
     ------
     ValueError
-        For another name, or ``"vnni"`` on a CPU without AVX-512 VNNI.
+        For another name, or a path this CPU does not run.
     """
-    q = _kernels()
-    if isa not in ("vnni", "c"):
-        raise ValueError(f"isa must be 'vnni' or 'c', got {isa!r}")
-    if isa == "vnni" and not q.vnni_available():
-        raise ValueError("isa='vnni' needs a CPU with AVX-512 VNNI; this one has none")
-    q._set_isa(1 if isa == "vnni" else 0)
+    _check_isa(isa)
+    _ensure_isa()  # FASTRNN_QUANT_ISA first, so that this call has the last word
+    _kernels()._set_isa(_ISAS[isa])
 
 
 def get_quantized_isa() -> str:
-    """``"vnni"`` or ``"c"``: the integer GEMMs in use."""
-    return "vnni" if _kernels()._get_isa() == 1 else "c"
+    """``"vnni"``, ``"avxvnni"`` or ``"c"``: the integer GEMMs in use (``FASTRNN_QUANT_ISA``
+    applied: before, a process that set it read the CPU's default here until its first
+    quantized call)."""
+    _ensure_isa()
+    return {v: k for k, v in _ISAS.items()}[_kernels()._get_isa()]
+
+
+def _check_isa(isa: str) -> None:
+    q = _kernels()
+    if isa not in _ISAS:
+        raise ValueError(f"isa must be 'vnni', 'avxvnni' or 'c', got {isa!r}")
+    if isa == "vnni" and not q.vnni_available():
+        raise ValueError("isa='vnni' needs a CPU with AVX-512 VNNI; this one has none")
+    if isa == "avxvnni" and not q.avxvnni_available():
+        raise ValueError("isa='avxvnni' needs a CPU with AVX-VNNI; this one has none")
 
 
 def _init_isa() -> None:
     env = os.environ.get("FASTRNN_QUANT_ISA", "").strip().lower()
     if env:
-        set_quantized_isa(env)
+        try:
+            _check_isa(env)
+        except ValueError as e:
+            raise ValueError(f"FASTRNN_QUANT_ISA={env!r}: {e}") from None
+        _kernels()._set_isa(_ISAS[env])
 
 
 _init_isa_done = False
@@ -167,8 +189,8 @@ def _pad_gates(v: np.ndarray, gates: int) -> np.ndarray:
 
 # What a layer's repr says when int8="auto" runs it in float32 for want of the VNNI path.
 _SLOW_PATH = (
-    "int8 weights, float32 kernels: the integer GEMMs would run the portable path (no AVX-512 "
-    "VNNI on this CPU, or set_quantized_isa('c')), measured 2.7-14x slower than float32 at B = 64"
+    "int8 weights, float32 kernels: the integer GEMMs would run the portable path (no VNNI on "
+    "this CPU, or set_quantized_isa('c')), measured 2.7-14x slower than float32 at B = 64"
 )
 
 
@@ -656,7 +678,7 @@ def quantize_dynamic(model: Module, *, inplace: bool = False, int8: str = "auto"
         ``"auto"``: recurrent layers too small to gain keep float32 weights and kernels,
         where int8 measured slower: hidden sizes below 32 (LSTM), 48 (GRU) and 64 (Elman
         RNN) (their repr says so; ``quantized`` is False). And where the integer GEMMs
-        would run the portable path (a CPU without AVX-512 VNNI, or
+        would run the portable path (a CPU with neither AVX-512 VNNI nor AVX-VNNI, or
         ``set_quantized_isa("c")``), 2.7-14x slower than float32, the quantized layers keep
         their int8 weights but each call runs the float32 kernels on the dequantized
         weights (their repr says so; ``quantized`` is False while that path is in use).

@@ -13,9 +13,11 @@
  * then the right operand of one vpdpbusd (16 lanes, 4 products each), and the left one is 4
  * bytes of a broadcast.
  *
- * Two paths give the same integers (the sums are exact in int32: |sum| <= 255 * 127 * K), and
- * the same float epilogue, in the same order: the AVX-512 VNNI one (vpdpbusd) where the CPU
- * has it and fr_qgemm_vnni_ok() says so, the portable C one everywhere else.
+ * Three paths give the same integers (the sums are exact in int32: |sum| <= 255 * 127 * K),
+ * and the same float epilogue, in the same order: the AVX-512 VNNI one (vpdpbusd on 512 bits)
+ * where the CPU has it and fr_qgemm_vnni_ok() says so, the AVX-VNNI one (vpdpbusd on 256 bits,
+ * the same packed layout) where fr_qgemm_avxvnni_ok() does, the portable C one everywhere
+ * else.
  * The module is compiled with -ffp-contract=off so neither epilogue is fused differently.
  */
 #ifndef FASTRNN_QGEMM_H
@@ -38,6 +40,24 @@ static inline int fr_qgemm_vnni_ok(void)
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+/* AVX-VNNI: vpdpbusd on 256-bit vectors, without AVX-512 (Intel's client cores from Alder Lake,
+ * the E-cores, AMD from Zen 5). GCC knows the target from version 11. */
+#if FR_HAVE_VNNI_CODE && (defined(__clang__) || __GNUC__ >= 11)
+#define FR_HAVE_AVXVNNI_CODE 1
+#else
+#define FR_HAVE_AVXVNNI_CODE 0
+#endif
+
+static inline int fr_qgemm_avxvnni_ok(void)
+{
+#if FR_HAVE_AVXVNNI_CODE
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
 #else
     return 0;
 #endif
@@ -166,7 +186,57 @@ FR_QT static void fr_qgemm_vnni(Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1, Py
 }
 #endif
 
-/* The path isa selects (1: VNNI, 0: portable C); the caller checks fr_qgemm_vnni_ok(). */
+#if FR_HAVE_AVXVNNI_CODE
+#define FR_QT256 __attribute__((target("avx2,avxvnni")))
+
+/* fr_qstore16's epilogue on 8 outputs, the same operations in the same order. */
+FR_QT256 static inline void fr_qstore8(__m256i acc, Py_ssize_t n, float sa,
+                                       const int32_t *colsum, const float *sw,
+                                       const float *bias, float *c, int add)
+{
+    __m256i cs = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *) (colsum + n)), 7);
+    __m256 v = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc, cs));
+    v = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(sa), _mm256_loadu_ps(sw + n)), v);
+    if (bias != NULL)
+        v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+    if (add)
+        v = _mm256_add_ps(_mm256_loadu_ps(c), v);
+    _mm256_storeu_ps(c, v);
+}
+
+#define FR_QTILE256 fr_qtile256_4
+#define FR_QMR 4
+#include "_qgemm_tile256.h"
+#define FR_QTILE256 fr_qtile256_1
+#define FR_QMR 1
+#include "_qgemm_tile256.h"
+
+FR_QT256 static void fr_qgemm_avxvnni(Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1,
+                                      Py_ssize_t Kq, const uint8_t *a, Py_ssize_t lda,
+                                      const float *sa, const int8_t *p, const int32_t *colsum,
+                                      const float *sw, const float *bias, float *c,
+                                      Py_ssize_t ldc, int add)
+{
+    Py_ssize_t m0 = 0;
+    while (m0 < M) {
+        int mr = M - m0 >= 4 ? 4 : 1;
+        const uint8_t *am = a + m0 * lda;
+        float *cm = c + m0 * ldc;
+        for (Py_ssize_t nb = nb0; nb < nb1; nb++) {
+            if (mr == 4)
+                fr_qtile256_4(Kq, am, lda, p + nb * Kq * 64, sa + m0, colsum, sw, bias, cm, ldc,
+                              nb * 16, add);
+            else
+                fr_qtile256_1(Kq, am, lda, p + nb * Kq * 64, sa + m0, colsum, sw, bias, cm, ldc,
+                              nb * 16, add);
+        }
+        m0 += mr;
+    }
+}
+#endif
+
+/* The path isa selects (1: AVX-512 VNNI, 2: AVX-VNNI, 0: portable C); the caller checks
+ * fr_qgemm_vnni_ok() / fr_qgemm_avxvnni_ok(). */
 static inline void fr_qgemm(int isa, Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1,
                             Py_ssize_t Kq, const uint8_t *a, Py_ssize_t lda, const float *sa,
                             const int8_t *p, const int32_t *colsum, const float *sw,
@@ -175,6 +245,12 @@ static inline void fr_qgemm(int isa, Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb
 #if FR_HAVE_VNNI_CODE
     if (isa == 1) {
         fr_qgemm_vnni(M, nb0, nb1, Kq, a, lda, sa, p, colsum, sw, bias, c, ldc, add);
+        return;
+    }
+#endif
+#if FR_HAVE_AVXVNNI_CODE
+    if (isa == 2) {
+        fr_qgemm_avxvnni(M, nb0, nb1, Kq, a, lda, sa, p, colsum, sw, bias, c, ldc, add);
         return;
     }
 #endif

@@ -7,7 +7,8 @@ block of outputs never straddles two gates), Ip = I rounded up to 4.
 Weights are int8 with one scale per output channel (row of W), packed once (_qgemm.h); an
 activation row (x_t of one sequence, h_{t-1} of one sequence) is quantized on the fly with one
 scale per row; the integer GEMM runs on AVX-512 VNNI (vpdpbusd) or portable C, and everything
-else (scales, biases, the gate math) is float32:
+else (scales, biases, the gate math) is float32 (AVX-VNNI's 256-bit vpdpbusd where a CPU has it
+but not AVX-512 VNNI, the same integers):
     gx[t, b] = W_ih x_t + b_ih (+ b_hh but b_hn for the GRU)      ring_steps(T, B) steps at once
     gh[b]    = W_hh h_{t-1}                                       per step
     then the cell's gate pass of fastrnn.functional, on float32.
@@ -33,14 +34,16 @@ cdef extern from "_qgates.h" nogil:
 
 cdef extern from "_qgemm.h" nogil:
     int fr_qgemm_vnni_ok()
+    int fr_qgemm_avxvnni_ok()
     void fr_qpack(Py_ssize_t N, Py_ssize_t K, const int8_t* w, int8_t* p, int32_t* colsum)
     void fr_qgemm(int isa, Py_ssize_t M, Py_ssize_t nb0, Py_ssize_t nb1, Py_ssize_t Kq,
                   const uint8_t* a, Py_ssize_t lda, const float* sa, const int8_t* p,
                   const int32_t* colsum, const float* sw, const float* bias, float* c,
                   Py_ssize_t ldc, int add)
 
-# 1: AVX-512 VNNI, 0: portable C. Read by the kernels, written by _set_isa (fastrnn.quantization).
-cdef int ISA = fr_qgemm_vnni_ok()
+# 1: AVX-512 VNNI, 2: AVX-VNNI (256-bit), 0: portable C: the best this CPU runs. Read by the
+# kernels, written by _set_isa (fastrnn.quantization).
+cdef int ISA = 1 if fr_qgemm_vnni_ok() else (2 if fr_qgemm_avxvnni_ok() else 0)
 
 
 def vnni_available():
@@ -48,8 +51,14 @@ def vnni_available():
     return bool(fr_qgemm_vnni_ok())
 
 
+def avxvnni_available():
+    """Whether this CPU runs the AVX-VNNI (256-bit) path."""
+    return bool(fr_qgemm_avxvnni_ok())
+
+
 def _set_isa(int isa):
-    """1: AVX-512 VNNI (the caller checks vnni_available()), 0: portable C."""
+    """1: AVX-512 VNNI, 2: AVX-VNNI (the caller checks vnni_available() /
+    avxvnni_available()), 0: portable C."""
     global ISA
     ISA = isa
 

@@ -18,7 +18,11 @@ from fastrnn.quantization import (
     set_quantized_isa,
 )
 
-ISAS = ["c"] + (["vnni"] if quant.vnni_available() else [])
+ISAS = (
+    ["c"]
+    + (["vnni"] if quant.vnni_available() else [])
+    + (["avxvnni"] if quant.avxvnni_available() else [])
+)
 CELLS = [
     (fastrnn.RNN, {"nonlinearity": "tanh"}),
     (fastrnn.RNN, {"nonlinearity": "relu"}),
@@ -115,23 +119,30 @@ def test_quantized_layer_matches_the_integer_oracle_and_float32(cls, options, is
     assert np.abs(y - y32).max() < 0.03 * max(1.0, np.abs(y32).max())
 
 
-@pytest.mark.skipif(len(ISAS) < 2, reason="this CPU has no AVX-512 VNNI")
+@pytest.mark.skipif(len(ISAS) < 2, reason="this CPU has neither AVX-512 VNNI nor AVX-VNNI")
 @pytest.mark.parametrize(("cls", "options"), CELLS, ids=["rnn_tanh", "rnn_relu", "lstm", "gru"])
-def test_vnni_and_portable_paths_agree_bit_for_bit(cls, options):
+@pytest.mark.parametrize("B", [1, 5, 8])
+def test_vnni_and_portable_paths_agree_bit_for_bit(cls, options, B):
+    """Every integer path this CPU runs (AVX-512 VNNI, AVX-VNNI, C), forward and step: the
+    same integers and the same float32 epilogue, so the same bits (B = 5: a tile of 4 rows
+    and one of 1; B = 8: two of 4)."""
     rng = np.random.default_rng(2)
     q = quantize_dynamic(
         cls(37, 70, num_layers=2, bidirectional=True, seed=3, **options), int8="always"
     )
-    x = rng.standard_normal((9, 5, 37)).astype(np.float32)
+    stream = quantize_dynamic(cls(37, 70, num_layers=2, seed=3, **options), int8="always")
+    x = rng.standard_normal((9, B, 37)).astype(np.float32)
     before = get_quantized_isa()
+    out = {}
     try:
-        set_quantized_isa("vnni")
-        a = q(x)[0]
-        set_quantized_isa("c")
-        b = q(x)[0]
+        for isa in ISAS:
+            set_quantized_isa(isa)
+            out[isa] = q(x)[0], stream.step(x[0])[0]
     finally:
         set_quantized_isa(before)
-    np.testing.assert_array_equal(a, b)
+    for isa in ISAS[1:]:
+        np.testing.assert_array_equal(out[isa][0], out["c"][0])
+        np.testing.assert_array_equal(out[isa][1], out["c"][1])
 
 
 def test_linear(isa):
@@ -258,12 +269,38 @@ def test_checkpoint_round_trip_and_size(tmp_path):
         fastrnn.load_checkpoint(fpath, other)
 
 
+@pytest.mark.parametrize(("value", "expected"), [("c", "c"), (" C ", "c"), ("bogus", None)])
+def test_isa_from_the_environment(value, expected):
+    """FASTRNN_QUANT_ISA applies before anything reads the path (the benches print it first),
+    and a bad value names the variable."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import fastrnn.quantization as Q\n"
+        "try:\n    print(Q.get_quantized_isa())\n"
+        "except ValueError as e:\n    print('error:', e)\n"
+    )
+    env = {**os.environ, "FASTRNN_QUANT_ISA": value}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    ).stdout.strip()
+    if expected is None:
+        assert out.startswith("error: FASTRNN_QUANT_ISA='bogus': isa must be"), out
+    else:
+        assert out == expected
+
+
 def test_isa_choice_is_checked():
-    with pytest.raises(ValueError, match="'vnni' or 'c'"):
+    with pytest.raises(ValueError, match="'vnni', 'avxvnni' or 'c'"):
         set_quantized_isa("avx2")
     if not quant.vnni_available():
-        with pytest.raises(ValueError, match="VNNI"):
+        with pytest.raises(ValueError, match="AVX-512 VNNI"):
             set_quantized_isa("vnni")
+    if not quant.avxvnni_available():
+        with pytest.raises(ValueError, match="AVX-VNNI"):
+            set_quantized_isa("avxvnni")
 
 
 @pytest.mark.parametrize("cls", [fastrnn.RNN, fastrnn.LSTM, fastrnn.GRU])
@@ -283,7 +320,7 @@ def test_auto_keeps_float32_below_the_measured_hidden_size(cls):
     np.testing.assert_array_equal(q.step(x[0])[0], small.step(x[0])[0])
     assert quantize_dynamic(small, int8="always").quantized
     big = quantize_dynamic(cls(6, least, seed=0))
-    fast = get_quantized_isa() == "vnni"  # else auto runs float32 (the next test)
+    fast = get_quantized_isa() != "c"  # else auto runs float32 (the next test)
     assert big.quantized == fast and ("int8)" in repr(big)) == fast
 
 
