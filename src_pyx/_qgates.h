@@ -10,7 +10,7 @@
  * -ffp-contract=off, _fastmath.h has no libm calls, and fr_qexpm1f's explicit fused
  * multiply-adds are one instruction in the AVX-512 and AVX2 clones and a call of libm's
  * correctly rounded fmaf in the baseline one), so the results are the same bits whichever
- * clone runs, and the same on the VNNI and portable GEMM paths.
+ * clone runs, and the same on every integer GEMM path (_qgemm.h).
  *
  * Gate blocks of a row are Hp apart (the int8 layout, H padded to 16); ax = W_ih x + bias,
  * ah = W_hh h_{t-1}, both (NG * Hp) floats; units [j0, j1).

@@ -6,9 +6,9 @@ block of outputs never straddles two gates), Ip = I rounded up to 4.
 
 Weights are int8 with one scale per output channel (row of W), packed once (_qgemm.h); an
 activation row (x_t of one sequence, h_{t-1} of one sequence) is quantized on the fly with one
-scale per row; the integer GEMM runs on AVX-512 VNNI (vpdpbusd) or portable C, and everything
-else (scales, biases, the gate math) is float32 (AVX-VNNI's 256-bit vpdpbusd where a CPU has it
-but not AVX-512 VNNI, the same integers):
+scale per row; the integer GEMM runs on AVX-512 VNNI (vpdpbusd), AVX-VNNI (vpdpbusd on 256
+bits, where a CPU has that but not AVX-512 VNNI) or portable C, the same integers on all three,
+and everything else (scales, biases, the gate math) is float32:
     gx[t, b] = W_ih x_t + b_ih (+ b_hh but b_hn for the GRU)      ring_steps(T, B) steps at once
     gh[b]    = W_hh h_{t-1}                                       per step
     then the cell's gate pass of fastrnn.functional, on float32.
