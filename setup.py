@@ -215,7 +215,7 @@ def _variant_source(cell, isa):
 
 modules = CELLS + ["attention", "_blas_check", "_build", "_peak", "_rows"]
 extensions = [_extension(name, f"src_pyx/{name}.pyx") for name in modules]
-# int8 inference (fastrnn.quantization): no FMA contraction, so that its VNNI and portable paths
+# int8 inference (fastrnn.quantization): no FMA contraction, so that its three integer paths
 # round their float epilogues alike
 extensions.append(_extension("quant", "src_pyx/quant.pyx", ["-ffp-contract=off"]))
 for isa, flags in _variants():
