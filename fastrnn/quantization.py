@@ -31,9 +31,8 @@ development machine (``FASTRNN_QUANT_ISA=c python benchmarks/bench_int8_sizes.py
 with neither AVX-512 VNNI nor AVX-VNNI, or ``set_quantized_isa("c")``) keeps its int8 weights
 and checkpoint but runs the float32 kernels on the dequantized weights (``scale[n] * q[n, k]``,
 exactly as stored) with float32 activations, and says so in its ``repr`` (``quantized`` is then
-False);
-``int8="always"`` runs the integer kernels on any path. The choice is made at each call, by
-the path in use then.
+False); ``int8="always"`` runs the integer kernels on any path. The choice is made at each
+call, by the path in use then.
 """
 
 from __future__ import annotations
@@ -210,7 +209,8 @@ class _QuantizedModule(Module):
     def _slow_path(self) -> bool:
         """Whether this call runs float32 kernels on the dequantized weights: int8="auto" and
         the integer GEMMs on the portable path (module docstring)."""
-        return self._auto and (_quant or _kernels())._get_isa() == 0
+        # (a module pickled before int8="auto" was recorded runs the integer kernels, as then)
+        return self.__dict__.get("_auto", False) and (_quant or _kernels())._get_isa() == 0
 
     def _dequantized(self, make: Callable[[], Any]) -> Any:
         """``make()`` (the float32 stand-in of :meth:`_slow_path` calls), kept until the next
