@@ -212,14 +212,15 @@ class _QuantizedModule(Module):
         # (a module pickled before int8="auto" was recorded runs the integer kernels, as then)
         return self.__dict__.get("_auto", False) and (_quant or _kernels())._get_isa() == 0
 
-    def _dequantized(self, make: Callable[[], Any]) -> Any:
-        """``make()`` (the float32 stand-in of :meth:`_slow_path` calls), kept until the next
-        :meth:`_repack` (a checkpoint load): not state, so copies and pickles re-make it."""
+    def _dequantized(self, make: Callable[[], Any], packed: Any) -> Any:
+        """``make()`` (the float32 stand-in of :meth:`_slow_path` calls), kept while ``packed``
+        (what :meth:`_repack` made last: a checkpoint load re-makes it) is the same object:
+        not state, so copies and pickles re-make it."""
         cache = self.__dict__.get("_deq")
-        if cache and cache[0] is self.__dict__.get("_packed_at"):
+        if cache and cache[0] is packed:
             return cache[1]
         made = make()
-        self.__dict__["_deq"] = _Transient([self.__dict__.get("_packed_at"), made])
+        self.__dict__["_deq"] = _Transient([packed, made])
         return made
 
     def named_buffers(self, prefix: str = ""):
@@ -229,7 +230,6 @@ class _QuantizedModule(Module):
     def _set_buffers(self, arrays: dict[str, np.ndarray]) -> None:
         self._buffers.update(arrays)
         self._repack()
-        self.__dict__["_packed_at"] = object()  # a new token: _dequantized re-makes its layer
 
     def _repack(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -276,7 +276,7 @@ class QuantizedLinear(_QuantizedModule):
             )
         lead = x.shape[:-1]
         if self._slow_path():
-            w, b = self._dequantized(self._float_operands)
+            w, b = self._dequantized(self._float_operands, self._packed)
             y = x.reshape(-1, self.in_features) @ w.T
             if b is not None:
                 y += b
@@ -560,7 +560,7 @@ class QuantizedRNNBase(_QuantizedModule):
             raise ValueError("a quantized layer does not take lengths; run the float layer")
         _ensure_isa()
         if self._slow_path():
-            return self._dequantized(self._float_layer)(x, hx)
+            return self._dequantized(self._float_layer, self._layers)(x, hx)
         x = np.asarray(x, np.float32)
         if x.ndim != 3 or x.shape[-1] != self.input_size:
             raise ValueError(
@@ -587,10 +587,9 @@ class QuantizedRNNBase(_QuantizedModule):
             raise ValueError(f"{self._cls}.step needs a unidirectional layer")
         _ensure_isa()
         if self._slow_path():
-            return self._dequantized(self._float_layer).step(x, state)
+            return self._dequantized(self._float_layer, self._layers).step(x, state)
         x = np.asarray(x, np.float32)
         if x.ndim == 2 and x.shape[0] > 0 and x.shape[1] == self.input_size:
-            _ensure_isa()
             return self._step_one(np.ascontiguousarray(x), state)
         if x.ndim == 2:
             y, s = self.forward(x[:, None] if self.batch_first else x[None], state)

@@ -364,11 +364,10 @@ def fma_roof(dtype=np.float32, threads: int = 1, repeats: int = 5, sample_s: flo
     iters, best, start = 1 << 12, 0.0, time.perf_counter()
     while True:
         rate = _peak.fma_rate(threads, f64, iters)
-        long_enough = iters * flop / (rate * 1e9) >= sample_s
-        if (long_enough and rate < 1.05 * best) or time.perf_counter() - start > 4.0:
-            best = max(best, rate)
-            break
+        settled = iters * flop / (rate * 1e9) >= sample_s and rate < 1.05 * best
         best = max(best, rate)
+        if settled or time.perf_counter() - start > 4.0:
+            break
         iters *= 2
     return max(best, *(_peak.fma_rate(threads, f64, iters) for _ in range(repeats)))
 
