@@ -1511,6 +1511,28 @@ def _team_awake(call_work: int, packs: dict | None) -> bool:
     )
 
 
+def _step_kernel(cell: Cell, ops: tuple, n: int, rows: bool) -> tuple[Any, Any]:
+    """The kernel module of ``cell`` in use and its ``StepKernel`` of ``ops`` (as
+    :func:`_step_forward` takes them) for a team of ``n`` threads splitting units, or rows with
+    ``rows``; made on first use (packing the weights into ``ops``' packs, where it has them)
+    and kept in ``ops``' kernels dict."""
+    w_ih, w_hh, bias, b_hn, packs, kernels = ops
+    module = getattr(_k, cell.kernel)  # set_isa may swap it between calls
+    name = module.__name__
+    kernel = kernels.get((name, n, rows))
+    if kernel is None:
+        packed = None  # without packs the kernel packs per call, inside its parallel region
+        if packs is not None:
+            team = 1 if rows else n  # the row split reads a team of one's panels
+            key = (name, w_hh.dtype.char, team)
+            packed = packs.get(key)
+            if packed is None:
+                G, H = w_hh.shape
+                packed = packs[key] = module.prepack(w_ih, w_hh, G // H, team)
+        kernel = kernels[name, n, rows] = module.StepKernel(w_ih, w_hh, bias, b_hn, packed, n, rows)
+    return module, kernel
+
+
 def _step_forward(
     cell: Cell,
     x: np.ndarray,
@@ -1537,25 +1559,11 @@ def _step_forward(
     ``h0``/``c0`` and ``h_n``/``c_n`` are (L, B, H), ``y`` holds T * B * H elements, all
     C-contiguous in the weights' dtype. Reads layer ``layer``'s initial state, writes ``y`` and
     that layer's final state."""
-    w_ih, w_hh, bias, b_hn, packs, kernels = ops
+    w_hh, packs = ops[1], ops[4]
     G, H = w_hh.shape
-    I = w_ih.shape[1]
+    I = ops[0].shape[1]
     rows = _step_rows(B, G, H, I, T, packs, w_hh.itemsize)
-    n = rows or _step_team(B, G, H, I, T, packs)
-    module = getattr(_k, cell.kernel)  # set_isa may swap it between calls
-    name = module.__name__
-    kernel = kernels.get((name, n, bool(rows)))  # its StepKernel for a team of n
-    if kernel is None:
-        packed = None  # without packs the kernel packs per call, inside its parallel region
-        if packs is not None:
-            team = 1 if rows else n  # the row split reads a team of one's panels
-            key = (name, w_hh.dtype.char, team)
-            packed = packs.get(key)
-            if packed is None:
-                packed = packs[key] = module.prepack(w_ih, w_hh, G // H, team)
-        kernel = kernels[name, n, bool(rows)] = module.StepKernel(
-            w_ih, w_hh, bias, b_hn, packed, n, bool(rows)
-        )
+    module, kernel = _step_kernel(cell, ops, rows or _step_team(B, G, H, I, T, packs), bool(rows))
     if cell is _LSTM:
         args = (kernel, x, h0, c0, y, h_n, c_n, T, B, layer)
     elif cell is _GRU:

@@ -47,6 +47,7 @@ import numpy as np
 
 from fastrnn import _workspace as _ws
 from fastrnn import functional as _functional
+from fastrnn._kernels import _stream
 from fastrnn._threads import get_num_threads
 from fastrnn.cells import GRU, LSTM, RNN
 from fastrnn.functional import _LAST_END, _step_team, _team_awake
@@ -365,6 +366,11 @@ def _cell_code(layer: RNNBase) -> tuple[int | None, str]:
 # functional._MIN_ROWS_CALL_WORK (2**20).
 
 
+def _quant_isa() -> int:
+    """The integer GEMMs' path in use (a Stream refuses calls once it changes)."""
+    return (_quant or _kernels())._get_isa()
+
+
 def _team(B: int, G: int, H: int, I: int, T: int, history: dict, code: int) -> int:
     """Threads for an int8 layer call of T steps of B rows (gate width G, input size I, the
     kernels' cell ``code``), with ``history``, this layer's own record of its last call's end
@@ -581,6 +587,11 @@ class QuantizedRNNBase(_QuantizedModule):
 
     def step(self, x: Any, state: Any = None):
         """One step (B, I) or a chunk (K, B, I) from ``state``: see :meth:`fastrnn.RNN.step`."""
+        cache = self.__dict__.get("_step_cache")
+        if cache and cache[2] is not None and cache[0] is self._layers:
+            out = cache[2](x, state)  # a stream's next step, in C (fastrnn._kernels._stream)
+            if out is not None:
+                return out
         if self._float is not None:
             return self._float.step(x, state)
         if self.bidirectional:
@@ -590,7 +601,10 @@ class QuantizedRNNBase(_QuantizedModule):
             return self._dequantized(self._float_layer, self._layers).step(x, state)
         x = np.asarray(x, np.float32)
         if x.ndim == 2 and x.shape[0] > 0 and x.shape[1] == self.input_size:
-            return self._step_one(np.ascontiguousarray(x), state)
+            x = np.ascontiguousarray(x)
+            y, state = self._step_one(x, state)
+            self._follow(x, state)
+            return y, state
         if x.ndim == 2:
             y, s = self.forward(x[:, None] if self.batch_first else x[None], state)
             return (y[:, 0] if self.batch_first else y[0]), s
@@ -620,6 +634,42 @@ class QuantizedRNNBase(_QuantizedModule):
         h_n[L - 1] = inp
         return inp, h_n if c_n is None else (h_n, c_n)
 
+    def _follow(self, x: np.ndarray, state: Any) -> None:
+        """Point the stream of one-step calls (made here on first use, or again for another
+        ``x`` layout or thread count) at ``state``, returned by :meth:`_step_one` for ``x``."""
+        cache = self._step_cache_of()
+        stream = cache[2]
+        if stream is not None and stream.matches(x):
+            stream.follow(state)
+            return
+        G, H, I = self._config.spec.G * self.hidden_size, self.hidden_size, x.shape[1]
+        ends, B = self._call_ends(), x.shape[0]
+        awake = {_LAST_END: time.perf_counter()}
+        cold, warm = [], []
+        for layer in range(self.num_layers):
+            n_in = I if layer == 0 else H
+            cold.append(_team(B, G, H, n_in, 1, {}, self._code))
+            warm.append(_team(B, G, H, n_in, 1, awake, self._code))
+        same = cold == warm
+        cell = self._config.spec
+        code = 1 if cell is LSTM else 2 if cell is GRU else 0
+        cache[2] = _stream.Stream(
+            code,
+            (_quant or _kernels()).step,
+            {},
+            (),
+            tuple(cold),
+            tuple(warm),
+            tuple(ends[: self.num_layers]),
+            _LAST_END,
+            -1.0 if same else _functional._BURST_S,
+            x,
+            state,
+            False,
+            _quant_isa,
+            tuple(cache[1]),
+        )
+
     def _call_ends(self) -> list[dict]:
         """Per layer and direction, a dict keeping its last call's end for :func:`_team`."""
         ends = self.__dict__.get("_ends")
@@ -632,9 +682,14 @@ class QuantizedRNNBase(_QuantizedModule):
     def _step_layers(self) -> list:
         """The kernels' ``StepLayer`` of each layer (its packed int8 weights, scales and
         biases), made once per :meth:`_repack`."""
+        return self._step_cache_of()[1]
+
+    def _step_cache_of(self) -> list:
+        """``[self._layers, step layers, stream or None]``, re-made after each :meth:`_repack`
+        (a checkpoint load), when the first entry is no longer ``self._layers``."""
         cache = self.__dict__.get("_step_cache")
         if cache and cache[0] is self._layers:
-            return cache[1]
+            return cache
         q = _quant or _kernels()
         kernels = []
         for layer, ((w_ih, w_hh, bx, b_hn),) in enumerate(self._layers):
@@ -643,8 +698,8 @@ class QuantizedRNNBase(_QuantizedModule):
             kernels.append(
                 q.StepLayer(*args, w_hh.scale, b_hn, n_in, self.hidden_size, w_ih.Kp, self._code)
             )
-        self.__dict__["_step_cache"] = _Transient([self._layers, kernels])
-        return kernels
+        cache = self.__dict__["_step_cache"] = _Transient([self._layers, kernels, None])
+        return cache
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

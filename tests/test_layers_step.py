@@ -307,7 +307,10 @@ def test_step_team_splits_bursts_and_long_calls_only(monkeypatch):
 @pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
 def test_a_burst_of_steps_splits_with_the_same_bits(cell, monkeypatch):
     """Steps and eval forwards in a loop record their end in the layer's packs; from the second
-    call on they run on 2 threads under libgomp's default policy, with the same bits."""
+    call on they run on 2 threads under libgomp's default policy, with the same bits: the
+    forwards and the first step through ``_step_team``, the next steps in the stream's C path,
+    which takes the team ``_step_team`` gives an awake worker (its ``team``). The stream is
+    made at the second step of a stream."""
     from conftest import awake_team, record_calls
 
     from fastrnn import functional as F
@@ -322,13 +325,19 @@ def test_a_burst_of_steps_splits_with_the_same_bits(cell, monkeypatch):
         fastrnn.set_num_threads(2)
         y_full, s_full = layer(x)  # the first call: no history
         y_again, s_again = layer(x)  # the second, within the burst
-        state, ys = None, []
+        state, ys, stream_teams = None, [], []
         for t in range(3):
             y, state = layer.step(x[t], state)
             ys.append(y)
+            if t == 1:  # the stream made after the second step asks for its cold and warm teams
+                assert len(teams) == 6 and teams[5] == 2
+                del teams[4:]
+            elif t == 2:
+                stream_teams.append(layer._packed.stream.team)
     finally:
         fastrnn.set_num_threads(before)
-    assert teams == [1, 2, 2, 2, 2]
+    assert teams == [1, 2, 2, 2]
+    assert stream_teams == [2]
     np.testing.assert_array_equal(y_again, y_full)
     np.testing.assert_array_equal(np.stack(ys), y_full)
     _assert_state_equal(s_again, s_full)
@@ -480,3 +489,85 @@ def test_step_rows_rule(monkeypatch):
         assert F._step_rows(16, G, H, I, 1000, recent, 4) == 0
     finally:
         fastrnn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", list(CELLS.values()), ids=lambda c: c.name)
+def test_the_stream_answers_as_the_general_path_or_refuses(cell, dtype):
+    """After a one-step call the layer keeps a Stream (fastrnn._kernels._stream, the C path of
+    the next steps). From the state it returned, or any other of the layer's dtype and shape
+    (a beam search's), it gives the general path's bits; wherever anything differs from the
+    call it was made after it answers None and the general path runs."""
+    rng = np.random.default_rng(21)
+    layer = getattr(fastrnn, cell.title)(6, 9, num_layers=2, dtype=dtype, seed=4).eval()
+    x = rng.standard_normal((3, 6)).astype(dtype)
+    _, s0 = layer.step(x)
+    assert layer._packed.stream is None  # made at a stream's second step, not at a one-off one
+    _, s0 = layer.step(x, s0)
+    stream = layer._packed.stream
+    assert stream is not None and stream.matches(x)
+    for state in (s0, _random_state(layer, rng, 3)):  # the last one, and another
+        y, s1 = stream(x, state)
+        y_ref, s_ref = layer(x[None], state)
+        np.testing.assert_array_equal(y, y_ref[0])
+        _assert_state_equal(s1, s_ref)
+    s1 = stream(x, s0)[1]
+    other = np.float32 if dtype == np.float64 else np.float64
+    refused = [
+        (x.astype(other), s1),  # another dtype
+        (x[:2], s1),  # another batch
+        (np.asfortranarray(x), s1),  # other strides
+        (list(x), s1),  # not an ndarray
+        (x, None),  # zeros: the general path makes them
+        (x, _random_state(layer, rng, 2)),  # a state of another batch
+    ]
+    if isinstance(s1, tuple):
+        refused += [(x, s1[:1]), (x, (s1[0], s1[1].astype(other)))]
+    else:
+        refused += [(x, np.asfortranarray(s1)), (x, (s1,))]
+    for args in refused:
+        assert stream(*args) is None
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1 if before > 1 else 2)
+        assert stream(x, s1) is None  # another thread count
+    finally:
+        fastrnn.set_num_threads(before)
+    assert stream(x, s1) is not None
+    isa = fastrnn.get_isa()
+    try:
+        fastrnn.set_isa("blas")
+        assert isa == "blas" or stream(x, s1) is None  # another instruction set
+    finally:
+        fastrnn.set_isa(isa)
+    layer.weight_hh_l1._bump_version()  # a parameter changed in place (optimizers say so)
+    assert stream(x, s1) is None
+    y, s2 = layer.step(x, s1)  # the general path, then a stream again from its second step
+    y, s2 = layer.step(x, s2)
+    assert layer._packed.stream is not stream and layer._packed.stream(x, s2) is not None
+    stream = layer._packed.stream
+    layer.bias_ih_l0 = fastrnn.nn.Parameter(layer.bias_ih_l0.data + 1)  # replaced
+    assert stream(x, s2) is None
+    y_new, s3 = layer.step(x, s2)
+    np.testing.assert_array_equal(y_new, layer(x[None], s2)[0][0])
+    assert not np.array_equal(y_new, y)
+    layer.step(x, s3)
+    stream = layer._packed.stream
+    assert stream(x, s2) is not None
+    layer.extra = fastrnn.nn.Parameter(np.zeros(1, dtype))  # one more parameter
+    assert stream(x, s2) is None
+
+
+def test_stream_refuses_bad_arguments():
+    from fastrnn._kernels._stream import Stream
+
+    x = np.zeros((1, 4), np.float32)
+    h = np.zeros((1, 1, 4), np.float32)
+    ok = dict(params={}, watched=(), cold=(None,), warm=(None,), packs=({},))
+    args = ("last_end", -1.0, x, h, False, lambda: 0)
+    with pytest.raises(ValueError, match="cell must be 0, 1 or 2"):
+        Stream(3, print, *ok.values(), *args)
+    with pytest.raises(ValueError, match="one per layer"):
+        Stream(0, print, {}, (), (None,), (), ({},), *args)
+    with pytest.raises(ValueError, match="C-contiguous 2-D ndarray"):
+        Stream(0, print, *ok.values(), "last_end", -1.0, x[None], h, False, lambda: 0)

@@ -482,13 +482,19 @@ def test_int8_calls_in_a_loop_split_over_two_threads_with_the_same_bits(cls, kw,
         fastrnn.set_num_threads(2)
         y1, s1 = q(x)  # each layer's first call: no history, one thread
         y2, s2 = q(x)  # within the burst: two
-        state, ys = None, []
+        state, ys, stream_teams = None, [], []
         for t in range(3):
             y, state = q.step(x[t], state)
             ys.append(y)
+            if t == 0:  # then the stream (the next steps' C path) asks for its teams
+                assert teams[6:] == [1, 2, 1, 2]  # cold, warm of each layer
+                del teams[6:]
+            else:
+                stream_teams.append(q._step_cache[2].team)
     finally:
         fastrnn.set_num_threads(before)
-    assert teams == [1, 1] + [2] * 8
+    assert teams == [1, 1] + [2] * 4
+    assert stream_teams == [2, 2]
     np.testing.assert_array_equal(y2, y1)
     np.testing.assert_array_equal(np.stack(ys), y1)
     for s in (s2, state):
@@ -571,3 +577,48 @@ def test_team_rule_of_row_split_calls(monkeypatch):
         assert Q._team(4, G, H, I, 1000, awake(), rnn) == 1
     finally:
         fastrnn.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cls, kw", CELLS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_the_int8_stream_answers_as_the_general_path_or_refuses(cls, kw, isa, tmp_path):
+    """After a one-step call a quantized layer keeps a Stream (the C path of the next steps):
+    from the state it returned or any other float32 one of the right shape it gives the bits
+    of the general path; another x layout, integer path or thread count, or a checkpoint load
+    (new int8 weights), and it is not used."""
+    rng = np.random.default_rng(22)
+    q = quantize_dynamic(cls(6, 20, num_layers=2, seed=5, **kw).eval(), int8="always")
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    _, s0 = q.step(x)
+    stream = q._step_cache[2]
+    assert stream is not None and stream.matches(x)
+    shapes = (2, 3, 20)
+    other = rng.standard_normal(shapes).astype(np.float32)
+    for state in (s0, (other, other + 1) if cls is fastrnn.LSTM else other):
+        y, s1 = stream(x, state)
+        y_ref, s_ref = q._step_one(x, state)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(np.asarray(s1), np.asarray(s_ref))
+        # the general path's full forward too
+        np.testing.assert_array_equal(y, q(x[None], state)[0][0])
+    s1 = stream(x, s0)[1]
+    for args in ((x.astype(np.float64), s1), (x[:2], s1), (x, None)):
+        assert stream(*args) is None
+    before = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1 if before > 1 else 2)
+        assert stream(x, s1) is None
+    finally:
+        fastrnn.set_num_threads(before)
+    others = [i for i in ISAS if i != isa]
+    if others:
+        set_quantized_isa(others[0])
+        try:
+            assert stream(x, s1) is None
+        finally:
+            set_quantized_isa(isa)
+    assert stream(x, s1) is not None
+    fastrnn.save_checkpoint(tmp_path / "q.npz", q)
+    fastrnn.load_checkpoint(tmp_path / "q.npz", q)  # re-makes the int8 layers
+    y, _ = q.step(x, s1)  # not through the old stream
+    assert q._step_cache[2] is not stream
+    np.testing.assert_array_equal(y, q(x[None], s1)[0][0])

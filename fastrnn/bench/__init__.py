@@ -303,12 +303,27 @@ def _calls_per_sample(fn: Callable, min_time: float) -> int:
 SETTLE = 0.2
 
 
+#: Seconds of untimed calls before each sample of calls that are microseconds long (the
+#: streaming step's table). After the pause that separates samples, this VM's second vCPU comes
+#: back slowly: a stream of 2-thread LSTM steps (I = H = 256, B = 1) ran 17-33 us per step in
+#: its first blocks of 200 and 14-15 us from 20 ms on (an ad hoc loop; the bench's step table
+#: read 29-30 us with a one-call warm-up where `benchmarks/bench_step.py --clock wall` read 14).
+#: A serving loop runs at the steady rate; each function of the table gets the same warm-up.
+STEADY = 0.02
+
+
 def time_interleaved(
-    fns: dict[str, Callable], repeats: int, min_time: float, settle: float = SETTLE
+    fns: dict[str, Callable],
+    repeats: int,
+    min_time: float,
+    settle: float = SETTLE,
+    warm: float = 0.0,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, sampled in turn (A B C A B C ...) so that machine
     noise falls on all of them alike, with a pause of ``settle`` seconds before each sample so
-    that thread pools spinning after the previous one have gone to sleep."""
+    that thread pools spinning after the previous one have gone to sleep, then calls for
+    ``warm`` seconds (at least one) before the timed ones: what a loop of calls runs at once
+    it is under way (:data:`STEADY`)."""
     counts = {k: _calls_per_sample(fn, min_time) for k, fn in fns.items()}
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
@@ -316,7 +331,10 @@ def time_interleaved(
             n = counts[k]
             if settle > 0:
                 time.sleep(settle)
+            t0 = time.perf_counter()
             fn()  # warm again after the pause (first-touch of sleeping threads' stacks)
+            while time.perf_counter() - t0 < warm:
+                fn()
             t0 = time.perf_counter()
             for _ in range(n):
                 fn()

@@ -27,7 +27,15 @@ import time
 
 import numpy as np
 
-from fastrnn.bench import CONFIGS, flops, fma_roof, parse_config, time_interleaved, torch_or_none
+from fastrnn.bench import (
+    CONFIGS,
+    STEADY,
+    flops,
+    fma_roof,
+    parse_config,
+    time_interleaved,
+    torch_or_none,
+)
 from fastrnn.cells import get_cell
 
 
@@ -193,7 +201,7 @@ def main(argv=None) -> int:
 
             fns["torch LSTMCell"] = tcell
             fns["torch LSTM T=1"] = tfull
-        times = time_interleaved(fns, args.repeats, args.min_time)
+        times = time_interleaved(fns, args.repeats, args.min_time, warm=STEADY)
         _print([_row("lstm step 1x256", times)], "Streaming step (B=1, I=H=256)", unit="us")
         F = fastrnn.functional
         team = F._step_team(1, 1024, 256, 256, 1, {F._LAST_END: time.perf_counter()})

@@ -13,17 +13,21 @@ per forward, as in an autograd graph) and accumulates every parameter's gradient
 from __future__ import annotations
 
 import operator
+import time
 import warnings
 from typing import Any
 
 import numpy as np
 
+from fastrnn import _isa
+from fastrnn import functional as _functional
+from fastrnn._kernels import _stream
 from fastrnn._random import module_generator
 from fastrnn.cells import GRU as _GRU
 from fastrnn.cells import LSTM as _LSTM
 from fastrnn.cells import RNN as _RNN
 from fastrnn.cells import Cell
-from fastrnn.functional import _step_biases, _step_forward
+from fastrnn.functional import _step_biases, _step_forward, _step_kernel
 from fastrnn.nn._checks import as_real_array, check_float_dtype
 from fastrnn.nn.blocks import _no_cache_error
 from fastrnn.nn.module import Module, Parameter
@@ -35,6 +39,11 @@ __all__ = ["GRU", "LSTM", "RNN", "RNNBase"]
 _version = operator.attrgetter("_version")
 
 
+def _isa_code() -> int:
+    """The float kernels' instruction set in use (a Stream refuses calls once it changes)."""
+    return _isa._current
+
+
 class _PackCache(dict):
     """suffix -> (w_ih Parameter, w_hh Parameter, their versions, packs dict): the kernels'
     packed weights of each layer and direction, and ``step_ops``, the operands of
@@ -42,8 +51,10 @@ class _PackCache(dict):
     the kernels' own objects, re-made on the next forward)."""
 
     step_ops: tuple | None = None
-    # (state, dtype, x.shape, relu, step_ops' operands) of the last direct one-step call
-    step_last: tuple | None = None
+    # the C fast path of one-step calls on step_ops' operands (_make_stream), made at the second
+    # direct step of a stream: the one that starts from the h that the first returned
+    stream: Any = None
+    stream_from: np.ndarray | None = None
 
     def __reduce__(self):
         return (_PackCache, ())
@@ -422,22 +433,11 @@ class RNNBase(Module):
             sequence, which a stream has not seen), or when a shape is wrong (naming it).
         """
         cache = self.__dict__.get("_packed")
-        last = None if cache is None else cache.step_last
-        if (
-            last is not None
-            and state is last[0]
-            and type(x) is np.ndarray
-            and x.dtype == last[1]
-            and x.shape == last[2]
-            and not self.training
-        ):  # the state the last direct step returned and an x like that step's, on the
-            # same operands: nothing to check or convert
-            ops = self._step_operands()
-            if ops is last[4]:
-                init = [state] if type(state) is np.ndarray else list(state)
-                y, state = self._step_direct(x, x[None], init, ops, last[3], last[1])
-                cache.step_last = (state, *last[1:])
-                return y, state
+        stream = None if cache is None else cache.stream
+        if stream is not None and not self.training:  # a stream's next step, in C; None where
+            out = stream(x, state)  # anything differs from the call it was made after
+            if out is not None:
+                return out
         if self.bidirectional:
             raise ValueError(
                 f"{type(self).__name__}.step needs a unidirectional layer: the reverse direction "
@@ -508,8 +508,15 @@ class RNNBase(Module):
             ops = self._step_operands()
             if ops is not None:
                 y, state = self._step_direct(x, xt, init, ops, relu, dt)
-                if x.ndim == 2:  # the fast path above for the next step of this stream
-                    self.__dict__["_packed"].step_last = (state, dt, x.shape, relu, ops)
+                if x.ndim == 2 and type(x) is np.ndarray:  # the fast path above, for the next
+                    cache = self.__dict__["_packed"]  # steps of this stream
+                    if cache.stream is not None and cache.stream.matches(x):
+                        cache.stream.follow(state)
+                    elif cache.stream_from is not None and cache.stream_from is init[0]:
+                        # the second step of a stream (its kernels may pack the weights for
+                        # another team: not for a one-off step after each weight change)
+                        cache.stream = self._make_stream(x, state, ops, relu)
+                    cache.stream_from = state if type(state) is np.ndarray else state[0]
                 return y, state
         inp = xt
         finals: list[list[np.ndarray]] = [[] for _ in init]
@@ -574,6 +581,41 @@ class RNNBase(Module):
         versions = tuple(map(_version, current))
         self.__dict__["_packed"].step_ops = (present, current, versions, ops)  # dropped with
         return ops  # the packs
+
+    def _make_stream(self, x: np.ndarray, state: State, ops: list[tuple], relu: bool) -> Any:
+        """The :class:`fastrnn._kernels._stream.Stream` of one-step calls like the direct one
+        that took ``x`` and returned ``state``: each layer's kernels for the team
+        :func:`~fastrnn.functional._step_team` gives a call that finds the worker asleep and
+        one that finds it awake (the same where the policy does not depend on it)."""
+        cell = self._config.spec
+        code = 1 if cell is _LSTM else 2 if cell is _GRU else 0 if cell is _RNN else None
+        if code is None or not x.flags.c_contiguous or any(op[4] is None for op in ops):
+            return None
+        F, B = _functional, x.shape[0]
+        awake = {F._LAST_END: time.perf_counter()}  # as a call that follows its previous one
+        cold, warm = [], []
+        for op in ops:
+            G, H = op[1].shape
+            I = op[0].shape[1]
+            module, kernel = _step_kernel(cell, op, F._step_team(B, G, H, I, 1, None), False)
+            cold.append(kernel)
+            warm.append(_step_kernel(cell, op, F._step_team(B, G, H, I, 1, awake), False)[1])
+        same = all(a is b for a, b in zip(cold, warm, strict=True))
+        return _stream.Stream(
+            code,
+            module.step,
+            self._parameters,
+            tuple(self._parameters.items()),
+            tuple(cold),
+            tuple(warm),
+            tuple(op[4] for op in ops),
+            F._LAST_END,
+            -1.0 if same else F._BURST_S,
+            x,
+            state,
+            relu,
+            _isa_code,
+        )
 
     def _step_direct(
         self,
