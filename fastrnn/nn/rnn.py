@@ -586,10 +586,14 @@ class RNNBase(Module):
         """The :class:`fastrnn._kernels._stream.Stream` of one-step calls like the direct one
         that took ``x`` and returned ``state``: each layer's kernels for the team
         :func:`~fastrnn.functional._step_team` gives a call that finds the worker asleep and
-        one that finds it awake (the same where the policy does not depend on it)."""
+        one that finds it awake (the same where the policy does not depend on it). None where
+        the kernels call BLAS (``set_isa("blas")``): those calls keep the general path, which
+        holds scipy's BLAS to one thread around them."""
         cell = self._config.spec
         code = 1 if cell is _LSTM else 2 if cell is _GRU else 0 if cell is _RNN else None
         if code is None or not x.flags.c_contiguous or any(op[4] is None for op in ops):
+            return None
+        if _isa.get_isa() == "blas":  # kernels that call BLAS run under _blas_guard, in Python
             return None
         F, B = _functional, x.shape[0]
         awake = {F._LAST_END: time.perf_counter()}  # as a call that follows its previous one
