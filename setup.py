@@ -213,7 +213,7 @@ def _variant_source(cell, isa):
     return path
 
 
-modules = CELLS + ["attention", "_blas_check", "_build", "_peak", "_rows", "_stream"]
+modules = CELLS + ["attention", "_blas_check", "_build", "_memory", "_peak", "_rows", "_stream"]
 extensions = [_extension(name, f"src_pyx/{name}.pyx") for name in modules]
 # int8 inference (fastrnn.quantization): no FMA contraction, so that its three integer paths
 # round their float epilogues alike

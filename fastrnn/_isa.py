@@ -50,7 +50,14 @@ def _missing_kernels_error(missing: list[str]) -> ImportError:
 
 
 _KERNEL_NAMES = list(dict.fromkeys(c.kernel for c in CELLS.values()))
-_missing = [k for k in _KERNEL_NAMES if importlib.util.find_spec(f"fastrnn._kernels.{k}") is None]
+# and the other extensions that `import fastrnn` loads (a tree built before one was added has
+# the cells' but not it)
+_SUPPORT_NAMES = ["attention", "_memory", "_rows", "_stream"]
+_missing = [
+    k
+    for k in _KERNEL_NAMES + _SUPPORT_NAMES
+    if importlib.util.find_spec(f"fastrnn._kernels.{k}") is None
+]
 if _missing:
     raise _missing_kernels_error(_missing)
 _PORTABLE = {k: importlib.import_module(f"fastrnn._kernels.{k}") for k in _KERNEL_NAMES}

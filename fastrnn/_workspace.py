@@ -28,6 +28,8 @@ import weakref
 
 import numpy as np
 
+from fastrnn._kernels._memory import line_offset as _line_offset
+
 __all__ = ["KEEP", "MIN", "empty", "empty_cache", "kept_nbytes", "release"]
 
 MIN = 1 << 20
@@ -136,9 +138,9 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def _line_view(buf: np.ndarray, n: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """The first n bytes of ``buf`` (n + LINE long) from its first cache-line boundary on."""
-    skip = -buf.__array_interface__["data"][0] % LINE
-    return buf[skip : skip + n].view(dtype).reshape(shape)
+    """The first n bytes of ``buf`` (n + LINE long) from its first cache-line boundary on, as
+    an array of ``shape`` (n bytes of ``dtype``) whose base is ``buf``."""
+    return np.ndarray(shape, dtype, buf, _line_offset(buf, LINE))
 
 
 def kept_nbytes() -> int:

@@ -306,9 +306,38 @@ def test_unbuilt_checkout_says_what_to_run(tmp_path):
     )
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: fastrnn's compiled kernels (rnn, lstm, gru) are not built")
+    assert last.startswith(
+        "ImportError: fastrnn's compiled kernels (rnn, lstm, gru, attention, _memory, _rows, "
+        "_stream) are not built"
+    )
     assert "python setup.py build_ext --inplace" in last
     assert str(tmp_path) in last
+
+
+@pytest.mark.slow
+@needs_source_tree
+def test_a_tree_built_before_an_extension_was_added_says_what_to_run(tmp_path):
+    """A built copy of the sources lacking one extension (as an in-place build from before that
+    extension existed, after a pull): the same message, naming the missing one."""
+    import fastrnn._kernels._memory as memory
+
+    shutil.copytree(
+        os.path.join(ROOT, "fastrnn"),
+        tmp_path / "fastrnn",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copy(os.path.join(ROOT, "setup.py"), tmp_path / "setup.py")
+    built = os.path.basename(memory.__file__)
+    target = tmp_path / "fastrnn" / "_kernels" / built
+    if not target.exists():
+        pytest.skip("the extensions are not in the source tree (an installed build)")
+    target.unlink()
+    out = subprocess.run(
+        [sys.executable, "-c", "import fastrnn"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: fastrnn's compiled kernels (_memory) are not built")
 
 
 @pytest.mark.slow

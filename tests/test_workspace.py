@@ -154,3 +154,30 @@ def test_release_on_a_thread_that_kept_nothing_yet():
     t.start()
     t.join(timeout=10)
     assert not t.is_alive() and seen == [(None, 0)]
+
+
+def test_line_offset_is_the_distance_to_the_next_line():
+    from fastrnn._kernels._memory import line_offset
+
+    buf = np.empty(4096 + 64, np.uint8)
+    for start in range(0, 80, 7):
+        view = buf[start:]
+        want = -view.ctypes.data % 64
+        assert line_offset(view, 64) == want
+        assert line_offset(memoryview(view), 64) == want
+        assert line_offset(view, 1) == 0
+    for bad in (0, -64, 48):
+        with pytest.raises(ValueError, match="power of two"):
+            line_offset(buf, bad)
+    with pytest.raises(TypeError):
+        line_offset(object(), 64)
+
+
+@pytest.mark.parametrize("shape", [(1024,), (4, 8, 40), 1500])
+def test_aligned_arrays_start_on_a_line_and_keep_their_buffer(shape):
+    a = ws.empty(shape, np.float32)
+    assert a.ctypes.data % ws.LINE == 0 and a.flags.c_contiguous and a.flags.writeable
+    assert a.shape == (shape if isinstance(shape, tuple) else (shape,))
+    base = a.base
+    a[...] = 1.5
+    assert base.dtype == np.uint8 and np.shares_memory(a, base)
