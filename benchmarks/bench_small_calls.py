@@ -7,8 +7,9 @@ training forward plus backward are timed on the same arrays (float32, already C-
 the case the fast paths serve).
 
 ``--baseline DIR`` also times the Python layer of another checkout (``DIR/fastrnn/functional.py``
-and the ``_common.py`` / ``_threads.py`` it imports) on this checkout's kernels, interleaved with
-this one, so a change to the Python path is measured before/after in one run:
+and the ``_common.py`` / ``_threads.py`` / ``_workspace.py`` it imports) on this checkout's
+kernels, interleaved with this one, so a change to the Python path is measured before/after in
+one run:
 
     python benchmarks/bench_small_calls.py
     python benchmarks/bench_small_calls.py --baseline /path/to/main/checkout --fwdbwd
@@ -32,16 +33,18 @@ from fastrnn.cells import CELLS
 
 
 def load_baseline(root: str) -> types.ModuleType:
-    """``functional`` of the checkout at ``root``, importing that checkout's ``_common`` and
-    ``_threads`` (under private names) and this checkout's kernels and cells."""
+    """``functional`` of the checkout at ``root``, importing that checkout's ``_common``,
+    ``_threads`` and ``_workspace`` (under private names) and this checkout's kernels and
+    cells."""
     names = {}
-    for mod in ("_threads", "_common", "functional"):
+    for mod in ("_threads", "_workspace", "_common", "functional"):
         path = os.path.join(root, "fastrnn", f"{mod}.py")
         alias = f"_baseline_{mod}"
         with open(path, encoding="utf-8") as f:
             src = f.read()
         for dep, dep_alias in names.items():
             src = src.replace(f"from fastrnn.{dep} import", f"from {dep_alias} import")
+            src = src.replace(f"from fastrnn import {dep} as", f"import {dep_alias} as")
         module = types.ModuleType(alias)
         module.__file__ = path
         sys.modules[alias] = module
