@@ -6,8 +6,9 @@ I = H = 256 on B = 1 (2 threads; the kernel's own ``step`` took 11.8): checking 
 parameters had not changed, choosing the team, looking the kernel up, allocating the results.
 A :class:`Stream` does what such a call needs, nothing else, and answers None (the caller then
 takes the general path, which builds a new one) wherever anything differs from the call it was
-made for: another state object, another ``x`` shape, dtype or strides, a parameter replaced or
-bumped (``Parameter._version``), another thread count or instruction set.
+made for: a state it cannot take as it is (None, another shape or dtype, not C-contiguous),
+another ``x`` shape, dtype or strides, a parameter replaced, added, removed or bumped
+(``Parameter._version``), another thread count or instruction set.
 
 Policy stays in Python (fastrnn.functional: _step_team, _team_awake): the maker gives a Stream,
 per layer, the kernel of the team for a worker that is asleep ("cold") and for one that is awake
